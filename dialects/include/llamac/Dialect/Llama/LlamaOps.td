@@ -1,0 +1,273 @@
+//===- LlamaOps.td - The llama graph dialect ---------------*- tablegen -*-===//
+//
+// Ops on ranked tensors that describe a Llama decoder training step. Token
+// activations are 2-D `[T, X]` with `T = batch * seq_len` rows in row-major
+// (batch, position) order; ops that need the position of a row (RoPE,
+// attention, the shifted loss) carry `seq_len`.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef LLAMA_OPS
+#define LLAMA_OPS
+
+include "mlir/IR/OpBase.td"
+include "mlir/IR/AttrTypeBase.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+include "llamac/Dialect/Llama/LlamaInterfaces.td"
+
+def Llama_Dialect : Dialect {
+  let name = "llama";
+  let summary = "Graph-level ops of a Llama fine-tuning step.";
+  let description = [{
+    The `llama` dialect holds the forward ops of a Llama decoder
+    (embedding, RMSNorm, linear layers, RoPE, causal GQA attention, SwiGLU,
+    the shifted causal-LM loss), the backward ops their VJPs emit, and the
+    AdamW update. Passes fuse, quantize and lower it; the reference
+    interpreter executes it on the CPU.
+  }];
+  let cppNamespace = "::mlir::llama";
+}
+
+class Llama_Op<string mnemonic, list<Trait> traits = []>
+    : Op<Llama_Dialect, mnemonic, !listconcat(traits, [Pure])>;
+
+def FloatTensor : RankedTensorOf<[AnyFloat]>;
+def FloatScalar : 0DTensorOf<[AnyFloat]>;
+def TokenTensor : 1DTensorOf<[I32]>;
+
+//===----------------------------------------------------------------------===//
+// Forward ops
+//===----------------------------------------------------------------------===//
+
+def Llama_EmbeddingOp : Llama_Op<"embedding",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "Row gather from an embedding table.";
+  let description = [{
+    `result[t, :] = table[ids[t], :]` for `table : [V, H]`, `ids : [T]`.
+    Ids outside `[0, V)` are rejected by the data loader before the step runs.
+  }];
+  let arguments = (ins FloatTensor:$table, TokenTensor:$ids);
+  let results = (outs FloatTensor:$result);
+  let assemblyFormat = "$table `,` $ids attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_RMSNormOp : Llama_Op<"rms_norm",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "Root-mean-square normalization with a learned scale.";
+  let description = [{
+    `result[t, i] = x[t, i] * rsqrt(mean_j(x[t, j]^2) + eps) * weight[i]`,
+    as Hugging Face's `LlamaRMSNorm` (statistics in f32 or wider).
+  }];
+  let arguments = (ins FloatTensor:$input, FloatTensor:$weight, F64Attr:$eps);
+  let results = (outs FloatTensor:$result);
+  let assemblyFormat = "$input `,` $weight attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_MatmulOp : Llama_Op<"matmul",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "Matrix product with optional transposes.";
+  let description = [{
+    `result = op(lhs) * op(rhs)` on 2-D tensors, where `op` transposes when
+    the matching flag is set. A Hugging Face `Linear` layer `y = x Wᵀ` is
+    `llama.matmul %x, %w {transpose_rhs = true}`; its backward uses the other
+    flag combinations for the data and weight gradients.
+  }];
+  let arguments = (ins FloatTensor:$lhs, FloatTensor:$rhs,
+                   DefaultValuedAttr<BoolAttr, "false">:$transpose_lhs,
+                   DefaultValuedAttr<BoolAttr, "false">:$transpose_rhs);
+  let results = (outs FloatTensor:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_RoPEOp : Llama_Op<"rope",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "Rotary position embedding, Hugging Face half-split layout.";
+  let description = [{
+    For each row `t` at position `p = t mod seq_len` and each head, with
+    `h = head_dim / 2` and frequency `f_i` (i < h):
+    `out[i] = x[i] cos(p f_i) - x[i+h] sin(p f_i)`,
+    `out[i+h] = x[i+h] cos(p f_i) + x[i] sin(p f_i)`.
+    `f_i = theta^(-2i/head_dim)`; `rope_type = "llama3"` rescales the
+    frequencies as Llama 3.1 does (`factor`, `low_freq_factor`,
+    `high_freq_factor`, `original_max_position_embeddings`).
+    `inverse` rotates by the negative angle, which is the exact transpose of
+    the rotation and therefore its VJP.
+  }];
+  let arguments = (ins FloatTensor:$input,
+                   I64Attr:$num_heads, I64Attr:$head_dim, I64Attr:$seq_len,
+                   F64Attr:$theta,
+                   DefaultValuedAttr<StrAttr, "\"default\"">:$rope_type,
+                   DefaultValuedAttr<F64Attr, "1.0">:$factor,
+                   DefaultValuedAttr<F64Attr, "1.0">:$low_freq_factor,
+                   DefaultValuedAttr<F64Attr, "4.0">:$high_freq_factor,
+                   DefaultValuedAttr<I64Attr, "8192">:$original_max_position_embeddings,
+                   DefaultValuedAttr<BoolAttr, "false">:$inverse);
+  let results = (outs FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// Rotation frequencies f_i, i < head_dim / 2, after any rope scaling.
+    ::llvm::SmallVector<double> getFrequencies();
+  }];
+}
+
+def Llama_AttentionOp : Llama_Op<"attention",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "Causal scaled-dot-product attention with grouped KV heads.";
+  let description = [{
+    Per sequence and query head `n` (kv head `n / (num_heads /
+    num_kv_heads)`): `out = softmax(scale * q kᵀ + causal mask) v`, with
+    `q : [T, num_heads * head_dim]`, `k, v : [T, num_kv_heads * head_dim]`.
+    Row `t` attends to rows of its own sequence at positions `<= t`.
+  }];
+  let arguments = (ins FloatTensor:$query, FloatTensor:$key, FloatTensor:$value,
+                   I64Attr:$num_heads, I64Attr:$num_kv_heads, I64Attr:$head_dim,
+                   I64Attr:$seq_len, F64Attr:$scale);
+  let results = (outs FloatTensor:$result);
+  let assemblyFormat = "$query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_SwiGLUOp : Llama_Op<"swiglu",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "SiLU-gated linear unit.";
+  let description = [{ `result = gate * sigmoid(gate) * up`, elementwise. }];
+  let arguments = (ins FloatTensor:$gate, FloatTensor:$up);
+  let results = (outs FloatTensor:$result);
+  let assemblyFormat = "$gate `,` $up attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_AddOp : Llama_Op<"add",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "Elementwise sum (residual connections, gradient accumulation).";
+  let description = [{ `result = lhs + rhs` on tensors of one type. }];
+  let arguments = (ins FloatTensor:$lhs, FloatTensor:$rhs);
+  let results = (outs FloatTensor:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_CrossEntropyOp : Llama_Op<"cross_entropy",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "Hugging Face's shifted causal-LM loss.";
+  let description = [{
+    Within each sequence, position `p < seq_len - 1` predicts
+    `labels[p + 1]`; labels equal to -100 are ignored. The result is the
+    mean of `logsumexp(logits[t]) - logits[t, label]` over counted positions
+    (0 when no position counts). Statistics are kept in f32 or wider.
+  }];
+  let arguments = (ins FloatTensor:$logits, TokenTensor:$labels, I64Attr:$seq_len);
+  let results = (outs FloatScalar:$loss);
+  let assemblyFormat = "$logits `,` $labels attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Backward ops (emitted by the VJPs above)
+//===----------------------------------------------------------------------===//
+
+def Llama_EmbeddingGradOp : Llama_Op<"embedding_grad"> {
+  let summary = "Scatter-add of row gradients into an embedding table.";
+  let description = [{
+    `result[v, :] = sum over t with ids[t] == v of grad[t, :]`,
+    `result : [vocab_size, H]`.
+  }];
+  let arguments = (ins FloatTensor:$grad, TokenTensor:$ids);
+  let results = (outs FloatTensor:$result);
+  let assemblyFormat = "$grad `,` $ids attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_RMSNormGradOp : Llama_Op<"rms_norm_grad"> {
+  let summary = "Backward of rms_norm.";
+  let description = [{
+    With `r = rsqrt(mean(x^2) + eps)` per row and `g = grad * weight`:
+    `input_grad = r * (g - x * r^2 * mean(g * x))`,
+    `weight_grad[i] = sum_t grad[t, i] * x[t, i] * r_t`.
+  }];
+  let arguments = (ins FloatTensor:$grad, FloatTensor:$input, FloatTensor:$weight,
+                   F64Attr:$eps);
+  let results = (outs FloatTensor:$input_grad, FloatTensor:$weight_grad);
+  let assemblyFormat = "$grad `,` $input `,` $weight attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_AttentionGradOp : Llama_Op<"attention_grad"> {
+  let summary = "Backward of attention (recomputes the probabilities).";
+  let description = [{
+    With `P = softmax(scale * q kᵀ + mask)` recomputed per head and
+    `dP = grad vᵀ`: `value_grad = Pᵀ grad`,
+    `dS = P * (dP - rowsum(dP * P))`, `query_grad = scale * dS k`,
+    `key_grad = scale * dSᵀ q`; key and value gradients of a shared KV head
+    sum over the query heads of its group.
+  }];
+  let arguments = (ins FloatTensor:$grad, FloatTensor:$query, FloatTensor:$key,
+                   FloatTensor:$value, I64Attr:$num_heads, I64Attr:$num_kv_heads,
+                   I64Attr:$head_dim, I64Attr:$seq_len, F64Attr:$scale);
+  let results = (outs FloatTensor:$query_grad, FloatTensor:$key_grad,
+                 FloatTensor:$value_grad);
+  let assemblyFormat = "$grad `,` $query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_SwiGLUGradOp : Llama_Op<"swiglu_grad"> {
+  let summary = "Backward of swiglu.";
+  let description = [{
+    With `s = sigmoid(gate)`: `up_grad = grad * gate * s`,
+    `gate_grad = grad * up * s * (1 + gate * (1 - s))`.
+  }];
+  let arguments = (ins FloatTensor:$grad, FloatTensor:$gate, FloatTensor:$up);
+  let results = (outs FloatTensor:$gate_grad, FloatTensor:$up_grad);
+  let assemblyFormat = "$grad `,` $gate `,` $up attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_CrossEntropyGradOp : Llama_Op<"cross_entropy_grad"> {
+  let summary = "Backward of cross_entropy: the logit gradient.";
+  let description = [{
+    For a counted position `t` with target `y`:
+    `result[t, :] = grad * (softmax(logits[t]) - onehot(y)) / count`;
+    rows that are not counted get zeros.
+  }];
+  let arguments = (ins FloatScalar:$grad, FloatTensor:$logits, TokenTensor:$labels,
+                   I64Attr:$seq_len);
+  let results = (outs FloatTensor:$result);
+  let assemblyFormat = "$grad `,` $logits `,` $labels attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Optimizer
+//===----------------------------------------------------------------------===//
+
+def Llama_AdamWOp : Llama_Op<"adamw"> {
+  let summary = "One torch.optim.AdamW update of a parameter.";
+  let description = [{
+    Decoupled weight decay and bias correction, as `torch.optim.AdamW`
+    (amsgrad off), with scalar hyperparameters as operands so that one
+    compiled step serves every learning rate and step count:
+    ```
+    p  = param * (1 - lr * weight_decay)
+    m' = beta1 * m + (1 - beta1) * grad
+    v' = beta2 * v + (1 - beta2) * grad^2
+    new_param = p - lr / (1 - beta1^step) * m' / (sqrt(v') / sqrt(1 - beta2^step) + eps)
+    ```
+  }];
+  let arguments = (ins FloatTensor:$param, FloatTensor:$grad, FloatTensor:$exp_avg,
+                   FloatTensor:$exp_avg_sq, FloatScalar:$lr, FloatScalar:$beta1,
+                   FloatScalar:$beta2, FloatScalar:$eps, FloatScalar:$weight_decay,
+                   FloatScalar:$step);
+  let results = (outs FloatTensor:$new_param, FloatTensor:$new_exp_avg,
+                 FloatTensor:$new_exp_avg_sq);
+  let assemblyFormat = [{
+    $param `,` $grad `,` $exp_avg `,` $exp_avg_sq `,` $lr `,` $beta1 `,` $beta2 `,`
+    $eps `,` $weight_decay `,` $step attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+#endif // LLAMA_OPS

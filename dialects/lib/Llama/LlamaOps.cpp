@@ -1,0 +1,418 @@
+//===- LlamaOps.cpp - Verifiers and VJPs of the llama dialect -------------===//
+
+#include "llamac/Dialect/Llama/LlamaOps.h"
+
+#include "mlir/IR/OpImplementation.h"
+#include "llvm/ADT/STLExtras.h"
+
+#include <cmath>
+
+using namespace mlir;
+using namespace mlir::llama;
+
+//===----------------------------------------------------------------------===//
+// Verifier helpers
+//===----------------------------------------------------------------------===//
+
+static RankedTensorType tensorType(Value value) {
+  return cast<RankedTensorType>(value.getType());
+}
+
+/// Fails unless `value` has exactly `shape` (kDynamic entries match anything).
+static LogicalResult expectShape(Operation *op, Value value, StringRef name,
+                                 ArrayRef<int64_t> shape) {
+  ArrayRef<int64_t> actual = tensorType(value).getShape();
+  bool matches = actual.size() == shape.size();
+  for (auto [want, got] : llvm::zip(shape, actual))
+    matches &= want == ShapedType::kDynamic || want == got;
+  if (matches)
+    return success();
+  InFlightDiagnostic diag = op->emitOpError() << name << " must have shape [";
+  llvm::interleaveComma(shape, diag, [&](int64_t d) {
+    if (d == ShapedType::kDynamic)
+      diag << "?";
+    else
+      diag << d;
+  });
+  return diag << "], got " << value.getType();
+}
+
+/// Fails unless every value has the same element type.
+static LogicalResult expectSameElementType(Operation *op, ValueRange values) {
+  Type first = tensorType(values.front()).getElementType();
+  for (Value value : values.drop_front())
+    if (tensorType(value).getElementType() != first)
+      return op->emitOpError() << "expects one element type, got " << first
+                               << " and " << value.getType();
+  return success();
+}
+
+static LogicalResult expectStaticRank(Operation *op, Value value,
+                                      StringRef name, int64_t rank) {
+  RankedTensorType type = tensorType(value);
+  if (type.getRank() != rank || !type.hasStaticShape())
+    return op->emitOpError() << name << " must be a static rank-" << rank
+                             << " tensor, got " << value.getType();
+  return success();
+}
+
+static LogicalResult expectPositive(Operation *op, StringRef name,
+                                    int64_t value) {
+  if (value <= 0)
+    return op->emitOpError() << name << " must be positive, got " << value;
+  return success();
+}
+
+/// Token rows come in whole sequences: T must be a multiple of seq_len.
+static LogicalResult expectWholeSequences(Operation *op, int64_t rows,
+                                          int64_t seqLen) {
+  if (failed(expectPositive(op, "seq_len", seqLen)))
+    return failure();
+  if (rows % seqLen != 0)
+    return op->emitOpError() << "has " << rows
+                             << " token rows, not a multiple of seq_len "
+                             << seqLen;
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// EmbeddingOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult EmbeddingOp::verify() {
+  if (failed(expectStaticRank(*this, getTable(), "table", 2)) ||
+      failed(expectStaticRank(*this, getIds(), "ids", 1)))
+    return failure();
+  int64_t hidden = tensorType(getTable()).getDimSize(1);
+  int64_t rows = tensorType(getIds()).getDimSize(0);
+  if (failed(expectShape(*this, getResult(), "result", {rows, hidden})))
+    return failure();
+  return expectSameElementType(*this, {getTable(), getResult()});
+}
+
+SmallVector<Value> EmbeddingOp::buildVJP(OpBuilder &builder,
+                                         ValueRange resultCotangents) {
+  Value tableGrad = EmbeddingGradOp::create(builder, getLoc(), getTable().getType(),
+                                            resultCotangents[0], getIds());
+  return {tableGrad, nullptr};
+}
+
+LogicalResult EmbeddingGradOp::verify() {
+  if (failed(expectStaticRank(*this, getGrad(), "grad", 2)) ||
+      failed(expectStaticRank(*this, getResult(), "result", 2)))
+    return failure();
+  RankedTensorType grad = tensorType(getGrad());
+  if (failed(expectShape(*this, getIds(), "ids", {grad.getDimSize(0)})) ||
+      failed(expectShape(*this, getResult(), "result",
+                         {ShapedType::kDynamic, grad.getDimSize(1)})))
+    return failure();
+  return expectSameElementType(*this, {getGrad(), getResult()});
+}
+
+//===----------------------------------------------------------------------===//
+// RMSNormOp
+//===----------------------------------------------------------------------===//
+
+static LogicalResult verifyRMSNormOperands(Operation *op, Value input,
+                                           Value weight, double eps) {
+  if (failed(expectStaticRank(op, input, "input", 2)))
+    return failure();
+  if (failed(expectShape(op, weight, "weight",
+                         {tensorType(input).getDimSize(1)})))
+    return failure();
+  if (!(eps > 0))
+    return op->emitOpError() << "eps must be positive, got " << eps;
+  return success();
+}
+
+LogicalResult RMSNormOp::verify() {
+  if (failed(verifyRMSNormOperands(*this, getInput(), getWeight(),
+                                   getEps().convertToDouble())) ||
+      failed(expectShape(*this, getResult(), "result",
+                         tensorType(getInput()).getShape())))
+    return failure();
+  return expectSameElementType(*this, {getInput(), getWeight(), getResult()});
+}
+
+SmallVector<Value> RMSNormOp::buildVJP(OpBuilder &builder,
+                                       ValueRange resultCotangents) {
+  auto grad = RMSNormGradOp::create(
+      builder, getLoc(), getInput().getType(), getWeight().getType(),
+      resultCotangents[0], getInput(), getWeight(), getEpsAttr());
+  return {grad.getInputGrad(), grad.getWeightGrad()};
+}
+
+LogicalResult RMSNormGradOp::verify() {
+  if (failed(verifyRMSNormOperands(*this, getInput(), getWeight(),
+                                   getEps().convertToDouble())))
+    return failure();
+  ArrayRef<int64_t> shape = tensorType(getInput()).getShape();
+  if (failed(expectShape(*this, getGrad(), "grad", shape)) ||
+      failed(expectShape(*this, getInputGrad(), "input_grad", shape)) ||
+      failed(expectShape(*this, getWeightGrad(), "weight_grad", {shape[1]})))
+    return failure();
+  return expectSameElementType(*this, {getGrad(), getInput(), getWeight(),
+                                       getInputGrad(), getWeightGrad()});
+}
+
+//===----------------------------------------------------------------------===//
+// MatmulOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult MatmulOp::verify() {
+  if (failed(expectStaticRank(*this, getLhs(), "lhs", 2)) ||
+      failed(expectStaticRank(*this, getRhs(), "rhs", 2)))
+    return failure();
+  ArrayRef<int64_t> lhs = tensorType(getLhs()).getShape();
+  ArrayRef<int64_t> rhs = tensorType(getRhs()).getShape();
+  int64_t m = getTransposeLhs() ? lhs[1] : lhs[0];
+  int64_t kl = getTransposeLhs() ? lhs[0] : lhs[1];
+  int64_t kr = getTransposeRhs() ? rhs[1] : rhs[0];
+  int64_t n = getTransposeRhs() ? rhs[0] : rhs[1];
+  if (kl != kr)
+    return emitOpError() << "contracts a dimension of " << kl << " with one of "
+                         << kr;
+  if (failed(expectShape(*this, getResult(), "result", {m, n})))
+    return failure();
+  return expectSameElementType(*this, {getLhs(), getRhs(), getResult()});
+}
+
+SmallVector<Value> MatmulOp::buildVJP(OpBuilder &builder,
+                                      ValueRange resultCotangents) {
+  // C = A' B' with A' = op(A), B' = op(B): dA' = dC B'ᵀ and dB' = A'ᵀ dC;
+  // a transposed operand takes the transpose of its primed gradient.
+  Value dC = resultCotangents[0];
+  bool tA = getTransposeLhs(), tB = getTransposeRhs();
+  Location loc = getLoc();
+  auto matmul = [&](Value a, Value b, bool ta, bool tb, Type type) -> Value {
+    return MatmulOp::create(builder, loc, type, a, b, ta, tb);
+  };
+  Value dA = tA ? matmul(getRhs(), dC, tB, true, getLhs().getType())
+                : matmul(dC, getRhs(), false, !tB, getLhs().getType());
+  Value dB = tB ? matmul(dC, getLhs(), true, tA, getRhs().getType())
+                : matmul(getLhs(), dC, !tA, false, getRhs().getType());
+  return {dA, dB};
+}
+
+//===----------------------------------------------------------------------===//
+// RoPEOp
+//===----------------------------------------------------------------------===//
+
+SmallVector<double> RoPEOp::getFrequencies() {
+  int64_t dim = getHeadDim();
+  double theta = getTheta().convertToDouble();
+  SmallVector<double> frequencies;
+  for (int64_t i = 0; i < dim / 2; ++i)
+    frequencies.push_back(std::pow(theta, -double(2 * i) / double(dim)));
+  if (getRopeType() != "llama3")
+    return frequencies;
+  // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and
+  // the band in between interpolated (transformers' _compute_llama3_parameters).
+  double factor = getFactor().convertToDouble();
+  double low = getLowFreqFactor().convertToDouble();
+  double high = getHighFreqFactor().convertToDouble();
+  double context = double(getOriginalMaxPositionEmbeddings());
+  double lowFreqWavelen = context / low, highFreqWavelen = context / high;
+  for (double &f : frequencies) {
+    double wavelen = 2 * M_PI / f;
+    if (wavelen > lowFreqWavelen) {
+      f = f / factor;
+    } else if (!(wavelen < highFreqWavelen)) {
+      double smooth = (context / wavelen - low) / (high - low);
+      f = (1 - smooth) * f / factor + smooth * f;
+    }
+  }
+  return frequencies;
+}
+
+LogicalResult RoPEOp::verify() {
+  if (failed(expectStaticRank(*this, getInput(), "input", 2)) ||
+      failed(expectPositive(*this, "num_heads", getNumHeads())) ||
+      failed(expectPositive(*this, "head_dim", getHeadDim())))
+    return failure();
+  ArrayRef<int64_t> shape = tensorType(getInput()).getShape();
+  if (getHeadDim() % 2 != 0)
+    return emitOpError() << "head_dim must be even, got " << getHeadDim();
+  if (shape[1] != getNumHeads() * getHeadDim())
+    return emitOpError() << "input width " << shape[1]
+                         << " is not num_heads * head_dim";
+  if (failed(expectWholeSequences(*this, shape[0], getSeqLen())) ||
+      failed(expectShape(*this, getResult(), "result", shape)))
+    return failure();
+  if (!(getTheta().convertToDouble() > 0))
+    return emitOpError() << "theta must be positive";
+  if (getRopeType() == "llama3") {
+    double low = getLowFreqFactor().convertToDouble();
+    double high = getHighFreqFactor().convertToDouble();
+    if (!(getFactor().convertToDouble() > 0) || !(low > 0) || !(high > low) ||
+        getOriginalMaxPositionEmbeddings() <= 0)
+      return emitOpError() << "needs factor > 0, high_freq_factor > "
+                              "low_freq_factor > 0 and a positive "
+                              "original_max_position_embeddings";
+  } else if (getRopeType() != "default") {
+    return emitOpError() << "unsupported rope_type '" << getRopeType() << "'";
+  }
+  return expectSameElementType(*this, {getInput(), getResult()});
+}
+
+SmallVector<Value> RoPEOp::buildVJP(OpBuilder &builder,
+                                    ValueRange resultCotangents) {
+  // A rotation's transpose is the rotation by the opposite angle.
+  auto inverse = cast<RoPEOp>(builder.clone(*getOperation()));
+  inverse->setOperand(0, resultCotangents[0]);
+  inverse.setInverse(!getInverse());
+  return {inverse.getResult()};
+}
+
+//===----------------------------------------------------------------------===//
+// AttentionOp
+//===----------------------------------------------------------------------===//
+
+template <typename AttentionLikeOp>
+static LogicalResult verifyAttentionOperands(AttentionLikeOp op) {
+  if (failed(expectStaticRank(op, op.getQuery(), "query", 2)) ||
+      failed(expectPositive(op, "num_heads", op.getNumHeads())) ||
+      failed(expectPositive(op, "num_kv_heads", op.getNumKvHeads())) ||
+      failed(expectPositive(op, "head_dim", op.getHeadDim())))
+    return failure();
+  if (op.getNumHeads() % op.getNumKvHeads() != 0)
+    return op.emitOpError() << "num_heads " << op.getNumHeads()
+                            << " is not a multiple of num_kv_heads "
+                            << op.getNumKvHeads();
+  int64_t rows = tensorType(op.getQuery()).getDimSize(0);
+  int64_t kvWidth = int64_t(op.getNumKvHeads() * op.getHeadDim());
+  if (failed(expectShape(op, op.getQuery(), "query",
+                         {rows, int64_t(op.getNumHeads() * op.getHeadDim())})) ||
+      failed(expectShape(op, op.getKey(), "key", {rows, kvWidth})) ||
+      failed(expectShape(op, op.getValue(), "value", {rows, kvWidth})) ||
+      failed(expectWholeSequences(op, rows, op.getSeqLen())))
+    return failure();
+  return expectSameElementType(op, op->getOperands());
+}
+
+LogicalResult AttentionOp::verify() {
+  if (failed(verifyAttentionOperands(*this)) ||
+      failed(expectShape(*this, getResult(), "result",
+                         tensorType(getQuery()).getShape())))
+    return failure();
+  return expectSameElementType(*this, {getQuery(), getResult()});
+}
+
+SmallVector<Value> AttentionOp::buildVJP(OpBuilder &builder,
+                                         ValueRange resultCotangents) {
+  auto grad = AttentionGradOp::create(
+      builder, getLoc(), getQuery().getType(), getKey().getType(),
+      getValue().getType(), resultCotangents[0], getQuery(), getKey(),
+      getValue(), getNumHeadsAttr(), getNumKvHeadsAttr(), getHeadDimAttr(),
+      getSeqLenAttr(), getScaleAttr());
+  return {grad.getQueryGrad(), grad.getKeyGrad(), grad.getValueGrad()};
+}
+
+LogicalResult AttentionGradOp::verify() {
+  if (failed(verifyAttentionOperands(*this)))
+    return failure();
+  ArrayRef<int64_t> query = tensorType(getQuery()).getShape();
+  ArrayRef<int64_t> kv = tensorType(getKey()).getShape();
+  if (failed(expectShape(*this, getGrad(), "grad", query)) ||
+      failed(expectShape(*this, getQueryGrad(), "query_grad", query)) ||
+      failed(expectShape(*this, getKeyGrad(), "key_grad", kv)) ||
+      failed(expectShape(*this, getValueGrad(), "value_grad", kv)))
+    return failure();
+  return expectSameElementType(*this, getResults());
+}
+
+//===----------------------------------------------------------------------===//
+// SwiGLUOp, AddOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult SwiGLUOp::verify() {
+  ArrayRef<int64_t> shape = tensorType(getGate()).getShape();
+  if (failed(expectShape(*this, getUp(), "up", shape)) ||
+      failed(expectShape(*this, getResult(), "result", shape)))
+    return failure();
+  return expectSameElementType(*this, {getGate(), getUp(), getResult()});
+}
+
+SmallVector<Value> SwiGLUOp::buildVJP(OpBuilder &builder,
+                                      ValueRange resultCotangents) {
+  auto grad = SwiGLUGradOp::create(builder, getLoc(), getGate().getType(),
+                                   getUp().getType(), resultCotangents[0],
+                                   getGate(), getUp());
+  return {grad.getGateGrad(), grad.getUpGrad()};
+}
+
+LogicalResult SwiGLUGradOp::verify() {
+  ArrayRef<int64_t> shape = tensorType(getGate()).getShape();
+  for (auto [value, name] :
+       llvm::zip(ValueRange{getGrad(), getUp(), getGateGrad(), getUpGrad()},
+                 ArrayRef<StringRef>{"grad", "up", "gate_grad", "up_grad"}))
+    if (failed(expectShape(*this, value, name, shape)))
+      return failure();
+  return expectSameElementType(*this, getOperation()->getOperands());
+}
+
+LogicalResult AddOp::verify() {
+  if (getLhs().getType() != getRhs().getType() ||
+      getLhs().getType() != getResult().getType())
+    return emitOpError() << "expects operands and result of one type, got "
+                         << getLhs().getType() << ", " << getRhs().getType()
+                         << " -> " << getResult().getType();
+  return success();
+}
+
+SmallVector<Value> AddOp::buildVJP(OpBuilder &, ValueRange resultCotangents) {
+  return {resultCotangents[0], resultCotangents[0]};
+}
+
+//===----------------------------------------------------------------------===//
+// CrossEntropyOp
+//===----------------------------------------------------------------------===//
+
+static LogicalResult verifyLossOperands(Operation *op, Value logits,
+                                        Value labels, int64_t seqLen) {
+  if (failed(expectStaticRank(op, logits, "logits", 2)))
+    return failure();
+  int64_t rows = tensorType(logits).getDimSize(0);
+  if (failed(expectShape(op, labels, "labels", {rows})))
+    return failure();
+  return expectWholeSequences(op, rows, seqLen);
+}
+
+LogicalResult CrossEntropyOp::verify() {
+  return verifyLossOperands(*this, getLogits(), getLabels(), getSeqLen());
+}
+
+SmallVector<Value> CrossEntropyOp::buildVJP(OpBuilder &builder,
+                                            ValueRange resultCotangents) {
+  Value logitsGrad = CrossEntropyGradOp::create(
+      builder, getLoc(), getLogits().getType(), resultCotangents[0],
+      getLogits(), getLabels(), getSeqLenAttr());
+  return {logitsGrad, nullptr};
+}
+
+LogicalResult CrossEntropyGradOp::verify() {
+  if (failed(verifyLossOperands(*this, getLogits(), getLabels(), getSeqLen())))
+    return failure();
+  if (getResult().getType() != getLogits().getType())
+    return emitOpError() << "result must have the logits' type "
+                         << getLogits().getType();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// AdamWOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult AdamWOp::verify() {
+  Type type = getParam().getType();
+  for (Value value : {getGrad(), getExpAvg(), getExpAvgSq(), getNewParam(),
+                      getNewExpAvg(), getNewExpAvgSq()})
+    if (value.getType() != type)
+      return emitOpError() << "expects parameter, gradient and moments of one "
+                              "type "
+                           << type << ", got " << value.getType();
+  return success();
+}
+
+#define GET_OP_CLASSES
+#include "llamac/Dialect/Llama/LlamaOps.cpp.inc"
