@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "llamac/Dialect/Llama/LlamaOps.h"
+#include "llamac/Pipeline/Pipeline.h"
 #include "llamac/Transforms/Passes.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -17,6 +18,7 @@ int main(int argc, char **argv) {
   registry.insert<mlir::llama::LlamaDialect, mlir::func::FuncDialect,
                   mlir::arith::ArithDialect>();
   mlir::llama::registerLlamaPasses();
+  mlir::llama::registerTrainStepPipeline();
   return mlir::asMainReturnCode(
       mlir::MlirOptMain(argc, argv, "llama optimizer driver\n", registry));
 }

@@ -343,9 +343,11 @@ SmallVector<Value> SwiGLUOp::buildVJP(OpBuilder &builder,
 
 LogicalResult SwiGLUGradOp::verify() {
   ArrayRef<int64_t> shape = tensorType(getGate()).getShape();
-  for (auto [value, name] :
-       llvm::zip(ValueRange{getGrad(), getUp(), getGateGrad(), getUpGrad()},
-                 ArrayRef<StringRef>{"grad", "up", "gate_grad", "up_grad"}))
+  std::pair<Value, StringRef> checked[] = {{getGrad(), "grad"},
+                                           {getUp(), "up"},
+                                           {getGateGrad(), "gate_grad"},
+                                           {getUpGrad(), "up_grad"}};
+  for (auto [value, name] : checked)
     if (failed(expectShape(*this, value, name, shape)))
       return failure();
   return expectSameElementType(*this, getOperation()->getOperands());

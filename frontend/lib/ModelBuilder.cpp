@@ -1,0 +1,198 @@
+//===- ModelBuilder.cpp - Builds the forward step as llama IR -------------===//
+//
+// Mirrors transformers' LlamaForCausalLM.forward with labels, one decoder
+// layer after another, on token rows [T = batch * seq, width].
+//
+//===----------------------------------------------------------------------===//
+
+#include "llamac/Frontend/ModelBuilder.h"
+
+#include "llamac/Dialect/Llama/LlamaAttrNames.h"
+#include "llamac/Dialect/Llama/LlamaOps.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+#include "llvm/ADT/StringMap.h"
+
+#include <cmath>
+
+using namespace mlir;
+using namespace mlir::llama;
+
+namespace llamac {
+
+bool parsePrecision(llvm::StringRef text, Precision &precision) {
+  if (text == "fp32")
+    precision = Precision::FP32;
+  else if (text == "bf16")
+    precision = Precision::BF16;
+  else if (text == "fp64")
+    precision = Precision::FP64;
+  else
+    return false;
+  return true;
+}
+
+llvm::StringRef precisionName(Precision precision) {
+  switch (precision) {
+  case Precision::FP32:
+    return "fp32";
+  case Precision::BF16:
+    return "bf16";
+  case Precision::FP64:
+    return "fp64";
+  }
+  llvm_unreachable("unknown precision");
+}
+
+Type elementType(MLIRContext &context, Precision precision) {
+  switch (precision) {
+  case Precision::FP32:
+    return Float32Type::get(&context);
+  case Precision::BF16:
+    return BFloat16Type::get(&context);
+  case Precision::FP64:
+    return Float64Type::get(&context);
+  }
+  llvm_unreachable("unknown precision");
+}
+
+namespace {
+
+/// Emits the ops of one model into the body of @train_step.
+class ForwardBuilder {
+public:
+  ForwardBuilder(OpBuilder &builder, const LlamaConfig &config,
+                 const StepShape &shape, Type element,
+                 const llvm::StringMap<Value> &params)
+      : b(builder), config(config), shape(shape), element(element),
+        params(params), loc(builder.getUnknownLoc()),
+        tokens(shape.batch * shape.seq) {}
+
+  Value build(Value inputIds, Value labels) {
+    Value table = param("model.embed_tokens.weight");
+    Value hidden = EmbeddingOp::create(b, loc, rows(config.hiddenSize), table,
+                                       inputIds);
+    for (int64_t layer = 0; layer < config.numLayers; ++layer)
+      hidden = decoderLayer(hidden, "model.layers." + std::to_string(layer));
+    Value normed = rmsNorm(hidden, "model.norm.weight");
+    Value head = config.tieWordEmbeddings ? table : param("lm_head.weight");
+    Value logits = linear(normed, head);
+    // HF upcasts the logits and computes the loss in f32 (or wider).
+    Type lossElement = element.isF64() ? element : b.getF32Type();
+    return CrossEntropyOp::create(b, loc, RankedTensorType::get({}, lossElement),
+                                  logits, labels, shape.seq);
+  }
+
+private:
+  Value decoderLayer(Value hidden, const std::string &prefix) {
+    int64_t headDim = config.headDim;
+    Value x = rmsNorm(hidden, prefix + ".input_layernorm.weight");
+    Value q = linear(x, param(prefix + ".self_attn.q_proj.weight"));
+    Value k = linear(x, param(prefix + ".self_attn.k_proj.weight"));
+    Value v = linear(x, param(prefix + ".self_attn.v_proj.weight"));
+    q = rope(q, config.numHeads);
+    k = rope(k, config.numKvHeads);
+    Value attended = AttentionOp::create(
+        b, loc, q.getType(), q, k, v, config.numHeads, config.numKvHeads,
+        headDim, shape.seq, llvm::APFloat(1.0 / std::sqrt(double(headDim))));
+    Value projected =
+        linear(attended, param(prefix + ".self_attn.o_proj.weight"));
+    hidden = AddOp::create(b, loc, hidden.getType(), hidden, projected);
+
+    x = rmsNorm(hidden, prefix + ".post_attention_layernorm.weight");
+    Value gate = linear(x, param(prefix + ".mlp.gate_proj.weight"));
+    Value up = linear(x, param(prefix + ".mlp.up_proj.weight"));
+    Value activated = SwiGLUOp::create(b, loc, gate.getType(), gate, up);
+    Value down = linear(activated, param(prefix + ".mlp.down_proj.weight"));
+    return AddOp::create(b, loc, hidden.getType(), hidden, down);
+  }
+
+  /// HF Linear without bias: y = x Wᵀ with W : [out, in].
+  Value linear(Value x, Value weight) {
+    int64_t out = cast<RankedTensorType>(weight.getType()).getDimSize(0);
+    return MatmulOp::create(b, loc, rows(out), x, weight,
+                            /*transpose_lhs=*/false, /*transpose_rhs=*/true);
+  }
+
+  Value rmsNorm(Value x, const std::string &weightName) {
+    return RMSNormOp::create(b, loc, x.getType(), x, param(weightName),
+                             b.getF64FloatAttr(config.rmsNormEps));
+  }
+
+  Value rope(Value x, int64_t heads) {
+    const RopeScaling &scaling = config.rope;
+    return RoPEOp::create(
+        b, loc, x.getType(), x, heads, config.headDim, shape.seq,
+        llvm::APFloat(config.ropeTheta), scaling.type,
+        llvm::APFloat(scaling.factor), llvm::APFloat(scaling.lowFreqFactor),
+        llvm::APFloat(scaling.highFreqFactor),
+        scaling.originalMaxPositionEmbeddings, /*inverse=*/false);
+  }
+
+  RankedTensorType rows(int64_t width) {
+    return RankedTensorType::get({tokens, width}, element);
+  }
+
+  Value param(const std::string &name) const {
+    Value value = params.lookup(name);
+    assert(value && "parameter list and model structure disagree");
+    return value;
+  }
+
+  OpBuilder &b;
+  const LlamaConfig &config;
+  const StepShape &shape;
+  Type element;
+  const llvm::StringMap<Value> &params;
+  Location loc;
+  int64_t tokens;
+};
+
+} // namespace
+
+OwningOpRef<ModuleOp> buildForwardModule(MLIRContext &context,
+                                         const LlamaConfig &config,
+                                         const StepShape &shape) {
+  context.loadDialect<LlamaDialect, func::FuncDialect>();
+  OpBuilder builder(&context);
+  Location loc = builder.getUnknownLoc();
+  OwningOpRef<ModuleOp> module = ModuleOp::create(loc);
+  builder.setInsertionPointToEnd(module->getBody());
+
+  Type element = elementType(context, shape.precision);
+  std::vector<ParamSpec> specs = parameterSpecs(config);
+  auto ids = RankedTensorType::get({shape.batch * shape.seq},
+                                   builder.getI32Type());
+  SmallVector<Type> argTypes;
+  SmallVector<DictionaryAttr> argAttrs;
+  for (const ParamSpec &spec : specs) {
+    argTypes.push_back(RankedTensorType::get(spec.shape, element));
+    argAttrs.push_back(builder.getDictionaryAttr(builder.getNamedAttr(
+        kParamAttr, builder.getStringAttr(spec.name))));
+  }
+  for (StringRef input : {"input_ids", "labels"}) {
+    argTypes.push_back(ids);
+    argAttrs.push_back(builder.getDictionaryAttr(
+        builder.getNamedAttr(kInputAttr, builder.getStringAttr(input))));
+  }
+
+  auto func = func::FuncOp::create(builder, loc, kTrainStepName,
+                                   builder.getFunctionType(argTypes, {}));
+  func.setAllArgAttrs(argAttrs);
+  Block *body = func.addEntryBlock();
+  builder.setInsertionPointToStart(body);
+
+  llvm::StringMap<Value> params;
+  for (auto [index, spec] : llvm::enumerate(specs))
+    params[spec.name] = body->getArgument(index);
+  ForwardBuilder forward(builder, config, shape, element, params);
+  Value loss = forward.build(body->getArgument(specs.size()),
+                             body->getArgument(specs.size() + 1));
+  func::ReturnOp::create(builder, loc, loss);
+  func.setType(builder.getFunctionType(argTypes, loss.getType()));
+  func.setResultAttr(0, kLossAttr, builder.getUnitAttr());
+  return module;
+}
+
+} // namespace llamac

@@ -1,0 +1,713 @@
+//===- Interpreter.cpp - CPU reference executor of the llama dialect ------===//
+//
+// Each op is a plain loop nest in double. The driver rounds every result to
+// its IR element type; kernels round the intermediates that transformers
+// materializes in the model dtype.
+//
+//===----------------------------------------------------------------------===//
+
+#include "llamac/Reference/Interpreter.h"
+
+#include "llamac/Dialect/Llama/LlamaOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/Verifier.h"
+#include "llvm/ADT/APFloat.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/Format.h"
+#include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+using namespace mlir;
+using namespace mlir::llama;
+
+namespace llamac::reference {
+
+int64_t Tensor::numel() const {
+  int64_t count = 1;
+  for (int64_t dim : shape)
+    count *= dim;
+  return count;
+}
+
+Tensor Tensor::zeros(std::vector<int64_t> shape) {
+  Tensor tensor;
+  tensor.shape = std::move(shape);
+  tensor.data.assign(tensor.numel(), 0.0);
+  return tensor;
+}
+
+Tensor Tensor::scalar(double value) { return Tensor{{}, {value}}; }
+
+/// Rounds x to nearest even in a binary format with `precision` significand
+/// bits (implicit bit included), smallest normal exponent `minExponent` and
+/// largest finite value `maxFinite`; beyond it the result is an infinity.
+static double roundToBinary(double x, int precision, int minExponent,
+                            double maxFinite) {
+  if (!std::isfinite(x) || x == 0)
+    return x;
+  int exponent;
+  std::frexp(x, &exponent); // |x| = m * 2^exponent, m in [0.5, 1)
+  // The last kept bit weighs 2^quantum; subnormals share the smallest one.
+  int quantum = std::max(exponent, minExponent + 1) - precision;
+  double rounded = std::ldexp(std::nearbyint(std::ldexp(x, -quantum)), quantum);
+  if (std::fabs(rounded) > maxFinite)
+    return std::copysign(std::numeric_limits<double>::infinity(), x);
+  return rounded;
+}
+
+double roundTo(double x, Type elementType) {
+  auto floatType = dyn_cast<FloatType>(elementType);
+  if (!floatType || floatType.isF64())
+    return x;
+  // The cast rounds to nearest even within float's range; beyond it, where
+  // the cast is undefined, the generic path saturates to infinity.
+  if (floatType.isF32())
+    return std::fabs(x) <= std::numeric_limits<float>::max()
+               ? double(static_cast<float>(x))
+               : roundToBinary(x, 24, -126, std::numeric_limits<float>::max());
+  if (floatType.isBF16())
+    return roundToBinary(x, 8, -126, std::ldexp(1 - std::ldexp(1.0, -8), 128));
+  if (floatType.isF16())
+    return roundToBinary(x, 11, -14, 65504.0);
+  llvm::APFloat value(x);
+  bool losesInfo;
+  value.convert(floatType.getFloatSemantics(),
+                llvm::APFloat::rmNearestTiesToEven, &losesInfo);
+  return value.convertToDouble();
+}
+
+} // namespace llamac::reference
+
+using namespace llamac::reference;
+
+namespace {
+
+using Results = llvm::Expected<std::vector<Tensor>>;
+
+llvm::Error fail(const llvm::Twine &message) {
+  return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
+}
+
+std::string shapeString(llvm::ArrayRef<int64_t> shape) {
+  std::string text = "[";
+  for (auto [index, dim] : llvm::enumerate(shape))
+    text += (index ? ", " : "") + std::to_string(dim);
+  return text + "]";
+}
+
+Type elementTypeOf(Value value) {
+  return cast<ShapedType>(value.getType()).getElementType();
+}
+
+void roundAll(Tensor &tensor, Type elementType) {
+  if (elementType.isF64())
+    return;
+  for (double &x : tensor.data)
+    x = roundTo(x, elementType);
+}
+
+Results one(Tensor tensor) {
+  std::vector<Tensor> results;
+  results.push_back(std::move(tensor));
+  return results;
+}
+
+/// Reads an id or label: an exact integer in [0, limit).
+llvm::Expected<int64_t> tokenAt(Operation *op, const Tensor &ids, int64_t row,
+                                int64_t limit) {
+  double id = ids.data[row];
+  if (id >= 0 && id < double(limit) && id == std::floor(id))
+    return int64_t(id);
+  std::string message;
+  llvm::raw_string_ostream os(message);
+  os << op->getName() << ": id " << llvm::format("%g", id) << " at row " << row
+     << " is outside [0, " << limit << ")";
+  return fail(message);
+}
+
+double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
+
+//===----------------------------------------------------------------------===//
+// Embedding
+//===----------------------------------------------------------------------===//
+
+/// result[t, :] = table[ids[t], :].
+Results embedding(EmbeddingOp op, const Tensor &table, const Tensor &ids) {
+  int64_t vocab = table.shape[0], hidden = table.shape[1];
+  int64_t rows = ids.shape[0];
+  Tensor out = Tensor::zeros({rows, hidden});
+  for (int64_t t = 0; t < rows; ++t) {
+    llvm::Expected<int64_t> id = tokenAt(op, ids, t, vocab);
+    if (!id)
+      return id.takeError();
+    std::copy_n(&table.data[*id * hidden], hidden, &out.data[t * hidden]);
+  }
+  return one(std::move(out));
+}
+
+/// result[v, :] = sum over t with ids[t] == v of grad[t, :].
+Results embeddingGrad(EmbeddingGradOp op, const Tensor &grad,
+                      const Tensor &ids) {
+  auto type = cast<RankedTensorType>(op.getResult().getType());
+  int64_t vocab = type.getDimSize(0), hidden = grad.shape[1];
+  Tensor out = Tensor::zeros({vocab, hidden});
+  for (int64_t t = 0; t < grad.shape[0]; ++t) {
+    llvm::Expected<int64_t> id = tokenAt(op, ids, t, vocab);
+    if (!id)
+      return id.takeError();
+    for (int64_t i = 0; i < hidden; ++i)
+      out.data[*id * hidden + i] += grad.data[t * hidden + i];
+  }
+  return one(std::move(out));
+}
+
+//===----------------------------------------------------------------------===//
+// RMSNorm
+//===----------------------------------------------------------------------===//
+
+/// rsqrt(mean(x^2) + eps) of one row.
+double inverseRms(const double *x, int64_t width, double eps) {
+  double sumSquares = 0;
+  for (int64_t i = 0; i < width; ++i)
+    sumSquares += x[i] * x[i];
+  return 1 / std::sqrt(sumSquares / double(width) + eps);
+}
+
+/// normed = x * rsqrt(mean(x^2) + eps), rounded to the element type, then
+/// result = weight * normed (LlamaRMSNorm's two steps).
+Results rmsNorm(RMSNormOp op, const Tensor &x, const Tensor &weight) {
+  Type type = elementTypeOf(op.getResult());
+  double eps = op.getEps().convertToDouble();
+  int64_t rows = x.shape[0], width = x.shape[1];
+  Tensor out = Tensor::zeros(x.shape);
+  for (int64_t t = 0; t < rows; ++t) {
+    const double *row = &x.data[t * width];
+    double r = inverseRms(row, width, eps);
+    for (int64_t i = 0; i < width; ++i)
+      out.data[t * width + i] = weight.data[i] * roundTo(row[i] * r, type);
+  }
+  return one(std::move(out));
+}
+
+/// With r = rsqrt(mean(x^2) + eps) per row and g = grad * weight:
+/// input_grad = r (g - x r^2 mean(g x)), weight_grad[i] = sum_t grad x r.
+Results rmsNormGrad(RMSNormGradOp op, const Tensor &grad, const Tensor &x,
+                    const Tensor &weight) {
+  double eps = op.getEps().convertToDouble();
+  int64_t rows = x.shape[0], width = x.shape[1];
+  Tensor inputGrad = Tensor::zeros(x.shape);
+  Tensor weightGrad = Tensor::zeros({width});
+  for (int64_t t = 0; t < rows; ++t) {
+    const double *row = &x.data[t * width];
+    const double *dy = &grad.data[t * width];
+    double r = inverseRms(row, width, eps);
+    double meanGx = 0;
+    for (int64_t i = 0; i < width; ++i)
+      meanGx += dy[i] * weight.data[i] * row[i];
+    meanGx /= double(width);
+    for (int64_t i = 0; i < width; ++i) {
+      inputGrad.data[t * width + i] =
+          r * (dy[i] * weight.data[i] - row[i] * r * r * meanGx);
+      weightGrad.data[i] += dy[i] * row[i] * r;
+    }
+  }
+  std::vector<Tensor> results;
+  results.push_back(std::move(inputGrad));
+  results.push_back(std::move(weightGrad));
+  return results;
+}
+
+//===----------------------------------------------------------------------===//
+// Matmul
+//===----------------------------------------------------------------------===//
+
+Tensor transposed(const Tensor &t) {
+  int64_t rows = t.shape[0], cols = t.shape[1];
+  Tensor out = Tensor::zeros({cols, rows});
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      out.data[j * rows + i] = t.data[i * cols + j];
+  return out;
+}
+
+/// result[i, j] = sum_k op(lhs)[i, k] op(rhs)[k, j], accumulated in double.
+/// Operands are first made row-major [M, K] and [K, N]; the product runs
+/// i-k-j over blocks of rows and columns so that a block of the result stays
+/// in cache while rows of the right operand stream through.
+Results matmul(MatmulOp op, const Tensor &lhs, const Tensor &rhs) {
+  Tensor lhsT, rhsT;
+  const Tensor *a = &lhs, *b = &rhs;
+  if (op.getTransposeLhs())
+    a = &(lhsT = transposed(lhs));
+  if (op.getTransposeRhs())
+    b = &(rhsT = transposed(rhs));
+  int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
+  Tensor c = Tensor::zeros({m, n});
+  constexpr int64_t kRowBlock = 4, kColBlock = 512;
+  for (int64_t i0 = 0; i0 < m; i0 += kRowBlock) {
+    int64_t i1 = std::min(i0 + kRowBlock, m);
+    for (int64_t j0 = 0; j0 < n; j0 += kColBlock) {
+      int64_t j1 = std::min(j0 + kColBlock, n);
+      for (int64_t p = 0; p < k; ++p) {
+        const double *bRow = &b->data[p * n];
+        for (int64_t i = i0; i < i1; ++i) {
+          double aip = a->data[i * k + p];
+          double *cRow = &c.data[i * n];
+          for (int64_t j = j0; j < j1; ++j)
+            cRow[j] += aip * bRow[j];
+        }
+      }
+    }
+  }
+  return one(std::move(c));
+}
+
+//===----------------------------------------------------------------------===//
+// RoPE
+//===----------------------------------------------------------------------===//
+
+/// Per row t (position p = t mod seq_len), head and i < h = head_dim / 2,
+/// with angle a = p f_i (negated when `inverse`):
+///   out[i]   = x[i] cos a - x[i+h] sin a,
+///   out[i+h] = x[i+h] cos a + x[i] sin a.
+/// As transformers: the angle is f32 unless the IR is f64, cos and sin are
+/// rounded to the element type, and so is each product before the sum.
+Results rope(RoPEOp op, const Tensor &x) {
+  Type type = elementTypeOf(op.getResult());
+  llvm::SmallVector<double> frequencies = op.getFrequencies();
+  int64_t heads = op.getNumHeads(), dim = op.getHeadDim();
+  int64_t seqLen = op.getSeqLen(), half = dim / 2;
+  double sign = op.getInverse() ? -1 : 1;
+  std::vector<double> cosines(seqLen * half), sines(seqLen * half);
+  for (int64_t p = 0; p < seqLen; ++p) {
+    for (int64_t i = 0; i < half; ++i) {
+      double angle =
+          type.isF64() ? double(p) * frequencies[i]
+                       : double(float(p) * static_cast<float>(frequencies[i]));
+      cosines[p * half + i] = roundTo(std::cos(angle), type);
+      sines[p * half + i] = roundTo(sign * std::sin(angle), type);
+    }
+  }
+  int64_t rows = x.shape[0], width = x.shape[1];
+  Tensor out = Tensor::zeros(x.shape);
+  for (int64_t t = 0; t < rows; ++t) {
+    const double *c = &cosines[(t % seqLen) * half];
+    const double *s = &sines[(t % seqLen) * half];
+    for (int64_t n = 0; n < heads; ++n) {
+      const double *in = &x.data[t * width + n * dim];
+      double *o = &out.data[t * width + n * dim];
+      for (int64_t i = 0; i < half; ++i) {
+        o[i] = roundTo(in[i] * c[i], type) - roundTo(in[i + half] * s[i], type);
+        o[i + half] =
+            roundTo(in[i + half] * c[i], type) + roundTo(in[i] * s[i], type);
+      }
+    }
+  }
+  return one(std::move(out));
+}
+
+//===----------------------------------------------------------------------===//
+// Attention
+//===----------------------------------------------------------------------===//
+
+/// The head layout shared by attention and attention_grad.
+struct AttentionLayout {
+  int64_t heads, kvHeads, dim, seqLen, rows;
+  double scale;
+
+  template <typename AttentionLikeOp>
+  AttentionLayout(AttentionLikeOp op, const Tensor &query)
+      : heads(op.getNumHeads()), kvHeads(op.getNumKvHeads()),
+        dim(op.getHeadDim()), seqLen(op.getSeqLen()), rows(query.shape[0]),
+        scale(op.getScale().convertToDouble()) {}
+
+  int64_t queryWidth() const { return heads * dim; }
+  int64_t kvWidth() const { return kvHeads * dim; }
+  /// Offset of query head n's slice within a query row.
+  int64_t queryOffset(int64_t n) const { return n * dim; }
+  /// Offset of the kv head that query head n reads within a key/value row.
+  int64_t kvOffset(int64_t n) const { return n / (heads / kvHeads) * dim; }
+};
+
+/// Fills probs[0..i] with softmax_j(scale * q_t . k_{first+j}) for the query
+/// row t = first + i and query head n: the causal row of one head.
+void attentionRow(const AttentionLayout &l, const Tensor &query,
+                  const Tensor &key, int64_t first, int64_t i, int64_t n,
+                  std::vector<double> &probs) {
+  const double *q =
+      &query.data[(first + i) * l.queryWidth() + l.queryOffset(n)];
+  double maxScore = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j <= i; ++j) {
+    const double *k = &key.data[(first + j) * l.kvWidth() + l.kvOffset(n)];
+    double dot = 0;
+    for (int64_t c = 0; c < l.dim; ++c)
+      dot += q[c] * k[c];
+    probs[j] = l.scale * dot;
+    maxScore = std::max(maxScore, probs[j]);
+  }
+  double sum = 0;
+  for (int64_t j = 0; j <= i; ++j)
+    sum += probs[j] = std::exp(probs[j] - maxScore);
+  for (int64_t j = 0; j <= i; ++j)
+    probs[j] /= sum;
+}
+
+/// Per sequence and query head n (kv head n / (num_heads / num_kv_heads)):
+/// P = softmax(scale q k^T + causal mask), out = P v.
+Results attention(AttentionOp op, const Tensor &query, const Tensor &key,
+                  const Tensor &value) {
+  AttentionLayout l(op, query);
+  Tensor out = Tensor::zeros(query.shape);
+  std::vector<double> probs(l.seqLen);
+  for (int64_t first = 0; first < l.rows; first += l.seqLen) {
+    for (int64_t n = 0; n < l.heads; ++n) {
+      for (int64_t i = 0; i < l.seqLen; ++i) {
+        attentionRow(l, query, key, first, i, n, probs);
+        double *o = &out.data[(first + i) * l.queryWidth() + l.queryOffset(n)];
+        for (int64_t j = 0; j <= i; ++j) {
+          const double *v =
+              &value.data[(first + j) * l.kvWidth() + l.kvOffset(n)];
+          for (int64_t c = 0; c < l.dim; ++c)
+            o[c] += probs[j] * v[c];
+        }
+      }
+    }
+  }
+  return one(std::move(out));
+}
+
+/// With P recomputed per head and dP = grad v^T: value_grad = P^T grad,
+/// dS = P (dP - rowsum(dP P)), query_grad = scale dS k,
+/// key_grad = scale dS^T q; a shared kv head sums over its query heads.
+Results attentionGrad(AttentionGradOp op, const Tensor &grad,
+                      const Tensor &query, const Tensor &key,
+                      const Tensor &value) {
+  AttentionLayout l(op, query);
+  Tensor queryGrad = Tensor::zeros(query.shape);
+  Tensor keyGrad = Tensor::zeros(key.shape);
+  Tensor valueGrad = Tensor::zeros(value.shape);
+  std::vector<double> probs(l.seqLen), dProbs(l.seqLen);
+  for (int64_t first = 0; first < l.rows; first += l.seqLen) {
+    for (int64_t n = 0; n < l.heads; ++n) {
+      for (int64_t i = 0; i < l.seqLen; ++i) {
+        attentionRow(l, query, key, first, i, n, probs);
+        int64_t qIndex = (first + i) * l.queryWidth() + l.queryOffset(n);
+        const double *dy = &grad.data[qIndex];
+        const double *q = &query.data[qIndex];
+        double *dq = &queryGrad.data[qIndex];
+        double rowSum = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          int64_t kvIndex = (first + j) * l.kvWidth() + l.kvOffset(n);
+          const double *v = &value.data[kvIndex];
+          double *dv = &valueGrad.data[kvIndex];
+          double dot = 0;
+          for (int64_t c = 0; c < l.dim; ++c) {
+            dot += dy[c] * v[c];
+            dv[c] += probs[j] * dy[c];
+          }
+          dProbs[j] = dot;
+          rowSum += dot * probs[j];
+        }
+        for (int64_t j = 0; j <= i; ++j) {
+          int64_t kvIndex = (first + j) * l.kvWidth() + l.kvOffset(n);
+          const double *k = &key.data[kvIndex];
+          double *dk = &keyGrad.data[kvIndex];
+          double dScore = l.scale * probs[j] * (dProbs[j] - rowSum);
+          for (int64_t c = 0; c < l.dim; ++c) {
+            dq[c] += dScore * k[c];
+            dk[c] += dScore * q[c];
+          }
+        }
+      }
+    }
+  }
+  std::vector<Tensor> results;
+  results.push_back(std::move(queryGrad));
+  results.push_back(std::move(keyGrad));
+  results.push_back(std::move(valueGrad));
+  return results;
+}
+
+//===----------------------------------------------------------------------===//
+// SwiGLU, Add
+//===----------------------------------------------------------------------===//
+
+/// silu(gate) = gate * sigmoid(gate), rounded to the element type (it is
+/// transformers' act_fn output), then result = silu(gate) * up.
+Results swiglu(SwiGLUOp op, const Tensor &gate, const Tensor &up) {
+  Type type = elementTypeOf(op.getResult());
+  Tensor out = Tensor::zeros(gate.shape);
+  for (size_t i = 0; i < out.data.size(); ++i)
+    out.data[i] =
+        roundTo(gate.data[i] * sigmoid(gate.data[i]), type) * up.data[i];
+  return one(std::move(out));
+}
+
+/// With s = sigmoid(gate): up_grad = grad gate s,
+/// gate_grad = grad up s (1 + gate (1 - s)).
+Results swigluGrad(const Tensor &grad, const Tensor &gate, const Tensor &up) {
+  Tensor gateGrad = Tensor::zeros(gate.shape), upGrad = Tensor::zeros(up.shape);
+  for (size_t i = 0; i < grad.data.size(); ++i) {
+    double g = gate.data[i], s = sigmoid(g);
+    upGrad.data[i] = grad.data[i] * g * s;
+    gateGrad.data[i] = grad.data[i] * up.data[i] * s * (1 + g * (1 - s));
+  }
+  std::vector<Tensor> results;
+  results.push_back(std::move(gateGrad));
+  results.push_back(std::move(upGrad));
+  return results;
+}
+
+/// result = lhs + rhs.
+Results add(const Tensor &lhs, const Tensor &rhs) {
+  Tensor out = Tensor::zeros(lhs.shape);
+  for (size_t i = 0; i < out.data.size(); ++i)
+    out.data[i] = lhs.data[i] + rhs.data[i];
+  return one(std::move(out));
+}
+
+//===----------------------------------------------------------------------===//
+// Cross entropy
+//===----------------------------------------------------------------------===//
+
+/// The target of each row under the shifted loss, -1 when the row does not
+/// count: position p < seq_len - 1 predicts labels[t + 1] unless it is -100.
+llvm::Expected<std::vector<int64_t>> shiftedTargets(Operation *op,
+                                                    const Tensor &labels,
+                                                    int64_t seqLen,
+                                                    int64_t vocab) {
+  int64_t rows = labels.shape[0];
+  std::vector<int64_t> targets(rows, -1);
+  for (int64_t t = 0; t < rows; ++t) {
+    if (t % seqLen == seqLen - 1 || labels.data[t + 1] == -100)
+      continue;
+    llvm::Expected<int64_t> label = tokenAt(op, labels, t + 1, vocab);
+    if (!label)
+      return label.takeError();
+    targets[t] = *label;
+  }
+  return targets;
+}
+
+/// log(sum_i exp(x_i)), shifted by the maximum.
+double logSumExp(const double *x, int64_t width) {
+  double maxValue = *std::max_element(x, x + width);
+  double sum = 0;
+  for (int64_t i = 0; i < width; ++i)
+    sum += std::exp(x[i] - maxValue);
+  return maxValue + std::log(sum);
+}
+
+/// loss = mean over counted rows t of logsumexp(logits[t]) - logits[t, y_t]
+/// (0 when no row counts).
+Results crossEntropy(CrossEntropyOp op, const Tensor &logits,
+                     const Tensor &labels) {
+  int64_t vocab = logits.shape[1];
+  llvm::Expected<std::vector<int64_t>> targets =
+      shiftedTargets(op, labels, op.getSeqLen(), vocab);
+  if (!targets)
+    return targets.takeError();
+  double total = 0;
+  int64_t count = 0;
+  for (auto [t, target] : llvm::enumerate(*targets)) {
+    if (target < 0)
+      continue;
+    const double *row = &logits.data[t * vocab];
+    total += logSumExp(row, vocab) - row[target];
+    ++count;
+  }
+  return one(Tensor::scalar(count ? total / double(count) : 0.0));
+}
+
+/// For a counted row with target y:
+/// result[t, :] = grad (softmax(logits[t]) - onehot(y)) / count; zeros
+/// elsewhere.
+Results crossEntropyGrad(CrossEntropyGradOp op, const Tensor &grad,
+                         const Tensor &logits, const Tensor &labels) {
+  int64_t vocab = logits.shape[1];
+  llvm::Expected<std::vector<int64_t>> targets =
+      shiftedTargets(op, labels, op.getSeqLen(), vocab);
+  if (!targets)
+    return targets.takeError();
+  int64_t count = llvm::count_if(*targets, [](int64_t y) { return y >= 0; });
+  Tensor out = Tensor::zeros(logits.shape);
+  for (auto [t, target] : llvm::enumerate(*targets)) {
+    if (target < 0)
+      continue;
+    const double *row = &logits.data[t * vocab];
+    double *o = &out.data[t * vocab];
+    double lse = logSumExp(row, vocab), weight = grad.data[0] / double(count);
+    for (int64_t i = 0; i < vocab; ++i)
+      o[i] = weight * std::exp(row[i] - lse);
+    o[target] -= weight;
+  }
+  return one(std::move(out));
+}
+
+//===----------------------------------------------------------------------===//
+// AdamW
+//===----------------------------------------------------------------------===//
+
+/// torch.optim.AdamW (amsgrad off), hyperparameters from rank-0 operands:
+///   p  = param (1 - lr weight_decay)
+///   m' = beta1 m + (1 - beta1) grad,  v' = beta2 v + (1 - beta2) grad^2
+///   new_param = p - lr / (1 - beta1^step) m' / (sqrt(v') / sqrt(1 -
+///   beta2^step) + eps).
+Results adamw(llvm::ArrayRef<const Tensor *> in) {
+  const Tensor &param = *in[0], &grad = *in[1], &m = *in[2], &v = *in[3];
+  double lr = in[4]->data[0], beta1 = in[5]->data[0], beta2 = in[6]->data[0];
+  double eps = in[7]->data[0], weightDecay = in[8]->data[0];
+  double step = in[9]->data[0];
+  double stepSize = lr / (1 - std::pow(beta1, step));
+  double correction2Sqrt = std::sqrt(1 - std::pow(beta2, step));
+  Tensor newParam = Tensor::zeros(param.shape);
+  Tensor newM = Tensor::zeros(param.shape), newV = Tensor::zeros(param.shape);
+  for (size_t i = 0; i < param.data.size(); ++i) {
+    double g = grad.data[i];
+    newM.data[i] = beta1 * m.data[i] + (1 - beta1) * g;
+    newV.data[i] = beta2 * v.data[i] + (1 - beta2) * g * g;
+    double denom = std::sqrt(newV.data[i]) / correction2Sqrt + eps;
+    newParam.data[i] = param.data[i] * (1 - lr * weightDecay) -
+                       stepSize * newM.data[i] / denom;
+  }
+  std::vector<Tensor> results;
+  results.push_back(std::move(newParam));
+  results.push_back(std::move(newM));
+  results.push_back(std::move(newV));
+  return results;
+}
+
+//===----------------------------------------------------------------------===//
+// Driver
+//===----------------------------------------------------------------------===//
+
+/// A dense tensor constant, float or integer.
+Results constant(arith::ConstantOp op) {
+  auto attr = dyn_cast<DenseElementsAttr>(op.getValue());
+  if (!attr)
+    return fail(
+        llvm::formatv("arith.constant: unsupported value {0}", op.getValue()));
+  Tensor tensor;
+  tensor.shape.assign(attr.getType().getShape().begin(),
+                      attr.getType().getShape().end());
+  if (isa<FloatType>(attr.getElementType()))
+    for (const llvm::APFloat &value : attr.getValues<llvm::APFloat>())
+      tensor.data.push_back(value.convertToDouble());
+  else
+    for (const llvm::APInt &value : attr.getValues<llvm::APInt>())
+      tensor.data.push_back(double(value.getSExtValue()));
+  return one(std::move(tensor));
+}
+
+Results evaluate(Operation *op, llvm::ArrayRef<const Tensor *> in) {
+  return llvm::TypeSwitch<Operation *, Results>(op)
+      .Case([&](EmbeddingOp op) { return embedding(op, *in[0], *in[1]); })
+      .Case(
+          [&](EmbeddingGradOp op) { return embeddingGrad(op, *in[0], *in[1]); })
+      .Case([&](RMSNormOp op) { return rmsNorm(op, *in[0], *in[1]); })
+      .Case([&](RMSNormGradOp op) {
+        return rmsNormGrad(op, *in[0], *in[1], *in[2]);
+      })
+      .Case([&](MatmulOp op) { return matmul(op, *in[0], *in[1]); })
+      .Case([&](RoPEOp op) { return rope(op, *in[0]); })
+      .Case(
+          [&](AttentionOp op) { return attention(op, *in[0], *in[1], *in[2]); })
+      .Case([&](AttentionGradOp op) {
+        return attentionGrad(op, *in[0], *in[1], *in[2], *in[3]);
+      })
+      .Case([&](SwiGLUOp op) { return swiglu(op, *in[0], *in[1]); })
+      .Case([&](SwiGLUGradOp) { return swigluGrad(*in[0], *in[1], *in[2]); })
+      .Case([&](AddOp) { return add(*in[0], *in[1]); })
+      .Case([&](CrossEntropyOp op) { return crossEntropy(op, *in[0], *in[1]); })
+      .Case([&](CrossEntropyGradOp op) {
+        return crossEntropyGrad(op, *in[0], *in[1], *in[2]);
+      })
+      .Case([&](AdamWOp) { return adamw(in); })
+      .Case([&](arith::ConstantOp op) { return constant(op); })
+      .Default([&](Operation *op) -> Results {
+        return fail(llvm::formatv("reference interpreter: unsupported op '{0}'",
+                                  op->getName()));
+      });
+}
+
+} // namespace
+
+llvm::Expected<std::vector<Tensor>>
+llamac::reference::interpret(func::FuncOp func, llvm::ArrayRef<Tensor> args,
+                             llvm::DenseMap<Value, Tensor> *observed) {
+  if (!func.getBody().hasOneBlock())
+    return fail(llvm::formatv("reference interpreter: @{0} is not a "
+                              "single-block function",
+                              func.getSymName()));
+  Block &body = func.getBody().front();
+  if (args.size() != body.getNumArguments())
+    return fail(llvm::formatv(
+        "reference interpreter: @{0} takes {1} arguments, got {2}",
+        func.getSymName(), body.getNumArguments(), args.size()));
+  if (failed(verify(func)))
+    return fail(llvm::formatv("reference interpreter: @{0} fails verification",
+                              func.getSymName()));
+
+  // Position of the last op that reads each value.
+  llvm::DenseMap<Value, size_t> lastUse;
+  for (auto [index, op] : llvm::enumerate(body))
+    for (Value operand : op.getOperands())
+      lastUse[operand] = index;
+
+  llvm::DenseMap<Value, Tensor> env;
+  auto define = [&](Value value, Tensor tensor) {
+    if (observed)
+      if (auto it = observed->find(value); it != observed->end())
+        it->second = tensor;
+    if (!value.use_empty())
+      env[value] = std::move(tensor);
+  };
+
+  for (auto [index, arg] : llvm::enumerate(body.getArguments())) {
+    auto type = dyn_cast<RankedTensorType>(arg.getType());
+    if (!type)
+      return fail(llvm::formatv("reference interpreter: argument {0} of @{1} "
+                                "has type {2}, not a ranked tensor",
+                                index, func.getSymName(), arg.getType()));
+    const Tensor &given = args[index];
+    if (llvm::ArrayRef(given.shape) != type.getShape() ||
+        int64_t(given.data.size()) != given.numel())
+      return fail(llvm::formatv(
+          "reference interpreter: argument {0} of @{1} has shape {2} with {3} "
+          "values, expected shape {4}",
+          index, func.getSymName(), shapeString(given.shape), given.data.size(),
+          shapeString(type.getShape())));
+    Tensor tensor = given;
+    roundAll(tensor, type.getElementType());
+    define(arg, std::move(tensor));
+  }
+
+  for (auto [index, op] : llvm::enumerate(body.without_terminator())) {
+    llvm::SmallVector<const Tensor *> operands;
+    for (Value operand : op.getOperands())
+      operands.push_back(&env.find(operand)->second);
+    Results results = evaluate(&op, operands);
+    if (!results)
+      return results.takeError();
+    for (Value operand : op.getOperands())
+      if (lastUse[operand] == index)
+        env.erase(operand);
+    for (auto [value, tensor] : llvm::zip_equal(op.getResults(), *results)) {
+      roundAll(tensor, elementTypeOf(value));
+      define(value, std::move(tensor));
+    }
+  }
+
+  std::vector<Tensor> results;
+  for (Value value : body.getTerminator()->getOperands())
+    results.push_back(env.find(value)->second);
+  return results;
+}

@@ -1,0 +1,57 @@
+// RUN: llamac-opt %s --llama-autodiff -split-input-file -verify-diagnostics | FileCheck %s
+
+// A tied embedding: the table's gradient sums the lm_head use and the gather.
+// CHECK-LABEL: func.func @tied
+// CHECK-SAME: -> (tensor<f32> {llama.loss}, tensor<16x8xf32> {llama.grad = "model.embed_tokens.weight"}, tensor<8xf32> {llama.grad = "model.norm.weight"}, tensor<4x8xf32> {llama.grad = "unused.weight"})
+func.func @tied(%table: tensor<16x8xf32> {llama.param = "model.embed_tokens.weight"},
+                %norm: tensor<8xf32> {llama.param = "model.norm.weight"},
+                %unused: tensor<4x8xf32> {llama.param = "unused.weight"},
+                %ids: tensor<4xi32> {llama.input = "input_ids"},
+                %labels: tensor<4xi32> {llama.input = "labels"}) -> tensor<f32> {
+  %h = llama.embedding %table, %ids : (tensor<16x8xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %x = llama.rms_norm %h, %norm {eps = 1.0e-5 : f64} : (tensor<4x8xf32>, tensor<8xf32>) -> tensor<4x8xf32>
+  %logits = llama.matmul %x, %table {transpose_rhs = true} : (tensor<4x8xf32>, tensor<16x8xf32>) -> tensor<4x16xf32>
+  %loss = llama.cross_entropy %logits, %labels {seq_len = 2} : (tensor<4x16xf32>, tensor<4xi32>) -> tensor<f32>
+  return %loss : tensor<f32>
+}
+// CHECK: %[[LOSS:.*]] = llama.cross_entropy
+// CHECK: %[[ONE:.*]] = arith.constant dense<1.000000e+00> : tensor<f32>
+// CHECK: %[[DLOGITS:.*]] = llama.cross_entropy_grad %[[ONE]], %{{.*}}, %{{.*}} {seq_len = 2 : i64}
+// dx = dlogits · table, dtable = dlogitsᵀ · x
+// CHECK: %[[DX:.*]] = llama.matmul %[[DLOGITS]], %{{.*}} : (tensor<4x16xf32>, tensor<16x8xf32>) -> tensor<4x8xf32>
+// CHECK: %[[DHEAD:.*]] = llama.matmul %[[DLOGITS]], %{{.*}} {transpose_lhs = true} : (tensor<4x16xf32>, tensor<4x8xf32>) -> tensor<16x8xf32>
+// CHECK: %[[DH:.*]], %[[DNORM:.*]] = llama.rms_norm_grad %[[DX]]
+// CHECK: %[[DGATHER:.*]] = llama.embedding_grad %[[DH]]
+// CHECK: %[[DTABLE:.*]] = llama.add %[[DHEAD]], %[[DGATHER]]
+// CHECK: %[[ZERO:.*]] = arith.constant dense<0.000000e+00> : tensor<4x8xf32>
+// CHECK: return %[[LOSS]], %[[DTABLE]], %[[DNORM]], %[[ZERO]]
+
+// -----
+
+// Attention: RoPE's VJP is the inverse rotation; GQA keys and values get their
+// gradients from attention_grad.
+// CHECK-LABEL: func.func @attention
+func.func @attention(%wq: tensor<8x8xf32> {llama.param = "q"}, %wk: tensor<4x8xf32> {llama.param = "k"},
+                     %x: tensor<4x8xf32>, %labels: tensor<4xi32>) -> tensor<f32> {
+  %q = llama.matmul %x, %wq {transpose_rhs = true} : (tensor<4x8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32>
+  %k = llama.matmul %x, %wk {transpose_rhs = true} : (tensor<4x8xf32>, tensor<4x8xf32>) -> tensor<4x4xf32>
+  %qr = llama.rope %q {num_heads = 2, head_dim = 4, seq_len = 2, theta = 10000.0} : (tensor<4x8xf32>) -> tensor<4x8xf32>
+  %a = llama.attention %qr, %k, %k {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 2, scale = 0.5} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>) -> tensor<4x8xf32>
+  %l = llama.swiglu %a, %qr : (tensor<4x8xf32>, tensor<4x8xf32>) -> tensor<4x8xf32>
+  %loss = llama.cross_entropy %l, %labels {seq_len = 2} : (tensor<4x8xf32>, tensor<4xi32>) -> tensor<f32>
+  return %loss : tensor<f32>
+}
+// CHECK: %[[DG:.*]], %[[DU:.*]] = llama.swiglu_grad
+// CHECK: %[[DQ:.*]], %[[DK:.*]], %[[DV:.*]] = llama.attention_grad
+// The key feeds both the key and value operands: both cotangents are summed.
+// CHECK: %[[DQR:.*]] = llama.add %[[DU]], %[[DQ]]
+// CHECK: %[[DKV:.*]] = llama.add %[[DK]], %[[DV]]
+// CHECK: llama.rope %[[DQR]] {{{.*}}inverse = true
+// CHECK: return %{{.*}}, %{{.*}}, %{{.*}} : tensor<f32>, tensor<8x8xf32>, tensor<4x8xf32>
+
+// -----
+
+// expected-error @+1 {{llama-autodiff expects the function to return one scalar loss and nothing else}}
+func.func @not_a_loss(%x: tensor<4x8xf32> {llama.param = "x"}) -> tensor<4x8xf32> {
+  return %x : tensor<4x8xf32>
+}

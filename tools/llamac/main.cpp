@@ -1,0 +1,169 @@
+//===- main.cpp - The llamac command line -----------------------*- C++ -*-===//
+//
+//   llamac compile --config PATH [--batch B] [--seq S] [--precision P] --emit mlir
+//   llamac train [--config PATH] [--weights PATH] [--data FILE.jsonl] ...
+//
+//===----------------------------------------------------------------------===//
+
+#include "Commands.h"
+
+#include "llvm/ADT/SmallVector.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/InitLLVM.h"
+
+using namespace llvm;
+using namespace llamac;
+
+static cl::SubCommand compileCommand("compile",
+                                     "Build the train step of a model as MLIR");
+static cl::SubCommand trainCommand("train", "Fine-tune a model");
+
+static cl::OptionCategory modelCategory("Model and step");
+static cl::opt<std::string>
+    configPath("config",
+               cl::desc("config.json of a Hugging Face Llama model, or its "
+                        "directory (default: a built-in tiny model)"),
+               cl::sub(compileCommand), cl::sub(trainCommand),
+               cl::cat(modelCategory));
+static cl::opt<int64_t> batch("batch", cl::desc("Sequences per step"),
+                              cl::init(8), cl::sub(compileCommand),
+                              cl::sub(trainCommand), cl::cat(modelCategory));
+static cl::opt<int64_t> seqLen("seq", cl::desc("Tokens per sequence"),
+                            cl::init(256), cl::sub(compileCommand),
+                            cl::sub(trainCommand), cl::cat(modelCategory));
+static cl::opt<std::string>
+    precision("precision", cl::desc("fp32 or bf16 (default fp32)"),
+              cl::init("fp32"), cl::sub(compileCommand), cl::sub(trainCommand),
+              cl::cat(modelCategory));
+
+static cl::opt<std::string> emit("emit", cl::desc("What to print: mlir"),
+                                 cl::init("mlir"), cl::sub(compileCommand));
+static cl::opt<bool> noAutodiff(
+    "no-autodiff", cl::desc("Stop at the forward function (debugging)"),
+    cl::sub(compileCommand));
+static cl::opt<bool> noOptimizer(
+    "no-optimizer", cl::desc("Stop after autodiff: return the gradients"),
+    cl::sub(compileCommand));
+static cl::opt<std::string> outputPath("o", cl::desc("Output file"),
+                                       cl::init("-"), cl::sub(compileCommand));
+
+static cl::OptionCategory trainCategory("Training");
+static cl::opt<std::string>
+    weightsPath("weights",
+                cl::desc("safetensors file, sharded index or model directory "
+                         "(default: Hugging Face's random init)"),
+                cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<std::string>
+    dataPath("data",
+             cl::desc("JSON Lines with input_ids and optional labels "
+                      "(default: built-in synthetic sequences)"),
+             cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<int64_t> steps("steps", cl::desc("Optimizer steps"),
+                              cl::init(10), cl::sub(trainCommand),
+                              cl::cat(trainCategory));
+static cl::opt<double> lr("lr", cl::desc("Learning rate"), cl::init(1.41e-5),
+                          cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<double> weightDecay("weight-decay",
+                                   cl::desc("AdamW decoupled weight decay"),
+                                   cl::init(0.01), cl::sub(trainCommand),
+                                   cl::cat(trainCategory));
+static cl::opt<std::string> adamBetas("adam-betas",
+                                      cl::desc("AdamW beta1,beta2"),
+                                      cl::init("0.9,0.999"),
+                                      cl::sub(trainCommand),
+                                      cl::cat(trainCategory));
+static cl::opt<double> adamEps("adam-eps", cl::desc("AdamW epsilon"),
+                               cl::init(1e-8), cl::sub(trainCommand),
+                               cl::cat(trainCategory));
+static cl::opt<std::string> device("device", cl::desc("cpu"), cl::init("cpu"),
+                                   cl::sub(trainCommand),
+                                   cl::cat(trainCategory));
+static cl::opt<uint64_t> seed("seed", cl::desc("Seed of the random init"),
+                              cl::init(0), cl::sub(trainCommand),
+                              cl::cat(trainCategory));
+static cl::opt<std::string>
+    savePath("save",
+             cl::desc("Write a Hugging Face checkpoint to this directory"),
+             cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<std::string>
+    dumpGradsPath("dump-grads",
+                  cl::desc("Write step 1's gradients as safetensors"),
+                  cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<std::string>
+    metricsPath("metrics", cl::desc("Write per-step metrics as JSON Lines"),
+                cl::sub(trainCommand), cl::cat(trainCategory));
+
+/// Checks the flags both commands share; returns an exit code or 0.
+static int readStepShape(StepShape &shape) {
+  if (batch <= 0)
+    return reportError("--batch: must be positive, got " + Twine(batch));
+  if (seqLen <= 1)
+    return reportError("--seq: must be at least 2, got " + Twine(seqLen));
+  if (!parsePrecision(precision, shape.precision) ||
+      shape.precision == Precision::FP64)
+    return reportError("--precision: unknown precision '" + precision +
+                       "' (supported: fp32, bf16)");
+  shape.batch = batch;
+  shape.seq = seqLen;
+  return 0;
+}
+
+static int compileMain() {
+  CompileOptions options;
+  if (int code = readStepShape(options.shape))
+    return code;
+  options.configPath = configPath;
+  options.emit = emit;
+  options.autodiff = !noAutodiff;
+  options.optimizer = !noOptimizer;
+  options.outputPath = outputPath;
+  return runCompile(options);
+}
+
+static int trainMain() {
+  TrainOptions options;
+  if (int code = readStepShape(options.shape))
+    return code;
+  SmallVector<StringRef, 2> betas;
+  StringRef(adamBetas).split(betas, ',');
+  if (betas.size() != 2 || !to_float(betas[0].trim(), options.beta1) ||
+      !to_float(betas[1].trim(), options.beta2) || options.beta1 < 0 ||
+      options.beta1 >= 1 || options.beta2 < 0 || options.beta2 >= 1)
+    return reportError("--adam-betas: expected two numbers in [0, 1) as "
+                       "'beta1,beta2', got '" +
+                       adamBetas + "'");
+  if (steps < 0)
+    return reportError("--steps: must not be negative, got " + Twine(steps));
+  if (!(lr >= 0))
+    return reportError("--lr: must not be negative");
+  if (!(weightDecay >= 0))
+    return reportError("--weight-decay: must not be negative");
+  if (!(adamEps > 0))
+    return reportError("--adam-eps: must be positive");
+  options.configPath = configPath;
+  options.weightsPath = weightsPath;
+  options.dataPath = dataPath;
+  options.savePath = savePath;
+  options.dumpGradsPath = dumpGradsPath;
+  options.metricsPath = metricsPath;
+  options.steps = steps;
+  options.lr = lr;
+  options.weightDecay = weightDecay;
+  options.eps = adamEps;
+  options.device = device;
+  options.seed = seed;
+  return runTrain(options);
+}
+
+int main(int argc, char **argv) {
+  InitLLVM init(argc, argv);
+  cl::HideUnrelatedOptions({&modelCategory, &trainCategory});
+  cl::ParseCommandLineOptions(argc, argv,
+                              "llamac: a compiler for Llama fine-tuning\n");
+  if (compileCommand)
+    return compileMain();
+  if (trainCommand)
+    return trainMain();
+  return reportError("expected a command: compile or train (see --help)");
+}
