@@ -74,7 +74,7 @@ double roundTo(double x, Type elementType) {
                ? double(static_cast<float>(x))
                : roundToBinary(x, 24, -126, std::numeric_limits<float>::max());
   if (floatType.isBF16())
-    return roundToBinary(x, 8, -126, std::ldexp(1 - std::ldexp(1.0, -8), 128));
+    return roundToBinary(x, 8, -126, 0x1.FEp127);
   if (floatType.isF16())
     return roundToBinary(x, 11, -14, 65504.0);
   llvm::APFloat value(x);
@@ -88,41 +88,39 @@ double roundTo(double x, Type elementType) {
 
 using namespace llamac::reference;
 
-namespace {
-
 using Results = llvm::Expected<std::vector<Tensor>>;
 
-llvm::Error fail(const llvm::Twine &message) {
+static llvm::Error fail(const llvm::Twine &message) {
   return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
 }
 
-std::string shapeString(llvm::ArrayRef<int64_t> shape) {
+static std::string shapeString(llvm::ArrayRef<int64_t> shape) {
   std::string text = "[";
   for (auto [index, dim] : llvm::enumerate(shape))
     text += (index ? ", " : "") + std::to_string(dim);
   return text + "]";
 }
 
-Type elementTypeOf(Value value) {
+static Type elementTypeOf(Value value) {
   return cast<ShapedType>(value.getType()).getElementType();
 }
 
-void roundAll(Tensor &tensor, Type elementType) {
+static void roundAll(Tensor &tensor, Type elementType) {
   if (elementType.isF64())
     return;
   for (double &x : tensor.data)
     x = roundTo(x, elementType);
 }
 
-Results one(Tensor tensor) {
+static Results one(Tensor tensor) {
   std::vector<Tensor> results;
   results.push_back(std::move(tensor));
   return results;
 }
 
 /// Reads an id or label: an exact integer in [0, limit).
-llvm::Expected<int64_t> tokenAt(Operation *op, const Tensor &ids, int64_t row,
-                                int64_t limit) {
+static llvm::Expected<int64_t> tokenAt(Operation *op, const Tensor &ids,
+                                       int64_t row, int64_t limit) {
   double id = ids.data[row];
   if (id >= 0 && id < double(limit) && id == std::floor(id))
     return int64_t(id);
@@ -133,14 +131,15 @@ llvm::Expected<int64_t> tokenAt(Operation *op, const Tensor &ids, int64_t row,
   return fail(message);
 }
 
-double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
+static double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
 
 //===----------------------------------------------------------------------===//
 // Embedding
 //===----------------------------------------------------------------------===//
 
 /// result[t, :] = table[ids[t], :].
-Results embedding(EmbeddingOp op, const Tensor &table, const Tensor &ids) {
+static Results embedding(EmbeddingOp op, const Tensor &table,
+                         const Tensor &ids) {
   int64_t vocab = table.shape[0], hidden = table.shape[1];
   int64_t rows = ids.shape[0];
   Tensor out = Tensor::zeros({rows, hidden});
@@ -154,8 +153,8 @@ Results embedding(EmbeddingOp op, const Tensor &table, const Tensor &ids) {
 }
 
 /// result[v, :] = sum over t with ids[t] == v of grad[t, :].
-Results embeddingGrad(EmbeddingGradOp op, const Tensor &grad,
-                      const Tensor &ids) {
+static Results embeddingGrad(EmbeddingGradOp op, const Tensor &grad,
+                             const Tensor &ids) {
   auto type = cast<RankedTensorType>(op.getResult().getType());
   int64_t vocab = type.getDimSize(0), hidden = grad.shape[1];
   Tensor out = Tensor::zeros({vocab, hidden});
@@ -174,7 +173,7 @@ Results embeddingGrad(EmbeddingGradOp op, const Tensor &grad,
 //===----------------------------------------------------------------------===//
 
 /// rsqrt(mean(x^2) + eps) of one row.
-double inverseRms(const double *x, int64_t width, double eps) {
+static double inverseRms(const double *x, int64_t width, double eps) {
   double sumSquares = 0;
   for (int64_t i = 0; i < width; ++i)
     sumSquares += x[i] * x[i];
@@ -183,7 +182,7 @@ double inverseRms(const double *x, int64_t width, double eps) {
 
 /// normed = x * rsqrt(mean(x^2) + eps), rounded to the element type, then
 /// result = weight * normed (LlamaRMSNorm's two steps).
-Results rmsNorm(RMSNormOp op, const Tensor &x, const Tensor &weight) {
+static Results rmsNorm(RMSNormOp op, const Tensor &x, const Tensor &weight) {
   Type type = elementTypeOf(op.getResult());
   double eps = op.getEps().convertToDouble();
   int64_t rows = x.shape[0], width = x.shape[1];
@@ -199,8 +198,8 @@ Results rmsNorm(RMSNormOp op, const Tensor &x, const Tensor &weight) {
 
 /// With r = rsqrt(mean(x^2) + eps) per row and g = grad * weight:
 /// input_grad = r (g - x r^2 mean(g x)), weight_grad[i] = sum_t grad x r.
-Results rmsNormGrad(RMSNormGradOp op, const Tensor &grad, const Tensor &x,
-                    const Tensor &weight) {
+static Results rmsNormGrad(RMSNormGradOp op, const Tensor &grad,
+                           const Tensor &x, const Tensor &weight) {
   double eps = op.getEps().convertToDouble();
   int64_t rows = x.shape[0], width = x.shape[1];
   Tensor inputGrad = Tensor::zeros(x.shape);
@@ -229,7 +228,7 @@ Results rmsNormGrad(RMSNormGradOp op, const Tensor &grad, const Tensor &x,
 // Matmul
 //===----------------------------------------------------------------------===//
 
-Tensor transposed(const Tensor &t) {
+static Tensor transposed(const Tensor &t) {
   int64_t rows = t.shape[0], cols = t.shape[1];
   Tensor out = Tensor::zeros({cols, rows});
   for (int64_t i = 0; i < rows; ++i)
@@ -242,7 +241,7 @@ Tensor transposed(const Tensor &t) {
 /// Operands are first made row-major [M, K] and [K, N]; the product runs
 /// i-k-j over blocks of rows and columns so that a block of the result stays
 /// in cache while rows of the right operand stream through.
-Results matmul(MatmulOp op, const Tensor &lhs, const Tensor &rhs) {
+static Results matmul(MatmulOp op, const Tensor &lhs, const Tensor &rhs) {
   Tensor lhsT, rhsT;
   const Tensor *a = &lhs, *b = &rhs;
   if (op.getTransposeLhs())
@@ -280,7 +279,7 @@ Results matmul(MatmulOp op, const Tensor &lhs, const Tensor &rhs) {
 ///   out[i+h] = x[i+h] cos a + x[i] sin a.
 /// As transformers: the angle is f32 unless the IR is f64, cos and sin are
 /// rounded to the element type, and so is each product before the sum.
-Results rope(RoPEOp op, const Tensor &x) {
+static Results rope(RoPEOp op, const Tensor &x) {
   Type type = elementTypeOf(op.getResult());
   llvm::SmallVector<double> frequencies = op.getFrequencies();
   int64_t heads = op.getNumHeads(), dim = op.getHeadDim();
@@ -318,6 +317,8 @@ Results rope(RoPEOp op, const Tensor &x) {
 // Attention
 //===----------------------------------------------------------------------===//
 
+namespace {
+
 /// The head layout shared by attention and attention_grad.
 struct AttentionLayout {
   int64_t heads, kvHeads, dim, seqLen, rows;
@@ -337,11 +338,13 @@ struct AttentionLayout {
   int64_t kvOffset(int64_t n) const { return n / (heads / kvHeads) * dim; }
 };
 
+} // namespace
+
 /// Fills probs[0..i] with softmax_j(scale * q_t . k_{first+j}) for the query
 /// row t = first + i and query head n: the causal row of one head.
-void attentionRow(const AttentionLayout &l, const Tensor &query,
-                  const Tensor &key, int64_t first, int64_t i, int64_t n,
-                  std::vector<double> &probs) {
+static void attentionRow(const AttentionLayout &l, const Tensor &query,
+                         const Tensor &key, int64_t first, int64_t i, int64_t n,
+                         std::vector<double> &probs) {
   const double *q =
       &query.data[(first + i) * l.queryWidth() + l.queryOffset(n)];
   double maxScore = -std::numeric_limits<double>::infinity();
@@ -362,8 +365,8 @@ void attentionRow(const AttentionLayout &l, const Tensor &query,
 
 /// Per sequence and query head n (kv head n / (num_heads / num_kv_heads)):
 /// P = softmax(scale q k^T + causal mask), out = P v.
-Results attention(AttentionOp op, const Tensor &query, const Tensor &key,
-                  const Tensor &value) {
+static Results attention(AttentionOp op, const Tensor &query, const Tensor &key,
+                         const Tensor &value) {
   AttentionLayout l(op, query);
   Tensor out = Tensor::zeros(query.shape);
   std::vector<double> probs(l.seqLen);
@@ -387,9 +390,9 @@ Results attention(AttentionOp op, const Tensor &query, const Tensor &key,
 /// With P recomputed per head and dP = grad v^T: value_grad = P^T grad,
 /// dS = P (dP - rowsum(dP P)), query_grad = scale dS k,
 /// key_grad = scale dS^T q; a shared kv head sums over its query heads.
-Results attentionGrad(AttentionGradOp op, const Tensor &grad,
-                      const Tensor &query, const Tensor &key,
-                      const Tensor &value) {
+static Results attentionGrad(AttentionGradOp op, const Tensor &grad,
+                             const Tensor &query, const Tensor &key,
+                             const Tensor &value) {
   AttentionLayout l(op, query);
   Tensor queryGrad = Tensor::zeros(query.shape);
   Tensor keyGrad = Tensor::zeros(key.shape);
@@ -442,7 +445,7 @@ Results attentionGrad(AttentionGradOp op, const Tensor &grad,
 
 /// silu(gate) = gate * sigmoid(gate), rounded to the element type (it is
 /// transformers' act_fn output), then result = silu(gate) * up.
-Results swiglu(SwiGLUOp op, const Tensor &gate, const Tensor &up) {
+static Results swiglu(SwiGLUOp op, const Tensor &gate, const Tensor &up) {
   Type type = elementTypeOf(op.getResult());
   Tensor out = Tensor::zeros(gate.shape);
   for (size_t i = 0; i < out.data.size(); ++i)
@@ -453,7 +456,8 @@ Results swiglu(SwiGLUOp op, const Tensor &gate, const Tensor &up) {
 
 /// With s = sigmoid(gate): up_grad = grad gate s,
 /// gate_grad = grad up s (1 + gate (1 - s)).
-Results swigluGrad(const Tensor &grad, const Tensor &gate, const Tensor &up) {
+static Results swigluGrad(const Tensor &grad, const Tensor &gate,
+                          const Tensor &up) {
   Tensor gateGrad = Tensor::zeros(gate.shape), upGrad = Tensor::zeros(up.shape);
   for (size_t i = 0; i < grad.data.size(); ++i) {
     double g = gate.data[i], s = sigmoid(g);
@@ -467,7 +471,7 @@ Results swigluGrad(const Tensor &grad, const Tensor &gate, const Tensor &up) {
 }
 
 /// result = lhs + rhs.
-Results add(const Tensor &lhs, const Tensor &rhs) {
+static Results add(const Tensor &lhs, const Tensor &rhs) {
   Tensor out = Tensor::zeros(lhs.shape);
   for (size_t i = 0; i < out.data.size(); ++i)
     out.data[i] = lhs.data[i] + rhs.data[i];
@@ -480,10 +484,10 @@ Results add(const Tensor &lhs, const Tensor &rhs) {
 
 /// The target of each row under the shifted loss, -1 when the row does not
 /// count: position p < seq_len - 1 predicts labels[t + 1] unless it is -100.
-llvm::Expected<std::vector<int64_t>> shiftedTargets(Operation *op,
-                                                    const Tensor &labels,
-                                                    int64_t seqLen,
-                                                    int64_t vocab) {
+static llvm::Expected<std::vector<int64_t>> shiftedTargets(Operation *op,
+                                                           const Tensor &labels,
+                                                           int64_t seqLen,
+                                                           int64_t vocab) {
   int64_t rows = labels.shape[0];
   std::vector<int64_t> targets(rows, -1);
   for (int64_t t = 0; t < rows; ++t) {
@@ -498,7 +502,7 @@ llvm::Expected<std::vector<int64_t>> shiftedTargets(Operation *op,
 }
 
 /// log(sum_i exp(x_i)), shifted by the maximum.
-double logSumExp(const double *x, int64_t width) {
+static double logSumExp(const double *x, int64_t width) {
   double maxValue = *std::max_element(x, x + width);
   double sum = 0;
   for (int64_t i = 0; i < width; ++i)
@@ -508,8 +512,8 @@ double logSumExp(const double *x, int64_t width) {
 
 /// loss = mean over counted rows t of logsumexp(logits[t]) - logits[t, y_t]
 /// (0 when no row counts).
-Results crossEntropy(CrossEntropyOp op, const Tensor &logits,
-                     const Tensor &labels) {
+static Results crossEntropy(CrossEntropyOp op, const Tensor &logits,
+                            const Tensor &labels) {
   int64_t vocab = logits.shape[1];
   llvm::Expected<std::vector<int64_t>> targets =
       shiftedTargets(op, labels, op.getSeqLen(), vocab);
@@ -530,8 +534,8 @@ Results crossEntropy(CrossEntropyOp op, const Tensor &logits,
 /// For a counted row with target y:
 /// result[t, :] = grad (softmax(logits[t]) - onehot(y)) / count; zeros
 /// elsewhere.
-Results crossEntropyGrad(CrossEntropyGradOp op, const Tensor &grad,
-                         const Tensor &logits, const Tensor &labels) {
+static Results crossEntropyGrad(CrossEntropyGradOp op, const Tensor &grad,
+                                const Tensor &logits, const Tensor &labels) {
   int64_t vocab = logits.shape[1];
   llvm::Expected<std::vector<int64_t>> targets =
       shiftedTargets(op, labels, op.getSeqLen(), vocab);
@@ -559,9 +563,9 @@ Results crossEntropyGrad(CrossEntropyGradOp op, const Tensor &grad,
 /// torch.optim.AdamW (amsgrad off), hyperparameters from rank-0 operands:
 ///   p  = param (1 - lr weight_decay)
 ///   m' = beta1 m + (1 - beta1) grad,  v' = beta2 v + (1 - beta2) grad^2
-///   new_param = p - lr / (1 - beta1^step) m' / (sqrt(v') / sqrt(1 -
-///   beta2^step) + eps).
-Results adamw(llvm::ArrayRef<const Tensor *> in) {
+///   new_param = p - lr / (1 - beta1^step) m'
+///                   / (sqrt(v') / sqrt(1 - beta2^step) + eps).
+static Results adamw(llvm::ArrayRef<const Tensor *> in) {
   const Tensor &param = *in[0], &grad = *in[1], &m = *in[2], &v = *in[3];
   double lr = in[4]->data[0], beta1 = in[5]->data[0], beta2 = in[6]->data[0];
   double eps = in[7]->data[0], weightDecay = in[8]->data[0];
@@ -590,7 +594,7 @@ Results adamw(llvm::ArrayRef<const Tensor *> in) {
 //===----------------------------------------------------------------------===//
 
 /// A dense tensor constant, float or integer.
-Results constant(arith::ConstantOp op) {
+static Results constant(arith::ConstantOp op) {
   auto attr = dyn_cast<DenseElementsAttr>(op.getValue());
   if (!attr)
     return fail(
@@ -607,8 +611,10 @@ Results constant(arith::ConstantOp op) {
   return one(std::move(tensor));
 }
 
-Results evaluate(Operation *op, llvm::ArrayRef<const Tensor *> in) {
-  return llvm::TypeSwitch<Operation *, Results>(op)
+/// Runs one op on its operand tensors.
+static Results evaluate(Operation *operation,
+                        llvm::ArrayRef<const Tensor *> in) {
+  return llvm::TypeSwitch<Operation *, Results>(operation)
       .Case([&](EmbeddingOp op) { return embedding(op, *in[0], *in[1]); })
       .Case(
           [&](EmbeddingGradOp op) { return embeddingGrad(op, *in[0], *in[1]); })
@@ -637,8 +643,6 @@ Results evaluate(Operation *op, llvm::ArrayRef<const Tensor *> in) {
                                   op->getName()));
       });
 }
-
-} // namespace
 
 llvm::Expected<std::vector<Tensor>>
 llamac::reference::interpret(func::FuncOp func, llvm::ArrayRef<Tensor> args,

@@ -38,10 +38,81 @@ using reference::Tensor;
 
 namespace {
 
-/// Parameters and AdamW moments by Hugging Face parameter name.
+/// Parameters and AdamW moments by the train step's parameter names.
 struct ModelState {
   llvm::StringMap<Tensor> params, expAvg, expAvgSq;
 };
+
+/// A parameter of the train step and the Hugging Face tensors it holds,
+/// concatenated along dimension 0 (one part unless a pass fused weights).
+struct StepParam {
+  std::string name;
+  std::vector<std::string> parts;
+};
+
+std::vector<StepParam> stepParams(mlir::func::FuncOp step) {
+  std::vector<StepParam> result;
+  for (unsigned i = 0; i < step.getNumArguments(); ++i) {
+    auto name =
+        step.getArgAttrOfType<mlir::StringAttr>(i, mlir::llama::kParamAttr);
+    if (!name)
+      continue;
+    StepParam param{name.str(), {}};
+    if (auto parts = step.getArgAttrOfType<mlir::ArrayAttr>(
+            i, mlir::llama::kParamPartsAttr))
+      for (mlir::Attribute part : parts)
+        param.parts.push_back(mlir::cast<mlir::StringAttr>(part).str());
+    else
+      param.parts.push_back(param.name);
+    result.push_back(std::move(param));
+  }
+  return result;
+}
+
+/// Concatenates each step parameter's Hugging Face tensors (by name in `hf`).
+llvm::StringMap<Tensor> packParams(const std::vector<StepParam> &layout,
+                                   llvm::StringMap<Tensor> &hf) {
+  llvm::StringMap<Tensor> packed;
+  for (const StepParam &param : layout) {
+    Tensor whole = std::move(hf[param.parts.front()]);
+    for (size_t i = 1; i < param.parts.size(); ++i) {
+      Tensor &part = hf[param.parts[i]];
+      whole.shape[0] += part.shape[0];
+      whole.data.insert(whole.data.end(), part.data.begin(), part.data.end());
+    }
+    packed[param.name] = std::move(whole);
+  }
+  return packed;
+}
+
+/// Splits step tensors back into Hugging Face tensors, in `specs` order.
+std::vector<HostTensor> unpackParams(const std::vector<StepParam> &layout,
+                                     const llvm::StringMap<Tensor> &packed,
+                                     const std::vector<ParamSpec> &specs,
+                                     DType dtype) {
+  llvm::StringMap<std::vector<int64_t>> shapes;
+  for (const ParamSpec &spec : specs)
+    shapes[spec.name] = spec.shape;
+  llvm::StringMap<HostTensor> byName;
+  for (const StepParam &param : layout) {
+    const Tensor &whole = packed.find(param.name)->second;
+    size_t offset = 0;
+    for (const std::string &part : param.parts) {
+      const std::vector<int64_t> &shape = shapes[part];
+      size_t count = 1;
+      for (int64_t d : shape)
+        count *= d;
+      std::vector<double> values(whole.data.begin() + offset,
+                                 whole.data.begin() + offset + count);
+      byName[part] = HostTensor::fromDouble(part, dtype, shape, values);
+      offset += count;
+    }
+  }
+  std::vector<HostTensor> tensors;
+  for (const ParamSpec &spec : specs)
+    tensors.push_back(std::move(byName[spec.name]));
+  return tensors;
+}
 
 DType storageDType(Precision precision) {
   switch (precision) {
@@ -77,7 +148,7 @@ std::string shapeString(const std::vector<int64_t> &shape) {
 /// its own stream, seeded by --seed and its name.
 void initializeWeights(const LlamaConfig &config,
                        const std::vector<ParamSpec> &specs, uint64_t seed,
-                       ModelState &state) {
+                       llvm::StringMap<Tensor> &weights) {
   for (const ParamSpec &spec : specs) {
     Tensor tensor = Tensor::zeros(spec.shape);
     if (llvm::StringRef(spec.name).ends_with("norm.weight")) {
@@ -87,7 +158,7 @@ void initializeWeights(const LlamaConfig &config,
       for (double &value : tensor.data)
         value = config.initializerRange * random.normal();
     }
-    state.params[spec.name] = std::move(tensor);
+    weights[spec.name] = std::move(tensor);
   }
 }
 
@@ -95,7 +166,8 @@ void initializeWeights(const LlamaConfig &config,
 /// and dtypes against the config.
 llvm::Error loadWeights(const std::string &path,
                         const std::vector<ParamSpec> &specs,
-                        const LlamaConfig &config, ModelState &state) {
+                        const LlamaConfig &config,
+                        llvm::StringMap<Tensor> &weights) {
   Result<WeightStore> store = WeightStore::open(path);
   if (!store)
     return llvm::createStringError(store.error().message);
@@ -140,7 +212,7 @@ llvm::Error loadWeights(const std::string &path,
     Result<HostTensor> tensor = store->read(spec.name);
     if (!tensor)
       return llvm::createStringError(tensor.error().message);
-    state.params[spec.name] = Tensor{spec.shape, tensor->toDouble()};
+    weights[spec.name] = Tensor{spec.shape, tensor->toDouble()};
   }
   return llvm::Error::success();
 }
@@ -168,18 +240,10 @@ Tensor tokenTensor(const std::vector<int32_t> &values) {
   return tensor;
 }
 
-HostTensor toHost(const std::string &name, const Tensor &tensor, DType dtype) {
-  return HostTensor::fromDouble(name, dtype, tensor.shape, tensor.data);
-}
-
 llvm::Error writeCheckpoint(const std::string &dir, const LlamaConfig &config,
-                            const std::vector<ParamSpec> &specs,
-                            const ModelState &state, DType dtype) {
+                            const std::vector<HostTensor> &tensors) {
   if (std::error_code error = llvm::sys::fs::create_directories(dir))
     return llvm::createStringError(dir + ": " + error.message());
-  std::vector<HostTensor> tensors;
-  for (const ParamSpec &spec : specs)
-    tensors.push_back(toHost(spec.name, state.params.lookup(spec.name), dtype));
   llvm::SmallString<256> weights(dir), configPath(dir);
   llvm::sys::path::append(weights, "model.safetensors");
   llvm::sys::path::append(configPath, "config.json");
@@ -260,18 +324,23 @@ int llamac::runTrain(const TrainOptions &options) {
     return reportError("internal: the train-step pipeline failed");
   auto step = module->lookupSymbol<mlir::func::FuncOp>(kTrainStepName);
 
-  // 2. Weights and optimizer state.
-  ModelState state;
+  // 2. Weights (Hugging Face tensors, packed into the step's layout) and
+  // optimizer state.
+  std::vector<StepParam> layout = stepParams(step);
+  llvm::StringMap<Tensor> hfWeights;
   if (options.weightsPath.empty()) {
-    initializeWeights(config, specs, options.seed, state);
-  } else if (llvm::Error error =
-                 loadWeights(options.weightsPath, specs, config, state)) {
+    initializeWeights(config, specs, options.seed, hfWeights);
+  } else if (llvm::Error error = loadWeights(options.weightsPath, specs,
+                                             config, hfWeights)) {
     return reportError(llvm::toString(std::move(error)));
   }
-  for (const ParamSpec &spec : specs) {
-    state.expAvg[spec.name] = Tensor::zeros(spec.shape);
-    state.expAvgSq[spec.name] = Tensor::zeros(spec.shape);
+  ModelState state;
+  state.params = packParams(layout, hfWeights);
+  for (const StepParam &param : layout) {
+    state.expAvg[param.name] = Tensor::zeros(state.params[param.name].shape);
+    state.expAvgSq[param.name] = Tensor::zeros(state.params[param.name].shape);
   }
+  DType dtype = storageDType(shape.precision);
 
   // 3. Data.
   std::vector<TokenRow> rows;
@@ -398,12 +467,12 @@ int llamac::runTrain(const TrainOptions &options) {
 
     // 5a. Gradients of the first step.
     if (stepIndex == 1 && !options.dumpGradsPath.empty()) {
-      std::vector<HostTensor> grads;
-      for (const ParamSpec &spec : specs)
-        grads.push_back(toHost(spec.name,
-                               observed[gradValues.lookup(spec.name)],
-                               storageDType(shape.precision)));
-      if (Status status = writeSafetensors(options.dumpGradsPath, grads);
+      llvm::StringMap<Tensor> grads;
+      for (const StepParam &param : layout)
+        grads[param.name] = std::move(observed[gradValues.lookup(param.name)]);
+      if (Status status = writeSafetensors(
+              options.dumpGradsPath,
+              unpackParams(layout, grads, specs, dtype));
           !status)
         return reportError(status.error().message);
     }
@@ -411,9 +480,9 @@ int llamac::runTrain(const TrainOptions &options) {
 
   // 5b. The fine-tuned model, loadable by Hugging Face.
   if (!options.savePath.empty()) {
-    if (llvm::Error error =
-            writeCheckpoint(options.savePath, config, specs, state,
-                            storageDType(shape.precision)))
+    if (llvm::Error error = writeCheckpoint(
+            options.savePath, config,
+            unpackParams(layout, state.params, specs, dtype)))
       return reportError(llvm::toString(std::move(error)));
     llvm::outs() << "saved " << options.savePath << "\n";
   }

@@ -15,6 +15,11 @@ namespace mlir::llama {
 
 /// Argument: a model parameter, by its Hugging Face name.
 constexpr llvm::StringLiteral kParamAttr = "llama.param";
+/// Argument: a parameter that concatenates several Hugging Face tensors
+/// along dimension 0 (e.g. a fused QKV weight), as an array of their names in
+/// order. Checkpoints keep the Hugging Face tensors; the driver packs and
+/// unpacks them.
+constexpr llvm::StringLiteral kParamPartsAttr = "llama.param_parts";
 /// Argument: a data input, "input_ids" or "labels".
 constexpr llvm::StringLiteral kInputAttr = "llama.input";
 /// Result: the scalar training loss.
