@@ -66,64 +66,82 @@ public:
                  const StepShape &shape, Type element,
                  const llvm::StringMap<Value> &params)
       : b(builder), config(config), shape(shape), element(element),
-        params(params), loc(builder.getUnknownLoc()),
-        tokens(shape.batch * shape.seq) {}
+        params(params), tokens(shape.batch * shape.seq) {}
 
   Value build(Value inputIds, Value labels) {
     Value table = param("model.embed_tokens.weight");
-    Value hidden = EmbeddingOp::create(b, loc, rows(config.hiddenSize), table,
-                                       inputIds);
+    Value hidden = EmbeddingOp::create(
+        b, at("model.embed_tokens"), rows(config.hiddenSize), table, inputIds);
     for (int64_t layer = 0; layer < config.numLayers; ++layer)
       hidden = decoderLayer(hidden, "model.layers." + std::to_string(layer));
-    Value normed = rmsNorm(hidden, "model.norm.weight");
+    Value normed = rmsNorm(hidden, "model.norm");
     Value head = config.tieWordEmbeddings ? table : param("lm_head.weight");
-    Value logits = linear(normed, head);
+    Value logits = linear(normed, head, "lm_head");
     // HF upcasts the logits and computes the loss in f32 (or wider).
     Type lossElement = element.isF64() ? element : b.getF32Type();
-    return CrossEntropyOp::create(b, loc, RankedTensorType::get({}, lossElement),
+    return CrossEntropyOp::create(b, at("loss"),
+                                  RankedTensorType::get({}, lossElement),
                                   logits, labels, shape.seq);
   }
 
 private:
   Value decoderLayer(Value hidden, const std::string &prefix) {
     int64_t headDim = config.headDim;
-    Value x = rmsNorm(hidden, prefix + ".input_layernorm.weight");
-    Value q = linear(x, param(prefix + ".self_attn.q_proj.weight"));
-    Value k = linear(x, param(prefix + ".self_attn.k_proj.weight"));
-    Value v = linear(x, param(prefix + ".self_attn.v_proj.weight"));
-    q = rope(q, config.numHeads);
-    k = rope(k, config.numKvHeads);
+    Value x = rmsNorm(hidden, prefix + ".input_layernorm");
+    Value q = linear(x, prefix + ".self_attn.q_proj");
+    Value k = linear(x, prefix + ".self_attn.k_proj");
+    Value v = linear(x, prefix + ".self_attn.v_proj");
+    q = rope(q, config.numHeads, prefix + ".self_attn.q_rope");
+    k = rope(k, config.numKvHeads, prefix + ".self_attn.k_rope");
     Value attended = AttentionOp::create(
-        b, loc, q.getType(), q, k, v, config.numHeads, config.numKvHeads,
-        headDim, shape.seq, llvm::APFloat(1.0 / std::sqrt(double(headDim))));
-    Value projected =
-        linear(attended, param(prefix + ".self_attn.o_proj.weight"));
-    hidden = AddOp::create(b, loc, hidden.getType(), hidden, projected);
+        b, at(prefix + ".self_attn.attention"), q.getType(), q, k, v,
+        config.numHeads, config.numKvHeads, headDim, shape.seq,
+        llvm::APFloat(1.0 / std::sqrt(double(headDim))));
+    Value projected = linear(attended, prefix + ".self_attn.o_proj");
+    hidden = AddOp::create(b, at(prefix + ".attn_residual"), hidden.getType(),
+                           hidden, projected);
 
-    x = rmsNorm(hidden, prefix + ".post_attention_layernorm.weight");
-    Value gate = linear(x, param(prefix + ".mlp.gate_proj.weight"));
-    Value up = linear(x, param(prefix + ".mlp.up_proj.weight"));
-    Value activated = SwiGLUOp::create(b, loc, gate.getType(), gate, up);
-    Value down = linear(activated, param(prefix + ".mlp.down_proj.weight"));
-    return AddOp::create(b, loc, hidden.getType(), hidden, down);
+    x = rmsNorm(hidden, prefix + ".post_attention_layernorm");
+    Value gate = linear(x, prefix + ".mlp.gate_proj");
+    Value up = linear(x, prefix + ".mlp.up_proj");
+    Value activated = SwiGLUOp::create(b, at(prefix + ".mlp.act_fn"),
+                                       gate.getType(), gate, up);
+    Value down = linear(activated, prefix + ".mlp.down_proj");
+    return AddOp::create(b, at(prefix + ".mlp_residual"), hidden.getType(),
+                         hidden, down);
   }
 
-  /// HF Linear without bias: y = x Wᵀ with W : [out, in].
-  Value linear(Value x, Value weight) {
+  /// Each op is located at the name of the Hugging Face module it stands for
+  /// (`model.layers.0.self_attn.q_proj`; RoPE, attention, SwiGLU and the
+  /// residual adds get names of their own), so that passes and reports can
+  /// say what went where.
+  Location at(const std::string &module) {
+    return NameLoc::get(b.getStringAttr(module));
+  }
+
+  /// HF Linear without bias: y = x Wᵀ with W : [out, in], the parameter
+  /// `<module>.weight`.
+  Value linear(Value x, const std::string &module) {
+    return linear(x, param(module + ".weight"), module);
+  }
+
+  Value linear(Value x, Value weight, const std::string &module) {
     int64_t out = cast<RankedTensorType>(weight.getType()).getDimSize(0);
-    return MatmulOp::create(b, loc, rows(out), x, weight,
+    return MatmulOp::create(b, at(module), rows(out), x, weight,
                             /*transpose_lhs=*/false, /*transpose_rhs=*/true);
   }
 
-  Value rmsNorm(Value x, const std::string &weightName) {
-    return RMSNormOp::create(b, loc, x.getType(), x, param(weightName),
+  /// LlamaRMSNorm `<module>` with the parameter `<module>.weight`.
+  Value rmsNorm(Value x, const std::string &module) {
+    return RMSNormOp::create(b, at(module), x.getType(), x,
+                             param(module + ".weight"),
                              b.getF64FloatAttr(config.rmsNormEps));
   }
 
-  Value rope(Value x, int64_t heads) {
+  Value rope(Value x, int64_t heads, const std::string &name) {
     const RopeScaling &scaling = config.rope;
     return RoPEOp::create(
-        b, loc, x.getType(), x, heads, config.headDim, shape.seq,
+        b, at(name), x.getType(), x, heads, config.headDim, shape.seq,
         llvm::APFloat(config.ropeTheta), scaling.type,
         llvm::APFloat(scaling.factor), llvm::APFloat(scaling.lowFreqFactor),
         llvm::APFloat(scaling.highFreqFactor),
@@ -145,7 +163,6 @@ private:
   const StepShape &shape;
   Type element;
   const llvm::StringMap<Value> &params;
-  Location loc;
   int64_t tokens;
 };
 

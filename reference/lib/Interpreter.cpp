@@ -182,9 +182,8 @@ static double inverseRms(const double *x, int64_t width, double eps) {
 
 /// normed = x * rsqrt(mean(x^2) + eps), rounded to the element type, then
 /// result = weight * normed (LlamaRMSNorm's two steps).
-static Results rmsNorm(RMSNormOp op, const Tensor &x, const Tensor &weight) {
-  Type type = elementTypeOf(op.getResult());
-  double eps = op.getEps().convertToDouble();
+static Tensor rmsNormKernel(const Tensor &x, const Tensor &weight, double eps,
+                            Type type) {
   int64_t rows = x.shape[0], width = x.shape[1];
   Tensor out = Tensor::zeros(x.shape);
   for (int64_t t = 0; t < rows; ++t) {
@@ -193,14 +192,19 @@ static Results rmsNorm(RMSNormOp op, const Tensor &x, const Tensor &weight) {
     for (int64_t i = 0; i < width; ++i)
       out.data[t * width + i] = weight.data[i] * roundTo(row[i] * r, type);
   }
-  return one(std::move(out));
+  return out;
+}
+
+static Results rmsNorm(RMSNormOp op, const Tensor &x, const Tensor &weight) {
+  return one(rmsNormKernel(x, weight, op.getEps().convertToDouble(),
+                           elementTypeOf(op.getResult())));
 }
 
 /// With r = rsqrt(mean(x^2) + eps) per row and g = grad * weight:
 /// input_grad = r (g - x r^2 mean(g x)), weight_grad[i] = sum_t grad x r.
-static Results rmsNormGrad(RMSNormGradOp op, const Tensor &grad,
-                           const Tensor &x, const Tensor &weight) {
-  double eps = op.getEps().convertToDouble();
+static std::vector<Tensor> rmsNormGradKernel(const Tensor &grad,
+                                             const Tensor &x,
+                                             const Tensor &weight, double eps) {
   int64_t rows = x.shape[0], width = x.shape[1];
   Tensor inputGrad = Tensor::zeros(x.shape);
   Tensor weightGrad = Tensor::zeros({width});
@@ -224,6 +228,11 @@ static Results rmsNormGrad(RMSNormGradOp op, const Tensor &grad,
   return results;
 }
 
+static Results rmsNormGrad(RMSNormGradOp op, const Tensor &grad,
+                           const Tensor &x, const Tensor &weight) {
+  return rmsNormGradKernel(grad, x, weight, op.getEps().convertToDouble());
+}
+
 //===----------------------------------------------------------------------===//
 // Matmul
 //===----------------------------------------------------------------------===//
@@ -241,12 +250,13 @@ static Tensor transposed(const Tensor &t) {
 /// Operands are first made row-major [M, K] and [K, N]; the product runs
 /// i-k-j over blocks of rows and columns so that a block of the result stays
 /// in cache while rows of the right operand stream through.
-static Results matmul(MatmulOp op, const Tensor &lhs, const Tensor &rhs) {
+static Tensor matmulKernel(const Tensor &lhs, const Tensor &rhs,
+                           bool transposeLhs, bool transposeRhs) {
   Tensor lhsT, rhsT;
   const Tensor *a = &lhs, *b = &rhs;
-  if (op.getTransposeLhs())
+  if (transposeLhs)
     a = &(lhsT = transposed(lhs));
-  if (op.getTransposeRhs())
+  if (transposeRhs)
     b = &(rhsT = transposed(rhs));
   int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
   Tensor c = Tensor::zeros({m, n});
@@ -266,7 +276,12 @@ static Results matmul(MatmulOp op, const Tensor &lhs, const Tensor &rhs) {
       }
     }
   }
-  return one(std::move(c));
+  return c;
+}
+
+static Results matmul(MatmulOp op, const Tensor &lhs, const Tensor &rhs) {
+  return one(
+      matmulKernel(lhs, rhs, op.getTransposeLhs(), op.getTransposeRhs()));
 }
 
 //===----------------------------------------------------------------------===//
@@ -279,12 +294,11 @@ static Results matmul(MatmulOp op, const Tensor &lhs, const Tensor &rhs) {
 ///   out[i+h] = x[i+h] cos a + x[i] sin a.
 /// As transformers: the angle is f32 unless the IR is f64, cos and sin are
 /// rounded to the element type, and so is each product before the sum.
-static Results rope(RoPEOp op, const Tensor &x) {
-  Type type = elementTypeOf(op.getResult());
-  llvm::SmallVector<double> frequencies = op.getFrequencies();
-  int64_t heads = op.getNumHeads(), dim = op.getHeadDim();
-  int64_t seqLen = op.getSeqLen(), half = dim / 2;
-  double sign = op.getInverse() ? -1 : 1;
+static Tensor ropeKernel(const Tensor &x, llvm::ArrayRef<double> frequencies,
+                         int64_t heads, int64_t dim, int64_t seqLen,
+                         bool inverse, Type type) {
+  int64_t half = dim / 2;
+  double sign = inverse ? -1 : 1;
   std::vector<double> cosines(seqLen * half), sines(seqLen * half);
   for (int64_t p = 0; p < seqLen; ++p) {
     for (int64_t i = 0; i < half; ++i) {
@@ -310,7 +324,13 @@ static Results rope(RoPEOp op, const Tensor &x) {
       }
     }
   }
-  return one(std::move(out));
+  return out;
+}
+
+static Results rope(RoPEOp op, const Tensor &x) {
+  return one(ropeKernel(x, op.getFrequencies(), op.getNumHeads(),
+                        op.getHeadDim(), op.getSeqLen(), op.getInverse(),
+                        elementTypeOf(op.getResult())));
 }
 
 //===----------------------------------------------------------------------===//
@@ -365,8 +385,9 @@ static void attentionRow(const AttentionLayout &l, const Tensor &query,
 
 /// Per sequence and query head n (kv head n / (num_heads / num_kv_heads)):
 /// P = softmax(scale q k^T + causal mask), out = P v.
-static Results attention(AttentionOp op, const Tensor &query, const Tensor &key,
-                         const Tensor &value) {
+template <typename AttentionLikeOp>
+static Results attention(AttentionLikeOp op, const Tensor &query,
+                         const Tensor &key, const Tensor &value) {
   AttentionLayout l(op, query);
   Tensor out = Tensor::zeros(query.shape);
   std::vector<double> probs(l.seqLen);
@@ -390,7 +411,8 @@ static Results attention(AttentionOp op, const Tensor &query, const Tensor &key,
 /// With P recomputed per head and dP = grad v^T: value_grad = P^T grad,
 /// dS = P (dP - rowsum(dP P)), query_grad = scale dS k,
 /// key_grad = scale dS^T q; a shared kv head sums over its query heads.
-static Results attentionGrad(AttentionGradOp op, const Tensor &grad,
+template <typename AttentionLikeOp>
+static Results attentionGrad(AttentionLikeOp op, const Tensor &grad,
                              const Tensor &query, const Tensor &key,
                              const Tensor &value) {
   AttentionLayout l(op, query);
@@ -445,13 +467,16 @@ static Results attentionGrad(AttentionGradOp op, const Tensor &grad,
 
 /// silu(gate) = gate * sigmoid(gate), rounded to the element type (it is
 /// transformers' act_fn output), then result = silu(gate) * up.
-static Results swiglu(SwiGLUOp op, const Tensor &gate, const Tensor &up) {
-  Type type = elementTypeOf(op.getResult());
+static Tensor swigluKernel(const Tensor &gate, const Tensor &up, Type type) {
   Tensor out = Tensor::zeros(gate.shape);
   for (size_t i = 0; i < out.data.size(); ++i)
     out.data[i] =
         roundTo(gate.data[i] * sigmoid(gate.data[i]), type) * up.data[i];
-  return one(std::move(out));
+  return out;
+}
+
+static Results swiglu(SwiGLUOp op, const Tensor &gate, const Tensor &up) {
+  return one(swigluKernel(gate, up, elementTypeOf(op.getResult())));
 }
 
 /// With s = sigmoid(gate): up_grad = grad gate s,
@@ -561,21 +586,21 @@ static Results crossEntropyGrad(CrossEntropyGradOp op, const Tensor &grad,
 //===----------------------------------------------------------------------===//
 
 /// torch.optim.AdamW (amsgrad off), hyperparameters from rank-0 operands:
-///   p  = param (1 - lr weight_decay)
-///   m' = beta1 m + (1 - beta1) grad,  v' = beta2 v + (1 - beta2) grad^2
+///   g  = grad grad_scale,  p  = param (1 - lr weight_decay)
+///   m' = beta1 m + (1 - beta1) g,  v' = beta2 v + (1 - beta2) g^2
 ///   new_param = p - lr / (1 - beta1^step) m'
 ///                   / (sqrt(v') / sqrt(1 - beta2^step) + eps).
 static Results adamw(llvm::ArrayRef<const Tensor *> in) {
   const Tensor &param = *in[0], &grad = *in[1], &m = *in[2], &v = *in[3];
   double lr = in[4]->data[0], beta1 = in[5]->data[0], beta2 = in[6]->data[0];
   double eps = in[7]->data[0], weightDecay = in[8]->data[0];
-  double step = in[9]->data[0];
+  double step = in[9]->data[0], gradScale = in[10]->data[0];
   double stepSize = lr / (1 - std::pow(beta1, step));
   double correction2Sqrt = std::sqrt(1 - std::pow(beta2, step));
   Tensor newParam = Tensor::zeros(param.shape);
   Tensor newM = Tensor::zeros(param.shape), newV = Tensor::zeros(param.shape);
   for (size_t i = 0; i < param.data.size(); ++i) {
-    double g = grad.data[i];
+    double g = grad.data[i] * gradScale;
     newM.data[i] = beta1 * m.data[i] + (1 - beta1) * g;
     newV.data[i] = beta2 * v.data[i] + (1 - beta2) * g * g;
     double denom = std::sqrt(newV.data[i]) / correction2Sqrt + eps;
@@ -587,6 +612,193 @@ static Results adamw(llvm::ArrayRef<const Tensor *> in) {
   results.push_back(std::move(newM));
   results.push_back(std::move(newV));
   return results;
+}
+
+/// sqrt of the sum of squares of every element of every operand.
+static Results globalNorm(llvm::ArrayRef<const Tensor *> in) {
+  double sum = 0;
+  for (const Tensor *tensor : in)
+    for (double x : tensor->data)
+      sum += x * x;
+  return one(Tensor::scalar(std::sqrt(sum)));
+}
+
+/// torch.nn.utils.clip_grad_norm_'s factor: min(max_norm / (norm + 1e-6), 1)
+/// (NaN stays NaN), or 1 when max_norm <= 0.
+static Results clipScale(const Tensor &norm, const Tensor &maxNorm) {
+  double limit = maxNorm.data[0];
+  if (!(limit > 0))
+    return one(Tensor::scalar(1.0));
+  double coef = limit / (norm.data[0] + 1e-6);
+  return one(Tensor::scalar(coef < 1 || std::isnan(coef) ? coef : 1.0));
+}
+
+//===----------------------------------------------------------------------===//
+// Fused ops
+//===----------------------------------------------------------------------===//
+//
+// Each fused op composes the kernels above and rounds every intermediate the
+// unfused ops would have rounded (a result of theirs), so that a fused
+// forward computes the same values as the ops it replaces. The backward ops
+// sum the projections' data gradients inside one GEMM instead of by adds.
+
+static Tensor rounded(Tensor tensor, Type elementType) {
+  roundAll(tensor, elementType);
+  return tensor;
+}
+
+/// Columns [begin, begin + width) of a [T, N] tensor.
+static Tensor columns(const Tensor &tensor, int64_t begin, int64_t width) {
+  int64_t rows = tensor.shape[0], stride = tensor.shape[1];
+  Tensor out = Tensor::zeros({rows, width});
+  for (int64_t t = 0; t < rows; ++t)
+    std::copy_n(&tensor.data[t * stride + begin], width, &out.data[t * width]);
+  return out;
+}
+
+/// [T, N_0], [T, N_1], ... side by side: [T, N_0 + N_1 + ...].
+static Tensor concatColumns(llvm::ArrayRef<const Tensor *> parts) {
+  int64_t rows = parts.front()->shape[0], width = 0;
+  for (const Tensor *part : parts)
+    width += part->shape[1];
+  Tensor out = Tensor::zeros({rows, width});
+  int64_t offset = 0;
+  for (const Tensor *part : parts) {
+    int64_t partWidth = part->shape[1];
+    for (int64_t t = 0; t < rows; ++t)
+      std::copy_n(&part->data[t * partWidth], partWidth,
+                  &out.data[t * width + offset]);
+    offset += partWidth;
+  }
+  return out;
+}
+
+/// The left operand of a fused GEMM: rms_norm(x) rounded to the element type
+/// when there is a norm weight, x itself otherwise.
+static Tensor gemmInput(const Tensor &x, const Tensor *normWeight, double eps,
+                        Type type) {
+  if (!normWeight)
+    return x;
+  return rounded(rmsNormKernel(x, *normWeight, eps, type), type);
+}
+
+/// y = rms_norm(x) W^T, returned as column slices of the result widths.
+static Results normMatmul(NormMatmulOp op, const Tensor &x,
+                          const Tensor &normWeight, const Tensor &weight) {
+  Type type = elementTypeOf(op.getInput());
+  Tensor y = matmulKernel(
+      gemmInput(x, &normWeight, op.getEps().convertToDouble(), type), weight,
+      /*transposeLhs=*/false, /*transposeRhs=*/true);
+  std::vector<Tensor> results;
+  int64_t offset = 0;
+  for (Value output : op.getOutputs()) {
+    int64_t width = cast<ShapedType>(output.getType()).getDimSize(1);
+    results.push_back(columns(y, offset, width));
+    offset += width;
+  }
+  return results;
+}
+
+/// dY = [grads...]: weight_grad = dY^T xn, dxn = dY W, then the norm's
+/// backward.
+static Results normMatmulGrad(NormMatmulGradOp op,
+                              llvm::ArrayRef<const Tensor *> in) {
+  size_t count = op.getGrads().size();
+  const Tensor &x = *in[count], &normWeight = *in[count + 1];
+  const Tensor &weight = *in[count + 2];
+  Type type = elementTypeOf(op.getInput());
+  double eps = op.getEps().convertToDouble();
+  Tensor dy = concatColumns(in.take_front(count));
+  Tensor weightGrad =
+      matmulKernel(dy, gemmInput(x, &normWeight, eps, type), true, false);
+  Tensor dxn = rounded(matmulKernel(dy, weight, false, false), type);
+  std::vector<Tensor> results = rmsNormGradKernel(dxn, x, normWeight, eps);
+  results.push_back(std::move(weightGrad));
+  return results;
+}
+
+/// gate_up = xn W^T (rounded), result = swiglu(gate_up[:, :F], gate_up[:, F:]).
+static Results gatedMLP(GatedMLPOp op, llvm::ArrayRef<const Tensor *> in) {
+  Type type = elementTypeOf(op.getResult());
+  const Tensor &x = *in[0], &weight = *in[1];
+  const Tensor *normWeight = op.getNormWeight() ? in[2] : nullptr;
+  double eps = op.getEps() ? op.getEps()->convertToDouble() : 0;
+  Tensor gateUp = rounded(
+      matmulKernel(gemmInput(x, normWeight, eps, type), weight, false, true),
+      type);
+  int64_t width = weight.shape[0] / 2;
+  std::vector<Tensor> results;
+  results.push_back(swigluKernel(columns(gateUp, 0, width),
+                                 columns(gateUp, width, width), type));
+  results.push_back(std::move(gateUp));
+  return results;
+}
+
+/// dGU = swiglu_grad (rounded), weight_grad = dGU^T xn, dxn = dGU W, then the
+/// norm's backward if there is a norm.
+static Results gatedMLPGrad(GatedMLPGradOp op,
+                            llvm::ArrayRef<const Tensor *> in) {
+  Type type = elementTypeOf(op.getInputGrad());
+  const Tensor &grad = *in[0], &x = *in[1], &gateUp = *in[2];
+  const Tensor &weight = *in[3];
+  const Tensor *normWeight = op.getNormWeight() ? in[4] : nullptr;
+  double eps = op.getEps() ? op.getEps()->convertToDouble() : 0;
+  int64_t width = weight.shape[0] / 2;
+  std::vector<Tensor> halves = llvm::cantFail(swigluGrad(
+      grad, columns(gateUp, 0, width), columns(gateUp, width, width)));
+  Tensor dGate = rounded(std::move(halves[0]), type);
+  Tensor dUp = rounded(std::move(halves[1]), type);
+  Tensor dGateUp = concatColumns({&dGate, &dUp});
+  Tensor weightGrad =
+      matmulKernel(dGateUp, gemmInput(x, normWeight, eps, type), true, false);
+  Tensor dxn = matmulKernel(dGateUp, weight, false, false);
+  std::vector<Tensor> results;
+  if (!normWeight) {
+    results.push_back(std::move(dxn));
+    results.push_back(std::move(weightGrad));
+    return results;
+  }
+  std::vector<Tensor> norm =
+      rmsNormGradKernel(rounded(std::move(dxn), type), x, *normWeight, eps);
+  results.push_back(std::move(norm[0]));
+  results.push_back(std::move(weightGrad));
+  results.push_back(std::move(norm[1]));
+  return results;
+}
+
+/// rope(x) for the query (num_heads heads) or the key (num_kv_heads heads)
+/// of a fused attention op, or its inverse; rounded to the element type.
+template <typename RopeAttentionLikeOp>
+static Tensor rotate(RopeAttentionLikeOp op, const Tensor &x, bool isQuery,
+                     bool inverse, Type type) {
+  return rounded(ropeKernel(x, op.getFrequencies(),
+                            isQuery ? op.getNumHeads() : op.getNumKvHeads(),
+                            op.getHeadDim(), op.getSeqLen(), inverse, type),
+                 type);
+}
+
+/// attention(rope(q), rope(k), v).
+static Results ropeAttention(RopeAttentionOp op, const Tensor &query,
+                             const Tensor &key, const Tensor &value) {
+  Type type = elementTypeOf(op.getResult());
+  return attention(op, rotate(op, query, true, false, type),
+                   rotate(op, key, false, false, type), value);
+}
+
+/// attention_grad at the rotated q and k, then the inverse rotation of the
+/// query and key gradients.
+static Results ropeAttentionGrad(RopeAttentionGradOp op, const Tensor &grad,
+                                 const Tensor &query, const Tensor &key,
+                                 const Tensor &value) {
+  Type type = elementTypeOf(op.getQueryGrad());
+  Results grads = attentionGrad(op, grad, rotate(op, query, true, false, type),
+                                rotate(op, key, false, false, type), value);
+  if (!grads)
+    return grads;
+  std::vector<Tensor> &g = *grads;
+  g[0] = rotate(op, rounded(std::move(g[0]), type), true, true, type);
+  g[1] = rotate(op, rounded(std::move(g[1]), type), false, true, type);
+  return grads;
 }
 
 //===----------------------------------------------------------------------===//
@@ -636,7 +848,21 @@ static Results evaluate(Operation *operation,
       .Case([&](CrossEntropyGradOp op) {
         return crossEntropyGrad(op, *in[0], *in[1], *in[2]);
       })
+      .Case([&](NormMatmulOp op) {
+        return normMatmul(op, *in[0], *in[1], *in[2]);
+      })
+      .Case([&](NormMatmulGradOp op) { return normMatmulGrad(op, in); })
+      .Case([&](GatedMLPOp op) { return gatedMLP(op, in); })
+      .Case([&](GatedMLPGradOp op) { return gatedMLPGrad(op, in); })
+      .Case([&](RopeAttentionOp op) {
+        return ropeAttention(op, *in[0], *in[1], *in[2]);
+      })
+      .Case([&](RopeAttentionGradOp op) {
+        return ropeAttentionGrad(op, *in[0], *in[1], *in[2], *in[3]);
+      })
       .Case([&](AdamWOp) { return adamw(in); })
+      .Case([&](GlobalNormOp) { return globalNorm(in); })
+      .Case([&](ClipScaleOp) { return clipScale(*in[0], *in[1]); })
       .Case([&](arith::ConstantOp op) { return constant(op); })
       .Default([&](Operation *op) -> Results {
         return fail(llvm::formatv("reference interpreter: unsupported op '{0}'",

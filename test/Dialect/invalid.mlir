@@ -139,6 +139,6 @@ func.func @add_types(%a: tensor<4x8xf32>, %b: tensor<4x8xbf16>) -> tensor<4x8xf3
 
 func.func @adamw_moments(%p: tensor<8xf32>, %m: tensor<4xf32>, %s: tensor<f32>) -> tensor<8xf32> {
   // expected-error @+1 {{expects parameter, gradient and moments of one type}}
-  %a, %b, %c = llama.adamw %p, %p, %m, %p, %s, %s, %s, %s, %s, %s : (tensor<8xf32>, tensor<8xf32>, tensor<4xf32>, tensor<8xf32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>) -> (tensor<8xf32>, tensor<8xf32>, tensor<8xf32>)
+  %a, %b, %c = llama.adamw %p, %p, %m, %p, %s, %s, %s, %s, %s, %s, %s : (tensor<8xf32>, tensor<8xf32>, tensor<4xf32>, tensor<8xf32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>) -> (tensor<8xf32>, tensor<8xf32>, tensor<8xf32>)
   return %a : tensor<8xf32>
 }

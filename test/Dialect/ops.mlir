@@ -41,6 +41,6 @@ func.func @backward_ops(%dy: tensor<4x8xbf16>, %x: tensor<4x8xbf16>, %w: tensor<
   // CHECK: llama.cross_entropy_grad
   %dlogits = llama.cross_entropy_grad %dl, %logits, %ids {seq_len = 2} : (tensor<f32>, tensor<4x16xbf16>, tensor<4xi32>) -> tensor<4x16xbf16>
   // CHECK: llama.adamw
-  %p, %m, %v = llama.adamw %w, %dw, %w, %w, %s, %s, %s, %s, %s, %s : (tensor<8xbf16>, tensor<8xbf16>, tensor<8xbf16>, tensor<8xbf16>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>) -> (tensor<8xbf16>, tensor<8xbf16>, tensor<8xbf16>)
+  %p, %m, %v = llama.adamw %w, %dw, %w, %w, %s, %s, %s, %s, %s, %s, %s : (tensor<8xbf16>, tensor<8xbf16>, tensor<8xbf16>, tensor<8xbf16>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>) -> (tensor<8xbf16>, tensor<8xbf16>, tensor<8xbf16>)
   return %dx, %dw, %dt, %dlogits, %p : tensor<4x8xbf16>, tensor<8xbf16>, tensor<16x8xbf16>, tensor<4x16xbf16>, tensor<8xbf16>
 }

@@ -4,6 +4,7 @@
 #define LLAMAC_TOOLS_COMMANDS_H
 
 #include "llamac/Frontend/ModelBuilder.h"
+#include "llamac/Runtime/Schedule.h"
 
 #include "llvm/ADT/Twine.h"
 
@@ -27,6 +28,9 @@ struct CompileOptions {
   std::string emit = "mlir";
   bool autodiff = true;
   bool optimizer = true;
+  // The fusions (--no-fuse-gated-mlp, --no-fuse-norm-linear,
+  // --no-fuse-rope-attention switch them off).
+  bool fuseGatedMLP = true, fuseNormLinear = true, fuseRopeAttention = true;
   std::string outputPath = "-";
 };
 
@@ -39,10 +43,41 @@ struct TrainOptions {
          eps = 1e-8;
   std::string device = "cpu";
   uint64_t seed = 0;
+  // The fusions, as CompileOptions (the train step's pipeline options).
+  bool fuseGatedMLP = true, fuseNormLinear = true, fuseRopeAttention = true;
+
+  // Optimizer step: micro-batches per step, clipping, schedule.
+  int64_t gradAccum = 1;
+  double maxGradNorm = 1.0;
+  LRScheduleKind lrSchedule = LRScheduleKind::Linear;
+  int64_t warmupSteps = 0;
+
+  // Checkpoints (in savePath) and resuming.
+  int64_t saveEvery = 0, keep = 0;
+  std::string resumePath;
+  bool saveOnInterrupt = true;
+
+  // Data order and padding.
+  bool shuffle = false, padToLongest = false;
+};
+
+struct ReportOptions {
+  std::string metricsPath, outputPath, title;
+};
+
+struct TokenizeOptions {
+  std::string tokenizerPath, inputPath;
+  bool addSpecialTokens = false;
+  std::string outputPath = "-";
 };
 
 int runCompile(const CompileOptions &options);
 int runTrain(const TrainOptions &options);
+/// `llamac train --device cuda`: the step as a GPU package, run by the
+/// runtime's loop.
+int runTrainOnCuda(const TrainOptions &options);
+int runReport(const ReportOptions &options);
+int runTokenize(const TokenizeOptions &options);
 
 } // namespace llamac
 

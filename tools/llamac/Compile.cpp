@@ -1,12 +1,15 @@
 //===- Compile.cpp - `llamac compile`: config to train-step IR ------------===//
 
 #include "Commands.h"
+#include "StepPackage.h"
 
+#include "llamac/Analysis/FusionReport.h"
 #include "llamac/Pipeline/Pipeline.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
 
@@ -24,27 +27,92 @@ llamac::loadModelConfig(const std::string &configPath) {
   return loadConfig(configPath);
 }
 
+/// `--emit fusion-report`: the step built without any fusion against the
+/// step built as the options say.
+static int
+writeFusionReport(const CompileOptions &options, const LlamaConfig &config,
+                  const mlir::llama::TrainStepPipelineOptions &pipeline,
+                  llvm::raw_ostream &os) {
+  mlir::MLIRContext context;
+  mlir::llama::TrainStepPipelineOptions unfusedPipeline = pipeline;
+  unfusedPipeline.fuseGatedMLP = unfusedPipeline.fuseNormLinear =
+      unfusedPipeline.fuseRopeAttention = false;
+  mlir::OwningOpRef<mlir::ModuleOp> unfusedModule =
+      buildForwardModule(context, config, options.shape);
+  mlir::OwningOpRef<mlir::ModuleOp> fusedModule =
+      buildForwardModule(context, config, options.shape);
+  mlir::FailureOr<mlir::llama::StepStatistics> unfused =
+      mlir::llama::analyzeTrainStep(*unfusedModule, unfusedPipeline);
+  mlir::FailureOr<mlir::llama::StepStatistics> fused =
+      mlir::llama::analyzeTrainStep(*fusedModule, pipeline);
+  if (mlir::failed(unfused) || mlir::failed(fused))
+    return reportError("internal: the train-step pipeline failed");
+  const StepShape &shape = options.shape;
+  std::string title = llvm::formatv(
+      "llamac fusion report: {0}\n  {1} layers, hidden {2}, intermediate "
+      "{3}, {4} heads / {5} kv heads of {6}, vocab {7}{8}; batch {9} x seq "
+      "{10} = {11} tokens, {12}",
+      config.source.empty() ? "built-in tiny model" : config.source,
+      config.numLayers, config.hiddenSize, config.intermediateSize,
+      config.numHeads, config.numKvHeads, config.headDim, config.vocabSize,
+      config.tieWordEmbeddings ? ", tied embeddings" : "", shape.batch,
+      shape.seq, shape.batch * shape.seq, precisionName(shape.precision));
+  mlir::llama::printFusionReport(os, title, *unfused, *fused);
+  return 0;
+}
+
 int llamac::runCompile(const CompileOptions &options) {
-  if (options.emit != "mlir")
+  if (options.emit != "mlir" && options.emit != "fusion-report" &&
+      options.emit != "package")
     return reportError("--emit: unknown output '" + options.emit +
-                       "' (supported: mlir)");
+                       "' (supported: mlir, fusion-report, package)");
   llvm::Expected<LlamaConfig> config = loadModelConfig(options.configPath);
   if (!config)
     return reportError(llvm::toString(config.takeError()));
 
-  mlir::MLIRContext context;
-  mlir::OwningOpRef<mlir::ModuleOp> module =
-      buildForwardModule(context, *config, options.shape);
-  mlir::PassManager pm(&context);
-  mlir::llama::buildTrainStepPipeline(pm, {options.autodiff, options.optimizer});
-  if (mlir::failed(pm.run(*module)))
-    return reportError("internal: the train-step pipeline failed");
+  mlir::llama::TrainStepPipelineOptions pipeline;
+  pipeline.autodiff = options.autodiff;
+  pipeline.optimizer = options.optimizer;
+  pipeline.fuseGatedMLP = options.fuseGatedMLP;
+  pipeline.fuseNormLinear = options.fuseNormLinear;
+  pipeline.fuseRopeAttention = options.fuseRopeAttention;
+
+  if (options.emit == "package") {
+    // A directory: manifest.json + kernels.ptx, for llamac-run on a GPU box.
+    if (options.outputPath == "-")
+      return reportError("--emit package: give the package directory with -o");
+    llvm::Expected<package::Package> package =
+        compileStepPackage(*config, options.shape, pipeline);
+    if (!package)
+      return reportError(llvm::toString(package.takeError()));
+    if (std::error_code error =
+            llvm::sys::fs::create_directories(options.outputPath))
+      return reportError(options.outputPath + ": " + error.message());
+    if (Status status = package::writePackage(options.outputPath, *package);
+        !status)
+      return reportError(status.error().message);
+    return 0;
+  }
 
   std::error_code error;
   llvm::ToolOutputFile output(options.outputPath, error,
                               llvm::sys::fs::OF_None);
   if (error)
     return reportError(options.outputPath + ": " + error.message());
+  if (options.emit == "fusion-report") {
+    if (int code = writeFusionReport(options, *config, pipeline, output.os()))
+      return code;
+    output.keep();
+    return 0;
+  }
+
+  mlir::MLIRContext context;
+  mlir::OwningOpRef<mlir::ModuleOp> module =
+      buildForwardModule(context, *config, options.shape);
+  mlir::PassManager pm(&context);
+  mlir::llama::buildTrainStepPipeline(pm, pipeline);
+  if (mlir::failed(pm.run(*module)))
+    return reportError("internal: the train-step pipeline failed");
   module->print(output.os());
   output.keep();
   return 0;

@@ -1,13 +1,23 @@
 //===- Train.cpp - `llamac train` on the CPU reference backend ------------===//
 //
 // The fine-tune loop, top to bottom:
-//   1. read the config and build the train step (forward, autodiff, AdamW);
-//   2. load the weights (or initialize them as Hugging Face does) and zero
-//      the AdamW moments;
-//   3. read the data and cut it into [batch, seq] blocks in file order;
-//   4. per step: run the step, print and record the loss, keep the new
-//      parameters and moments;
-//   5. write the gradients of step 1 and the final checkpoint if asked.
+//   1. read the config and build the train step: @forward_backward and
+//      @optimizer_step (one forward_backward per sequence length when
+//      batches are padded to their longest row);
+//   2. read the data; a RowSampler hands out rows in file or shuffled order;
+//   3. load the weights (or initialize them as Hugging Face does) and zero
+//      the AdamW moments -- or take both, and the step and data position,
+//      from the checkpoint --resume names;
+//   4. per optimizer step: --grad-accum micro-batches through
+//      forward_backward, their gradients weighted by each one's share of the
+//      counted tokens (the Hugging Face Trainer's num_items_in_batch);
+//      optimizer_step with the scheduled learning rate (clipping inside);
+//      progress, metrics, periodic checkpoints; a clean stop on SIGINT or
+//      SIGTERM;
+//   5. the fine-tuned model (--save).
+//
+// Data order, schedules, checkpoints, progress and signals live in runtime/,
+// shared with the GPU backend; this file binds them to the interpreter.
 //
 //===----------------------------------------------------------------------===//
 
@@ -17,31 +27,42 @@
 #include "llamac/Dialect/Llama/LlamaOps.h"
 #include "llamac/Pipeline/Pipeline.h"
 #include "llamac/Reference/Interpreter.h"
+#include "llamac/Runtime/Checkpoint.h"
 #include "llamac/Runtime/Data.h"
+#include "llamac/Runtime/DataOrder.h"
+#include "llamac/Runtime/Interrupt.h"
+#include "llamac/Runtime/Progress.h"
 #include "llamac/Runtime/Random.h"
 #include "llamac/Runtime/Safetensors.h"
+#include "llamac/Runtime/Schedule.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/StringSet.h"
-#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Format.h"
 #include "llvm/Support/FormatVariadic.h"
-#include "llvm/Support/JSON.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/raw_ostream.h"
 
 #include <chrono>
+#include <map>
+
+#if __has_include("llamac/Version.h")
+#include "llamac/Version.h"
+#endif
+#ifndef LLAMAC_VERSION_STRING
+#define LLAMAC_VERSION_STRING "unknown"
+#endif
 
 using namespace llamac;
 using reference::Tensor;
 
 namespace {
 
-/// Parameters and AdamW moments by the train step's parameter names.
-struct ModelState {
-  llvm::StringMap<Tensor> params, expAvg, expAvgSq;
-};
+//===----------------------------------------------------------------------===//
+// Parameters: Hugging Face tensors <-> the step's (possibly fused) layout
+//===----------------------------------------------------------------------===//
 
 /// A parameter of the train step and the Hugging Face tensors it holds,
 /// concatenated along dimension 0 (one part unless a pass fused weights).
@@ -85,11 +106,13 @@ llvm::StringMap<Tensor> packParams(const std::vector<StepParam> &layout,
   return packed;
 }
 
-/// Splits step tensors back into Hugging Face tensors, in `specs` order.
+/// Splits step tensors back into Hugging Face tensors, in `specs` order,
+/// each named `prefix` + its Hugging Face name.
 std::vector<HostTensor> unpackParams(const std::vector<StepParam> &layout,
                                      const llvm::StringMap<Tensor> &packed,
                                      const std::vector<ParamSpec> &specs,
-                                     DType dtype) {
+                                     DType dtype,
+                                     const std::string &prefix = "") {
   llvm::StringMap<std::vector<int64_t>> shapes;
   for (const ParamSpec &spec : specs)
     shapes[spec.name] = spec.shape;
@@ -104,7 +127,8 @@ std::vector<HostTensor> unpackParams(const std::vector<StepParam> &layout,
         count *= d;
       std::vector<double> values(whole.data.begin() + offset,
                                  whole.data.begin() + offset + count);
-      byName[part] = HostTensor::fromDouble(part, dtype, shape, values);
+      byName[part] =
+          HostTensor::fromDouble(prefix + part, dtype, shape, values);
       offset += count;
     }
   }
@@ -189,13 +213,13 @@ llvm::Error loadWeights(const std::string &path,
       unexpected.push_back(info.name);
   }
   if (!missing.empty())
-    return llvm::createStringError(llvm::formatv(
-        "{0}: missing tensors for this config: {1}", store->path(),
-        joinNames(missing)));
+    return llvm::createStringError(
+        llvm::formatv("{0}: missing tensors for this config: {1}",
+                      store->path(), joinNames(missing)));
   if (!unexpected.empty())
-    return llvm::createStringError(llvm::formatv(
-        "{0}: tensors this config does not have: {1}", store->path(),
-        joinNames(unexpected)));
+    return llvm::createStringError(
+        llvm::formatv("{0}: tensors this config does not have: {1}",
+                      store->path(), joinNames(unexpected)));
 
   for (const ParamSpec &spec : specs) {
     const TensorInfo *info = store->find(spec.name);
@@ -206,9 +230,9 @@ llvm::Error loadWeights(const std::string &path,
           shapeString(spec.shape)));
     if (info->dtype != DType::F32 && info->dtype != DType::F16 &&
         info->dtype != DType::BF16)
-      return llvm::createStringError(llvm::formatv(
-          "{0}: tensor '{1}': dtype {2} is not F32, F16 or BF16",
-          store->path(), spec.name, dtypeName(info->dtype)));
+      return llvm::createStringError(
+          llvm::formatv("{0}: tensor '{1}': dtype {2} is not F32, F16 or BF16",
+                        store->path(), spec.name, dtypeName(info->dtype)));
     Result<HostTensor> tensor = store->read(spec.name);
     if (!tensor)
       return llvm::createStringError(tensor.error().message);
@@ -216,6 +240,40 @@ llvm::Error loadWeights(const std::string &path,
   }
   return llvm::Error::success();
 }
+
+/// Reads AdamW's moments of a checkpoint (`exp_avg.<name>`,
+/// `exp_avg_sq.<name>` for every Hugging Face tensor).
+llvm::Error loadMoments(const std::string &path,
+                        const std::vector<ParamSpec> &specs,
+                        llvm::StringMap<Tensor> &expAvg,
+                        llvm::StringMap<Tensor> &expAvgSq) {
+  Result<SafetensorsFile> file = SafetensorsFile::open(path);
+  if (!file)
+    return llvm::createStringError(file.error().message);
+  for (const ParamSpec &spec : specs) {
+    for (auto [prefix, into] : {std::pair{"exp_avg.", &expAvg},
+                                std::pair{"exp_avg_sq.", &expAvgSq}}) {
+      std::string name = prefix + spec.name;
+      const TensorInfo *info = file->find(name);
+      if (!info || info->shape != spec.shape)
+        return llvm::createStringError(
+            llvm::formatv("{0}: {1} for this config: '{2}'{3}", path,
+                          info ? "wrong shape" : "missing moment", name,
+                          info ? " is " + shapeString(info->shape) +
+                                     ", expected " + shapeString(spec.shape)
+                               : ""));
+      Result<HostTensor> tensor = file->read(name);
+      if (!tensor)
+        return llvm::createStringError(tensor.error().message);
+      (*into)[spec.name] = Tensor{spec.shape, tensor->toDouble()};
+    }
+  }
+  return llvm::Error::success();
+}
+
+//===----------------------------------------------------------------------===//
+// Data
+//===----------------------------------------------------------------------===//
 
 /// Built-in data for the default run: arithmetic progressions modulo the
 /// vocabulary, of varied start, stride and length (some longer than a
@@ -240,29 +298,23 @@ Tensor tokenTensor(const std::vector<int32_t> &values) {
   return tensor;
 }
 
-llvm::Error writeCheckpoint(const std::string &dir, const LlamaConfig &config,
-                            const std::vector<HostTensor> &tensors) {
-  if (std::error_code error = llvm::sys::fs::create_directories(dir))
-    return llvm::createStringError(dir + ": " + error.message());
-  llvm::SmallString<256> weights(dir), configPath(dir);
-  llvm::sys::path::append(weights, "model.safetensors");
-  llvm::sys::path::append(configPath, "config.json");
-  // Weights first: a config.json beside them marks a complete checkpoint.
-  if (Status status = writeSafetensors(std::string(weights), tensors,
-                                       {{"format", "pt"}});
-      !status)
-    return llvm::createStringError(status.error().message);
-  if (Status status =
-          writeFileAtomic(std::string(configPath), toHFConfigJson(config));
-      !status)
-    return llvm::createStringError(status.error().message);
-  return llvm::Error::success();
-}
+//===----------------------------------------------------------------------===//
+// The compiled step and how its arguments and results are bound
+//===----------------------------------------------------------------------===//
 
-/// One argument or result slot of the train step: what it holds, and for
+/// One argument or result slot of a step function: what it holds, and for
 /// which parameter.
 struct Slot {
-  enum Kind { Param, ExpAvg, ExpAvgSq, Input, Hyperparameter, Loss } kind;
+  enum Kind {
+    Param,
+    Grad,
+    ExpAvg,
+    ExpAvgSq,
+    Input,
+    Hyperparameter,
+    Loss,
+    GradNorm
+  } kind;
   std::string name;
 };
 
@@ -273,38 +325,259 @@ llvm::Expected<Slot> classify(mlir::DictionaryAttr attrs) {
       return value.str();
     return std::nullopt;
   };
-  if (auto name = named(kParamAttr))
-    return Slot{Slot::Param, *name};
-  if (auto name = named(kNewParamAttr))
-    return Slot{Slot::Param, *name};
-  if (auto name = named(kExpAvgAttr))
-    return Slot{Slot::ExpAvg, *name};
-  if (auto name = named(kNewExpAvgAttr))
-    return Slot{Slot::ExpAvg, *name};
-  if (auto name = named(kExpAvgSqAttr))
-    return Slot{Slot::ExpAvgSq, *name};
-  if (auto name = named(kNewExpAvgSqAttr))
-    return Slot{Slot::ExpAvgSq, *name};
-  if (auto name = named(kInputAttr))
-    return Slot{Slot::Input, *name};
-  if (auto name = named(kHyperparameterAttr))
-    return Slot{Slot::Hyperparameter, *name};
+  static const std::pair<llvm::StringLiteral, Slot::Kind> kNamed[] = {
+      {kParamAttr, Slot::Param},
+      {kNewParamAttr, Slot::Param},
+      {kGradAttr, Slot::Grad},
+      {kExpAvgAttr, Slot::ExpAvg},
+      {kNewExpAvgAttr, Slot::ExpAvg},
+      {kExpAvgSqAttr, Slot::ExpAvgSq},
+      {kNewExpAvgSqAttr, Slot::ExpAvgSq},
+      {kInputAttr, Slot::Input},
+      {kHyperparameterAttr, Slot::Hyperparameter}};
+  for (auto &[attr, kind] : kNamed)
+    if (auto name = named(attr))
+      return Slot{kind, *name};
   if (attrs && attrs.get(kLossAttr))
     return Slot{Slot::Loss, ""};
+  if (attrs && attrs.get(kGradNormAttr))
+    return Slot{Slot::GradNorm, ""};
   return llvm::createStringError("internal: unnamed train-step slot");
 }
 
-llvm::StringMap<Tensor> &moments(ModelState &state, Slot::Kind kind) {
-  return kind == Slot::ExpAvg ? state.expAvg : state.expAvgSq;
+/// The train step compiled for each sequence length it has been asked for.
+/// Every length gets the same parameters and the same @optimizer_step.
+class StepCache {
+public:
+  StepCache(const LlamaConfig &config, StepShape shape,
+            mlir::llama::TrainStepPipelineOptions pipeline)
+      : config(config), shape(shape), pipeline(pipeline) {}
+
+  /// @forward_backward for sequences of `seq` tokens.
+  llvm::Expected<mlir::func::FuncOp> forwardBackward(int64_t seq) {
+    if (llvm::Error error = compile(seq))
+      return std::move(error);
+    return modules[seq]->lookupSymbol<mlir::func::FuncOp>(
+        mlir::llama::kForwardBackwardName);
+  }
+
+  /// @optimizer_step (of the first length compiled).
+  mlir::func::FuncOp optimizerStep() {
+    return modules.begin()->second->lookupSymbol<mlir::func::FuncOp>(
+        mlir::llama::kOptimizerStepName);
+  }
+
+private:
+  llvm::Error compile(int64_t seq) {
+    if (modules.count(seq))
+      return llvm::Error::success();
+    StepShape lengthShape = shape;
+    lengthShape.seq = seq;
+    mlir::OwningOpRef<mlir::ModuleOp> module =
+        buildForwardModule(context, config, lengthShape);
+    mlir::PassManager pm(&context);
+    mlir::llama::buildTrainStepPipeline(pm, pipeline);
+    if (mlir::failed(pm.run(*module)))
+      return llvm::createStringError("internal: the train-step pipeline "
+                                     "failed");
+    if (!module->lookupSymbol<mlir::func::FuncOp>(
+            mlir::llama::kForwardBackwardName) ||
+        !module->lookupSymbol<mlir::func::FuncOp>(
+            mlir::llama::kOptimizerStepName))
+      return llvm::createStringError("internal: the train step lacks "
+                                     "@forward_backward or @optimizer_step");
+    modules[seq] = std::move(module);
+    return llvm::Error::success();
+  }
+
+  mlir::MLIRContext context;
+  const LlamaConfig &config;
+  StepShape shape;
+  mlir::llama::TrainStepPipelineOptions pipeline;
+  std::map<int64_t, mlir::OwningOpRef<mlir::ModuleOp>> modules;
+};
+
+/// Parameters and AdamW moments by the train step's parameter names.
+struct ModelState {
+  llvm::StringMap<Tensor> params, expAvg, expAvgSq;
+};
+
+/// What one micro-batch gives back.
+struct MicroBatchResult {
+  double loss = 0;
+  llvm::StringMap<Tensor> grads;
+};
+
+/// Runs @forward_backward on one batch. The parameters are lent to the
+/// interpreter and given back to `state`.
+llvm::Expected<MicroBatchResult> runForwardBackward(mlir::func::FuncOp func,
+                                                    ModelState &state,
+                                                    const Batch &batch) {
+  std::vector<Tensor> args(func.getNumArguments());
+  std::vector<std::string> lent(func.getNumArguments());
+  llvm::Error error = llvm::Error::success();
+  for (unsigned i = 0; i < func.getNumArguments() && !error; ++i) {
+    llvm::Expected<Slot> slot = classify(func.getArgAttrDict(i));
+    if (!slot) {
+      error = slot.takeError();
+    } else if (slot->kind == Slot::Param) {
+      args[i] = std::move(state.params[slot->name]);
+      lent[i] = slot->name;
+    } else if (slot->kind == Slot::Input) {
+      args[i] = tokenTensor(slot->name == "input_ids" ? batch.inputIds
+                                                      : batch.labels);
+    } else {
+      error = llvm::createStringError("internal: unexpected argument of "
+                                      "@forward_backward");
+    }
+  }
+  llvm::Expected<std::vector<Tensor>> results =
+      error ? llvm::Expected<std::vector<Tensor>>(std::move(error))
+            : reference::interpret(func, args);
+  for (unsigned i = 0; i < args.size(); ++i)
+    if (!lent[i].empty())
+      state.params[lent[i]] = std::move(args[i]);
+  if (!results)
+    return results.takeError();
+
+  MicroBatchResult out;
+  for (unsigned i = 0; i < results->size(); ++i) {
+    llvm::Expected<Slot> slot = classify(func.getResultAttrDict(i));
+    if (!slot)
+      return slot.takeError();
+    if (slot->kind == Slot::Loss)
+      out.loss = (*results)[i].data[0];
+    else if (slot->kind == Slot::Grad)
+      out.grads[slot->name] = std::move((*results)[i]);
+  }
+  return out;
+}
+
+/// Runs @optimizer_step: consumes `grads`, updates `state`, returns the
+/// gradient norm before clipping.
+llvm::Expected<double> runOptimizerStep(mlir::func::FuncOp func,
+                                        ModelState &state,
+                                        llvm::StringMap<Tensor> &grads,
+                                        const llvm::StringMap<double> &hyper) {
+  std::vector<Tensor> args;
+  for (unsigned i = 0; i < func.getNumArguments(); ++i) {
+    llvm::Expected<Slot> slot = classify(func.getArgAttrDict(i));
+    if (!slot)
+      return slot.takeError();
+    switch (slot->kind) {
+    case Slot::Param:
+      args.push_back(std::move(state.params[slot->name]));
+      break;
+    case Slot::Grad:
+      args.push_back(std::move(grads[slot->name]));
+      break;
+    case Slot::ExpAvg:
+      args.push_back(std::move(state.expAvg[slot->name]));
+      break;
+    case Slot::ExpAvgSq:
+      args.push_back(std::move(state.expAvgSq[slot->name]));
+      break;
+    case Slot::Hyperparameter: {
+      auto found = hyper.find(slot->name);
+      if (found == hyper.end())
+        return llvm::createStringError("internal: no value for "
+                                       "hyperparameter " +
+                                       slot->name);
+      args.push_back(Tensor::scalar(found->second));
+      break;
+    }
+    default:
+      return llvm::createStringError("internal: unexpected argument of "
+                                     "@optimizer_step");
+    }
+  }
+  llvm::Expected<std::vector<Tensor>> results =
+      reference::interpret(func, args);
+  if (!results)
+    return results.takeError();
+  double norm = 0;
+  for (unsigned i = 0; i < results->size(); ++i) {
+    llvm::Expected<Slot> slot = classify(func.getResultAttrDict(i));
+    if (!slot)
+      return slot.takeError();
+    Tensor &value = (*results)[i];
+    if (slot->kind == Slot::GradNorm)
+      norm = value.data[0];
+    else if (slot->kind == Slot::Param)
+      state.params[slot->name] = std::move(value);
+    else if (slot->kind == Slot::ExpAvg)
+      state.expAvg[slot->name] = std::move(value);
+    else if (slot->kind == Slot::ExpAvgSq)
+      state.expAvgSq[slot->name] = std::move(value);
+  }
+  return norm;
+}
+
+/// Adds `weight * grads` into `sum` (which starts empty).
+void accumulate(llvm::StringMap<Tensor> &sum, llvm::StringMap<Tensor> &grads,
+                double weight) {
+  for (auto &entry : grads) {
+    Tensor &grad = entry.second;
+    auto found = sum.find(entry.first());
+    if (found == sum.end()) {
+      for (double &x : grad.data)
+        x *= weight;
+      sum[entry.first()] = std::move(grad);
+      continue;
+    }
+    std::vector<double> &into = found->second.data;
+    for (size_t i = 0; i < into.size(); ++i)
+      into[i] += weight * grad.data[i];
+  }
+}
+
+/// The trainer state of a fresh run with these options and data.
+TrainerState describeRun(const TrainOptions &options,
+                         const std::vector<TokenRow> &rows) {
+  TrainerState run;
+  run.maxSteps = options.steps;
+  run.dataPath = options.dataPath.empty() ? "<built-in>" : options.dataPath;
+  run.dataRows = int64_t(rows.size());
+  run.dataFingerprint = fingerprintRows(rows);
+  run.shuffle = options.shuffle;
+  run.seed = options.seed;
+  run.lrSchedule = lrScheduleName(options.lrSchedule);
+  run.learningRate = options.lr;
+  run.warmupSteps = options.warmupSteps;
+  run.beta1 = options.beta1;
+  run.beta2 = options.beta2;
+  run.eps = options.eps;
+  run.weightDecay = options.weightDecay;
+  run.maxGradNorm = options.maxGradNorm;
+  run.batch = options.shape.batch;
+  run.seq = options.shape.seq;
+  run.gradAccum = options.gradAccum;
+  run.precision = precisionName(options.shape.precision).str();
+  run.padToLongest = options.padToLongest;
+  run.llamacVersion = LLAMAC_VERSION_STRING;
+  return run;
+}
+
+int64_t countParameters(const std::vector<ParamSpec> &specs) {
+  int64_t total = 0;
+  for (const ParamSpec &spec : specs) {
+    int64_t n = 1;
+    for (int64_t d : spec.shape)
+      n *= d;
+    total += n;
+  }
+  return total;
 }
 
 } // namespace
 
 int llamac::runTrain(const TrainOptions &options) {
   const StepShape &shape = options.shape;
+  if (options.device == "cuda")
+    return runTrainOnCuda(options);
   if (options.device != "cpu")
-    return reportError("--device: '" + options.device +
-                       "' is not available in this build (supported: cpu)");
+    return reportError("--device: unknown device '" + options.device +
+                       "' (supported: cpu, cuda)");
   if (shape.precision == Precision::FP64)
     return reportError("--precision: fp64 is for tests; use fp32 or bf16");
 
@@ -314,35 +587,22 @@ int llamac::runTrain(const TrainOptions &options) {
     return reportError(llvm::toString(loaded.takeError()));
   const LlamaConfig &config = *loaded;
   std::vector<ParamSpec> specs = parameterSpecs(config);
-
-  mlir::MLIRContext context;
-  mlir::OwningOpRef<mlir::ModuleOp> module =
-      buildForwardModule(context, config, shape);
-  mlir::PassManager pm(&context);
-  mlir::llama::buildTrainStepPipeline(pm);
-  if (mlir::failed(pm.run(*module)))
-    return reportError("internal: the train-step pipeline failed");
-  auto step = module->lookupSymbol<mlir::func::FuncOp>(kTrainStepName);
-
-  // 2. Weights (Hugging Face tensors, packed into the step's layout) and
-  // optimizer state.
-  std::vector<StepParam> layout = stepParams(step);
-  llvm::StringMap<Tensor> hfWeights;
-  if (options.weightsPath.empty()) {
-    initializeWeights(config, specs, options.seed, hfWeights);
-  } else if (llvm::Error error = loadWeights(options.weightsPath, specs,
-                                             config, hfWeights)) {
-    return reportError(llvm::toString(std::move(error)));
-  }
-  ModelState state;
-  state.params = packParams(layout, hfWeights);
-  for (const StepParam &param : layout) {
-    state.expAvg[param.name] = Tensor::zeros(state.params[param.name].shape);
-    state.expAvgSq[param.name] = Tensor::zeros(state.params[param.name].shape);
-  }
+  const std::string configJson = toHFConfigJson(config);
   DType dtype = storageDType(shape.precision);
 
-  // 3. Data.
+  mlir::llama::TrainStepPipelineOptions pipeline;
+  pipeline.fuseGatedMLP = options.fuseGatedMLP;
+  pipeline.fuseNormLinear = options.fuseNormLinear;
+  pipeline.fuseRopeAttention = options.fuseRopeAttention;
+  StepCache steps(config, shape, pipeline);
+  llvm::Expected<mlir::func::FuncOp> fullLength =
+      steps.forwardBackward(shape.seq);
+  if (!fullLength)
+    return reportError(llvm::toString(fullLength.takeError()));
+  std::vector<StepParam> layout = stepParams(*fullLength);
+  mlir::func::FuncOp optimizerStep = steps.optimizerStep();
+
+  // 2. The data.
   std::vector<TokenRow> rows;
   if (options.dataPath.empty()) {
     rows = builtinRows(config.vocabSize);
@@ -354,136 +614,237 @@ int llamac::runTrain(const TrainOptions &options) {
     rows = std::move(*read);
   }
 
-  std::unique_ptr<llvm::raw_fd_ostream> metrics;
+  // What a checkpoint of this run records.
+  TrainerState run = describeRun(options, rows);
+
+  // 3. Weights and optimizer state: fresh, or from a checkpoint.
+  llvm::StringMap<Tensor> hfWeights, hfExpAvg, hfExpAvgSq;
+  std::string resumedFrom;
+  if (!options.resumePath.empty()) {
+    Result<std::string> dir = resolveResumePath(options.resumePath);
+    if (!dir)
+      return reportError("--resume: " + dir.error().message);
+    resumedFrom = *dir;
+    Result<TrainerState> saved = readTrainerState(resumedFrom);
+    if (!saved)
+      return reportError(saved.error().message);
+    llvm::SmallString<256> savedConfig(resumedFrom);
+    llvm::sys::path::append(savedConfig, "config.json");
+    llvm::Expected<LlamaConfig> savedModel = loadConfig(savedConfig);
+    if (!savedModel)
+      return reportError(llvm::toString(savedModel.takeError()));
+    if (Status status = compareConfigs(toHFConfigJson(*savedModel), configJson);
+        !status)
+      return reportError(resumedFrom + ": " + status.error().message);
+    if (Status status = checkResumable(*saved, run); !status)
+      return reportError(resumedFrom + ": " + status.error().message);
+    llvm::SmallString<256> optimizerPath(resumedFrom);
+    llvm::sys::path::append(optimizerPath, "optimizer.safetensors");
+    if (llvm::Error error = loadWeights(resumedFrom, specs, config, hfWeights))
+      return reportError(llvm::toString(std::move(error)));
+    if (llvm::Error error = loadMoments(std::string(optimizerPath), specs,
+                                        hfExpAvg, hfExpAvgSq))
+      return reportError(llvm::toString(std::move(error)));
+    run.globalStep = saved->globalStep;
+    run.dataPosition = saved->dataPosition;
+    run.logHistory = saved->logHistory;
+  } else if (options.weightsPath.empty()) {
+    initializeWeights(config, specs, options.seed, hfWeights);
+  } else if (llvm::Error error =
+                 loadWeights(options.weightsPath, specs, config, hfWeights)) {
+    return reportError(llvm::toString(std::move(error)));
+  }
+  ModelState state;
+  state.params = packParams(layout, hfWeights);
+  if (resumedFrom.empty()) {
+    for (const StepParam &param : layout) {
+      state.expAvg[param.name] = Tensor::zeros(state.params[param.name].shape);
+      state.expAvgSq[param.name] =
+          Tensor::zeros(state.params[param.name].shape);
+    }
+  } else {
+    state.expAvg = packParams(layout, hfExpAvg);
+    state.expAvgSq = packParams(layout, hfExpAvgSq);
+  }
+  RowSampler sampler(int64_t(rows.size()), options.shuffle, options.seed,
+                     run.dataPosition);
+  LRSchedule schedule{options.lrSchedule, options.lr, options.warmupSteps,
+                      options.steps};
+
+  // Checkpoints: the tensors and state of the run so far.
+  auto saveCheckpoint = [&]() -> Result<std::string> {
+    run.dataPosition = sampler.position();
+    CheckpointContents contents;
+    contents.configJson = configJson;
+    contents.model = unpackParams(layout, state.params, specs, dtype);
+    contents.optimizer =
+        unpackParams(layout, state.expAvg, specs, dtype, "exp_avg.");
+    for (HostTensor &tensor :
+         unpackParams(layout, state.expAvgSq, specs, dtype, "exp_avg_sq."))
+      contents.optimizer.push_back(std::move(tensor));
+    Result<std::string> path =
+        writeTrainingCheckpoint(options.savePath, run, contents);
+    if (!path)
+      return path;
+    if (Status status =
+            rotateCheckpoints(options.savePath, options.keep, *path);
+        !status)
+      return status.error();
+    return path;
+  };
+
+  std::optional<MetricsWriter> metrics;
   if (!options.metricsPath.empty()) {
-    std::error_code error;
-    metrics = std::make_unique<llvm::raw_fd_ostream>(options.metricsPath,
-                                                     error);
-    if (error)
-      return reportError(options.metricsPath + ": " + error.message());
+    Result<MetricsWriter> opened =
+        MetricsWriter::open(options.metricsPath, run.globalStep);
+    if (!opened)
+      return reportError(opened.error().message);
+    metrics = std::move(*opened);
   }
-
-  // Gradients are operands of the AdamW ops; observe them on step 1.
-  llvm::DenseMap<mlir::Value, Tensor> observed;
-  llvm::StringMap<mlir::Value> gradValues;
-  if (!options.dumpGradsPath.empty()) {
-    step.walk([&](mlir::llama::AdamWOp update) {
-      auto arg = mlir::cast<mlir::BlockArgument>(update.getParam());
-      auto name = step.getArgAttrOfType<mlir::StringAttr>(
-          arg.getArgNumber(), mlir::llama::kParamAttr);
-      gradValues[name.getValue()] = update.getGrad();
-      observed[update.getGrad()] = Tensor();
-    });
-  }
-
-  llvm::StringMap<double> hyper = {
-      {"lr", options.lr},     {"beta1", options.beta1},
-      {"beta2", options.beta2}, {"eps", options.eps},
-      {"weight_decay", options.weightDecay}};
 
   llvm::outs() << llvm::formatv(
       "llamac train: {0} layers, hidden {1}, vocab {2}, {3} parameters; "
       "batch {4} x seq {5}, {6}, device cpu (reference interpreter)\n",
       config.numLayers, config.hiddenSize, config.vocabSize,
-      [&] {
-        int64_t total = 0;
-        for (const ParamSpec &spec : specs) {
-          int64_t n = 1;
-          for (int64_t d : spec.shape)
-            n *= d;
-          total += n;
-        }
-        return total;
-      }(),
-      shape.batch, shape.seq, precisionName(shape.precision));
+      countParameters(specs), shape.batch, shape.seq,
+      precisionName(shape.precision));
+  llvm::outs() << llvm::formatv(
+      "optimizer: AdamW, lr {0} ({1} schedule, {2} warmup steps), "
+      "grad-accum {3}, max grad norm {4}; data: {5} rows{6}{7}\n",
+      llvm::format("%g", options.lr), lrScheduleName(options.lrSchedule),
+      options.warmupSteps, options.gradAccum,
+      llvm::format("%g", options.maxGradNorm), rows.size(),
+      options.shuffle ? ", shuffled" : "",
+      options.padToLongest ? ", padded to the longest row" : "");
+  if (!resumedFrom.empty())
+    llvm::outs() << "resuming from " << resumedFrom << " at step "
+                 << run.globalStep << "\n";
+  llvm::outs().flush();
 
   // 4. The loop.
-  for (int64_t stepIndex = 1; stepIndex <= options.steps; ++stepIndex) {
+  installStopHandlers();
+  bool terminal = isTerminal(1);
+  ProgressFormatter progress(run.globalStep, options.steps, terminal,
+                             terminal ? terminalColumns(1) : 80);
+  llvm::StringMap<double> hyper = {{"beta1", options.beta1},
+                                   {"beta2", options.beta2},
+                                   {"eps", options.eps},
+                                   {"weight_decay", options.weightDecay},
+                                   {"max_grad_norm", options.maxGradNorm}};
+  std::string lastSaved;
+  int64_t lastSavedStep = -1;
+  while (run.globalStep < options.steps) {
+    int64_t stepIndex = run.globalStep + 1;
     auto start = std::chrono::steady_clock::now();
-    Batch batch = makeBatch(rows, (stepIndex - 1) * shape.batch, shape.batch,
-                            shape.seq);
-    hyper["step"] = double(stepIndex);
 
-    std::vector<Tensor> args;
-    for (unsigned i = 0; i < step.getNumArguments(); ++i) {
-      llvm::Expected<Slot> slot = classify(step.getArgAttrDict(i));
-      if (!slot)
-        return reportError(llvm::toString(slot.takeError()));
-      switch (slot->kind) {
-      case Slot::Param:
-        args.push_back(std::move(state.params[slot->name]));
-        break;
-      case Slot::ExpAvg:
-      case Slot::ExpAvgSq:
-        args.push_back(std::move(moments(state, slot->kind)[slot->name]));
-        break;
-      case Slot::Input:
-        args.push_back(tokenTensor(slot->name == "input_ids" ? batch.inputIds
-                                                             : batch.labels));
-        break;
-      case Slot::Hyperparameter:
-        args.push_back(Tensor::scalar(hyper.lookup(slot->name)));
-        break;
-      case Slot::Loss:
-        return reportError("internal: a loss among the arguments");
-      }
+    // 4a. The micro-batches of this step, and the tokens the loss counts in
+    // each (HF's num_items_in_batch is their sum).
+    std::vector<Batch> microBatches;
+    int64_t counted = 0, tokens = 0;
+    for (int64_t i = 0; i < options.gradAccum; ++i) {
+      std::vector<int64_t> indices = sampler.take(shape.batch);
+      int64_t seq = options.padToLongest
+                        ? paddedLength(rows, indices, shape.seq)
+                        : shape.seq;
+      microBatches.push_back(gatherBatch(rows, indices, seq));
+      counted += countLossTokens(microBatches.back());
+      tokens += microBatches.back().tokens;
     }
 
-    llvm::Expected<std::vector<Tensor>> results = reference::interpret(
-        step, args, stepIndex == 1 && !observed.empty() ? &observed : nullptr);
-    if (!results)
-      return reportError(llvm::toString(results.takeError()));
-
+    // 4b. Forward and backward per micro-batch: the window's loss is the
+    // sum over its counted tokens divided by their number, so micro-batch i
+    // (mean loss over count_i tokens) weighs count_i / counted.
     double loss = 0;
-    for (unsigned i = 0; i < results->size(); ++i) {
-      llvm::Expected<Slot> slot = classify(step.getResultAttrDict(i));
-      if (!slot)
-        return reportError(llvm::toString(slot.takeError()));
-      Tensor &value = (*results)[i];
-      if (slot->kind == Slot::Loss)
-        loss = value.data[0];
-      else if (slot->kind == Slot::Param)
-        state.params[slot->name] = std::move(value);
-      else
-        moments(state, slot->kind)[slot->name] = std::move(value);
-    }
-    double seconds = std::chrono::duration<double>(
-                         std::chrono::steady_clock::now() - start)
-                         .count();
-
-    llvm::outs() << llvm::formatv(
-        "step {0,4}/{1} | loss {2:F6} | tokens {3} | {4:F3} s\n", stepIndex,
-        options.steps, loss, batch.tokens, seconds);
-    llvm::outs().flush();
-    if (metrics) {
-      llvm::json::Object line{{"step", stepIndex},
-                              {"loss", loss},
-                              {"tokens", batch.tokens},
-                              {"lr", options.lr},
-                              {"step_time_s", seconds}};
-      *metrics << llvm::json::Value(std::move(line)) << "\n";
-      metrics->flush();
+    llvm::StringMap<Tensor> grads;
+    for (const Batch &batch : microBatches) {
+      llvm::Expected<mlir::func::FuncOp> func =
+          steps.forwardBackward(batch.seq);
+      if (!func)
+        return reportError(llvm::toString(func.takeError()));
+      llvm::Expected<MicroBatchResult> result =
+          runForwardBackward(*func, state, batch);
+      if (!result)
+        return reportError(llvm::toString(result.takeError()));
+      double weight =
+          counted > 0 ? double(countLossTokens(batch)) / double(counted) : 0;
+      loss += weight * result->loss;
+      accumulate(grads, result->grads, weight);
     }
 
-    // 5a. Gradients of the first step.
-    if (stepIndex == 1 && !options.dumpGradsPath.empty()) {
-      llvm::StringMap<Tensor> grads;
-      for (const StepParam &param : layout)
-        grads[param.name] = std::move(observed[gradValues.lookup(param.name)]);
+    // 4c. Gradients of the first step, before clipping.
+    if (stepIndex == 1 && !options.dumpGradsPath.empty())
       if (Status status = writeSafetensors(
-              options.dumpGradsPath,
-              unpackParams(layout, grads, specs, dtype));
+              options.dumpGradsPath, unpackParams(layout, grads, specs, dtype));
           !status)
         return reportError(status.error().message);
+
+    // 4d. Clip, then AdamW with this step's learning rate.
+    double lr = schedule.at(stepIndex);
+    hyper["lr"] = lr;
+    hyper["step"] = double(stepIndex);
+    llvm::Expected<double> gradNorm =
+        runOptimizerStep(optimizerStep, state, grads, hyper);
+    if (!gradNorm)
+      return reportError(llvm::toString(gradNorm.takeError()));
+    run.globalStep = stepIndex;
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
+
+    // 4e. Progress, metrics, checkpoints.
+    StepMetrics step{stepIndex, loss, lr, *gradNorm, tokens, seconds};
+    run.logHistory.push_back({stepIndex, loss, lr, *gradNorm, tokens});
+    llvm::outs() << progress.step(step);
+    llvm::outs().flush();
+    if (metrics)
+      if (Status status = metrics->write(step); !status)
+        return reportError(status.error().message);
+    bool last = run.globalStep == options.steps;
+    if (options.saveEvery > 0 &&
+        (run.globalStep % options.saveEvery == 0 || last)) {
+      Result<std::string> path = saveCheckpoint();
+      if (!path)
+        return reportError(path.error().message);
+      lastSaved = *path;
+      lastSavedStep = run.globalStep;
+    }
+
+    // 4f. SIGINT or SIGTERM: stop after this step, with a checkpoint.
+    if (int signal = stopSignal()) {
+      llvm::outs() << progress.finish();
+      llvm::outs().flush();
+      std::string what =
+          llvm::formatv("interrupted by {0} after step {1}/{2}",
+                        stopSignalName(signal), run.globalStep, options.steps)
+              .str();
+      if (options.savePath.empty() || !options.saveOnInterrupt) {
+        llvm::errs() << "llamac: " << what << "; no checkpoint written ("
+                     << (options.savePath.empty() ? "no --save"
+                                                  : "--no-save-on-interrupt")
+                     << ")\n";
+        return 128 + signal;
+      }
+      if (lastSavedStep != run.globalStep) {
+        Result<std::string> path = saveCheckpoint();
+        if (!path)
+          return reportError(
+              what + "; the checkpoint failed: " + path.error().message);
+        lastSaved = *path;
+      }
+      llvm::errs() << "llamac: " << what << "; saved " << lastSaved
+                   << " (continue with --resume " << options.savePath << ")\n";
+      return 128 + signal;
     }
   }
+  llvm::outs() << progress.finish();
 
-  // 5b. The fine-tuned model, loadable by Hugging Face.
+  // 5. The fine-tuned model, loadable by Hugging Face.
   if (!options.savePath.empty()) {
-    if (llvm::Error error = writeCheckpoint(
-            options.savePath, config,
-            unpackParams(layout, state.params, specs, dtype)))
-      return reportError(llvm::toString(std::move(error)));
+    if (Status status = writeModelDirectory(
+            options.savePath, configJson,
+            unpackParams(layout, state.params, specs, dtype));
+        !status)
+      return reportError(status.error().message);
     llvm::outs() << "saved " << options.savePath << "\n";
   }
   return 0;

@@ -2,6 +2,8 @@
 //
 //   llamac compile --config PATH [--batch B] [--seq S] [--precision P] --emit mlir
 //   llamac train [--config PATH] [--weights PATH] [--data FILE.jsonl] ...
+//   llamac report METRICS.jsonl -o report.html|report.svg
+//   llamac tokenize --tokenizer DIR FILE.jsonl [--add-special-tokens] [-o OUT]
 //
 //===----------------------------------------------------------------------===//
 
@@ -18,6 +20,12 @@ using namespace llamac;
 static cl::SubCommand compileCommand("compile",
                                      "Build the train step of a model as MLIR");
 static cl::SubCommand trainCommand("train", "Fine-tune a model");
+static cl::SubCommand
+    reportCommand("report",
+                  "Draw a run's --metrics file as charts (HTML or SVG)");
+static cl::SubCommand
+    tokenizeCommand("tokenize",
+                    "Turn text rows of a JSON Lines file into token ids");
 
 static cl::OptionCategory modelCategory("Model and step");
 static cl::opt<std::string>
@@ -36,8 +44,23 @@ static cl::opt<std::string>
     precision("precision", cl::desc("fp32 or bf16 (default fp32)"),
               cl::init("fp32"), cl::sub(compileCommand), cl::sub(trainCommand),
               cl::cat(modelCategory));
+static cl::opt<bool> noFuseGatedMLP(
+    "no-fuse-gated-mlp",
+    cl::desc("Keep the gate and up projections and SwiGLU apart"),
+    cl::sub(compileCommand), cl::sub(trainCommand), cl::cat(modelCategory));
+static cl::opt<bool> noFuseNormLinear(
+    "no-fuse-norm-linear",
+    cl::desc("Keep each RMSNorm apart from the projections that read it"),
+    cl::sub(compileCommand), cl::sub(trainCommand), cl::cat(modelCategory));
+static cl::opt<bool> noFuseRopeAttention(
+    "no-fuse-rope-attention", cl::desc("Keep RoPE apart from attention"),
+    cl::sub(compileCommand), cl::sub(trainCommand), cl::cat(modelCategory));
 
-static cl::opt<std::string> emit("emit", cl::desc("What to print: mlir"),
+static cl::opt<std::string> emit("emit",
+                                 cl::desc("What to print: mlir, or "
+                                          "fusion-report (what the fusions "
+                                          "did, GEMM and op counts, saved "
+                                          "activations)"),
                                  cl::init("mlir"), cl::sub(compileCommand));
 static cl::opt<bool> noAutodiff(
     "no-autodiff", cl::desc("Stop at the forward function (debugging)"),
@@ -93,6 +116,82 @@ static cl::opt<std::string>
 static cl::opt<std::string>
     metricsPath("metrics", cl::desc("Write per-step metrics as JSON Lines"),
                 cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<int64_t>
+    gradAccum("grad-accum",
+              cl::desc("Micro-batches of --batch rows per optimizer step"),
+              cl::init(1), cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<double>
+    maxGradNorm("max-grad-norm",
+                cl::desc("Clip the gradients' global norm to this (0: off)"),
+                cl::init(1.0), cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<std::string> lrSchedule(
+    "lr-schedule", cl::desc("constant, linear or cosine (Hugging Face's)"),
+    cl::init("linear"), cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<int64_t>
+    warmupSteps("warmup-steps",
+                cl::desc("Steps of linear learning-rate warmup from 0"),
+                cl::init(0), cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<int64_t>
+    saveEvery("save-every",
+              cl::desc("Write a resumable DIR/checkpoint-<step> every N steps "
+                       "(needs --save DIR)"),
+              cl::init(0), cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<int64_t>
+    keepCheckpoints("keep",
+                    cl::desc("Keep only the N newest checkpoints (0: all)"),
+                    cl::init(0), cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<std::string> resumePath(
+    "resume",
+    cl::desc("Continue from a checkpoint-<step> directory, or the newest "
+             "one in a directory"),
+    cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<bool> noSaveOnInterrupt(
+    "no-save-on-interrupt",
+    cl::desc("On SIGINT/SIGTERM, stop without writing a checkpoint"),
+    cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<bool>
+    shuffleRows("shuffle",
+                cl::desc("Shuffle the rows every epoch (with --seed)"),
+                cl::sub(trainCommand), cl::cat(trainCategory));
+static cl::opt<bool> padToLongest(
+    "pad-to-longest",
+    cl::desc("Pad each batch to its longest row, rounded up to a multiple "
+             "of 16 (at most --seq)"),
+    cl::sub(trainCommand), cl::cat(trainCategory));
+
+static cl::OptionCategory reportCategory("Report");
+static cl::opt<std::string> reportInput(cl::Positional,
+                                        cl::desc("<metrics.jsonl>"),
+                                        cl::sub(reportCommand),
+                                        cl::cat(reportCategory));
+static cl::opt<std::string>
+    reportOutput("o", cl::desc("Output: .html (default) or .svg"),
+                 cl::init("report.html"), cl::sub(reportCommand),
+                 cl::cat(reportCategory));
+static cl::opt<std::string> reportTitle("title",
+                                        cl::desc("Title of the report"),
+                                        cl::sub(reportCommand),
+                                        cl::cat(reportCategory));
+
+static cl::OptionCategory tokenizeCategory("Tokenize");
+static cl::opt<std::string>
+    tokenizerPath("tokenizer",
+                  cl::desc("Hugging Face tokenizer.json, or its directory"),
+                  cl::sub(tokenizeCommand), cl::cat(tokenizeCategory));
+static cl::opt<std::string> tokenizeInput(cl::Positional,
+                                          cl::desc("<data.jsonl>"),
+                                          cl::sub(tokenizeCommand),
+                                          cl::cat(tokenizeCategory));
+static cl::opt<bool> addSpecialTokens(
+    "add-special-tokens",
+    cl::desc("Add BOS/EOS as training does (default: plain encodings)"),
+    cl::sub(tokenizeCommand), cl::cat(tokenizeCategory));
+static cl::opt<std::string> tokenizeOutput("o",
+                                           cl::desc("Output file (default: "
+                                                    "standard output)"),
+                                           cl::init("-"),
+                                           cl::sub(tokenizeCommand),
+                                           cl::cat(tokenizeCategory));
 
 /// Checks the flags both commands share; returns an exit code or 0.
 static int readStepShape(StepShape &shape) {
@@ -117,6 +216,9 @@ static int compileMain() {
   options.emit = emit;
   options.autodiff = !noAutodiff;
   options.optimizer = !noOptimizer;
+  options.fuseGatedMLP = !noFuseGatedMLP;
+  options.fuseNormLinear = !noFuseNormLinear;
+  options.fuseRopeAttention = !noFuseRopeAttention;
   options.outputPath = outputPath;
   return runCompile(options);
 }
@@ -153,17 +255,77 @@ static int trainMain() {
   options.eps = adamEps;
   options.device = device;
   options.seed = seed;
+  options.fuseGatedMLP = !noFuseGatedMLP;
+  options.fuseNormLinear = !noFuseNormLinear;
+  options.fuseRopeAttention = !noFuseRopeAttention;
+  if (gradAccum < 1)
+    return reportError("--grad-accum: must be at least 1, got " +
+                       Twine(gradAccum));
+  if (!(maxGradNorm >= 0))
+    return reportError("--max-grad-norm: must not be negative (0 turns "
+                       "clipping off)");
+  Result<LRScheduleKind> schedule = parseLRSchedule(lrSchedule);
+  if (!schedule)
+    return reportError("--lr-schedule: " + schedule.error().message);
+  if (warmupSteps < 0)
+    return reportError("--warmup-steps: must not be negative, got " +
+                       Twine(warmupSteps));
+  if (saveEvery < 0)
+    return reportError("--save-every: must not be negative, got " +
+                       Twine(saveEvery));
+  if (saveEvery > 0 && savePath.empty())
+    return reportError("--save-every: needs --save DIR, where the "
+                       "checkpoint-<step> directories go");
+  if (keepCheckpoints < 0)
+    return reportError("--keep: must not be negative, got " +
+                       Twine(keepCheckpoints));
+  options.gradAccum = gradAccum;
+  options.maxGradNorm = maxGradNorm;
+  options.lrSchedule = *schedule;
+  options.warmupSteps = warmupSteps;
+  options.saveEvery = saveEvery;
+  options.keep = keepCheckpoints;
+  options.resumePath = resumePath;
+  options.saveOnInterrupt = !noSaveOnInterrupt;
+  options.shuffle = shuffleRows;
+  options.padToLongest = padToLongest;
   return runTrain(options);
+}
+
+static int reportMain() {
+  if (reportInput.empty())
+    return reportError("report: expected a metrics file (llamac report "
+                       "METRICS.jsonl -o report.html)");
+  ReportOptions options;
+  options.metricsPath = reportInput;
+  options.outputPath = reportOutput;
+  options.title = reportTitle;
+  return runReport(options);
+}
+
+static int tokenizeMain() {
+  TokenizeOptions options;
+  options.tokenizerPath = tokenizerPath;
+  options.inputPath = tokenizeInput;
+  options.addSpecialTokens = addSpecialTokens;
+  options.outputPath = tokenizeOutput;
+  return runTokenize(options);
 }
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
-  cl::HideUnrelatedOptions({&modelCategory, &trainCategory});
+  cl::HideUnrelatedOptions(
+      {&modelCategory, &trainCategory, &reportCategory, &tokenizeCategory});
   cl::ParseCommandLineOptions(argc, argv,
                               "llamac: a compiler for Llama fine-tuning\n");
   if (compileCommand)
     return compileMain();
   if (trainCommand)
     return trainMain();
-  return reportError("expected a command: compile or train (see --help)");
+  if (reportCommand)
+    return reportMain();
+  if (tokenizeCommand)
+    return tokenizeMain();
+  return reportError(
+      "expected a command: compile, train, report or tokenize (see --help)");
 }

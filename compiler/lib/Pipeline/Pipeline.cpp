@@ -12,15 +12,27 @@ using namespace mlir;
 void mlir::llama::buildTrainStepPipeline(
     OpPassManager &pm, const TrainStepPipelineOptions &options) {
   OpPassManager &funcPm = pm.nest<func::FuncOp>();
+  // Fusions first, on the forward function: each fused op's VJP then emits
+  // the fused backward. Gated-MLP before norm-linear, which moves the
+  // post-attention norm into the gated_mlp.
+  if (options.fuseGatedMLP)
+    funcPm.addPass(createLlamaFuseGatedMLPPass());
+  if (options.fuseNormLinear)
+    funcPm.addPass(createLlamaFuseNormLinearPass());
+  if (options.fuseRopeAttention)
+    funcPm.addPass(createLlamaFuseRopeAttentionPass());
   if (options.autodiff)
     funcPm.addPass(createLlamaAutodiffPass());
+  // llama-adamw works on the module: it adds @optimizer_step beside the
+  // differentiated function, so it runs after every function pass above.
   if (options.autodiff && options.optimizer)
-    funcPm.addPass(createLlamaAdamWPass());
+    pm.addPass(createLlamaAdamWPass());
 }
 
 void mlir::llama::registerTrainStepPipeline() {
   PassPipelineRegistration<>(
       "llama-train-step",
-      "Builds the whole train step (autodiff, then AdamW) from the forward",
+      "Builds the whole train step (fusions, autodiff, then AdamW) from "
+      "the forward",
       [](OpPassManager &pm) { buildTrainStepPipeline(pm); });
 }

@@ -2,6 +2,7 @@
 
 #include "llamac/Dialect/Llama/LlamaOps.h"
 
+#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/IR/OpImplementation.h"
 #include "llvm/ADT/STLExtras.h"
 
@@ -198,20 +199,19 @@ SmallVector<Value> MatmulOp::buildVJP(OpBuilder &builder,
 // RoPEOp
 //===----------------------------------------------------------------------===//
 
-SmallVector<double> RoPEOp::getFrequencies() {
-  int64_t dim = getHeadDim();
-  double theta = getTheta().convertToDouble();
+SmallVector<double>
+mlir::llama::ropeFrequencies(int64_t dim, double theta, StringRef ropeType,
+                             double factor, double low, double high,
+                             int64_t originalMaxPositionEmbeddings) {
   SmallVector<double> frequencies;
   for (int64_t i = 0; i < dim / 2; ++i)
     frequencies.push_back(std::pow(theta, -double(2 * i) / double(dim)));
-  if (getRopeType() != "llama3")
+  if (ropeType != "llama3")
     return frequencies;
   // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and
-  // the band in between interpolated (transformers' _compute_llama3_parameters).
-  double factor = getFactor().convertToDouble();
-  double low = getLowFreqFactor().convertToDouble();
-  double high = getHighFreqFactor().convertToDouble();
-  double context = double(getOriginalMaxPositionEmbeddings());
+  // the band in between interpolated (transformers'
+  // _compute_llama3_parameters).
+  double context = double(originalMaxPositionEmbeddings);
   double lowFreqWavelen = context / low, highFreqWavelen = context / high;
   for (double &f : frequencies) {
     double wavelen = 2 * M_PI / f;
@@ -223,6 +223,38 @@ SmallVector<double> RoPEOp::getFrequencies() {
     }
   }
   return frequencies;
+}
+
+/// The frequencies of any op with the RoPE attributes.
+template <typename RopeLikeOp>
+static SmallVector<double> frequenciesOf(RopeLikeOp op) {
+  return ropeFrequencies(op.getHeadDim(), op.getTheta().convertToDouble(),
+                         op.getRopeType(), op.getFactor().convertToDouble(),
+                         op.getLowFreqFactor().convertToDouble(),
+                         op.getHighFreqFactor().convertToDouble(),
+                         op.getOriginalMaxPositionEmbeddings());
+}
+
+SmallVector<double> RoPEOp::getFrequencies() { return frequenciesOf(*this); }
+
+/// Checks theta and the rope_type's scaling attributes.
+template <typename RopeLikeOp>
+static LogicalResult verifyRopeAttributes(RopeLikeOp op) {
+  if (!(op.getTheta().convertToDouble() > 0))
+    return op.emitOpError() << "theta must be positive";
+  if (op.getRopeType() == "llama3") {
+    double low = op.getLowFreqFactor().convertToDouble();
+    double high = op.getHighFreqFactor().convertToDouble();
+    if (!(op.getFactor().convertToDouble() > 0) || !(low > 0) ||
+        !(high > low) || op.getOriginalMaxPositionEmbeddings() <= 0)
+      return op.emitOpError() << "needs factor > 0, high_freq_factor > "
+                                 "low_freq_factor > 0 and a positive "
+                                 "original_max_position_embeddings";
+  } else if (op.getRopeType() != "default") {
+    return op.emitOpError()
+           << "unsupported rope_type '" << op.getRopeType() << "'";
+  }
+  return success();
 }
 
 LogicalResult RoPEOp::verify() {
@@ -239,19 +271,8 @@ LogicalResult RoPEOp::verify() {
   if (failed(expectWholeSequences(*this, shape[0], getSeqLen())) ||
       failed(expectShape(*this, getResult(), "result", shape)))
     return failure();
-  if (!(getTheta().convertToDouble() > 0))
-    return emitOpError() << "theta must be positive";
-  if (getRopeType() == "llama3") {
-    double low = getLowFreqFactor().convertToDouble();
-    double high = getHighFreqFactor().convertToDouble();
-    if (!(getFactor().convertToDouble() > 0) || !(low > 0) || !(high > low) ||
-        getOriginalMaxPositionEmbeddings() <= 0)
-      return emitOpError() << "needs factor > 0, high_freq_factor > "
-                              "low_freq_factor > 0 and a positive "
-                              "original_max_position_embeddings";
-  } else if (getRopeType() != "default") {
-    return emitOpError() << "unsupported rope_type '" << getRopeType() << "'";
-  }
+  if (failed(verifyRopeAttributes(*this)))
+    return failure();
   return expectSameElementType(*this, {getInput(), getResult()});
 }
 
@@ -414,6 +435,246 @@ LogicalResult AdamWOp::verify() {
                               "type "
                            << type << ", got " << value.getType();
   return success();
+}
+
+LogicalResult GlobalNormOp::verify() {
+  if (getInputs().empty())
+    return emitOpError("expects at least one operand");
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Fused ops: NormMatmulOp, GatedMLPOp, RopeAttentionOp and their backward ops
+//===----------------------------------------------------------------------===//
+
+/// A tensor of `type` filled with zeros: the cotangent of a result that does
+/// not reach the loss, where a fused backward op needs one.
+static Value zerosLike(OpBuilder &builder, Location loc, Type type) {
+  auto tensor = cast<RankedTensorType>(type);
+  auto zero = FloatAttr::get(tensor.getElementType(), 0.0);
+  return arith::ConstantOp::create(builder, loc,
+                                   DenseElementsAttr::get(tensor, zero));
+}
+
+/// Checks that `slices` are [T, N_i] column slices of a [T, N] product with
+/// N = the row count of `weight`; returns failure with a diagnostic.
+static LogicalResult verifyColumnSlices(Operation *op, ValueRange slices,
+                                        StringRef name, int64_t rows,
+                                        Value weight) {
+  if (slices.empty())
+    return op->emitOpError() << "needs at least one " << name;
+  int64_t total = 0;
+  for (Value slice : slices) {
+    if (failed(expectStaticRank(op, slice, name, 2)) ||
+        failed(expectShape(op, slice, name, {rows, ShapedType::kDynamic})))
+      return failure();
+    total += tensorType(slice).getDimSize(1);
+  }
+  int64_t weightRows = tensorType(weight).getDimSize(0);
+  if (total != weightRows)
+    return op->emitOpError()
+           << name << " widths sum to " << total
+           << ", but the concatenated weight has " << weightRows << " rows";
+  return success();
+}
+
+/// The input, an optional norm (with eps) and a weight [N, H] over the
+/// input's width H.
+static LogicalResult verifyNormAndWeight(Operation *op, Value input,
+                                         Value normWeight,
+                                         std::optional<double> eps,
+                                         Value weight) {
+  if (failed(expectStaticRank(op, input, "input", 2)) ||
+      failed(expectStaticRank(op, weight, "weight", 2)))
+    return failure();
+  int64_t hidden = tensorType(input).getDimSize(1);
+  if (failed(expectShape(op, weight, "weight", {ShapedType::kDynamic, hidden})))
+    return failure();
+  if (bool(normWeight) != eps.has_value())
+    return op->emitOpError() << "takes eps exactly when it has a norm weight";
+  if (normWeight && failed(verifyRMSNormOperands(op, input, normWeight, *eps)))
+    return failure();
+  return success();
+}
+
+LogicalResult NormMatmulOp::verify() {
+  if (failed(verifyNormAndWeight(*this, getInput(), getNormWeight(),
+                                 getEps().convertToDouble(), getWeight())) ||
+      failed(verifyColumnSlices(*this, getOutputs(), "result",
+                                tensorType(getInput()).getDimSize(0),
+                                getWeight())))
+    return failure();
+  SmallVector<Value> values(getOperands());
+  llvm::append_range(values, getResults());
+  return expectSameElementType(*this, values);
+}
+
+SmallVector<Value> NormMatmulOp::buildVJP(OpBuilder &builder,
+                                          ValueRange resultCotangents) {
+  SmallVector<Value> grads;
+  for (auto [result, cotangent] :
+       llvm::zip_equal(getOutputs(), resultCotangents))
+    grads.push_back(cotangent ? cotangent
+                              : zerosLike(builder, getLoc(), result.getType()));
+  auto grad = NormMatmulGradOp::create(
+      builder, getLoc(), getInput().getType(), getNormWeight().getType(),
+      getWeight().getType(), grads, getInput(), getNormWeight(), getWeight(),
+      getEpsAttr());
+  return {grad.getInputGrad(), grad.getNormWeightGrad(), grad.getWeightGrad()};
+}
+
+LogicalResult NormMatmulGradOp::verify() {
+  int64_t rows = tensorType(getInput()).getDimSize(0);
+  if (failed(verifyNormAndWeight(*this, getInput(), getNormWeight(),
+                                 getEps().convertToDouble(), getWeight())) ||
+      failed(verifyColumnSlices(*this, getGrads(), "grad", rows, getWeight())))
+    return failure();
+  if (failed(expectShape(*this, getInputGrad(), "input_grad",
+                         tensorType(getInput()).getShape())) ||
+      failed(expectShape(*this, getNormWeightGrad(), "norm_weight_grad",
+                         tensorType(getNormWeight()).getShape())) ||
+      failed(expectShape(*this, getWeightGrad(), "weight_grad",
+                         tensorType(getWeight()).getShape())))
+    return failure();
+  SmallVector<Value> values(getOperands());
+  llvm::append_range(values, getResults());
+  return expectSameElementType(*this, values);
+}
+
+/// Shapes shared by gated_mlp and gated_mlp_grad: input [T, H], weight
+/// [2F, H], gate_up [T, 2F]; returns F through `width`.
+static LogicalResult verifyGatedMLPOperands(Operation *op, Value input,
+                                            Value weight, Value normWeight,
+                                            std::optional<double> eps,
+                                            Value gateUp, int64_t &width) {
+  if (failed(verifyNormAndWeight(op, input, normWeight, eps, weight)))
+    return failure();
+  int64_t doubled = tensorType(weight).getDimSize(0);
+  if (doubled % 2 != 0)
+    return op->emitOpError() << "weight must stack gate and up weights of "
+                                "one width, got "
+                             << doubled << " rows";
+  width = doubled / 2;
+  return expectShape(op, gateUp, "gate_up",
+                     {tensorType(input).getDimSize(0), doubled});
+}
+
+static std::optional<double> optionalEps(std::optional<llvm::APFloat> eps) {
+  if (!eps)
+    return std::nullopt;
+  return eps->convertToDouble();
+}
+
+LogicalResult GatedMLPOp::verify() {
+  int64_t width;
+  if (failed(verifyGatedMLPOperands(*this, getInput(), getWeight(),
+                                    getNormWeight(), optionalEps(getEps()),
+                                    getGateUp(), width)) ||
+      failed(expectShape(*this, getResult(), "result",
+                         {tensorType(getInput()).getDimSize(0), width})))
+    return failure();
+  for (OpOperand &use : getGateUp().getUses())
+    if (!isa<GatedMLPGradOp>(use.getOwner()) || use.getOperandNumber() != 2)
+      return emitOpError() << "gate_up is saved for llama.gated_mlp_grad and "
+                              "must have no other user";
+  SmallVector<Value> values(getOperands());
+  llvm::append_range(values, getResults());
+  return expectSameElementType(*this, values);
+}
+
+SmallVector<Value> GatedMLPOp::buildVJP(OpBuilder &builder,
+                                        ValueRange resultCotangents) {
+  // gate_up has no user but gated_mlp_grad (the verifier says so), hence no
+  // cotangent.
+  Value grad = resultCotangents[0]
+                   ? resultCotangents[0]
+                   : zerosLike(builder, getLoc(), getResult().getType());
+  SmallVector<Type> types{getInput().getType(), getWeight().getType()};
+  SmallVector<Value> operands{grad, getInput(), getGateUp(), getWeight()};
+  if (Value norm = getNormWeight()) {
+    types.push_back(norm.getType());
+    operands.push_back(norm);
+  }
+  auto grads = GatedMLPGradOp::create(builder, getLoc(), types, operands);
+  if (getEps())
+    grads.setEpsAttr(getEpsAttr());
+  SmallVector<Value> result{grads.getInputGrad(), grads.getWeightGrad()};
+  if (getNormWeight())
+    result.push_back(grads.getNormWeightGrad());
+  return result;
+}
+
+LogicalResult GatedMLPGradOp::verify() {
+  int64_t width;
+  if (failed(verifyGatedMLPOperands(*this, getInput(), getWeight(),
+                                    getNormWeight(), optionalEps(getEps()),
+                                    getGateUp(), width)) ||
+      failed(expectShape(*this, getGrad(), "grad",
+                         {tensorType(getInput()).getDimSize(0), width})) ||
+      failed(expectShape(*this, getInputGrad(), "input_grad",
+                         tensorType(getInput()).getShape())) ||
+      failed(expectShape(*this, getWeightGrad(), "weight_grad",
+                         tensorType(getWeight()).getShape())))
+    return failure();
+  if (bool(getNormWeight()) != bool(getNormWeightGrad()))
+    return emitOpError()
+           << "returns norm_weight_grad exactly when it has a norm weight";
+  if (getNormWeight() &&
+      failed(expectShape(*this, getNormWeightGrad(), "norm_weight_grad",
+                         tensorType(getNormWeight()).getShape())))
+    return failure();
+  SmallVector<Value> values(getOperands());
+  llvm::append_range(values, getResults());
+  return expectSameElementType(*this, values);
+}
+
+SmallVector<double> RopeAttentionOp::getFrequencies() {
+  return frequenciesOf(*this);
+}
+
+SmallVector<double> RopeAttentionGradOp::getFrequencies() {
+  return frequenciesOf(*this);
+}
+
+template <typename RopeAttentionLikeOp>
+static LogicalResult verifyRopeAttention(RopeAttentionLikeOp op) {
+  if (failed(verifyAttentionOperands(op)))
+    return failure();
+  if (op.getHeadDim() % 2 != 0)
+    return op.emitOpError() << "head_dim must be even, got " << op.getHeadDim();
+  return verifyRopeAttributes(op);
+}
+
+LogicalResult RopeAttentionOp::verify() {
+  if (failed(verifyRopeAttention(*this)) ||
+      failed(expectShape(*this, getResult(), "result",
+                         tensorType(getQuery()).getShape())))
+    return failure();
+  return expectSameElementType(*this, {getQuery(), getResult()});
+}
+
+SmallVector<Value> RopeAttentionOp::buildVJP(OpBuilder &builder,
+                                             ValueRange resultCotangents) {
+  // The backward op carries the same attributes.
+  auto grad = RopeAttentionGradOp::create(
+      builder, getLoc(),
+      TypeRange{getQuery().getType(), getKey().getType(), getValue().getType()},
+      ValueRange{resultCotangents[0], getQuery(), getKey(), getValue()},
+      (*this)->getAttrs());
+  return {grad.getQueryGrad(), grad.getKeyGrad(), grad.getValueGrad()};
+}
+
+LogicalResult RopeAttentionGradOp::verify() {
+  if (failed(verifyRopeAttention(*this)))
+    return failure();
+  ArrayRef<int64_t> query = tensorType(getQuery()).getShape();
+  ArrayRef<int64_t> kv = tensorType(getKey()).getShape();
+  if (failed(expectShape(*this, getGrad(), "grad", query)) ||
+      failed(expectShape(*this, getQueryGrad(), "query_grad", query)) ||
+      failed(expectShape(*this, getKeyGrad(), "key_grad", kv)) ||
+      failed(expectShape(*this, getValueGrad(), "value_grad", kv)))
+    return failure();
+  return expectSameElementType(*this, getResults());
 }
 
 #define GET_OP_CLASSES

@@ -121,6 +121,9 @@ TEST_P(HFParity, LossesGradientsAndWeightsMatchTransformers) {
       "--adam-betas=" + text(*(*betas)[0].getAsNumber()) + "," +
           text(*(*betas)[1].getAsNumber()),
       "--adam-eps=" + number("eps"),
+      // make_golden.py steps torch.optim.AdamW at a fixed lr, unclipped.
+      "--lr-schedule=constant",
+      "--max-grad-norm=0",
       "--precision=fp32",
       "--device=cpu",
       "--dump-grads=" + out + "/grads.safetensors",

@@ -416,8 +416,8 @@ TEST_F(InterpreterTest, CrossEntropyShiftsLabelsWithinSequences) {
 
 TEST_F(InterpreterTest, AdamWMatchesTorchOverThreeSteps) {
   func::FuncOp f = parseFunc(R"mlir(
-    func.func @f(%p: tensor<3x4xf64>, %g: tensor<3x4xf64>, %m: tensor<3x4xf64>, %v: tensor<3x4xf64>, %lr: tensor<f64>, %b1: tensor<f64>, %b2: tensor<f64>, %eps: tensor<f64>, %wd: tensor<f64>, %step: tensor<f64>) -> (tensor<3x4xf64>, tensor<3x4xf64>, tensor<3x4xf64>) {
-      %0:3 = llama.adamw %p, %g, %m, %v, %lr, %b1, %b2, %eps, %wd, %step : (tensor<3x4xf64>, tensor<3x4xf64>, tensor<3x4xf64>, tensor<3x4xf64>, tensor<f64>, tensor<f64>, tensor<f64>, tensor<f64>, tensor<f64>, tensor<f64>) -> (tensor<3x4xf64>, tensor<3x4xf64>, tensor<3x4xf64>)
+    func.func @f(%p: tensor<3x4xf64>, %g: tensor<3x4xf64>, %m: tensor<3x4xf64>, %v: tensor<3x4xf64>, %lr: tensor<f64>, %b1: tensor<f64>, %b2: tensor<f64>, %eps: tensor<f64>, %wd: tensor<f64>, %step: tensor<f64>, %scale: tensor<f64>) -> (tensor<3x4xf64>, tensor<3x4xf64>, tensor<3x4xf64>) {
+      %0:3 = llama.adamw %p, %g, %m, %v, %lr, %b1, %b2, %eps, %wd, %step, %scale : (tensor<3x4xf64>, tensor<3x4xf64>, tensor<3x4xf64>, tensor<3x4xf64>, tensor<f64>, tensor<f64>, tensor<f64>, tensor<f64>, tensor<f64>, tensor<f64>, tensor<f64>) -> (tensor<3x4xf64>, tensor<3x4xf64>, tensor<3x4xf64>)
       return %0#0, %0#1, %0#2 : tensor<3x4xf64>, tensor<3x4xf64>, tensor<3x4xf64>
     })mlir");
   const double lr = 0.01, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
@@ -428,17 +428,20 @@ TEST_F(InterpreterTest, AdamWMatchesTorchOverThreeSteps) {
   std::vector<double> torchExpAvg(12, 0.0), torchExpAvgSq(12, 0.0);
   for (int step = 1; step <= 3; ++step) {
     Tensor grad = random({3, 4});
-    std::vector<Tensor> out = run(
-        f, {param, grad, expAvg, expAvgSq, Tensor::scalar(lr),
-            Tensor::scalar(beta1), Tensor::scalar(beta2), Tensor::scalar(eps),
-            Tensor::scalar(weightDecay), Tensor::scalar(step)});
+    // Step 1 unclipped; later steps scaled as clip_grad_norm_ would.
+    double scale = step == 1 ? 1.0 : 0.3 * step;
+    std::vector<Tensor> out =
+        run(f, {param, grad, expAvg, expAvgSq, Tensor::scalar(lr),
+                Tensor::scalar(beta1), Tensor::scalar(beta2),
+                Tensor::scalar(eps), Tensor::scalar(weightDecay),
+                Tensor::scalar(step), Tensor::scalar(scale)});
     // torch.optim.adamw._single_tensor_adamw, statement by statement.
     double biasCorrection1 = 1 - std::pow(beta1, step);
     double biasCorrection2 = 1 - std::pow(beta2, step);
     double stepSize = lr / biasCorrection1;
     double biasCorrection2Sqrt = std::sqrt(biasCorrection2);
     for (int i = 0; i < 12; ++i) {
-      double g = grad.data[i];
+      double g = grad.data[i] * scale; // clip_grad_norm_'s grad.mul_(coef)
       torchParam[i] *= 1 - lr * weightDecay;
       torchExpAvg[i] += (g - torchExpAvg[i]) * (1 - beta1); // lerp_
       torchExpAvgSq[i] = torchExpAvgSq[i] * beta2 + (1 - beta2) * g * g;
@@ -454,6 +457,58 @@ TEST_F(InterpreterTest, AdamWMatchesTorchOverThreeSteps) {
     expAvg = out[1];
     expAvgSq = out[2];
   }
+}
+
+/// torch.nn.utils.clip_grad_norm_ (norm type 2, foreach off), statement by
+/// statement: per-tensor norms, the norm of the norms, then the factor.
+static double torchClipCoefficient(const std::vector<Tensor> &grads,
+                                   double maxNorm, double *totalNorm) {
+  std::vector<double> norms;
+  for (const Tensor &grad : grads) {
+    double sum = 0;
+    for (double x : grad.data)
+      sum += x * x;
+    norms.push_back(std::sqrt(sum));
+  }
+  double total = 0;
+  for (double norm : norms)
+    total += norm * norm;
+  *totalNorm = std::sqrt(total);
+  double coef = maxNorm / (*totalNorm + 1e-6);
+  return std::min(coef, 1.0); // torch.clamp(clip_coef, max=1.0)
+}
+
+TEST_F(InterpreterTest, GlobalNormAndClipScaleMatchClipGradNorm) {
+  func::FuncOp f = parseFunc(R"mlir(
+    func.func @f(%a: tensor<3x4xf64>, %b: tensor<5xf64>, %c: tensor<2x2x2xf64>, %max: tensor<f64>) -> (tensor<f64>, tensor<f64>) {
+      %norm = llama.global_norm %a, %b, %c : (tensor<3x4xf64>, tensor<5xf64>, tensor<2x2x2xf64>) -> tensor<f64>
+      %scale = llama.clip_scale %norm, %max : (tensor<f64>, tensor<f64>) -> tensor<f64>
+      return %norm, %scale : tensor<f64>, tensor<f64>
+    })mlir");
+  std::vector<Tensor> grads = {random({3, 4}), random({5}, -3, 3),
+                               random({2, 2, 2}, -0.1, 0.1)};
+  for (double maxNorm : {0.5, 1.0, 2.0, 100.0}) {
+    SCOPED_TRACE(maxNorm);
+    std::vector<Tensor> args = grads;
+    args.push_back(Tensor::scalar(maxNorm));
+    std::vector<Tensor> out = run(f, args);
+    double total;
+    double coef = torchClipCoefficient(grads, maxNorm, &total);
+    EXPECT_NEAR(out[0].data[0], total, 1e-14 * total);
+    EXPECT_NEAR(out[1].data[0], coef, 1e-15);
+    if (maxNorm == 100.0)
+      EXPECT_EQ(out[1].data[0], 1.0);
+    if (maxNorm == 0.5)
+      EXPECT_LT(out[1].data[0], 0.5);
+  }
+  // max_norm 0 turns clipping off, whatever the norm; a NaN norm gives a
+  // NaN factor, as in torch.
+  std::vector<Tensor> args = grads;
+  args.push_back(Tensor::scalar(0.0));
+  EXPECT_EQ(run(f, args)[1].data[0], 1.0);
+  args[0].data[3] = NAN;
+  args.back() = Tensor::scalar(1.0);
+  EXPECT_TRUE(std::isnan(run(f, args)[1].data[0]));
 }
 
 //===----------------------------------------------------------------------===//

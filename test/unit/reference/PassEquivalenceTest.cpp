@@ -2,8 +2,9 @@
 //
 // A one-layer Llama (GQA attention, SwiGLU MLP, shifted loss) in f64: the
 // loss must be unchanged by --llama-autodiff and --llama-adamw, every
-// gradient must match central differences of the whole function, and the
-// new parameters must be one AdamW step from those gradients.
+// gradient must match central differences of the whole function, and
+// @optimizer_step must give the global gradient norm and parameters one
+// AdamW step from those gradients, clipped as torch's clip_grad_norm_.
 //
 //===----------------------------------------------------------------------===//
 
@@ -78,7 +79,8 @@ std::string modelText(bool tied) {
 const std::map<std::string, double> kHyperparameters = {
     {"lr", double(0.01f)},          {"beta1", double(0.9f)},
     {"beta2", double(0.999f)},      {"eps", double(1e-8f)},
-    {"weight_decay", double(0.1f)}, {"step", 3.0}};
+    {"weight_decay", double(0.1f)}, {"step", 3.0},
+    {"max_grad_norm", 0.0}};
 
 class PassEquivalenceTest : public ReferenceTest {
 protected:
@@ -105,10 +107,13 @@ protected:
     return args;
   }
 
-  /// Runs one pass over every function of `module`.
+  /// Runs one pass over `module` (a function pass: over every function).
   void runPass(ModuleOp module, std::unique_ptr<Pass> pass) {
     PassManager pm(&context);
-    pm.addNestedPass<func::FuncOp>(std::move(pass));
+    if (pass->getOpName() == ModuleOp::getOperationName())
+      pm.addPass(std::move(pass));
+    else
+      pm.addNestedPass<func::FuncOp>(std::move(pass));
     ASSERT_TRUE(succeeded(pm.run(module)));
   }
 
@@ -158,63 +163,95 @@ protected:
       EXPECT_LE(relativeError(grads[name.str()], expected), 1e-6);
     }
 
-    // AdamW: the loss is still identical, and each new parameter is one
-    // torch AdamW step from the gradient above.
+    // AdamW: the differentiated function becomes @forward_backward with the
+    // same results, and @optimizer_step appears beside it.
     ASSERT_NO_FATAL_FAILURE(runPass(module, llama::createLlamaAdamWPass()));
-    std::map<std::string, Tensor> expAvgs, expAvgSqs;
-    std::vector<Tensor> stepArgs;
-    for (unsigned i = 0; i < step.getNumArguments(); ++i) {
-      if (i < args.size()) {
-        stepArgs.push_back(args[i]);
-      } else if (auto name =
-                     step.getArgAttrOfType<StringAttr>(i, llama::kExpAvgAttr)) {
-        stepArgs.push_back(expAvgs[name.str()] =
-                               random(params[name.str()].shape));
-      } else if (auto name = step.getArgAttrOfType<StringAttr>(
-                     i, llama::kExpAvgSqAttr)) {
-        stepArgs.push_back(expAvgSqs[name.str()] =
-                               random(params[name.str()].shape, 0, 1e-2));
-      } else {
-        auto hyper =
-            step.getArgAttrOfType<StringAttr>(i, llama::kHyperparameterAttr);
-        ASSERT_TRUE(hyper);
-        stepArgs.push_back(Tensor::scalar(kHyperparameters.at(hyper.str())));
+    EXPECT_EQ(step.getSymName(), llama::kForwardBackwardName);
+    std::vector<Tensor> again = run(step, args);
+    ASSERT_EQ(again.size(), results.size());
+    for (size_t i = 0; i < again.size(); ++i)
+      EXPECT_EQ(again[i].data, results[i].data) << "result " << i;
+    auto optimizer =
+        module.lookupSymbol<func::FuncOp>(llama::kOptimizerStepName);
+    ASSERT_TRUE(optimizer);
+
+    // The global norm of the gradients, computed independently.
+    double sumSquares = 0;
+    for (auto &[name, grad] : grads)
+      for (double g : grad.data)
+        sumSquares += g * g;
+    double norm = std::sqrt(sumSquares);
+    EXPECT_GT(norm, 0.1);
+
+    // Clipping off, then a limit of half the norm (which clips), as the f32
+    // value the step receives.
+    for (double maxNorm : {0.0, double(float(0.5 * norm))}) {
+      SCOPED_TRACE("max_grad_norm " + std::to_string(maxNorm));
+      std::map<std::string, Tensor> expAvgs, expAvgSqs;
+      std::vector<Tensor> stepArgs;
+      for (unsigned i = 0; i < optimizer.getNumArguments(); ++i) {
+        auto attr = [&](StringRef name) {
+          return optimizer.getArgAttrOfType<StringAttr>(i, name);
+        };
+        if (auto name = attr(llama::kParamAttr)) {
+          stepArgs.push_back(params.at(name.str()));
+        } else if (auto name = attr(llama::kGradAttr)) {
+          stepArgs.push_back(grads.at(name.str()));
+        } else if (auto name = attr(llama::kExpAvgAttr)) {
+          stepArgs.push_back(expAvgs[name.str()] =
+                                 random(params[name.str()].shape));
+        } else if (auto name = attr(llama::kExpAvgSqAttr)) {
+          stepArgs.push_back(expAvgSqs[name.str()] =
+                                 random(params[name.str()].shape, 0, 1e-2));
+        } else {
+          auto hyper = attr(llama::kHyperparameterAttr);
+          ASSERT_TRUE(hyper);
+          stepArgs.push_back(
+              Tensor::scalar(hyper.getValue() == "max_grad_norm"
+                                 ? maxNorm
+                                 : kHyperparameters.at(hyper.str())));
+        }
       }
-    }
-    ASSERT_EQ(expAvgs.size(), params.size());
-    ASSERT_EQ(expAvgSqs.size(), params.size());
-    std::vector<Tensor> updated = run(step, stepArgs);
-    EXPECT_EQ(updated[0].data[0], loss);
-    std::map<std::string, Tensor> newParams =
-        resultsNamed(step, updated, llama::kNewParamAttr);
-    std::map<std::string, Tensor> newExpAvgs =
-        resultsNamed(step, updated, llama::kNewExpAvgAttr);
-    std::map<std::string, Tensor> newExpAvgSqs =
-        resultsNamed(step, updated, llama::kNewExpAvgSqAttr);
-    ASSERT_EQ(newParams.size(), params.size());
-    ASSERT_EQ(newExpAvgs.size(), params.size());
-    ASSERT_EQ(newExpAvgSqs.size(), params.size());
-    const auto &h = kHyperparameters;
-    double lr = h.at("lr"), beta1 = h.at("beta1"), beta2 = h.at("beta2");
-    double t = h.at("step");
-    for (auto &[name, param] : params) {
-      SCOPED_TRACE(name);
-      Tensor expected = param, expectedM = param, expectedV = param;
-      for (size_t i = 0; i < expected.data.size(); ++i) {
-        double g = grads[name].data[i];
-        double m = beta1 * expAvgs[name].data[i] + (1 - beta1) * g;
-        double v = beta2 * expAvgSqs[name].data[i] + (1 - beta2) * g * g;
-        double mHat = m / (1 - std::pow(beta1, t));
-        double vHat = v / (1 - std::pow(beta2, t));
-        expected.data[i] = param.data[i] * (1 - lr * h.at("weight_decay")) -
-                           lr * mHat / (std::sqrt(vHat) + h.at("eps"));
-        expectedM.data[i] = m;
-        expectedV.data[i] = v;
+      ASSERT_EQ(expAvgs.size(), params.size());
+      ASSERT_EQ(expAvgSqs.size(), params.size());
+      std::vector<Tensor> updated = run(optimizer, stepArgs);
+      ASSERT_TRUE(optimizer.getResultAttr(0, llama::kGradNormAttr));
+      EXPECT_NEAR(updated[0].data[0], norm, 1e-13 * norm);
+      std::map<std::string, Tensor> newParams =
+          resultsNamed(optimizer, updated, llama::kNewParamAttr);
+      std::map<std::string, Tensor> newExpAvgs =
+          resultsNamed(optimizer, updated, llama::kNewExpAvgAttr);
+      std::map<std::string, Tensor> newExpAvgSqs =
+          resultsNamed(optimizer, updated, llama::kNewExpAvgSqAttr);
+      ASSERT_EQ(newParams.size(), params.size());
+      ASSERT_EQ(newExpAvgs.size(), params.size());
+      ASSERT_EQ(newExpAvgSqs.size(), params.size());
+      // torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to 1.
+      double coef = maxNorm > 0 ? std::min(maxNorm / (norm + 1e-6), 1.0) : 1;
+      if (maxNorm > 0)
+        EXPECT_LT(coef, 0.51);
+      const auto &h = kHyperparameters;
+      double lr = h.at("lr"), beta1 = h.at("beta1"), beta2 = h.at("beta2");
+      double t = h.at("step");
+      for (auto &[name, param] : params) {
+        SCOPED_TRACE(name);
+        Tensor expected = param, expectedM = param, expectedV = param;
+        for (size_t i = 0; i < expected.data.size(); ++i) {
+          double g = grads[name].data[i] * coef;
+          double m = beta1 * expAvgs[name].data[i] + (1 - beta1) * g;
+          double v = beta2 * expAvgSqs[name].data[i] + (1 - beta2) * g * g;
+          double mHat = m / (1 - std::pow(beta1, t));
+          double vHat = v / (1 - std::pow(beta2, t));
+          expected.data[i] = param.data[i] * (1 - lr * h.at("weight_decay")) -
+                             lr * mHat / (std::sqrt(vHat) + h.at("eps"));
+          expectedM.data[i] = m;
+          expectedV.data[i] = v;
+        }
+        EXPECT_LE(relativeError(newParams[name], expected), 1e-12);
+        EXPECT_LE(relativeError(newExpAvgs[name], expectedM), 1e-13);
+        EXPECT_LE(relativeError(newExpAvgSqs[name], expectedV), 1e-13);
+        EXPECT_GT(relativeError(newParams[name], param), 1e-4);
       }
-      EXPECT_LE(relativeError(newParams[name], expected), 1e-12);
-      EXPECT_LE(relativeError(newExpAvgs[name], expectedM), 1e-14);
-      EXPECT_LE(relativeError(newExpAvgSqs[name], expectedV), 1e-14);
-      EXPECT_GT(relativeError(newParams[name], param), 1e-4);
     }
   }
 };

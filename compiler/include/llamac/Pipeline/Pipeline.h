@@ -12,6 +12,11 @@ namespace mlir::llama {
 struct TrainStepPipelineOptions {
   bool autodiff = true;
   bool optimizer = true;
+  /// The fusions, run on the forward function before autodiff (in the order
+  /// gated-mlp, norm-linear, rope-attention); each can be switched off.
+  bool fuseGatedMLP = true;
+  bool fuseNormLinear = true;
+  bool fuseRopeAttention = true;
 };
 
 /// Adds the passes that turn the forward function into the whole train step.

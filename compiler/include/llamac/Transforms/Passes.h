@@ -14,6 +14,9 @@ namespace mlir::llama {
 #define GEN_PASS_DECL
 #include "llamac/Transforms/Passes.h.inc"
 
+std::unique_ptr<Pass> createLlamaFuseGatedMLPPass();
+std::unique_ptr<Pass> createLlamaFuseNormLinearPass();
+std::unique_ptr<Pass> createLlamaFuseRopeAttentionPass();
 std::unique_ptr<Pass> createLlamaAutodiffPass();
 std::unique_ptr<Pass> createLlamaAdamWPass();
 

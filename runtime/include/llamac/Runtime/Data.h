@@ -5,6 +5,23 @@
 // `labels` is optional (absent = a copy of input_ids); -100 marks a position
 // the loss ignores. Other fields are ignored, blank lines are skipped.
 //
+// With a tokenizer (loadTrainingRows), a line may hold text instead, built
+// exactly as TRL's SFTTrainer (0.20 and later) builds non-conversational
+// rows, where EOS is the eos_token text of tokenizer_config.json:
+//   {"text": T}
+//     input_ids = encode(T + EOS, add_special_tokens=true), labels = input_ids
+//     (EOS is not appended when T already ends with it or there is none);
+//   {"prompt": P, "completion": C}
+//     C' = C + EOS (likewise), P_ids = encode(P, add_special_tokens=true),
+//     input_ids = encode(P + C', add_special_tokens=true),
+//     labels = input_ids with the first len(P_ids) positions set to -100.
+// add_special_tokens=true adds what the tokenizer's post-processor adds: BOS
+// for Llama 2 files, nothing for the Llama 3 file in shared/tokenizers (its
+// post-processor is ByteLevel). Appending the EOS text and tokenizing is the
+// same as appending the EOS id, since special tokens are split off first.
+// A line with input_ids is a token row even when it also has text fields;
+// one with prompt or completion is a prompt/completion row even with text.
+//
 //===----------------------------------------------------------------------===//
 
 #ifndef LLAMAC_RUNTIME_DATA_H
@@ -17,6 +34,8 @@
 #include <vector>
 
 namespace llamac {
+
+class Tokenizer;
 
 /// The label value the loss ignores.
 constexpr int32_t kIgnoreLabel = -100;
@@ -31,6 +50,50 @@ struct TokenRow {
 /// line and the field ("data.jsonl:3: input_ids[5]: ...").
 Result<std::vector<TokenRow>> loadTokenRows(const std::string &path,
                                             int64_t vocabSize);
+
+/// What a line of a training file holds.
+enum class RowKind { Tokens, Text, PromptCompletion };
+
+/// How loadTrainingRows got its rows.
+struct TrainingDataInfo {
+  /// Rows built from text ({"text"} or {"prompt", "completion"}).
+  int64_t textRows = 0;
+  /// The cache of the tokenized file ("" when there is none: no tokenizer,
+  /// or no text rows).
+  std::string cachePath;
+  /// True when the rows came from the cache instead of the tokenizer.
+  bool fromCache = false;
+  /// True when this call wrote the cache.
+  bool cacheWritten = false;
+};
+
+/// Reads the JSON Lines file \p path of token rows and, when \p tokenizer is
+/// given, text rows (see the top of this file); ids and labels are checked
+/// against \p vocabSize as loadTokenRows does. A text row without a tokenizer
+/// is an error naming its line.
+///
+/// When the file has text rows, the result is cached beside it, in
+/// `<path>.llamac-cache-<16 hex digits>.bin`: the digits are a digest of the
+/// file's bytes, the tokenizer's fingerprint (tokenizer.json and
+/// tokenizer_config.json bytes) and the row-building rules, which the cache
+/// also stores in full with a checksum. A later call with the same inputs
+/// reads the cache instead of tokenizing; a cache that is corrupt or whose
+/// key differs is ignored and rewritten (atomically); caches of older
+/// versions of the file are removed. Failing to write the cache is not an
+/// error. \p info, when given, tells which happened.
+Result<std::vector<TokenRow>>
+loadTrainingRows(const std::string &path, const Tokenizer *tokenizer,
+                 int64_t vocabSize, TrainingDataInfo *info = nullptr);
+
+/// Reads \p path as loadTrainingRows does (never using the cache), checking
+/// ids against tokenizer.vocabSize(). With \p addSpecialTokens false, text
+/// rows are plain encodings: input_ids = encode(T, false), and for prompt /
+/// completion rows input_ids = encode(P + C, false) with labels -100 over
+/// the first len(encode(P, false)) positions (no EOS appended). \p kinds,
+/// when given, receives each row's kind.
+Result<std::vector<TokenRow>>
+tokenizeRows(const std::string &path, const Tokenizer &tokenizer,
+             bool addSpecialTokens, std::vector<RowKind> *kinds = nullptr);
 
 /// A row-major [batch, seq] block of token ids and labels.
 struct Batch {

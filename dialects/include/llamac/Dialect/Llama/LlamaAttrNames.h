@@ -24,8 +24,12 @@ constexpr llvm::StringLiteral kParamPartsAttr = "llama.param_parts";
 constexpr llvm::StringLiteral kInputAttr = "llama.input";
 /// Result: the scalar training loss.
 constexpr llvm::StringLiteral kLossAttr = "llama.loss";
-/// Result: the gradient of the named parameter.
+/// Result of @forward_backward, argument of @optimizer_step: the gradient of
+/// the named parameter.
 constexpr llvm::StringLiteral kGradAttr = "llama.grad";
+/// Result of @optimizer_step: the global L2 norm of the gradients before
+/// clipping (what the Hugging Face Trainer logs as grad_norm).
+constexpr llvm::StringLiteral kGradNormAttr = "llama.grad_norm";
 /// Arguments: AdamW's first and second moments of the named parameter.
 constexpr llvm::StringLiteral kExpAvgAttr = "llama.exp_avg";
 constexpr llvm::StringLiteral kExpAvgSqAttr = "llama.exp_avg_sq";
@@ -34,8 +38,17 @@ constexpr llvm::StringLiteral kNewParamAttr = "llama.new_param";
 constexpr llvm::StringLiteral kNewExpAvgAttr = "llama.new_exp_avg";
 constexpr llvm::StringLiteral kNewExpAvgSqAttr = "llama.new_exp_avg_sq";
 /// Argument: a scalar optimizer hyperparameter ("lr", "beta1", "beta2",
-/// "eps", "weight_decay", "step").
+/// "eps", "weight_decay", "step", "max_grad_norm").
 constexpr llvm::StringLiteral kHyperparameterAttr = "llama.hyperparameter";
+
+/// The two functions of a train step after llama-adamw:
+///   @forward_backward(params, input_ids, labels) -> (loss, grads)
+///   @optimizer_step(params, grads, exp_avg, exp_avg_sq, hyperparameters)
+///       -> (grad_norm, new params, new exp_avg, new exp_avg_sq)
+/// The driver runs forward_backward once per micro-batch, sums the weighted
+/// gradients, then runs optimizer_step once.
+constexpr llvm::StringLiteral kForwardBackwardName = "forward_backward";
+constexpr llvm::StringLiteral kOptimizerStepName = "optimizer_step";
 
 } // namespace mlir::llama
 

@@ -249,25 +249,231 @@ def Llama_AdamWOp : Llama_Op<"adamw"> {
   let description = [{
     Decoupled weight decay and bias correction, as `torch.optim.AdamW`
     (amsgrad off), with scalar hyperparameters as operands so that one
-    compiled step serves every learning rate and step count:
+    compiled step serves every learning rate and step count. The gradient
+    is first multiplied by `grad_scale` (the clipping factor of
+    `llama.clip_scale`; 1 when clipping is off):
     ```
+    g  = grad * grad_scale
     p  = param * (1 - lr * weight_decay)
-    m' = beta1 * m + (1 - beta1) * grad
-    v' = beta2 * v + (1 - beta2) * grad^2
+    m' = beta1 * m + (1 - beta1) * g
+    v' = beta2 * v + (1 - beta2) * g^2
     new_param = p - lr / (1 - beta1^step) * m' / (sqrt(v') / sqrt(1 - beta2^step) + eps)
     ```
   }];
   let arguments = (ins FloatTensor:$param, FloatTensor:$grad, FloatTensor:$exp_avg,
                    FloatTensor:$exp_avg_sq, FloatScalar:$lr, FloatScalar:$beta1,
                    FloatScalar:$beta2, FloatScalar:$eps, FloatScalar:$weight_decay,
-                   FloatScalar:$step);
+                   FloatScalar:$step, FloatScalar:$grad_scale);
   let results = (outs FloatTensor:$new_param, FloatTensor:$new_exp_avg,
                  FloatTensor:$new_exp_avg_sq);
   let assemblyFormat = [{
     $param `,` $grad `,` $exp_avg `,` $exp_avg_sq `,` $lr `,` $beta1 `,` $beta2 `,`
-    $eps `,` $weight_decay `,` $step attr-dict `:` functional-type(operands, results)
+    $eps `,` $weight_decay `,` $step `,` $grad_scale attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
+}
+
+def Llama_GlobalNormOp : Llama_Op<"global_norm"> {
+  let summary = "Euclidean norm of several tensors taken together.";
+  let description = [{
+    `result = sqrt(sum over every operand x and element i of x[i]^2)`, the
+    `total_norm` of `torch.nn.utils.clip_grad_norm_` (norm type 2) over a
+    model's gradients. The sum is accumulated in f64 or wider and the norm
+    rounded once to the result type. Operands may have different shapes and
+    element types; there must be at least one.
+    ```
+    %norm = llama.global_norm %g0, %g1 : (tensor<4x8xbf16>, tensor<8xbf16>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins Variadic<FloatTensor>:$inputs);
+  let results = (outs FloatScalar:$norm);
+  let assemblyFormat = "$inputs attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_ClipScaleOp : Llama_Op<"clip_scale"> {
+  let summary = "The factor by which clip_grad_norm_ scales the gradients.";
+  let description = [{
+    With `coef = max_norm / (norm + 1e-6)`, as `torch.nn.utils.clip_grad_norm_`:
+    `result = min(coef, 1)` when `max_norm > 0`, and `1` when `max_norm <= 0`
+    (clipping off, as the Hugging Face Trainer's `max_grad_norm = 0`). A NaN
+    norm gives a NaN factor, as in torch. The factor feeds the `grad_scale`
+    operand of `llama.adamw`.
+  }];
+  let arguments = (ins FloatScalar:$norm, FloatScalar:$max_norm);
+  let results = (outs FloatScalar:$result);
+  let assemblyFormat = "$norm `,` $max_norm attr-dict `:` functional-type(operands, results)";
+}
+
+//===----------------------------------------------------------------------===//
+// Fused ops (introduced by the llama-fuse-* passes on the forward function,
+// before llama-autodiff) and the fused backward ops their VJPs emit
+//===----------------------------------------------------------------------===//
+
+// The RoPE attributes of llama.rope, shared by the fused attention ops.
+defvar RopeAttrs = (ins F64Attr:$theta,
+    DefaultValuedAttr<StrAttr, "\"default\"">:$rope_type,
+    DefaultValuedAttr<F64Attr, "1.0">:$factor,
+    DefaultValuedAttr<F64Attr, "1.0">:$low_freq_factor,
+    DefaultValuedAttr<F64Attr, "4.0">:$high_freq_factor,
+    DefaultValuedAttr<I64Attr, "8192">:$original_max_position_embeddings);
+
+// The head layout of llama.attention.
+defvar AttentionAttrs = (ins I64Attr:$num_heads, I64Attr:$num_kv_heads,
+    I64Attr:$head_dim, I64Attr:$seq_len, F64Attr:$scale);
+
+def Llama_NormMatmulOp : Llama_Op<"norm_matmul",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "RMSNorm feeding one GEMM over concatenated Linear weights.";
+  let description = [{
+    With `xn = rms_norm(input, norm_weight, eps)` (rounded to the element
+    type, as the unfused rms_norm result is) and `weight : [N, H]` the
+    concatenation along dim 0 of the weights of the Linear layers that read
+    `xn` (`N = N_0 + N_1 + ...`):
+    `y = xn weightᵀ : [T, N]`, and result `i : [T, N_i]` is the column slice
+    `y[:, o_i : o_i + N_i]` with `o_i = N_0 + ... + N_(i-1)`.
+
+    `llama-fuse-norm-linear` builds it from an rms_norm whose every user is
+    a Linear layer over a parameter, e.g. the input layernorm and q/k/v (one
+    QKV GEMM over `self_attn.qkv_proj.weight`), or the final norm and an
+    lm_head alone. The VJP emits one `llama.norm_matmul_grad`.
+  }];
+  let arguments = (ins FloatTensor:$input, FloatTensor:$norm_weight,
+                   FloatTensor:$weight, F64Attr:$eps);
+  let results = (outs Variadic<FloatTensor>:$outputs);
+  let assemblyFormat = "$input `,` $norm_weight `,` $weight attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Llama_GatedMLPOp : Llama_Op<"gated_mlp",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "Gate‖up GEMM + SwiGLU, optionally behind an RMSNorm.";
+  let description = [{
+    With `xn = rms_norm(input, norm_weight, eps)` when `norm_weight` is given
+    (then `eps` is required; rounded to the element type) and `xn = input`
+    otherwise, and `weight : [2F, H]` the gate weight stacked over the up
+    weight (`gate_proj.weight` rows `[0, F)`, `up_proj.weight` rows
+    `[F, 2F)`):
+    ```
+    gate_up = xn weightᵀ                           : [T, 2F]  (one GEMM)
+    result  = swiglu(gate_up[:, :F], gate_up[:, F:]) : [T, F]
+    ```
+    `gate_up` is the GEMM's output (the pre-activation), returned as a second
+    result only to be saved for `llama.gated_mlp_grad`: the verifier rejects
+    any other user of it, so it never carries a cotangent.
+
+    `llama-fuse-gated-mlp` builds it from `swiglu(x gate_projᵀ, x up_projᵀ)`;
+    `llama-fuse-norm-linear` then moves the post-attention layernorm into it
+    (the `norm(...)` operand).
+  }];
+  let arguments = (ins FloatTensor:$input, FloatTensor:$weight,
+                   Optional<FloatTensor>:$norm_weight,
+                   OptionalAttr<F64Attr>:$eps);
+  let results = (outs FloatTensor:$result, FloatTensor:$gate_up);
+  let assemblyFormat = [{
+    $input `,` $weight (`norm` `(` $norm_weight^ `)`)? attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Llama_RopeAttentionOp : Llama_Op<"rope_attention",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "Causal GQA attention that applies RoPE to q and k itself.";
+  let description = [{
+    `result = attention(rope(query), rope(key), value)`, with `rope` and
+    `attention` exactly as `llama.rope` (num_heads heads for the query,
+    num_kv_heads for the key, the same theta / rope_type / scaling
+    attributes, positions `t mod seq_len`) and `llama.attention`. A kernel
+    rotates q and k as it loads them, so the rotated tensors never reach
+    memory. `llama-fuse-rope-attention` builds it from
+    `attention(rope(q), rope(k), v)`; the VJP emits
+    `llama.rope_attention_grad`.
+  }];
+  let arguments = !con((ins FloatTensor:$query, FloatTensor:$key,
+                            FloatTensor:$value), AttentionAttrs, RopeAttrs);
+  let results = (outs FloatTensor:$result);
+  let assemblyFormat = "$query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// Rotation frequencies f_i, i < head_dim / 2, after any rope scaling.
+    ::llvm::SmallVector<double> getFrequencies();
+  }];
+}
+
+def Llama_NormMatmulGradOp : Llama_Op<"norm_matmul_grad"> {
+  let summary = "Backward of norm_matmul: one dgrad and one wgrad GEMM.";
+  let description = [{
+    With `dY = [grads_0 | grads_1 | ...] : [T, N]` (one cotangent per
+    norm_matmul result, side by side) and `xn = rms_norm(input, norm_weight,
+    eps)` recomputed (rounded to the element type):
+    ```
+    weight_grad = dYᵀ xn          : [N, H]   (one wgrad GEMM)
+    dxn         = dY weight       : [T, H]   (one dgrad GEMM, rounded)
+    input_grad, norm_weight_grad = rms_norm_grad(dxn, input, norm_weight)
+    ```
+    The data gradients of the projections are summed inside the dgrad GEMM's
+    reduction over N instead of by separate adds.
+  }];
+  let arguments = (ins Variadic<FloatTensor>:$grads, FloatTensor:$input,
+                   FloatTensor:$norm_weight, FloatTensor:$weight, F64Attr:$eps);
+  let results = (outs FloatTensor:$input_grad, FloatTensor:$norm_weight_grad,
+                 FloatTensor:$weight_grad);
+  let assemblyFormat = [{
+    `(` $grads `)` `,` $input `,` $norm_weight `,` $weight attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Llama_GatedMLPGradOp : Llama_Op<"gated_mlp_grad"> {
+  let summary = "Backward of gated_mlp: SwiGLU backward, then two GEMMs.";
+  let description = [{
+    With `gate, up` the halves of the saved `gate_up`, `xn` recomputed as in
+    `llama.gated_mlp` (the normalized input when `norm_weight` is given),
+    and each intermediate rounded to the element type:
+    ```
+    dgate, dup  = swiglu_grad(grad, gate, up);  dGU = [dgate | dup] : [T, 2F]
+    weight_grad = dGUᵀ xn       : [2F, H]  (one wgrad GEMM)
+    dxn         = dGU weight    : [T, H]   (one dgrad GEMM)
+    input_grad  = dxn, or with a norm:
+    input_grad, norm_weight_grad = rms_norm_grad(dxn, input, norm_weight)
+    ```
+    `norm_weight_grad` is present exactly when `norm_weight` is.
+  }];
+  let arguments = (ins FloatTensor:$grad, FloatTensor:$input,
+                   FloatTensor:$gate_up, FloatTensor:$weight,
+                   Optional<FloatTensor>:$norm_weight,
+                   OptionalAttr<F64Attr>:$eps);
+  let results = (outs FloatTensor:$input_grad, FloatTensor:$weight_grad,
+                 Optional<FloatTensor>:$norm_weight_grad);
+  let assemblyFormat = [{
+    $grad `,` $input `,` $gate_up `,` $weight (`norm` `(` $norm_weight^ `)`)?
+    attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Llama_RopeAttentionGradOp : Llama_Op<"rope_attention_grad"> {
+  let summary = "Backward of rope_attention: gradients of the unrotated q, k.";
+  let description = [{
+    Recomputes `qr = rope(query)`, `kr = rope(key)` (rounded to the element
+    type), runs the backward of `llama.attention` on them, and rotates the
+    query and key gradients back by the inverse rotation (the transpose of
+    RoPE): `query_grad = rope⁻¹(dqr)`, `key_grad = rope⁻¹(dkr)`,
+    `value_grad = dv`.
+  }];
+  let arguments = !con((ins FloatTensor:$grad, FloatTensor:$query,
+                            FloatTensor:$key, FloatTensor:$value),
+                       AttentionAttrs, RopeAttrs);
+  let results = (outs FloatTensor:$query_grad, FloatTensor:$key_grad,
+                 FloatTensor:$value_grad);
+  let assemblyFormat = "$grad `,` $query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// Rotation frequencies f_i, i < head_dim / 2, after any rope scaling.
+    ::llvm::SmallVector<double> getFrequencies();
+  }];
 }
 
 #endif // LLAMA_OPS

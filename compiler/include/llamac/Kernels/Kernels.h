@@ -1,0 +1,187 @@
+//===- Kernels.h - The compiler's GPU kernels --------------------*- C++
+//-*-===//
+//
+// Non-GEMM kernels are MLIR templates (compiler/lib/Kernels/templates/*.mlir,
+// one gpu.func each, with a comment saying what it computes, reads and writes
+// and how it is launched), specialized to the shapes of a train step by
+// substituting @NAME@ placeholders (@KERNEL@ is the instance's name), then
+// lowered together to one PTX module through NVVM and LLVM.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef LLAMAC_KERNELS_KERNELS_H
+#define LLAMAC_KERNELS_KERNELS_H
+
+#include "llamac/Target/PTX.h"
+
+#include "llvm/ADT/ArrayRef.h"
+#include "llvm/ADT/StringRef.h"
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace llamac {
+
+/// The MLIR text of template `name` with every `@KEY@` replaced by its value;
+/// an error for an unknown template or a placeholder left unset.
+llvm::Expected<std::string> instantiateKernel(
+    llvm::StringRef name,
+    llvm::ArrayRef<std::pair<llvm::StringRef, std::string>> values);
+
+struct LaunchDims {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+/// One specialized kernel: its gpu.func as MLIR text, its entry name (unique
+/// per shape), and how to launch it.
+struct KernelSpec {
+  std::string name;
+  std::string source;
+  LaunchDims grid, block;
+  unsigned sharedBytes = 0;
+};
+
+/// AdamW over flat bf16 buffers of `numel` elements (a multiple of 8).
+llvm::Expected<KernelSpec> adamwKernel(int64_t numel);
+
+// The kernels of the train step around its GEMMs. Each template's comment
+// (compiler/lib/Kernels/templates/<name>.mlir) gives the exact math; below:
+// the arguments in launch order (bare pointers; "[R, C]" is row-major),
+// what is read and written, and the launch. Activations are bf16; statistics,
+// reductions and accumulators f32. Every size that the code depends on is
+// part of the kernel's name. Errors name the kernel and the bad size.
+
+/// embedding_fwd: out[t, :] = table[ids[t], :]; an id outside [0, vocab)
+/// gives zeros. Args: ids (i32 [rows]), table (bf16 [vocab, hidden]), out
+/// (bf16 [rows, hidden]). Grid [rows], block [min(256, chunks rounded up to
+/// a warp)] with hidden / 8 chunks per row. hidden % 8 == 0.
+llvm::Expected<KernelSpec> embeddingForwardKernel(int64_t rows, int64_t vocab,
+                                                  int64_t hidden);
+
+/// embedding_bwd: dtable[ids[t], :] += dout[t, :] with f32 atomics (ids
+/// outside [0, vocab) add nothing). Args: ids (i32 [rows]), dout (bf16
+/// [rows, hidden]), dtable (f32 [vocab, hidden], zeroed by the plan, then
+/// rounded with f32ToBF16Kernel). Launch as embeddingForwardKernel.
+llvm::Expected<KernelSpec> embeddingBackwardKernel(int64_t rows, int64_t vocab,
+                                                   int64_t hidden);
+
+/// f32_to_bf16: out = bf16(in), round to nearest even. Args: in (f32
+/// [numel]), out (bf16 [numel]). Grid [ceil(numel / 2048)], block [256].
+/// numel % 8 == 0.
+llvm::Expected<KernelSpec> f32ToBF16Kernel(int64_t numel);
+
+/// rms_norm_fwd: rstd = rsqrt(mean(x^2) + eps) (f32), y = bf16(w bf16(x
+/// rstd)). Args: x (bf16 [rows, hidden]), w (bf16 [hidden]), y (bf16 [rows,
+/// hidden]), rstd (f32 [rows]). Grid [rows], block [min(256, hidden / 8
+/// rounded up to a warp)]. hidden % 8 == 0.
+llvm::Expected<KernelSpec> rmsNormForwardKernel(int64_t rows, int64_t hidden,
+                                                double eps);
+
+/// rms_norm_bwd: g = dy w, dx = rstd (g - x rstd^2 mean(g x)) (bf16; with
+/// `accumulate`, dx holds the residual gradient on entry and becomes
+/// bf16(bf16(dx) + dx_in)); block b writes its share of dw = sum_t dy
+/// bf16(x rstd) into row b of `partial`. Args: dy, x (bf16 [rows, hidden]),
+/// w (bf16 [hidden]), rstd (f32 [rows]), dx (bf16 [rows, hidden]), partial
+/// (f32 [grid.x, hidden]). Finish dw with columnSumKernel(grid.x, hidden).
+/// Grid [min(rows, 512)], block [min(256, hidden / 8 rounded up to a
+/// warp)], static shared memory 4 hidden + 256 bytes (hidden <= 8192).
+llvm::Expected<KernelSpec> rmsNormBackwardKernel(int64_t rows, int64_t hidden,
+                                                 bool accumulate);
+
+/// column_sum: out[j] = bf16(sum_g in[g, j]) in a fixed order. Args: in (f32
+/// [rows, cols]), out (bf16 [cols]). Grid [ceil(cols / 32)], block [32 *
+/// warps] with warps = min(32, ceil(rows / 4)).
+llvm::Expected<KernelSpec> columnSumKernel(int64_t rows, int64_t cols);
+
+/// swiglu_fwd: out[t, j] = bf16(bf16(silu(gate)) up) with gate = gu[t, j],
+/// up = gu[t, width + j]. Args: gu (bf16 [rows, 2 width]), out (bf16 [rows,
+/// width]). Grid [ceil(rows width / 2048)], block [256]. width % 8 == 0.
+llvm::Expected<KernelSpec> swigluForwardKernel(int64_t rows, int64_t width);
+
+/// swiglu_bwd: with s = sigmoid(gate), dgu[t, j] = bf16(dy up s (1 + gate
+/// (1 - s))), dgu[t, width + j] = bf16(dy bf16(silu(gate))). Args: dout
+/// (bf16 [rows, width]), gu (bf16 [rows, 2 width]), dgu (bf16 [rows, 2
+/// width]; may alias gu). Launch as swigluForwardKernel.
+llvm::Expected<KernelSpec> swigluBackwardKernel(int64_t rows, int64_t width);
+
+/// Where rope finds its heads: `rows` rows of `rowStride` bf16 elements,
+/// numHeads query heads of headDim columns from column qOffset, numKvHeads
+/// key heads from column kOffset (-1: right after the queries, as in the
+/// fused QKV buffer); positions are row mod seqLen.
+struct RopeLayout {
+  int64_t rows = 0, seqLen = 0, rowStride = 0, headDim = 0;
+  int64_t numHeads = 0, numKvHeads = 0;
+  int64_t qOffset = 0, kOffset = -1;
+};
+
+/// rope: in place, per head, half-split: x[i] = bf16(bf16(x[i] c) - bf16(x[i
+/// + d/2] s)), x[i + d/2] = bf16(bf16(x[i + d/2] c) + bf16(x[i] s)) with c =
+/// bf16(cos a), s = bf16(±sin a), a = float(pos) * freqs[i] in f32 (minus
+/// sign: `inverse`, for the backward). Args: qkv (bf16 [rows, rowStride]),
+/// freqs (f32 [headDim / 2], host-computed, llama3 scaling included). Grid
+/// [rows], block [min(256, (heads + kv heads) headDim / 16 rounded up to a
+/// warp)]. headDim / 2, rowStride and the offsets are multiples of 8.
+llvm::Expected<KernelSpec> ropeKernel(const RopeLayout &layout, bool inverse);
+
+/// Element type of the attention score buffers S and dP (their GEMMs'
+/// output type).
+enum class ScoreType { F32, BF16 };
+
+/// causal_softmax_fwd: for each of the blocks * seqLen rows (query i = row
+/// mod seqLen), P[r, j] = bf16(softmax_{j' <= i}(S[r, :])[j]) for j <= i and
+/// exactly 0 for j > i; S is already scaled, masked S may hold anything. Args:
+/// S (scoreType [blocks seqLen, seqLen]), P (bf16, same shape). Grid [blocks
+/// seqLen], block [min(256, seqLen / 8 rounded up to a warp)]. seqLen % 8
+/// == 0. `blocks` is batch * num_heads.
+llvm::Expected<KernelSpec>
+causalSoftmaxForwardKernel(int64_t blocks, int64_t seqLen, ScoreType scoreType);
+
+/// attention_softmax_bwd: D = sum_{j <= i} P[r, j] dP[r, j] (f32), dS[r, j] =
+/// bf16(P (dP - D)) for j <= i, exactly 0 for j > i. Args: P (bf16 [blocks
+/// seqLen, seqLen]), dP (scoreType, same shape), dS (bf16, same shape; may
+/// alias P). Launch as causalSoftmaxForwardKernel.
+llvm::Expected<KernelSpec> attentionSoftmaxBackwardKernel(int64_t blocks,
+                                                          int64_t seqLen,
+                                                          ScoreType scoreType);
+
+/// count_targets: the number of rows with a target under the shifted loss
+/// (row t: not last in its sequence and labels[t + 1] in [0, vocab)), and
+/// stats = [0, count, count ? 1 / count : 0, 0]. Args: labels (i32 [rows]),
+/// stats (f32 [4]). Grid [1], block [min(1024, rows rounded up to a warp)].
+/// rows % seqLen == 0.
+llvm::Expected<KernelSpec> countTargetsKernel(int64_t rows, int64_t seqLen,
+                                              int64_t vocab);
+
+/// cross_entropy: per row with target y, stats[0] += logsumexp(x) - x_y
+/// (f32 atomic) and the row of logits becomes bf16((softmax(x) - onehot(y))
+/// stats[2]); rows without a target become 0. Run count_targets first.
+/// Args: logits (bf16 [rows, vocab], in place), labels (i32 [rows]), stats
+/// (f32 [4]). Grid [rows], block [min(1024, vocab / 8 rounded up to a
+/// warp)]. vocab % 8 == 0, rows % seqLen == 0.
+llvm::Expected<KernelSpec> crossEntropyKernel(int64_t rows, int64_t seqLen,
+                                              int64_t vocab);
+
+/// global_norm_sq: sum[0] += sum_i x_i^2 (f32; one atomic per block; the plan
+/// zeroes sum). Args: x (bf16 [numel]), sum (f32 [1]). Grid [min(1024,
+/// ceil(numel / 2048))], block [256]. numel % 8 == 0.
+llvm::Expected<KernelSpec> globalNormSqKernel(int64_t numel);
+
+/// scale_bf16: x = bf16(x f), f = max_norm > 0 ? min(1, max_norm /
+/// (sqrt(sum_sq) + 1e-6)) : 1 (NaN propagates; nothing is written when f ==
+/// 1). Args: x (bf16 [numel], in place), sum_sq (f32 [1]), max_norm (f32
+/// [1]). Grid [ceil(numel / 2048)], block [256]. numel % 8 == 0.
+llvm::Expected<KernelSpec> scaleBF16Kernel(int64_t numel);
+
+/// add_bf16: out = bf16(a + b). Args: a, b, out (bf16 [numel]; out may
+/// alias a or b). Grid [ceil(numel / 2048)], block [256]. numel % 8 == 0.
+llvm::Expected<KernelSpec> addBF16Kernel(int64_t numel);
+
+/// Lowers `kernels` (each name once; repeats are skipped) to one PTX module;
+/// errors carry the MLIR diagnostics.
+llvm::Expected<std::string> compileKernels(llvm::ArrayRef<KernelSpec> kernels,
+                                           const PTXOptions &options = {});
+
+} // namespace llamac
+
+#endif // LLAMAC_KERNELS_KERNELS_H

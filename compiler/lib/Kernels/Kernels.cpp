@@ -1,0 +1,470 @@
+//===- Kernels.cpp - The compiler's GPU kernels ---------------------------===//
+
+#include "llamac/Kernels/Kernels.h"
+
+#include "KernelTemplates.inc"
+
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Parser/Parser.h"
+#include "llvm/ADT/StringSet.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+using namespace llamac;
+
+llvm::Expected<std::string> llamac::instantiateKernel(
+    llvm::StringRef name,
+    llvm::ArrayRef<std::pair<llvm::StringRef, std::string>> values) {
+  const char *text = nullptr;
+  for (const KernelTemplate &entry : k_kernel_templates)
+    if (name == entry.name)
+      text = entry.text;
+  if (!text)
+    return llvm::createStringError("unknown kernel template '" + name + "'");
+  std::string source(text);
+  for (const auto &[key, value] : values) {
+    std::string placeholder = ("@" + key + "@").str();
+    for (size_t at = source.find(placeholder); at != std::string::npos;
+         at = source.find(placeholder, at + value.size()))
+      source.replace(at, placeholder.size(), value);
+  }
+  // Placeholders are upper-case words between '@'s; MLIR text has none.
+  size_t open = source.find('@');
+  while (open != std::string::npos) {
+    size_t close = source.find('@', open + 1);
+    if (close == std::string::npos)
+      break;
+    llvm::StringRef key = llvm::StringRef(source).slice(open + 1, close);
+    if (!key.empty() && llvm::all_of(key, [](char c) {
+          return (c >= 'A' && c <= 'Z') || c == '_';
+        }))
+      return llvm::createStringError("kernel template '" + name +
+                                     "': placeholder @" + key + "@ not set");
+    open = source.find('@', open + 1);
+  }
+  return source;
+}
+
+namespace {
+
+using Values = std::vector<std::pair<llvm::StringRef, std::string>>;
+
+/// The error of kernel `kernel` for a bad shape.
+llvm::Error shapeError(llvm::StringRef kernel, const llvm::Twine &message) {
+  return llvm::createStringError(llvm::Twine(kernel) + " kernel: " + message);
+}
+
+/// An error unless `value` is positive and a multiple of `multiple`.
+llvm::Error checkSize(llvm::StringRef kernel, llvm::StringRef what,
+                      int64_t value, int64_t multiple = 1) {
+  if (value > 0 && value % multiple == 0)
+    return llvm::Error::success();
+  std::string want = multiple == 1
+                         ? std::string("positive")
+                         : "a positive multiple of " + std::to_string(multiple);
+  return shapeError(kernel, what + " must be " + want + ", got " +
+                                std::to_string(value));
+}
+
+unsigned blocksFor(int64_t work, unsigned perBlock) {
+  return unsigned((work + perBlock - 1) / perBlock);
+}
+
+/// Threads for a block that owns `items` work items: whole warps, at most
+/// `limit`.
+unsigned threadsFor(int64_t items, unsigned limit) {
+  int64_t warps = (items + 31) / 32;
+  return unsigned(std::clamp<int64_t>(warps * 32, 32, limit));
+}
+
+/// The template `templateName` instantiated as kernel `name` with `values`
+/// (plus @KERNEL@), launched with `grid` and `block`.
+llvm::Expected<KernelSpec> specialize(llvm::StringRef templateName,
+                                      std::string name, Values values,
+                                      LaunchDims grid, LaunchDims block) {
+  values.emplace_back("KERNEL", name);
+  llvm::Expected<std::string> source = instantiateKernel(templateName, values);
+  if (!source)
+    return source.takeError();
+  KernelSpec spec;
+  spec.name = std::move(name);
+  spec.source = std::move(*source);
+  spec.grid = grid;
+  spec.block = block;
+  return spec;
+}
+
+LaunchDims dims(unsigned x, unsigned y = 1) {
+  LaunchDims d;
+  d.x = x;
+  d.y = y;
+  return d;
+}
+
+std::string str(int64_t value) { return std::to_string(value); }
+
+/// An f32 constant exactly, as MLIR's hexadecimal bit-pattern literal.
+std::string f32Bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  char text[16];
+  std::snprintf(text, sizeof(text), "0x%08X", bits);
+  return text;
+}
+
+/// A flat elementwise kernel over `numel` elements, 8 per thread.
+llvm::Expected<KernelSpec> elementwise(llvm::StringRef templateName,
+                                       int64_t numel) {
+  if (llvm::Error error = checkSize(templateName, "element count", numel, 8))
+    return std::move(error);
+  return specialize(templateName, (templateName + "_n" + str(numel)).str(),
+                    {{"N", str(numel)}}, dims(blocksFor(numel / 8, 256)),
+                    dims(256));
+}
+
+} // namespace
+
+llvm::Expected<KernelSpec> llamac::adamwKernel(int64_t numel) {
+  return elementwise("adamw", numel);
+}
+
+llvm::Expected<KernelSpec> llamac::f32ToBF16Kernel(int64_t numel) {
+  return elementwise("f32_to_bf16", numel);
+}
+
+llvm::Expected<KernelSpec> llamac::scaleBF16Kernel(int64_t numel) {
+  return elementwise("scale_bf16", numel);
+}
+
+llvm::Expected<KernelSpec> llamac::addBF16Kernel(int64_t numel) {
+  return elementwise("add_bf16", numel);
+}
+
+llvm::Expected<KernelSpec> llamac::globalNormSqKernel(int64_t numel) {
+  const char *kernel = "global_norm_sq";
+  if (llvm::Error error = checkSize(kernel, "element count", numel, 8))
+    return std::move(error);
+  unsigned grid = std::min(blocksFor(numel / 8, 256), 1024u);
+  return specialize(kernel, "global_norm_sq_n" + str(numel),
+                    {{"N", str(numel)},
+                     {"CHUNKS", str(numel / 8)},
+                     {"STRIDE", str(int64_t(grid) * 256)},
+                     {"G", str(grid)}},
+                    dims(grid), dims(256));
+}
+
+/// Shared by embedding_fwd and embedding_bwd.
+static llvm::Expected<KernelSpec> embeddingKernel(llvm::StringRef kernel,
+                                                  int64_t rows, int64_t vocab,
+                                                  int64_t hidden) {
+  if (llvm::Error error = checkSize(kernel, "row count", rows))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "hidden size", hidden, 8))
+    return std::move(error);
+  if (vocab <= 0 || vocab > INT32_MAX)
+    return shapeError(kernel, "vocabulary size must be in [1, 2^31), got " +
+                                  str(vocab));
+  unsigned block = threadsFor(hidden / 8, 256);
+  return specialize(
+      kernel,
+      (kernel + "_t" + str(rows) + "_v" + str(vocab) + "_h" + str(hidden))
+          .str(),
+      {{"T", str(rows)},
+       {"V", str(vocab)},
+       {"H", str(hidden)},
+       {"VH", str(vocab * hidden)},
+       {"TH", str(rows * hidden)},
+       {"BLOCK", str(block)},
+       {"CHUNKS", str(hidden / 8)}},
+      dims(unsigned(rows)), dims(block));
+}
+
+llvm::Expected<KernelSpec>
+llamac::embeddingForwardKernel(int64_t rows, int64_t vocab, int64_t hidden) {
+  return embeddingKernel("embedding_fwd", rows, vocab, hidden);
+}
+
+llvm::Expected<KernelSpec>
+llamac::embeddingBackwardKernel(int64_t rows, int64_t vocab, int64_t hidden) {
+  return embeddingKernel("embedding_bwd", rows, vocab, hidden);
+}
+
+llvm::Expected<KernelSpec>
+llamac::rmsNormForwardKernel(int64_t rows, int64_t hidden, double eps) {
+  const char *kernel = "rms_norm_fwd";
+  if (llvm::Error error = checkSize(kernel, "row count", rows))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "hidden size", hidden, 8))
+    return std::move(error);
+  if (!(eps >= 0) || !std::isfinite(eps))
+    return shapeError(kernel, "eps must be finite and non-negative");
+  std::string epsBits = f32Bits(float(eps));
+  unsigned block = threadsFor(hidden / 8, 256);
+  return specialize(kernel,
+                    "rms_norm_fwd_t" + str(rows) + "_h" + str(hidden) + "_e" +
+                        epsBits.substr(2),
+                    {{"T", str(rows)},
+                     {"H", str(hidden)},
+                     {"TH", str(rows * hidden)},
+                     {"EPS", epsBits},
+                     {"BLOCK", str(block)},
+                     {"WARPS", str(block / 32)},
+                     {"CHUNKS", str(hidden / 8)}},
+                    dims(unsigned(rows)), dims(block));
+}
+
+llvm::Expected<KernelSpec>
+llamac::rmsNormBackwardKernel(int64_t rows, int64_t hidden, bool accumulate) {
+  const char *kernel = "rms_norm_bwd";
+  if (llvm::Error error = checkSize(kernel, "row count", rows))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "hidden size", hidden, 8))
+    return std::move(error);
+  // The block keeps its dw columns in static shared memory (48 KiB at most).
+  if (hidden > 8192)
+    return shapeError(kernel,
+                      "hidden size must be at most 8192, got " + str(hidden));
+  unsigned block = threadsFor(hidden / 8, 256);
+  int64_t grid = std::min<int64_t>(rows, 512);
+  return specialize(kernel,
+                    "rms_norm_bwd_t" + str(rows) + "_h" + str(hidden) +
+                        (accumulate ? "_acc" : ""),
+                    {{"T", str(rows)},
+                     {"H", str(hidden)},
+                     {"TH", str(rows * hidden)},
+                     {"G", str(grid)},
+                     {"GH", str(grid * hidden)},
+                     {"ACCUMULATE", accumulate ? "true" : "false"},
+                     {"BLOCK", str(block)},
+                     {"WARPS", str(block / 32)},
+                     {"CHUNKS", str(hidden / 8)}},
+                    dims(unsigned(grid)), dims(block));
+}
+
+llvm::Expected<KernelSpec> llamac::columnSumKernel(int64_t rows, int64_t cols) {
+  const char *kernel = "column_sum";
+  if (llvm::Error error = checkSize(kernel, "row count", rows))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "column count", cols))
+    return std::move(error);
+  int64_t warps = std::clamp<int64_t>((rows + 3) / 4, 1, 32);
+  return specialize(kernel, "column_sum_g" + str(rows) + "_n" + str(cols),
+                    {{"G", str(rows)},
+                     {"GLAST", str(rows - 1)},
+                     {"N", str(cols)},
+                     {"LAST", str(cols - 1)},
+                     {"GN", str(rows * cols)},
+                     {"WARPS", str(warps)},
+                     {"BLOCK", str(warps * 32)}},
+                    dims(blocksFor(cols, 32)), dims(unsigned(warps * 32)));
+}
+
+/// Shared by swiglu_fwd and swiglu_bwd.
+static llvm::Expected<KernelSpec> swigluKernel(llvm::StringRef kernel,
+                                               int64_t rows, int64_t width) {
+  if (llvm::Error error = checkSize(kernel, "row count", rows))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "width", width, 8))
+    return std::move(error);
+  int64_t total = rows * (width / 8);
+  return specialize(kernel,
+                    (kernel + "_t" + str(rows) + "_f" + str(width)).str(),
+                    {{"F", str(width)},
+                     {"F2", str(2 * width)},
+                     {"T", str(rows)},
+                     {"TF", str(rows * width)},
+                     {"TF2", str(2 * rows * width)},
+                     {"CHUNKS", str(width / 8)},
+                     {"TOTAL", str(total)}},
+                    dims(blocksFor(total, 256)), dims(256));
+}
+
+llvm::Expected<KernelSpec> llamac::swigluForwardKernel(int64_t rows,
+                                                       int64_t width) {
+  return swigluKernel("swiglu_fwd", rows, width);
+}
+
+llvm::Expected<KernelSpec> llamac::swigluBackwardKernel(int64_t rows,
+                                                        int64_t width) {
+  return swigluKernel("swiglu_bwd", rows, width);
+}
+
+llvm::Expected<KernelSpec> llamac::ropeKernel(const RopeLayout &layout,
+                                              bool inverse) {
+  const char *kernel = "rope";
+  const RopeLayout &l = layout;
+  if (llvm::Error error = checkSize(kernel, "row count", l.rows))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "sequence length", l.seqLen))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "head dim", l.headDim, 16))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "row stride", l.rowStride, 8))
+    return std::move(error);
+  if (l.numHeads < 0 || l.numKvHeads < 0 || l.numHeads + l.numKvHeads == 0)
+    return shapeError(kernel, "needs at least one head");
+  int64_t kOffset = l.kOffset < 0 ? l.numHeads * l.headDim : l.kOffset;
+  if (l.qOffset < 0 || l.qOffset % 8 || kOffset % 8)
+    return shapeError(kernel, "head offsets must be multiples of 8");
+  if (l.qOffset + l.numHeads * l.headDim > l.rowStride ||
+      kOffset + l.numKvHeads * l.headDim > l.rowStride)
+    return shapeError(kernel,
+                      "heads extend beyond the row stride " + str(l.rowStride));
+  int64_t half = l.headDim / 2;
+  int64_t items = (l.numHeads + l.numKvHeads) * (half / 8);
+  unsigned block = threadsFor(items, 256);
+  return specialize(
+      kernel,
+      "rope_t" + str(l.rows) + "_s" + str(l.seqLen) + "_ld" + str(l.rowStride) +
+          "_d" + str(l.headDim) + "_q" + str(l.numHeads) + "o" +
+          str(l.qOffset) + "_k" + str(l.numKvHeads) + "o" + str(kOffset) +
+          (inverse ? "_inv" : ""),
+      {{"T", str(l.rows)},
+       {"LD", str(l.rowStride)},
+       {"TLD", str(l.rows * l.rowStride)},
+       {"D", str(l.headDim)},
+       {"HALF", str(half)},
+       {"HALF2", str(2 * half)},
+       {"HCHUNKS", str(half / 8)},
+       {"ITEMS", str(items)},
+       {"SEQ", str(l.seqLen)},
+       {"NQ", str(l.numHeads)},
+       {"NK", str(l.numKvHeads)},
+       {"QOFF", str(l.qOffset)},
+       {"KOFF", str(kOffset)},
+       // A key head h (counted after the queries) starts at h * D + KSHIFT.
+       {"KSHIFT", str(kOffset - l.numHeads * l.headDim)},
+       {"SIGN", inverse ? "-1.0" : "1.0"},
+       {"BLOCK", str(block)}},
+      dims(unsigned(l.rows)), dims(block));
+}
+
+/// Shared by causal_softmax_fwd and attention_softmax_bwd.
+static llvm::Expected<KernelSpec> softmaxKernel(llvm::StringRef kernel,
+                                                int64_t blocks, int64_t seqLen,
+                                                ScoreType scoreType) {
+  if (llvm::Error error = checkSize(kernel, "batch * heads", blocks))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "sequence length", seqLen, 8))
+    return std::move(error);
+  int64_t rows = blocks * seqLen;
+  if (rows > INT32_MAX)
+    return shapeError(kernel, "too many rows for the grid: " + str(rows));
+  bool f32 = scoreType == ScoreType::F32;
+  unsigned block = threadsFor(seqLen / 8, 256);
+  return specialize(kernel,
+                    (kernel + "_b" + str(blocks) + "_s" + str(seqLen) +
+                     (f32 ? "_f32" : "_bf16"))
+                        .str(),
+                    {{"R", str(rows)},
+                     {"SEQ", str(seqLen)},
+                     {"RS", str(rows * seqLen)},
+                     {"STYPE", f32 ? "f32" : "bf16"},
+                     {"SCONV", f32 ? "arith.bitcast" : "arith.extf"},
+                     {"BLOCK", str(block)},
+                     {"WARPS", str(block / 32)},
+                     {"CHUNKS", str(seqLen / 8)}},
+                    dims(unsigned(rows)), dims(block));
+}
+
+llvm::Expected<KernelSpec>
+llamac::causalSoftmaxForwardKernel(int64_t blocks, int64_t seqLen,
+                                   ScoreType scoreType) {
+  return softmaxKernel("causal_softmax_fwd", blocks, seqLen, scoreType);
+}
+
+llvm::Expected<KernelSpec>
+llamac::attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
+                                       ScoreType scoreType) {
+  return softmaxKernel("attention_softmax_bwd", blocks, seqLen, scoreType);
+}
+
+/// Shared by count_targets and cross_entropy: the loss's shapes.
+static llvm::Error checkLossShape(llvm::StringRef kernel, int64_t rows,
+                                  int64_t seqLen, int64_t vocab) {
+  if (llvm::Error error = checkSize(kernel, "sequence length", seqLen))
+    return error;
+  if (llvm::Error error = checkSize(kernel, "row count", rows, seqLen))
+    return error;
+  if (rows > INT32_MAX)
+    return shapeError(kernel, "too many rows: " + str(rows));
+  if (vocab <= 0 || vocab > INT32_MAX)
+    return shapeError(kernel, "vocabulary size must be in [1, 2^31), got " +
+                                  str(vocab));
+  return llvm::Error::success();
+}
+
+llvm::Expected<KernelSpec>
+llamac::countTargetsKernel(int64_t rows, int64_t seqLen, int64_t vocab) {
+  const char *kernel = "count_targets";
+  if (llvm::Error error = checkLossShape(kernel, rows, seqLen, vocab))
+    return std::move(error);
+  unsigned block = threadsFor(rows, 1024);
+  return specialize(kernel,
+                    "count_targets_t" + str(rows) + "_s" + str(seqLen) + "_v" +
+                        str(vocab),
+                    {{"T", str(rows)},
+                     {"TLAST", str(rows - 1)},
+                     {"SEQ", str(seqLen)},
+                     {"SEQLAST", str(seqLen - 1)},
+                     {"V", str(vocab)},
+                     {"BLOCK", str(block)},
+                     {"WARPS", str(block / 32)}},
+                    dims(1), dims(block));
+}
+
+llvm::Expected<KernelSpec>
+llamac::crossEntropyKernel(int64_t rows, int64_t seqLen, int64_t vocab) {
+  const char *kernel = "cross_entropy";
+  if (llvm::Error error = checkLossShape(kernel, rows, seqLen, vocab))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "vocabulary size", vocab, 8))
+    return std::move(error);
+  unsigned block = threadsFor(vocab / 8, 1024);
+  return specialize(kernel,
+                    "cross_entropy_t" + str(rows) + "_s" + str(seqLen) + "_v" +
+                        str(vocab),
+                    {{"T", str(rows)},
+                     {"TLAST", str(rows - 1)},
+                     {"SEQ", str(seqLen)},
+                     {"SEQLAST", str(seqLen - 1)},
+                     {"V", str(vocab)},
+                     {"TV", str(rows * vocab)},
+                     {"BLOCK", str(block)},
+                     {"WARPS", str(block / 32)},
+                     {"CHUNKS", str(vocab / 8)}},
+                    dims(unsigned(rows)), dims(block));
+}
+
+llvm::Expected<std::string>
+llamac::compileKernels(llvm::ArrayRef<KernelSpec> kernels,
+                       const PTXOptions &options) {
+  mlir::DialectRegistry registry;
+  registerPTXDialects(registry);
+  mlir::MLIRContext context(registry);
+  std::string text = "module {\ngpu.module @llamac_kernels {\n";
+  llvm::StringSet<> emitted;
+  for (const KernelSpec &kernel : kernels)
+    if (emitted.insert(kernel.name).second)
+      text += kernel.source + "\n";
+  text += "}\n}\n";
+  std::string diagnostics;
+  mlir::OwningOpRef<mlir::ModuleOp> module;
+  {
+    mlir::ScopedDiagnosticHandler handler(
+        &context, [&](mlir::Diagnostic &diagnostic) {
+          llvm::raw_string_ostream(diagnostics) << diagnostic << "; ";
+          return mlir::success();
+        });
+    module = mlir::parseSourceString<mlir::ModuleOp>(text, &context);
+  }
+  if (!module)
+    return llvm::createStringError("kernel source does not parse: " +
+                                   diagnostics);
+  return emitPTX(*module, options);
+}

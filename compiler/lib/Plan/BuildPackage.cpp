@@ -1,0 +1,1048 @@
+//===- BuildPackage.cpp - The train step as a GPU package -----------------===//
+//
+// One pass over the ops of @forward_backward, then @optimizer_step, emitting
+// for each op the launches and GEMMs that compute it. Every SSA tensor gets a
+// location: a buffer, a byte offset into it and a row stride, so that slices
+// of a fused GEMM's output (q, k, v of the QKV projection) are read in place
+// and the gradients of those slices are written side by side into the one
+// buffer the fused backward GEMM reads. Parameters, gradients and moments
+// live in flat regions in one order, so clipping and AdamW are single
+// launches over all parameters. Activations get arena offsets from their
+// live ranges (MemoryPlan.h).
+//
+// Attention runs as batched cuBLASLt GEMMs around softmax kernels: per
+// sequence b and query head j of each KV group, one GEMM batched over the KV
+// heads computes S = scale Q Kᵀ (f32); causal_softmax_fwd makes P (bf16); a
+// second GEMM O = P V. The backward recomputes S and P.
+//
+//===----------------------------------------------------------------------===//
+
+#include "llamac/Plan/BuildPackage.h"
+
+#include "llamac/Dialect/Llama/LlamaAttrNames.h"
+#include "llamac/Dialect/Llama/LlamaOps.h"
+#include "llamac/Kernels/Kernels.h"
+#include "llamac/Plan/MemoryPlan.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/StringSet.h"
+#include "llvm/Support/FormatVariadic.h"
+
+using namespace mlir;
+using namespace mlir::llama;
+using llamac::package::ElementType;
+
+namespace llamac {
+namespace {
+
+constexpr uint64_t kAlign = 16;
+uint64_t align(uint64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+/// Where a tensor lives: buffer, byte offset, row stride in elements (0 =
+/// packed rows).
+struct Location {
+  int buffer = -1;
+  uint64_t offset = 0;
+  int64_t ld = 0;
+};
+
+int64_t numel(Type type) {
+  return cast<RankedTensorType>(type).getNumElements();
+}
+
+ElementType elementTypeOf(Type type) {
+  Type element = cast<RankedTensorType>(type).getElementType();
+  if (element.isBF16())
+    return ElementType::BF16;
+  if (element.isF32())
+    return ElementType::F32;
+  return ElementType::I32;
+}
+
+class PackageBuilder {
+public:
+  explicit PackageBuilder(const PackageOptions &options) : options(options) {}
+
+  llvm::Error build(ModuleOp module);
+  llvm::Expected<package::Package> finish();
+
+private:
+  /// A buffer before memory planning; a child lives inside its parent.
+  struct Logical {
+    package::Buffer info;
+    bool persistent = false;
+    int parent = -1;
+    uint64_t innerOffset = 0;
+    int64_t first = INT64_MAX, last = -1;
+  };
+
+  //--- Buffers and locations -------------------------------------------===//
+
+  int newBuffer(const std::string &name, const std::string &role,
+                ElementType type, std::vector<int64_t> shape,
+                bool persistent) {
+    Logical logical;
+    logical.info.name = name;
+    logical.info.role = role;
+    logical.info.type = type;
+    logical.info.shape = shape;
+    uint64_t count = 1;
+    for (int64_t d : shape)
+      count *= uint64_t(d);
+    logical.info.bytes = count * package::elementBytes(type);
+    logical.persistent = persistent;
+    buffers.push_back(std::move(logical));
+    return int(buffers.size() - 1);
+  }
+
+  int scratch(const std::string &name, ElementType type,
+              std::vector<int64_t> shape) {
+    return newBuffer(name + "#" + std::to_string(buffers.size()), "scratch",
+                     type, std::move(shape), false);
+  }
+
+  int rootOf(int buffer) const {
+    while (buffers[buffer].parent >= 0)
+      buffer = buffers[buffer].parent;
+    return buffer;
+  }
+
+  void touch(int buffer) {
+    Logical &root = buffers[rootOf(buffer)];
+    root.first = std::min(root.first, opIndex);
+    root.last = std::max(root.last, opIndex);
+  }
+
+  Location whole(int buffer) {
+    touch(buffer);
+    return {buffer, 0, 0};
+  }
+
+  /// The location of an existing value.
+  llvm::Expected<Location> use(Value value) {
+    auto found = locations.find(value);
+    if (found == locations.end())
+      return fail(value.getDefiningOp(), "reads a value with no location");
+    touch(found->second.buffer);
+    return found->second;
+  }
+
+  /// The location a new value is written to: preassigned, or a fresh
+  /// activation buffer.
+  Location define(Value value, const std::string &name) {
+    auto found = locations.find(value);
+    if (found != locations.end()) {
+      touch(found->second.buffer);
+      return found->second;
+    }
+    auto type = cast<RankedTensorType>(value.getType());
+    int buffer =
+        newBuffer(name + "#" + std::to_string(buffers.size()), "activation",
+                  elementTypeOf(type), {type.getShape().begin(),
+                                        type.getShape().end()},
+                  false);
+    Location location{buffer, 0, 0};
+    locations[value] = location;
+    touch(buffer);
+    return location;
+  }
+
+  package::Operand operand(const Location &l) const {
+    return {l.buffer, l.offset, l.ld};
+  }
+
+  //--- Steps ------------------------------------------------------------===//
+
+  llvm::Error launch(llvm::Expected<KernelSpec> kernel,
+                     std::vector<Location> args, const std::string &label) {
+    if (!kernel)
+      return kernel.takeError();
+    package::Step step;
+    step.kind = package::Step::Kind::Launch;
+    step.label = label;
+    step.launch.kernel = kernel->name;
+    step.launch.grid[0] = kernel->grid.x;
+    step.launch.grid[1] = kernel->grid.y;
+    step.launch.grid[2] = kernel->grid.z;
+    step.launch.block[0] = kernel->block.x;
+    step.launch.block[1] = kernel->block.y;
+    step.launch.block[2] = kernel->block.z;
+    step.launch.sharedBytes = kernel->sharedBytes;
+    for (const Location &arg : args)
+      step.launch.args.push_back(operand(arg));
+    current->steps.push_back(std::move(step));
+    if (kernelNames.insert(kernel->name).second)
+      kernels.push_back(std::move(*kernel));
+    return llvm::Error::success();
+  }
+
+  void gemm(package::Gemm g, const std::string &label) {
+    package::Step step;
+    step.kind = package::Step::Kind::Gemm;
+    step.label = label;
+    step.gemm = g;
+    current->steps.push_back(std::move(step));
+  }
+
+  void memset(Location dst, uint64_t bytes, const std::string &label) {
+    package::Step step;
+    step.kind = package::Step::Kind::Memset;
+    step.label = label;
+    step.memset.dst = operand(dst);
+    step.memset.bytes = bytes;
+    current->steps.push_back(std::move(step));
+  }
+
+  /// A row-major GEMM over locations (bf16 operands, packed unless `ld`).
+  void linear(Location a, Location b, Location d, int64_t m, int64_t n,
+              int64_t k, bool transposeA, bool transposeB,
+              const std::string &label, float beta = 0) {
+    package::Gemm g;
+    g.m = m, g.n = n, g.k = k;
+    g.transposeA = transposeA, g.transposeB = transposeB;
+    g.a = operand(a), g.b = operand(b), g.d = operand(d);
+    g.beta = beta;
+    gemm(g, label);
+  }
+
+  llvm::Error fail(Operation *op, const llvm::Twine &message) {
+    std::string name = op ? op->getName().getStringRef().str() : "value";
+    return llvm::createStringError("GPU backend: " + name + ": " + message);
+  }
+
+  //--- Ops --------------------------------------------------------------===//
+
+  llvm::Error prepareForwardBackward(func::FuncOp func);
+  llvm::Error lower(Operation &op);
+  llvm::Error lowerRmsNorm(Location x, Location weight, Location out,
+                           int64_t rows, int64_t hidden, double eps,
+                           int rstd, const std::string &label);
+  llvm::Error normBackward(Value inputGrad, Value weightGrad, Location dy,
+                           Location x, Location weight, int rstd,
+                           int64_t hidden, const std::string &label);
+  llvm::Error attentionScores(Operation *op, Location qkv, int64_t qCol,
+                              int64_t kCol, int scores, int probabilities,
+                              const std::string &label);
+  llvm::Error lowerOptimizer(func::FuncOp func);
+  int freqTable(ArrayRef<double> frequencies);
+
+  const PackageOptions &options;
+  std::vector<Logical> buffers;
+  llvm::DenseMap<Value, Location> locations;
+  std::vector<KernelSpec> kernels;
+  llvm::StringSet<> kernelNames;
+  std::vector<package::Function> functions;
+  package::Function *current = nullptr;
+  int64_t opIndex = 0;
+
+  // Flat regions (parents) and the parameter order within them.
+  int paramsRegion = -1, gradsRegion = -1, expAvgRegion = -1,
+      expAvgSqRegion = -1;
+  int64_t flatElements = 0;
+  llvm::StringMap<uint64_t> flatOffset; ///< bytes, by step parameter name
+  int hyper = -1, lossStats = -1, gradNorm = -1;
+  /// Values that hold their rotated form in place (q, k after the forward
+  /// rope), and the constant 1 that seeds the backward.
+  llvm::DenseSet<Value> rotated, seeds;
+  std::map<std::vector<double>, int> freqTables;
+  int64_t tokens = 0;
+};
+
+//===----------------------------------------------------------------------===//
+// Set-up: flat regions and preassigned locations
+//===----------------------------------------------------------------------===//
+
+llvm::Error PackageBuilder::prepareForwardBackward(func::FuncOp func) {
+  tokens = options.batch * options.seq;
+  // Flat parameter order = argument order of @forward_backward.
+  struct Param {
+    std::string name;
+    std::vector<std::string> parts;
+    std::vector<int64_t> partRows;
+    std::vector<int64_t> shape;
+    BlockArgument arg;
+  };
+  std::vector<Param> params;
+  for (BlockArgument arg : func.getArguments()) {
+    unsigned i = arg.getArgNumber();
+    if (auto name = func.getArgAttrOfType<StringAttr>(i, kParamAttr)) {
+      auto type = cast<RankedTensorType>(arg.getType());
+      if (!type.getElementType().isBF16())
+        return fail(nullptr, "the GPU backend runs bf16 steps (--precision "
+                             "bf16); parameter " +
+                                 name.str() + " is not bf16");
+      Param param{name.str(), {}, {}, {type.getShape().begin(),
+                                       type.getShape().end()},
+                  arg};
+      if (auto parts = func.getArgAttrOfType<ArrayAttr>(i, kParamPartsAttr))
+        for (Attribute part : parts)
+          param.parts.push_back(cast<StringAttr>(part).str());
+      else
+        param.parts.push_back(param.name);
+      for (const std::string &part : param.parts) {
+        auto shape = options.hfShapes.find(part);
+        if (shape == options.hfShapes.end() || shape->second.empty())
+          return fail(nullptr, "no Hugging Face shape for " + part);
+        param.partRows.push_back(shape->second[0]);
+      }
+      params.push_back(param);
+    }
+  }
+  uint64_t bytes = 0;
+  for (const Param &param : params) {
+    flatOffset[param.name] = bytes;
+    bytes += align(uint64_t(numel(param.arg.getType())) * 2);
+  }
+  flatElements = int64_t(bytes / 2);
+  paramsRegion = newBuffer("params", "region", ElementType::BF16,
+                           {flatElements}, true);
+  gradsRegion = newBuffer("grads", "region", ElementType::BF16,
+                          {flatElements}, true);
+  expAvgRegion = newBuffer("exp_avg", "region", ElementType::BF16,
+                           {flatElements}, true);
+  expAvgSqRegion = newBuffer("exp_avg_sq", "region", ElementType::BF16,
+                             {flatElements}, true);
+  auto child = [&](int region, const std::string &role, const Param &param) {
+    int buffer = newBuffer(role + ":" + param.name, role, ElementType::BF16,
+                           param.shape, true);
+    buffers[buffer].parent = region;
+    buffers[buffer].innerOffset = flatOffset[param.name];
+    buffers[buffer].info.param = param.name;
+    buffers[buffer].info.parts = param.parts;
+    buffers[buffer].info.partRows = param.partRows;
+    return buffer;
+  };
+  for (const Param &param : params) {
+    locations[param.arg] = {child(paramsRegion, "param", param), 0, 0};
+    child(gradsRegion, "grad", param);
+    child(expAvgRegion, "exp_avg", param);
+    child(expAvgSqRegion, "exp_avg_sq", param);
+  }
+
+  for (BlockArgument arg : func.getArguments())
+    if (auto input = func.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
+                                                       kInputAttr))
+      locations[arg] = {newBuffer(input.str(), "input", ElementType::I32,
+                                  {tokens}, true),
+                        0, 0};
+  hyper = newBuffer(kHyperparametersBuffer, "hyperparameters",
+                    ElementType::F32, {8}, true);
+  lossStats = newBuffer(kLossStatsBuffer, "loss", ElementType::F32, {4}, true);
+  gradNorm =
+      newBuffer(kGradNormBuffer, "grad_norm", ElementType::F32, {4}, true);
+
+  // Gradients are written straight into their slots of the grads region.
+  auto ret = cast<func::ReturnOp>(func.getBody().front().getTerminator());
+  for (auto [index, value] : llvm::enumerate(ret.getOperands())) {
+    if (auto name = func.getResultAttrOfType<StringAttr>(index, kGradAttr)) {
+      int slot = -1;
+      for (size_t b = 0; b < buffers.size(); ++b)
+        if (buffers[b].info.role == "grad" &&
+            buffers[b].info.param == name.getValue())
+          slot = int(b);
+      if (slot < 0 || locations.count(value))
+        return fail(value.getDefiningOp(),
+                    "gradient " + name.str() + " has no slot of its own");
+      locations[value] = {slot, 0, 0};
+    } else if (func.getResultAttrDict(index) &&
+               func.getResultAttrDict(index).get(kLossAttr)) {
+      locations[value] = {lossStats, 0, 0};
+    }
+  }
+
+  // The cotangents a norm_matmul_grad reads sit side by side in one [T, N]
+  // buffer, so that its backward GEMMs read them as one matrix.
+  llvm::Error error = llvm::Error::success();
+  func.walk([&](NormMatmulGradOp op) {
+    if (error)
+      return;
+    int64_t width = 0;
+    for (Value grad : op.getGrads())
+      width += cast<RankedTensorType>(grad.getType()).getDimSize(1);
+    // The loss turns the logits into their gradient in place: that buffer is
+    // already the [T, N] matrix the backward GEMMs read.
+    if (op.getGrads().size() == 1 &&
+        op.getGrads()[0].getDefiningOp<CrossEntropyGradOp>())
+      return;
+    int dY = newBuffer("norm_matmul_grad.dY#" + std::to_string(buffers.size()),
+                       "activation", ElementType::BF16, {tokens, width}, false);
+    int64_t column = 0;
+    for (Value grad : op.getGrads()) {
+      if (!grad.hasOneUse() || locations.count(grad)) {
+        error = fail(op, "a cotangent it reads has other users");
+        return;
+      }
+      locations[grad] = {dY, uint64_t(column) * 2, width};
+      column += cast<RankedTensorType>(grad.getType()).getDimSize(1);
+    }
+  });
+  return error;
+}
+
+int PackageBuilder::freqTable(ArrayRef<double> frequencies) {
+  std::vector<double> key(frequencies.begin(), frequencies.end());
+  auto found = freqTables.find(key);
+  if (found != freqTables.end())
+    return found->second;
+  int buffer = newBuffer("rope_frequencies#" + std::to_string(buffers.size()),
+                         "constant", ElementType::F32,
+                         {int64_t(frequencies.size())}, true);
+  // HF computes the frequencies in f32.
+  for (double f : frequencies)
+    buffers[buffer].info.initF32.push_back(float(f));
+  freqTables[key] = buffer;
+  return buffer;
+}
+
+//===----------------------------------------------------------------------===//
+// Per-op lowering of @forward_backward
+//===----------------------------------------------------------------------===//
+
+llvm::Error PackageBuilder::lowerRmsNorm(Location x, Location weight,
+                                         Location out, int64_t rows,
+                                         int64_t hidden, double eps, int rstd,
+                                         const std::string &label) {
+  return launch(rmsNormForwardKernel(rows, hidden, eps),
+                {x, weight, out, whole(rstd)}, label);
+}
+
+/// dx = rms_norm backward of dy, and the norm weight's gradient summed over
+/// rows in two steps (per-block partial sums, then a column sum).
+llvm::Error PackageBuilder::normBackward(Value inputGrad, Value weightGrad,
+                                         Location dy, Location x,
+                                         Location weight, int rstd,
+                                         int64_t hidden,
+                                         const std::string &label) {
+  llvm::Expected<KernelSpec> kernel =
+      rmsNormBackwardKernel(tokens, hidden, /*accumulate=*/false);
+  if (!kernel)
+    return kernel.takeError();
+  int64_t blocks = kernel->grid.x;
+  int partial = scratch("norm_partial", ElementType::F32, {blocks, hidden});
+  Location dx = define(inputGrad, "input_grad");
+  if (auto error = launch(std::move(kernel),
+                          {dy, x, weight, whole(rstd), dx, whole(partial)},
+                          label + " (norm backward)"))
+    return error;
+  Location dw = define(weightGrad, "norm_weight_grad");
+  return launch(columnSumKernel(blocks, hidden), {whole(partial), dw},
+                label + " (norm weight gradient)");
+}
+
+llvm::Error PackageBuilder::attentionScores(Operation *op, Location qkv,
+                                            int64_t qCol, int64_t kCol,
+                                            int scores, int probabilities,
+                                            const std::string &label) {
+  auto attrs = [&](StringRef name) {
+    return cast<IntegerAttr>(op->getAttr(name)).getInt();
+  };
+  int64_t heads = attrs("num_heads"), kvHeads = attrs("num_kv_heads");
+  int64_t dim = attrs("head_dim"), seq = attrs("seq_len");
+  int64_t batch = tokens / seq, group = heads / kvHeads;
+  double scale = cast<FloatAttr>(op->getAttr("scale")).getValueAsDouble();
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t j = 0; j < group; ++j) {
+      // S[b, g*group + j] = scale Q Kᵀ, batched over the KV heads g.
+      package::Gemm g;
+      g.m = seq, g.n = seq, g.k = dim;
+      g.transposeB = true;
+      g.alpha = float(scale);
+      g.outType = ElementType::F32;
+      g.a = operand({qkv.buffer,
+                     qkv.offset + uint64_t(b * seq * qkv.ld + qCol + j * dim) * 2,
+                     qkv.ld});
+      g.b = operand(
+          {qkv.buffer, qkv.offset + uint64_t(b * seq * qkv.ld + kCol) * 2,
+           qkv.ld});
+      g.d = operand({scores, uint64_t((b * heads + j) * seq * seq) * 4, seq});
+      g.batch = kvHeads;
+      g.strideA = group * dim, g.strideB = dim, g.strideD = group * seq * seq;
+      gemm(g, label + " (scores)");
+    }
+  return launch(causalSoftmaxForwardKernel(batch * heads, seq, ScoreType::F32),
+                {whole(scores), whole(probabilities)}, label + " (softmax)");
+}
+
+llvm::Error PackageBuilder::lower(Operation &op) {
+  std::string label = op.getName().getStringRef().str();
+  int64_t hidden = 0;
+
+  if (auto constant = dyn_cast<arith::ConstantOp>(op)) {
+    auto value = dyn_cast<DenseElementsAttr>(constant.getValue());
+    if (!value || !value.isSplat())
+      return fail(&op, "only splat constants are supported");
+    double splat = value.getSplatValue<APFloat>().convertToDouble();
+    if (splat == 1.0 && numel(constant.getType()) == 1) {
+      seeds.insert(constant.getResult());
+      return llvm::Error::success();
+    }
+    if (splat != 0.0)
+      return fail(&op, "only the backward's seed and zeros are supported");
+    Location out = define(constant.getResult(), "zeros");
+    memset(out, uint64_t(numel(constant.getType())) * 2, label);
+    return llvm::Error::success();
+  }
+
+  if (auto embedding = dyn_cast<EmbeddingOp>(op)) {
+    auto table = cast<RankedTensorType>(embedding.getTable().getType());
+    hidden = table.getDimSize(1);
+    auto ids = use(embedding.getIds());
+    auto tableAt = use(embedding.getTable());
+    if (!ids || !tableAt)
+      return llvm::joinErrors(ids.takeError(), tableAt.takeError());
+    Location out = define(embedding.getResult(), "embedding");
+    return launch(embeddingForwardKernel(tokens, table.getDimSize(0), hidden),
+                  {*ids, *tableAt, out}, label);
+  }
+
+  if (auto norm = dyn_cast<RMSNormOp>(op)) {
+    hidden = cast<RankedTensorType>(norm.getInput().getType()).getDimSize(1);
+    auto x = use(norm.getInput());
+    auto w = use(norm.getWeight());
+    if (!x || !w)
+      return llvm::joinErrors(x.takeError(), w.takeError());
+    Location out = define(norm.getResult(), "rms_norm");
+    return lowerRmsNorm(*x, *w, out, tokens, hidden,
+                        norm.getEps().convertToDouble(),
+                        scratch("rstd", ElementType::F32, {tokens}), label);
+  }
+
+  if (auto matmul = dyn_cast<MatmulOp>(op)) {
+    auto lhs = cast<RankedTensorType>(matmul.getLhs().getType());
+    auto result = cast<RankedTensorType>(matmul.getType());
+    int64_t k = matmul.getTransposeLhs() ? lhs.getDimSize(0) : lhs.getDimSize(1);
+    auto a = use(matmul.getLhs());
+    auto b = use(matmul.getRhs());
+    if (!a || !b)
+      return llvm::joinErrors(a.takeError(), b.takeError());
+    Location d = define(matmul.getResult(), "matmul");
+    linear(*a, *b, d, result.getDimSize(0), result.getDimSize(1), k,
+           matmul.getTransposeLhs(), matmul.getTransposeRhs(), label);
+    return llvm::Error::success();
+  }
+
+  if (auto add = dyn_cast<AddOp>(op)) {
+    auto a = use(add.getLhs());
+    auto b = use(add.getRhs());
+    if (!a || !b)
+      return llvm::joinErrors(a.takeError(), b.takeError());
+    if (a->ld || b->ld)
+      return fail(&op, "adds strided views");
+    Location out = define(add.getResult(), "add");
+    return launch(addBF16Kernel(numel(add.getType())), {*a, *b, out}, label);
+  }
+
+  if (auto fused = dyn_cast<NormMatmulOp>(op)) {
+    auto weightType = cast<RankedTensorType>(fused.getWeight().getType());
+    int64_t width = weightType.getDimSize(0);
+    hidden = weightType.getDimSize(1);
+    auto x = use(fused.getInput());
+    auto nw = use(fused.getNormWeight());
+    auto w = use(fused.getWeight());
+    if (!x || !nw || !w)
+      return llvm::joinErrors(llvm::joinErrors(x.takeError(), nw.takeError()),
+                              w.takeError());
+    int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
+    if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
+                                  fused.getEps().convertToDouble(),
+                                  scratch("rstd", ElementType::F32, {tokens}),
+                                  label + " (norm)"))
+      return error;
+    int y = newBuffer("norm_matmul.y#" + std::to_string(buffers.size()),
+                      "activation", ElementType::BF16, {tokens, width}, false);
+    linear(whole(xn), *w, whole(y), tokens, width, hidden, false, true,
+           label + " (GEMM)");
+    int64_t column = 0;
+    for (Value output : fused.getOutputs()) {
+      if (locations.count(output))
+        return fail(&op, "an output already has a location");
+      locations[output] = {y, uint64_t(column) * 2, width};
+      column += cast<RankedTensorType>(output.getType()).getDimSize(1);
+    }
+    return llvm::Error::success();
+  }
+
+  if (auto mlp = dyn_cast<GatedMLPOp>(op)) {
+    auto weightType = cast<RankedTensorType>(mlp.getWeight().getType());
+    int64_t width = weightType.getDimSize(0) / 2;
+    hidden = weightType.getDimSize(1);
+    auto x = use(mlp.getInput());
+    auto w = use(mlp.getWeight());
+    if (!x || !w)
+      return llvm::joinErrors(x.takeError(), w.takeError());
+    Location in = *x;
+    if (mlp.getNormWeight()) {
+      auto nw = use(mlp.getNormWeight());
+      if (!nw)
+        return nw.takeError();
+      int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
+      if (auto error = lowerRmsNorm(
+              *x, *nw, whole(xn), tokens, hidden,
+              mlp.getEps()->convertToDouble(),
+              scratch("rstd", ElementType::F32, {tokens}), label + " (norm)"))
+        return error;
+      in = whole(xn);
+    }
+    Location gateUp = define(mlp.getGateUp(), "gate_up");
+    linear(in, *w, gateUp, tokens, 2 * width, hidden, false, true,
+           label + " (GEMM)");
+    Location out = define(mlp.getResult(), "swiglu");
+    return launch(swigluForwardKernel(tokens, width), {gateUp, out},
+                  label + " (swiglu)");
+  }
+
+  if (auto attention = dyn_cast<RopeAttentionOp>(op)) {
+    auto q = use(attention.getQuery());
+    auto k = use(attention.getKey());
+    auto v = use(attention.getValue());
+    if (!q || !k || !v)
+      return llvm::joinErrors(llvm::joinErrors(q.takeError(), k.takeError()),
+                              v.takeError());
+    if (q->buffer != k->buffer || q->buffer != v->buffer || !q->ld ||
+        q->ld != k->ld || q->ld != v->ld)
+      return fail(&op, "q, k and v must be slices of one fused QKV GEMM");
+    for (Value rotatedValue : {attention.getQuery(), attention.getKey()})
+      for (Operation *user : rotatedValue.getUsers())
+        if (user != &op && !isa<RopeAttentionGradOp>(user))
+          return fail(&op, "q or k has a user that needs it unrotated");
+    int64_t heads = attention.getNumHeads(), kvHeads = attention.getNumKvHeads();
+    int64_t dim = attention.getHeadDim(), seq = attention.getSeqLen();
+    int64_t qCol = int64_t(q->offset / 2), kCol = int64_t(k->offset / 2),
+            vCol = int64_t(v->offset / 2);
+    RopeLayout layout;
+    layout.rows = tokens, layout.seqLen = seq, layout.rowStride = q->ld;
+    layout.headDim = dim, layout.numHeads = heads, layout.numKvHeads = kvHeads;
+    layout.qOffset = qCol, layout.kOffset = kCol;
+    Location qkv{q->buffer, 0, q->ld};
+    if (auto error =
+            launch(ropeKernel(layout, /*inverse=*/false),
+                   {qkv, whole(freqTable(attention.getFrequencies()))},
+                   label + " (rope)"))
+      return error;
+    rotated.insert(attention.getQuery());
+    rotated.insert(attention.getKey());
+
+    int64_t blocks = tokens / seq * heads, group = heads / kvHeads;
+    int scores = scratch("scores", ElementType::F32, {blocks, seq, seq});
+    int probabilities = scratch("probabilities", ElementType::BF16,
+                                {blocks, seq, seq});
+    if (auto error = attentionScores(&op, qkv, qCol, kCol, scores,
+                                     probabilities, label))
+      return error;
+    Location out = define(attention.getResult(), "attention");
+    int64_t outLd = heads * dim;
+    for (int64_t b = 0; b < tokens / seq; ++b)
+      for (int64_t j = 0; j < group; ++j) {
+        // O[b, g*group + j] = P V[b, g], batched over g.
+        package::Gemm g;
+        g.m = seq, g.n = dim, g.k = seq;
+        g.a = operand({probabilities,
+                       uint64_t((b * heads + j) * seq * seq) * 2, seq});
+        g.b = operand({qkv.buffer, uint64_t(b * seq * qkv.ld + vCol) * 2,
+                       qkv.ld});
+        g.d = operand({out.buffer,
+                       out.offset + uint64_t(b * seq * outLd + j * dim) * 2,
+                       outLd});
+        g.batch = kvHeads;
+        g.strideA = group * seq * seq, g.strideB = dim, g.strideD = group * dim;
+        gemm(g, label + " (P V)");
+      }
+    return llvm::Error::success();
+  }
+
+  if (auto loss = dyn_cast<CrossEntropyOp>(op)) {
+    auto logitsType = cast<RankedTensorType>(loss.getLogits().getType());
+    int64_t vocab = logitsType.getDimSize(1);
+    auto logits = use(loss.getLogits());
+    auto labels = use(loss.getLabels());
+    if (!logits || !labels)
+      return llvm::joinErrors(logits.takeError(), labels.takeError());
+    for (Operation *user : loss.getLogits().getUsers())
+      if (user != &op && !isa<CrossEntropyGradOp>(user))
+        return fail(&op, "the logits have another user; the fused loss "
+                         "overwrites them with their gradient");
+    Location stats = define(loss.getResult(), "loss");
+    memset(stats, 16, label + " (zero)");
+    if (auto error = launch(countTargetsKernel(tokens, loss.getSeqLen(), vocab),
+                            {*labels, stats}, label + " (count)"))
+      return error;
+    return launch(crossEntropyKernel(tokens, loss.getSeqLen(), vocab),
+                  {*logits, *labels, stats}, label);
+  }
+
+  if (auto grad = dyn_cast<CrossEntropyGradOp>(op)) {
+    if (!seeds.contains(grad.getGrad()))
+      return fail(&op, "the loss's cotangent must be the seed 1");
+    auto logits = use(grad.getLogits());
+    if (!logits)
+      return logits.takeError();
+    // The loss kernel already turned the logits into their gradient.
+    if (locations.count(grad.getResult()))
+      return fail(&op, "the logit gradient cannot move");
+    locations[grad.getResult()] = *logits;
+    return llvm::Error::success();
+  }
+
+  if (auto grad = dyn_cast<EmbeddingGradOp>(op)) {
+    auto table = cast<RankedTensorType>(grad.getType());
+    int64_t vocab = table.getDimSize(0);
+    hidden = table.getDimSize(1);
+    auto ids = use(grad.getIds());
+    auto dOut = use(grad.getGrad());
+    if (!ids || !dOut)
+      return llvm::joinErrors(ids.takeError(), dOut.takeError());
+    int accumulator = scratch("embedding_grad.f32", ElementType::F32,
+                              {vocab, hidden});
+    memset(whole(accumulator), uint64_t(vocab * hidden) * 4, label + " (zero)");
+    if (auto error = launch(embeddingBackwardKernel(tokens, vocab, hidden),
+                            {*ids, *dOut, whole(accumulator)}, label))
+      return error;
+    Location out = define(grad.getResult(), "embedding_grad");
+    return launch(f32ToBF16Kernel(vocab * hidden), {whole(accumulator), out},
+                  label + " (round)");
+  }
+
+  if (auto grad = dyn_cast<NormMatmulGradOp>(op)) {
+    auto weightType = cast<RankedTensorType>(grad.getWeight().getType());
+    int64_t width = weightType.getDimSize(0);
+    hidden = weightType.getDimSize(1);
+    auto first = use(*grad.getGrads().begin());
+    auto x = use(grad.getInput());
+    auto nw = use(grad.getNormWeight());
+    auto w = use(grad.getWeight());
+    if (!first || !x || !nw || !w)
+      return llvm::joinErrors(
+          llvm::joinErrors(first.takeError(), x.takeError()),
+          llvm::joinErrors(nw.takeError(), w.takeError()));
+    // The cotangents must sit side by side in one [T, N] matrix.
+    int64_t column = 0;
+    for (Value g : grad.getGrads()) {
+      llvm::Expected<Location> at = use(g);
+      if (!at)
+        return at.takeError();
+      int64_t ld = at->ld ? at->ld : width;
+      if (at->buffer != first->buffer || ld != width ||
+          at->offset != first->offset + uint64_t(column) * 2)
+        return fail(&op, "its cotangents are not one [T, N] matrix");
+      column += cast<RankedTensorType>(g.getType()).getDimSize(1);
+    }
+    Location dY{first->buffer, first->offset, width};
+    int rstd = scratch("rstd", ElementType::F32, {tokens});
+    int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
+    if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
+                                  grad.getEps().convertToDouble(), rstd,
+                                  label + " (recompute norm)"))
+      return error;
+    Location weightGrad = define(grad.getWeightGrad(), "weight_grad");
+    linear(dY, whole(xn), weightGrad, width, hidden, tokens, true, false,
+           label + " (wgrad)");
+    int dxn = scratch("dxn", ElementType::BF16, {tokens, hidden});
+    linear(dY, *w, whole(dxn), tokens, hidden, width, false, false,
+           label + " (dgrad)");
+    return normBackward(grad.getInputGrad(), grad.getNormWeightGrad(),
+                        whole(dxn), *x, *nw, rstd, hidden, label);
+  }
+
+  if (auto grad = dyn_cast<GatedMLPGradOp>(op)) {
+    auto weightType = cast<RankedTensorType>(grad.getWeight().getType());
+    int64_t width = weightType.getDimSize(0) / 2;
+    hidden = weightType.getDimSize(1);
+    auto dOut = use(grad.getGrad());
+    auto x = use(grad.getInput());
+    auto gateUp = use(grad.getGateUp());
+    auto w = use(grad.getWeight());
+    if (!dOut || !x || !gateUp || !w)
+      return llvm::joinErrors(
+          llvm::joinErrors(dOut.takeError(), x.takeError()),
+          llvm::joinErrors(gateUp.takeError(), w.takeError()));
+    int dGU = scratch("dgate_up", ElementType::BF16, {tokens, 2 * width});
+    if (auto error = launch(swigluBackwardKernel(tokens, width),
+                            {*dOut, *gateUp, whole(dGU)}, label + " (swiglu)"))
+      return error;
+    Location in = *x;
+    int rstd = -1;
+    Location nwAt;
+    if (grad.getNormWeight()) {
+      auto nw = use(grad.getNormWeight());
+      if (!nw)
+        return nw.takeError();
+      nwAt = *nw;
+      rstd = scratch("rstd", ElementType::F32, {tokens});
+      int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
+      if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
+                                    grad.getEps()->convertToDouble(), rstd,
+                                    label + " (recompute norm)"))
+        return error;
+      in = whole(xn);
+    }
+    Location weightGrad = define(grad.getWeightGrad(), "weight_grad");
+    linear(whole(dGU), in, weightGrad, 2 * width, hidden, tokens, true, false,
+           label + " (wgrad)");
+    if (!grad.getNormWeight()) {
+      Location dx = define(grad.getInputGrad(), "input_grad");
+      linear(whole(dGU), *w, dx, tokens, hidden, 2 * width, false, false,
+             label + " (dgrad)");
+      return llvm::Error::success();
+    }
+    int dxn = scratch("dxn", ElementType::BF16, {tokens, hidden});
+    linear(whole(dGU), *w, whole(dxn), tokens, hidden, 2 * width, false, false,
+           label + " (dgrad)");
+    return normBackward(grad.getInputGrad(), grad.getNormWeightGrad(),
+                        whole(dxn), *x, nwAt, rstd, hidden, label);
+  }
+
+  if (auto grad = dyn_cast<RopeAttentionGradOp>(op)) {
+    auto q = use(grad.getQuery());
+    auto k = use(grad.getKey());
+    auto v = use(grad.getValue());
+    auto dOut = use(grad.getGrad());
+    if (!q || !k || !v || !dOut)
+      return llvm::joinErrors(llvm::joinErrors(q.takeError(), k.takeError()),
+                              llvm::joinErrors(v.takeError(),
+                                               dOut.takeError()));
+    if (!rotated.contains(grad.getQuery()) || !rotated.contains(grad.getKey()))
+      return fail(&op, "expects q and k rotated in place by rope_attention");
+    int64_t heads = grad.getNumHeads(), kvHeads = grad.getNumKvHeads();
+    int64_t dim = grad.getHeadDim(), seq = grad.getSeqLen();
+    int64_t batch = tokens / seq, group = heads / kvHeads;
+    float scale = float(grad.getScale().convertToDouble());
+    Location qkv{q->buffer, 0, q->ld};
+    int64_t qCol = int64_t(q->offset / 2), kCol = int64_t(k->offset / 2),
+            vCol = int64_t(v->offset / 2);
+    Location dq = define(grad.getQueryGrad(), "query_grad");
+    Location dk = define(grad.getKeyGrad(), "key_grad");
+    Location dv = define(grad.getValueGrad(), "value_grad");
+    if (dq.buffer != dk.buffer || dq.buffer != dv.buffer || !dq.ld ||
+        dq.ld != dk.ld || dq.ld != dv.ld)
+      return fail(&op, "the q, k and v gradients must be slices of one "
+                       "buffer (the fused QKV backward's input)");
+    int64_t blocks = batch * heads;
+    int scores = scratch("scores", ElementType::F32, {blocks, seq, seq});
+    int probabilities = scratch("probabilities", ElementType::BF16,
+                                {blocks, seq, seq});
+    if (auto error = attentionScores(&op, qkv, qCol, kCol, scores,
+                                     probabilities, label + " (recompute)"))
+      return error;
+    int64_t dOutLd = dOut->ld ? dOut->ld : heads * dim;
+    int64_t gLd = dq.ld;
+    uint64_t dqCol = dq.offset / 2, dkCol = dk.offset / 2, dvCol = dv.offset / 2;
+    // dP = dO Vᵀ into the f32 score buffer (S is no longer needed).
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t j = 0; j < group; ++j) {
+        package::Gemm g;
+        g.m = seq, g.n = seq, g.k = dim;
+        g.transposeB = true;
+        g.outType = ElementType::F32;
+        g.a = operand({dOut->buffer,
+                       dOut->offset + uint64_t(b * seq * dOutLd + j * dim) * 2,
+                       dOutLd});
+        g.b = operand({qkv.buffer, uint64_t(b * seq * qkv.ld + vCol) * 2,
+                       qkv.ld});
+        g.d = operand({scores, uint64_t((b * heads + j) * seq * seq) * 4, seq});
+        g.batch = kvHeads;
+        g.strideA = group * dim, g.strideB = dim, g.strideD = group * seq * seq;
+        gemm(g, label + " (dP)");
+        // dV[b, g] (+)= P[b, g*group + j]ᵀ dO[b, g*group + j].
+        package::Gemm dV;
+        dV.m = seq, dV.n = dim, dV.k = seq;
+        dV.transposeA = true;
+        dV.beta = j == 0 ? 0 : 1;
+        dV.a = operand({probabilities,
+                        uint64_t((b * heads + j) * seq * seq) * 2, seq});
+        dV.b = g.a;
+        dV.d = operand({dv.buffer, uint64_t(b * seq * gLd + dvCol) * 2, gLd});
+        dV.batch = kvHeads;
+        dV.strideA = group * seq * seq, dV.strideB = group * dim,
+        dV.strideD = dim;
+        gemm(dV, label + " (dV)");
+      }
+    // dS = P (dP - rowsum(P dP)), written over P.
+    if (auto error = launch(
+            attentionSoftmaxBackwardKernel(blocks, seq, ScoreType::F32),
+            {whole(probabilities), whole(scores), whole(probabilities)},
+            label + " (softmax backward)"))
+      return error;
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t j = 0; j < group; ++j) {
+        // dQ[b, g*group + j] = scale dS K[b, g].
+        package::Gemm g;
+        g.m = seq, g.n = dim, g.k = seq;
+        g.alpha = scale;
+        g.a = operand({probabilities,
+                       uint64_t((b * heads + j) * seq * seq) * 2, seq});
+        g.b = operand({qkv.buffer, uint64_t(b * seq * qkv.ld + kCol) * 2,
+                       qkv.ld});
+        g.d = operand(
+            {dq.buffer, uint64_t(b * seq * gLd + dqCol + j * dim) * 2, gLd});
+        g.batch = kvHeads;
+        g.strideA = group * seq * seq, g.strideB = dim, g.strideD = group * dim;
+        gemm(g, label + " (dQ)");
+        // dK[b, g] (+)= scale dSᵀ Q[b, g*group + j].
+        package::Gemm dK;
+        dK.m = seq, dK.n = dim, dK.k = seq;
+        dK.transposeA = true;
+        dK.alpha = scale;
+        dK.beta = j == 0 ? 0 : 1;
+        dK.a = g.a;
+        dK.b = operand({qkv.buffer,
+                        uint64_t(b * seq * qkv.ld + qCol + j * dim) * 2,
+                        qkv.ld});
+        dK.d = operand({dk.buffer, uint64_t(b * seq * gLd + dkCol) * 2, gLd});
+        dK.batch = kvHeads;
+        dK.strideA = group * seq * seq, dK.strideB = group * dim,
+        dK.strideD = dim;
+        gemm(dK, label + " (dK)");
+      }
+    // The gradients of the unrotated q and k: rotate back.
+    RopeLayout layout;
+    layout.rows = tokens, layout.seqLen = seq, layout.rowStride = gLd;
+    layout.headDim = dim, layout.numHeads = heads, layout.numKvHeads = kvHeads;
+    layout.qOffset = int64_t(dqCol), layout.kOffset = int64_t(dkCol);
+    return launch(ropeKernel(layout, /*inverse=*/true),
+                  {Location{dq.buffer, 0, gLd},
+                   whole(freqTable(grad.getFrequencies()))},
+                  label + " (inverse rope)");
+  }
+
+  if (auto grad = dyn_cast<RMSNormGradOp>(op)) {
+    hidden = cast<RankedTensorType>(grad.getInput().getType()).getDimSize(1);
+    auto dy = use(grad.getGrad());
+    auto x = use(grad.getInput());
+    auto w = use(grad.getWeight());
+    if (!dy || !x || !w)
+      return llvm::joinErrors(llvm::joinErrors(dy.takeError(), x.takeError()),
+                              w.takeError());
+    int rstd = scratch("rstd", ElementType::F32, {tokens});
+    int normed = scratch("xn", ElementType::BF16, {tokens, hidden});
+    if (auto error = lowerRmsNorm(*x, *w, whole(normed), tokens, hidden,
+                                  grad.getEps().convertToDouble(), rstd,
+                                  label + " (recompute)"))
+      return error;
+    return normBackward(grad.getInputGrad(), grad.getWeightGrad(), *dy, *x, *w,
+                        rstd, hidden, label);
+  }
+
+  return fail(&op, "not supported by the GPU backend yet");
+}
+
+//===----------------------------------------------------------------------===//
+// @optimizer_step: clipping and AdamW over the flat regions
+//===----------------------------------------------------------------------===//
+
+llvm::Error PackageBuilder::lowerOptimizer(func::FuncOp func) {
+  // The flat kernels assume the pass's structure: one global_norm of every
+  // gradient, one clip_scale, one adamw per parameter.
+  int adamws = 0;
+  bool norm = false;
+  for (Operation &op : func.getBody().front().without_terminator()) {
+    if (isa<AdamWOp>(op))
+      ++adamws;
+    else if (isa<GlobalNormOp>(op))
+      norm = true;
+    else if (!isa<ClipScaleOp>(op))
+      return fail(&op, "unexpected in @optimizer_step");
+  }
+  if (!norm || adamws != int(flatOffset.size()))
+    return fail(nullptr, "@optimizer_step does not update every parameter");
+  Location sumSq = whole(gradNorm);
+  memset(sumSq, 16, "llama.global_norm (zero)");
+  if (auto error = launch(globalNormSqKernel(flatElements),
+                          {whole(gradsRegion), sumSq}, "llama.global_norm"))
+    return error;
+  return launch(adamwKernel(flatElements),
+                {whole(paramsRegion), whole(gradsRegion), whole(expAvgRegion),
+                 whole(expAvgSqRegion), whole(hyper), sumSq},
+                "llama.adamw (all parameters)");
+}
+
+//===----------------------------------------------------------------------===//
+// Driver
+//===----------------------------------------------------------------------===//
+
+llvm::Error PackageBuilder::build(ModuleOp module) {
+  auto forwardBackward = module.lookupSymbol<func::FuncOp>(kForwardBackwardName);
+  auto optimizer = module.lookupSymbol<func::FuncOp>(kOptimizerStepName);
+  if (!forwardBackward || !optimizer)
+    return fail(nullptr, "expects @forward_backward and @optimizer_step");
+  if (auto error = prepareForwardBackward(forwardBackward))
+    return error;
+
+  functions.push_back({std::string(kForwardBackwardName), {}});
+  current = &functions.back();
+  // Gradients of parameters that no op writes must read as zero, and the
+  // padding between parameters must not count in the gradient norm.
+  memset(whole(gradsRegion), uint64_t(flatElements) * 2, "zero gradients");
+  for (Operation &op : forwardBackward.getBody().front().without_terminator()) {
+    ++opIndex;
+    if (auto error = lower(op))
+      return error;
+  }
+  ++opIndex;
+  functions.push_back({std::string(kOptimizerStepName), {}});
+  current = &functions.back();
+  if (auto error = lowerOptimizer(optimizer))
+    return error;
+  ++opIndex;
+  return llvm::Error::success();
+}
+
+llvm::Expected<package::Package> PackageBuilder::finish() {
+  // Persistent buffers live through the whole step; the arena is planned
+  // over roots only (children sit inside their parents).
+  std::vector<LiveRange> ranges;
+  std::vector<int> roots;
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    Logical &logical = buffers[i];
+    if (logical.parent >= 0)
+      continue;
+    if (logical.persistent || logical.last < 0) {
+      logical.first = 0;
+      logical.last = opIndex;
+    }
+    ranges.push_back({logical.info.bytes, logical.first, logical.last});
+    roots.push_back(int(i));
+  }
+  MemoryPlan plan = planMemory(ranges);
+
+  package::Package result;
+  result.arch = options.ptx.chip;
+  result.compiler = options.compiler;
+  result.configJson = options.configJson;
+  result.batch = options.batch;
+  result.seq = options.seq;
+  result.precision = "bf16";
+  result.arenaBytes = plan.arenaBytes;
+  std::vector<uint64_t> offsets(buffers.size(), 0);
+  for (size_t r = 0; r < roots.size(); ++r)
+    offsets[roots[r]] = plan.offsets[r];
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    package::Buffer info = buffers[i].info;
+    info.offset = buffers[i].parent >= 0
+                      ? offsets[rootOf(int(i))] + buffers[i].innerOffset
+                      : offsets[i];
+    result.buffers.push_back(std::move(info));
+  }
+  result.functions = std::move(functions);
+  llvm::Expected<std::string> ptx = compileKernels(kernels, options.ptx);
+  if (!ptx)
+    return ptx.takeError();
+  result.ptx = std::move(*ptx);
+  if (Status status = package::validate(result, "generated package"); !status)
+    return llvm::createStringError(status.error().message);
+  return result;
+}
+
+} // namespace
+
+llvm::Expected<package::Package> buildPackage(ModuleOp module,
+                                              const PackageOptions &options) {
+  PackageBuilder builder(options);
+  if (auto error = builder.build(module))
+    return std::move(error);
+  return builder.finish();
+}
+
+} // namespace llamac

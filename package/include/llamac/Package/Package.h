@@ -1,0 +1,124 @@
+//===- Package.h - The compiled train step, as data -------------*- C++ -*-===//
+//
+// The contract between compiler and runtime (neither depends on the other;
+// both depend on this): a manifest (JSON) and the PTX of every generated
+// kernel. The manifest lists the buffers of one device arena and, per
+// function of the step, the ordered launches and GEMMs over them. No host
+// code is generated: the runtime interprets this plan.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef LLAMAC_PACKAGE_PACKAGE_H
+#define LLAMAC_PACKAGE_PACKAGE_H
+
+#include "llamac/Runtime/Result.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace llamac::package {
+
+/// Version of the manifest layout; a runtime refuses other versions.
+constexpr int kFormatVersion = 1;
+
+enum class ElementType { BF16, F32, I32, F8E4M3, F8E5M2 };
+const char *elementTypeName(ElementType type);
+int64_t elementBytes(ElementType type);
+
+/// A named region of the arena. `role` says what it holds: "param",
+/// "grad", "exp_avg", "exp_avg_sq" (with `param` naming the step parameter
+/// and `parts` its Hugging Face tensors, concatenated along dim 0), "input"
+/// (`param` = input_ids or labels), "hyperparameters", "loss", or
+/// "activation"/"scratch" (reused across the step by the memory plan).
+struct Buffer {
+  std::string name;
+  std::string role;
+  std::string param;
+  std::vector<std::string> parts;
+  /// Rows (dim 0) of each part, in order; they sum to shape[0].
+  std::vector<int64_t> partRows;
+  ElementType type = ElementType::BF16;
+  std::vector<int64_t> shape;
+  uint64_t offset = 0; ///< Bytes from the arena start (16-byte aligned).
+  uint64_t bytes = 0;
+  /// Contents the runtime uploads once (small constant tables, e.g. RoPE
+  /// frequencies); empty for everything else.
+  std::vector<float> initF32;
+};
+
+/// A device address: a buffer plus a byte offset into it, with the row
+/// stride (in elements) when the operand is a matrix view.
+struct Operand {
+  int buffer = -1;
+  uint64_t offset = 0;
+  int64_t ld = 0;
+};
+
+struct Launch {
+  std::string kernel;
+  unsigned grid[3] = {1, 1, 1}, block[3] = {1, 1, 1};
+  unsigned sharedBytes = 0;
+  std::vector<Operand> args; ///< Every kernel argument is a pointer.
+};
+
+/// Row-major D = alpha op(A) op(B) + beta D (cuda::Gemm's convention),
+/// repeated `batch` times with the given element strides.
+struct Gemm {
+  int64_t m = 0, n = 0, k = 0;
+  bool transposeA = false, transposeB = false;
+  ElementType type = ElementType::BF16;    ///< of A and B
+  ElementType outType = ElementType::BF16; ///< of D
+  float alpha = 1, beta = 0;
+  Operand a, b, d;
+  int64_t batch = 1, strideA = 0, strideB = 0, strideD = 0;
+};
+
+struct Memset {
+  Operand dst;
+  uint64_t bytes = 0;
+  uint8_t value = 0;
+};
+
+struct Step {
+  enum class Kind { Launch, Gemm, Memset } kind = Kind::Launch;
+  std::string label; ///< The op it implements, for error messages.
+  Launch launch;
+  Gemm gemm;
+  Memset memset;
+};
+
+struct Function {
+  std::string name;
+  std::vector<Step> steps;
+};
+
+struct Package {
+  std::string arch = "sm_90a";
+  std::string compiler;   ///< llamac version that wrote it.
+  std::string configJson; ///< The model's Hugging Face config.json.
+  int64_t batch = 0, seq = 0;
+  std::string precision;
+  uint64_t arenaBytes = 0;
+  std::vector<Buffer> buffers;
+  std::vector<Function> functions;
+  std::string ptx;
+
+  const Function *function(const std::string &name) const;
+  /// Index of the buffer called `name`, or -1.
+  int bufferIndex(const std::string &name) const;
+};
+
+/// Checks every reference and bound: buffers inside the arena and aligned,
+/// operands naming existing buffers and staying inside them. Errors name
+/// the field.
+Status validate(const Package &package, const std::string &where);
+
+/// Writes DIR/manifest.json and DIR/kernels.ptx, each atomically.
+Status writePackage(const std::string &dir, const Package &package);
+/// Reads and validates a package directory.
+Result<Package> readPackage(const std::string &dir);
+
+} // namespace llamac::package
+
+#endif // LLAMAC_PACKAGE_PACKAGE_H

@@ -1,0 +1,141 @@
+//===- Cuda.h - CUDA driver and cuBLASLt, resolved at run time --*- C++ -*-===//
+//
+// The GPU runtime talks to the CUDA Driver API and cuBLASLt only. Both are
+// opened with dlopen when first needed, so every llamac binary starts on a
+// machine without a GPU (CI), and GPU tests can say why they skip. Errors name
+// the operation and, for launches, the kernel.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef LLAMAC_RUNTIME_CUDA_H
+#define LLAMAC_RUNTIME_CUDA_H
+
+#include "llamac/Runtime/Result.h"
+
+#include <cublasLt.h>
+#include <cuda.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace llamac::cuda {
+
+struct DriverApi;
+struct BlasLtApi;
+
+/// One GPU, its primary context and the stream every launch goes to.
+class Device {
+public:
+  /// Opens the driver and device `ordinal`. Fails with a one-line reason
+  /// ("no CUDA driver: ...", "no CUDA device") on machines without a GPU.
+  static Result<std::shared_ptr<Device>> open(int ordinal = 0);
+  ~Device();
+
+  const std::string &name() const { return deviceName; }
+  int computeCapability() const { return major * 10 + minor; }
+  int multiprocessors() const { return smCount; }
+  CUstream stream() const { return mainStream; }
+  const DriverApi &api() const { return *driver; }
+
+  /// Free and total device memory in bytes.
+  Result<std::pair<size_t, size_t>> memoryInfo() const;
+  /// Allocates `bytes`, first checking them against free memory so that an
+  /// out-of-memory is reported with needed vs free bytes and `what` it was for.
+  Result<CUdeviceptr> allocate(size_t bytes, const std::string &what);
+  Status free(CUdeviceptr pointer);
+  Status copyToDevice(CUdeviceptr dst, const void *src, size_t bytes);
+  Status copyToHost(void *dst, CUdeviceptr src, size_t bytes);
+  /// Fills `bytes` with `value` (to poison outputs in tests).
+  Status fill(CUdeviceptr dst, uint8_t value, size_t bytes);
+  Status synchronize(const std::string &after);
+
+  /// Starts recording the stream's work into a graph instead of running it.
+  Status beginCapture();
+  /// Ends the recording and returns the instantiated graph.
+  Result<CUgraphExec> endCapture();
+  Status launchGraph(CUgraphExec graph);
+  void destroyGraph(CUgraphExec graph);
+
+  /// Turns a driver status into an error naming `what` failed; ok on success.
+  Status check(CUresult result, const std::string &what) const;
+
+private:
+  Device() = default;
+  const DriverApi *driver = nullptr;
+  CUdevice device = 0;
+  CUcontext context = nullptr;
+  CUstream mainStream = nullptr;
+  std::string deviceName;
+  int major = 0, minor = 0, smCount = 0;
+};
+
+/// A PTX module loaded (and JIT-compiled for this GPU) by the driver.
+class Module {
+public:
+  /// Loads `ptx`; on failure the message carries the driver's JIT error log.
+  static Result<Module> load(std::shared_ptr<Device> device,
+                             const std::string &ptx, const std::string &name);
+  Module(Module &&other) noexcept;
+  ~Module();
+
+  /// The kernel called `kernel`.
+  Result<CUfunction> function(const std::string &kernel) const;
+  /// Launches `kernel` on the device's stream with the given argument
+  /// addresses; errors name the kernel.
+  Status launch(const std::string &kernel, unsigned gridX, unsigned blockX,
+                unsigned sharedBytes, std::vector<void *> args,
+                unsigned gridY = 1) const;
+
+private:
+  Module() = default;
+  std::shared_ptr<Device> device;
+  CUmodule module = nullptr;
+  std::string moduleName;
+};
+
+/// Element types of GEMM operands and results.
+enum class GemmType { F32, BF16 };
+
+/// A row-major GEMM `D = alpha * op(A) * op(B) + beta * C` with C = D, as
+/// llama.matmul defines it: op transposes when the flag is set; A is [m, k]
+/// after op, B is [k, n] after op, D is [m, n]. Accumulates in f32. Leading
+/// dimensions (row strides in elements) default to packed rows; `batch`
+/// repeats the product at the given element strides.
+struct Gemm {
+  int64_t m = 0, n = 0, k = 0;
+  bool transposeA = false, transposeB = false;
+  GemmType type = GemmType::BF16;
+  /// Element type of D (and C); f32 output from bf16 operands keeps scores
+  /// unrounded.
+  GemmType outType = GemmType::BF16;
+  float alpha = 1, beta = 0;
+  CUdeviceptr a = 0, b = 0, d = 0;
+  int64_t lda = 0, ldb = 0, ldd = 0;
+  int64_t batch = 1, strideA = 0, strideB = 0, strideD = 0;
+};
+
+/// cuBLASLt with one handle and workspace, choosing algorithms by heuristic.
+class BlasLt {
+public:
+  static Result<std::unique_ptr<BlasLt>> create(std::shared_ptr<Device> device);
+  ~BlasLt();
+  /// Runs `gemm` on the device's stream; `what` names it in errors.
+  Status run(const Gemm &gemm, const std::string &what);
+
+private:
+  BlasLt() = default;
+  std::shared_ptr<Device> device;
+  const BlasLtApi *api = nullptr;
+  /// The heuristic's algorithm per GEMM shape, chosen once.
+  std::map<std::string, cublasLtMatmulAlgo_t> algorithms;
+  cublasLtHandle_t handle = nullptr;
+  CUdeviceptr workspace = 0;
+  size_t workspaceBytes = 0;
+};
+
+} // namespace llamac::cuda
+
+#endif // LLAMAC_RUNTIME_CUDA_H

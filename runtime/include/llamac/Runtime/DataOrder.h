@@ -1,0 +1,75 @@
+//===- DataOrder.h - Which rows each batch holds, and how it is padded -*- C++
+//-*-===//
+//
+// The order of training rows is a pure function of (number of rows, shuffle,
+// seed, rows consumed so far): file order, or a fresh permutation per epoch
+// drawn from --seed. A run therefore resumes its data exactly from one
+// integer, the position, which checkpoints record.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef LLAMAC_RUNTIME_DATAORDER_H
+#define LLAMAC_RUNTIME_DATAORDER_H
+
+#include "llamac/Runtime/Data.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace llamac {
+
+/// Hands out row indices batch after batch. Batches run across epoch
+/// boundaries (the last rows of one epoch and the first of the next), as
+/// llamac has always read its data; with shuffle each epoch has its own
+/// permutation (Fisher-Yates over Random(seed, "shuffle/epoch-<e>")).
+class RowSampler {
+public:
+  /// A sampler over \p numRows (> 0) rows that has already handed out
+  /// \p position rows.
+  RowSampler(int64_t numRows, bool shuffle, uint64_t seed,
+             int64_t position = 0);
+
+  /// The next \p count row indices; advances the position by \p count.
+  std::vector<int64_t> take(int64_t count);
+
+  /// Rows handed out so far (over all epochs).
+  int64_t position() const { return consumed; }
+  /// The epoch of the next row (0-based).
+  int64_t epoch() const { return consumed / numRows; }
+
+private:
+  /// The permutation of epoch \p e (identity without shuffle).
+  void preparePermutation(int64_t e);
+
+  int64_t numRows;
+  bool shuffle;
+  uint64_t seed;
+  int64_t consumed;
+  int64_t permutationEpoch = -1;
+  std::vector<int64_t> permutation;
+};
+
+/// A [indices.size(), seq] batch of rows[indices[i]], each truncated to
+/// \p seq tokens and right-padded with \p padId (labels with -100).
+/// Requires valid indices and seq > 0.
+Batch gatherBatch(const std::vector<TokenRow> &rows,
+                  const std::vector<int64_t> &indices, int64_t seq,
+                  int32_t padId = 0);
+
+/// The sequence length of a --pad-to-longest batch: its longest row (at most
+/// \p maxSeq) rounded up to a multiple of \p multiple, and at most \p maxSeq.
+int64_t paddedLength(const std::vector<TokenRow> &rows,
+                     const std::vector<int64_t> &indices, int64_t maxSeq,
+                     int64_t multiple = 16);
+
+/// Positions the shifted causal-LM loss counts: within each row, p < seq - 1
+/// with labels[p + 1] != -100 (the count the loss divides by).
+int64_t countLossTokens(const Batch &batch);
+
+/// A 64-bit fingerprint (FNV-1a) of the rows' ids and labels, to tell on
+/// resume whether the data is the same.
+uint64_t fingerprintRows(const std::vector<TokenRow> &rows);
+
+} // namespace llamac
+
+#endif // LLAMAC_RUNTIME_DATAORDER_H

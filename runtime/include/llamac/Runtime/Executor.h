@@ -1,0 +1,53 @@
+//===- Executor.h - Runs a compiled package on the GPU ----------*- C++ -*-===//
+//
+// Loads a package (manifest + PTX), allocates its arena in one allocation
+// (refusing, before allocating, a plan that does not fit), and runs its
+// functions: launches through the driver, GEMMs through cuBLASLt. The first
+// run of a function is recorded into a CUDA graph; later runs replay it.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef LLAMAC_RUNTIME_EXECUTOR_H
+#define LLAMAC_RUNTIME_EXECUTOR_H
+
+#include "llamac/Package/Package.h"
+#include "llamac/Runtime/Cuda.h"
+
+#include <map>
+#include <memory>
+
+namespace llamac {
+
+class Executor {
+public:
+  static Result<std::unique_ptr<Executor>>
+  create(std::shared_ptr<cuda::Device> device, package::Package package);
+  ~Executor();
+
+  const package::Package &package() const { return plan; }
+  /// Device address of buffer `index`.
+  CUdeviceptr address(int index) const;
+  /// Copies host bytes into / out of the buffer called `name` (its size).
+  Status upload(const std::string &name, const void *data, size_t bytes);
+  Status download(const std::string &name, void *data, size_t bytes);
+
+  /// Runs `function` (eagerly the first time while recording a graph when
+  /// `useGraph`; by graph replay afterwards) and waits for it.
+  Status run(const std::string &function, bool useGraph = true);
+
+private:
+  Executor() = default;
+  Status enqueue(const package::Function &function);
+  Result<CUdeviceptr> resolve(const package::Operand &operand) const;
+
+  std::shared_ptr<cuda::Device> device;
+  package::Package plan;
+  std::unique_ptr<cuda::Module> module;
+  std::unique_ptr<cuda::BlasLt> blas;
+  CUdeviceptr arena = 0;
+  std::map<std::string, CUgraphExec> graphs;
+};
+
+} // namespace llamac
+
+#endif // LLAMAC_RUNTIME_EXECUTOR_H

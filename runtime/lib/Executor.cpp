@@ -1,0 +1,152 @@
+//===- Executor.cpp - Runs a compiled package on the GPU ------------------===//
+
+#include "llamac/Runtime/Executor.h"
+
+namespace llamac {
+
+Result<std::unique_ptr<Executor>>
+Executor::create(std::shared_ptr<cuda::Device> device,
+                 package::Package package) {
+  std::unique_ptr<Executor> executor(new Executor());
+  executor->device = device;
+  Result<CUdeviceptr> arena =
+      device->allocate(package.arenaBytes, "the train step's arena");
+  if (!arena)
+    return arena.error();
+  executor->arena = *arena;
+  Result<cuda::Module> module =
+      cuda::Module::load(device, package.ptx, "kernels.ptx");
+  if (!module)
+    return module.error();
+  executor->module = std::make_unique<cuda::Module>(std::move(*module));
+  Result<std::unique_ptr<cuda::BlasLt>> blas = cuda::BlasLt::create(device);
+  if (!blas)
+    return blas.error();
+  executor->blas = std::move(*blas);
+  executor->plan = std::move(package);
+  for (size_t i = 0; i < executor->plan.buffers.size(); ++i) {
+    const package::Buffer &buffer = executor->plan.buffers[i];
+    if (buffer.initF32.empty())
+      continue;
+    if (Status s = device->copyToDevice(executor->address(int(i)),
+                                        buffer.initF32.data(), buffer.bytes);
+        !s)
+      return s.error();
+  }
+  return executor;
+}
+
+Executor::~Executor() {
+  for (auto &[name, graph] : graphs)
+    device->destroyGraph(graph);
+  if (arena)
+    (void)device->free(arena);
+}
+
+CUdeviceptr Executor::address(int index) const {
+  return arena + plan.buffers[index].offset;
+}
+
+Result<CUdeviceptr> Executor::resolve(const package::Operand &operand) const {
+  return address(operand.buffer) + operand.offset;
+}
+
+Status Executor::upload(const std::string &name, const void *data,
+                        size_t bytes) {
+  int index = plan.bufferIndex(name);
+  if (index < 0 || plan.buffers[index].bytes != bytes)
+    return Error{"upload: no buffer '" + name + "' of " +
+                 std::to_string(bytes) + " bytes in the package"};
+  return device->copyToDevice(address(index), data, bytes);
+}
+
+Status Executor::download(const std::string &name, void *data, size_t bytes) {
+  int index = plan.bufferIndex(name);
+  if (index < 0 || plan.buffers[index].bytes != bytes)
+    return Error{"download: no buffer '" + name + "' of " +
+                 std::to_string(bytes) + " bytes in the package"};
+  return device->copyToHost(data, address(index), bytes);
+}
+
+Status Executor::enqueue(const package::Function &function) {
+  for (const package::Step &step : function.steps) {
+    Status status;
+    switch (step.kind) {
+    case package::Step::Kind::Launch: {
+      const package::Launch &launch = step.launch;
+      std::vector<CUdeviceptr> pointers;
+      for (const package::Operand &arg : launch.args)
+        pointers.push_back(*resolve(arg));
+      std::vector<void *> args;
+      for (CUdeviceptr &pointer : pointers)
+        args.push_back(&pointer);
+      status = module->launch(launch.kernel, launch.grid[0], launch.block[0],
+                              launch.sharedBytes, args, launch.grid[1]);
+      break;
+    }
+    case package::Step::Kind::Gemm: {
+      const package::Gemm &g = step.gemm;
+      cuda::Gemm gemm;
+      gemm.m = g.m, gemm.n = g.n, gemm.k = g.k;
+      gemm.transposeA = g.transposeA, gemm.transposeB = g.transposeB;
+      auto gemmType = [](package::ElementType type) {
+        return type == package::ElementType::F32 ? cuda::GemmType::F32
+                                                 : cuda::GemmType::BF16;
+      };
+      gemm.type = gemmType(g.type);
+      gemm.outType = gemmType(g.outType);
+      gemm.alpha = g.alpha, gemm.beta = g.beta;
+      gemm.a = *resolve(g.a), gemm.b = *resolve(g.b), gemm.d = *resolve(g.d);
+      gemm.lda = g.a.ld, gemm.ldb = g.b.ld, gemm.ldd = g.d.ld;
+      gemm.batch = g.batch;
+      gemm.strideA = g.strideA, gemm.strideB = g.strideB,
+      gemm.strideD = g.strideD;
+      status = blas->run(gemm, step.label);
+      break;
+    }
+    case package::Step::Kind::Memset:
+      status = device->fill(*resolve(step.memset.dst), step.memset.value,
+                            step.memset.bytes);
+      break;
+    }
+    if (!status)
+      return Error{function.name + ": " + step.label + ": " +
+                   status.error().message};
+  }
+  return {};
+}
+
+Status Executor::run(const std::string &name, bool useGraph) {
+  const package::Function *function = plan.function(name);
+  if (!function)
+    return Error{"the package has no function '" + name + "'"};
+  if (!useGraph) {
+    if (Status status = enqueue(*function); !status)
+      return status;
+    return device->synchronize(name);
+  }
+  auto graph = graphs.find(name);
+  if (graph == graphs.end()) {
+    // Eager first run: it chooses GEMM algorithms (outside any capture) and
+    // reports errors where they happen; then the same work is recorded.
+    if (Status status = enqueue(*function); !status)
+      return status;
+    if (Status status = device->synchronize(name); !status)
+      return status;
+    if (Status status = device->beginCapture(); !status)
+      return status;
+    Status recorded = enqueue(*function);
+    Result<CUgraphExec> exec = device->endCapture();
+    if (!recorded)
+      return recorded;
+    if (!exec)
+      return exec.error();
+    graphs[name] = *exec;
+    return {};
+  }
+  if (Status status = device->launchGraph(graph->second); !status)
+    return status;
+  return device->synchronize(name);
+}
+
+} // namespace llamac

@@ -1,0 +1,175 @@
+//===- GenerateKernels.cpp - PTX of the kernels the GPU tests run ---------===//
+//
+// Built and run on the build machine (which has LLVM/MLIR): writes the PTX of
+// the kernels the GPU tests run into the directory given as the only
+// argument, so that the GPU test binary, which links no LLVM, can run on a
+// GPU machine with only the driver. Each group of kernels becomes NAME.ptx
+// and NAME.launch; the latter has one line per kernel,
+//   KEY ENTRY GRID_X GRID_Y GRID_Z BLOCK_X BLOCK_Y BLOCK_Z SHARED_BYTES
+// from the compiler's KernelSpec, so the tests launch exactly as a plan would.
+//
+//===----------------------------------------------------------------------===//
+
+#include "GpuKernelShapes.h"
+
+#include "llamac/Kernels/Kernels.h"
+
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+using namespace llamac;
+using namespace llamac::test;
+
+namespace {
+
+using Group = std::vector<std::pair<std::string, llvm::Expected<KernelSpec>>>;
+
+bool writeFile(llvm::StringRef dir, llvm::StringRef name,
+               const std::string &text) {
+  llvm::SmallString<256> path(dir);
+  llvm::sys::path::append(path, name);
+  std::error_code error;
+  llvm::raw_fd_ostream out(path, error);
+  if (error) {
+    llvm::errs() << path << ": " << error.message() << "\n";
+    return false;
+  }
+  out << text;
+  return true;
+}
+
+/// Writes STEM.ptx with every kernel of `group` and STEM.launch.
+bool writeGroup(llvm::StringRef dir, llvm::StringRef stem, Group group) {
+  std::vector<KernelSpec> specs;
+  std::string launches;
+  bool failed = false;
+  for (auto &[key, spec] : group) {
+    if (!spec) {
+      llvm::errs() << stem << "/" << key << ": "
+                   << llvm::toString(spec.takeError()) << "\n";
+      failed = true;
+      continue;
+    }
+    launches +=
+        key + " " + spec->name + " " + std::to_string(spec->grid.x) + " " +
+        std::to_string(spec->grid.y) + " " + std::to_string(spec->grid.z) +
+        " " + std::to_string(spec->block.x) + " " +
+        std::to_string(spec->block.y) + " " + std::to_string(spec->block.z) +
+        " " + std::to_string(spec->sharedBytes) + "\n";
+    specs.push_back(std::move(*spec));
+  }
+  if (failed)
+    return false;
+  llvm::Expected<std::string> ptx = compileKernels(specs);
+  if (!ptx) {
+    llvm::errs() << stem << ": " << llvm::toString(ptx.takeError()) << "\n";
+    return false;
+  }
+  return writeFile(dir, (stem + ".ptx").str(), *ptx) &&
+         writeFile(dir, (stem + ".launch").str(), launches);
+}
+
+Group group() { return {}; }
+
+template <typename... Rest>
+Group group(std::string key, llvm::Expected<KernelSpec> spec, Rest &&...rest) {
+  Group g = group(std::forward<Rest>(rest)...);
+  g.emplace(g.begin(), std::move(key), std::move(spec));
+  return g;
+}
+
+RopeLayout ropeLayout() {
+  RopeLayout layout;
+  layout.rows = kRopeRows;
+  layout.seqLen = kRopeSeq;
+  layout.headDim = kRopeHeadDim;
+  layout.numHeads = kRopeHeads;
+  layout.numKvHeads = kRopeKvHeads;
+  layout.rowStride = (kRopeHeads + 2 * kRopeKvHeads) * kRopeHeadDim;
+  return layout;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    llvm::errs() << "usage: GenerateKernels OUTPUT_DIR\n";
+    return 2;
+  }
+  llvm::StringRef dir = argv[1];
+
+  llvm::Expected<KernelSpec> adamw = adamwKernel(kAdamWElements);
+  llvm::Expected<std::string> ptx =
+      adamw ? compileKernels({*adamw})
+            : llvm::Expected<std::string>(adamw.takeError());
+  if (!ptx) {
+    llvm::errs() << llvm::toString(ptx.takeError()) << "\n";
+    return 1;
+  }
+  if (!writeFile(dir, "adamw.ptx", *ptx))
+    return 1;
+
+  llvm::Expected<KernelSpec> normBackward =
+      rmsNormBackwardKernel(kNormRows, kNormHidden, false);
+  llvm::Expected<KernelSpec> normBackwardSmall =
+      rmsNormBackwardKernel(kNormSmallRows, kNormSmallHidden, false);
+  unsigned normBlocks = normBackward ? normBackward->grid.x : 1;
+  unsigned normBlocksSmall = normBackwardSmall ? normBackwardSmall->grid.x : 1;
+  bool ok =
+      writeGroup(dir, "embedding",
+                 group("fwd",
+                       embeddingForwardKernel(kEmbeddingRows, kEmbeddingVocab,
+                                              kEmbeddingHidden),
+                       "bwd",
+                       embeddingBackwardKernel(kEmbeddingRows, kEmbeddingVocab,
+                                               kEmbeddingHidden),
+                       "to_bf16",
+                       f32ToBF16Kernel(kEmbeddingVocab * kEmbeddingHidden))) &&
+      writeGroup(
+          dir, "rms_norm",
+          group(
+              "fwd", rmsNormForwardKernel(kNormRows, kNormHidden, kNormEps),
+              "bwd", std::move(normBackward), "bwd_acc",
+              rmsNormBackwardKernel(kNormRows, kNormHidden, true), "dw",
+              columnSumKernel(normBlocks, kNormHidden), "fwd_small",
+              rmsNormForwardKernel(kNormSmallRows, kNormSmallHidden, kNormEps),
+              "bwd_small", std::move(normBackwardSmall), "bwd_acc_small",
+              rmsNormBackwardKernel(kNormSmallRows, kNormSmallHidden, true),
+              "dw_small",
+              columnSumKernel(normBlocksSmall, kNormSmallHidden))) &&
+      writeGroup(dir, "swiglu",
+                 group("fwd", swigluForwardKernel(kSwigluRows, kSwigluWidth),
+                       "bwd",
+                       swigluBackwardKernel(kSwigluRows, kSwigluWidth))) &&
+      writeGroup(dir, "rope",
+                 group("fwd", ropeKernel(ropeLayout(), false), "inv",
+                       ropeKernel(ropeLayout(), true))) &&
+      writeGroup(
+          dir, "softmax",
+          group("fwd_f32",
+                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqF32,
+                                           ScoreType::F32),
+                "bwd_f32",
+                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqF32,
+                                               ScoreType::F32),
+                "fwd_bf16",
+                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqBF16,
+                                           ScoreType::BF16),
+                "bwd_bf16",
+                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqBF16,
+                                               ScoreType::BF16))) &&
+      writeGroup(
+          dir, "cross_entropy",
+          group("count", countTargetsKernel(kLossRows, kLossSeq, kLossVocab),
+                "loss", crossEntropyKernel(kLossRows, kLossSeq, kLossVocab))) &&
+      writeGroup(dir, "clip",
+                 group("norm_sq", globalNormSqKernel(kClipElements), "scale",
+                       scaleBF16Kernel(kClipElements))) &&
+      writeGroup(dir, "add", group("add", addBF16Kernel(kAddElements)));
+  return ok ? 0 : 1;
+}

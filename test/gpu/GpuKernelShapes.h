@@ -1,0 +1,55 @@
+//===- GpuKernelShapes.h - Shapes the GPU kernel tests use ------*- C++ -*-===//
+
+#ifndef LLAMAC_TEST_GPU_GPUKERNELSHAPES_H
+#define LLAMAC_TEST_GPU_GPUKERNELSHAPES_H
+
+#include <cstdint>
+
+namespace llamac::test {
+
+/// Not a multiple of the block size, so the last block is partly idle.
+constexpr int64_t kAdamWElements = (1 << 20) + 8 * 37;
+
+// The train-step kernels' tests: Llama-like layouts at small sizes, with the
+// edge cases each kernel has (rows wider than a block, partial warps,
+// several sequences, GQA, ignored labels).
+
+/// 3 sequences of 37 tokens; hidden 2400 = 300 chunks of 8, more than a
+/// block's 256 threads and not a multiple of them; a vocabulary of 50 so
+/// that ids repeat and the backward's atomics collide.
+constexpr int64_t kEmbeddingRows = 3 * 37, kEmbeddingVocab = 50;
+constexpr int64_t kEmbeddingHidden = 2400;
+
+/// 600 rows (more than the backward's 512 blocks: some take two rows) of
+/// 2400; and 72 rows of 200 (25 chunks: one partial warp).
+constexpr int64_t kNormRows = 600, kNormHidden = 2400;
+constexpr int64_t kNormSmallRows = 72, kNormSmallHidden = 200;
+constexpr double kNormEps = 1e-5;
+
+/// 70 rows, MLP width 1384 = 173 chunks.
+constexpr int64_t kSwigluRows = 70, kSwigluWidth = 1384;
+
+/// 2 sequences of 300 tokens; 6 query and 2 kv heads (GQA) of 64 in a fused
+/// QKV row of (6 + 2 + 2) * 64 columns; rope_theta 500000.
+constexpr int64_t kRopeSeq = 300, kRopeRows = 2 * kRopeSeq;
+constexpr int64_t kRopeHeads = 6, kRopeKvHeads = 2, kRopeHeadDim = 64;
+constexpr double kRopeTheta = 500000.0;
+
+/// Batch 2 x 3 heads; f32 scores at sequence 264 (33 chunks: a partial
+/// warp), bf16 scores at 1040 (130 chunks).
+constexpr int64_t kSoftmaxBlocks = 2 * 3;
+constexpr int64_t kSoftmaxSeqF32 = 264, kSoftmaxSeqBF16 = 1040;
+
+/// 3 sequences of 45 tokens; vocabulary 8800 = 1100 chunks, more than the
+/// block's 1024 threads.
+constexpr int64_t kLossSeq = 45, kLossRows = 3 * kLossSeq, kLossVocab = 8800;
+
+/// Gradient clipping over 2^20 + 40 elements.
+constexpr int64_t kClipElements = (1 << 20) + 40;
+
+/// Residual-gradient add.
+constexpr int64_t kAddElements = 8 * 12345;
+
+} // namespace llamac::test
+
+#endif // LLAMAC_TEST_GPU_GPUKERNELSHAPES_H

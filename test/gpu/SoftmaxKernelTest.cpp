@@ -1,0 +1,160 @@
+//===- SoftmaxKernelTest.cpp - Causal attention softmax and its backward -===//
+//
+// causal_softmax_fwd and attention_softmax_bwd over [batch * heads, seq, seq]
+// score blocks, with f32 scores at a sequence of 264 (a partial warp) and
+// bf16 scores at 1040. Masked scores (and masked dP) are NaN, so a kernel
+// that lets them reach a result fails; masked outputs must be exact zeros. The
+// bf16 backward writes dS over P, as the plan may run it.
+//
+//===----------------------------------------------------------------------===//
+
+#include "GpuKernelShapes.h"
+#include "KernelTestUtil.h"
+
+#include <limits>
+
+using namespace llamac;
+using namespace llamac::test;
+
+namespace {
+
+/// Scores as the GEMM would write them: f32, or bf16 bit patterns.
+struct Scores {
+  bool f32;
+  std::vector<float> values;  // the values the kernel sees
+  std::vector<uint8_t> bytes; // their device bytes
+};
+
+Scores makeScores(bool f32, int64_t rows, int64_t seq, float scale,
+                  std::mt19937 &rng) {
+  Scores s{f32, randomValues(rows * seq, rng), {}};
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  s.bytes.resize(rows * seq * (f32 ? 4 : 2));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < seq; ++j) {
+      int64_t k = r * seq + j;
+      float v = j <= r % seq ? s.values[k] * scale : nan;
+      if (f32) {
+        s.values[k] = v;
+        std::memcpy(&s.bytes[4 * k], &v, 4);
+      } else {
+        uint16_t bits = std::isnan(v) ? uint16_t(0x7FC0) : floatToBF16(v);
+        s.values[k] = bf16ToFloat(bits);
+        std::memcpy(&s.bytes[2 * k], &bits, 2);
+      }
+    }
+  return s;
+}
+
+void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
+                  const std::string &bwdKey) {
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "softmax");
+  ASSERT_TRUE(kernels.ok());
+  const int64_t rows = kSoftmaxBlocks * seq, n = rows * seq;
+  const int64_t block = kernels.launch(fwdKey).block[0];
+  const int64_t chunksPerThread = (seq / 8 + block - 1) / block;
+  std::mt19937 rng(std::random_device{}());
+  Scores scores = makeScores(f32, rows, seq, 3.0f, rng);
+  Scores dp = makeScores(f32, rows, seq, 1.0f, rng);
+
+  DeviceBuffer s(device, scores.bytes.size(), "scores");
+  DeviceBuffer p(device, n * 2, "probabilities");
+  s.upload(scores.bytes);
+  p.fill(0xFF);
+  kernels.run(fwdKey, {s.address(), p.address()});
+  std::vector<uint16_t> gotP = p.download<uint16_t>(n);
+
+  // Forward. Per row, with m the max over j <= i: the kernel's f32 terms
+  // exp(s - m') carry <= (|s - m'| + 3) u32 relative error, rescales by
+  // exp(m' - m) the same; there are at most chunksPerThread + 13 rescales
+  // of a term (running max, 5 shuffle merges, up to 8 warps) and at most
+  // seq additions. So with z = max |s - m| of the row:
+  //   rel = (4 z + 4 (chunksPerThread + 13) + seq + 4) u32,
+  //   |p - p_ref| <= u16 p_ref + 1.01 rel p_ref (+ 1e-37 for f32 underflow).
+  Checker forward("P");
+  int64_t maskedWrong = 0;
+  std::vector<uint16_t> wantP(n, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t q = r % seq;
+    const float *row = &scores.values[r * seq];
+    double m = -INFINITY, sum = 0, z = 0;
+    for (int64_t j = 0; j <= q; ++j)
+      m = std::max(m, double(row[j]));
+    for (int64_t j = 0; j <= q; ++j) {
+      sum += std::exp(row[j] - m);
+      z = std::max(z, m - row[j]);
+    }
+    double rel =
+        (4 * z + 4 * double(chunksPerThread + 13) + double(seq) + 4) * kF32Unit;
+    for (int64_t j = 0; j < seq; ++j) {
+      int64_t k = r * seq + j;
+      if (j > q) {
+        maskedWrong += gotP[k] != 0;
+        continue;
+      }
+      double want = std::exp(row[j] - m) / sum;
+      wantP[k] = doubleToBF16(want);
+      forward.near(bf16(gotP[k]), want,
+                   kBF16Unit * want + 1.01 * rel * want + 1e-37, k);
+      forward.exact(bf16(gotP[k]), bf16(wantP[k]));
+    }
+  }
+  forward.expectExactFraction(0.99);
+  EXPECT_EQ(maskedWrong, 0) << "masked probabilities not exactly +0";
+
+  // Backward from the reference P (bf16) and random dP (masked: NaN).
+  DeviceBuffer dpBuffer(device, dp.bytes.size(), "dP");
+  DeviceBuffer ds(device, n * 2, "dS");
+  p.upload(wantP);
+  dpBuffer.upload(dp.bytes);
+  ds.fill(0xFF);
+  // f32 scores: a separate dS; bf16: dS written over P.
+  CUdeviceptr dsAddress = f32 ? ds.address() : p.address();
+  kernels.run(bwdKey, {p.address(), dpBuffer.address(), dsAddress});
+  std::vector<uint16_t> gotDs = (f32 ? ds : p).download<uint16_t>(n);
+
+  // D = sum P dP in f32: at most chunksPerThread + 20 roundings, each <= u32
+  // sum |P dP|; dP - D and the product add 2 u32 of |dP| + |D|, times P; then
+  // bf16's u16:
+  //   |dS - dS_ref| <= u16 |dS_ref|
+  //                    + 1.01 P ((cpt + 20) u32 sum|P dP| + 2 u32 (|dP| +
+  //                    |D|)).
+  Checker backward("dS");
+  maskedWrong = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t q = r % seq;
+    double d = 0, magnitude = 0;
+    for (int64_t j = 0; j <= q; ++j) {
+      d += bf16(wantP[r * seq + j]) * dp.values[r * seq + j];
+      magnitude += std::abs(bf16(wantP[r * seq + j]) * dp.values[r * seq + j]);
+    }
+    for (int64_t j = 0; j < seq; ++j) {
+      int64_t k = r * seq + j;
+      if (j > q) {
+        maskedWrong += gotDs[k] != 0;
+        continue;
+      }
+      double pj = bf16(wantP[k]), dpj = dp.values[k];
+      double want = pj * (dpj - d);
+      double bound = kBF16Unit * std::abs(want) +
+                     1.01 * pj *
+                         (double(chunksPerThread + 20) * kF32Unit * magnitude +
+                          2 * kF32Unit * (std::abs(dpj) + std::abs(d)));
+      backward.near(bf16(gotDs[k]), want, bound, k);
+      backward.exact(bf16(gotDs[k]), roundBF16(want));
+    }
+  }
+  backward.expectExactFraction(0.99);
+  EXPECT_EQ(maskedWrong, 0) << "masked dS not exactly +0";
+}
+
+TEST(SoftmaxKernel, F32ScoresPartialWarp) {
+  checkSoftmax(true, kSoftmaxSeqF32, "fwd_f32", "bwd_f32");
+}
+
+TEST(SoftmaxKernel, BF16ScoresInPlaceBackward) {
+  checkSoftmax(false, kSoftmaxSeqBF16, "fwd_bf16", "bwd_bf16");
+}
+
+} // namespace

@@ -1,0 +1,308 @@
+//===- KernelPTXTest.cpp - Kernels lower to PTX that ptxas accepts --------===//
+//
+// Every kernel template is instantiated, lowered to PTX for sm_90a and run
+// through `ptxas -arch=sm_90a -v`; the PTX must use 16-byte global loads
+// and stores where the kernel vectorizes, and ptxas must report no spills.
+// (Numerics are checked on the GPU by test/gpu.)
+//
+//===----------------------------------------------------------------------===//
+
+#include "llamac/Kernels/Kernels.h"
+
+#include "llvm/ADT/SmallString.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Program.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <vector>
+
+using namespace llamac;
+
+namespace {
+
+/// Runs ptxas on `ptx`; returns its combined output, or fails the test.
+std::string assemble(const std::string &ptx) {
+  llvm::SmallString<128> input, log;
+  EXPECT_FALSE(llvm::sys::fs::createTemporaryFile("kernel", "ptx", input));
+  EXPECT_FALSE(llvm::sys::fs::createTemporaryFile("ptxas", "log", log));
+  {
+    std::error_code error;
+    llvm::raw_fd_ostream out(input, error);
+    out << ptx;
+  }
+  std::optional<llvm::StringRef> redirects[] = {std::nullopt, log.str(),
+                                                log.str()};
+  int code = llvm::sys::ExecuteAndWait(
+      PTXAS, {PTXAS, "-arch=sm_90a", "-v", input.str(), "-o", "/dev/null"},
+      std::nullopt, redirects);
+  auto text = llvm::MemoryBuffer::getFile(log);
+  std::string output = text ? (*text)->getBuffer().str() : "";
+  EXPECT_EQ(code, 0) << output;
+  llvm::sys::fs::remove(input);
+  llvm::sys::fs::remove(log);
+  return output;
+}
+
+TEST(KernelPTX, AdamWVectorizesAndAssembles) {
+  llvm::Expected<KernelSpec> kernel = adamwKernel(1 << 20);
+  ASSERT_TRUE(bool(kernel)) << llvm::toString(kernel.takeError());
+  EXPECT_EQ(kernel->grid.x, (1u << 20) / 8 / 256);
+  llvm::Expected<std::string> ptx = compileKernels({*kernel});
+  ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+  EXPECT_NE(ptx->find(".entry " + kernel->name + "("), std::string::npos);
+  EXPECT_NE(ptx->find("ld.global.v4.b32"), std::string::npos) << *ptx;
+  EXPECT_NE(ptx->find("st.global.v4.b32"), std::string::npos) << *ptx;
+  std::string report = assemble(*ptx);
+  EXPECT_NE(report.find("0 bytes spill stores"), std::string::npos) << report;
+}
+
+/// The ptxas report's "Function properties" paragraph of `kernel`.
+std::string propertiesOf(const std::string &report, const std::string &kernel) {
+  size_t at = report.find("Function properties for " + kernel + "\n");
+  if (at == std::string::npos)
+    return "";
+  size_t end = report.find("ptxas info", at + 1);
+  return report.substr(at, end == std::string::npos ? end : end - at);
+}
+
+/// One train-step kernel at Llama-3-8B-like sizes (4 sequences of 2048
+/// tokens, hidden 4096, MLP 14336, vocabulary 128256, 32 query and 8 kv heads
+/// of 128), and which 16-byte global accesses its PTX must contain.
+struct StepKernel {
+  const char *label;
+  std::function<llvm::Expected<KernelSpec>()> make;
+  bool load16, store16;
+};
+
+constexpr int64_t kRows = 4 * 2048, kSeq = 2048, kHidden = 4096;
+constexpr int64_t kMlp = 14336, kVocab = 128256, kHeads = 32, kKvHeads = 8;
+constexpr int64_t kHeadDim = 128;
+
+RopeLayout stepRope() {
+  RopeLayout layout;
+  layout.rows = kRows;
+  layout.seqLen = kSeq;
+  layout.headDim = kHeadDim;
+  layout.numHeads = kHeads;
+  layout.numKvHeads = kKvHeads;
+  layout.rowStride = (kHeads + 2 * kKvHeads) * kHeadDim;
+  return layout;
+}
+
+std::vector<StepKernel> stepKernels() {
+  return {
+      {"embedding_fwd",
+       [] { return embeddingForwardKernel(kRows, kVocab, kHidden); }, true,
+       true},
+      {"embedding_bwd",
+       [] { return embeddingBackwardKernel(kRows, kVocab, kHidden); }, true,
+       false},
+      {"f32_to_bf16", [] { return f32ToBF16Kernel(kVocab * kHidden); }, true,
+       true},
+      {"rms_norm_fwd",
+       [] { return rmsNormForwardKernel(kRows, kHidden, 1e-5); }, true, true},
+      {"rms_norm_bwd",
+       [] { return rmsNormBackwardKernel(kRows, kHidden, false); }, true, true},
+      {"rms_norm_bwd_acc",
+       [] { return rmsNormBackwardKernel(kRows, kHidden, true); }, true, true},
+      {"rms_norm_bwd_h8192",
+       [] { return rmsNormBackwardKernel(kRows, 8192, true); }, true, true},
+      {"column_sum", [] { return columnSumKernel(512, kHidden); }, false,
+       false},
+      {"swiglu_fwd", [] { return swigluForwardKernel(kRows, kMlp); }, true,
+       true},
+      {"swiglu_bwd", [] { return swigluBackwardKernel(kRows, kMlp); }, true,
+       true},
+      {"rope", [] { return ropeKernel(stepRope(), false); }, true, true},
+      {"rope_inverse", [] { return ropeKernel(stepRope(), true); }, true, true},
+      {"causal_softmax_fwd_f32",
+       [] {
+         return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32);
+       },
+       true, true},
+      {"causal_softmax_fwd_bf16",
+       [] {
+         return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::BF16);
+       },
+       true, true},
+      {"attention_softmax_bwd_f32",
+       [] {
+         return attentionSoftmaxBackwardKernel(4 * kHeads, kSeq,
+                                               ScoreType::F32);
+       },
+       true, true},
+      {"attention_softmax_bwd_bf16",
+       [] {
+         return attentionSoftmaxBackwardKernel(4 * kHeads, kSeq,
+                                               ScoreType::BF16);
+       },
+       true, true},
+      {"count_targets", [] { return countTargetsKernel(kRows, kSeq, kVocab); },
+       false, false},
+      {"cross_entropy", [] { return crossEntropyKernel(kRows, kSeq, kVocab); },
+       true, true},
+      {"global_norm_sq", [] { return globalNormSqKernel(int64_t(8) << 30); },
+       true, false},
+      {"scale_bf16", [] { return scaleBF16Kernel(int64_t(8) << 30); }, true,
+       true},
+      {"add_bf16", [] { return addBF16Kernel(kRows * kHidden); }, true, true},
+  };
+}
+
+class StepKernelPTX : public ::testing::TestWithParam<StepKernel> {};
+
+TEST_P(StepKernelPTX, VectorizesAndAssemblesWithoutSpills) {
+  llvm::Expected<KernelSpec> kernel = GetParam().make();
+  ASSERT_TRUE(bool(kernel)) << llvm::toString(kernel.takeError());
+  EXPECT_GE(kernel->block.x, 32u);
+  EXPECT_LE(kernel->block.x, 1024u);
+  EXPECT_EQ(kernel->block.x % 32, 0u);
+  EXPECT_GE(kernel->grid.x, 1u);
+  llvm::Expected<std::string> ptx = compileKernels({*kernel});
+  ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+  EXPECT_NE(ptx->find(".entry " + kernel->name + "("), std::string::npos);
+  // The template's known_block_size matches the launch (and caps registers).
+  EXPECT_NE(ptx->find(".maxntid " + std::to_string(kernel->block.x) + ", 1, 1"),
+            std::string::npos);
+  if (GetParam().load16) {
+    EXPECT_NE(ptx->find("ld.global.v4.b32"), std::string::npos) << *ptx;
+  }
+  if (GetParam().store16) {
+    EXPECT_NE(ptx->find("st.global.v4.b32"), std::string::npos) << *ptx;
+  }
+  std::string report = assemble(*ptx);
+  std::string properties = propertiesOf(report, kernel->name);
+  EXPECT_NE(properties.find("0 bytes spill stores"), std::string::npos)
+      << report;
+  EXPECT_NE(properties.find("0 bytes spill loads"), std::string::npos)
+      << report;
+}
+
+INSTANTIATE_TEST_SUITE_P(TrainStep, StepKernelPTX,
+                         ::testing::ValuesIn(stepKernels()),
+                         [](const ::testing::TestParamInfo<StepKernel> &info) {
+                           return std::string(info.param.label);
+                         });
+
+TEST(KernelPTX, AllStepKernelsShareOneModule) {
+  std::vector<KernelSpec> specs;
+  for (const StepKernel &kernel : stepKernels()) {
+    llvm::Expected<KernelSpec> spec = kernel.make();
+    ASSERT_TRUE(bool(spec)) << llvm::toString(spec.takeError());
+    specs.push_back(*spec);
+  }
+  specs.push_back(specs.front()); // a repeat is emitted once
+  llvm::Expected<std::string> ptx = compileKernels(specs);
+  ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+  std::string report = assemble(*ptx);
+  for (size_t i = 0; i + 1 < specs.size(); ++i)
+    EXPECT_NE(propertiesOf(report, specs[i].name).find("0 bytes spill"),
+              std::string::npos)
+        << specs[i].name << "\n"
+        << report;
+}
+
+TEST(KernelPTX, LaunchShapesFollowTheSizes) {
+  auto norm = rmsNormForwardKernel(10, 2400, 1e-6);
+  ASSERT_TRUE(bool(norm)) << llvm::toString(norm.takeError());
+  EXPECT_EQ(norm->grid.x, 10u);
+  EXPECT_EQ(norm->block.x, 256u); // 300 chunks
+  auto small = rmsNormForwardKernel(10, 64, 1e-6);
+  ASSERT_TRUE(bool(small));
+  EXPECT_EQ(small->block.x, 32u);
+  EXPECT_NE(norm->name, rmsNormForwardKernel(10, 2400, 1e-5)->name);
+
+  auto backward = rmsNormBackwardKernel(1000, 2400, true);
+  ASSERT_TRUE(bool(backward));
+  EXPECT_EQ(backward->grid.x, 512u);
+  EXPECT_NE(backward->name, rmsNormBackwardKernel(1000, 2400, false)->name);
+  EXPECT_EQ(rmsNormBackwardKernel(7, 2400, true)->grid.x, 7u);
+
+  auto sum = columnSumKernel(512, 100);
+  ASSERT_TRUE(bool(sum));
+  EXPECT_EQ(sum->grid.x, 4u);
+  EXPECT_EQ(sum->block.x, 1024u);
+  EXPECT_EQ(columnSumKernel(5, 100)->block.x, 64u);
+
+  RopeLayout layout = stepRope();
+  auto rope = ropeKernel(layout, false);
+  ASSERT_TRUE(bool(rope));
+  EXPECT_EQ(rope->grid.x, unsigned(kRows));
+  EXPECT_EQ(rope->block.x, 256u); // 40 heads * 8 chunks = 320 items
+  EXPECT_NE(rope->name, ropeKernel(layout, true)->name);
+  layout.kOffset = layout.numHeads * layout.headDim; // the default, spelled out
+  EXPECT_EQ(rope->name, ropeKernel(layout, false)->name);
+
+  auto softmax = causalSoftmaxForwardKernel(6, 136, ScoreType::F32);
+  ASSERT_TRUE(bool(softmax));
+  EXPECT_EQ(softmax->grid.x, 6u * 136u);
+  EXPECT_EQ(softmax->block.x, 32u);
+  EXPECT_NE(softmax->name,
+            causalSoftmaxForwardKernel(6, 136, ScoreType::BF16)->name);
+
+  auto loss = crossEntropyKernel(kRows, kSeq, kVocab);
+  ASSERT_TRUE(bool(loss));
+  EXPECT_EQ(loss->grid.x, unsigned(kRows));
+  EXPECT_EQ(loss->block.x, 1024u);
+  auto count = countTargetsKernel(kRows, kSeq, kVocab);
+  ASSERT_TRUE(bool(count));
+  EXPECT_EQ(count->grid.x, 1u);
+  EXPECT_EQ(count->block.x, 1024u);
+
+  auto norm2 = globalNormSqKernel(8 * 100);
+  ASSERT_TRUE(bool(norm2));
+  EXPECT_EQ(norm2->grid.x, 1u);
+  EXPECT_EQ(globalNormSqKernel(int64_t(1) << 30)->grid.x, 1024u);
+  EXPECT_EQ(addBF16Kernel(8 * 257)->grid.x, 2u);
+}
+
+TEST(KernelPTX, RejectsBadStepShapes) {
+  auto message = [](llvm::Expected<KernelSpec> spec) {
+    EXPECT_FALSE(bool(spec));
+    return spec ? std::string() : llvm::toString(spec.takeError());
+  };
+  EXPECT_NE(message(rmsNormForwardKernel(4, 100, 1e-5)).find("multiple of 8"),
+            std::string::npos);
+  EXPECT_NE(message(rmsNormBackwardKernel(4, 16384, false)).find("8192"),
+            std::string::npos);
+  EXPECT_NE(message(crossEntropyKernel(100, 64, 32000)).find("row count"),
+            std::string::npos);
+  EXPECT_NE(message(crossEntropyKernel(128, 64, 32001)).find("vocabulary"),
+            std::string::npos);
+  EXPECT_NE(message(causalSoftmaxForwardKernel(4, 100, ScoreType::F32))
+                .find("sequence length"),
+            std::string::npos);
+  EXPECT_NE(message(swigluForwardKernel(4, 0)).find("width"),
+            std::string::npos);
+  EXPECT_NE(message(embeddingForwardKernel(4, 0, 64)).find("vocabulary"),
+            std::string::npos);
+  RopeLayout layout = stepRope();
+  layout.rowStride = kHeads * kHeadDim; // no room for the keys
+  EXPECT_NE(message(ropeKernel(layout, false)).find("beyond"),
+            std::string::npos);
+  layout = stepRope();
+  layout.headDim = 72; // half 36: not whole 8-element chunks
+  EXPECT_NE(message(ropeKernel(layout, false)).find("head dim"),
+            std::string::npos);
+}
+
+TEST(KernelPTX, RejectsBadShapesAndUnknownTemplates) {
+  llvm::Expected<KernelSpec> odd = adamwKernel(12);
+  ASSERT_FALSE(bool(odd));
+  EXPECT_NE(llvm::toString(odd.takeError()).find("multiple of 8"),
+            std::string::npos);
+  llvm::Expected<std::string> unknown = instantiateKernel("nope", {});
+  ASSERT_FALSE(bool(unknown));
+  llvm::consumeError(unknown.takeError());
+  llvm::Expected<std::string> unset =
+      instantiateKernel("adamw", {{"KERNEL", "adamw"}});
+  ASSERT_FALSE(bool(unset));
+  EXPECT_NE(llvm::toString(unset.takeError()).find("@N@ not set"),
+            std::string::npos);
+}
+
+} // namespace

@@ -1,0 +1,172 @@
+//===- PackageTest.cpp - Package manifest round trip and validation -------===//
+
+#include "llamac/Package/Package.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+using namespace llamac;
+using namespace llamac::package;
+
+namespace {
+
+std::string temporaryDirectory() {
+  std::string pattern =
+      (std::filesystem::temp_directory_path() / "llamac-package-XXXXXX").string();
+  return mkdtemp(pattern.data());
+}
+
+/// A small but complete package: two buffers, one launch, one GEMM, one memset.
+Package samplePackage() {
+  Package p;
+  p.compiler = "llamac test";
+  p.configJson = R"({"model_type": "llama"})";
+  p.batch = 2;
+  p.seq = 16;
+  p.precision = "bf16";
+  p.arenaBytes = 4096;
+  p.ptx = ".version 8.0\n.target sm_90a\n";
+  Buffer weight;
+  weight.name = "w";
+  weight.role = "param";
+  weight.param = "model.layers.0.self_attn.qkv_proj.weight";
+  weight.parts = {"model.layers.0.self_attn.q_proj.weight",
+                  "model.layers.0.self_attn.k_proj.weight"};
+  weight.partRows = {8, 8};
+  weight.shape = {16, 32};
+  weight.bytes = 1024;
+  Buffer out = weight;
+  out.name = "y";
+  out.role = "activation";
+  out.param.clear();
+  out.parts.clear();
+  out.partRows.clear();
+  out.type = ElementType::F32;
+  out.offset = 1024;
+  out.bytes = 2048;
+  p.buffers = {weight, out};
+  Step launch;
+  launch.label = "llama.rms_norm";
+  launch.launch.kernel = "rms_norm_fwd_32x16";
+  launch.launch.grid[0] = 32;
+  launch.launch.block[0] = 128;
+  launch.launch.args = {{0, 0, 0}, {1, 64, 32}};
+  Step gemm;
+  gemm.kind = Step::Kind::Gemm;
+  gemm.label = "llama.matmul";
+  gemm.gemm.m = 16, gemm.gemm.n = 16, gemm.gemm.k = 32;
+  gemm.gemm.transposeB = true;
+  gemm.gemm.beta = 1;
+  gemm.gemm.a = {0, 0, 32};
+  gemm.gemm.b = {0, 0, 32};
+  gemm.gemm.d = {1, 0, 16};
+  gemm.gemm.batch = 2;
+  gemm.gemm.strideD = 256;
+  Step memset;
+  memset.kind = Step::Kind::Memset;
+  memset.label = "zero grads";
+  memset.memset.dst = {1, 0, 0};
+  memset.memset.bytes = 2048;
+  p.functions = {{"forward_backward", {launch, gemm, memset}}};
+  return p;
+}
+
+TEST(Package, RoundTripsEveryField) {
+  std::string dir = temporaryDirectory();
+  Package written = samplePackage();
+  ASSERT_TRUE(writePackage(dir, written).ok());
+  Result<Package> read = readPackage(dir);
+  ASSERT_TRUE(read.ok()) << read.error().message;
+  EXPECT_EQ(read->ptx, written.ptx);
+  EXPECT_EQ(read->arenaBytes, 4096u);
+  ASSERT_EQ(read->buffers.size(), 2u);
+  EXPECT_EQ(read->buffers[0].parts, written.buffers[0].parts);
+  EXPECT_EQ(read->buffers[0].partRows, written.buffers[0].partRows);
+  EXPECT_EQ(read->buffers[1].type, ElementType::F32);
+  EXPECT_EQ(read->buffers[1].offset, 1024u);
+  const Function *f = read->function("forward_backward");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(f->steps.size(), 3u);
+  EXPECT_EQ(f->steps[0].launch.kernel, "rms_norm_fwd_32x16");
+  EXPECT_EQ(f->steps[0].launch.args[1].offset, 64u);
+  EXPECT_EQ(f->steps[0].launch.args[1].ld, 32);
+  EXPECT_TRUE(f->steps[1].gemm.transposeB);
+  EXPECT_EQ(f->steps[1].gemm.beta, 1.0f);
+  EXPECT_EQ(f->steps[1].gemm.batch, 2);
+  EXPECT_EQ(f->steps[1].gemm.strideD, 256);
+  EXPECT_EQ(f->steps[2].memset.bytes, 2048u);
+  EXPECT_EQ(read->bufferIndex("y"), 1);
+  EXPECT_EQ(read->bufferIndex("nope"), -1);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Package, RejectsBuffersPastTheArenaOrMisaligned) {
+  Package p = samplePackage();
+  p.buffers[1].bytes = 4000;
+  Status status = validate(p, "pkg");
+  ASSERT_FALSE(status.ok());
+  EXPECT_NE(status.error().message.find("buffers[1] 'y': ends at byte 5024"),
+            std::string::npos)
+      << status.error().message;
+  p = samplePackage();
+  p.buffers[1].offset = 1000;
+  status = validate(p, "pkg");
+  ASSERT_FALSE(status.ok());
+  EXPECT_NE(status.error().message.find("not 16-byte aligned"),
+            std::string::npos);
+}
+
+TEST(Package, RejectsPartRowsThatDoNotSplitTheParameter) {
+  Package p = samplePackage();
+  p.buffers[0].partRows = {8, 4};
+  Status status = validate(p, "pkg");
+  ASSERT_FALSE(status.ok());
+  EXPECT_NE(status.error().message.find("part_rows do not split its 16 rows"),
+            std::string::npos)
+      << status.error().message;
+}
+
+TEST(Package, RejectsOperandsOutsideTheirBuffer) {
+  Package p = samplePackage();
+  p.functions[0].steps[2].memset.bytes = 4096;
+  Status status = validate(p, "pkg");
+  ASSERT_FALSE(status.ok());
+  EXPECT_NE(status.error().message.find("forward_backward[2] (zero grads)"),
+            std::string::npos)
+      << status.error().message;
+  p = samplePackage();
+  p.functions[0].steps[0].launch.args[0].buffer = 7;
+  EXPECT_FALSE(validate(p, "pkg").ok());
+}
+
+TEST(Package, ReadReportsBadManifests) {
+  std::string dir = temporaryDirectory();
+  ASSERT_TRUE(writePackage(dir, samplePackage()).ok());
+  std::string manifest = dir + "/manifest.json";
+  std::ifstream in(manifest);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  in.close();
+  auto rewrite = [&](const std::string &from, const std::string &to) {
+    std::string changed = text;
+    changed.replace(changed.find(from), from.size(), to);
+    std::ofstream(manifest) << changed;
+    Result<Package> read = readPackage(dir);
+    EXPECT_FALSE(read.ok()) << from << " -> " << to;
+    return read.ok() ? std::string() : read.error().message;
+  };
+  EXPECT_NE(rewrite("\"version\": 1", "\"version\": 9").find("version: 9"),
+            std::string::npos);
+  EXPECT_NE(rewrite("\"kind\": \"gemm\"", "\"kind\": \"fft\"")
+                .find("unknown step kind 'fft'"),
+            std::string::npos);
+  EXPECT_NE(rewrite("\"type\": \"f32\"", "\"type\": \"f7\"")
+                .find("unknown element type 'f7'"),
+            std::string::npos);
+  EXPECT_NE(rewrite("{", "[").find("manifest.json"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+} // namespace

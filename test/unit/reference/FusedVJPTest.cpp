@@ -1,0 +1,170 @@
+//===- FusedVJPTest.cpp - Finite-difference checks of the fused ops' VJPs -===//
+//
+// For each fused op: a function @f(inputs) returning the op's differentiable
+// results, and a function @vjp(inputs, cotangents) that calls the op's
+// buildVJP, which emits the fused backward op. Each operand cotangent must
+// equal central differences of sum_i <cotangent_i, result_i> in f64.
+//
+//===----------------------------------------------------------------------===//
+
+#include "TestUtils.h"
+
+#include "mlir/IR/Builders.h"
+
+using namespace mlir;
+using namespace llamac::reference;
+using namespace llamac::reference::test;
+
+namespace {
+
+class FusedVJPTest : public ReferenceTest {
+protected:
+  /// Checks the VJP of the one differentiable op of @f in `text` at `inputs`
+  /// (one per argument of @f, each an operand of the op). @f returns results
+  /// of the op; the others get no cotangent (a norm_matmul fills in zeros,
+  /// a gated_mlp's saved gate_up never has one).
+  void checkVJP(StringRef text, std::vector<Tensor> inputs) {
+    func::FuncOp forward = parseFunc(text);
+    func::FuncOp vjp = forward.clone();
+    vjp.setSymName("vjp");
+    forward->getParentOfType<ModuleOp>().push_back(vjp);
+
+    llama::VJPOpInterface op;
+    vjp.walk([&](llama::VJPOpInterface found) { op = found; });
+    ASSERT_TRUE(op);
+    Block &body = vjp.getBody().front();
+    auto ret = cast<func::ReturnOp>(body.getTerminator());
+    SmallVector<Value> resultCotangents(op->getNumResults(), nullptr);
+    for (Value returned : ret.getOperands()) {
+      auto result = dyn_cast<OpResult>(returned);
+      ASSERT_TRUE(result && result.getOwner() == op.getOperation());
+      ASSERT_TRUE(succeeded(vjp.insertArgument(
+          vjp.getNumArguments(), returned.getType(), {}, vjp.getLoc())));
+      resultCotangents[result.getResultNumber()] = vjp.getArguments().back();
+    }
+    OpBuilder builder(ret);
+    SmallVector<Value> operandCotangents =
+        op.buildVJP(builder, resultCotangents);
+    ASSERT_EQ(operandCotangents.size(), op->getNumOperands());
+    SmallVector<Value> results;
+    SmallVector<unsigned> argIndices;
+    for (auto [operand, cotangent] :
+         llvm::zip(op->getOperands(), operandCotangents)) {
+      ASSERT_TRUE(cotangent);
+      results.push_back(cotangent);
+      argIndices.push_back(cast<BlockArgument>(operand).getArgNumber());
+    }
+    func::ReturnOp::create(builder, ret.getLoc(), results);
+    ret.erase();
+    vjp.setType(builder.getFunctionType(vjp.getArgumentTypes(),
+                                        ValueRange(results).getTypes()));
+
+    std::vector<Tensor> outputs = run(forward, inputs);
+    std::vector<Tensor> cotangents;
+    std::vector<Tensor> vjpArgs = inputs;
+    for (const Tensor &output : outputs) {
+      cotangents.push_back(random(output.shape));
+      vjpArgs.push_back(cotangents.back());
+    }
+    std::vector<Tensor> grads = run(vjp, vjpArgs);
+    ASSERT_EQ(grads.size(), argIndices.size());
+
+    auto pairing = [&](ArrayRef<Tensor> args) {
+      std::vector<Tensor> values = run(forward, args);
+      double sum = 0;
+      for (size_t i = 0; i < values.size(); ++i)
+        sum += dot(cotangents[i], values[i]);
+      return sum;
+    };
+    for (auto [grad, argIndex] : llvm::zip(grads, argIndices)) {
+      SCOPED_TRACE("operand from argument " + std::to_string(argIndex));
+      Tensor expected = centralDifference(pairing, inputs, argIndex);
+      EXPECT_GT(maxAbs(expected), 1e-3);
+      EXPECT_LE(relativeError(grad, expected), 1e-6);
+    }
+  }
+};
+
+TEST_F(FusedVJPTest, NormMatmulQKV) {
+  checkVJP(R"mlir(
+    func.func @f(%x: tensor<6x8xf64>, %ln: tensor<8xf64>, %w: tensor<16x8xf64>)
+        -> (tensor<6x8xf64>, tensor<6x4xf64>, tensor<6x4xf64>) {
+      %q, %k, %v = llama.norm_matmul %x, %ln, %w {eps = 1.0e-2 : f64} : (tensor<6x8xf64>, tensor<8xf64>, tensor<16x8xf64>) -> (tensor<6x8xf64>, tensor<6x4xf64>, tensor<6x4xf64>)
+      return %q, %k, %v : tensor<6x8xf64>, tensor<6x4xf64>, tensor<6x4xf64>
+    })mlir",
+           {random({6, 8}), random({8}, 0.5, 1.5), random({16, 8})});
+}
+
+TEST_F(FusedVJPTest, NormMatmulSingleProjection) {
+  checkVJP(R"mlir(
+    func.func @f(%x: tensor<5x8xf64>, %ln: tensor<8xf64>, %w: tensor<12x8xf64>) -> tensor<5x12xf64> {
+      %y = llama.norm_matmul %x, %ln, %w {eps = 1.0e-5 : f64} : (tensor<5x8xf64>, tensor<8xf64>, tensor<12x8xf64>) -> tensor<5x12xf64>
+      return %y : tensor<5x12xf64>
+    })mlir",
+           {random({5, 8}), random({8}, 0.5, 1.5), random({12, 8})});
+}
+
+// A result that does not reach the loss gets a zero cotangent.
+TEST_F(FusedVJPTest, NormMatmulUnusedResult) {
+  checkVJP(R"mlir(
+    func.func @f(%x: tensor<4x6xf64>, %ln: tensor<6xf64>, %w: tensor<9x6xf64>)
+        -> (tensor<4x3xf64>, tensor<4x2xf64>) {
+      %a, %b, %c = llama.norm_matmul %x, %ln, %w {eps = 1.0e-3 : f64} : (tensor<4x6xf64>, tensor<6xf64>, tensor<9x6xf64>) -> (tensor<4x3xf64>, tensor<4x4xf64>, tensor<4x2xf64>)
+      return %a, %c : tensor<4x3xf64>, tensor<4x2xf64>
+    })mlir",
+           {random({4, 6}), random({6}, 0.5, 1.5), random({9, 6})});
+}
+
+TEST_F(FusedVJPTest, GatedMLP) {
+  checkVJP(R"mlir(
+    func.func @f(%x: tensor<4x6xf64>, %w: tensor<10x6xf64>) -> tensor<4x5xf64> {
+      %s, %gu = llama.gated_mlp %x, %w : (tensor<4x6xf64>, tensor<10x6xf64>) -> (tensor<4x5xf64>, tensor<4x10xf64>)
+      return %s : tensor<4x5xf64>
+    })mlir",
+           {random({4, 6}), random({10, 6}, -1.5, 1.5)});
+}
+
+TEST_F(FusedVJPTest, GatedMLPWithNorm) {
+  checkVJP(R"mlir(
+    func.func @f(%x: tensor<4x6xf64>, %w: tensor<10x6xf64>, %ln: tensor<6xf64>) -> tensor<4x5xf64> {
+      %s, %gu = llama.gated_mlp %x, %w norm(%ln) {eps = 1.0e-2 : f64} : (tensor<4x6xf64>, tensor<10x6xf64>, tensor<6xf64>) -> (tensor<4x5xf64>, tensor<4x10xf64>)
+      return %s : tensor<4x5xf64>
+    })mlir",
+           {random({4, 6}), random({10, 6}, -1.5, 1.5), random({6}, 0.5, 1.5)});
+}
+
+/// rope_attention with `heads` query heads and `kvHeads` kv heads of dim 4
+/// over 6 rows in sequences of 3, with extra rope attributes.
+std::string ropeAttentionText(int64_t heads, int64_t kvHeads,
+                              const std::string &ropeAttrs) {
+  std::string q = "tensor<6x" + std::to_string(heads * 4) + "xf64>";
+  std::string kv = "tensor<6x" + std::to_string(kvHeads * 4) + "xf64>";
+  return "func.func @f(%q: " + q + ", %k: " + kv + ", %v: " + kv + ") -> " + q +
+         " {\n  %0 = llama.rope_attention %q, %k, %v {num_heads = " +
+         std::to_string(heads) +
+         " : i64, num_kv_heads = " + std::to_string(kvHeads) +
+         " : i64, head_dim = 4 : i64, seq_len = 3 : i64, scale = 0.7 : f64, " +
+         ropeAttrs + "} : (" + q + ", " + kv + ", " + kv + ") -> " + q +
+         "\n  return %0 : " + q + "\n}";
+}
+
+TEST_F(FusedVJPTest, RopeAttentionMHADefault) {
+  checkVJP(ropeAttentionText(2, 2, "theta = 10.0 : f64"),
+           {random({6, 8}), random({6, 8}), random({6, 8})});
+}
+
+TEST_F(FusedVJPTest, RopeAttentionGQALlama3) {
+  // A short original context puts the frequencies in all three bands.
+  checkVJP(ropeAttentionText(4, 2,
+                             "theta = 50.0 : f64, rope_type = \"llama3\", "
+                             "factor = 8.0 : f64, "
+                             "original_max_position_embeddings = 16 : i64"),
+           {random({6, 16}), random({6, 8}), random({6, 8})});
+}
+
+TEST_F(FusedVJPTest, RopeAttentionMQA) {
+  checkVJP(ropeAttentionText(3, 1, "theta = 10.0 : f64"),
+           {random({6, 12}), random({6, 4}), random({6, 4})});
+}
+
+} // namespace

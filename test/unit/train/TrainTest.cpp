@@ -1,0 +1,479 @@
+//===- TrainTest.cpp - `llamac train` end to end on the CPU backend -------===//
+//
+// Runs the llamac binary on the llama2-mha golden model (HF parity case) and
+// checks properties that need no reference data:
+//   - accumulating N micro-batches of B rows equals one batch of N*B rows
+//     when every row counts the same number of tokens, and weighs
+//     micro-batches by their counted tokens otherwise;
+//   - training 4 steps equals training 2, then resuming to 4, bit for bit
+//     (losses, gradient norms, weights, optimizer state);
+//   - SIGTERM stops after the current step with a checkpoint that resumes;
+//   - --pad-to-longest changes nothing but speed; --shuffle is reproducible.
+//
+//===----------------------------------------------------------------------===//
+
+#include "llamac/Runtime/Checkpoint.h"
+#include "llamac/Runtime/Report.h"
+#include "llamac/Runtime/Safetensors.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+using namespace llamac;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kCase = std::string(GOLDEN_DIR) + "/llama2-mha/";
+
+/// The llama2-mha model and data, and the given flags.
+std::vector<std::string> trainArgs(std::vector<std::string> extra) {
+  std::vector<std::string> args = {"train",
+                                   "--config=" + kCase + "config.json",
+                                   "--weights=" + kCase + "model.safetensors",
+                                   "--data=" + kCase + "data.jsonl",
+                                   "--precision=fp32",
+                                   "--lr=1e-3"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+/// Starts llamac with `args`, stdout and stderr to files in `dir`.
+pid_t spawn(const std::vector<std::string> &args, const std::string &dir) {
+  std::vector<char *> argv;
+  std::string binary = LLAMAC_BINARY;
+  argv.push_back(binary.data());
+  std::vector<std::string> copies = args;
+  for (std::string &arg : copies)
+    argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, (dir + "/stdout").c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, (dir + "/stderr").c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = -1;
+  int error = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(),
+                          environ);
+  posix_spawn_file_actions_destroy(&actions);
+  EXPECT_EQ(error, 0) << binary;
+  return pid;
+}
+
+/// The exit code of `pid`, or 1000 + signal if a signal killed it.
+int wait(pid_t pid) {
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid)
+    return -1;
+  if (WIFSIGNALED(status))
+    return 1000 + WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
+std::string readFile(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+class TrainTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    std::string pattern = ::testing::TempDir() + "llamac-train-XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir = pattern;
+  }
+  void TearDown() override {
+    if (!HasFailure())
+      fs::remove_all(dir);
+  }
+
+  /// Runs llamac to completion; returns its exit code. Its output goes to
+  /// <dir>/stdout and <dir>/stderr.
+  int run(const std::vector<std::string> &args) {
+    return wait(spawn(args, dir));
+  }
+
+  /// Runs `llamac train` on the golden case; fails the test unless it
+  /// succeeds.
+  void train(std::vector<std::string> extra) {
+    int code = run(trainArgs(std::move(extra)));
+    ASSERT_EQ(code, 0) << readFile(dir + "/stderr");
+  }
+
+  std::vector<MetricsRow> metrics(const std::string &name) {
+    Result<std::vector<MetricsRow>> rows = readMetricsFile(path(name));
+    EXPECT_TRUE(rows.ok()) << (rows.ok() ? "" : rows.error().message);
+    return rows.ok() ? *rows : std::vector<MetricsRow>{};
+  }
+
+  std::map<std::string, std::vector<double>> tensors(const std::string &name) {
+    std::map<std::string, std::vector<double>> out;
+    Result<SafetensorsFile> file = SafetensorsFile::open(path(name));
+    EXPECT_TRUE(file.ok()) << (file.ok() ? "" : file.error().message);
+    if (!file.ok())
+      return out;
+    for (const TensorInfo &info : file->tensors())
+      out[info.name] = file->read(info.name)->toDouble();
+    return out;
+  }
+
+  std::string path(const std::string &name) const { return dir + "/" + name; }
+
+  /// A data file of `rows` rows with the given lengths, every label counted.
+  std::string writeRows(const std::string &name,
+                        const std::vector<int> &lengths) {
+    std::ofstream out(path(name));
+    for (size_t r = 0; r < lengths.size(); ++r) {
+      out << "{\"input_ids\": [";
+      for (int i = 0; i < lengths[r]; ++i)
+        out << (i ? ", " : "") << (7 * int(r) + 3 * i + 1) % 128;
+      out << "]}\n";
+    }
+    return path(name);
+  }
+
+  std::string dir;
+};
+
+/// Relative Frobenius error of every tensor of `a` against `b`.
+void expectClose(const std::map<std::string, std::vector<double>> &a,
+                 const std::map<std::string, std::vector<double>> &b,
+                 double tolerance) {
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto &[name, values] : b) {
+    const std::vector<double> &got = a.at(name);
+    ASSERT_EQ(got.size(), values.size()) << name;
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      diff += (got[i] - values[i]) * (got[i] - values[i]);
+      norm += values[i] * values[i];
+    }
+    EXPECT_LE(std::sqrt(diff / norm), tolerance) << name;
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Gradient accumulation
+//===----------------------------------------------------------------------===//
+
+TEST_F(TrainTest, AccumulatedMicroBatchesEqualOneLargeBatch) {
+  // Every row is longer than --seq and fully labelled: each counts 15
+  // tokens, so each micro-batch weighs the same.
+  std::string data = writeRows("equal.jsonl", std::vector<int>(8, 20));
+  struct Shape {
+    int batch, accum;
+  };
+  for (Shape shape : {Shape{4, 1}, Shape{2, 2}, Shape{1, 4}}) {
+    std::string tag =
+        std::to_string(shape.batch) + "x" + std::to_string(shape.accum);
+    train({"--data=" + data, "--seq=16", "--steps=3",
+           "--batch=" + std::to_string(shape.batch),
+           "--grad-accum=" + std::to_string(shape.accum), "--max-grad-norm=0.5",
+           "--lr-schedule=cosine", "--metrics=" + path(tag + ".jsonl"),
+           "--save=" + path(tag)});
+  }
+  std::vector<MetricsRow> whole = metrics("4x1.jsonl");
+  ASSERT_EQ(whole.size(), 3u);
+  for (const char *tag : {"2x2", "1x4"}) {
+    SCOPED_TRACE(tag);
+    std::vector<MetricsRow> split = metrics(std::string(tag) + ".jsonl");
+    ASSERT_EQ(split.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_NEAR(split[i].loss, whole[i].loss, 1e-6 * whole[i].loss);
+      EXPECT_NEAR(split[i].gradNorm, whole[i].gradNorm,
+                  1e-5 * whole[i].gradNorm);
+      EXPECT_EQ(split[i].tokens, whole[i].tokens);
+      EXPECT_EQ(split[i].lr, whole[i].lr);
+    }
+    expectClose(tensors(std::string(tag) + "/model.safetensors"),
+                tensors("4x1/model.safetensors"), 1e-5);
+  }
+  // Clipping was on: the norm exceeded 0.5.
+  EXPECT_GT(whole[0].gradNorm, 0.5);
+}
+
+TEST_F(TrainTest, MicroBatchesWeighByTheirCountedTokens) {
+  // Row 0 counts 15 tokens, row 1 counts 3: the window's loss is the
+  // token-weighted mean, (15 L0 + 3 L1) / 18, not (L0 + L1) / 2.
+  std::string both = writeRows("both.jsonl", {16, 4});
+  std::string first = writeRows("first.jsonl", {16}); // = row 0 of both
+  std::string second = path("second.jsonl");
+  std::ofstream(second) << readFile(both).substr(readFile(both).find('\n') + 1);
+  auto stepLoss = [&](const std::string &data, int accum) {
+    std::string metricsPath = path("m.jsonl");
+    train({"--data=" + data, "--seq=16", "--steps=1", "--batch=1",
+           "--grad-accum=" + std::to_string(accum),
+           "--metrics=" + metricsPath});
+    return metrics("m.jsonl").at(0).loss;
+  };
+  double l0 = stepLoss(first, 1), l1 = stepLoss(second, 1);
+  double window = stepLoss(both, 2);
+  EXPECT_NEAR(window, (15 * l0 + 3 * l1) / 18, 1e-6 * window);
+  EXPECT_GT(std::fabs(window - (l0 + l1) / 2), 1e-3);
+}
+
+//===----------------------------------------------------------------------===//
+// Resuming
+//===----------------------------------------------------------------------===//
+
+/// Shuffled, accumulated, padded to the longest row, clipped: every piece
+/// of state a resume must restore.
+std::vector<std::string> statefulFlags(int steps) {
+  return {"--batch=2",
+          "--seq=32",
+          "--grad-accum=2",
+          "--shuffle",
+          "--seed=3",
+          "--pad-to-longest",
+          "--warmup-steps=1",
+          "--max-grad-norm=0.5",
+          "--steps=" + std::to_string(steps)};
+}
+
+TEST_F(TrainTest, ResumeIsBitExact) {
+  // One run of 4 steps (16 rows of 12: the second epoch's permutation
+  // starts inside step 3), checkpointing at 2 and at the end.
+  std::vector<std::string> flags = statefulFlags(4);
+  flags.push_back("--save-every=2");
+  flags.push_back("--save=" + path("straight"));
+  flags.push_back("--metrics=" + path("straight.jsonl"));
+  train(flags);
+
+  // The same run stopped after 2 steps (its checkpoint-2 is what a crash
+  // after step 2 leaves), resumed to 4.
+  fs::create_directories(path("resumed"));
+  fs::copy(path("straight/checkpoint-2"), path("resumed/checkpoint-2"),
+           fs::copy_options::recursive);
+  fs::copy_file(path("straight.jsonl"), path("resumed.jsonl"));
+  flags = statefulFlags(4);
+  flags.push_back("--save-every=2");
+  flags.push_back("--save=" + path("resumed"));
+  flags.push_back("--metrics=" + path("resumed.jsonl"));
+  flags.push_back("--resume=" + path("resumed"));
+  train(flags);
+  EXPECT_NE(readFile(path("stdout")).find("at step 2"), std::string::npos);
+
+  std::vector<MetricsRow> a = metrics("straight.jsonl"),
+                          b = metrics("resumed.jsonl");
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << i + 1;
+    EXPECT_EQ(a[i].gradNorm, b[i].gradNorm) << "step " << i + 1;
+    EXPECT_EQ(a[i].lr, b[i].lr) << "step " << i + 1;
+    EXPECT_EQ(a[i].tokens, b[i].tokens) << "step " << i + 1;
+  }
+  for (const char *file : {"model.safetensors", "optimizer.safetensors",
+                           "trainer_state.json", "config.json"})
+    EXPECT_EQ(readFile(path(std::string("straight/checkpoint-4/") + file)),
+              readFile(path(std::string("resumed/checkpoint-4/") + file)))
+        << file;
+  EXPECT_EQ(readFile(path("straight/model.safetensors")),
+            readFile(path("resumed/model.safetensors")));
+}
+
+TEST_F(TrainTest, TrainTwoThenResumeToFourEqualsTrainFour) {
+  // --steps is the total, as HF's max_steps: a constant schedule does not
+  // depend on it, so a 2-step run continued to 4 is the 4-step run.
+  train({"--batch=4", "--seq=16", "--steps=4", "--lr-schedule=constant",
+         "--metrics=" + path("four.jsonl"), "--save=" + path("four")});
+  train({"--batch=4", "--seq=16", "--steps=2", "--lr-schedule=constant",
+         "--metrics=" + path("two.jsonl"), "--save=" + path("two"),
+         "--save-every=2"});
+  train({"--batch=4", "--seq=16", "--steps=4", "--lr-schedule=constant",
+         "--metrics=" + path("two.jsonl"), "--save=" + path("two"),
+         "--resume=" + path("two")});
+  std::vector<MetricsRow> a = metrics("four.jsonl"), b = metrics("two.jsonl");
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (size_t i = 0; i < 4; ++i)
+    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << i + 1;
+  EXPECT_EQ(readFile(path("four/model.safetensors")),
+            readFile(path("two/model.safetensors")));
+}
+
+TEST_F(TrainTest, ResumeRefusesOtherSettings) {
+  train({"--batch=2", "--seq=16", "--steps=1", "--save=" + path("ckpt"),
+         "--save-every=1"});
+  struct Case {
+    std::string flag, field;
+  };
+  for (const Case &c : {Case{"--batch=4", "batch differs (checkpoint 2, "
+                                          "this run 4)"},
+                        Case{"--seq=32", "seq differs"},
+                        Case{"--precision=bf16", "precision differs"},
+                        Case{"--grad-accum=2", "grad_accum differs"},
+                        Case{"--pad-to-longest", "pad_to_longest differs"}}) {
+    SCOPED_TRACE(c.flag);
+    std::vector<std::string> args = trainArgs(
+        {"--batch=2", "--seq=16", "--steps=2", "--resume=" + path("ckpt")});
+    args.push_back(c.flag);
+    EXPECT_EQ(run(args), 2);
+    std::string error = readFile(path("stderr"));
+    EXPECT_NE(error.find("cannot resume: " + c.field), std::string::npos)
+        << error;
+    EXPECT_EQ(std::count(error.begin(), error.end(), '\n'), 1) << error;
+  }
+  // Another model: the config field is named.
+  std::vector<std::string> args = trainArgs(
+      {"--batch=2", "--seq=16", "--steps=2", "--resume=" + path("ckpt")});
+  args[1] = "--config=" + std::string(GOLDEN_DIR) + "/llama3-gqa/config.json";
+  EXPECT_EQ(run(args), 2);
+  EXPECT_NE(readFile(path("stderr")).find("cannot resume: config field '"),
+            std::string::npos)
+      << readFile(path("stderr"));
+}
+
+//===----------------------------------------------------------------------===//
+// Signals
+//===----------------------------------------------------------------------===//
+
+/// Starts a long run, waits until it has logged `steps` steps, sends
+/// SIGTERM and returns the exit code.
+int interruptAfter(TrainTest &test, const std::string &dir,
+                   std::vector<std::string> extra, size_t steps) {
+  std::vector<std::string> flags = {"--batch=2", "--seq=16", "--steps=100000",
+                                    "--lr-schedule=constant",
+                                    "--metrics=" + dir + "/long.jsonl"};
+  flags.insert(flags.end(), extra.begin(), extra.end());
+  pid_t pid = spawn(trainArgs(flags), dir);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::string text = readFile(dir + "/long.jsonl");
+    if (size_t(std::count(text.begin(), text.end(), '\n')) >= steps)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(pid, SIGTERM);
+  return wait(pid);
+}
+
+TEST_F(TrainTest, SigtermFinishesTheStepAndWritesACheckpoint) {
+  int code = interruptAfter(*this, dir, {"--save=" + path("run")}, 2);
+  EXPECT_EQ(code, 128 + SIGTERM);
+  std::string error = readFile(path("stderr"));
+  EXPECT_NE(error.find("llamac: interrupted by SIGTERM after step "),
+            std::string::npos)
+      << error;
+  EXPECT_NE(error.find("continue with --resume"), std::string::npos) << error;
+  EXPECT_EQ(std::count(error.begin(), error.end(), '\n'), 1) << error;
+
+  // The checkpoint holds every logged step and loads.
+  std::vector<CheckpointEntry> found = listCheckpoints(path("run"));
+  ASSERT_EQ(found.size(), 1u);
+  int64_t stopped = found[0].step;
+  EXPECT_GE(stopped, 2);
+  EXPECT_EQ(metrics("long.jsonl").size(), size_t(stopped));
+  Result<TrainerState> state = readTrainerState(found[0].path);
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(state->globalStep, stopped);
+  EXPECT_EQ(state->dataPosition, 2 * stopped);
+  for (const auto &entry : fs::directory_iterator(path("run")))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos);
+
+  // It resumes, and matches a run that was never interrupted.
+  std::string total = std::to_string(stopped + 2);
+  train({"--batch=2", "--seq=16", "--steps=" + total, "--lr-schedule=constant",
+         "--metrics=" + path("long.jsonl"), "--resume=" + path("run")});
+  train({"--batch=2", "--seq=16", "--steps=" + total, "--lr-schedule=constant",
+         "--metrics=" + path("straight.jsonl")});
+  std::vector<MetricsRow> resumed = metrics("long.jsonl"),
+                          straight = metrics("straight.jsonl");
+  ASSERT_EQ(resumed.size(), size_t(stopped + 2));
+  ASSERT_EQ(straight.size(), resumed.size());
+  for (size_t i = 0; i < resumed.size(); ++i)
+    EXPECT_EQ(resumed[i].loss, straight[i].loss) << "step " << i + 1;
+}
+
+TEST_F(TrainTest, SigtermWithoutSavingLeavesNoCheckpoint) {
+  int code = interruptAfter(
+      *this, dir, {"--save=" + path("run"), "--no-save-on-interrupt"}, 1);
+  EXPECT_EQ(code, 128 + SIGTERM);
+  EXPECT_NE(readFile(path("stderr")).find("no checkpoint written"),
+            std::string::npos);
+  EXPECT_TRUE(listCheckpoints(path("run")).empty());
+}
+
+//===----------------------------------------------------------------------===//
+// Data order and padding
+//===----------------------------------------------------------------------===//
+
+TEST_F(TrainTest, PadToLongestChangesNothingButTheWork) {
+  // Right padding is invisible to the loss and the gradients: the same
+  // losses and weights, bit for bit, from shorter steps.
+  for (const char *mode : {"fixed", "longest"}) {
+    std::vector<std::string> flags = {"--batch=3", "--seq=64", "--steps=3",
+                                      "--metrics=" +
+                                          path(std::string(mode) + ".jsonl"),
+                                      "--save=" + path(mode)};
+    if (std::string(mode) == "longest")
+      flags.push_back("--pad-to-longest");
+    train(flags);
+  }
+  std::vector<MetricsRow> a = metrics("fixed.jsonl"),
+                          b = metrics("longest.jsonl");
+  ASSERT_EQ(a.size(), 3u);
+  ASSERT_EQ(b.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(a[i].loss, b[i].loss);
+    EXPECT_EQ(a[i].gradNorm, b[i].gradNorm);
+  }
+  EXPECT_EQ(readFile(path("fixed/model.safetensors")),
+            readFile(path("longest/model.safetensors")));
+}
+
+TEST_F(TrainTest, ShuffleIsReproducibleAndDependsOnTheSeed) {
+  for (const char *seed : {"1", "1b", "2"}) {
+    std::string value = std::string(seed) == "1b" ? "1" : seed;
+    train({"--batch=4", "--seq=16", "--steps=3", "--shuffle", "--seed=" + value,
+           "--metrics=" + path(std::string(seed) + ".jsonl")});
+  }
+  train({"--batch=4", "--seq=16", "--steps=3",
+         "--metrics=" + path("ordered.jsonl")});
+  std::vector<MetricsRow> a = metrics("1.jsonl"), again = metrics("1b.jsonl"),
+                          other = metrics("2.jsonl"),
+                          ordered = metrics("ordered.jsonl");
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_EQ(a[i].loss, again[i].loss);
+  EXPECT_NE(a[0].loss, other[0].loss);
+  EXPECT_NE(a[0].loss, ordered[0].loss);
+}
+
+//===----------------------------------------------------------------------===//
+// Report
+//===----------------------------------------------------------------------===//
+
+TEST_F(TrainTest, ReportDrawsTheMetrics) {
+  train({"--batch=2", "--seq=16", "--steps=3", "--warmup-steps=1",
+         "--metrics=" + path("m.jsonl")});
+  ASSERT_EQ(run({"report", path("m.jsonl"), "-o", path("report.html")}), 0)
+      << readFile(path("stderr"));
+  std::string html = readFile(path("report.html"));
+  EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
+  EXPECT_NE(html.find("<svg"), std::string::npos);
+  EXPECT_NE(html.find("</html>"), std::string::npos);
+  ASSERT_EQ(run({"report", path("m.jsonl"), "-o", path("report.svg")}), 0);
+  EXPECT_EQ(readFile(path("report.svg")).rfind("<svg", 0), 0u);
+  EXPECT_EQ(run({"report", path("m.jsonl"), "-o", path("report.png")}), 2);
+  EXPECT_NE(readFile(path("stderr")).find("must end in .html or .svg"),
+            std::string::npos);
+  EXPECT_EQ(run({"report", path("missing.jsonl")}), 2);
+}
+
+} // namespace
