@@ -179,14 +179,14 @@ OwningOpRef<ModuleOp> buildForwardModule(MLIRContext &context,
 
   Type element = elementType(context, shape.precision);
   std::vector<ParamSpec> specs = parameterSpecs(config);
-  auto ids = RankedTensorType::get({shape.batch * shape.seq},
-                                   builder.getI32Type());
+  auto ids =
+      RankedTensorType::get({shape.batch * shape.seq}, builder.getI32Type());
   SmallVector<Type> argTypes;
   SmallVector<DictionaryAttr> argAttrs;
   for (const ParamSpec &spec : specs) {
     argTypes.push_back(RankedTensorType::get(spec.shape, element));
-    argAttrs.push_back(builder.getDictionaryAttr(builder.getNamedAttr(
-        kParamAttr, builder.getStringAttr(spec.name))));
+    argAttrs.push_back(builder.getDictionaryAttr(
+        builder.getNamedAttr(kParamAttr, builder.getStringAttr(spec.name))));
   }
   for (StringRef input : {"input_ids", "labels"}) {
     argTypes.push_back(ids);

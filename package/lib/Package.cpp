@@ -31,7 +31,9 @@ struct FormatError {
   std::string message;
 };
 
-[[noreturn]] void fail(const std::string &message) { throw FormatError{message}; }
+[[noreturn]] void fail(const std::string &message) {
+  throw FormatError{message};
+}
 
 ElementType parseType(const std::string &name, const std::string &field) {
   for (const TypeName &entry : kTypes)
@@ -59,7 +61,8 @@ json operandToJson(const Operand &operand) {
 }
 
 Operand operandFromJson(const json &value, const std::string &field) {
-  return {get<int>(value, "buffer", field), get<uint64_t>(value, "offset", field),
+  return {get<int>(value, "buffer", field),
+          get<uint64_t>(value, "offset", field),
           get<int64_t>(value, "ld", field)};
 }
 
@@ -202,8 +205,8 @@ int Package::bufferIndex(const std::string &name) const {
 Status validate(const Package &package, const std::string &where) {
   for (size_t i = 0; i < package.buffers.size(); ++i) {
     const Buffer &b = package.buffers[i];
-    std::string field = where + ": buffers[" + std::to_string(i) + "] '" +
-                        b.name + "'";
+    std::string field =
+        where + ": buffers[" + std::to_string(i) + "] '" + b.name + "'";
     if (!b.parts.empty()) {
       int64_t rows = 0;
       for (int64_t r : b.partRows)
@@ -219,9 +222,9 @@ Status validate(const Package &package, const std::string &where) {
       return Error{field + ": offset " + std::to_string(b.offset) +
                    " is not 16-byte aligned"};
     if (b.offset + b.bytes > package.arenaBytes)
-      return Error{field + ": ends at byte " + std::to_string(b.offset + b.bytes) +
-                   ", past the arena (" + std::to_string(package.arenaBytes) +
-                   " bytes)"};
+      return Error{field + ": ends at byte " +
+                   std::to_string(b.offset + b.bytes) + ", past the arena (" +
+                   std::to_string(package.arenaBytes) + " bytes)"};
   }
   auto checkOperand = [&](const Operand &operand, uint64_t bytes,
                           const std::string &field) -> Status {
@@ -288,7 +291,8 @@ Status writePackage(const std::string &dir, const Package &package) {
                    {"arena_bytes", package.arenaBytes},
                    {"buffers", buffers},
                    {"functions", functions}};
-  if (Status status = writeFileAtomic(dir + "/kernels.ptx", package.ptx); !status)
+  if (Status status = writeFileAtomic(dir + "/kernels.ptx", package.ptx);
+      !status)
     return status;
   return writeFileAtomic(dir + "/manifest.json", manifest.dump(1) + "\n");
 }

@@ -362,13 +362,11 @@ Status Module::launch(const std::string &kernel, unsigned gridX,
   // The driver reads one pointer per kernel parameter from `args`: a count
   // that does not match would read past it, so check it first.
   size_t offset = 0, size = 0;
-  bool lastExists =
-      args.empty() || device->api().cuFuncGetParamInfo(
-                          *function, args.size() - 1, &offset, &size) ==
-                          CUDA_SUCCESS;
-  bool oneMore = device->api().cuFuncGetParamInfo(*function, args.size(),
-                                                  &offset, &size) ==
-                 CUDA_SUCCESS;
+  bool lastExists = args.empty() || device->api().cuFuncGetParamInfo(
+                                        *function, args.size() - 1, &offset,
+                                        &size) == CUDA_SUCCESS;
+  bool oneMore = device->api().cuFuncGetParamInfo(
+                     *function, args.size(), &offset, &size) == CUDA_SUCCESS;
   if (!lastExists || oneMore)
     return Error{"launch of kernel " + kernel + ": " +
                  std::to_string(args.size()) +

@@ -24,8 +24,8 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
-#include <thread>
 #include <map>
+#include <thread>
 
 namespace llamac {
 namespace {
@@ -59,7 +59,8 @@ std::vector<double> initialValues(const std::string &name,
   for (int64_t d : shape)
     count *= d;
   std::vector<double> values(count, 1.0);
-  if (name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0)
+  if (name.size() >= 11 &&
+      name.compare(name.size() - 11, 11, "norm.weight") == 0)
     return values;
   Random random(seed, name);
   for (double &v : values)
@@ -133,9 +134,8 @@ Status uploadParameters(Executor &executor, const GpuTrainOptions &options,
 }
 
 /// The tensors of every buffer with `role`, split back into HF tensors.
-Result<std::vector<HostTensor>> downloadAsHF(Executor &executor,
-                                             const std::string &role,
-                                             DType dtype) {
+Result<std::vector<HostTensor>>
+downloadAsHF(Executor &executor, const std::string &role, DType dtype) {
   std::vector<HostTensor> tensors;
   for (const package::Buffer &buffer : executor.package().buffers) {
     if (buffer.role != role)
@@ -268,9 +268,9 @@ int trainOnGpu(const GpuTrainOptions &options) {
       s = executor.download("grad_norm_sq", normSq, sizeof(normSq));
     if (!s)
       return report(s.error().message);
-    double seconds = std::chrono::duration<double>(
-                         std::chrono::steady_clock::now() - start)
-                         .count();
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
     if (step > options.warmupSteps) {
       timed += seconds;
       ++timedSteps;
@@ -297,8 +297,7 @@ int trainOnGpu(const GpuTrainOptions &options) {
   if (timedSteps > 0)
     std::printf("mean step time %.2f ms over steps %lld-%lld\n",
                 timed / double(timedSteps) * 1e3,
-                (long long)(options.warmupSteps + 1),
-                (long long)options.steps);
+                (long long)(options.warmupSteps + 1), (long long)options.steps);
 
   // 4. The fine-tuned model.
   if (!options.savePath.empty()) {

@@ -91,7 +91,8 @@ TEST(AdamWKernel, MatchesTorchFormula) {
         4 * std::ldexp(1.0, -24) * (std::abs(termA) + std::abs(termB));
     return bf16Ulp + f32Ulps;
   };
-  double clip = std::min(1.0, double(float(hyper[6] / (std::sqrt(normSq) + 1e-6f))));
+  double clip =
+      std::min(1.0, double(float(hyper[6] / (std::sqrt(normSq) + 1e-6f))));
   int64_t far = 0, exact = 0;
   for (int64_t i = 0; i < n; ++i) {
     double g = bf16ToFloat(grad[i]) * clip;

@@ -137,8 +137,8 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<GemmCase> &info) {
       const GemmCase &c = info.param;
       return std::string(c.type == cuda::GemmType::BF16 ? "bf16" : "f32") +
-             (c.outType != c.type ? "_to_f32" : "") +
-             "_" + std::to_string(c.m) + "x" + std::to_string(c.n) + "x" +
+             (c.outType != c.type ? "_to_f32" : "") + "_" +
+             std::to_string(c.m) + "x" + std::to_string(c.n) + "x" +
              std::to_string(c.k) + (c.transposeA ? "_tA" : "") +
              (c.transposeB ? "_tB" : "") + (c.beta != 0 ? "_accumulate" : "");
     });

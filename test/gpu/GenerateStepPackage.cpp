@@ -72,16 +72,16 @@ int main(int argc, char **argv) {
     return fail("the train-step pipeline failed");
 
   // Inputs: weights (normal, norm weights near 1) and one batch.
-  auto forwardBackward =
-      module->lookupSymbol<mlir::func::FuncOp>(mlir::llama::kForwardBackwardName);
+  auto forwardBackward = module->lookupSymbol<mlir::func::FuncOp>(
+      mlir::llama::kForwardBackwardName);
   auto optimizer =
       module->lookupSymbol<mlir::func::FuncOp>(mlir::llama::kOptimizerStepName);
   llvm::StringMap<Tensor> params;
   std::vector<HostTensor> inputs;
   std::vector<Tensor> fbArgs;
   for (unsigned i = 0; i < forwardBackward.getNumArguments(); ++i) {
-    auto type =
-        mlir::cast<mlir::RankedTensorType>(forwardBackward.getArgument(i).getType());
+    auto type = mlir::cast<mlir::RankedTensorType>(
+        forwardBackward.getArgument(i).getType());
     std::vector<int64_t> dims(type.getShape().begin(), type.getShape().end());
     Tensor tensor = Tensor::zeros(dims);
     if (auto name = forwardBackward.getArgAttrOfType<mlir::StringAttr>(
@@ -93,8 +93,8 @@ int main(int argc, char **argv) {
                                     : 0.08 * random.normal(),
                                type.getElementType());
       params[name.getValue()] = tensor;
-      inputs.push_back(HostTensor::fromDouble("param:" + name.str(), DType::BF16,
-                                              dims, tensor.data));
+      inputs.push_back(HostTensor::fromDouble("param:" + name.str(),
+                                              DType::BF16, dims, tensor.data));
     } else {
       auto input = forwardBackward.getArgAttrOfType<mlir::StringAttr>(
           i, mlir::llama::kInputAttr);
@@ -154,8 +154,8 @@ int main(int argc, char **argv) {
       expected.push_back(HostTensor::fromDouble(
           "param:" + name.str(), DType::F32, (*opt)[i].shape, (*opt)[i].data));
     else if (optimizer.getResultAttrDict(i).get(mlir::llama::kGradNormAttr))
-      expected.push_back(HostTensor::fromDouble("grad_norm", DType::F32, {},
-                                                (*opt)[i].data));
+      expected.push_back(
+          HostTensor::fromDouble("grad_norm", DType::F32, {}, (*opt)[i].data));
   }
 
   PackageOptions options;

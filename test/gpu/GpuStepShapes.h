@@ -43,8 +43,9 @@ inline void fillBatch(bool labels, int64_t vocab, std::vector<double> &out) {
       int64_t token = (b * 977 + s * 131 + (s * s) % 17) % vocab;
       bool padded = b == 1 && s >= 20;
       bool masked = labels && b == 2 && s < 10;
-      out[b * kStepSeq + s] =
-          padded ? (labels ? -100 : 0) : masked ? -100 : double(token);
+      out[b * kStepSeq + s] = padded   ? (labels ? -100 : 0)
+                              : masked ? -100
+                                       : double(token);
     }
 }
 

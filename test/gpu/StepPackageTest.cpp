@@ -70,8 +70,8 @@ TEST(StepPackage, OneTrainStepMatchesTheCpuReference) {
       ASSERT_TRUE(e.upload(buffer.name, zeros.data(), zeros.size()).ok());
     }
   float hyper[8] = {};
-  const char *names[] = {"lr",  "beta1", "beta2",        "eps",
-                         "weight_decay", "step", "max_grad_norm"};
+  const char *names[] = {"lr",           "beta1", "beta2",        "eps",
+                         "weight_decay", "step",  "max_grad_norm"};
   for (int i = 0; i < 7; ++i)
     hyper[i] = float(hyperparameter(names[i]));
   ASSERT_TRUE(e.upload("hyperparameters", hyper, sizeof(hyper)).ok());
@@ -104,8 +104,7 @@ TEST(StepPackage, OneTrainStepMatchesTheCpuReference) {
   float normSq[4];
   ASSERT_TRUE(e.download("grad_norm_sq", normSq, sizeof(normSq)).ok());
   double wantNorm = expected["grad_norm"].toDouble()[0];
-  EXPECT_LE(std::abs(std::sqrt(double(normSq[0])) - wantNorm) / wantNorm,
-            2e-2);
+  EXPECT_LE(std::abs(std::sqrt(double(normSq[0])) - wantNorm) / wantNorm, 2e-2);
   for (auto &[name, start] : before) {
     const package::Buffer &buffer =
         package->buffers[package->bufferIndex(name)];

@@ -49,13 +49,29 @@ int main(int argc, char **argv) {
       {"--dump-grads",
        [&](auto v) { return !(options.dumpGradsPath = v).empty(); }},
       {"--metrics", [&](auto v) { return !(options.metricsPath = v).empty(); }},
-      {"--steps", [&](auto v) { return parse(v, options.steps) && options.steps >= 0; }},
-      {"--lr", [&](auto v) { return parse(v, options.schedule.peak) && options.schedule.peak >= 0; }},
-      {"--lr-schedule", [&](auto v) { schedule = v; return true; }},
-      {"--warmup-steps", [&](auto v) { return parse(v, warmup) && warmup >= 0; }},
-      {"--weight-decay", [&](auto v) { return parse(v, options.weightDecay) && options.weightDecay >= 0; }},
-      {"--adam-eps", [&](auto v) { return parse(v, options.eps) && options.eps > 0; }},
-      {"--max-grad-norm", [&](auto v) { return parse(v, options.maxGradNorm) && options.maxGradNorm >= 0; }},
+      {"--steps",
+       [&](auto v) { return parse(v, options.steps) && options.steps >= 0; }},
+      {"--lr",
+       [&](auto v) {
+         return parse(v, options.schedule.peak) && options.schedule.peak >= 0;
+       }},
+      {"--lr-schedule",
+       [&](auto v) {
+         schedule = v;
+         return true;
+       }},
+      {"--warmup-steps",
+       [&](auto v) { return parse(v, warmup) && warmup >= 0; }},
+      {"--weight-decay",
+       [&](auto v) {
+         return parse(v, options.weightDecay) && options.weightDecay >= 0;
+       }},
+      {"--adam-eps",
+       [&](auto v) { return parse(v, options.eps) && options.eps > 0; }},
+      {"--max-grad-norm",
+       [&](auto v) {
+         return parse(v, options.maxGradNorm) && options.maxGradNorm >= 0;
+       }},
       {"--seed", [&](auto v) { return parse(v, options.seed); }},
       {"--adam-betas",
        [&](auto v) {
@@ -63,8 +79,8 @@ int main(int argc, char **argv) {
          return comma != std::string::npos &&
                 parse(v.substr(0, comma), options.beta1) &&
                 parse(v.substr(comma + 1), options.beta2) &&
-                options.beta1 >= 0 && options.beta1 < 1 &&
-                options.beta2 >= 0 && options.beta2 < 1;
+                options.beta1 >= 0 && options.beta1 < 1 && options.beta2 >= 0 &&
+                options.beta2 < 1;
        }},
   };
   for (int i = 1; i < argc; ++i) {

@@ -4,6 +4,7 @@
 #define LLAMAC_TOOLS_COMMANDS_H
 
 #include "llamac/Frontend/ModelBuilder.h"
+#include "llamac/Pipeline/Pipeline.h"
 #include "llamac/Runtime/Schedule.h"
 
 #include "llvm/ADT/Twine.h"
@@ -36,6 +37,9 @@ struct CompileOptions {
 
 struct TrainOptions {
   std::string configPath, weightsPath, dataPath;
+  /// For text rows: tokenizer.json or its directory; empty = the --config
+  /// directory's tokenizer, if it has one.
+  std::string tokenizerPath;
   std::string savePath, dumpGradsPath, metricsPath;
   StepShape shape;
   int64_t steps = 10;
@@ -70,6 +74,16 @@ struct TokenizeOptions {
   bool addSpecialTokens = false;
   std::string outputPath = "-";
 };
+
+/// The pass pipeline a command's --no-fuse-* flags ask for.
+template <typename Options>
+mlir::llama::TrainStepPipelineOptions fusionPipeline(const Options &options) {
+  mlir::llama::TrainStepPipelineOptions pipeline;
+  pipeline.fuseGatedMLP = options.fuseGatedMLP;
+  pipeline.fuseNormLinear = options.fuseNormLinear;
+  pipeline.fuseRopeAttention = options.fuseRopeAttention;
+  return pipeline;
+}
 
 int runCompile(const CompileOptions &options);
 int runTrain(const TrainOptions &options);

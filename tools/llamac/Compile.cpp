@@ -70,12 +70,9 @@ int llamac::runCompile(const CompileOptions &options) {
   if (!config)
     return reportError(llvm::toString(config.takeError()));
 
-  mlir::llama::TrainStepPipelineOptions pipeline;
+  mlir::llama::TrainStepPipelineOptions pipeline = fusionPipeline(options);
   pipeline.autodiff = options.autodiff;
   pipeline.optimizer = options.optimizer;
-  pipeline.fuseGatedMLP = options.fuseGatedMLP;
-  pipeline.fuseNormLinear = options.fuseNormLinear;
-  pipeline.fuseRopeAttention = options.fuseRopeAttention;
 
   if (options.emit == "package") {
     // A directory: manifest.json + kernels.ptx, for llamac-run on a GPU box.

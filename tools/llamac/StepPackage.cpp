@@ -27,9 +27,9 @@ static PackageOptions packageOptions(const LlamaConfig &config,
   return options;
 }
 
-llvm::Expected<package::Package>
-llamac::compileStepPackage(const LlamaConfig &config, const StepShape &shape,
-                           const mlir::llama::TrainStepPipelineOptions &pipeline) {
+llvm::Expected<package::Package> llamac::compileStepPackage(
+    const LlamaConfig &config, const StepShape &shape,
+    const mlir::llama::TrainStepPipelineOptions &pipeline) {
   if (shape.precision != Precision::BF16)
     return llvm::createStringError(
         "--precision: the GPU backend runs bf16 steps (use --precision bf16)");
@@ -57,19 +57,18 @@ std::string llamac::defaultPackageCache() {
   return std::string(path);
 }
 
-llvm::Expected<std::string> llamac::cachedStepPackage(
-    const LlamaConfig &config, const StepShape &shape,
-    const mlir::llama::TrainStepPipelineOptions &pipeline,
-    const std::string &cacheRoot) {
+llvm::Expected<std::string>
+llamac::cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
+                          const mlir::llama::TrainStepPipelineOptions &pipeline,
+                          const std::string &cacheRoot) {
   PackageOptions options = packageOptions(config, shape);
-  std::string key = options.compiler + "\n" + options.configJson + "\n" +
-                    std::to_string(shape.batch) + "x" +
-                    std::to_string(shape.seq) + "\n" +
-                    precisionName(shape.precision).str() + "\n" +
-                    options.ptx.chip + options.ptx.features + "\n" +
-                    std::to_string(pipeline.fuseGatedMLP) +
-                    std::to_string(pipeline.fuseNormLinear) +
-                    std::to_string(pipeline.fuseRopeAttention);
+  std::string key =
+      options.compiler + "\n" + options.configJson + "\n" +
+      std::to_string(shape.batch) + "x" + std::to_string(shape.seq) + "\n" +
+      precisionName(shape.precision).str() + "\n" + options.ptx.chip +
+      options.ptx.features + "\n" + std::to_string(pipeline.fuseGatedMLP) +
+      std::to_string(pipeline.fuseNormLinear) +
+      std::to_string(pipeline.fuseRopeAttention);
   llvm::SHA256 sha;
   sha.update(key);
   std::string hash = llvm::toHex(sha.final(), /*LowerCase=*/true).substr(0, 24);

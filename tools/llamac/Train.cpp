@@ -35,11 +35,13 @@
 #include "llamac/Runtime/Random.h"
 #include "llamac/Runtime/Safetensors.h"
 #include "llamac/Runtime/Schedule.h"
+#include "llamac/Runtime/Tokenizer.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/StringSet.h"
+#include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Format.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/Path.h"
@@ -590,11 +592,7 @@ int llamac::runTrain(const TrainOptions &options) {
   const std::string configJson = toHFConfigJson(config);
   DType dtype = storageDType(shape.precision);
 
-  mlir::llama::TrainStepPipelineOptions pipeline;
-  pipeline.fuseGatedMLP = options.fuseGatedMLP;
-  pipeline.fuseNormLinear = options.fuseNormLinear;
-  pipeline.fuseRopeAttention = options.fuseRopeAttention;
-  StepCache steps(config, shape, pipeline);
+  StepCache steps(config, shape, fusionPipeline(options));
   llvm::Expected<mlir::func::FuncOp> fullLength =
       steps.forwardBackward(shape.seq);
   if (!fullLength)
@@ -607,8 +605,25 @@ int llamac::runTrain(const TrainOptions &options) {
   if (options.dataPath.empty()) {
     rows = builtinRows(config.vocabSize);
   } else {
-    Result<std::vector<TokenRow>> read =
-        loadTokenRows(options.dataPath, config.vocabSize);
+    // Text rows need the model's tokenizer: --tokenizer, else the model
+    // directory's. Token rows need none.
+    std::string tokenizerPath = options.tokenizerPath;
+    if (tokenizerPath.empty() &&
+        llvm::sys::fs::is_directory(options.configPath)) {
+      llvm::SmallString<256> candidate(options.configPath);
+      llvm::sys::path::append(candidate, "tokenizer.json");
+      if (llvm::sys::fs::exists(candidate))
+        tokenizerPath = options.configPath;
+    }
+    std::optional<Tokenizer> tokenizer;
+    if (!tokenizerPath.empty()) {
+      Result<Tokenizer> loadedTokenizer = Tokenizer::load(tokenizerPath);
+      if (!loadedTokenizer)
+        return reportError(loadedTokenizer.error().message);
+      tokenizer = std::move(*loadedTokenizer);
+    }
+    Result<std::vector<TokenRow>> read = loadTrainingRows(
+        options.dataPath, tokenizer ? &*tokenizer : nullptr, config.vocabSize);
     if (!read)
       return reportError(read.error().message);
     rows = std::move(*read);

@@ -32,12 +32,8 @@ int llamac::runTrainOnCuda(const TrainOptions &options) {
   llvm::Expected<LlamaConfig> config = loadModelConfig(options.configPath);
   if (!config)
     return reportError(llvm::toString(config.takeError()));
-  mlir::llama::TrainStepPipelineOptions pipeline;
-  pipeline.fuseGatedMLP = options.fuseGatedMLP;
-  pipeline.fuseNormLinear = options.fuseNormLinear;
-  pipeline.fuseRopeAttention = options.fuseRopeAttention;
   llvm::Expected<std::string> package = cachedStepPackage(
-      *config, options.shape, pipeline, defaultPackageCache());
+      *config, options.shape, fusionPipeline(options), defaultPackageCache());
   if (!package)
     return reportError(llvm::toString(package.takeError()));
 

@@ -1,7 +1,7 @@
 //===- main.cpp - The llamac command line -----------------------*- C++ -*-===//
 //
-//   llamac compile --config PATH [--batch B] [--seq S] [--precision P] --emit mlir
-//   llamac train [--config PATH] [--weights PATH] [--data FILE.jsonl] ...
+//   llamac compile --config PATH [--batch B] [--seq S] [--precision P] --emit
+//   mlir llamac train [--config PATH] [--weights PATH] [--data FILE.jsonl] ...
 //   llamac report METRICS.jsonl -o report.html|report.svg
 //   llamac tokenize --tokenizer DIR FILE.jsonl [--add-special-tokens] [-o OUT]
 //
@@ -38,12 +38,13 @@ static cl::opt<int64_t> batch("batch", cl::desc("Sequences per step"),
                               cl::init(8), cl::sub(compileCommand),
                               cl::sub(trainCommand), cl::cat(modelCategory));
 static cl::opt<int64_t> seqLen("seq", cl::desc("Tokens per sequence"),
-                            cl::init(256), cl::sub(compileCommand),
-                            cl::sub(trainCommand), cl::cat(modelCategory));
-static cl::opt<std::string>
-    precision("precision", cl::desc("fp32 or bf16 (default fp32)"),
-              cl::init("fp32"), cl::sub(compileCommand), cl::sub(trainCommand),
-              cl::cat(modelCategory));
+                               cl::init(256), cl::sub(compileCommand),
+                               cl::sub(trainCommand), cl::cat(modelCategory));
+static cl::opt<std::string> precision("precision",
+                                      cl::desc("fp32 or bf16 (default fp32)"),
+                                      cl::init("fp32"), cl::sub(compileCommand),
+                                      cl::sub(trainCommand),
+                                      cl::cat(modelCategory));
 static cl::opt<bool> noFuseGatedMLP(
     "no-fuse-gated-mlp",
     cl::desc("Keep the gate and up projections and SwiGLU apart"),
@@ -62,12 +63,14 @@ static cl::opt<std::string> emit("emit",
                                           "did, GEMM and op counts, saved "
                                           "activations)"),
                                  cl::init("mlir"), cl::sub(compileCommand));
-static cl::opt<bool> noAutodiff(
-    "no-autodiff", cl::desc("Stop at the forward function (debugging)"),
-    cl::sub(compileCommand));
-static cl::opt<bool> noOptimizer(
-    "no-optimizer", cl::desc("Stop after autodiff: return the gradients"),
-    cl::sub(compileCommand));
+static cl::opt<bool>
+    noAutodiff("no-autodiff",
+               cl::desc("Stop at the forward function (debugging)"),
+               cl::sub(compileCommand));
+static cl::opt<bool>
+    noOptimizer("no-optimizer",
+                cl::desc("Stop after autodiff: return the gradients"),
+                cl::sub(compileCommand));
 static cl::opt<std::string> outputPath("o", cl::desc("Output file"),
                                        cl::init("-"), cl::sub(compileCommand));
 
@@ -176,8 +179,11 @@ static cl::opt<std::string> reportTitle("title",
 static cl::OptionCategory tokenizeCategory("Tokenize");
 static cl::opt<std::string>
     tokenizerPath("tokenizer",
-                  cl::desc("Hugging Face tokenizer.json, or its directory"),
-                  cl::sub(tokenizeCommand), cl::cat(tokenizeCategory));
+                  cl::desc("Hugging Face tokenizer.json, or its directory "
+                           "(train: for rows with text; default: the model "
+                           "directory given to --config, if it has one)"),
+                  cl::sub(tokenizeCommand), cl::sub(trainCommand),
+                  cl::cat(tokenizeCategory));
 static cl::opt<std::string> tokenizeInput(cl::Positional,
                                           cl::desc("<data.jsonl>"),
                                           cl::sub(tokenizeCommand),
@@ -246,6 +252,7 @@ static int trainMain() {
   options.configPath = configPath;
   options.weightsPath = weightsPath;
   options.dataPath = dataPath;
+  options.tokenizerPath = tokenizerPath;
   options.savePath = savePath;
   options.dumpGradsPath = dumpGradsPath;
   options.metricsPath = metricsPath;

@@ -39,7 +39,9 @@ namespace llamac {
 namespace {
 
 constexpr uint64_t kAlign = 16;
-uint64_t align(uint64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+uint64_t align(uint64_t bytes) {
+  return (bytes + kAlign - 1) / kAlign * kAlign;
+}
 
 /// Where a tensor lives: buffer, byte offset, row stride in elements (0 =
 /// packed rows).
@@ -82,8 +84,7 @@ private:
   //--- Buffers and locations -------------------------------------------===//
 
   int newBuffer(const std::string &name, const std::string &role,
-                ElementType type, std::vector<int64_t> shape,
-                bool persistent) {
+                ElementType type, std::vector<int64_t> shape, bool persistent) {
     Logical logical;
     logical.info.name = name;
     logical.info.role = role;
@@ -141,9 +142,8 @@ private:
     auto type = cast<RankedTensorType>(value.getType());
     int buffer =
         newBuffer(name + "#" + std::to_string(buffers.size()), "activation",
-                  elementTypeOf(type), {type.getShape().begin(),
-                                        type.getShape().end()},
-                  false);
+                  elementTypeOf(type),
+                  {type.getShape().begin(), type.getShape().end()}, false);
     Location location{buffer, 0, 0};
     locations[value] = location;
     touch(buffer);
@@ -218,8 +218,8 @@ private:
   llvm::Error prepareForwardBackward(func::FuncOp func);
   llvm::Error lower(Operation &op);
   llvm::Error lowerRmsNorm(Location x, Location weight, Location out,
-                           int64_t rows, int64_t hidden, double eps,
-                           int rstd, const std::string &label);
+                           int64_t rows, int64_t hidden, double eps, int rstd,
+                           const std::string &label);
   llvm::Error normBackward(Value inputGrad, Value weightGrad, Location dy,
                            Location x, Location weight, int rstd,
                            int64_t hidden, const std::string &label);
@@ -274,8 +274,10 @@ llvm::Error PackageBuilder::prepareForwardBackward(func::FuncOp func) {
         return fail(nullptr, "the GPU backend runs bf16 steps (--precision "
                              "bf16); parameter " +
                                  name.str() + " is not bf16");
-      Param param{name.str(), {}, {}, {type.getShape().begin(),
-                                       type.getShape().end()},
+      Param param{name.str(),
+                  {},
+                  {},
+                  {type.getShape().begin(), type.getShape().end()},
                   arg};
       if (auto parts = func.getArgAttrOfType<ArrayAttr>(i, kParamPartsAttr))
         for (Attribute part : parts)
@@ -297,12 +299,12 @@ llvm::Error PackageBuilder::prepareForwardBackward(func::FuncOp func) {
     bytes += align(uint64_t(numel(param.arg.getType())) * 2);
   }
   flatElements = int64_t(bytes / 2);
-  paramsRegion = newBuffer("params", "region", ElementType::BF16,
-                           {flatElements}, true);
-  gradsRegion = newBuffer("grads", "region", ElementType::BF16,
-                          {flatElements}, true);
-  expAvgRegion = newBuffer("exp_avg", "region", ElementType::BF16,
-                           {flatElements}, true);
+  paramsRegion =
+      newBuffer("params", "region", ElementType::BF16, {flatElements}, true);
+  gradsRegion =
+      newBuffer("grads", "region", ElementType::BF16, {flatElements}, true);
+  expAvgRegion =
+      newBuffer("exp_avg", "region", ElementType::BF16, {flatElements}, true);
   expAvgSqRegion = newBuffer("exp_avg_sq", "region", ElementType::BF16,
                              {flatElements}, true);
   auto child = [&](int region, const std::string &role, const Param &param) {
@@ -323,13 +325,13 @@ llvm::Error PackageBuilder::prepareForwardBackward(func::FuncOp func) {
   }
 
   for (BlockArgument arg : func.getArguments())
-    if (auto input = func.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
-                                                       kInputAttr))
-      locations[arg] = {newBuffer(input.str(), "input", ElementType::I32,
-                                  {tokens}, true),
-                        0, 0};
-  hyper = newBuffer(kHyperparametersBuffer, "hyperparameters",
-                    ElementType::F32, {8}, true);
+    if (auto input =
+            func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), kInputAttr))
+      locations[arg] = {
+          newBuffer(input.str(), "input", ElementType::I32, {tokens}, true), 0,
+          0};
+  hyper = newBuffer(kHyperparametersBuffer, "hyperparameters", ElementType::F32,
+                    {8}, true);
   lossStats = newBuffer(kLossStatsBuffer, "loss", ElementType::F32, {4}, true);
   gradNorm =
       newBuffer(kGradNormBuffer, "grad_norm", ElementType::F32, {4}, true);
@@ -451,12 +453,13 @@ llvm::Error PackageBuilder::attentionScores(Operation *op, Location qkv,
       g.transposeB = true;
       g.alpha = float(scale);
       g.outType = ElementType::F32;
-      g.a = operand({qkv.buffer,
-                     qkv.offset + uint64_t(b * seq * qkv.ld + qCol + j * dim) * 2,
-                     qkv.ld});
-      g.b = operand(
-          {qkv.buffer, qkv.offset + uint64_t(b * seq * qkv.ld + kCol) * 2,
-           qkv.ld});
+      g.a =
+          operand({qkv.buffer,
+                   qkv.offset + uint64_t(b * seq * qkv.ld + qCol + j * dim) * 2,
+                   qkv.ld});
+      g.b =
+          operand({qkv.buffer,
+                   qkv.offset + uint64_t(b * seq * qkv.ld + kCol) * 2, qkv.ld});
       g.d = operand({scores, uint64_t((b * heads + j) * seq * seq) * 4, seq});
       g.batch = kvHeads;
       g.strideA = group * dim, g.strideB = dim, g.strideD = group * seq * seq;
@@ -513,7 +516,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
   if (auto matmul = dyn_cast<MatmulOp>(op)) {
     auto lhs = cast<RankedTensorType>(matmul.getLhs().getType());
     auto result = cast<RankedTensorType>(matmul.getType());
-    int64_t k = matmul.getTransposeLhs() ? lhs.getDimSize(0) : lhs.getDimSize(1);
+    int64_t k =
+        matmul.getTransposeLhs() ? lhs.getDimSize(0) : lhs.getDimSize(1);
     auto a = use(matmul.getLhs());
     auto b = use(matmul.getRhs());
     if (!a || !b)
@@ -579,10 +583,10 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       if (!nw)
         return nw.takeError();
       int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
-      if (auto error = lowerRmsNorm(
-              *x, *nw, whole(xn), tokens, hidden,
-              mlp.getEps()->convertToDouble(),
-              scratch("rstd", ElementType::F32, {tokens}), label + " (norm)"))
+      if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
+                                    mlp.getEps()->convertToDouble(),
+                                    scratch("rstd", ElementType::F32, {tokens}),
+                                    label + " (norm)"))
         return error;
       in = whole(xn);
     }
@@ -608,7 +612,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       for (Operation *user : rotatedValue.getUsers())
         if (user != &op && !isa<RopeAttentionGradOp>(user))
           return fail(&op, "q or k has a user that needs it unrotated");
-    int64_t heads = attention.getNumHeads(), kvHeads = attention.getNumKvHeads();
+    int64_t heads = attention.getNumHeads(),
+            kvHeads = attention.getNumKvHeads();
     int64_t dim = attention.getHeadDim(), seq = attention.getSeqLen();
     int64_t qCol = int64_t(q->offset / 2), kCol = int64_t(k->offset / 2),
             vCol = int64_t(v->offset / 2);
@@ -617,20 +622,19 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     layout.headDim = dim, layout.numHeads = heads, layout.numKvHeads = kvHeads;
     layout.qOffset = qCol, layout.kOffset = kCol;
     Location qkv{q->buffer, 0, q->ld};
-    if (auto error =
-            launch(ropeKernel(layout, /*inverse=*/false),
-                   {qkv, whole(freqTable(attention.getFrequencies()))},
-                   label + " (rope)"))
+    if (auto error = launch(ropeKernel(layout, /*inverse=*/false),
+                            {qkv, whole(freqTable(attention.getFrequencies()))},
+                            label + " (rope)"))
       return error;
     rotated.insert(attention.getQuery());
     rotated.insert(attention.getKey());
 
     int64_t blocks = tokens / seq * heads, group = heads / kvHeads;
     int scores = scratch("scores", ElementType::F32, {blocks, seq, seq});
-    int probabilities = scratch("probabilities", ElementType::BF16,
-                                {blocks, seq, seq});
-    if (auto error = attentionScores(&op, qkv, qCol, kCol, scores,
-                                     probabilities, label))
+    int probabilities =
+        scratch("probabilities", ElementType::BF16, {blocks, seq, seq});
+    if (auto error =
+            attentionScores(&op, qkv, qCol, kCol, scores, probabilities, label))
       return error;
     Location out = define(attention.getResult(), "attention");
     int64_t outLd = heads * dim;
@@ -639,10 +643,10 @@ llvm::Error PackageBuilder::lower(Operation &op) {
         // O[b, g*group + j] = P V[b, g], batched over g.
         package::Gemm g;
         g.m = seq, g.n = dim, g.k = seq;
-        g.a = operand({probabilities,
-                       uint64_t((b * heads + j) * seq * seq) * 2, seq});
-        g.b = operand({qkv.buffer, uint64_t(b * seq * qkv.ld + vCol) * 2,
-                       qkv.ld});
+        g.a = operand(
+            {probabilities, uint64_t((b * heads + j) * seq * seq) * 2, seq});
+        g.b = operand(
+            {qkv.buffer, uint64_t(b * seq * qkv.ld + vCol) * 2, qkv.ld});
         g.d = operand({out.buffer,
                        out.offset + uint64_t(b * seq * outLd + j * dim) * 2,
                        outLd});
@@ -694,8 +698,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     auto dOut = use(grad.getGrad());
     if (!ids || !dOut)
       return llvm::joinErrors(ids.takeError(), dOut.takeError());
-    int accumulator = scratch("embedding_grad.f32", ElementType::F32,
-                              {vocab, hidden});
+    int accumulator =
+        scratch("embedding_grad.f32", ElementType::F32, {vocab, hidden});
     memset(whole(accumulator), uint64_t(vocab * hidden) * 4, label + " (zero)");
     if (auto error = launch(embeddingBackwardKernel(tokens, vocab, hidden),
                             {*ids, *dOut, whole(accumulator)}, label))
@@ -800,9 +804,9 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     auto v = use(grad.getValue());
     auto dOut = use(grad.getGrad());
     if (!q || !k || !v || !dOut)
-      return llvm::joinErrors(llvm::joinErrors(q.takeError(), k.takeError()),
-                              llvm::joinErrors(v.takeError(),
-                                               dOut.takeError()));
+      return llvm::joinErrors(
+          llvm::joinErrors(q.takeError(), k.takeError()),
+          llvm::joinErrors(v.takeError(), dOut.takeError()));
     if (!rotated.contains(grad.getQuery()) || !rotated.contains(grad.getKey()))
       return fail(&op, "expects q and k rotated in place by rope_attention");
     int64_t heads = grad.getNumHeads(), kvHeads = grad.getNumKvHeads();
@@ -821,14 +825,15 @@ llvm::Error PackageBuilder::lower(Operation &op) {
                        "buffer (the fused QKV backward's input)");
     int64_t blocks = batch * heads;
     int scores = scratch("scores", ElementType::F32, {blocks, seq, seq});
-    int probabilities = scratch("probabilities", ElementType::BF16,
-                                {blocks, seq, seq});
+    int probabilities =
+        scratch("probabilities", ElementType::BF16, {blocks, seq, seq});
     if (auto error = attentionScores(&op, qkv, qCol, kCol, scores,
                                      probabilities, label + " (recompute)"))
       return error;
     int64_t dOutLd = dOut->ld ? dOut->ld : heads * dim;
     int64_t gLd = dq.ld;
-    uint64_t dqCol = dq.offset / 2, dkCol = dk.offset / 2, dvCol = dv.offset / 2;
+    uint64_t dqCol = dq.offset / 2, dkCol = dk.offset / 2,
+             dvCol = dv.offset / 2;
     // dP = dO Vᵀ into the f32 score buffer (S is no longer needed).
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t j = 0; j < group; ++j) {
@@ -839,8 +844,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
         g.a = operand({dOut->buffer,
                        dOut->offset + uint64_t(b * seq * dOutLd + j * dim) * 2,
                        dOutLd});
-        g.b = operand({qkv.buffer, uint64_t(b * seq * qkv.ld + vCol) * 2,
-                       qkv.ld});
+        g.b = operand(
+            {qkv.buffer, uint64_t(b * seq * qkv.ld + vCol) * 2, qkv.ld});
         g.d = operand({scores, uint64_t((b * heads + j) * seq * seq) * 4, seq});
         g.batch = kvHeads;
         g.strideA = group * dim, g.strideB = dim, g.strideD = group * seq * seq;
@@ -850,8 +855,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
         dV.m = seq, dV.n = dim, dV.k = seq;
         dV.transposeA = true;
         dV.beta = j == 0 ? 0 : 1;
-        dV.a = operand({probabilities,
-                        uint64_t((b * heads + j) * seq * seq) * 2, seq});
+        dV.a = operand(
+            {probabilities, uint64_t((b * heads + j) * seq * seq) * 2, seq});
         dV.b = g.a;
         dV.d = operand({dv.buffer, uint64_t(b * seq * gLd + dvCol) * 2, gLd});
         dV.batch = kvHeads;
@@ -860,10 +865,10 @@ llvm::Error PackageBuilder::lower(Operation &op) {
         gemm(dV, label + " (dV)");
       }
     // dS = P (dP - rowsum(P dP)), written over P.
-    if (auto error = launch(
-            attentionSoftmaxBackwardKernel(blocks, seq, ScoreType::F32),
-            {whole(probabilities), whole(scores), whole(probabilities)},
-            label + " (softmax backward)"))
+    if (auto error =
+            launch(attentionSoftmaxBackwardKernel(blocks, seq, ScoreType::F32),
+                   {whole(probabilities), whole(scores), whole(probabilities)},
+                   label + " (softmax backward)"))
       return error;
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t j = 0; j < group; ++j) {
@@ -871,10 +876,10 @@ llvm::Error PackageBuilder::lower(Operation &op) {
         package::Gemm g;
         g.m = seq, g.n = dim, g.k = seq;
         g.alpha = scale;
-        g.a = operand({probabilities,
-                       uint64_t((b * heads + j) * seq * seq) * 2, seq});
-        g.b = operand({qkv.buffer, uint64_t(b * seq * qkv.ld + kCol) * 2,
-                       qkv.ld});
+        g.a = operand(
+            {probabilities, uint64_t((b * heads + j) * seq * seq) * 2, seq});
+        g.b = operand(
+            {qkv.buffer, uint64_t(b * seq * qkv.ld + kCol) * 2, qkv.ld});
         g.d = operand(
             {dq.buffer, uint64_t(b * seq * gLd + dqCol + j * dim) * 2, gLd});
         g.batch = kvHeads;
@@ -887,9 +892,9 @@ llvm::Error PackageBuilder::lower(Operation &op) {
         dK.alpha = scale;
         dK.beta = j == 0 ? 0 : 1;
         dK.a = g.a;
-        dK.b = operand({qkv.buffer,
-                        uint64_t(b * seq * qkv.ld + qCol + j * dim) * 2,
-                        qkv.ld});
+        dK.b =
+            operand({qkv.buffer,
+                     uint64_t(b * seq * qkv.ld + qCol + j * dim) * 2, qkv.ld});
         dK.d = operand({dk.buffer, uint64_t(b * seq * gLd + dkCol) * 2, gLd});
         dK.batch = kvHeads;
         dK.strideA = group * seq * seq, dK.strideB = group * dim,
@@ -901,10 +906,10 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     layout.rows = tokens, layout.seqLen = seq, layout.rowStride = gLd;
     layout.headDim = dim, layout.numHeads = heads, layout.numKvHeads = kvHeads;
     layout.qOffset = int64_t(dqCol), layout.kOffset = int64_t(dkCol);
-    return launch(ropeKernel(layout, /*inverse=*/true),
-                  {Location{dq.buffer, 0, gLd},
-                   whole(freqTable(grad.getFrequencies()))},
-                  label + " (inverse rope)");
+    return launch(
+        ropeKernel(layout, /*inverse=*/true),
+        {Location{dq.buffer, 0, gLd}, whole(freqTable(grad.getFrequencies()))},
+        label + " (inverse rope)");
   }
 
   if (auto grad = dyn_cast<RMSNormGradOp>(op)) {
@@ -963,7 +968,8 @@ llvm::Error PackageBuilder::lowerOptimizer(func::FuncOp func) {
 //===----------------------------------------------------------------------===//
 
 llvm::Error PackageBuilder::build(ModuleOp module) {
-  auto forwardBackward = module.lookupSymbol<func::FuncOp>(kForwardBackwardName);
+  auto forwardBackward =
+      module.lookupSymbol<func::FuncOp>(kForwardBackwardName);
   auto optimizer = module.lookupSymbol<func::FuncOp>(kOptimizerStepName);
   if (!forwardBackward || !optimizer)
     return fail(nullptr, "expects @forward_backward and @optimizer_step");

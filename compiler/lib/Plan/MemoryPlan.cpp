@@ -26,8 +26,8 @@ MemoryPlan llamac::planMemory(const std::vector<LiveRange> &ranges) {
     for (size_t other : placed) {
       const LiveRange &o = ranges[other];
       if (o.first <= range.last && range.first <= o.last)
-        busy.push_back({plan.offsets[other],
-                        plan.offsets[other] + align16(o.bytes)});
+        busy.push_back(
+            {plan.offsets[other], plan.offsets[other] + align16(o.bytes)});
     }
     std::sort(busy.begin(), busy.end());
     uint64_t offset = 0, size = align16(range.bytes);

@@ -55,14 +55,14 @@ struct LlamaAutodiffPass
     auto accumulate = [&](Value value, Value cotangent) {
       Value &slot = cotangents[value];
       slot = slot ? AddOp::create(builder, loc, slot.getType(), slot, cotangent)
-                         .getResult()
+                        .getResult()
                   : cotangent;
     };
     Value loss = ret.getOperand(0);
     accumulate(loss, filledConstant(builder, loc, loss.getType(), 1.0));
 
-    for (Operation &op : llvm::make_early_inc_range(
-             llvm::reverse(body.without_terminator()))) {
+    for (Operation &op :
+         llvm::make_early_inc_range(llvm::reverse(body.without_terminator()))) {
       SmallVector<Value> resultCotangents;
       bool reachesLoss = false;
       for (Value result : op.getResults()) {
@@ -84,10 +84,11 @@ struct LlamaAutodiffPass
 
     SmallVector<Value> results{loss};
     SmallVector<Type> resultTypes{loss.getType()};
-    SmallVector<DictionaryAttr> resultAttrs{
-        builder.getDictionaryAttr(builder.getNamedAttr(kLossAttr, builder.getUnitAttr()))};
+    SmallVector<DictionaryAttr> resultAttrs{builder.getDictionaryAttr(
+        builder.getNamedAttr(kLossAttr, builder.getUnitAttr()))};
     for (BlockArgument arg : func.getArguments()) {
-      auto name = func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), kParamAttr);
+      auto name =
+          func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), kParamAttr);
       if (!name)
         continue;
       Value grad = cotangents.lookup(arg);

@@ -70,9 +70,9 @@ static LogicalResult expectWholeSequences(Operation *op, int64_t rows,
   if (failed(expectPositive(op, "seq_len", seqLen)))
     return failure();
   if (rows % seqLen != 0)
-    return op->emitOpError() << "has " << rows
-                             << " token rows, not a multiple of seq_len "
-                             << seqLen;
+    return op->emitOpError()
+           << "has " << rows << " token rows, not a multiple of seq_len "
+           << seqLen;
   return success();
 }
 
@@ -93,8 +93,8 @@ LogicalResult EmbeddingOp::verify() {
 
 SmallVector<Value> EmbeddingOp::buildVJP(OpBuilder &builder,
                                          ValueRange resultCotangents) {
-  Value tableGrad = EmbeddingGradOp::create(builder, getLoc(), getTable().getType(),
-                                            resultCotangents[0], getIds());
+  Value tableGrad = EmbeddingGradOp::create(
+      builder, getLoc(), getTable().getType(), resultCotangents[0], getIds());
   return {tableGrad, nullptr};
 }
 
@@ -118,8 +118,8 @@ static LogicalResult verifyRMSNormOperands(Operation *op, Value input,
                                            Value weight, double eps) {
   if (failed(expectStaticRank(op, input, "input", 2)))
     return failure();
-  if (failed(expectShape(op, weight, "weight",
-                         {tensorType(input).getDimSize(1)})))
+  if (failed(
+          expectShape(op, weight, "weight", {tensorType(input).getDimSize(1)})))
     return failure();
   if (!(eps > 0))
     return op->emitOpError() << "eps must be positive, got " << eps;
@@ -137,9 +137,9 @@ LogicalResult RMSNormOp::verify() {
 
 SmallVector<Value> RMSNormOp::buildVJP(OpBuilder &builder,
                                        ValueRange resultCotangents) {
-  auto grad = RMSNormGradOp::create(
-      builder, getLoc(), getInput().getType(), getWeight().getType(),
-      resultCotangents[0], getInput(), getWeight(), getEpsAttr());
+  auto grad = RMSNormGradOp::create(builder, getLoc(), getInput().getType(),
+                                    getWeight().getType(), resultCotangents[0],
+                                    getInput(), getWeight(), getEpsAttr());
   return {grad.getInputGrad(), grad.getWeightGrad()};
 }
 
@@ -297,13 +297,14 @@ static LogicalResult verifyAttentionOperands(AttentionLikeOp op) {
       failed(expectPositive(op, "head_dim", op.getHeadDim())))
     return failure();
   if (op.getNumHeads() % op.getNumKvHeads() != 0)
-    return op.emitOpError() << "num_heads " << op.getNumHeads()
-                            << " is not a multiple of num_kv_heads "
-                            << op.getNumKvHeads();
+    return op.emitOpError()
+           << "num_heads " << op.getNumHeads()
+           << " is not a multiple of num_kv_heads " << op.getNumKvHeads();
   int64_t rows = tensorType(op.getQuery()).getDimSize(0);
   int64_t kvWidth = int64_t(op.getNumKvHeads() * op.getHeadDim());
-  if (failed(expectShape(op, op.getQuery(), "query",
-                         {rows, int64_t(op.getNumHeads() * op.getHeadDim())})) ||
+  if (failed(
+          expectShape(op, op.getQuery(), "query",
+                      {rows, int64_t(op.getNumHeads() * op.getHeadDim())})) ||
       failed(expectShape(op, op.getKey(), "key", {rows, kvWidth})) ||
       failed(expectShape(op, op.getValue(), "value", {rows, kvWidth})) ||
       failed(expectWholeSequences(op, rows, op.getSeqLen())))
@@ -329,17 +330,24 @@ SmallVector<Value> AttentionOp::buildVJP(OpBuilder &builder,
   return {grad.getQueryGrad(), grad.getKeyGrad(), grad.getValueGrad()};
 }
 
+/// The incoming gradient has the query's shape, and so has the query's
+/// gradient; the key and value gradients have the key's.
+template <typename AttentionGradLikeOp>
+static LogicalResult verifyAttentionGradResults(AttentionGradLikeOp op) {
+  ArrayRef<int64_t> query = tensorType(op.getQuery()).getShape();
+  ArrayRef<int64_t> kv = tensorType(op.getKey()).getShape();
+  if (failed(expectShape(op, op.getGrad(), "grad", query)) ||
+      failed(expectShape(op, op.getQueryGrad(), "query_grad", query)) ||
+      failed(expectShape(op, op.getKeyGrad(), "key_grad", kv)) ||
+      failed(expectShape(op, op.getValueGrad(), "value_grad", kv)))
+    return failure();
+  return expectSameElementType(op, op->getResults());
+}
+
 LogicalResult AttentionGradOp::verify() {
   if (failed(verifyAttentionOperands(*this)))
     return failure();
-  ArrayRef<int64_t> query = tensorType(getQuery()).getShape();
-  ArrayRef<int64_t> kv = tensorType(getKey()).getShape();
-  if (failed(expectShape(*this, getGrad(), "grad", query)) ||
-      failed(expectShape(*this, getQueryGrad(), "query_grad", query)) ||
-      failed(expectShape(*this, getKeyGrad(), "key_grad", kv)) ||
-      failed(expectShape(*this, getValueGrad(), "value_grad", kv)))
-    return failure();
-  return expectSameElementType(*this, getResults());
+  return verifyAttentionGradResults(*this);
 }
 
 //===----------------------------------------------------------------------===//
@@ -667,14 +675,7 @@ SmallVector<Value> RopeAttentionOp::buildVJP(OpBuilder &builder,
 LogicalResult RopeAttentionGradOp::verify() {
   if (failed(verifyRopeAttention(*this)))
     return failure();
-  ArrayRef<int64_t> query = tensorType(getQuery()).getShape();
-  ArrayRef<int64_t> kv = tensorType(getKey()).getShape();
-  if (failed(expectShape(*this, getGrad(), "grad", query)) ||
-      failed(expectShape(*this, getQueryGrad(), "query_grad", query)) ||
-      failed(expectShape(*this, getKeyGrad(), "key_grad", kv)) ||
-      failed(expectShape(*this, getValueGrad(), "value_grad", kv)))
-    return failure();
-  return expectSameElementType(*this, getResults());
+  return verifyAttentionGradResults(*this);
 }
 
 #define GET_OP_CLASSES

@@ -15,7 +15,8 @@ namespace {
 
 std::string temporaryDirectory() {
   std::string pattern =
-      (std::filesystem::temp_directory_path() / "llamac-package-XXXXXX").string();
+      (std::filesystem::temp_directory_path() / "llamac-package-XXXXXX")
+          .string();
   return mkdtemp(pattern.data());
 }
 

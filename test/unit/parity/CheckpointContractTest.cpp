@@ -8,6 +8,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "ParityTestUtil.h"
 #include "llamac/Runtime/Safetensors.h"
 
 #include "llvm/ADT/SmallString.h"
@@ -19,27 +20,9 @@
 #include <map>
 
 using namespace llamac;
+using namespace llamac::test;
 
 namespace {
-
-std::string goldenPath(const std::string &testCase, const char *file) {
-  return std::string(GOLDEN_DIR) + "/" + testCase + "/" + file;
-}
-
-std::map<std::string, HostTensor> readAll(const std::string &path) {
-  std::map<std::string, HostTensor> tensors;
-  Result<SafetensorsFile> file = SafetensorsFile::open(path);
-  EXPECT_TRUE(file.ok()) << (file.ok() ? "" : file.error().message);
-  if (!file.ok())
-    return tensors;
-  for (const TensorInfo &info : file->tensors()) {
-    Result<HostTensor> tensor = file->read(info.name);
-    EXPECT_TRUE(tensor.ok()) << info.name;
-    if (tensor.ok())
-      tensors[info.name] = std::move(*tensor);
-  }
-  return tensors;
-}
 
 class CheckpointContract : public ::testing::TestWithParam<const char *> {};
 
@@ -65,8 +48,9 @@ TEST_P(CheckpointContract, ZeroStepsWriteTheInputWeightsBitExact) {
   ASSERT_EQ(exitCode, 0) << errorMessage;
 
   std::map<std::string, HostTensor> input =
-      readAll(goldenPath(testCase, "model.safetensors"));
-  std::map<std::string, HostTensor> saved = readAll(out + "/model.safetensors");
+      readTensors(goldenPath(testCase, "model.safetensors"));
+  std::map<std::string, HostTensor> saved =
+      readTensors(out + "/model.safetensors");
   ASSERT_FALSE(input.empty());
   ASSERT_EQ(saved.size(), input.size());
   for (const auto &[name, want] : input) {

@@ -12,6 +12,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "ParityTestUtil.h"
 #include "llamac/Frontend/Config.h"
 #include "llamac/Runtime/Safetensors.h"
 
@@ -29,12 +30,9 @@
 #include <sstream>
 
 using namespace llamac;
+using namespace llamac::test;
 
 namespace {
-
-std::string goldenPath(const std::string &testCase, const char *file) {
-  return std::string(GOLDEN_DIR) + "/" + testCase + "/" + file;
-}
 
 llvm::json::Value readJson(const std::string &path) {
   auto buffer = llvm::MemoryBuffer::getFile(path);
@@ -43,21 +41,6 @@ llvm::json::Value readJson(const std::string &path) {
       llvm::json::parse((*buffer)->getBuffer());
   EXPECT_TRUE(bool(value)) << path;
   return value ? std::move(*value) : llvm::json::Value(nullptr);
-}
-
-std::map<std::string, std::vector<double>> readAll(const std::string &path) {
-  std::map<std::string, std::vector<double>> tensors;
-  Result<SafetensorsFile> file = SafetensorsFile::open(path);
-  EXPECT_TRUE(file.ok()) << (file.ok() ? "" : file.error().message);
-  if (!file.ok())
-    return tensors;
-  for (const TensorInfo &info : file->tensors()) {
-    Result<HostTensor> tensor = file->read(info.name);
-    EXPECT_TRUE(tensor.ok());
-    if (tensor.ok())
-      tensors[info.name] = tensor->toDouble();
-  }
-  return tensors;
 }
 
 /// ‖a − b‖ / ‖b‖ over all elements.
@@ -73,10 +56,11 @@ double relativeError(const std::vector<double> &a,
 
 /// Every tensor of `expected` exists in `actual` with the same size and
 /// within `tolerance`; and no other tensor does.
-void expectTensorsClose(const std::string &what,
-                        const std::map<std::string, std::vector<double>> &actual,
-                        const std::map<std::string, std::vector<double>> &expected,
-                        double tolerance) {
+void expectTensorsClose(
+    const std::string &what,
+    const std::map<std::string, std::vector<double>> &actual,
+    const std::map<std::string, std::vector<double>> &expected,
+    double tolerance) {
   ASSERT_EQ(actual.size(), expected.size()) << what;
   for (const auto &[name, values] : expected) {
     auto found = actual.find(name);
@@ -108,27 +92,19 @@ TEST_P(HFParity, LossesGradientsAndWeightsMatchTransformers) {
   };
   const llvm::json::Array *betas = settings->getArray("betas");
   std::vector<std::string> args = {
-      LLAMAC_BINARY,
-      "train",
-      "--config=" + goldenPath(testCase, "config.json"),
+      LLAMAC_BINARY, "train", "--config=" + goldenPath(testCase, "config.json"),
       "--weights=" + goldenPath(testCase, "model.safetensors"),
       "--data=" + goldenPath(testCase, "data.jsonl"),
-      "--batch=" + number("batch"),
-      "--seq=" + number("seq"),
-      "--steps=" + number("steps"),
-      "--lr=" + number("lr"),
+      "--batch=" + number("batch"), "--seq=" + number("seq"),
+      "--steps=" + number("steps"), "--lr=" + number("lr"),
       "--weight-decay=" + number("weight_decay"),
       "--adam-betas=" + text(*(*betas)[0].getAsNumber()) + "," +
           text(*(*betas)[1].getAsNumber()),
       "--adam-eps=" + number("eps"),
       // make_golden.py steps torch.optim.AdamW at a fixed lr, unclipped.
-      "--lr-schedule=constant",
-      "--max-grad-norm=0",
-      "--precision=fp32",
-      "--device=cpu",
-      "--dump-grads=" + out + "/grads.safetensors",
-      "--save=" + out + "/checkpoint",
-      "--metrics=" + out + "/metrics.jsonl"};
+      "--lr-schedule=constant", "--max-grad-norm=0", "--precision=fp32",
+      "--device=cpu", "--dump-grads=" + out + "/grads.safetensors",
+      "--save=" + out + "/checkpoint", "--metrics=" + out + "/metrics.jsonl"};
   std::vector<llvm::StringRef> argRefs(args.begin(), args.end());
   std::string errorMessage;
   int exitCode = llvm::sys::ExecuteAndWait(LLAMAC_BINARY, argRefs, std::nullopt,

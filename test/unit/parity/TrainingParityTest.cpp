@@ -16,6 +16,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "ParityTestUtil.h"
 #include "llamac/Runtime/Safetensors.h"
 
 #include "llvm/ADT/SmallString.h"
@@ -32,27 +33,13 @@
 #include <sstream>
 
 using namespace llamac;
+using namespace llamac::test;
 
 namespace {
 
 const std::string kSource = std::string(GOLDEN_DIR) + "/llama2-mha/";
 const std::string kMakeGolden =
     "python3 test/golden/make_golden_training.py test/golden/training";
-
-std::map<std::string, std::vector<double>> readAll(const std::string &path) {
-  std::map<std::string, std::vector<double>> tensors;
-  Result<SafetensorsFile> file = SafetensorsFile::open(path);
-  EXPECT_TRUE(file.ok()) << (file.ok() ? "" : file.error().message);
-  if (!file.ok())
-    return tensors;
-  for (const TensorInfo &info : file->tensors()) {
-    Result<HostTensor> tensor = file->read(info.name);
-    EXPECT_TRUE(tensor.ok());
-    if (tensor.ok())
-      tensors[info.name] = tensor->toDouble();
-  }
-  return tensors;
-}
 
 double relative(double got, double want) {
   return std::abs(got - want) / std::max(std::abs(want), 1e-300);
