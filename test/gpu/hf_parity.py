@@ -61,6 +61,19 @@ def run_case(llamac_run, packages, configs, out_root, case):
         for row in data:
             f.write(json.dumps(row) + "\n")
 
+    # An f32 reference of the step-1 gradients (same bf16 weights, upcast):
+    # how far each bf16 implementation is from the exact answer.
+    with torch.device("cuda"):
+        reference = LlamaForCausalLM(config).float()
+    reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    first = [data[b % ROWS] for b in range(BATCH)]
+    ids0 = torch.tensor([r["input_ids"] for r in first], device="cuda")
+    labels0 = torch.tensor([r.get("labels", r["input_ids"]) for r in first], device="cuda")
+    reference(input_ids=ids0, labels=labels0).loss.backward()
+    exact = {n: p.grad.float() for n, p in reference.named_parameters()}
+    del reference
+    torch.cuda.empty_cache()
+
     lr = LR.get(case, DEFAULT_LR)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, fused=True)
     hf_losses = []
@@ -94,14 +107,19 @@ def run_case(llamac_run, packages, configs, out_root, case):
     loss_err = max(abs(a - b) / abs(b) for a, b in zip(ours, hf_losses))
     mine = load_file(dump)
     worst, worst_name = 0.0, ""
+    to_exact = {"hf": 0.0, "llamac": 0.0}
     for name, g in grads.items():
         got = mine[name].to(g.device)
         err = ((got - g).norm() / g.norm()).item()
         if err > worst:
             worst, worst_name = err, name
+        ref = exact[name]
+        to_exact["hf"] = max(to_exact["hf"], ((g - ref).norm() / ref.norm()).item())
+        to_exact["llamac"] = max(to_exact["llamac"], ((got - ref).norm() / ref.norm()).item())
     ok = loss_err <= 0.02 and worst <= 2e-2 and len(ours) == STEPS
     print(f"{case}: loss {hf_losses[0]:.4f}->{hf_losses[-1]:.4f} (HF) vs {ours[0]:.4f}->{ours[-1]:.4f} "
-          f"(llamac); max loss rel err {loss_err:.2e}; max grad rel err {worst:.2e} ({worst_name}) "
+          f"(llamac); max loss rel err {loss_err:.2e}; max grad rel err {worst:.2e} ({worst_name}); "
+          f"max grad rel err to f32: HF bf16 {to_exact['hf']:.2e}, llamac {to_exact['llamac']:.2e} "
           f"{'OK' if ok else 'FAILED'}", flush=True)
     return ok
 

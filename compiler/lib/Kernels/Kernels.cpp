@@ -345,9 +345,9 @@ llvm::Expected<KernelSpec> llamac::ropeKernel(const RopeLayout &layout,
 }
 
 /// Shared by causal_softmax_fwd and attention_softmax_bwd.
-static llvm::Expected<KernelSpec> softmaxKernel(llvm::StringRef kernel,
-                                                int64_t blocks, int64_t seqLen,
-                                                ScoreType scoreType) {
+static llvm::Expected<KernelSpec>
+softmaxKernel(llvm::StringRef kernel, int64_t blocks, int64_t seqLen,
+              ScoreType scoreType, ScoreType probabilityType, bool forward) {
   if (llvm::Error error = checkSize(kernel, "batch * heads", blocks))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "sequence length", seqLen, 8))
@@ -356,16 +356,22 @@ static llvm::Expected<KernelSpec> softmaxKernel(llvm::StringRef kernel,
   if (rows > INT32_MAX)
     return shapeError(kernel, "too many rows for the grid: " + str(rows));
   bool f32 = scoreType == ScoreType::F32;
+  bool p32 = probabilityType == ScoreType::F32;
   unsigned block = threadsFor(seqLen / 8, 256);
+  // f32 -> f32 "conversions" are bitcasts, so one template serves both types.
+  const char *pConvert =
+      !p32 ? (forward ? "arith.truncf" : "arith.extf") : "arith.bitcast";
   return specialize(kernel,
                     (kernel + "_b" + str(blocks) + "_s" + str(seqLen) +
-                     (f32 ? "_f32" : "_bf16"))
+                     (f32 ? "_f32" : "_bf16") + (p32 ? "_pf32" : ""))
                         .str(),
                     {{"R", str(rows)},
                      {"SEQ", str(seqLen)},
                      {"RS", str(rows * seqLen)},
                      {"STYPE", f32 ? "f32" : "bf16"},
                      {"SCONV", f32 ? "arith.bitcast" : "arith.extf"},
+                     {"PTYPE", p32 ? "f32" : "bf16"},
+                     {"PCONV", pConvert},
                      {"BLOCK", str(block)},
                      {"WARPS", str(block / 32)},
                      {"CHUNKS", str(seqLen / 8)}},
@@ -374,14 +380,18 @@ static llvm::Expected<KernelSpec> softmaxKernel(llvm::StringRef kernel,
 
 llvm::Expected<KernelSpec>
 llamac::causalSoftmaxForwardKernel(int64_t blocks, int64_t seqLen,
-                                   ScoreType scoreType) {
-  return softmaxKernel("causal_softmax_fwd", blocks, seqLen, scoreType);
+                                   ScoreType scoreType,
+                                   ScoreType probabilityType) {
+  return softmaxKernel("causal_softmax_fwd", blocks, seqLen, scoreType,
+                       probabilityType, /*forward=*/true);
 }
 
 llvm::Expected<KernelSpec>
 llamac::attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
-                                       ScoreType scoreType) {
-  return softmaxKernel("attention_softmax_bwd", blocks, seqLen, scoreType);
+                                       ScoreType scoreType,
+                                       ScoreType probabilityType) {
+  return softmaxKernel("attention_softmax_bwd", blocks, seqLen, scoreType,
+                       probabilityType, /*forward=*/false);
 }
 
 /// Shared by count_targets and cross_entropy: the loss's shapes.

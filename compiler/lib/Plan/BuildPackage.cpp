@@ -13,7 +13,8 @@
 // Attention runs as batched cuBLASLt GEMMs around softmax kernels: per
 // sequence b and query head j of each KV group, one GEMM batched over the KV
 // heads computes S = scale Q Kᵀ (f32); causal_softmax_fwd makes P (bf16); a
-// second GEMM O = P V. The backward recomputes S and P.
+// second GEMM O = P V. The backward recomputes S and P (in bf16 for the
+// dV GEMM and in f32 for dS).
 //
 //===----------------------------------------------------------------------===//
 
@@ -830,6 +831,13 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     if (auto error = attentionScores(&op, qkv, qCol, kCol, scores,
                                      probabilities, label + " (recompute)"))
       return error;
+    int probabilities32 =
+        scratch("probabilities.f32", ElementType::F32, {blocks, seq, seq});
+    if (auto error = launch(causalSoftmaxForwardKernel(
+                                blocks, seq, ScoreType::F32, ScoreType::F32),
+                            {whole(scores), whole(probabilities32)},
+                            label + " (softmax in f32)"))
+      return error;
     int64_t dOutLd = dOut->ld ? dOut->ld : heads * dim;
     int64_t gLd = dq.ld;
     uint64_t dqCol = dq.offset / 2, dkCol = dk.offset / 2,
@@ -864,11 +872,13 @@ llvm::Error PackageBuilder::lower(Operation &op) {
         dV.strideD = dim;
         gemm(dV, label + " (dV)");
       }
-    // dS = P (dP - rowsum(P dP)), written over P.
-    if (auto error =
-            launch(attentionSoftmaxBackwardKernel(blocks, seq, ScoreType::F32),
-                   {whole(probabilities), whole(scores), whole(probabilities)},
-                   label + " (softmax backward)"))
+    // dS = P (dP - rowsum(P dP)) from P in f32 (as flash attention keeps
+    // it), written over the bf16 P that the dV GEMMs above have read.
+    if (auto error = launch(
+            attentionSoftmaxBackwardKernel(blocks, seq, ScoreType::F32,
+                                           ScoreType::F32),
+            {whole(probabilities32), whole(scores), whole(probabilities)},
+            label + " (softmax backward)"))
       return error;
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t j = 0; j < group; ++j) {

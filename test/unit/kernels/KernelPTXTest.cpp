@@ -141,6 +141,18 @@ std::vector<StepKernel> stepKernels() {
                                                ScoreType::BF16);
        },
        true, true},
+      {"causal_softmax_fwd_f32_probabilities",
+       [] {
+         return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32,
+                                           ScoreType::F32);
+       },
+       true, true},
+      {"attention_softmax_bwd_f32_probabilities",
+       [] {
+         return attentionSoftmaxBackwardKernel(4 * kHeads, kSeq,
+                                               ScoreType::F32, ScoreType::F32);
+       },
+       true, true},
       {"count_targets", [] { return countTargetsKernel(kRows, kSeq, kVocab); },
        false, false},
       {"cross_entropy", [] { return crossEntropyKernel(kRows, kSeq, kVocab); },

@@ -133,17 +133,21 @@ enum class ScoreType { F32, BF16 };
 /// exactly 0 for j > i; S is already scaled, masked S may hold anything. Args:
 /// S (scoreType [blocks seqLen, seqLen]), P (bf16, same shape). Grid [blocks
 /// seqLen], block [min(256, seqLen / 8 rounded up to a warp)]. seqLen % 8
-/// == 0. `blocks` is batch * num_heads.
+/// == 0. `blocks` is batch * num_heads. `probabilityType` F32 writes P in f32
+/// instead (for the backward's dS, free of P's bf16 rounding).
 llvm::Expected<KernelSpec>
-causalSoftmaxForwardKernel(int64_t blocks, int64_t seqLen, ScoreType scoreType);
+causalSoftmaxForwardKernel(int64_t blocks, int64_t seqLen, ScoreType scoreType,
+                           ScoreType probabilityType = ScoreType::BF16);
 
 /// attention_softmax_bwd: D = sum_{j <= i} P[r, j] dP[r, j] (f32), dS[r, j] =
 /// bf16(P (dP - D)) for j <= i, exactly 0 for j > i. Args: P (bf16 [blocks
 /// seqLen, seqLen]), dP (scoreType, same shape), dS (bf16, same shape; may
 /// alias P). Launch as causalSoftmaxForwardKernel.
-llvm::Expected<KernelSpec> attentionSoftmaxBackwardKernel(int64_t blocks,
-                                                          int64_t seqLen,
-                                                          ScoreType scoreType);
+/// `probabilityType` F32 reads an f32 P (dS may then not alias it).
+llvm::Expected<KernelSpec>
+attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
+                               ScoreType scoreType,
+                               ScoreType probabilityType = ScoreType::BF16);
 
 /// count_targets: the number of rows with a target under the shifted loss
 /// (row t: not last in its sequence and labels[t + 1] in [0, vocab)), and

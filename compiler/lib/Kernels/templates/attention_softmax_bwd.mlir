@@ -1,20 +1,20 @@
 // Backward of the causal softmax, row by row, over @R@ rows of @SEQ@ columns
 // (layout as causal_softmax_fwd: row r holds query i = r mod @SEQ@): from
-// the probabilities P (bf16, as the forward wrote them) and dP = dO V^T (of
-// type @STYPE@),
+// the probabilities P (@PTYPE@: f32 keeps dS free of P's bf16 rounding) and
+// dP = dO V^T (of type @STYPE@),
 //   D = sum_{j <= i} P[r, j] dP[r, j]                  (f32)
 //   dS[r, j] = bf16(P[r, j] (dP[r, j] - D))  for j <= i,  0 exactly for j > i.
 // D is summed here from P and dP (the softmax's own rowsum), not from dO and
 // O. The scale of the scores is left to the dQ and dK GEMMs' alpha. Masked
 // entries of dP do not reach the result (they may hold anything, NaN too).
-// Reads P (bf16 [@R@, @SEQ@]) and dP (@STYPE@ [@R@, @SEQ@]); writes dS (bf16
-// [@R@, @SEQ@]), which may alias P (each thread reads its chunks of P before
-// it writes them). One block of @BLOCK@ threads per row; thread k owns the
+// Reads P (@PTYPE@ [@R@, @SEQ@]) and dP (@STYPE@ [@R@, @SEQ@]); writes dS (bf16
+// [@R@, @SEQ@]), which may alias a bf16 P (each thread reads its chunks of P
+// before it writes them). One block of @BLOCK@ threads per row; thread k owns the
 // 8-column chunks k, k + @BLOCK@, ...; the block reduces D (shuffles, then
 // one f32 per warp in shared memory) and the thread reads its chunks again.
 // @SEQ@ must be a multiple of 8.
 // Launch: grid [@R@], block [@BLOCK@].
-  gpu.func @@KERNEL@(%p: memref<@RS@xbf16>, %dp: memref<@RS@x@STYPE@>, %ds: memref<@RS@xbf16>)
+  gpu.func @@KERNEL@(%p: memref<@RS@x@PTYPE@>, %dp: memref<@RS@x@STYPE@>, %ds: memref<@RS@xbf16>)
       workgroup(%sums : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: @BLOCK@, 1, 1>} {
     %c0 = arith.constant 0 : index
@@ -45,9 +45,9 @@
     %dots = scf.for %c = %tid to %live step %block iter_args(%acc = %zerosv) -> (vector<8xf32>) {
       %off = arith.muli %c, %c8 : index
       %i = arith.addi %rowBase, %off : index
-      %pv = vector.load %p[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
+      %pv = vector.load %p[%i] {alignment = 16} : memref<@RS@x@PTYPE@>, vector<8x@PTYPE@>
       %dpv = vector.load %dp[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
-      %pf = arith.extf %pv : vector<8xbf16> to vector<8xf32>
+      %pf = @PCONV@ %pv : vector<8x@PTYPE@> to vector<8xf32>
       %dpf = @SCONV@ %dpv : vector<8x@STYPE@> to vector<8xf32>
       %offv = vector.broadcast %off : index to vector<8xindex>
       %cols = arith.addi %offv, %lanes : vector<8xindex>
@@ -86,9 +86,9 @@
       %i = arith.addi %rowBase, %off : index
       %touches = arith.cmpi ult, %c, %live : index
       %out = scf.if %touches -> (vector<8xbf16>) {
-        %pv = vector.load %p[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
+        %pv = vector.load %p[%i] {alignment = 16} : memref<@RS@x@PTYPE@>, vector<8x@PTYPE@>
         %dpv = vector.load %dp[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
-        %pf = arith.extf %pv : vector<8xbf16> to vector<8xf32>
+        %pf = @PCONV@ %pv : vector<8x@PTYPE@> to vector<8xf32>
         %dpf = @SCONV@ %dpv : vector<8x@STYPE@> to vector<8xf32>
         %offv = vector.broadcast %off : index to vector<8xindex>
         %cols = arith.addi %offv, %lanes : vector<8xindex>

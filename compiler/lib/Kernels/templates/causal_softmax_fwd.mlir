@@ -2,17 +2,18 @@
 // columns: the [@SEQ@, @SEQ@] blocks of each (batch, head) stacked, so row
 // r holds query i = r mod @SEQ@ and its keys j. S is already scaled (the
 // GEMM's alpha) and of type @STYPE@; with the causal mask j <= i,
-//   P[r, j] = bf16(exp(S[r, j] - m) / sum_{j' <= i} exp(S[r, j'] - m))
+//   P[r, j] = @PTYPE@(exp(S[r, j] - m) / sum_{j' <= i} exp(S[r, j'] - m))
 //   (m = max_{j <= i} S[r, j]; f32 math),  P[r, j] = 0 exactly for j > i.
 // Masked scores do not reach the result (they may hold anything, NaN too).
-// Reads S (@STYPE@ [@R@, @SEQ@]); writes P (bf16 [@R@, @SEQ@]). One block of
+// Reads S (@STYPE@ [@R@, @SEQ@]); writes P (@PTYPE@ [@R@, @SEQ@]: bf16 for
+// the P V and dV GEMMs, f32 for the softmax backward). One block of
 // @BLOCK@ threads per row; thread k owns the 8-column chunks k, k + @BLOCK@,
 // ... It keeps a running (max, sum of exp) over its unmasked columns, the
 // block merges the pairs (shuffles, then one pair per warp in shared
 // memory), and the thread reads its chunks again to write P.
 // @SEQ@ must be a multiple of 8.
 // Launch: grid [@R@], block [@BLOCK@].
-  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %p: memref<@RS@xbf16>)
+  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %p: memref<@RS@x@PTYPE@>)
       workgroup(%maxes : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64},
                 %sums : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: @BLOCK@, 1, 1>} {
@@ -37,7 +38,7 @@
     %lowest = arith.constant 0xFF7FFFFF : f32
     %lowestv = arith.constant dense<0xFF7FFFFF> : vector<8xf32>
     %zerosv = arith.constant dense<0.0> : vector<8xf32>
-    %zerosb = arith.constant dense<0.0> : vector<8xbf16>
+    %zerosp = arith.constant dense<0.0> : vector<8x@PTYPE@>
     %lanes = arith.constant dense<[0, 1, 2, 3, 4, 5, 6, 7]> : vector<8xindex>
     %r = gpu.block_id x
     %tid = gpu.thread_id x
@@ -150,7 +151,7 @@
       %off = arith.muli %c, %c8 : index
       %i = arith.addi %rowBase, %off : index
       %touches = arith.cmpi ult, %c, %live : index
-      %out = scf.if %touches -> (vector<8xbf16>) {
+      %out = scf.if %touches -> (vector<8x@PTYPE@>) {
         %sv = vector.load %s[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
         %sf = @SCONV@ %sv : vector<8x@STYPE@> to vector<8xf32>
         %offv = vector.broadcast %off : index to vector<8xindex>
@@ -160,12 +161,12 @@
         %e = math.exp %d : vector<8xf32>
         %pf = arith.mulf %e, %invv : vector<8xf32>
         %pk = arith.select %keep, %pf, %zerosv : vector<8xi1>, vector<8xf32>
-        %pb = arith.truncf %pk : vector<8xf32> to vector<8xbf16>
-        scf.yield %pb : vector<8xbf16>
+        %pb = @PCONV@ %pk : vector<8xf32> to vector<8x@PTYPE@>
+        scf.yield %pb : vector<8x@PTYPE@>
       } else {
-        scf.yield %zerosb : vector<8xbf16>
+        scf.yield %zerosp : vector<8x@PTYPE@>
       }
-      vector.store %out, %p[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
+      vector.store %out, %p[%i] {alignment = 16} : memref<@RS@x@PTYPE@>, vector<8x@PTYPE@>
     }
     gpu.return
   }
