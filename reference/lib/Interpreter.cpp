@@ -84,6 +84,29 @@ double roundTo(double x, Type elementType) {
   return value.convertToDouble();
 }
 
+static const llvm::fltSemantics &fp8Semantics(llvm::StringRef format) {
+  return format == "e5m2" ? llvm::APFloat::Float8E5M2()
+                          : llvm::APFloat::Float8E4M3FN();
+}
+
+double fp8Max(llvm::StringRef format) {
+  return llvm::APFloat::getLargest(fp8Semantics(format)).convertToDouble();
+}
+
+double roundToFP8(double x, llvm::StringRef format) {
+  if (std::isnan(x))
+    return x;
+  // APFloat gives NaN (E4M3FN) or infinity (E5M2) past the largest value;
+  // satfinite clamps first, which rounds the same below it.
+  double largest = fp8Max(format);
+  x = std::clamp(x, -largest, largest);
+  llvm::APFloat value(x);
+  bool losesInfo;
+  value.convert(fp8Semantics(format), llvm::APFloat::rmNearestTiesToEven,
+                &losesInfo);
+  return value.convertToDouble();
+}
+
 } // namespace llamac::reference
 
 using namespace llamac::reference;
@@ -802,6 +825,59 @@ static Results ropeAttentionGrad(RopeAttentionGradOp op, const Tensor &grad,
 }
 
 //===----------------------------------------------------------------------===//
+// FP8
+//===----------------------------------------------------------------------===//
+
+/// (fp8_max / amax) / 2^margin, or `fallback` when amax is 0 or not finite
+/// (Transformer Engine's scale computation).
+static double fp8ScaleFrom(double amax, llvm::StringRef format, int64_t margin,
+                           double fallback) {
+  if (!(amax > 0) || !std::isfinite(amax))
+    return fallback;
+  return double(float(fp8Max(format) / amax / std::ldexp(1.0, int(margin))));
+}
+
+static Results fp8Quantize(FP8QuantizeOp op,
+                           llvm::ArrayRef<const Tensor *> in) {
+  const Tensor &x = *in[0];
+  double amax = 0;
+  for (double v : x.data)
+    if (std::isnan(v) || std::isnan(amax))
+      amax = std::numeric_limits<double>::quiet_NaN();
+    else
+      amax = std::max(amax, std::fabs(v));
+  amax = double(float(amax));
+  StringRef format = op.getFormat();
+  double scale = in.size() > 1
+                     ? in[1]->data[0]
+                     : fp8ScaleFrom(amax, format, op.getMargin(), 1.0);
+  Tensor out = Tensor::zeros(x.shape);
+  for (size_t i = 0; i < x.data.size(); ++i)
+    out.data[i] = roundToFP8(double(float(x.data[i] * scale)), format) / scale;
+  std::vector<Tensor> results;
+  results.push_back(std::move(out));
+  results.push_back(Tensor::scalar(amax));
+  return results;
+}
+
+static Results fp8ScaleUpdate(FP8ScaleUpdateOp op, const Tensor &history,
+                              const Tensor &amax, const Tensor &scale) {
+  Tensor newHistory = Tensor::zeros(history.shape);
+  newHistory.data[0] = amax.data[0];
+  std::copy_n(history.data.begin(), history.data.size() - 1,
+              newHistory.data.begin() + 1);
+  double a = newHistory.data[0];
+  if (op.getAmaxComputeAlgo() == "max")
+    for (double v : newHistory.data)
+      a = std::isnan(v) || std::isnan(a) ? v + a : std::max(a, v);
+  std::vector<Tensor> results;
+  results.push_back(std::move(newHistory));
+  results.push_back(Tensor::scalar(
+      fp8ScaleFrom(a, op.getFormat(), op.getMargin(), scale.data[0])));
+  return results;
+}
+
+//===----------------------------------------------------------------------===//
 // Driver
 //===----------------------------------------------------------------------===//
 
@@ -859,6 +935,10 @@ static Results evaluate(Operation *operation,
       })
       .Case([&](RopeAttentionGradOp op) {
         return ropeAttentionGrad(op, *in[0], *in[1], *in[2], *in[3]);
+      })
+      .Case([&](FP8QuantizeOp op) { return fp8Quantize(op, in); })
+      .Case([&](FP8ScaleUpdateOp op) {
+        return fp8ScaleUpdate(op, *in[0], *in[1], *in[2]);
       })
       .Case([&](AdamWOp) { return adamw(in); })
       .Case([&](GlobalNormOp) { return globalNorm(in); })

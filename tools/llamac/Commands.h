@@ -23,6 +23,15 @@ int reportError(const llvm::Twine &message);
 /// built-in tiny model when the path is empty.
 llvm::Expected<LlamaConfig> loadModelConfig(const std::string &configPath);
 
+/// `--precision fp8` (weights and activations stored bf16, every linear
+/// layer's GEMM but lm_head with FP8 operands) and the --fp8-* flags.
+struct FP8Options {
+  bool enabled = false;
+  std::string scaling = "delayed"; // or "current"
+  int64_t margin = 0, amaxHistory = 1024;
+  std::string amaxComputeAlgo = "max"; // or "most_recent"
+};
+
 struct CompileOptions {
   std::string configPath;
   StepShape shape;
@@ -32,6 +41,7 @@ struct CompileOptions {
   // The fusions (--no-fuse-gated-mlp, --no-fuse-norm-linear,
   // --no-fuse-rope-attention switch them off).
   bool fuseGatedMLP = true, fuseNormLinear = true, fuseRopeAttention = true;
+  FP8Options fp8;
   std::string outputPath = "-";
 };
 
@@ -49,6 +59,7 @@ struct TrainOptions {
   uint64_t seed = 0;
   // The fusions, as CompileOptions (the train step's pipeline options).
   bool fuseGatedMLP = true, fuseNormLinear = true, fuseRopeAttention = true;
+  FP8Options fp8;
 
   // Optimizer step: micro-batches per step, clipping, schedule.
   int64_t gradAccum = 1;
@@ -82,6 +93,11 @@ mlir::llama::TrainStepPipelineOptions fusionPipeline(const Options &options) {
   pipeline.fuseGatedMLP = options.fuseGatedMLP;
   pipeline.fuseNormLinear = options.fuseNormLinear;
   pipeline.fuseRopeAttention = options.fuseRopeAttention;
+  pipeline.fp8 = options.fp8.enabled;
+  pipeline.fp8Scaling = options.fp8.scaling;
+  pipeline.fp8Margin = options.fp8.margin;
+  pipeline.fp8AmaxHistory = options.fp8.amaxHistory;
+  pipeline.fp8AmaxComputeAlgo = options.fp8.amaxComputeAlgo;
   return pipeline;
 }
 

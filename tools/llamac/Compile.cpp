@@ -75,6 +75,9 @@ int llamac::runCompile(const CompileOptions &options) {
   pipeline.optimizer = options.optimizer;
 
   if (options.emit == "package") {
+    if (options.fp8.enabled)
+      return reportError("--precision fp8: runs on the CPU backend only so "
+                         "far (no GPU package yet)");
     // A directory: manifest.json + kernels.ptx, for llamac-run on a GPU box.
     if (options.outputPath == "-")
       return reportError("--emit package: give the package directory with -o");

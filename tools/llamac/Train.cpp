@@ -315,7 +315,9 @@ struct Slot {
     Input,
     Hyperparameter,
     Loss,
-    GradNorm
+    GradNorm,
+    FP8AmaxHistory,
+    FP8Scale
   } kind;
   std::string name;
 };
@@ -336,7 +338,11 @@ llvm::Expected<Slot> classify(mlir::DictionaryAttr attrs) {
       {kExpAvgSqAttr, Slot::ExpAvgSq},
       {kNewExpAvgSqAttr, Slot::ExpAvgSq},
       {kInputAttr, Slot::Input},
-      {kHyperparameterAttr, Slot::Hyperparameter}};
+      {kHyperparameterAttr, Slot::Hyperparameter},
+      {kFP8AmaxHistoryAttr, Slot::FP8AmaxHistory},
+      {kNewFP8AmaxHistoryAttr, Slot::FP8AmaxHistory},
+      {kFP8ScaleAttr, Slot::FP8Scale},
+      {kNewFP8ScaleAttr, Slot::FP8Scale}};
   for (auto &[attr, kind] : kNamed)
     if (auto name = named(attr))
       return Slot{kind, *name};
@@ -399,9 +405,11 @@ private:
   std::map<int64_t, mlir::OwningOpRef<mlir::ModuleOp>> modules;
 };
 
-/// Parameters and AdamW moments by the train step's parameter names.
+/// Parameters and AdamW moments by the train step's parameter names, and
+/// the FP8 delayed-scaling state (amax histories and scales) by tensor id.
 struct ModelState {
   llvm::StringMap<Tensor> params, expAvg, expAvgSq;
+  llvm::StringMap<Tensor> fp8AmaxHistory, fp8Scale;
 };
 
 /// What one micro-batch gives back.
@@ -428,6 +436,24 @@ llvm::Expected<MicroBatchResult> runForwardBackward(mlir::func::FuncOp func,
     } else if (slot->kind == Slot::Input) {
       args[i] = tokenTensor(slot->name == "input_ids" ? batch.inputIds
                                                       : batch.labels);
+    } else if (slot->kind == Slot::FP8AmaxHistory ||
+               slot->kind == Slot::FP8Scale) {
+      // FP8 state carried from the previous micro-batch; a run starts with
+      // zero histories and unit scales, as Transformer Engine does.
+      bool isHistory = slot->kind == Slot::FP8AmaxHistory;
+      llvm::StringMap<Tensor> &held =
+          isHistory ? state.fp8AmaxHistory : state.fp8Scale;
+      auto found = held.find(slot->name);
+      if (found != held.end()) {
+        args[i] = found->second;
+      } else if (isHistory) {
+        auto type =
+            mlir::cast<mlir::RankedTensorType>(func.getArgument(i).getType());
+        args[i] = Tensor::zeros(std::vector<int64_t>(type.getShape().begin(),
+                                                     type.getShape().end()));
+      } else {
+        args[i] = Tensor::scalar(1.0);
+      }
     } else {
       error = llvm::createStringError("internal: unexpected argument of "
                                       "@forward_backward");
@@ -451,6 +477,10 @@ llvm::Expected<MicroBatchResult> runForwardBackward(mlir::func::FuncOp func,
       out.loss = (*results)[i].data[0];
     else if (slot->kind == Slot::Grad)
       out.grads[slot->name] = std::move((*results)[i]);
+    else if (slot->kind == Slot::FP8AmaxHistory)
+      state.fp8AmaxHistory[slot->name] = std::move((*results)[i]);
+    else if (slot->kind == Slot::FP8Scale)
+      state.fp8Scale[slot->name] = std::move((*results)[i]);
   }
   return out;
 }
@@ -554,7 +584,9 @@ TrainerState describeRun(const TrainOptions &options,
   run.batch = options.shape.batch;
   run.seq = options.shape.seq;
   run.gradAccum = options.gradAccum;
-  run.precision = precisionName(options.shape.precision).str();
+  run.precision = options.fp8.enabled
+                      ? "fp8"
+                      : precisionName(options.shape.precision).str();
   run.padToLongest = options.padToLongest;
   run.llamacVersion = LLAMAC_VERSION_STRING;
   return run;
@@ -575,6 +607,13 @@ int64_t countParameters(const std::vector<ParamSpec> &specs) {
 
 int llamac::runTrain(const TrainOptions &options) {
   const StepShape &shape = options.shape;
+  if (options.fp8.enabled && options.device != "cpu")
+    return reportError("--precision fp8: runs on the CPU backend only so far "
+                       "(--device cpu)");
+  if (options.fp8.enabled && !options.resumePath.empty())
+    return reportError("--resume: checkpoints do not hold the FP8 amax "
+                       "histories and scales yet; --precision fp8 cannot "
+                       "resume");
   if (options.device == "cuda")
     return runTrainOnCuda(options);
   if (options.device != "cpu")
@@ -721,8 +760,7 @@ int llamac::runTrain(const TrainOptions &options) {
       "llamac train: {0} layers, hidden {1}, vocab {2}, {3} parameters; "
       "batch {4} x seq {5}, {6}, device cpu (reference interpreter)\n",
       config.numLayers, config.hiddenSize, config.vocabSize,
-      countParameters(specs), shape.batch, shape.seq,
-      precisionName(shape.precision));
+      countParameters(specs), shape.batch, shape.seq, run.precision);
   llvm::outs() << llvm::formatv(
       "optimizer: AdamW, lr {0} ({1} schedule, {2} warmup steps), "
       "grad-accum {3}, max grad norm {4}; data: {5} rows{6}{7}\n",

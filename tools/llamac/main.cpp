@@ -41,10 +41,36 @@ static cl::opt<int64_t> seqLen("seq", cl::desc("Tokens per sequence"),
                                cl::init(256), cl::sub(compileCommand),
                                cl::sub(trainCommand), cl::cat(modelCategory));
 static cl::opt<std::string> precision("precision",
-                                      cl::desc("fp32 or bf16 (default fp32)"),
+                                      cl::desc("fp32, bf16 or fp8 (bf16 "
+                                               "storage, FP8 GEMMs; CPU "
+                                               "backend) (default fp32)"),
                                       cl::init("fp32"), cl::sub(compileCommand),
                                       cl::sub(trainCommand),
                                       cl::cat(modelCategory));
+static cl::opt<std::string>
+    fp8Scaling("fp8-scaling",
+               cl::desc("--precision fp8: delayed (amax history, the "
+                        "default) or current (just-in-time) scaling"),
+               cl::init("delayed"), cl::sub(compileCommand),
+               cl::sub(trainCommand), cl::cat(modelCategory));
+static cl::opt<int64_t>
+    fp8Margin("fp8-margin",
+              cl::desc("--precision fp8: scales are divided by 2^margin "
+                       "(default 0)"),
+              cl::init(0), cl::sub(compileCommand), cl::sub(trainCommand),
+              cl::cat(modelCategory));
+static cl::opt<int64_t>
+    fp8AmaxHistory("fp8-amax-history",
+                   cl::desc("--precision fp8: amax history length (default "
+                            "1024)"),
+                   cl::init(1024), cl::sub(compileCommand),
+                   cl::sub(trainCommand), cl::cat(modelCategory));
+static cl::opt<std::string>
+    fp8AmaxAlgo("fp8-amax-algo",
+                cl::desc("--precision fp8: max (over the history, the "
+                         "default) or most_recent"),
+                cl::init("max"), cl::sub(compileCommand), cl::sub(trainCommand),
+                cl::cat(modelCategory));
 static cl::opt<bool> noFuseGatedMLP(
     "no-fuse-gated-mlp",
     cl::desc("Keep the gate and up projections and SwiGLU apart"),
@@ -200,15 +226,39 @@ static cl::opt<std::string> tokenizeOutput("o",
                                            cl::cat(tokenizeCategory));
 
 /// Checks the flags both commands share; returns an exit code or 0.
-static int readStepShape(StepShape &shape) {
+static int readStepShape(StepShape &shape, FP8Options &fp8) {
   if (batch <= 0)
     return reportError("--batch: must be positive, got " + Twine(batch));
   if (seqLen <= 1)
     return reportError("--seq: must be at least 2, got " + Twine(seqLen));
-  if (!parsePrecision(precision, shape.precision) ||
-      shape.precision == Precision::FP64)
+  // fp8 stores weights and activations in bf16; only the GEMMs differ.
+  fp8.enabled = precision == "fp8";
+  if (fp8.enabled)
+    shape.precision = Precision::BF16;
+  else if (!parsePrecision(precision, shape.precision) ||
+           shape.precision == Precision::FP64)
     return reportError("--precision: unknown precision '" + precision +
-                       "' (supported: fp32, bf16)");
+                       "' (supported: fp32, bf16, fp8)");
+  for (cl::Option *option : std::initializer_list<cl::Option *>{
+           &fp8Scaling, &fp8Margin, &fp8AmaxHistory, &fp8AmaxAlgo})
+    if (option->getNumOccurrences() && !fp8.enabled)
+      return reportError("--" + option->ArgStr + ": needs --precision fp8");
+  if (fp8Scaling != "delayed" && fp8Scaling != "current")
+    return reportError("--fp8-scaling: expected delayed or current, got '" +
+                       fp8Scaling + "'");
+  if (fp8AmaxAlgo != "max" && fp8AmaxAlgo != "most_recent")
+    return reportError("--fp8-amax-algo: expected max or most_recent, got '" +
+                       fp8AmaxAlgo + "'");
+  if (fp8AmaxHistory < 1)
+    return reportError("--fp8-amax-history: must be at least 1, got " +
+                       Twine(fp8AmaxHistory));
+  if (fp8Margin < 0 || fp8Margin > 64)
+    return reportError("--fp8-margin: must be in [0, 64], got " +
+                       Twine(fp8Margin));
+  fp8.scaling = fp8Scaling;
+  fp8.margin = fp8Margin;
+  fp8.amaxHistory = fp8AmaxHistory;
+  fp8.amaxComputeAlgo = fp8AmaxAlgo;
   shape.batch = batch;
   shape.seq = seqLen;
   return 0;
@@ -216,7 +266,7 @@ static int readStepShape(StepShape &shape) {
 
 static int compileMain() {
   CompileOptions options;
-  if (int code = readStepShape(options.shape))
+  if (int code = readStepShape(options.shape, options.fp8))
     return code;
   options.configPath = configPath;
   options.emit = emit;
@@ -231,7 +281,7 @@ static int compileMain() {
 
 static int trainMain() {
   TrainOptions options;
-  if (int code = readStepShape(options.shape))
+  if (int code = readStepShape(options.shape, options.fp8))
     return code;
   SmallVector<StringRef, 2> betas;
   StringRef(adamBetas).split(betas, ',');

@@ -15,14 +15,25 @@ void mlir::llama::buildTrainStepPipeline(
   // Fusions first, on the forward function: each fused op's VJP then emits
   // the fused backward. Gated-MLP before norm-linear, which moves the
   // post-attention norm into the gated_mlp.
-  if (options.fuseGatedMLP)
+  if (options.fuseGatedMLP && !options.fp8)
     funcPm.addPass(createLlamaFuseGatedMLPPass());
-  if (options.fuseNormLinear)
+  if (options.fuseNormLinear && !options.fp8)
     funcPm.addPass(createLlamaFuseNormLinearPass());
   if (options.fuseRopeAttention)
     funcPm.addPass(createLlamaFuseRopeAttentionPass());
   if (options.autodiff)
     funcPm.addPass(createLlamaAutodiffPass());
+  // FP8 on the differentiated function: the backward GEMMs exist by now
+  // (without autodiff, e.g. the forward-only stage of the fusion report,
+  // there is nothing to quantize the step's way).
+  if (options.fp8 && options.autodiff) {
+    LlamaInsertFP8Options fp8;
+    fp8.scaling = options.fp8Scaling;
+    fp8.margin = options.fp8Margin;
+    fp8.amaxHistory = options.fp8AmaxHistory;
+    fp8.amaxComputeAlgo = options.fp8AmaxComputeAlgo;
+    funcPm.addPass(createLlamaInsertFP8Pass(fp8));
+  }
   // llama-adamw works on the module: it adds @optimizer_step beside the
   // differentiated function, so it runs after every function pass above.
   if (options.autodiff && options.optimizer)

@@ -678,5 +678,67 @@ LogicalResult RopeAttentionGradOp::verify() {
   return verifyAttentionGradResults(*this);
 }
 
+//===----------------------------------------------------------------------===//
+// FP8
+//===----------------------------------------------------------------------===//
+
+static LogicalResult verifyFP8Format(Operation *op, StringRef format) {
+  if (format == "e4m3" || format == "e5m2")
+    return success();
+  return op->emitOpError() << "format must be \"e4m3\" or \"e5m2\", got \""
+                           << format << "\"";
+}
+
+static LogicalResult expectF32Scalar(Operation *op, Value value,
+                                     StringRef name) {
+  auto type = tensorType(value);
+  if (type.getRank() == 0 && type.getElementType().isF32())
+    return success();
+  return op->emitOpError() << name << " must be tensor<f32>, got "
+                           << value.getType();
+}
+
+LogicalResult FP8QuantizeOp::verify() {
+  if (failed(verifyFP8Format(*this, getFormat())))
+    return failure();
+  if (tensorType(getInput()).getShape() != tensorType(getResult()).getShape())
+    return emitOpError() << "result must have the shape of the input, got "
+                         << getResult().getType() << " for "
+                         << getInput().getType();
+  if (getScale() && failed(expectF32Scalar(*this, getScale(), "scale")))
+    return failure();
+  return expectF32Scalar(*this, getAmax(), "amax");
+}
+
+SmallVector<Value> FP8QuantizeOp::buildVJP(OpBuilder &builder,
+                                           ValueRange resultCotangents) {
+  // Straight-through: d input = d result; the scale carries no gradient.
+  SmallVector<Value> grads{resultCotangents[0]};
+  if (getScale())
+    grads.push_back(Value());
+  return grads;
+}
+
+LogicalResult FP8ScaleUpdateOp::verify() {
+  if (failed(verifyFP8Format(*this, getFormat())))
+    return failure();
+  if (getAmaxComputeAlgo() != "max" && getAmaxComputeAlgo() != "most_recent")
+    return emitOpError()
+           << "amax_compute_algo must be \"max\" or \"most_recent\", got \""
+           << getAmaxComputeAlgo() << "\"";
+  int64_t length = tensorType(getAmaxHistory()).getDimSize(0);
+  if (length < 1)
+    return emitOpError() << "amax_history must not be empty";
+  if (getNewAmaxHistory().getType() != getAmaxHistory().getType())
+    return emitOpError() << "new_amax_history must have the type of "
+                            "amax_history, got "
+                         << getNewAmaxHistory().getType();
+  if (failed(expectF32Scalar(*this, getAmax(), "amax")) ||
+      failed(expectF32Scalar(*this, getScale(), "scale")) ||
+      failed(expectF32Scalar(*this, getNewScale(), "new_scale")))
+    return failure();
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "llamac/Dialect/Llama/LlamaOps.cpp.inc"

@@ -477,3 +477,104 @@ TEST_F(TrainTest, ReportDrawsTheMetrics) {
 }
 
 } // namespace
+
+//===----------------------------------------------------------------------===//
+// FP8
+//===----------------------------------------------------------------------===//
+
+TEST_F(TrainTest, FP8LossesStayWithinFivePercentOfFP32) {
+  // The built-in tiny model and data, as the README's first command.
+  auto tiny = [&](const std::string &precision) {
+    std::vector<std::string> args = {"train",
+                                     "--device=cpu",
+                                     "--steps=20",
+                                     "--lr=3e-3",
+                                     "--seq=64",
+                                     "--precision=" + precision,
+                                     "--metrics=" + path(precision + ".jsonl")};
+    int code = run(args);
+    EXPECT_EQ(code, 0) << readFile(dir + "/stderr");
+  };
+  tiny("fp32");
+  tiny("fp8");
+  tiny("bf16");
+  std::vector<MetricsRow> fp32 = metrics("fp32.jsonl");
+  std::vector<MetricsRow> fp8 = metrics("fp8.jsonl");
+  std::vector<MetricsRow> bf16 = metrics("bf16.jsonl");
+  ASSERT_EQ(fp32.size(), 20u);
+  ASSERT_EQ(fp8.size(), 20u);
+  ASSERT_EQ(bf16.size(), 20u);
+  for (size_t i = 0; i < 20; ++i)
+    EXPECT_NEAR(fp8[i].loss, fp32[i].loss, 0.05 * fp32[i].loss)
+        << "step " << i + 1;
+  // The GEMMs did run in FP8: the losses are not bf16's.
+  int differ = 0;
+  for (size_t i = 0; i < 20; ++i)
+    differ += fp8[i].loss != bf16[i].loss;
+  EXPECT_GE(differ, 19);
+  // It trained.
+  EXPECT_LT(fp8.back().loss, fp8.front().loss - 1.0);
+}
+
+TEST_F(TrainTest, FP8FlagsAreChecked) {
+  EXPECT_EQ(run({"train", "--steps=1", "--precision=bf16", "--fp8-margin=1"}),
+            2);
+  EXPECT_NE(readFile(dir + "/stderr").find("needs --precision fp8"),
+            std::string::npos);
+  EXPECT_EQ(
+      run({"train", "--steps=1", "--precision=fp8", "--fp8-amax-algo=mean"}),
+      2);
+  EXPECT_EQ(
+      run({"train", "--steps=1", "--precision=fp8", "--fp8-scaling=later"}), 2);
+  EXPECT_EQ(
+      run({"train", "--steps=1", "--precision=fp8", "--fp8-amax-history=0"}),
+      2);
+  // The amax histories are not in checkpoints yet: resuming is refused.
+  EXPECT_EQ(run({"train", "--steps=1", "--precision=fp8",
+                 "--resume=" + path("none")}),
+            2);
+  EXPECT_NE(readFile(dir + "/stderr").find("cannot resume"), std::string::npos);
+  // Current scaling and the other options run.
+  EXPECT_EQ(run({"train", "--steps=2", "--seq=16", "--batch=2",
+                 "--precision=fp8", "--fp8-scaling=current", "--fp8-margin=1"}),
+            0)
+      << readFile(dir + "/stderr");
+  EXPECT_EQ(
+      run({"train", "--steps=2", "--seq=16", "--batch=2", "--precision=fp8",
+           "--fp8-amax-history=4", "--fp8-amax-algo=most_recent"}),
+      0)
+      << readFile(dir + "/stderr");
+}
+
+TEST_F(TrainTest, FP8DelayedScalingStateIsCarriedAcrossSteps) {
+  auto losses = [&](const std::string &tag, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"train",
+                                     "--steps=4",
+                                     "--seq=16",
+                                     "--batch=2",
+                                     "--lr=3e-3",
+                                     "--precision=fp8",
+                                     "--metrics=" + path(tag + ".jsonl")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    EXPECT_EQ(run(args), 0) << readFile(dir + "/stderr");
+    std::vector<double> out;
+    for (const MetricsRow &row : metrics(tag + ".jsonl"))
+      out.push_back(row.loss);
+    return out;
+  };
+  std::vector<double> base = losses("default", {});
+  std::vector<double> margin = losses("margin", {"--fp8-margin=3"});
+  std::vector<double> recent = losses("recent", {"--fp8-amax-history=1"});
+  ASSERT_EQ(base.size(), 4u);
+  ASSERT_EQ(margin.size(), 4u);
+  ASSERT_EQ(recent.size(), 4u);
+  // Step 1 uses the initial unit scales whatever the options; step 2 the
+  // scales computed from step 1's amaxes, which the margin changes.
+  EXPECT_EQ(margin[0], base[0]);
+  EXPECT_NE(margin[1], base[1]);
+  // A one-entry history only differs once an amax falls below an older one:
+  // not before step 3.
+  EXPECT_EQ(recent[0], base[0]);
+  EXPECT_EQ(recent[1], base[1]);
+  EXPECT_TRUE(recent[2] != base[2] || recent[3] != base[3]);
+}

@@ -5,6 +5,9 @@
 
 #include "mlir/Pass/PassManager.h"
 
+#include <cstdint>
+#include <string>
+
 namespace mlir::llama {
 
 /// Which stages of the train step to build; each can be switched off to look
@@ -17,6 +20,16 @@ struct TrainStepPipelineOptions {
   bool fuseGatedMLP = true;
   bool fuseNormLinear = true;
   bool fuseRopeAttention = true;
+  /// `--precision fp8`: llama-insert-fp8 after autodiff (FP8 operands for
+  /// every linear layer's GEMMs but lm_head). The norm-linear and gated-MLP
+  /// fusions are then skipped: their GEMM inputs are internal to the fused
+  /// ops, which the pass does not quantize yet.
+  bool fp8 = false;
+  /// The pass's options (Transformer Engine's DelayedScaling defaults).
+  std::string fp8Scaling = "delayed";
+  int64_t fp8Margin = 0;
+  int64_t fp8AmaxHistory = 1024;
+  std::string fp8AmaxComputeAlgo = "max";
 };
 
 /// Adds the passes that turn the forward function into the whole train step.

@@ -19,6 +19,9 @@ std::unique_ptr<Pass> createLlamaFuseNormLinearPass();
 std::unique_ptr<Pass> createLlamaFuseRopeAttentionPass();
 std::unique_ptr<Pass> createLlamaAutodiffPass();
 std::unique_ptr<Pass> createLlamaAdamWPass();
+std::unique_ptr<Pass> createLlamaInsertFP8Pass();
+std::unique_ptr<Pass>
+createLlamaInsertFP8Pass(const LlamaInsertFP8Options &options);
 
 #define GEN_PASS_REGISTRATION
 #include "llamac/Transforms/Passes.h.inc"

@@ -114,4 +114,54 @@ def LlamaAdamW : Pass<"llama-adamw", "::mlir::ModuleOp"> {
   let constructor = "::mlir::llama::createLlamaAdamWPass()";
 }
 
+def LlamaInsertFP8 : Pass<"llama-insert-fp8", "::mlir::func::FuncOp"> {
+  let summary = "FP8 operands for the GEMMs of every linear layer";
+  let description = [{
+    Runs after `llama-autodiff` (before `llama-adamw`), on a function whose
+    Linear layers are plain `llama.matmul` ops: the forward GEMM
+    `x Wᵀ`, the dgrad `dY W` and the wgrad `dYᵀ x` that its VJP emits. Each
+    operand of each such GEMM is replaced by a `llama.fp8_quantize` of it
+    (the emulated FP8 cast, a fake quant): E4M3 for weights and activations,
+    E5M2 for gradients (Transformer Engine's HYBRID format). A gradient is
+    a value computed from the result of a `llama.cross_entropy_grad`.
+    Each tensor is quantized once, however many GEMMs read it: one cast per
+    weight per step (forward and dgrad share it), one per activation
+    (forward and wgrad share it, as do q/k/v reading one normalized input),
+    one per incoming gradient (dgrad and wgrad share it).
+
+    Left in the working precision, as TE does: the lm_head GEMMs (the
+    matmul feeding `llama.cross_entropy`, and those reading the logit
+    gradient): the loss is most sensitive to them. The attention products
+    (`q kᵀ`, `P v` and their backward) are inside `llama.attention` /
+    `llama.rope_attention` and never quantized: their inputs feed or come
+    from the softmax. The fused `llama.norm_matmul` / `llama.gated_mlp` keep
+    their GEMM inputs internal, so the pass rejects them: llamac turns the
+    norm-linear and gated-MLP fusions off for `--precision fp8` for now.
+
+    `scaling=delayed` (default; TE's DelayedScaling): every quantized tensor
+    gets an amax history (`tensor<Lxf32>`, L = `amax-history`, newest first)
+    and a scale (`tensor<f32>`) as new arguments (`llama.fp8_amax_history`,
+    `llama.fp8_scale`, valued by a tensor id: the parameter name, or
+    `<layer>.input` / `<layer>.grad_output`) and their updates as new
+    results (`llama.new_fp8_amax_history`, `llama.new_fp8_scale`) computed
+    by `llama.fp8_scale_update`: this step's GEMMs use the scale from the
+    history before the step; the new scale is `(fp8_max / amax) / 2^margin`
+    with amax the `max` over the history including this step's amax
+    (`amax-compute-algo=most_recent`: this step's alone), keeping the old
+    scale when that amax is 0 or not finite. `scaling=current` scales each
+    tensor just in time from its own amax and adds no state.
+  }];
+  let constructor = "::mlir::llama::createLlamaInsertFP8Pass()";
+  let options = [
+    Option<"scaling", "scaling", "std::string", "\"delayed\"",
+           "delayed (amax history, TE's default) or current (just in time)">,
+    Option<"margin", "margin", "int64_t", "0",
+           "Scales are divided by 2^margin">,
+    Option<"amaxHistory", "amax-history", "int64_t", "1024",
+           "Length of the amax history (delayed scaling)">,
+    Option<"amaxComputeAlgo", "amax-compute-algo", "std::string", "\"max\"",
+           "max (over the history) or most_recent">
+  ];
+}
+
 #endif // LLAMAC_TRANSFORMS_PASSES

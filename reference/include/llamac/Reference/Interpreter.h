@@ -42,6 +42,15 @@ struct Tensor {
 /// Integer types are returned unchanged.
 double roundTo(double x, mlir::Type elementType);
 
+/// Rounds x to the FP8 format named by `format` ("e4m3": Float8E4M3FN,
+/// "e5m2": Float8E5M2) to nearest even, saturating as PTX
+/// `cvt.rn.satfinite`: magnitudes past the largest finite value (infinities
+/// included) become +-largest; NaN stays NaN.
+double roundToFP8(double x, llvm::StringRef format);
+
+/// The largest finite value of an FP8 format: 448 (e4m3) or 57344 (e5m2).
+double fp8Max(llvm::StringRef format);
+
 /// Runs `func` (a single block of llama ops, arith.constant and func.return)
 /// on `args`. Every op computes in double and rounds each result to its IR
 /// element type, so bf16 IR behaves like a bf16 program with f32-or-wider

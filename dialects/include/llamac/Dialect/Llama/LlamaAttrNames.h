@@ -41,6 +41,19 @@ constexpr llvm::StringLiteral kNewExpAvgSqAttr = "llama.new_exp_avg_sq";
 /// "eps", "weight_decay", "step", "max_grad_norm").
 constexpr llvm::StringLiteral kHyperparameterAttr = "llama.hyperparameter";
 
+/// FP8 delayed-scaling state of @forward_backward (llama-insert-fp8), per
+/// quantized tensor, named by a tensor id: the parameter name for a weight,
+/// `<layer>.input` for a GEMM's activation and `<layer>.grad_output` for its
+/// incoming gradient (e.g. `model.layers.0.mlp.down_proj.grad_output`).
+/// Arguments: the amax history (tensor<Lxf32>, newest first) and the scale
+/// (tensor<f32>) this step's GEMMs use; results: both after this step's
+/// update. The driver starts histories at zeros and scales at 1.
+constexpr llvm::StringLiteral kFP8AmaxHistoryAttr = "llama.fp8_amax_history";
+constexpr llvm::StringLiteral kFP8ScaleAttr = "llama.fp8_scale";
+constexpr llvm::StringLiteral kNewFP8AmaxHistoryAttr =
+    "llama.new_fp8_amax_history";
+constexpr llvm::StringLiteral kNewFP8ScaleAttr = "llama.new_fp8_scale";
+
 /// The two functions of a train step after llama-adamw:
 ///   @forward_backward(params, input_ids, labels) -> (loss, grads)
 ///   @optimizer_step(params, grads, exp_avg, exp_avg_sq, hyperparameters)

@@ -476,4 +476,79 @@ def Llama_RopeAttentionGradOp : Llama_Op<"rope_attention_grad"> {
   }];
 }
 
+//===----------------------------------------------------------------------===//
+// FP8 (introduced by llama-insert-fp8 after llama-autodiff)
+//===----------------------------------------------------------------------===//
+
+def Llama_FP8QuantizeOp : Llama_Op<"fp8_quantize",
+    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+  let summary = "FP8 fake quantization of a GEMM operand, and its amax.";
+  let description = [{
+    Emulates the cast of a GEMM operand to FP8 with a per-tensor scale, as
+    Transformer Engine does before an FP8 GEMM:
+    ```
+    amax   = max |input|                                      (f32; NaN stays)
+    q      = cast_satfinite<format>(f32(input * scale))
+    result = q / scale                       (rounded to the result type)
+    ```
+    `format` is `"e4m3"` (Float8E4M3FN: no infinities, largest 448) or
+    `"e5m2"` (Float8E5M2: largest 57344). The cast rounds to nearest even and
+    saturates: magnitudes past the largest finite value (infinities
+    included) become ±largest, NaN stays NaN — PTX
+    `cvt.rn.satfinite.{e4m3,e5m2}x2.f32`. `result` is the value the FP8 GEMM
+    effectively multiplies (the GEMM applies `1 / scale` after accumulating),
+    so the GEMM ops themselves need no FP8 mode. When `result` is bf16 the
+    division is rounded to bf16, a relative error of at most 2^-9 on top of
+    the FP8 rounding that the real FP8 GEMM (which unscales in f32) avoids.
+
+    With a `scale` operand the scale is given (delayed scaling: computed
+    from the amax history by `llama.fp8_scale_update` of the previous step).
+    Without one, the op scales just in time (current scaling):
+    `scale = (fp8_max / amax) / 2^margin`, or 1 when amax is 0 or not
+    finite.
+
+    The VJP is the straight-through estimator: the cotangent of `result`
+    passes to `input` unchanged (FP8 training's convention); `scale` and
+    `amax` carry no gradient.
+    ```
+    %xq, %amax = llama.fp8_quantize %x scale(%s) {format = "e4m3"}
+        : (tensor<64x32xbf16>, tensor<f32>) -> (tensor<64x32xbf16>, tensor<f32>)
+    ```
+  }];
+  let arguments = (ins FloatTensor:$input, Optional<FloatScalar>:$scale,
+                   StrAttr:$format, DefaultValuedAttr<I64Attr, "0">:$margin);
+  let results = (outs FloatTensor:$result, FloatScalar:$amax);
+  let assemblyFormat = [{
+    $input (`scale` `(` $scale^ `)`)? attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Llama_FP8ScaleUpdateOp : Llama_Op<"fp8_scale_update"> {
+  let summary = "Transformer Engine's delayed-scaling update of one tensor.";
+  let description = [{
+    With `L` the history length and `fp8_max` 448 (`"e4m3"`) or 57344
+    (`"e5m2"`), as TE's `DelayedScaling` recipe:
+    ```
+    new_amax_history = [amax, amax_history[0], ..., amax_history[L - 2]]
+    a = max(new_amax_history)          (amax_compute_algo = "max")
+      | new_amax_history[0]            (amax_compute_algo = "most_recent")
+    new_scale = (fp8_max / a) / 2^margin   if a > 0 and a is finite
+              | scale                      otherwise
+    ```
+    The GEMM of this step used `scale` (computed from the history before
+    this step); `new_scale` is what the next step uses.
+  }];
+  let arguments = (ins 1DTensorOf<[F32]>:$amax_history, FloatScalar:$amax,
+                   FloatScalar:$scale, StrAttr:$format,
+                   DefaultValuedAttr<I64Attr, "0">:$margin,
+                   DefaultValuedAttr<StrAttr, "\"max\"">:$amax_compute_algo);
+  let results = (outs 1DTensorOf<[F32]>:$new_amax_history,
+                 FloatScalar:$new_scale);
+  let assemblyFormat = [{
+    $amax_history `,` $amax `,` $scale attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 #endif // LLAMA_OPS
