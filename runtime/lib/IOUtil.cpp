@@ -2,6 +2,10 @@
 
 #include "IOUtil.h"
 
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+
 #include <nlohmann/json.hpp>
 
 #include <cerrno>
@@ -117,5 +121,17 @@ Result<std::string> io::readWholeFile(const std::string &path) {
   std::string text(file->size(), '\0');
   if (Status status = file->readAt(text.data(), text.size(), 0); !status)
     return fail(path, status.error().message);
+  return text;
+}
+
+std::string io::format(const char *pattern, ...) {
+  va_list args, copy;
+  va_start(args, pattern);
+  va_copy(copy, args);
+  int size = std::vsnprintf(nullptr, 0, pattern, copy);
+  va_end(copy);
+  std::string text(size_t(std::max(size, 0)), '\0');
+  std::vsnprintf(text.data(), text.size() + 1, pattern, args);
+  va_end(args);
   return text;
 }

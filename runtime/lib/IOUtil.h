@@ -25,6 +25,10 @@ Error fail(const std::string &path, const std::string &what);
 /// message stays on one line.
 std::string quoted(const std::string &text);
 
+/// printf into a std::string.
+std::string format(const char *pattern, ...)
+    __attribute__((format(printf, 1, 2)));
+
 /// Compact one-line JSON text of \p value, shortened when long.
 std::string brief(const nlohmann::json &value);
 

@@ -65,20 +65,6 @@ ProgressFormatter::ProgressFormatter(int64_t firstStep, int64_t totalSteps,
     : firstStep(firstStep), totalSteps(totalSteps), terminal(terminal),
       columns(std::max(columns, 40)) {}
 
-static std::string format(const char *pattern, ...)
-    __attribute__((format(printf, 1, 2)));
-static std::string format(const char *pattern, ...) {
-  va_list args, copy;
-  va_start(args, pattern);
-  va_copy(copy, args);
-  int size = std::vsnprintf(nullptr, 0, pattern, copy);
-  va_end(copy);
-  std::string text(size_t(std::max(size, 0)), '\0');
-  std::vsnprintf(text.data(), text.size() + 1, pattern, args);
-  va_end(args);
-  return text;
-}
-
 std::string ProgressFormatter::plainLine(const StepMetrics &m,
                                          double eta) const {
   return format("step %4lld/%lld | loss %.6f | lr %.3e | grad norm %.4g | "

@@ -72,20 +72,6 @@ llamac::readMetricsFile(const std::string &path) {
 
 namespace {
 
-std::string format(const char *pattern, ...)
-    __attribute__((format(printf, 1, 2)));
-std::string format(const char *pattern, ...) {
-  va_list args, copy;
-  va_start(args, pattern);
-  va_copy(copy, args);
-  int size = std::vsnprintf(nullptr, 0, pattern, copy);
-  va_end(copy);
-  std::string text(size_t(std::max(size, 0)), '\0');
-  std::vsnprintf(text.data(), text.size() + 1, pattern, args);
-  va_end(args);
-  return text;
-}
-
 std::string escape(const std::string &text) {
   std::string out;
   for (char c : text) {
