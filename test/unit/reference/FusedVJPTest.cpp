@@ -17,73 +17,7 @@ using namespace llamac::reference::test;
 
 namespace {
 
-class FusedVJPTest : public ReferenceTest {
-protected:
-  /// Checks the VJP of the one differentiable op of @f in `text` at `inputs`
-  /// (one per argument of @f, each an operand of the op). @f returns results
-  /// of the op; the others get no cotangent (a norm_matmul fills in zeros,
-  /// a gated_mlp's saved gate_up never has one).
-  void checkVJP(StringRef text, std::vector<Tensor> inputs) {
-    func::FuncOp forward = parseFunc(text);
-    func::FuncOp vjp = forward.clone();
-    vjp.setSymName("vjp");
-    forward->getParentOfType<ModuleOp>().push_back(vjp);
-
-    llama::VJPOpInterface op;
-    vjp.walk([&](llama::VJPOpInterface found) { op = found; });
-    ASSERT_TRUE(op);
-    Block &body = vjp.getBody().front();
-    auto ret = cast<func::ReturnOp>(body.getTerminator());
-    SmallVector<Value> resultCotangents(op->getNumResults(), nullptr);
-    for (Value returned : ret.getOperands()) {
-      auto result = dyn_cast<OpResult>(returned);
-      ASSERT_TRUE(result && result.getOwner() == op.getOperation());
-      ASSERT_TRUE(succeeded(vjp.insertArgument(
-          vjp.getNumArguments(), returned.getType(), {}, vjp.getLoc())));
-      resultCotangents[result.getResultNumber()] = vjp.getArguments().back();
-    }
-    OpBuilder builder(ret);
-    SmallVector<Value> operandCotangents =
-        op.buildVJP(builder, resultCotangents);
-    ASSERT_EQ(operandCotangents.size(), op->getNumOperands());
-    SmallVector<Value> results;
-    SmallVector<unsigned> argIndices;
-    for (auto [operand, cotangent] :
-         llvm::zip(op->getOperands(), operandCotangents)) {
-      ASSERT_TRUE(cotangent);
-      results.push_back(cotangent);
-      argIndices.push_back(cast<BlockArgument>(operand).getArgNumber());
-    }
-    func::ReturnOp::create(builder, ret.getLoc(), results);
-    ret.erase();
-    vjp.setType(builder.getFunctionType(vjp.getArgumentTypes(),
-                                        ValueRange(results).getTypes()));
-
-    std::vector<Tensor> outputs = run(forward, inputs);
-    std::vector<Tensor> cotangents;
-    std::vector<Tensor> vjpArgs = inputs;
-    for (const Tensor &output : outputs) {
-      cotangents.push_back(random(output.shape));
-      vjpArgs.push_back(cotangents.back());
-    }
-    std::vector<Tensor> grads = run(vjp, vjpArgs);
-    ASSERT_EQ(grads.size(), argIndices.size());
-
-    auto pairing = [&](ArrayRef<Tensor> args) {
-      std::vector<Tensor> values = run(forward, args);
-      double sum = 0;
-      for (size_t i = 0; i < values.size(); ++i)
-        sum += dot(cotangents[i], values[i]);
-      return sum;
-    };
-    for (auto [grad, argIndex] : llvm::zip(grads, argIndices)) {
-      SCOPED_TRACE("operand from argument " + std::to_string(argIndex));
-      Tensor expected = centralDifference(pairing, inputs, argIndex);
-      EXPECT_GT(maxAbs(expected), 1e-3);
-      EXPECT_LE(relativeError(grad, expected), 1e-6);
-    }
-  }
-};
+using FusedVJPTest = VJPTestBase;
 
 TEST_F(FusedVJPTest, NormMatmulQKV) {
   checkVJP(R"mlir(

@@ -8,6 +8,7 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/OwningOpRef.h"
@@ -131,6 +132,82 @@ inline double dot(const Tensor &a, const Tensor &b) {
     sum += a.data[i] * b.data[i];
   return sum;
 }
+
+/// Checks the VJP of the one differentiable op of @f against central
+/// differences of the function's results paired with random cotangents, at
+/// `inputs` (one per argument of @f, each an operand of the op). @f returns
+/// some or all results of the op; the others get no cotangent. Token (i32)
+/// operands must get no cotangent, every other operand one.
+class VJPTestBase : public ReferenceTest {
+protected:
+  void checkVJP(llvm::StringRef text, std::vector<Tensor> inputs) {
+    mlir::func::FuncOp forward = parseFunc(text);
+    mlir::func::FuncOp vjp = forward.clone();
+    vjp.setSymName("vjp");
+    forward->getParentOfType<mlir::ModuleOp>().push_back(vjp);
+
+    mlir::llama::VJPOpInterface op;
+    vjp.walk([&](mlir::llama::VJPOpInterface found) { op = found; });
+    ASSERT_TRUE(op);
+    mlir::Block &body = vjp.getBody().front();
+    auto ret = mlir::cast<mlir::func::ReturnOp>(body.getTerminator());
+    llvm::SmallVector<mlir::Value> resultCotangents(op->getNumResults(),
+                                                    nullptr);
+    for (mlir::Value returned : ret.getOperands()) {
+      auto result = mlir::dyn_cast<mlir::OpResult>(returned);
+      ASSERT_TRUE(result && result.getOwner() == op.getOperation());
+      ASSERT_TRUE(mlir::succeeded(vjp.insertArgument(
+          vjp.getNumArguments(), returned.getType(), {}, vjp.getLoc())));
+      resultCotangents[result.getResultNumber()] = vjp.getArguments().back();
+    }
+    mlir::OpBuilder builder(ret);
+    llvm::SmallVector<mlir::Value> operandCotangents =
+        op.buildVJP(builder, resultCotangents);
+    ASSERT_EQ(operandCotangents.size(), op->getNumOperands());
+    llvm::SmallVector<mlir::Value> results;
+    llvm::SmallVector<unsigned> argIndices;
+    for (auto [operand, cotangent] :
+         llvm::zip(op->getOperands(), operandCotangents)) {
+      bool isToken = mlir::cast<mlir::ShapedType>(operand.getType())
+                         .getElementType()
+                         .isInteger(32);
+      EXPECT_EQ(cotangent == nullptr, isToken);
+      if (!cotangent)
+        continue;
+      results.push_back(cotangent);
+      argIndices.push_back(
+          mlir::cast<mlir::BlockArgument>(operand).getArgNumber());
+    }
+    mlir::func::ReturnOp::create(builder, ret.getLoc(), results);
+    ret.erase();
+    vjp.setType(builder.getFunctionType(vjp.getArgumentTypes(),
+                                        mlir::ValueRange(results).getTypes()));
+
+    std::vector<Tensor> outputs = run(forward, inputs);
+    std::vector<Tensor> cotangents;
+    std::vector<Tensor> vjpArgs = inputs;
+    for (const Tensor &output : outputs) {
+      cotangents.push_back(random(output.shape));
+      vjpArgs.push_back(cotangents.back());
+    }
+    std::vector<Tensor> grads = run(vjp, vjpArgs);
+    ASSERT_EQ(grads.size(), argIndices.size());
+
+    auto pairing = [&](llvm::ArrayRef<Tensor> args) {
+      std::vector<Tensor> values = run(forward, args);
+      double sum = 0;
+      for (size_t i = 0; i < values.size(); ++i)
+        sum += dot(cotangents[i], values[i]);
+      return sum;
+    };
+    for (auto [grad, argIndex] : llvm::zip(grads, argIndices)) {
+      SCOPED_TRACE("operand from argument " + std::to_string(argIndex));
+      Tensor expected = centralDifference(pairing, inputs, argIndex);
+      EXPECT_GT(maxAbs(expected), 1e-3);
+      EXPECT_LE(relativeError(grad, expected), 1e-6);
+    }
+  }
+};
 
 } // namespace llamac::reference::test
 

@@ -16,68 +16,8 @@ using namespace llamac::reference::test;
 
 namespace {
 
-class VJPTest : public ReferenceTest {
+class VJPTest : public VJPTestBase {
 protected:
-  /// Checks the VJP of the one differentiable op of @f in `text` against
-  /// central differences at `inputs` (one per argument of @f, each an
-  /// operand of the op). Token operands must get no cotangent.
-  void checkVJP(StringRef text, std::vector<Tensor> inputs) {
-    func::FuncOp forward = parseFunc(text);
-    func::FuncOp vjp = forward.clone();
-    vjp.setSymName("vjp");
-    forward->getParentOfType<ModuleOp>().push_back(vjp);
-
-    llama::VJPOpInterface op;
-    vjp.walk([&](llama::VJPOpInterface found) { op = found; });
-    ASSERT_TRUE(op);
-    Block &body = vjp.getBody().front();
-    auto ret = cast<func::ReturnOp>(body.getTerminator());
-    SmallVector<Value> resultCotangents;
-    for (Type type : op->getResultTypes()) {
-      ASSERT_TRUE(succeeded(
-          vjp.insertArgument(vjp.getNumArguments(), type, {}, vjp.getLoc())));
-      resultCotangents.push_back(vjp.getArguments().back());
-    }
-    OpBuilder builder(ret);
-    SmallVector<Value> operandCotangents =
-        op.buildVJP(builder, resultCotangents);
-    ASSERT_EQ(operandCotangents.size(), op->getNumOperands());
-    SmallVector<Value> results;
-    SmallVector<unsigned> argIndices;
-    for (auto [operand, cotangent] :
-         llvm::zip(op->getOperands(), operandCotangents)) {
-      bool isToken =
-          cast<ShapedType>(operand.getType()).getElementType().isInteger(32);
-      EXPECT_EQ(cotangent == nullptr, isToken);
-      if (!cotangent)
-        continue;
-      results.push_back(cotangent);
-      argIndices.push_back(cast<BlockArgument>(operand).getArgNumber());
-    }
-    func::ReturnOp::create(builder, ret.getLoc(), results);
-    ret.erase();
-    vjp.setType(builder.getFunctionType(vjp.getArgumentTypes(),
-                                        ValueRange(results).getTypes()));
-
-    std::vector<Tensor> outputs = run(forward, inputs);
-    ASSERT_EQ(outputs.size(), 1u);
-    Tensor cotangent = random(outputs[0].shape);
-    std::vector<Tensor> vjpArgs = inputs;
-    vjpArgs.push_back(cotangent);
-    std::vector<Tensor> grads = run(vjp, vjpArgs);
-    ASSERT_EQ(grads.size(), argIndices.size());
-
-    auto pairing = [&](ArrayRef<Tensor> args) {
-      return dot(cotangent, run(forward, args)[0]);
-    };
-    for (auto [grad, argIndex] : llvm::zip(grads, argIndices)) {
-      SCOPED_TRACE("operand from argument " + std::to_string(argIndex));
-      Tensor expected = centralDifference(pairing, inputs, argIndex);
-      EXPECT_GT(maxAbs(expected), 1e-3);
-      EXPECT_LE(relativeError(grad, expected), 1e-6);
-    }
-  }
-
   /// Ids drawn from [0, limit), then a few set to -100 (never all of them).
   Tensor labels(int64_t count, int64_t limit) {
     Tensor result = tokens(count, limit);
