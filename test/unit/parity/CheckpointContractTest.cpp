@@ -67,13 +67,6 @@ TEST_P(CheckpointContract, ZeroStepsWriteTheInputWeightsBitExact) {
   llvm::sys::fs::remove_directories(dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(Golden, CheckpointContract,
-                         ::testing::Values("llama2-mha", "llama3-gqa",
-                                           "tied-mqa"),
-                         [](const auto &info) {
-                           std::string name = info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+INSTANTIATE_TEST_SUITE_P(Golden, CheckpointContract, goldenModels(), caseName);
 
 } // namespace

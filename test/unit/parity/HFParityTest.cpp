@@ -147,13 +147,6 @@ TEST_P(HFParity, LossesGradientsAndWeightsMatchTransformers) {
   llvm::sys::fs::remove_directories(out);
 }
 
-INSTANTIATE_TEST_SUITE_P(Golden, HFParity,
-                         ::testing::Values("llama2-mha", "llama3-gqa",
-                                           "tied-mqa"),
-                         [](const auto &info) {
-                           std::string name = info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+INSTANTIATE_TEST_SUITE_P(Golden, HFParity, goldenModels(), caseName);
 
 } // namespace

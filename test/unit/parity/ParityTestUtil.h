@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -17,6 +18,19 @@ namespace llamac::test {
 /// GOLDEN_DIR/<testCase>/<file>.
 inline std::string goldenPath(const std::string &testCase, const char *file) {
   return std::string(GOLDEN_DIR) + "/" + testCase + "/" + file;
+}
+
+/// The golden model cases of test/golden/make_golden.py.
+inline auto goldenModels() {
+  return ::testing::Values("llama2-mha", "llama3-gqa", "tied-mqa");
+}
+
+/// A gtest name for a golden case ("llama2-mha" -> "llama2_mha").
+inline std::string
+caseName(const ::testing::TestParamInfo<const char *> &info) {
+  std::string name = info.param;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
 }
 
 /// Every tensor of a safetensors file, as read (failing the test if it

@@ -168,10 +168,6 @@ TEST_P(TrainingParity, MatchesTheTransformersTrainer) {
 INSTANTIATE_TEST_SUITE_P(Golden, TrainingParity,
                          ::testing::Values("grad-accum", "clip",
                                            "linear-warmup", "cosine"),
-                         [](const auto &info) {
-                           std::string name = info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         caseName);
 
 } // namespace
