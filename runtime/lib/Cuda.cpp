@@ -22,7 +22,8 @@ struct DriverApi {
   X(cuDevicePrimaryCtxRetain)                                                  \
   X(cuDevicePrimaryCtxRelease)                                                 \
   X(cuCtxSetCurrent)                                                           \
-  X(cuStreamCreate)                                                            \
+  X(cuStreamCreateWithPriority)                                                \
+  X(cuCtxGetStreamPriorityRange)                                               \
   X(cuStreamDestroy)                                                           \
   X(cuStreamSynchronize)                                                       \
   X(cuMemGetInfo)                                                              \
@@ -41,7 +42,13 @@ struct DriverApi {
   X(cuGraphInstantiateWithFlags)                                               \
   X(cuGraphLaunch)                                                             \
   X(cuGraphDestroy)                                                            \
-  X(cuGraphExecDestroy)
+  X(cuGraphExecDestroy)                                                        \
+  X(cuEventCreate)                                                             \
+  X(cuEventDestroy)                                                            \
+  X(cuEventRecord)                                                             \
+  X(cuEventSynchronize)                                                        \
+  X(cuEventElapsedTime)                                                        \
+  X(cuStreamWaitEvent)
 #define LLAMAC_DECLARE(name) decltype(&::name) name = nullptr;
   LLAMAC_DRIVER_FUNCTIONS(LLAMAC_DECLARE)
 #undef LLAMAC_DECLARE
@@ -210,10 +217,22 @@ Result<std::shared_ptr<Device>> Device::open(int ordinal) {
   if (status)
     status =
         device->check(d.cuCtxSetCurrent(device->context), "cuCtxSetCurrent");
+  // The main stream (GEMMs) goes first wherever the side stream (the
+  // memory-bound optimizer) would compete with it for SMs.
+  int lowest = 0, highest = 0;
   if (status)
-    status = device->check(
-        d.cuStreamCreate(&device->mainStream, CU_STREAM_NON_BLOCKING),
-        "cuStreamCreate");
+    status = device->check(d.cuCtxGetStreamPriorityRange(&lowest, &highest),
+                           "cuCtxGetStreamPriorityRange");
+  if (status)
+    status =
+        device->check(d.cuStreamCreateWithPriority(
+                          &device->mainStream, CU_STREAM_NON_BLOCKING, highest),
+                      "cuStreamCreateWithPriority");
+  if (status)
+    status =
+        device->check(d.cuStreamCreateWithPriority(
+                          &device->sideStream, CU_STREAM_NON_BLOCKING, lowest),
+                      "cuStreamCreateWithPriority");
   if (!status)
     return status.error();
   device->deviceName = name;
@@ -221,6 +240,8 @@ Result<std::shared_ptr<Device>> Device::open(int ordinal) {
 }
 
 Device::~Device() {
+  if (sideStream)
+    driver->cuStreamDestroy(sideStream);
   if (mainStream)
     driver->cuStreamDestroy(mainStream);
   if (context)
@@ -266,9 +287,11 @@ Status Device::copyToHost(void *dst, CUdeviceptr src, size_t bytes) {
   return check(driver->cuMemcpyDtoH(dst, src, bytes), "cuMemcpyDtoH");
 }
 
-Status Device::fill(CUdeviceptr dst, uint8_t value, size_t bytes) {
-  return check(driver->cuMemsetD8Async(dst, value, bytes, mainStream),
-               "cuMemsetD8Async");
+Status Device::fill(CUdeviceptr dst, uint8_t value, size_t bytes,
+                    CUstream stream) {
+  return check(
+      driver->cuMemsetD8Async(dst, value, bytes, stream ? stream : mainStream),
+      "cuMemsetD8Async");
 }
 
 Status Device::synchronize(const std::string &after) {
@@ -303,6 +326,42 @@ Status Device::launchGraph(CUgraphExec graph) {
 
 void Device::destroyGraph(CUgraphExec graph) {
   driver->cuGraphExecDestroy(graph);
+}
+
+Result<CUevent> Device::createEvent(bool timing) {
+  CUevent event = nullptr;
+  if (Status s =
+          check(driver->cuEventCreate(&event, timing ? CU_EVENT_DEFAULT
+                                                     : CU_EVENT_DISABLE_TIMING),
+                "cuEventCreate");
+      !s)
+    return s.error();
+  return event;
+}
+
+void Device::destroyEvent(CUevent event) { driver->cuEventDestroy(event); }
+
+Status Device::record(CUevent event, CUstream stream) {
+  return check(driver->cuEventRecord(event, stream ? stream : mainStream),
+               "cuEventRecord");
+}
+
+Status Device::wait(CUstream stream, CUevent event) {
+  return check(
+      driver->cuStreamWaitEvent(stream ? stream : mainStream, event, 0),
+      "cuStreamWaitEvent");
+}
+
+Result<float> Device::elapsedMs(CUevent start, CUevent end) {
+  if (Status s = check(driver->cuEventSynchronize(end), "cuEventSynchronize");
+      !s)
+    return s.error();
+  float ms = 0;
+  if (Status s = check(driver->cuEventElapsedTime(&ms, start, end),
+                       "cuEventElapsedTime");
+      !s)
+    return s.error();
+  return ms;
 }
 
 //===----------------------------------------------------------------------===//
@@ -355,7 +414,8 @@ Result<CUfunction> Module::function(const std::string &kernel) const {
 
 Status Module::launch(const std::string &kernel, unsigned gridX,
                       unsigned blockX, unsigned sharedBytes,
-                      std::vector<void *> args, unsigned gridY) const {
+                      std::vector<void *> args, unsigned gridY,
+                      CUstream stream) const {
   Result<CUfunction> function = this->function(kernel);
   if (!function)
     return function.error();
@@ -373,7 +433,8 @@ Status Module::launch(const std::string &kernel, unsigned gridX,
                  " arguments do not match its parameters"};
   return device->check(device->api().cuLaunchKernel(
                            *function, gridX, gridY, 1, blockX, 1, 1,
-                           sharedBytes, device->stream(), args.data(), nullptr),
+                           sharedBytes, stream ? stream : device->stream(),
+                           args.data(), nullptr),
                        "launch of kernel " + kernel);
 }
 
@@ -506,7 +567,7 @@ Status BlasLt::run(const Gemm &gemm, const std::string &what) {
   s = api->cublasLtMatmul(
       handle, desc.operation, &gemm.alpha, reinterpret_cast<void *>(gemm.b),
       desc.a, reinterpret_cast<void *>(gemm.a), desc.b, &gemm.beta,
-      reinterpret_cast<void *>(gemm.d), desc.d,
+      reinterpret_cast<void *>(gemm.c ? gemm.c : gemm.d), desc.d,
       reinterpret_cast<void *>(gemm.d), desc.d, &cached->second,
       reinterpret_cast<void *>(workspace), workspaceBytes, device->stream());
   if (s != CUBLAS_STATUS_SUCCESS)

@@ -24,6 +24,15 @@ Executor::create(std::shared_ptr<cuda::Device> device,
     return blas.error();
   executor->blas = std::move(*blas);
   executor->plan = std::move(package);
+  for (const package::Function &function : executor->plan.functions) {
+    std::vector<CUevent> &events = executor->events[function.name];
+    for (int i = 0; i < function.events(); ++i) {
+      Result<CUevent> event = device->createEvent();
+      if (!event)
+        return event.error();
+      events.push_back(*event);
+    }
+  }
   for (size_t i = 0; i < executor->plan.buffers.size(); ++i) {
     const package::Buffer &buffer = executor->plan.buffers[i];
     if (buffer.initF32.empty())
@@ -39,6 +48,9 @@ Executor::create(std::shared_ptr<cuda::Device> device,
 Executor::~Executor() {
   for (auto &[name, graph] : graphs)
     device->destroyGraph(graph);
+  for (auto &[name, functionEvents] : events)
+    for (CUevent event : functionEvents)
+      device->destroyEvent(event);
   if (arena)
     (void)device->free(arena);
 }
@@ -69,51 +81,104 @@ Status Executor::download(const std::string &name, void *data, size_t bytes) {
 }
 
 Status Executor::enqueue(const package::Function &function) {
-  for (const package::Step &step : function.steps) {
-    Status status;
-    switch (step.kind) {
-    case package::Step::Kind::Launch: {
-      const package::Launch &launch = step.launch;
-      std::vector<CUdeviceptr> pointers;
-      for (const package::Operand &arg : launch.args)
-        pointers.push_back(*resolve(arg));
-      std::vector<void *> args;
-      for (CUdeviceptr &pointer : pointers)
-        args.push_back(&pointer);
-      status = module->launch(launch.kernel, launch.grid[0], launch.block[0],
-                              launch.sharedBytes, args, launch.grid[1]);
-      break;
-    }
-    case package::Step::Kind::Gemm: {
-      const package::Gemm &g = step.gemm;
-      cuda::Gemm gemm;
-      gemm.m = g.m, gemm.n = g.n, gemm.k = g.k;
-      gemm.transposeA = g.transposeA, gemm.transposeB = g.transposeB;
-      auto gemmType = [](package::ElementType type) {
-        return type == package::ElementType::F32 ? cuda::GemmType::F32
-                                                 : cuda::GemmType::BF16;
-      };
-      gemm.type = gemmType(g.type);
-      gemm.outType = gemmType(g.outType);
-      gemm.alpha = g.alpha, gemm.beta = g.beta;
-      gemm.a = *resolve(g.a), gemm.b = *resolve(g.b), gemm.d = *resolve(g.d);
-      gemm.lda = g.a.ld, gemm.ldb = g.b.ld, gemm.ldd = g.d.ld;
-      gemm.batch = g.batch;
-      gemm.strideA = g.strideA, gemm.strideB = g.strideB,
-      gemm.strideD = g.strideD;
-      status = blas->run(gemm, step.label);
-      break;
-    }
-    case package::Step::Kind::Memset:
-      status = device->fill(*resolve(step.memset.dst), step.memset.value,
-                            step.memset.bytes);
-      break;
-    }
-    if (!status)
-      return Error{function.name + ": " + step.label + ": " +
-                   status.error().message};
-  }
+  for (const package::Step &step : function.steps)
+    if (Status status = enqueue(function, step); !status)
+      return status;
   return {};
+}
+
+Status Executor::enqueue(const package::Function &function,
+                         const package::Step &step, bool serialize) {
+  CUstream stream = step.stream == 1 && !serialize ? device->secondStream()
+                                                   : device->stream();
+  Status status;
+  switch (step.kind) {
+  case package::Step::Kind::Launch: {
+    const package::Launch &launch = step.launch;
+    std::vector<CUdeviceptr> pointers;
+    for (const package::Operand &arg : launch.args)
+      pointers.push_back(*resolve(arg));
+    std::vector<void *> args;
+    for (CUdeviceptr &pointer : pointers)
+      args.push_back(&pointer);
+    status = module->launch(launch.kernel, launch.grid[0], launch.block[0],
+                            launch.sharedBytes, args, launch.grid[1], stream);
+    break;
+  }
+  case package::Step::Kind::Gemm: {
+    const package::Gemm &g = step.gemm;
+    cuda::Gemm gemm;
+    gemm.m = g.m, gemm.n = g.n, gemm.k = g.k;
+    gemm.transposeA = g.transposeA, gemm.transposeB = g.transposeB;
+    auto gemmType = [](package::ElementType type) {
+      return type == package::ElementType::F32 ? cuda::GemmType::F32
+                                               : cuda::GemmType::BF16;
+    };
+    gemm.type = gemmType(g.type);
+    gemm.outType = gemmType(g.outType);
+    gemm.alpha = g.alpha, gemm.beta = g.beta;
+    gemm.a = *resolve(g.a), gemm.b = *resolve(g.b), gemm.d = *resolve(g.d);
+    if (g.c.buffer >= 0)
+      gemm.c = *resolve(g.c);
+    gemm.lda = g.a.ld, gemm.ldb = g.b.ld, gemm.ldd = g.d.ld;
+    gemm.batch = g.batch;
+    gemm.strideA = g.strideA, gemm.strideB = g.strideB,
+    gemm.strideD = g.strideD;
+    status = blas->run(gemm, step.label);
+    break;
+  }
+  case package::Step::Kind::Memset:
+    status = device->fill(*resolve(step.memset.dst), step.memset.value,
+                          step.memset.bytes, stream);
+    break;
+  case package::Step::Kind::Record:
+    if (!serialize)
+      status = device->record(events[function.name][step.event], stream);
+    break;
+  case package::Step::Kind::Wait:
+    if (!serialize)
+      status = device->wait(stream, events[function.name][step.event]);
+    break;
+  }
+  if (!status)
+    return Error{function.name + ": " + step.label + ": " +
+                 status.error().message};
+  return {};
+}
+
+Result<std::vector<float>> Executor::profile(const std::string &name) {
+  const package::Function *function = plan.function(name);
+  if (!function)
+    return Error{"the package has no function '" + name + "'"};
+  std::vector<CUevent> events;
+  auto release = [&] {
+    for (CUevent event : events)
+      device->destroyEvent(event);
+  };
+  std::vector<float> milliseconds;
+  Status status;
+  for (size_t i = 0; status && i <= function->steps.size(); ++i) {
+    Result<CUevent> event = device->createEvent(/*timing=*/true);
+    if (!event) {
+      status = event.error();
+      break;
+    }
+    events.push_back(*event);
+    status = device->record(*event);
+    if (status && i < function->steps.size())
+      status = enqueue(*function, function->steps[i], /*serialize=*/true);
+  }
+  for (size_t i = 1; status && i < events.size(); ++i) {
+    Result<float> ms = device->elapsedMs(events[i - 1], events[i]);
+    if (!ms)
+      status = ms.error();
+    else
+      milliseconds.push_back(*ms);
+  }
+  release();
+  if (!status)
+    return status.error();
+  return milliseconds;
 }
 
 Status Executor::run(const std::string &name, bool useGraph) {

@@ -83,14 +83,18 @@ Group group(std::string key, llvm::Expected<KernelSpec> spec, Rest &&...rest) {
   return g;
 }
 
-RopeLayout ropeLayout() {
-  RopeLayout layout;
+/// The fused QKV rows of RopeHeadsKernelTest, and its padded rows of
+/// query heads only (rowStride 0: packed).
+HeadsLayout headsLayout(bool queriesOnly) {
+  HeadsLayout layout;
   layout.rows = kRopeRows;
   layout.seqLen = kRopeSeq;
   layout.headDim = kRopeHeadDim;
-  layout.numHeads = kRopeHeads;
-  layout.numKvHeads = kRopeKvHeads;
-  layout.rowStride = (kRopeHeads + 2 * kRopeKvHeads) * kRopeHeadDim;
+  layout.numQueryHeads = kRopeHeads;
+  layout.numKeyHeads = layout.numValueHeads = queriesOnly ? 0 : kRopeKvHeads;
+  layout.rowStride = queriesOnly
+                         ? kRopeHeads * kRopeHeadDim + 16
+                         : (kRopeHeads + 2 * kRopeKvHeads) * kRopeHeadDim;
   return layout;
 }
 
@@ -146,9 +150,20 @@ int main(int argc, char **argv) {
                  group("fwd", swigluForwardKernel(kSwigluRows, kSwigluWidth),
                        "bwd",
                        swigluBackwardKernel(kSwigluRows, kSwigluWidth))) &&
-      writeGroup(dir, "rope",
-                 group("fwd", ropeKernel(ropeLayout(), false), "inv",
-                       ropeKernel(ropeLayout(), true))) &&
+      writeGroup(
+          dir, "rope_heads",
+          group("to_heads",
+                ropeHeadsKernel(headsLayout(false), HeadsDirection::ToHeads,
+                                Rotation::Forward),
+                "to_tokens_inverse",
+                ropeHeadsKernel(headsLayout(false), HeadsDirection::ToTokens,
+                                Rotation::Inverse),
+                "plain_to_heads",
+                ropeHeadsKernel(headsLayout(true), HeadsDirection::ToHeads,
+                                Rotation::None),
+                "plain_to_tokens",
+                ropeHeadsKernel(headsLayout(true), HeadsDirection::ToTokens,
+                                Rotation::None))) &&
       writeGroup(
           dir, "softmax",
           group("fwd_f32",

@@ -294,10 +294,11 @@ llvm::Expected<KernelSpec> llamac::swigluBackwardKernel(int64_t rows,
   return swigluKernel("swiglu_bwd", rows, width);
 }
 
-llvm::Expected<KernelSpec> llamac::ropeKernel(const RopeLayout &layout,
-                                              bool inverse) {
-  const char *kernel = "rope";
-  const RopeLayout &l = layout;
+llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
+                                                   HeadsDirection direction,
+                                                   Rotation rotation) {
+  const char *kernel = "rope_heads";
+  const HeadsLayout &l = layout;
   if (llvm::Error error = checkSize(kernel, "row count", l.rows))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "sequence length", l.seqLen))
@@ -306,40 +307,56 @@ llvm::Expected<KernelSpec> llamac::ropeKernel(const RopeLayout &layout,
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "row stride", l.rowStride, 8))
     return std::move(error);
-  if (l.numHeads < 0 || l.numKvHeads < 0 || l.numHeads + l.numKvHeads == 0)
-    return shapeError(kernel, "needs at least one head");
-  int64_t kOffset = l.kOffset < 0 ? l.numHeads * l.headDim : l.kOffset;
-  if (l.qOffset < 0 || l.qOffset % 8 || kOffset % 8)
-    return shapeError(kernel, "head offsets must be multiples of 8");
-  if (l.qOffset + l.numHeads * l.headDim > l.rowStride ||
-      kOffset + l.numKvHeads * l.headDim > l.rowStride)
+  if (l.rows % l.seqLen)
+    return shapeError(kernel, "row count " + str(l.rows) +
+                                  " is not a multiple of the sequence length");
+  int64_t heads = l.numQueryHeads + l.numKeyHeads + l.numValueHeads;
+  if (l.numQueryHeads <= 0 || l.numKeyHeads < 0 || l.numValueHeads < 0)
+    return shapeError(kernel, "needs query heads and no negative head count");
+  if (heads * l.headDim > l.rowStride)
     return shapeError(kernel,
                       "heads extend beyond the row stride " + str(l.rowStride));
   int64_t half = l.headDim / 2;
-  int64_t items = (l.numHeads + l.numKvHeads) * (half / 8);
+  int64_t items = heads * (half / 8);
   unsigned block = threadsFor(items, 256);
+  bool toHeads = direction == HeadsDirection::ToHeads;
+  int64_t rotated =
+      rotation == Rotation::None ? 0 : l.numQueryHeads + l.numKeyHeads;
+  const char *rotationName = rotation == Rotation::None      ? ""
+                             : rotation == Rotation::Forward ? "_rope"
+                                                             : "_ropeinv";
   return specialize(
       kernel,
-      "rope_t" + str(l.rows) + "_s" + str(l.seqLen) + "_ld" + str(l.rowStride) +
-          "_d" + str(l.headDim) + "_q" + str(l.numHeads) + "o" +
-          str(l.qOffset) + "_k" + str(l.numKvHeads) + "o" + str(kOffset) +
-          (inverse ? "_inv" : ""),
+      std::string(toHeads ? "to_heads" : "to_tokens") + "_t" + str(l.rows) +
+          "_s" + str(l.seqLen) + "_ld" + str(l.rowStride) + "_d" +
+          str(l.headDim) + "_q" + str(l.numQueryHeads) + "k" +
+          str(l.numKeyHeads) + "v" + str(l.numValueHeads) + rotationName,
       {{"T", str(l.rows)},
        {"LD", str(l.rowStride)},
        {"TLD", str(l.rows * l.rowStride)},
+       {"HM", str(l.rows * heads * l.headDim)},
+       {"REGION", str(l.rows * l.headDim)},
        {"D", str(l.headDim)},
        {"HALF", str(half)},
        {"HALF2", str(2 * half)},
        {"HCHUNKS", str(half / 8)},
        {"ITEMS", str(items)},
        {"SEQ", str(l.seqLen)},
-       {"NQ", str(l.numHeads)},
-       {"NK", str(l.numKvHeads)},
-       {"QOFF", str(l.qOffset)},
-       {"KOFF", str(kOffset)},
-       // A key head h (counted after the queries) starts at h * D + KSHIFT.
-       {"KSHIFT", str(kOffset - l.numHeads * l.headDim)},
-       {"SIGN", inverse ? "-1.0" : "1.0"},
+       {"NH", str(heads)},
+       {"NQ", str(l.numQueryHeads)},
+       {"NK", str(l.numKeyHeads)},
+       {"NV", str(l.numValueHeads)},
+       {"NQK", str(l.numQueryHeads + l.numKeyHeads)},
+       {"NROT", str(rotated)},
+       {"SIGN", rotation == Rotation::Inverse ? "-1.0" : "1.0"},
+       {"SRC", toHeads ? "%tokens" : "%heads"},
+       {"SRCI", toHeads ? "%ti" : "%hi"},
+       {"SRCN",
+        str(toHeads ? l.rows * l.rowStride : l.rows * heads * l.headDim)},
+       {"DST", toHeads ? "%heads" : "%tokens"},
+       {"DSTI", toHeads ? "%hi" : "%ti"},
+       {"DSTN",
+        str(toHeads ? l.rows * heads * l.headDim : l.rows * l.rowStride)},
        {"BLOCK", str(block)}},
       dims(unsigned(l.rows)), dims(block));
 }

@@ -10,11 +10,14 @@
 // launches over all parameters. Activations get arena offsets from their
 // live ranges (MemoryPlan.h).
 //
-// Attention runs as batched cuBLASLt GEMMs around softmax kernels: per
-// sequence b and query head j of each KV group, one GEMM batched over the KV
-// heads computes S = scale Q Kᵀ (f32); causal_softmax_fwd makes P (bf16); a
-// second GEMM O = P V. The backward recomputes S and P (in bf16 for the
-// dV GEMM and in f32 for dS).
+// Attention runs as batched cuBLASLt GEMMs around softmax kernels. One
+// kernel moves q, k, v from the QKV GEMM's token rows to a head-major
+// layout, applying RoPE; there the query heads of one KV group are one
+// block of rows, so each product is one GEMM batched over (sequence, KV
+// head): S = scale Q Kᵀ (f32), causal_softmax_fwd makes P (bf16), O = P V,
+// and O goes back to token rows for o_proj. The backward recomputes S and P
+// (in bf16 for the dV GEMM and in f32 for dS); the sums over a group's
+// query heads in dK and dV are part of their GEMMs.
 //
 //===----------------------------------------------------------------------===//
 
@@ -31,6 +34,8 @@
 #include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/StringSet.h"
 #include "llvm/Support/FormatVariadic.h"
+
+#include <optional>
 
 using namespace mlir;
 using namespace mlir::llama;
@@ -63,6 +68,50 @@ ElementType elementTypeOf(Type type) {
   if (element.isF32())
     return ElementType::F32;
   return ElementType::I32;
+}
+
+/// The attention geometry of a rope_attention op or its gradient.
+struct AttentionShape {
+  int64_t heads, kvHeads, dim, seq, batch, group;
+  /// Bytes from the head-major buffer's start to its key and value regions.
+  uint64_t keyRegion, valueRegion;
+};
+
+AttentionShape attentionShape(Operation *op, int64_t tokens) {
+  auto attr = [&](StringRef name) {
+    return cast<IntegerAttr>(op->getAttr(name)).getInt();
+  };
+  AttentionShape a;
+  a.heads = attr("num_heads"), a.kvHeads = attr("num_kv_heads");
+  a.dim = attr("head_dim"), a.seq = attr("seq_len");
+  a.batch = tokens / a.seq, a.group = a.heads / a.kvHeads;
+  a.keyRegion = uint64_t(tokens * a.heads * a.dim) * 2;
+  a.valueRegion = a.keyRegion + uint64_t(tokens * a.kvHeads * a.dim) * 2;
+  return a;
+}
+
+/// A GEMM batched over the (sequence, KV head) pairs of the head-major
+/// layout: per pair, A has `strideA` elements, B `strideB`, D `strideD`.
+package::Gemm groupGemm(const AttentionShape &a, int64_t m, int64_t n,
+                        int64_t k, int64_t strideA, int64_t strideB,
+                        int64_t strideD) {
+  package::Gemm g;
+  g.m = m, g.n = n, g.k = k;
+  g.batch = a.batch * a.kvHeads;
+  g.strideA = strideA, g.strideB = strideB, g.strideD = strideD;
+  return g;
+}
+
+/// The heads of `a` in token rows of stride `ld` (0: packed query heads),
+/// for rope_heads: all query heads, `keyHeads` and `valueHeads`.
+HeadsLayout headsLayout(const AttentionShape &a, int64_t ld, int64_t keyHeads,
+                        int64_t valueHeads) {
+  HeadsLayout l;
+  l.rows = a.batch * a.seq, l.seqLen = a.seq, l.headDim = a.dim;
+  l.rowStride = ld ? ld : a.heads * a.dim;
+  l.numQueryHeads = a.heads, l.numKeyHeads = keyHeads,
+  l.numValueHeads = valueHeads;
+  return l;
 }
 
 class PackageBuilder {
@@ -197,21 +246,56 @@ private:
     current->steps.push_back(std::move(step));
   }
 
-  /// A row-major GEMM over locations (bf16 operands, packed unless `ld`).
+  /// A row-major GEMM over locations (bf16 operands, packed unless `ld`),
+  /// plus `addend` (D's layout) when given.
   void linear(Location a, Location b, Location d, int64_t m, int64_t n,
               int64_t k, bool transposeA, bool transposeB,
-              const std::string &label, float beta = 0) {
+              const std::string &label,
+              std::optional<Location> addend = std::nullopt) {
     package::Gemm g;
     g.m = m, g.n = n, g.k = k;
     g.transposeA = transposeA, g.transposeB = transposeB;
     g.a = operand(a), g.b = operand(b), g.d = operand(d);
-    g.beta = beta;
+    if (addend) {
+      g.c = operand(*addend);
+      g.beta = 1;
+    }
     gemm(g, label);
+  }
+
+  /// The residual add that is `value`'s only user, and the add's other
+  /// operand, when the add can be folded into the op computing `value`.
+  std::optional<std::pair<AddOp, Value>> residualAddOf(Value value) {
+    if (!value.hasOneUse())
+      return std::nullopt;
+    auto add = dyn_cast<AddOp>(*value.user_begin());
+    if (!add || add.getLhs() == add.getRhs())
+      return std::nullopt;
+    Value other = add.getLhs() == value ? add.getRhs() : add.getLhs();
+    auto found = locations.find(other);
+    if (found == locations.end() || found->second.ld)
+      return std::nullopt;
+    return std::make_pair(add, other);
   }
 
   llvm::Error fail(Operation *op, const llvm::Twine &message) {
     std::string name = op ? op->getName().getStringRef().str() : "value";
     return llvm::createStringError("GPU backend: " + name + ": " + message);
+  }
+
+  /// q, k and v (or their gradients) must be adjacent column slices of one
+  /// buffer, as the fused QKV GEMM (or its backward) lays them out.
+  llvm::Error checkQKVSlices(Operation *op, const Location &q,
+                             const Location &k, const Location &v,
+                             const AttentionShape &a) {
+    uint64_t qBytes = uint64_t(a.heads * a.dim) * 2,
+             kvBytes = uint64_t(a.kvHeads * a.dim) * 2;
+    if (q.buffer != k.buffer || q.buffer != v.buffer || !q.ld || q.ld != k.ld ||
+        q.ld != v.ld || k.offset != q.offset + qBytes ||
+        v.offset != k.offset + kvBytes)
+      return fail(op, "q, k and v (and their gradients) must be adjacent "
+                      "slices of one fused QKV buffer");
+    return llvm::Error::success();
   }
 
   //--- Ops --------------------------------------------------------------===//
@@ -221,12 +305,11 @@ private:
   llvm::Error lowerRmsNorm(Location x, Location weight, Location out,
                            int64_t rows, int64_t hidden, double eps, int rstd,
                            const std::string &label);
-  llvm::Error normBackward(Value inputGrad, Value weightGrad, Location dy,
-                           Location x, Location weight, int rstd,
+  llvm::Error normBackward(Operation *op, Value inputGrad, Value weightGrad,
+                           Location dy, Location x, Location weight, int rstd,
                            int64_t hidden, const std::string &label);
-  llvm::Error attentionScores(Operation *op, Location qkv, int64_t qCol,
-                              int64_t kCol, int scores, int probabilities,
-                              const std::string &label);
+  llvm::Error attentionScores(Operation *op, int headMajor, int scores,
+                              int probabilities, const std::string &label);
   llvm::Error lowerOptimizer(func::FuncOp func);
   int freqTable(ArrayRef<double> frequencies);
 
@@ -245,9 +328,13 @@ private:
   int64_t flatElements = 0;
   llvm::StringMap<uint64_t> flatOffset; ///< bytes, by step parameter name
   int hyper = -1, lossStats = -1, gradNorm = -1;
-  /// Values that hold their rotated form in place (q, k after the forward
-  /// rope), and the constant 1 that seeds the backward.
-  llvm::DenseSet<Value> rotated, seeds;
+  /// The head-major buffer of rotated q, k and v that each rope_attention
+  /// writes for its gradient, by query value.
+  llvm::DenseMap<Value, int> headMajorOf;
+  /// The constant 1 that seeds the backward.
+  llvm::DenseSet<Value> seeds;
+  /// Residual adds computed by the GEMM or norm backward before them.
+  llvm::DenseSet<Operation *> folded;
   std::map<std::vector<double>, int> freqTables;
   int64_t tokens = 0;
 };
@@ -414,60 +501,63 @@ llvm::Error PackageBuilder::lowerRmsNorm(Location x, Location weight,
 
 /// dx = rms_norm backward of dy, and the norm weight's gradient summed over
 /// rows in two steps (per-block partial sums, then a column sum).
-llvm::Error PackageBuilder::normBackward(Value inputGrad, Value weightGrad,
-                                         Location dy, Location x,
-                                         Location weight, int rstd,
+llvm::Error PackageBuilder::normBackward(Operation *op, Value inputGrad,
+                                         Value weightGrad, Location dy,
+                                         Location x, Location weight, int rstd,
                                          int64_t hidden,
                                          const std::string &label) {
+  // dx + the residual gradient r, when that add is dx's only use and r has
+  // no use after it: the kernel adds into r's buffer, which the sum takes.
+  std::optional<Location> residual;
+  if (auto add = residualAddOf(inputGrad)) {
+    Value r = add->second;
+    bool lastUse = llvm::all_of(r.getUsers(), [&](Operation *user) {
+      return user == add->first.getOperation() || user->isBeforeInBlock(op);
+    });
+    const Location &at = locations.find(r)->second;
+    if (lastUse && !at.offset && at.buffer != dy.buffer &&
+        !locations.contains(add->first.getResult())) {
+      residual = *use(r);
+      locations[add->first.getResult()] = *residual;
+      folded.insert(add->first);
+    }
+  }
   llvm::Expected<KernelSpec> kernel =
-      rmsNormBackwardKernel(tokens, hidden, /*accumulate=*/false);
+      rmsNormBackwardKernel(tokens, hidden, /*accumulate=*/bool(residual));
   if (!kernel)
     return kernel.takeError();
   int64_t blocks = kernel->grid.x;
   int partial = scratch("norm_partial", ElementType::F32, {blocks, hidden});
-  Location dx = define(inputGrad, "input_grad");
+  Location dx = residual ? *residual : define(inputGrad, "input_grad");
   if (auto error = launch(std::move(kernel),
                           {dy, x, weight, whole(rstd), dx, whole(partial)},
-                          label + " (norm backward)"))
+                          label + (residual ? " (norm backward + residual)"
+                                            : " (norm backward)")))
     return error;
   Location dw = define(weightGrad, "norm_weight_grad");
   return launch(columnSumKernel(blocks, hidden), {whole(partial), dw},
                 label + " (norm weight gradient)");
 }
 
-llvm::Error PackageBuilder::attentionScores(Operation *op, Location qkv,
-                                            int64_t qCol, int64_t kCol,
+llvm::Error PackageBuilder::attentionScores(Operation *op, int headMajor,
                                             int scores, int probabilities,
                                             const std::string &label) {
-  auto attrs = [&](StringRef name) {
-    return cast<IntegerAttr>(op->getAttr(name)).getInt();
-  };
-  int64_t heads = attrs("num_heads"), kvHeads = attrs("num_kv_heads");
-  int64_t dim = attrs("head_dim"), seq = attrs("seq_len");
-  int64_t batch = tokens / seq, group = heads / kvHeads;
-  double scale = cast<FloatAttr>(op->getAttr("scale")).getValueAsDouble();
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t j = 0; j < group; ++j) {
-      // S[b, g*group + j] = scale Q Kᵀ, batched over the KV heads g.
-      package::Gemm g;
-      g.m = seq, g.n = seq, g.k = dim;
-      g.transposeB = true;
-      g.alpha = float(scale);
-      g.outType = ElementType::F32;
-      g.a =
-          operand({qkv.buffer,
-                   qkv.offset + uint64_t(b * seq * qkv.ld + qCol + j * dim) * 2,
-                   qkv.ld});
-      g.b =
-          operand({qkv.buffer,
-                   qkv.offset + uint64_t(b * seq * qkv.ld + kCol) * 2, qkv.ld});
-      g.d = operand({scores, uint64_t((b * heads + j) * seq * seq) * 4, seq});
-      g.batch = kvHeads;
-      g.strideA = group * dim, g.strideB = dim, g.strideD = group * seq * seq;
-      gemm(g, label + " (scores)");
-    }
-  return launch(causalSoftmaxForwardKernel(batch * heads, seq, ScoreType::F32),
-                {whole(scores), whole(probabilities)}, label + " (softmax)");
+  AttentionShape a = attentionShape(op, tokens);
+  int64_t rows = a.group * a.seq; // the query heads of one KV group, stacked
+  // S[b, g] = scale Q[b, group g] K[b, g]ᵀ: [group seq, seq] per (b, g).
+  package::Gemm g = groupGemm(a, rows, a.seq, a.dim, rows * a.dim,
+                              a.seq * a.dim, rows * a.seq);
+  g.transposeB = true;
+  g.alpha = float(cast<FloatAttr>(op->getAttr("scale")).getValueAsDouble());
+  g.outType = ElementType::F32;
+  g.a = operand({headMajor, 0, a.dim});
+  g.b = operand({headMajor, a.keyRegion, a.dim});
+  g.d = operand({scores, 0, a.seq});
+  touch(headMajor);
+  gemm(g, label + " (scores)");
+  return launch(
+      causalSoftmaxForwardKernel(a.batch * a.heads, a.seq, ScoreType::F32),
+      {whole(scores), whole(probabilities)}, label + " (softmax)");
 }
 
 llvm::Error PackageBuilder::lower(Operation &op) {
@@ -523,12 +613,27 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     auto b = use(matmul.getRhs());
     if (!a || !b)
       return llvm::joinErrors(a.takeError(), b.takeError());
-    Location d = define(matmul.getResult(), "matmul");
+    // x + matmul (o_proj and down_proj onto the residual stream): the GEMM
+    // adds x through beta C and writes the sum.
+    std::optional<Location> addend;
+    Value out = matmul.getResult();
+    if (auto residual = residualAddOf(out)) {
+      auto x = use(residual->second);
+      if (!x)
+        return x.takeError();
+      addend = *x;
+      out = residual->first.getResult();
+      folded.insert(residual->first);
+      label += " + residual";
+    }
+    Location d = define(out, "matmul");
     linear(*a, *b, d, result.getDimSize(0), result.getDimSize(1), k,
-           matmul.getTransposeLhs(), matmul.getTransposeRhs(), label);
+           matmul.getTransposeLhs(), matmul.getTransposeRhs(), label, addend);
     return llvm::Error::success();
   }
 
+  if (folded.contains(&op))
+    return llvm::Error::success();
   if (auto add = dyn_cast<AddOp>(op)) {
     auto a = use(add.getLhs());
     auto b = use(add.getRhs());
@@ -606,56 +711,42 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     if (!q || !k || !v)
       return llvm::joinErrors(llvm::joinErrors(q.takeError(), k.takeError()),
                               v.takeError());
-    if (q->buffer != k->buffer || q->buffer != v->buffer || !q->ld ||
-        q->ld != k->ld || q->ld != v->ld)
-      return fail(&op, "q, k and v must be slices of one fused QKV GEMM");
-    for (Value rotatedValue : {attention.getQuery(), attention.getKey()})
-      for (Operation *user : rotatedValue.getUsers())
-        if (user != &op && !isa<RopeAttentionGradOp>(user))
-          return fail(&op, "q or k has a user that needs it unrotated");
-    int64_t heads = attention.getNumHeads(),
-            kvHeads = attention.getNumKvHeads();
-    int64_t dim = attention.getHeadDim(), seq = attention.getSeqLen();
-    int64_t qCol = int64_t(q->offset / 2), kCol = int64_t(k->offset / 2),
-            vCol = int64_t(v->offset / 2);
-    RopeLayout layout;
-    layout.rows = tokens, layout.seqLen = seq, layout.rowStride = q->ld;
-    layout.headDim = dim, layout.numHeads = heads, layout.numKvHeads = kvHeads;
-    layout.qOffset = qCol, layout.kOffset = kCol;
-    Location qkv{q->buffer, 0, q->ld};
-    if (auto error = launch(ropeKernel(layout, /*inverse=*/false),
-                            {qkv, whole(freqTable(attention.getFrequencies()))},
-                            label + " (rope)"))
+    AttentionShape a = attentionShape(&op, tokens);
+    if (auto error = checkQKVSlices(&op, *q, *k, *v, a))
       return error;
-    rotated.insert(attention.getQuery());
-    rotated.insert(attention.getKey());
-
-    int64_t blocks = tokens / seq * heads, group = heads / kvHeads;
-    int scores = scratch("scores", ElementType::F32, {blocks, seq, seq});
-    int probabilities =
-        scratch("probabilities", ElementType::BF16, {blocks, seq, seq});
+    // q, k, v move to the head-major layout (q and k rotated): every
+    // attention GEMM is then one call batched over (sequence, KV head).
+    int headMajor = newBuffer(
+        "qkv_heads#" + std::to_string(buffers.size()), "activation",
+        ElementType::BF16, {tokens * (a.heads + 2 * a.kvHeads) * a.dim}, false);
+    headMajorOf[attention.getQuery()] = headMajor;
+    int freqs = freqTable(attention.getFrequencies());
     if (auto error =
-            attentionScores(&op, qkv, qCol, kCol, scores, probabilities, label))
+            launch(ropeHeadsKernel(headsLayout(a, q->ld, a.kvHeads, a.kvHeads),
+                                   HeadsDirection::ToHeads, Rotation::Forward),
+                   {*q, whole(headMajor), whole(freqs)}, label + " (rope)"))
       return error;
+    int scores =
+        scratch("scores", ElementType::F32, {a.batch * a.heads, a.seq, a.seq});
+    int probabilities = scratch("probabilities", ElementType::BF16,
+                                {a.batch * a.heads, a.seq, a.seq});
+    if (auto error =
+            attentionScores(&op, headMajor, scores, probabilities, label))
+      return error;
+    // O[b, group g] = P V[b, g], head-major, then back to token rows.
+    int64_t rows = a.group * a.seq;
+    int outHeads = scratch("attention_heads", ElementType::BF16,
+                           {tokens * a.heads * a.dim});
+    package::Gemm g = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
+                                a.seq * a.dim, rows * a.dim);
+    g.a = operand(whole(probabilities));
+    g.b = operand({headMajor, a.valueRegion, a.dim});
+    g.d = operand(whole(outHeads));
+    gemm(g, label + " (P V)");
     Location out = define(attention.getResult(), "attention");
-    int64_t outLd = heads * dim;
-    for (int64_t b = 0; b < tokens / seq; ++b)
-      for (int64_t j = 0; j < group; ++j) {
-        // O[b, g*group + j] = P V[b, g], batched over g.
-        package::Gemm g;
-        g.m = seq, g.n = dim, g.k = seq;
-        g.a = operand(
-            {probabilities, uint64_t((b * heads + j) * seq * seq) * 2, seq});
-        g.b = operand(
-            {qkv.buffer, uint64_t(b * seq * qkv.ld + vCol) * 2, qkv.ld});
-        g.d = operand({out.buffer,
-                       out.offset + uint64_t(b * seq * outLd + j * dim) * 2,
-                       outLd});
-        g.batch = kvHeads;
-        g.strideA = group * seq * seq, g.strideB = dim, g.strideD = group * dim;
-        gemm(g, label + " (P V)");
-      }
-    return llvm::Error::success();
+    return launch(ropeHeadsKernel(headsLayout(a, out.ld, 0, 0),
+                                  HeadsDirection::ToTokens, Rotation::None),
+                  {out, whole(outHeads), whole(freqs)}, label + " (to tokens)");
   }
 
   if (auto loss = dyn_cast<CrossEntropyOp>(op)) {
@@ -747,7 +838,7 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     int dxn = scratch("dxn", ElementType::BF16, {tokens, hidden});
     linear(dY, *w, whole(dxn), tokens, hidden, width, false, false,
            label + " (dgrad)");
-    return normBackward(grad.getInputGrad(), grad.getNormWeightGrad(),
+    return normBackward(&op, grad.getInputGrad(), grad.getNormWeightGrad(),
                         whole(dxn), *x, *nw, rstd, hidden, label);
   }
 
@@ -795,131 +886,101 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     int dxn = scratch("dxn", ElementType::BF16, {tokens, hidden});
     linear(whole(dGU), *w, whole(dxn), tokens, hidden, 2 * width, false, false,
            label + " (dgrad)");
-    return normBackward(grad.getInputGrad(), grad.getNormWeightGrad(),
+    return normBackward(&op, grad.getInputGrad(), grad.getNormWeightGrad(),
                         whole(dxn), *x, nwAt, rstd, hidden, label);
   }
 
   if (auto grad = dyn_cast<RopeAttentionGradOp>(op)) {
-    auto q = use(grad.getQuery());
-    auto k = use(grad.getKey());
-    auto v = use(grad.getValue());
     auto dOut = use(grad.getGrad());
-    if (!q || !k || !v || !dOut)
-      return llvm::joinErrors(
-          llvm::joinErrors(q.takeError(), k.takeError()),
-          llvm::joinErrors(v.takeError(), dOut.takeError()));
-    if (!rotated.contains(grad.getQuery()) || !rotated.contains(grad.getKey()))
-      return fail(&op, "expects q and k rotated in place by rope_attention");
-    int64_t heads = grad.getNumHeads(), kvHeads = grad.getNumKvHeads();
-    int64_t dim = grad.getHeadDim(), seq = grad.getSeqLen();
-    int64_t batch = tokens / seq, group = heads / kvHeads;
+    if (!dOut)
+      return dOut.takeError();
+    auto found = headMajorOf.find(grad.getQuery());
+    if (found == headMajorOf.end())
+      return fail(&op, "expects q, k and v moved to the head-major layout by "
+                       "its rope_attention");
+    int headMajor = found->second;
+    touch(headMajor);
+    AttentionShape a = attentionShape(&op, tokens);
     float scale = float(grad.getScale().convertToDouble());
-    Location qkv{q->buffer, 0, q->ld};
-    int64_t qCol = int64_t(q->offset / 2), kCol = int64_t(k->offset / 2),
-            vCol = int64_t(v->offset / 2);
     Location dq = define(grad.getQueryGrad(), "query_grad");
     Location dk = define(grad.getKeyGrad(), "key_grad");
     Location dv = define(grad.getValueGrad(), "value_grad");
-    if (dq.buffer != dk.buffer || dq.buffer != dv.buffer || !dq.ld ||
-        dq.ld != dk.ld || dq.ld != dv.ld)
-      return fail(&op, "the q, k and v gradients must be slices of one "
-                       "buffer (the fused QKV backward's input)");
-    int64_t blocks = batch * heads;
-    int scores = scratch("scores", ElementType::F32, {blocks, seq, seq});
+    if (auto error = checkQKVSlices(&op, dq, dk, dv, a))
+      return error;
+    int64_t blocks = a.batch * a.heads, rows = a.group * a.seq;
+    int scores = scratch("scores", ElementType::F32, {blocks, a.seq, a.seq});
     int probabilities =
-        scratch("probabilities", ElementType::BF16, {blocks, seq, seq});
-    if (auto error = attentionScores(&op, qkv, qCol, kCol, scores,
-                                     probabilities, label + " (recompute)"))
+        scratch("probabilities", ElementType::BF16, {blocks, a.seq, a.seq});
+    if (auto error = attentionScores(&op, headMajor, scores, probabilities,
+                                     label + " (recompute)"))
       return error;
     int probabilities32 =
-        scratch("probabilities.f32", ElementType::F32, {blocks, seq, seq});
+        scratch("probabilities.f32", ElementType::F32, {blocks, a.seq, a.seq});
     if (auto error = launch(causalSoftmaxForwardKernel(
-                                blocks, seq, ScoreType::F32, ScoreType::F32),
+                                blocks, a.seq, ScoreType::F32, ScoreType::F32),
                             {whole(scores), whole(probabilities32)},
                             label + " (softmax in f32)"))
       return error;
-    int64_t dOutLd = dOut->ld ? dOut->ld : heads * dim;
-    int64_t gLd = dq.ld;
-    uint64_t dqCol = dq.offset / 2, dkCol = dk.offset / 2,
-             dvCol = dv.offset / 2;
-    // dP = dO Vᵀ into the f32 score buffer (S is no longer needed).
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t j = 0; j < group; ++j) {
-        package::Gemm g;
-        g.m = seq, g.n = seq, g.k = dim;
-        g.transposeB = true;
-        g.outType = ElementType::F32;
-        g.a = operand({dOut->buffer,
-                       dOut->offset + uint64_t(b * seq * dOutLd + j * dim) * 2,
-                       dOutLd});
-        g.b = operand(
-            {qkv.buffer, uint64_t(b * seq * qkv.ld + vCol) * 2, qkv.ld});
-        g.d = operand({scores, uint64_t((b * heads + j) * seq * seq) * 4, seq});
-        g.batch = kvHeads;
-        g.strideA = group * dim, g.strideB = dim, g.strideD = group * seq * seq;
-        gemm(g, label + " (dP)");
-        // dV[b, g] (+)= P[b, g*group + j]ᵀ dO[b, g*group + j].
-        package::Gemm dV;
-        dV.m = seq, dV.n = dim, dV.k = seq;
-        dV.transposeA = true;
-        dV.beta = j == 0 ? 0 : 1;
-        dV.a = operand(
-            {probabilities, uint64_t((b * heads + j) * seq * seq) * 2, seq});
-        dV.b = g.a;
-        dV.d = operand({dv.buffer, uint64_t(b * seq * gLd + dvCol) * 2, gLd});
-        dV.batch = kvHeads;
-        dV.strideA = group * seq * seq, dV.strideB = group * dim,
-        dV.strideD = dim;
-        gemm(dV, label + " (dV)");
-      }
+    int freqs = freqTable(grad.getFrequencies());
+    int dOutHeads = scratch("attention_heads_grad", ElementType::BF16,
+                            {tokens * a.heads * a.dim});
+    if (auto error =
+            launch(ropeHeadsKernel(headsLayout(a, dOut->ld, 0, 0),
+                                   HeadsDirection::ToHeads, Rotation::None),
+                   {*dOut, whole(dOutHeads), whole(freqs)},
+                   label + " (gradient to heads)"))
+      return error;
+    // The gradients of the rotated q, k and v, head-major like them.
+    int gradHeads = scratch("qkv_heads_grad", ElementType::BF16,
+                            {tokens * (a.heads + 2 * a.kvHeads) * a.dim});
+    // dP = dO V[b, g]ᵀ into the f32 score buffer (S is no longer needed).
+    package::Gemm dP = groupGemm(a, rows, a.seq, a.dim, rows * a.dim,
+                                 a.seq * a.dim, rows * a.seq);
+    dP.transposeB = true;
+    dP.outType = ElementType::F32;
+    dP.a = operand(whole(dOutHeads));
+    dP.b = operand({headMajor, a.valueRegion, a.dim});
+    dP.d = operand(whole(scores));
+    gemm(dP, label + " (dP)");
+    // dV[b, g] = P[b, group g]ᵀ dO[b, group g]: the sum over the group's
+    // query heads is part of the product.
+    package::Gemm dV = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
+                                 rows * a.dim, a.seq * a.dim);
+    dV.transposeA = true;
+    dV.a = operand(whole(probabilities));
+    dV.b = operand(whole(dOutHeads));
+    dV.d = operand({gradHeads, a.valueRegion, a.dim});
+    gemm(dV, label + " (dV)");
     // dS = P (dP - rowsum(P dP)) from P in f32 (as flash attention keeps
-    // it), written over the bf16 P that the dV GEMMs above have read.
+    // it), written over the bf16 P that the dV GEMM has read.
     if (auto error = launch(
-            attentionSoftmaxBackwardKernel(blocks, seq, ScoreType::F32,
+            attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
                                            ScoreType::F32),
             {whole(probabilities32), whole(scores), whole(probabilities)},
             label + " (softmax backward)"))
       return error;
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t j = 0; j < group; ++j) {
-        // dQ[b, g*group + j] = scale dS K[b, g].
-        package::Gemm g;
-        g.m = seq, g.n = dim, g.k = seq;
-        g.alpha = scale;
-        g.a = operand(
-            {probabilities, uint64_t((b * heads + j) * seq * seq) * 2, seq});
-        g.b = operand(
-            {qkv.buffer, uint64_t(b * seq * qkv.ld + kCol) * 2, qkv.ld});
-        g.d = operand(
-            {dq.buffer, uint64_t(b * seq * gLd + dqCol + j * dim) * 2, gLd});
-        g.batch = kvHeads;
-        g.strideA = group * seq * seq, g.strideB = dim, g.strideD = group * dim;
-        gemm(g, label + " (dQ)");
-        // dK[b, g] (+)= scale dSᵀ Q[b, g*group + j].
-        package::Gemm dK;
-        dK.m = seq, dK.n = dim, dK.k = seq;
-        dK.transposeA = true;
-        dK.alpha = scale;
-        dK.beta = j == 0 ? 0 : 1;
-        dK.a = g.a;
-        dK.b =
-            operand({qkv.buffer,
-                     uint64_t(b * seq * qkv.ld + qCol + j * dim) * 2, qkv.ld});
-        dK.d = operand({dk.buffer, uint64_t(b * seq * gLd + dkCol) * 2, gLd});
-        dK.batch = kvHeads;
-        dK.strideA = group * seq * seq, dK.strideB = group * dim,
-        dK.strideD = dim;
-        gemm(dK, label + " (dK)");
-      }
-    // The gradients of the unrotated q and k: rotate back.
-    RopeLayout layout;
-    layout.rows = tokens, layout.seqLen = seq, layout.rowStride = gLd;
-    layout.headDim = dim, layout.numHeads = heads, layout.numKvHeads = kvHeads;
-    layout.qOffset = int64_t(dqCol), layout.kOffset = int64_t(dkCol);
-    return launch(
-        ropeKernel(layout, /*inverse=*/true),
-        {Location{dq.buffer, 0, gLd}, whole(freqTable(grad.getFrequencies()))},
-        label + " (inverse rope)");
+    // dQ[b, group g] = scale dS K[b, g].
+    package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
+                                 a.seq * a.dim, rows * a.dim);
+    dQ.alpha = scale;
+    dQ.a = operand(whole(probabilities));
+    dQ.b = operand({headMajor, a.keyRegion, a.dim});
+    dQ.d = operand(whole(gradHeads));
+    gemm(dQ, label + " (dQ)");
+    // dK[b, g] = scale dS[b, group g]ᵀ Q[b, group g].
+    package::Gemm dK = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
+                                 rows * a.dim, a.seq * a.dim);
+    dK.transposeA = true;
+    dK.alpha = scale;
+    dK.a = operand(whole(probabilities));
+    dK.b = operand({headMajor, 0, a.dim});
+    dK.d = operand({gradHeads, a.keyRegion, a.dim});
+    gemm(dK, label + " (dK)");
+    // Back to token rows, rotating the q and k gradients back.
+    return launch(ropeHeadsKernel(headsLayout(a, dq.ld, a.kvHeads, a.kvHeads),
+                                  HeadsDirection::ToTokens, Rotation::Inverse),
+                  {dq, whole(gradHeads), whole(freqs)},
+                  label + " (inverse rope)");
   }
 
   if (auto grad = dyn_cast<RMSNormGradOp>(op)) {
@@ -936,8 +997,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
                                   grad.getEps().convertToDouble(), rstd,
                                   label + " (recompute)"))
       return error;
-    return normBackward(grad.getInputGrad(), grad.getWeightGrad(), *dy, *x, *w,
-                        rstd, hidden, label);
+    return normBackward(&op, grad.getInputGrad(), grad.getWeightGrad(), *dy, *x,
+                        *w, rstd, hidden, label);
   }
 
   return fail(&op, "not supported by the GPU backend yet");

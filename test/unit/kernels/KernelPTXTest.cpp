@@ -82,14 +82,24 @@ constexpr int64_t kRows = 4 * 2048, kSeq = 2048, kHidden = 4096;
 constexpr int64_t kMlp = 14336, kVocab = 128256, kHeads = 32, kKvHeads = 8;
 constexpr int64_t kHeadDim = 128;
 
-RopeLayout stepRope() {
-  RopeLayout layout;
+/// The fused QKV output of a Llama 3 8B layer.
+HeadsLayout stepHeads() {
+  HeadsLayout layout;
   layout.rows = kRows;
   layout.seqLen = kSeq;
   layout.headDim = kHeadDim;
-  layout.numHeads = kHeads;
-  layout.numKvHeads = kKvHeads;
+  layout.numQueryHeads = kHeads;
+  layout.numKeyHeads = kKvHeads;
+  layout.numValueHeads = kKvHeads;
   layout.rowStride = (kHeads + 2 * kKvHeads) * kHeadDim;
+  return layout;
+}
+
+/// The attention output (query heads only).
+HeadsLayout stepOutputHeads() {
+  HeadsLayout layout = stepHeads();
+  layout.numKeyHeads = layout.numValueHeads = 0;
+  layout.rowStride = kHeads * kHeadDim;
   return layout;
 }
 
@@ -117,8 +127,24 @@ std::vector<StepKernel> stepKernels() {
        true},
       {"swiglu_bwd", [] { return swigluBackwardKernel(kRows, kMlp); }, true,
        true},
-      {"rope", [] { return ropeKernel(stepRope(), false); }, true, true},
-      {"rope_inverse", [] { return ropeKernel(stepRope(), true); }, true, true},
+      {"rope_to_heads",
+       [] {
+         return ropeHeadsKernel(stepHeads(), HeadsDirection::ToHeads,
+                                Rotation::Forward);
+       },
+       true, true},
+      {"rope_inverse_to_tokens",
+       [] {
+         return ropeHeadsKernel(stepHeads(), HeadsDirection::ToTokens,
+                                Rotation::Inverse);
+       },
+       true, true},
+      {"heads_to_tokens",
+       [] {
+         return ropeHeadsKernel(stepOutputHeads(), HeadsDirection::ToTokens,
+                                Rotation::None);
+       },
+       true, true},
       {"causal_softmax_fwd_f32",
        [] {
          return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32);
@@ -149,8 +175,8 @@ std::vector<StepKernel> stepKernels() {
        true, true},
       {"attention_softmax_bwd_f32_probabilities",
        [] {
-         return attentionSoftmaxBackwardKernel(4 * kHeads, kSeq,
-                                               ScoreType::F32, ScoreType::F32);
+         return attentionSoftmaxBackwardKernel(4 * kHeads, kSeq, ScoreType::F32,
+                                               ScoreType::F32);
        },
        true, true},
       {"count_targets", [] { return countTargetsKernel(kRows, kSeq, kVocab); },
@@ -240,14 +266,26 @@ TEST(KernelPTX, LaunchShapesFollowTheSizes) {
   EXPECT_EQ(sum->block.x, 1024u);
   EXPECT_EQ(columnSumKernel(5, 100)->block.x, 64u);
 
-  RopeLayout layout = stepRope();
-  auto rope = ropeKernel(layout, false);
+  auto rope =
+      ropeHeadsKernel(stepHeads(), HeadsDirection::ToHeads, Rotation::Forward);
   ASSERT_TRUE(bool(rope));
   EXPECT_EQ(rope->grid.x, unsigned(kRows));
-  EXPECT_EQ(rope->block.x, 256u); // 40 heads * 8 chunks = 320 items
-  EXPECT_NE(rope->name, ropeKernel(layout, true)->name);
-  layout.kOffset = layout.numHeads * layout.headDim; // the default, spelled out
-  EXPECT_EQ(rope->name, ropeKernel(layout, false)->name);
+  EXPECT_EQ(rope->block.x, 256u); // 48 heads * 8 chunks = 384 items
+  // Direction, rotation and layout each make a different kernel.
+  EXPECT_NE(rope->name, ropeHeadsKernel(stepHeads(), HeadsDirection::ToTokens,
+                                        Rotation::Forward)
+                            ->name);
+  EXPECT_NE(rope->name, ropeHeadsKernel(stepHeads(), HeadsDirection::ToHeads,
+                                        Rotation::Inverse)
+                            ->name);
+  EXPECT_NE(rope->name,
+            ropeHeadsKernel(stepOutputHeads(), HeadsDirection::ToHeads,
+                            Rotation::Forward)
+                ->name);
+  EXPECT_EQ(ropeHeadsKernel(stepOutputHeads(), HeadsDirection::ToTokens,
+                            Rotation::None)
+                ->block.x,
+            256u); // 32 heads * 8 chunks
 
   auto softmax = causalSoftmaxForwardKernel(6, 136, ScoreType::F32);
   ASSERT_TRUE(bool(softmax));
@@ -292,13 +330,19 @@ TEST(KernelPTX, RejectsBadStepShapes) {
             std::string::npos);
   EXPECT_NE(message(embeddingForwardKernel(4, 0, 64)).find("vocabulary"),
             std::string::npos);
-  RopeLayout layout = stepRope();
+  auto heads = [&](const HeadsLayout &layout) {
+    return message(
+        ropeHeadsKernel(layout, HeadsDirection::ToHeads, Rotation::Forward));
+  };
+  HeadsLayout layout = stepHeads();
   layout.rowStride = kHeads * kHeadDim; // no room for the keys
-  EXPECT_NE(message(ropeKernel(layout, false)).find("beyond"),
-            std::string::npos);
-  layout = stepRope();
+  EXPECT_NE(heads(layout).find("beyond"), std::string::npos);
+  layout = stepHeads();
   layout.headDim = 72; // half 36: not whole 8-element chunks
-  EXPECT_NE(message(ropeKernel(layout, false)).find("head dim"),
+  EXPECT_NE(heads(layout).find("head dim"), std::string::npos);
+  layout = stepHeads();
+  layout.rows = kSeq + 8; // a partial sequence
+  EXPECT_NE(heads(layout).find("multiple of the sequence length"),
             std::string::npos);
 }
 

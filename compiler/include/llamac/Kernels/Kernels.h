@@ -105,24 +105,35 @@ llvm::Expected<KernelSpec> swigluForwardKernel(int64_t rows, int64_t width);
 /// width]; may alias gu). Launch as swigluForwardKernel.
 llvm::Expected<KernelSpec> swigluBackwardKernel(int64_t rows, int64_t width);
 
-/// Where rope finds its heads: `rows` rows of `rowStride` bf16 elements,
-/// numHeads query heads of headDim columns from column qOffset, numKvHeads
-/// key heads from column kOffset (-1: right after the queries, as in the
-/// fused QKV buffer); positions are row mod seqLen.
-struct RopeLayout {
+/// The heads of one attention layer: `rows` token rows (sequences of
+/// `seqLen` rows) of `rowStride` bf16 elements holding numQueryHeads, then
+/// numKeyHeads, then numValueHeads heads of headDim columns from column 0
+/// (the fused QKV GEMM's output or its gradient; a single group of query
+/// heads for the attention output). Head-major, the same heads are three
+/// regions [batch, heads, seqLen, headDim]: queries, keys, values.
+struct HeadsLayout {
   int64_t rows = 0, seqLen = 0, rowStride = 0, headDim = 0;
-  int64_t numHeads = 0, numKvHeads = 0;
-  int64_t qOffset = 0, kOffset = -1;
+  int64_t numQueryHeads = 0, numKeyHeads = 0, numValueHeads = 0;
 };
 
-/// rope: in place, per head, half-split: x[i] = bf16(bf16(x[i] c) - bf16(x[i
-/// + d/2] s)), x[i + d/2] = bf16(bf16(x[i + d/2] c) + bf16(x[i] s)) with c =
-/// bf16(cos a), s = bf16(±sin a), a = float(pos) * freqs[i] in f32 (minus
-/// sign: `inverse`, for the backward). Args: qkv (bf16 [rows, rowStride]),
-/// freqs (f32 [headDim / 2], host-computed, llama3 scaling included). Grid
-/// [rows], block [min(256, (heads + kv heads) headDim / 16 rounded up to a
-/// warp)]. headDim / 2, rowStride and the offsets are multiples of 8.
-llvm::Expected<KernelSpec> ropeKernel(const RopeLayout &layout, bool inverse);
+enum class HeadsDirection { ToHeads, ToTokens };
+/// RoPE on the query and key heads as they move: none, the rotation of the
+/// forward, or its inverse (which is its transpose: the gradient's rule).
+enum class Rotation { None, Forward, Inverse };
+
+/// rope_heads: copies every head between the token-major and head-major
+/// layouts in `direction`, rotating query and key heads per `rotation`,
+/// half-split: y[i] = bf16(bf16(x[i] c) - bf16(x[i + d/2] s)), y[i + d/2] =
+/// bf16(bf16(x[i + d/2] c) + bf16(x[i] s)) with c = bf16(cos a), s =
+/// bf16(±sin a), a = float(pos) * freqs[i] in f32, pos = row mod seqLen.
+/// Args: tokens (bf16 [rows, rowStride]), heads (bf16 [rows * heads *
+/// headDim]), freqs (f32 [headDim / 2], host-computed, llama3 scaling
+/// included; unread without rotation). Grid [rows], block [min(256, heads
+/// headDim / 16 rounded up to a warp)]. headDim / 2 and rowStride are
+/// multiples of 8.
+llvm::Expected<KernelSpec> ropeHeadsKernel(const HeadsLayout &layout,
+                                           HeadsDirection direction,
+                                           Rotation rotation);
 
 /// Element type of the attention score buffers S and dP (their GEMMs'
 /// output type).

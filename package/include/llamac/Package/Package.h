@@ -20,7 +20,7 @@
 namespace llamac::package {
 
 /// Version of the manifest layout; a runtime refuses other versions.
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;
 
 enum class ElementType { BF16, F32, I32, F8E4M3, F8E5M2 };
 const char *elementTypeName(ElementType type);
@@ -62,8 +62,9 @@ struct Launch {
   std::vector<Operand> args; ///< Every kernel argument is a pointer.
 };
 
-/// Row-major D = alpha op(A) op(B) + beta D (cuda::Gemm's convention),
-/// repeated `batch` times with the given element strides.
+/// Row-major D = alpha op(A) op(B) + beta C (cuda::Gemm's convention; C
+/// is D unless given, and has D's layout), repeated `batch` times with the
+/// given element strides.
 struct Gemm {
   int64_t m = 0, n = 0, k = 0;
   bool transposeA = false, transposeB = false;
@@ -71,6 +72,8 @@ struct Gemm {
   ElementType outType = ElementType::BF16; ///< of D
   float alpha = 1, beta = 0;
   Operand a, b, d;
+  /// The addend when beta != 0 and it is not D (a residual); buffer -1: D.
+  Operand c;
   int64_t batch = 1, strideA = 0, strideB = 0, strideD = 0;
 };
 
@@ -80,18 +83,30 @@ struct Memset {
   uint8_t value = 0;
 };
 
+/// One unit of work, in order on its stream. Stream 0 is the main stream;
+/// stream 1 runs memory-bound work (the optimizer) beside it. `Record` marks
+/// `event` done when the stream's earlier work is; `Wait` holds the stream
+/// until `event` (recorded earlier in the function on the other stream).
+/// Work on stream 1 ends with a Record the main stream waits for.
 struct Step {
-  enum class Kind { Launch, Gemm, Memset } kind = Kind::Launch;
+  enum class Kind { Launch, Gemm, Memset, Record, Wait } kind = Kind::Launch;
   std::string label; ///< The op it implements, for error messages.
+  int stream = 0;
   Launch launch;
   Gemm gemm;
   Memset memset;
+  int event = -1;
 };
 
 struct Function {
   std::string name;
   std::vector<Step> steps;
+  /// Events its Record and Wait steps use: 0 .. events - 1.
+  int events() const;
 };
+
+/// Streams a function may use (see Step).
+constexpr int kStreams = 2;
 
 struct Package {
   std::string arch = "sm_90a";

@@ -38,6 +38,9 @@ public:
   int computeCapability() const { return major * 10 + minor; }
   int multiprocessors() const { return smCount; }
   CUstream stream() const { return mainStream; }
+  /// A second stream of lower priority, for work that overlaps the main
+  /// stream's (see package::Step).
+  CUstream secondStream() const { return sideStream; }
   const DriverApi &api() const { return *driver; }
 
   /// Free and total device memory in bytes.
@@ -48,8 +51,9 @@ public:
   Status free(CUdeviceptr pointer);
   Status copyToDevice(CUdeviceptr dst, const void *src, size_t bytes);
   Status copyToHost(void *dst, CUdeviceptr src, size_t bytes);
-  /// Fills `bytes` with `value` (to poison outputs in tests).
-  Status fill(CUdeviceptr dst, uint8_t value, size_t bytes);
+  /// Fills `bytes` with `value` on `stream` (null: the main stream).
+  Status fill(CUdeviceptr dst, uint8_t value, size_t bytes,
+              CUstream stream = nullptr);
   Status synchronize(const std::string &after);
 
   /// Starts recording the stream's work into a graph instead of running it.
@@ -59,6 +63,16 @@ public:
   Status launchGraph(CUgraphExec graph);
   void destroyGraph(CUgraphExec graph);
 
+  /// Events order work across streams (and time it when `timing`).
+  Result<CUevent> createEvent(bool timing = false);
+  void destroyEvent(CUevent event);
+  /// Records `event` on `stream` (null: the main stream).
+  Status record(CUevent event, CUstream stream = nullptr);
+  /// Makes `stream` (null: the main stream) wait for `event`.
+  Status wait(CUstream stream, CUevent event);
+  /// Milliseconds between two recorded timing events, once `end` completed.
+  Result<float> elapsedMs(CUevent start, CUevent end);
+
   /// Turns a driver status into an error naming `what` failed; ok on success.
   Status check(CUresult result, const std::string &what) const;
 
@@ -67,7 +81,7 @@ private:
   const DriverApi *driver = nullptr;
   CUdevice device = 0;
   CUcontext context = nullptr;
-  CUstream mainStream = nullptr;
+  CUstream mainStream = nullptr, sideStream = nullptr;
   std::string deviceName;
   int major = 0, minor = 0, smCount = 0;
 };
@@ -83,11 +97,11 @@ public:
 
   /// The kernel called `kernel`.
   Result<CUfunction> function(const std::string &kernel) const;
-  /// Launches `kernel` on the device's stream with the given argument
-  /// addresses; errors name the kernel.
+  /// Launches `kernel` on `stream` (null: the device's main stream) with the
+  /// given argument addresses; errors name the kernel.
   Status launch(const std::string &kernel, unsigned gridX, unsigned blockX,
                 unsigned sharedBytes, std::vector<void *> args,
-                unsigned gridY = 1) const;
+                unsigned gridY = 1, CUstream stream = nullptr) const;
 
 private:
   Module() = default;
@@ -99,7 +113,8 @@ private:
 /// Element types of GEMM operands and results.
 enum class GemmType { F32, BF16 };
 
-/// A row-major GEMM `D = alpha * op(A) * op(B) + beta * C` with C = D, as
+/// A row-major GEMM `D = alpha * op(A) * op(B) + beta * C` (C = D unless
+/// given), as
 /// llama.matmul defines it: op transposes when the flag is set; A is [m, k]
 /// after op, B is [k, n] after op, D is [m, n]. Accumulates in f32. Leading
 /// dimensions (row strides in elements) default to packed rows; `batch`
@@ -113,6 +128,8 @@ struct Gemm {
   GemmType outType = GemmType::BF16;
   float alpha = 1, beta = 0;
   CUdeviceptr a = 0, b = 0, d = 0;
+  /// The addend when it is not D (same layout as D); 0: D.
+  CUdeviceptr c = 0;
   int64_t lda = 0, ldb = 0, ldd = 0;
   int64_t batch = 1, strideA = 0, strideB = 0, strideD = 0;
 };

@@ -1,0 +1,224 @@
+//===- llamac-bench - Step time and its breakdown for a package ----------===//
+//
+//   llamac-bench --package DIR [--steps N] [--warmup N] [--max-grad-norm X]
+//                [--breakdown]
+//
+// Times the compiled train step of a package on the GPU the way a fine-tune
+// runs it (CUDA Graph replay of @forward_backward then @optimizer_step), on
+// random weights (normal, std 0.02) and random tokens, so that no checkpoint
+// or data file is needed. `--breakdown` then runs each function once more
+// eagerly with an event between steps and prints where the time goes: GEMMs
+// of the linear layers, attention, the other kernels, the optimizer, by op.
+// The last line is `RESULT {json}` for scripts. LLVM-free, like llamac-run.
+//
+//===----------------------------------------------------------------------===//
+
+#include "llamac/Runtime/Executor.h"
+#include "llamac/Runtime/Random.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+using namespace llamac;
+using json = nlohmann::json;
+
+namespace {
+
+int fail(const std::string &message) {
+  std::fprintf(stderr, "llamac-bench: error: %s\n", message.c_str());
+  return 2;
+}
+
+/// Fills every parameter with normal(0, 0.02) bf16 values (one block of
+/// random values repeated: timing does not depend on which values) and
+/// zeroes the AdamW moments.
+Status initialize(Executor &executor) {
+  constexpr size_t kBlock = 1 << 24;
+  std::vector<uint16_t> block(kBlock);
+  Random random(1, "llamac-bench");
+  for (uint16_t &v : block) {
+    float f = float(0.02 * random.normal());
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    v = uint16_t(bits >> 16);
+  }
+  for (const package::Buffer &buffer : executor.package().buffers) {
+    bool param = buffer.role == "param";
+    bool moment = buffer.role == "exp_avg" || buffer.role == "exp_avg_sq";
+    if (!param && !moment)
+      continue;
+    std::vector<uint8_t> bytes(buffer.bytes, 0);
+    if (param)
+      for (size_t at = 0; at < bytes.size(); at += kBlock * 2)
+        std::memcpy(bytes.data() + at, block.data(),
+                    std::min(kBlock * 2, bytes.size() - at));
+    if (Status s = executor.upload(buffer.name, bytes.data(), bytes.size()); !s)
+      return s;
+  }
+  return {};
+}
+
+Status uploadTokens(Executor &executor, int64_t vocab) {
+  Random random(2, "llamac-bench tokens");
+  for (const char *name : {"input_ids", "labels"}) {
+    int index = executor.package().bufferIndex(name);
+    if (index < 0)
+      return Error{std::string("the package has no buffer ") + name};
+    std::vector<int32_t> ids(executor.package().buffers[index].bytes / 4);
+    for (int32_t &id : ids)
+      id = int32_t(random.next() % uint64_t(vocab));
+    if (Status s = executor.upload(name, ids.data(), ids.size() * 4); !s)
+      return s;
+  }
+  return {};
+}
+
+/// Where a step's time is counted in the breakdown.
+std::string category(const std::string &function, const package::Step &step) {
+  if (function != "forward_backward")
+    return "optimizer (clip + AdamW)";
+  bool attention = step.label.find("attention") != std::string::npos;
+  if (step.kind == package::Step::Kind::Gemm)
+    return attention ? "attention GEMMs" : "linear-layer GEMMs";
+  return attention ? "attention kernels" : "other kernels";
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  std::string packageDir;
+  int64_t steps = 20, warmup = 3;
+  double maxGradNorm = 0;
+  bool breakdown = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> const char * {
+      return i + 1 < argc ? argv[++i] : nullptr;
+    };
+    const char *v = nullptr;
+    if (arg == "--breakdown") {
+      breakdown = true;
+    } else if (arg == "--package" && (v = value())) {
+      packageDir = v;
+    } else if (arg == "--steps" && (v = value())) {
+      steps = std::atoll(v);
+    } else if (arg == "--warmup" && (v = value())) {
+      warmup = std::atoll(v);
+    } else if (arg == "--max-grad-norm" && (v = value())) {
+      maxGradNorm = std::atof(v);
+    } else {
+      return fail(arg + ": unknown flag or missing value (see the comment at "
+                        "the top of tools/llamac-bench/main.cpp)");
+    }
+  }
+  if (packageDir.empty())
+    return fail("--package DIR is required");
+  if (steps <= warmup || warmup < 0)
+    return fail("--steps must exceed --warmup");
+
+  Result<package::Package> package = package::readPackage(packageDir);
+  if (!package)
+    return fail(package.error().message);
+  json config = json::parse(package->configJson, nullptr, false);
+  int64_t vocab = config.is_object() ? config.value("vocab_size", 0) : 0;
+  if (vocab <= 0)
+    return fail(packageDir + "/manifest.json: config: no vocab_size");
+  Result<std::shared_ptr<cuda::Device>> device = cuda::Device::open();
+  if (!device)
+    return fail(device.error().message);
+  double arenaGiB = double(package->arenaBytes) / double(1ull << 30);
+  Result<std::unique_ptr<Executor>> created =
+      Executor::create(*device, std::move(*package));
+  if (!created)
+    return fail(created.error().message);
+  Executor &executor = **created;
+  if (Status s = initialize(executor); !s)
+    return fail(s.error().message);
+  if (Status s = uploadTokens(executor, vocab); !s)
+    return fail(s.error().message);
+
+  // The loop: graph replays, timed by events on the device.
+  Result<CUevent> start = (*device)->createEvent(true);
+  Result<CUevent> end = (*device)->createEvent(true);
+  if (!start || !end)
+    return fail("cannot create timing events");
+  std::vector<float> stepMs;
+  for (int64_t step = 1; step <= steps; ++step) {
+    float hyper[8] = {
+        1e-5f, 0.9f, 0.999f, 1e-8f, 0.0f, float(step), float(maxGradNorm), 0};
+    Status s = executor.upload("hyperparameters", hyper, sizeof(hyper));
+    if (s)
+      s = (*device)->record(*start);
+    if (s)
+      s = executor.run("forward_backward");
+    if (s)
+      s = executor.run("optimizer_step");
+    if (s)
+      s = (*device)->record(*end);
+    if (!s)
+      return fail(s.error().message);
+    Result<float> ms = (*device)->elapsedMs(*start, *end);
+    if (!ms)
+      return fail(ms.error().message);
+    if (step > warmup)
+      stepMs.push_back(*ms);
+  }
+  std::sort(stepMs.begin(), stepMs.end());
+  double median = stepMs[stepMs.size() / 2];
+  double mean = 0;
+  for (float ms : stepMs)
+    mean += ms / double(stepMs.size());
+  std::printf("%s on %s: step %.2f ms (median of %zu), mean %.2f ms, arena "
+              "%.1f GiB, max_grad_norm %g\n",
+              packageDir.c_str(), (*device)->name().c_str(), median,
+              stepMs.size(), mean, arenaGiB, maxGradNorm);
+  json result = {{"package", packageDir}, {"device", (*device)->name()},
+                 {"step_ms", median},     {"mean_step_ms", mean},
+                 {"arena_gib", arenaGiB}, {"max_grad_norm", maxGradNorm}};
+
+  if (breakdown) {
+    std::map<std::string, double> byCategory, byOp;
+    std::map<std::string, int> calls;
+    double total = 0;
+    for (const char *name : {"forward_backward", "optimizer_step"}) {
+      Result<std::vector<float>> ms = executor.profile(name);
+      if (!ms)
+        return fail(ms.error().message);
+      const package::Function &function = *executor.package().function(name);
+      for (size_t i = 0; i < ms->size(); ++i) {
+        const package::Step &step = function.steps[i];
+        byCategory[category(name, step)] += (*ms)[i];
+        byOp[step.label] += (*ms)[i];
+        ++calls[step.label];
+        total += (*ms)[i];
+      }
+    }
+    std::printf("\neager step (event per launch) %.2f ms:\n", total);
+    json categories = json::object();
+    for (auto &[name, ms] : byCategory) {
+      std::printf("  %-28s %8.2f ms  %5.1f%%\n", name.c_str(), ms,
+                  100 * ms / total);
+      categories[name] = ms;
+    }
+    std::vector<std::pair<double, std::string>> ops;
+    for (auto &[label, ms] : byOp)
+      ops.emplace_back(ms, label);
+    std::sort(ops.rbegin(), ops.rend());
+    std::printf("\nby op (top 20):\n");
+    for (size_t i = 0; i < std::min<size_t>(20, ops.size()); ++i)
+      std::printf("  %8.2f ms  %5d calls  %s\n", ops[i].first,
+                  calls[ops[i].second], ops[i].second.c_str());
+    result["breakdown_ms"] = categories;
+    result["eager_ms"] = total;
+  }
+  (*device)->destroyEvent(*start);
+  (*device)->destroyEvent(*end);
+  std::printf("RESULT %s\n", result.dump().c_str());
+  return 0;
+}
