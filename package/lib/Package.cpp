@@ -68,7 +68,7 @@ Operand operandFromJson(const json &value, const std::string &field) {
 }
 
 json stepToJson(const Step &step) {
-  json out = {{"label", step.label}, {"stream", step.stream}};
+  json out = {{"label", step.label}};
   switch (step.kind) {
   case Step::Kind::Launch: {
     const Launch &l = step.launch;
@@ -111,11 +111,6 @@ json stepToJson(const Step &step) {
                 {"bytes", step.memset.bytes},
                 {"value", step.memset.value}});
     break;
-  case Step::Kind::Record:
-  case Step::Kind::Wait:
-    out.update({{"kind", step.kind == Step::Kind::Record ? "record" : "wait"},
-                {"event", step.event}});
-    break;
   }
   return out;
 }
@@ -123,7 +118,6 @@ json stepToJson(const Step &step) {
 Step stepFromJson(const json &value, const std::string &field) {
   Step step;
   step.label = get<std::string>(value, "label", field);
-  step.stream = get<int>(value, "stream", field);
   std::string kind = get<std::string>(value, "kind", field);
   if (kind == "launch") {
     step.kind = Step::Kind::Launch;
@@ -166,9 +160,6 @@ Step stepFromJson(const json &value, const std::string &field) {
     step.memset.dst = operandFromJson(value.at("dst"), field + ".dst");
     step.memset.bytes = get<uint64_t>(value, "bytes", field);
     step.memset.value = get<uint8_t>(value, "value", field);
-  } else if (kind == "record" || kind == "wait") {
-    step.kind = kind == "record" ? Step::Kind::Record : Step::Kind::Wait;
-    step.event = get<int>(value, "event", field);
   } else {
     fail(field + ".kind: unknown step kind '" + kind + "'");
   }
@@ -205,13 +196,6 @@ const Function *Package::function(const std::string &name) const {
     if (f.name == name)
       return &f;
   return nullptr;
-}
-
-int Function::events() const {
-  int count = 0;
-  for (const Step &step : steps)
-    count = std::max(count, step.event + 1);
-  return count;
 }
 
 int Package::bufferIndex(const std::string &name) const {
@@ -255,19 +239,11 @@ Status validate(const Package &package, const std::string &where) {
                    b.name + "'"};
     return {};
   };
-  for (const Function &f : package.functions) {
-    // Per event: the stream and step that recorded it (-1: not yet). Stream
-    // 1's last work must come before a record the main stream waits for.
-    std::vector<int> recordedOn(size_t(f.events()), -1);
-    std::vector<int64_t> recordedAt(size_t(f.events()), -1);
-    int64_t lastSideWork = -1, joinedUpTo = -1;
+  for (const Function &f : package.functions)
     for (size_t i = 0; i < f.steps.size(); ++i) {
       const Step &step = f.steps[i];
       std::string field = where + ": " + f.name + "[" + std::to_string(i) +
                           "] (" + step.label + ")";
-      if (step.stream < 0 || step.stream >= kStreams)
-        return Error{field + ": stream " + std::to_string(step.stream) +
-                     " is not 0 or 1"};
       Status status;
       switch (step.kind) {
       case Step::Kind::Launch:
@@ -280,9 +256,6 @@ Status validate(const Package &package, const std::string &where) {
           return status;
         break;
       case Step::Kind::Gemm:
-        // cuBLASLt's one workspace serves the main stream only.
-        if (step.stream != 0)
-          return Error{field + ": GEMMs run on the main stream"};
         for (const Operand *op : {&step.gemm.a, &step.gemm.b, &step.gemm.d})
           if (!(status = checkOperand(*op, 0, field)))
             return status;
@@ -290,29 +263,8 @@ Status validate(const Package &package, const std::string &where) {
             !(status = checkOperand(step.gemm.c, 0, field)))
           return status;
         break;
-      case Step::Kind::Record:
-      case Step::Kind::Wait:
-        if (step.event < 0)
-          return Error{field + ": event " + std::to_string(step.event)};
-        if (step.kind == Step::Kind::Record) {
-          recordedOn[size_t(step.event)] = step.stream;
-          recordedAt[size_t(step.event)] = int64_t(i);
-        } else if (recordedOn[size_t(step.event)] != 1 - step.stream) {
-          return Error{field + ": waits for event " +
-                       std::to_string(step.event) +
-                       " before the other stream records it"};
-        } else if (step.stream == 0) {
-          joinedUpTo = std::max(joinedUpTo, recordedAt[size_t(step.event)]);
-        }
-        continue;
       }
-      if (step.stream == 1)
-        lastSideWork = int64_t(i);
     }
-    if (lastSideWork > joinedUpTo)
-      return Error{where + ": " + f.name +
-                   ": ends before the main stream waits for stream 1's work"};
-  }
   return {};
 }
 

@@ -22,8 +22,7 @@ struct DriverApi {
   X(cuDevicePrimaryCtxRetain)                                                  \
   X(cuDevicePrimaryCtxRelease)                                                 \
   X(cuCtxSetCurrent)                                                           \
-  X(cuStreamCreateWithPriority)                                                \
-  X(cuCtxGetStreamPriorityRange)                                               \
+  X(cuStreamCreate)                                                            \
   X(cuStreamDestroy)                                                           \
   X(cuStreamSynchronize)                                                       \
   X(cuMemGetInfo)                                                              \
@@ -47,8 +46,7 @@ struct DriverApi {
   X(cuEventDestroy)                                                            \
   X(cuEventRecord)                                                             \
   X(cuEventSynchronize)                                                        \
-  X(cuEventElapsedTime)                                                        \
-  X(cuStreamWaitEvent)
+  X(cuEventElapsedTime)
 #define LLAMAC_DECLARE(name) decltype(&::name) name = nullptr;
   LLAMAC_DRIVER_FUNCTIONS(LLAMAC_DECLARE)
 #undef LLAMAC_DECLARE
@@ -217,22 +215,10 @@ Result<std::shared_ptr<Device>> Device::open(int ordinal) {
   if (status)
     status =
         device->check(d.cuCtxSetCurrent(device->context), "cuCtxSetCurrent");
-  // The main stream (GEMMs) goes first wherever the side stream (the
-  // memory-bound optimizer) would compete with it for SMs.
-  int lowest = 0, highest = 0;
   if (status)
-    status = device->check(d.cuCtxGetStreamPriorityRange(&lowest, &highest),
-                           "cuCtxGetStreamPriorityRange");
-  if (status)
-    status =
-        device->check(d.cuStreamCreateWithPriority(
-                          &device->mainStream, CU_STREAM_NON_BLOCKING, highest),
-                      "cuStreamCreateWithPriority");
-  if (status)
-    status =
-        device->check(d.cuStreamCreateWithPriority(
-                          &device->sideStream, CU_STREAM_NON_BLOCKING, lowest),
-                      "cuStreamCreateWithPriority");
+    status = device->check(
+        d.cuStreamCreate(&device->mainStream, CU_STREAM_NON_BLOCKING),
+        "cuStreamCreate");
   if (!status)
     return status.error();
   device->deviceName = name;
@@ -240,8 +226,6 @@ Result<std::shared_ptr<Device>> Device::open(int ordinal) {
 }
 
 Device::~Device() {
-  if (sideStream)
-    driver->cuStreamDestroy(sideStream);
   if (mainStream)
     driver->cuStreamDestroy(mainStream);
   if (context)
@@ -287,11 +271,9 @@ Status Device::copyToHost(void *dst, CUdeviceptr src, size_t bytes) {
   return check(driver->cuMemcpyDtoH(dst, src, bytes), "cuMemcpyDtoH");
 }
 
-Status Device::fill(CUdeviceptr dst, uint8_t value, size_t bytes,
-                    CUstream stream) {
-  return check(
-      driver->cuMemsetD8Async(dst, value, bytes, stream ? stream : mainStream),
-      "cuMemsetD8Async");
+Status Device::fill(CUdeviceptr dst, uint8_t value, size_t bytes) {
+  return check(driver->cuMemsetD8Async(dst, value, bytes, mainStream),
+               "cuMemsetD8Async");
 }
 
 Status Device::synchronize(const std::string &after) {
@@ -328,12 +310,10 @@ void Device::destroyGraph(CUgraphExec graph) {
   driver->cuGraphExecDestroy(graph);
 }
 
-Result<CUevent> Device::createEvent(bool timing) {
+Result<CUevent> Device::createEvent() {
   CUevent event = nullptr;
-  if (Status s =
-          check(driver->cuEventCreate(&event, timing ? CU_EVENT_DEFAULT
-                                                     : CU_EVENT_DISABLE_TIMING),
-                "cuEventCreate");
+  if (Status s = check(driver->cuEventCreate(&event, CU_EVENT_DEFAULT),
+                       "cuEventCreate");
       !s)
     return s.error();
   return event;
@@ -341,15 +321,8 @@ Result<CUevent> Device::createEvent(bool timing) {
 
 void Device::destroyEvent(CUevent event) { driver->cuEventDestroy(event); }
 
-Status Device::record(CUevent event, CUstream stream) {
-  return check(driver->cuEventRecord(event, stream ? stream : mainStream),
-               "cuEventRecord");
-}
-
-Status Device::wait(CUstream stream, CUevent event) {
-  return check(
-      driver->cuStreamWaitEvent(stream ? stream : mainStream, event, 0),
-      "cuStreamWaitEvent");
+Status Device::record(CUevent event) {
+  return check(driver->cuEventRecord(event, mainStream), "cuEventRecord");
 }
 
 Result<float> Device::elapsedMs(CUevent start, CUevent end) {
@@ -414,8 +387,7 @@ Result<CUfunction> Module::function(const std::string &kernel) const {
 
 Status Module::launch(const std::string &kernel, unsigned gridX,
                       unsigned blockX, unsigned sharedBytes,
-                      std::vector<void *> args, unsigned gridY,
-                      CUstream stream) const {
+                      std::vector<void *> args, unsigned gridY) const {
   Result<CUfunction> function = this->function(kernel);
   if (!function)
     return function.error();
@@ -433,8 +405,7 @@ Status Module::launch(const std::string &kernel, unsigned gridX,
                  " arguments do not match its parameters"};
   return device->check(device->api().cuLaunchKernel(
                            *function, gridX, gridY, 1, blockX, 1, 1,
-                           sharedBytes, stream ? stream : device->stream(),
-                           args.data(), nullptr),
+                           sharedBytes, device->stream(), args.data(), nullptr),
                        "launch of kernel " + kernel);
 }
 

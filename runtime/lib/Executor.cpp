@@ -2,11 +2,38 @@
 
 #include "llamac/Runtime/Executor.h"
 
+#include <algorithm>
+#include <cstdlib>
+
 namespace llamac {
+
+/// Fails unless a GPU of compute capability `capability` (major * 10 +
+/// minor) runs PTX for `arch`: sm_XY runs on XY and later; the
+/// architecture-specific sm_XYa only on XY.
+static Status checkArch(const std::string &arch, int capability,
+                        const std::string &deviceName) {
+  int target = 0;
+  bool specific = !arch.empty() && arch.back() == 'a';
+  std::string digits = arch.substr(0, arch.size() - (specific ? 1 : 0));
+  if (digits.rfind("sm_", 0) == 0 && digits.size() > 3)
+    target = std::atoi(digits.c_str() + 3);
+  if (target <= 0)
+    return Error{"the package's arch '" + arch + "' is not an sm_XY target"};
+  if (specific ? capability != target : capability < target)
+    return Error{"the package was compiled for " + arch + " but " + deviceName +
+                 " is sm_" + std::to_string(capability) +
+                 " (compile with --arch sm_" + std::to_string(capability) +
+                 ")"};
+  return {};
+}
 
 Result<std::unique_ptr<Executor>>
 Executor::create(std::shared_ptr<cuda::Device> device,
                  package::Package package) {
+  if (Status s =
+          checkArch(package.arch, device->computeCapability(), device->name());
+      !s)
+    return s.error();
   std::unique_ptr<Executor> executor(new Executor());
   executor->device = device;
   Result<CUdeviceptr> arena =
@@ -14,6 +41,10 @@ Executor::create(std::shared_ptr<cuda::Device> device,
   if (!arena)
     return arena.error();
   executor->arena = *arena;
+  // Zeroed once: the padding between parameters must add nothing to the
+  // gradient norm, and nothing else may be read before it is written.
+  if (Status s = device->fill(*arena, 0, package.arenaBytes); !s)
+    return s.error();
   Result<cuda::Module> module =
       cuda::Module::load(device, package.ptx, "kernels.ptx");
   if (!module)
@@ -24,15 +55,6 @@ Executor::create(std::shared_ptr<cuda::Device> device,
     return blas.error();
   executor->blas = std::move(*blas);
   executor->plan = std::move(package);
-  for (const package::Function &function : executor->plan.functions) {
-    std::vector<CUevent> &events = executor->events[function.name];
-    for (int i = 0; i < function.events(); ++i) {
-      Result<CUevent> event = device->createEvent();
-      if (!event)
-        return event.error();
-      events.push_back(*event);
-    }
-  }
   for (size_t i = 0; i < executor->plan.buffers.size(); ++i) {
     const package::Buffer &buffer = executor->plan.buffers[i];
     if (buffer.initF32.empty())
@@ -48,9 +70,6 @@ Executor::create(std::shared_ptr<cuda::Device> device,
 Executor::~Executor() {
   for (auto &[name, graph] : graphs)
     device->destroyGraph(graph);
-  for (auto &[name, functionEvents] : events)
-    for (CUevent event : functionEvents)
-      device->destroyEvent(event);
   if (arena)
     (void)device->free(arena);
 }
@@ -88,9 +107,7 @@ Status Executor::enqueue(const package::Function &function) {
 }
 
 Status Executor::enqueue(const package::Function &function,
-                         const package::Step &step, bool serialize) {
-  CUstream stream = step.stream == 1 && !serialize ? device->secondStream()
-                                                   : device->stream();
+                         const package::Step &step) {
   Status status;
   switch (step.kind) {
   case package::Step::Kind::Launch: {
@@ -102,7 +119,7 @@ Status Executor::enqueue(const package::Function &function,
     for (CUdeviceptr &pointer : pointers)
       args.push_back(&pointer);
     status = module->launch(launch.kernel, launch.grid[0], launch.block[0],
-                            launch.sharedBytes, args, launch.grid[1], stream);
+                            launch.sharedBytes, args, launch.grid[1]);
     break;
   }
   case package::Step::Kind::Gemm: {
@@ -129,15 +146,7 @@ Status Executor::enqueue(const package::Function &function,
   }
   case package::Step::Kind::Memset:
     status = device->fill(*resolve(step.memset.dst), step.memset.value,
-                          step.memset.bytes, stream);
-    break;
-  case package::Step::Kind::Record:
-    if (!serialize)
-      status = device->record(events[function.name][step.event], stream);
-    break;
-  case package::Step::Kind::Wait:
-    if (!serialize)
-      status = device->wait(stream, events[function.name][step.event]);
+                          step.memset.bytes);
     break;
   }
   if (!status)
@@ -158,7 +167,7 @@ Result<std::vector<float>> Executor::profile(const std::string &name) {
   std::vector<float> milliseconds;
   Status status;
   for (size_t i = 0; status && i <= function->steps.size(); ++i) {
-    Result<CUevent> event = device->createEvent(/*timing=*/true);
+    Result<CUevent> event = device->createEvent();
     if (!event) {
       status = event.error();
       break;
@@ -166,7 +175,7 @@ Result<std::vector<float>> Executor::profile(const std::string &name) {
     events.push_back(*event);
     status = device->record(*event);
     if (status && i < function->steps.size())
-      status = enqueue(*function, function->steps[i], /*serialize=*/true);
+      status = enqueue(*function, function->steps[i]);
   }
   for (size_t i = 1; status && i < events.size(); ++i) {
     Result<float> ms = device->elapsedMs(events[i - 1], events[i]);

@@ -144,8 +144,8 @@ int main(int argc, char **argv) {
     return fail(s.error().message);
 
   // The loop: graph replays, timed by events on the device.
-  Result<CUevent> start = (*device)->createEvent(true);
-  Result<CUevent> end = (*device)->createEvent(true);
+  Result<CUevent> start = (*device)->createEvent();
+  Result<CUevent> end = (*device)->createEvent();
   if (!start || !end)
     return fail("cannot create timing events");
   std::vector<float> stepMs;

@@ -3,6 +3,7 @@
 #ifndef LLAMAC_TOOLS_COMMANDS_H
 #define LLAMAC_TOOLS_COMMANDS_H
 
+#include "StepPackage.h"
 #include "llamac/Frontend/ModelBuilder.h"
 #include "llamac/Pipeline/Pipeline.h"
 #include "llamac/Runtime/Schedule.h"
@@ -42,6 +43,7 @@ struct CompileOptions {
   // --no-fuse-rope-attention switch them off).
   bool fuseGatedMLP = true, fuseNormLinear = true, fuseRopeAttention = true;
   FP8Options fp8;
+  GpuTarget target;
   std::string outputPath = "-";
 };
 
@@ -52,6 +54,7 @@ struct TrainOptions {
   std::string tokenizerPath;
   std::string savePath, dumpGradsPath, metricsPath;
   StepShape shape;
+  GpuTarget target;
   int64_t steps = 10;
   double lr = 1.41e-5, weightDecay = 0.01, beta1 = 0.9, beta2 = 0.999,
          eps = 1e-8;

@@ -82,7 +82,7 @@ int llamac::runCompile(const CompileOptions &options) {
     if (options.outputPath == "-")
       return reportError("--emit package: give the package directory with -o");
     llvm::Expected<package::Package> package =
-        compileStepPackage(*config, options.shape, pipeline);
+        compileStepPackage(*config, options.shape, pipeline, options.target);
     if (!package)
       return reportError(llvm::toString(package.takeError()));
     if (std::error_code error =

@@ -15,9 +15,21 @@
 
 using namespace llamac;
 
+llvm::Error llamac::checkArch(const std::string &arch) {
+  for (const char *known : {"sm_90a", "sm_90", "sm_89", "sm_86", "sm_80"})
+    if (arch == known)
+      return llvm::Error::success();
+  return llvm::createStringError(
+      "--arch: '" + arch +
+      "' is not a target llamac compiles for (sm_90a, sm_90, sm_89, sm_86, "
+      "sm_80)");
+}
+
 static PackageOptions packageOptions(const LlamaConfig &config,
-                                     const StepShape &shape) {
+                                     const StepShape &shape,
+                                     const GpuTarget &target) {
   PackageOptions options;
+  options.ptx.chip = target.arch;
   options.compiler = "llamac " LLAMAC_VERSION_STRING;
   options.configJson = toHFConfigJson(config);
   options.batch = shape.batch;
@@ -29,7 +41,10 @@ static PackageOptions packageOptions(const LlamaConfig &config,
 
 llvm::Expected<package::Package> llamac::compileStepPackage(
     const LlamaConfig &config, const StepShape &shape,
-    const mlir::llama::TrainStepPipelineOptions &pipeline) {
+    const mlir::llama::TrainStepPipelineOptions &pipeline,
+    const GpuTarget &target) {
+  if (llvm::Error error = checkArch(target.arch))
+    return std::move(error);
   if (shape.precision != Precision::BF16)
     return llvm::createStringError(
         "--precision: the GPU backend runs bf16 steps (use --precision bf16)");
@@ -40,7 +55,7 @@ llvm::Expected<package::Package> llamac::compileStepPackage(
   mlir::llama::buildTrainStepPipeline(pm, pipeline);
   if (mlir::failed(pm.run(*module)))
     return llvm::createStringError("internal: the train-step pipeline failed");
-  return buildPackage(*module, packageOptions(config, shape));
+  return buildPackage(*module, packageOptions(config, shape, target));
 }
 
 std::string llamac::defaultPackageCache() {
@@ -60,8 +75,9 @@ std::string llamac::defaultPackageCache() {
 llvm::Expected<std::string>
 llamac::cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
                           const mlir::llama::TrainStepPipelineOptions &pipeline,
-                          const std::string &cacheRoot) {
-  PackageOptions options = packageOptions(config, shape);
+                          const std::string &cacheRoot,
+                          const GpuTarget &target) {
+  PackageOptions options = packageOptions(config, shape, target);
   std::string key =
       options.compiler + "\n" + options.configJson + "\n" +
       std::to_string(shape.batch) + "x" + std::to_string(shape.seq) + "\n" +
@@ -77,7 +93,7 @@ llamac::cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
   if (package::readPackage(std::string(dir)).ok())
     return std::string(dir);
   llvm::Expected<package::Package> package =
-      compileStepPackage(config, shape, pipeline);
+      compileStepPackage(config, shape, pipeline, target);
   if (!package)
     return package.takeError();
   if (std::error_code error = llvm::sys::fs::create_directories(dir))

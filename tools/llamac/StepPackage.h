@@ -13,11 +13,21 @@
 
 namespace llamac {
 
+/// The GPU a package is compiled for.
+struct GpuTarget {
+  /// PTX target: sm_90a (Hopper, the default), sm_90, sm_89, sm_86, sm_80.
+  std::string arch = "sm_90a";
+};
+
+/// Fails naming --arch when `arch` is not a target llamac compiles for.
+llvm::Error checkArch(const std::string &arch);
+
 /// Builds the train step of `config` (forward, fusions, autodiff, optimizer)
 /// and lowers it to a GPU package. The GPU backend runs bf16 steps.
 llvm::Expected<package::Package>
 compileStepPackage(const LlamaConfig &config, const StepShape &shape,
-                   const mlir::llama::TrainStepPipelineOptions &pipeline);
+                   const mlir::llama::TrainStepPipelineOptions &pipeline,
+                   const GpuTarget &target = GpuTarget());
 
 /// The package of that step from the cache under `cacheRoot`, keyed by a
 /// hash of everything that shapes it (config, batch, seq, precision, arch,
@@ -26,7 +36,8 @@ compileStepPackage(const LlamaConfig &config, const StepShape &shape,
 llvm::Expected<std::string>
 cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
                   const mlir::llama::TrainStepPipelineOptions &pipeline,
-                  const std::string &cacheRoot);
+                  const std::string &cacheRoot,
+                  const GpuTarget &target = GpuTarget());
 
 /// $LLAMAC_CACHE_DIR, else $XDG_CACHE_HOME/llamac, else ~/.cache/llamac.
 std::string defaultPackageCache();

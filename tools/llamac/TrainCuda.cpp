@@ -32,8 +32,9 @@ int llamac::runTrainOnCuda(const TrainOptions &options) {
   llvm::Expected<LlamaConfig> config = loadModelConfig(options.configPath);
   if (!config)
     return reportError(llvm::toString(config.takeError()));
-  llvm::Expected<std::string> package = cachedStepPackage(
-      *config, options.shape, fusionPipeline(options), defaultPackageCache());
+  llvm::Expected<std::string> package =
+      cachedStepPackage(*config, options.shape, fusionPipeline(options),
+                        defaultPackageCache(), options.target);
   if (!package)
     return reportError(llvm::toString(package.takeError()));
 

@@ -83,6 +83,13 @@ static cl::opt<bool> noFuseRopeAttention(
     "no-fuse-rope-attention", cl::desc("Keep RoPE apart from attention"),
     cl::sub(compileCommand), cl::sub(trainCommand), cl::cat(modelCategory));
 
+static cl::opt<std::string>
+    arch("arch",
+         cl::desc("GPU target of the package: sm_90a (default), sm_90, "
+                  "sm_89, sm_86, sm_80"),
+         cl::init("sm_90a"), cl::sub(compileCommand), cl::sub(trainCommand),
+         cl::cat(modelCategory));
+
 static cl::opt<std::string> emit("emit",
                                  cl::desc("What to print: mlir, or "
                                           "fusion-report (what the fusions "
@@ -264,9 +271,19 @@ static int readStepShape(StepShape &shape, FP8Options &fp8) {
   return 0;
 }
 
+/// --arch.
+static int readGpuTarget(GpuTarget &target) {
+  if (llvm::Error error = checkArch(arch))
+    return reportError(toString(std::move(error)));
+  target.arch = arch;
+  return 0;
+}
+
 static int compileMain() {
   CompileOptions options;
   if (int code = readStepShape(options.shape, options.fp8))
+    return code;
+  if (int code = readGpuTarget(options.target))
     return code;
   options.configPath = configPath;
   options.emit = emit;
@@ -282,6 +299,8 @@ static int compileMain() {
 static int trainMain() {
   TrainOptions options;
   if (int code = readStepShape(options.shape, options.fp8))
+    return code;
+  if (int code = readGpuTarget(options.target))
     return code;
   SmallVector<StringRef, 2> betas;
   StringRef(adamBetas).split(betas, ',');

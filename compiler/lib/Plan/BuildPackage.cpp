@@ -1049,9 +1049,9 @@ llvm::Error PackageBuilder::build(ModuleOp module) {
 
   functions.push_back({std::string(kForwardBackwardName), {}});
   current = &functions.back();
-  // Gradients of parameters that no op writes must read as zero, and the
-  // padding between parameters must not count in the gradient norm.
-  memset(whole(gradsRegion), uint64_t(flatElements) * 2, "zero gradients");
+  // Every gradient is written whole by the op computing it (a gradient no
+  // op computes is a constant zero, a memset); the padding between
+  // parameters stays as the runtime's zeroed arena left it.
   for (Operation &op : forwardBackward.getBody().front().without_terminator()) {
     ++opIndex;
     if (auto error = lower(op))

@@ -21,7 +21,7 @@ std::string temporaryDirectory() {
 }
 
 /// A small but complete package: two buffers, one launch, one GEMM with a
-/// separate addend, one memset on the second stream joined back by events.
+/// separate addend, one memset.
 Package samplePackage() {
   Package p;
   p.compiler = "llamac test";
@@ -73,15 +73,7 @@ Package samplePackage() {
   memset.label = "zero grads";
   memset.memset.dst = {1, 0, 0};
   memset.memset.bytes = 2048;
-  memset.stream = 1;
-  Step fork, waitFork, join, waitJoin;
-  fork.kind = join.kind = Step::Kind::Record;
-  waitFork.kind = waitJoin.kind = Step::Kind::Wait;
-  fork.event = waitFork.event = 0;
-  join.event = waitJoin.event = 1;
-  waitFork.stream = join.stream = 1;
-  p.functions = {{"forward_backward",
-                  {launch, gemm, fork, waitFork, memset, join, waitJoin}}};
+  p.functions = {{"forward_backward", {launch, gemm, memset}}};
   return p;
 }
 
@@ -100,7 +92,7 @@ TEST(Package, RoundTripsEveryField) {
   EXPECT_EQ(read->buffers[1].offset, 1024u);
   const Function *f = read->function("forward_backward");
   ASSERT_NE(f, nullptr);
-  ASSERT_EQ(f->steps.size(), 7u);
+  ASSERT_EQ(f->steps.size(), 3u);
   EXPECT_EQ(f->steps[0].launch.kernel, "rms_norm_fwd_32x16");
   EXPECT_EQ(f->steps[0].launch.args[1].offset, 64u);
   EXPECT_EQ(f->steps[0].launch.args[1].ld, 32);
@@ -110,12 +102,7 @@ TEST(Package, RoundTripsEveryField) {
   EXPECT_EQ(f->steps[1].gemm.strideD, 256);
   EXPECT_EQ(f->steps[1].gemm.c.offset, 1024u);
   EXPECT_EQ(f->steps[1].gemm.c.ld, 16);
-  EXPECT_EQ(f->steps[4].memset.bytes, 2048u);
-  EXPECT_EQ(f->steps[4].stream, 1);
-  EXPECT_EQ(f->steps[5].kind, Step::Kind::Record);
-  EXPECT_EQ(f->steps[6].kind, Step::Kind::Wait);
-  EXPECT_EQ(f->steps[6].event, 1);
-  EXPECT_EQ(f->events(), 2);
+  EXPECT_EQ(f->steps[2].memset.bytes, 2048u);
   EXPECT_EQ(read->bufferIndex("y"), 1);
   EXPECT_EQ(read->bufferIndex("nope"), -1);
   std::filesystem::remove_all(dir);
@@ -149,10 +136,10 @@ TEST(Package, RejectsPartRowsThatDoNotSplitTheParameter) {
 
 TEST(Package, RejectsOperandsOutsideTheirBuffer) {
   Package p = samplePackage();
-  p.functions[0].steps[4].memset.bytes = 4096;
+  p.functions[0].steps[2].memset.bytes = 4096;
   Status status = validate(p, "pkg");
   ASSERT_FALSE(status.ok());
-  EXPECT_NE(status.error().message.find("forward_backward[4] (zero grads)"),
+  EXPECT_NE(status.error().message.find("forward_backward[2] (zero grads)"),
             std::string::npos)
       << status.error().message;
   p = samplePackage();
@@ -161,28 +148,6 @@ TEST(Package, RejectsOperandsOutsideTheirBuffer) {
   p = samplePackage();
   p.functions[0].steps[1].gemm.c.offset = 4096; // past the end of y
   EXPECT_FALSE(validate(p, "pkg").ok());
-}
-
-TEST(Package, RejectsStreamsThatDoNotJoinOrWaitOutOfOrder) {
-  auto message = [](const Package &p) {
-    Status status = validate(p, "pkg");
-    EXPECT_FALSE(status.ok());
-    return status.ok() ? std::string() : status.error().message;
-  };
-  Package p = samplePackage();
-  p.functions[0].steps.pop_back(); // the main stream never waits for stream 1
-  EXPECT_NE(message(p).find("ends before the main stream waits"),
-            std::string::npos);
-  p = samplePackage();
-  std::swap(p.functions[0].steps[2], p.functions[0].steps[3]);
-  EXPECT_NE(message(p).find("waits for event 0 before the other stream"),
-            std::string::npos);
-  p = samplePackage();
-  p.functions[0].steps[1].stream = 1;
-  EXPECT_NE(message(p).find("GEMMs run on the main stream"), std::string::npos);
-  p = samplePackage();
-  p.functions[0].steps[0].stream = 2;
-  EXPECT_NE(message(p).find("stream 2 is not 0 or 1"), std::string::npos);
 }
 
 TEST(Package, ReadReportsBadManifests) {

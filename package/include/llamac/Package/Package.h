@@ -83,30 +83,23 @@ struct Memset {
   uint8_t value = 0;
 };
 
-/// One unit of work, in order on its stream. Stream 0 is the main stream;
-/// stream 1 runs memory-bound work (the optimizer) beside it. `Record` marks
-/// `event` done when the stream's earlier work is; `Wait` holds the stream
-/// until `event` (recorded earlier in the function on the other stream).
-/// Work on stream 1 ends with a Record the main stream waits for.
 struct Step {
-  enum class Kind { Launch, Gemm, Memset, Record, Wait } kind = Kind::Launch;
+  enum class Kind { Launch, Gemm, Memset } kind = Kind::Launch;
   std::string label; ///< The op it implements, for error messages.
-  int stream = 0;
   Launch launch;
   Gemm gemm;
   Memset memset;
-  int event = -1;
 };
 
 struct Function {
   std::string name;
   std::vector<Step> steps;
-  /// Events its Record and Wait steps use: 0 .. events - 1.
-  int events() const;
 };
 
-/// Streams a function may use (see Step).
-constexpr int kStreams = 2;
+/// The package's functions: the gradients of one batch, then clipping and
+/// AdamW over all of them.
+constexpr const char *kForwardBackwardFunction = "forward_backward";
+constexpr const char *kOptimizerStepFunction = "optimizer_step";
 
 struct Package {
   std::string arch = "sm_90a";
@@ -114,6 +107,7 @@ struct Package {
   std::string configJson; ///< The model's Hugging Face config.json.
   int64_t batch = 0, seq = 0;
   std::string precision;
+  /// Bytes of the one device allocation; the runtime zeroes it once.
   uint64_t arenaBytes = 0;
   std::vector<Buffer> buffers;
   std::vector<Function> functions;

@@ -38,9 +38,6 @@ public:
   int computeCapability() const { return major * 10 + minor; }
   int multiprocessors() const { return smCount; }
   CUstream stream() const { return mainStream; }
-  /// A second stream of lower priority, for work that overlaps the main
-  /// stream's (see package::Step).
-  CUstream secondStream() const { return sideStream; }
   const DriverApi &api() const { return *driver; }
 
   /// Free and total device memory in bytes.
@@ -51,9 +48,8 @@ public:
   Status free(CUdeviceptr pointer);
   Status copyToDevice(CUdeviceptr dst, const void *src, size_t bytes);
   Status copyToHost(void *dst, CUdeviceptr src, size_t bytes);
-  /// Fills `bytes` with `value` on `stream` (null: the main stream).
-  Status fill(CUdeviceptr dst, uint8_t value, size_t bytes,
-              CUstream stream = nullptr);
+  /// Fills `bytes` with `value`.
+  Status fill(CUdeviceptr dst, uint8_t value, size_t bytes);
   Status synchronize(const std::string &after);
 
   /// Starts recording the stream's work into a graph instead of running it.
@@ -63,13 +59,10 @@ public:
   Status launchGraph(CUgraphExec graph);
   void destroyGraph(CUgraphExec graph);
 
-  /// Events order work across streams (and time it when `timing`).
-  Result<CUevent> createEvent(bool timing = false);
+  /// Timing events on the stream.
+  Result<CUevent> createEvent();
   void destroyEvent(CUevent event);
-  /// Records `event` on `stream` (null: the main stream).
-  Status record(CUevent event, CUstream stream = nullptr);
-  /// Makes `stream` (null: the main stream) wait for `event`.
-  Status wait(CUstream stream, CUevent event);
+  Status record(CUevent event);
   /// Milliseconds between two recorded timing events, once `end` completed.
   Result<float> elapsedMs(CUevent start, CUevent end);
 
@@ -81,7 +74,7 @@ private:
   const DriverApi *driver = nullptr;
   CUdevice device = 0;
   CUcontext context = nullptr;
-  CUstream mainStream = nullptr, sideStream = nullptr;
+  CUstream mainStream = nullptr;
   std::string deviceName;
   int major = 0, minor = 0, smCount = 0;
 };
@@ -97,11 +90,11 @@ public:
 
   /// The kernel called `kernel`.
   Result<CUfunction> function(const std::string &kernel) const;
-  /// Launches `kernel` on `stream` (null: the device's main stream) with the
+  /// Launches `kernel` on the device's stream with the
   /// given argument addresses; errors name the kernel.
   Status launch(const std::string &kernel, unsigned gridX, unsigned blockX,
                 unsigned sharedBytes, std::vector<void *> args,
-                unsigned gridY = 1, CUstream stream = nullptr) const;
+                unsigned gridY = 1) const;
 
 private:
   Module() = default;

@@ -2,10 +2,8 @@
 //
 // Loads a package (manifest + PTX), allocates its arena in one allocation
 // (refusing, before allocating, a plan that does not fit), and runs its
-// functions: launches through the driver, GEMMs through cuBLASLt, on the
-// main stream and (for steps that say so) the device's second stream. The
-// first run of a function is recorded into a CUDA graph, both streams in
-// one graph; later runs replay it.
+// functions: launches through the driver, GEMMs through cuBLASLt. The first
+// run of a function is recorded into a CUDA graph; later runs replay it.
 //
 //===----------------------------------------------------------------------===//
 
@@ -37,18 +35,14 @@ public:
   /// `useGraph`; by graph replay afterwards) and waits for it.
   Status run(const std::string &function, bool useGraph = true);
 
-  /// Runs `function` eagerly, every step on the main stream with an event
-  /// between steps, and returns each step's milliseconds, in order (for
-  /// breakdowns; slower than a replay, and nothing overlaps).
+  /// Runs `function` eagerly with an event between steps and returns each
+  /// step's milliseconds, in order (for breakdowns; slower than a replay).
   Result<std::vector<float>> profile(const std::string &function);
 
 private:
   Executor() = default;
   Status enqueue(const package::Function &function);
-  /// Enqueues one step on its stream, or on the main stream when
-  /// `serialize` (record and wait steps are then no-ops).
-  Status enqueue(const package::Function &function, const package::Step &step,
-                 bool serialize = false);
+  Status enqueue(const package::Function &function, const package::Step &step);
   Result<CUdeviceptr> resolve(const package::Operand &operand) const;
 
   std::shared_ptr<cuda::Device> device;
@@ -57,8 +51,6 @@ private:
   std::unique_ptr<cuda::BlasLt> blas;
   CUdeviceptr arena = 0;
   std::map<std::string, CUgraphExec> graphs;
-  /// The events of each function's record and wait steps.
-  std::map<std::string, std::vector<CUevent>> events;
 };
 
 } // namespace llamac
