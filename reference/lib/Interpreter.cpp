@@ -657,6 +657,114 @@ static Results clipScale(const Tensor &norm, const Tensor &maxNorm) {
 }
 
 //===----------------------------------------------------------------------===//
+// FP8
+//===----------------------------------------------------------------------===//
+
+/// (fp8_max / amax) / 2^margin, or `fallback` when amax is 0 or not finite
+/// (Transformer Engine's scale computation).
+static double fp8ScaleFrom(double amax, llvm::StringRef format, int64_t margin,
+                           double fallback) {
+  if (!(amax > 0) || !std::isfinite(amax))
+    return fallback;
+  return double(float(fp8Max(format) / amax / std::ldexp(1.0, int(margin))));
+}
+
+/// Quantizes `count` values from `x` into `out` as one tensor of
+/// llama.fp8_quantize: with `scale` (delayed scaling) or scaled from their
+/// own amax (current scaling), the dequantized values rounded to `type`.
+/// Returns the amax (f32; NaN if any value is NaN).
+static double quantizeBlock(const double *x, double *out, size_t count,
+                            llvm::StringRef format, int64_t margin,
+                            const Tensor *scale, Type type) {
+  double amax = 0;
+  for (size_t i = 0; i < count; ++i)
+    if (std::isnan(x[i]) || std::isnan(amax))
+      amax = std::numeric_limits<double>::quiet_NaN();
+    else
+      amax = std::max(amax, std::fabs(x[i]));
+  amax = double(float(amax));
+  double s = scale ? scale->data[0] : fp8ScaleFrom(amax, format, margin, 1.0);
+  for (size_t i = 0; i < count; ++i)
+    out[i] = roundTo(roundToFP8(double(float(x[i] * s)), format) / s, type);
+  return amax;
+}
+
+/// Each row block quantized with its own scale and amax.
+static Results fp8Quantize(FP8QuantizeOp op,
+                           llvm::ArrayRef<const Tensor *> in) {
+  const Tensor &x = *in[0];
+  llvm::SmallVector<int64_t> blocks = op.getBlockRows();
+  size_t rowSize = x.data.size() / size_t(llvm::accumulate(blocks, 0));
+  std::vector<Tensor> results(1, Tensor::zeros(x.shape));
+  size_t offset = 0;
+  for (auto [index, rows] : llvm::enumerate(blocks)) {
+    size_t count = size_t(rows) * rowSize;
+    const Tensor *scale = in.size() > 1 ? in[1 + index] : nullptr;
+    results.push_back(Tensor::scalar(quantizeBlock(
+        &x.data[offset], &results[0].data[offset], count, op.getFormat(),
+        op.getMargin(), scale, elementTypeOf(op.getResult()))));
+    offset += count;
+  }
+  return results;
+}
+
+static Results fp8ScaleUpdate(FP8ScaleUpdateOp op, const Tensor &history,
+                              const Tensor &amax, const Tensor &scale) {
+  Tensor newHistory = Tensor::zeros(history.shape);
+  newHistory.data[0] = amax.data[0];
+  std::copy_n(history.data.begin(), history.data.size() - 1,
+              newHistory.data.begin() + 1);
+  double a = newHistory.data[0];
+  if (op.getAmaxComputeAlgo() == "max")
+    for (double v : newHistory.data)
+      a = std::isnan(v) || std::isnan(a) ? v + a : std::max(a, v);
+  std::vector<Tensor> results;
+  results.push_back(std::move(newHistory));
+  results.push_back(Tensor::scalar(
+      fp8ScaleFrom(a, op.getFormat(), op.getMargin(), scale.data[0])));
+  return results;
+}
+
+namespace {
+
+/// The FP8 quantization of the GEMM operands internal to a fused op (see
+/// `fp8_formats` in LlamaOps.td); the identity when the op has none.
+class FusedQuantizer {
+public:
+  template <typename FusedOp>
+  FusedQuantizer(FusedOp op, llvm::ArrayRef<const Tensor *> in)
+      : formats(op.getFp8Formats()), margin(op.getFp8Margin()),
+        scales(in.take_back(op.getFp8Scales().size())),
+        amaxes(formats ? formats->size() : 0) {}
+
+  /// Internal operand `k` (format fp8_formats[k]) as the GEMM reads it.
+  Tensor operator()(size_t k, const Tensor &x, Type type) {
+    if (!formats)
+      return x;
+    Tensor out = Tensor::zeros(x.shape);
+    amaxes[k] =
+        quantizeBlock(x.data.data(), out.data.data(), x.data.size(),
+                      cast<StringAttr>((*formats)[k]).getValue(), margin,
+                      scales.empty() ? nullptr : scales[k], type);
+    return out;
+  }
+
+  /// Appends the amaxes: the op's last results.
+  void appendAmaxes(std::vector<Tensor> &results) const {
+    for (double amax : amaxes)
+      results.push_back(Tensor::scalar(amax));
+  }
+
+private:
+  std::optional<ArrayAttr> formats;
+  int64_t margin;
+  llvm::ArrayRef<const Tensor *> scales;
+  std::vector<double> amaxes;
+};
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
 // Fused ops
 //===----------------------------------------------------------------------===//
 //
@@ -705,13 +813,16 @@ static Tensor gemmInput(const Tensor &x, const Tensor *normWeight, double eps,
   return rounded(rmsNormKernel(x, *normWeight, eps, type), type);
 }
 
-/// y = rms_norm(x) W^T, returned as column slices of the result widths.
-static Results normMatmul(NormMatmulOp op, const Tensor &x,
-                          const Tensor &normWeight, const Tensor &weight) {
+/// y = rms_norm(x) W^T, returned as column slices of the result widths; with
+/// FP8, the normalized input quantized first and its amax last.
+static Results normMatmul(NormMatmulOp op, llvm::ArrayRef<const Tensor *> in) {
+  const Tensor &x = *in[0], &normWeight = *in[1], &weight = *in[2];
   Type type = elementTypeOf(op.getInput());
-  Tensor y = matmulKernel(
-      gemmInput(x, &normWeight, op.getEps().convertToDouble(), type), weight,
-      /*transposeLhs=*/false, /*transposeRhs=*/true);
+  FusedQuantizer quantize(op, in);
+  Tensor xn = quantize(
+      0, gemmInput(x, &normWeight, op.getEps().convertToDouble(), type), type);
+  Tensor y = matmulKernel(xn, weight, /*transposeLhs=*/false,
+                          /*transposeRhs=*/true);
   std::vector<Tensor> results;
   int64_t offset = 0;
   for (Value output : op.getOutputs()) {
@@ -719,6 +830,7 @@ static Results normMatmul(NormMatmulOp op, const Tensor &x,
     results.push_back(columns(y, offset, width));
     offset += width;
   }
+  quantize.appendAmaxes(results);
   return results;
 }
 
@@ -731,12 +843,14 @@ static Results normMatmulGrad(NormMatmulGradOp op,
   const Tensor &weight = *in[count + 2];
   Type type = elementTypeOf(op.getInput());
   double eps = op.getEps().convertToDouble();
+  FusedQuantizer quantize(op, in);
   Tensor dy = concatColumns(in.take_front(count));
-  Tensor weightGrad =
-      matmulKernel(dy, gemmInput(x, &normWeight, eps, type), true, false);
+  Tensor weightGrad = matmulKernel(
+      dy, quantize(0, gemmInput(x, &normWeight, eps, type), type), true, false);
   Tensor dxn = rounded(matmulKernel(dy, weight, false, false), type);
   std::vector<Tensor> results = rmsNormGradKernel(dxn, x, normWeight, eps);
   results.push_back(std::move(weightGrad));
+  quantize.appendAmaxes(results);
   return results;
 }
 
@@ -746,19 +860,23 @@ static Results gatedMLP(GatedMLPOp op, llvm::ArrayRef<const Tensor *> in) {
   const Tensor &x = *in[0], &weight = *in[1];
   const Tensor *normWeight = op.getNormWeight() ? in[2] : nullptr;
   double eps = op.getEps() ? op.getEps()->convertToDouble() : 0;
+  FusedQuantizer quantize(op, in);
   Tensor gateUp = rounded(
-      matmulKernel(gemmInput(x, normWeight, eps, type), weight, false, true),
+      matmulKernel(quantize(0, gemmInput(x, normWeight, eps, type), type),
+                   weight, false, true),
       type);
   int64_t width = weight.shape[0] / 2;
   std::vector<Tensor> results;
   results.push_back(swigluKernel(columns(gateUp, 0, width),
                                  columns(gateUp, width, width), type));
   results.push_back(std::move(gateUp));
+  quantize.appendAmaxes(results);
   return results;
 }
 
 /// dGU = swiglu_grad (rounded), weight_grad = dGU^T xn, dxn = dGU W, then the
-/// norm's backward if there is a norm.
+/// norm's backward if there is a norm. With FP8, xn, dgate and dup are
+/// quantized, each as a tensor of its own.
 static Results gatedMLPGrad(GatedMLPGradOp op,
                             llvm::ArrayRef<const Tensor *> in) {
   Type type = elementTypeOf(op.getInputGrad());
@@ -766,26 +884,28 @@ static Results gatedMLPGrad(GatedMLPGradOp op,
   const Tensor &weight = *in[3];
   const Tensor *normWeight = op.getNormWeight() ? in[4] : nullptr;
   double eps = op.getEps() ? op.getEps()->convertToDouble() : 0;
+  FusedQuantizer quantize(op, in);
   int64_t width = weight.shape[0] / 2;
   std::vector<Tensor> halves = llvm::cantFail(swigluGrad(
       grad, columns(gateUp, 0, width), columns(gateUp, width, width)));
-  Tensor dGate = rounded(std::move(halves[0]), type);
-  Tensor dUp = rounded(std::move(halves[1]), type);
+  Tensor xn = quantize(0, gemmInput(x, normWeight, eps, type), type);
+  Tensor dGate = quantize(1, rounded(std::move(halves[0]), type), type);
+  Tensor dUp = quantize(2, rounded(std::move(halves[1]), type), type);
   Tensor dGateUp = concatColumns({&dGate, &dUp});
-  Tensor weightGrad =
-      matmulKernel(dGateUp, gemmInput(x, normWeight, eps, type), true, false);
+  Tensor weightGrad = matmulKernel(dGateUp, xn, true, false);
   Tensor dxn = matmulKernel(dGateUp, weight, false, false);
   std::vector<Tensor> results;
   if (!normWeight) {
     results.push_back(std::move(dxn));
     results.push_back(std::move(weightGrad));
-    return results;
+  } else {
+    std::vector<Tensor> norm =
+        rmsNormGradKernel(rounded(std::move(dxn), type), x, *normWeight, eps);
+    results.push_back(std::move(norm[0]));
+    results.push_back(std::move(weightGrad));
+    results.push_back(std::move(norm[1]));
   }
-  std::vector<Tensor> norm =
-      rmsNormGradKernel(rounded(std::move(dxn), type), x, *normWeight, eps);
-  results.push_back(std::move(norm[0]));
-  results.push_back(std::move(weightGrad));
-  results.push_back(std::move(norm[1]));
+  quantize.appendAmaxes(results);
   return results;
 }
 
@@ -822,59 +942,6 @@ static Results ropeAttentionGrad(RopeAttentionGradOp op, const Tensor &grad,
   g[0] = rotate(op, rounded(std::move(g[0]), type), true, true, type);
   g[1] = rotate(op, rounded(std::move(g[1]), type), false, true, type);
   return grads;
-}
-
-//===----------------------------------------------------------------------===//
-// FP8
-//===----------------------------------------------------------------------===//
-
-/// (fp8_max / amax) / 2^margin, or `fallback` when amax is 0 or not finite
-/// (Transformer Engine's scale computation).
-static double fp8ScaleFrom(double amax, llvm::StringRef format, int64_t margin,
-                           double fallback) {
-  if (!(amax > 0) || !std::isfinite(amax))
-    return fallback;
-  return double(float(fp8Max(format) / amax / std::ldexp(1.0, int(margin))));
-}
-
-static Results fp8Quantize(FP8QuantizeOp op,
-                           llvm::ArrayRef<const Tensor *> in) {
-  const Tensor &x = *in[0];
-  double amax = 0;
-  for (double v : x.data)
-    if (std::isnan(v) || std::isnan(amax))
-      amax = std::numeric_limits<double>::quiet_NaN();
-    else
-      amax = std::max(amax, std::fabs(v));
-  amax = double(float(amax));
-  StringRef format = op.getFormat();
-  double scale = in.size() > 1
-                     ? in[1]->data[0]
-                     : fp8ScaleFrom(amax, format, op.getMargin(), 1.0);
-  Tensor out = Tensor::zeros(x.shape);
-  for (size_t i = 0; i < x.data.size(); ++i)
-    out.data[i] = roundToFP8(double(float(x.data[i] * scale)), format) / scale;
-  std::vector<Tensor> results;
-  results.push_back(std::move(out));
-  results.push_back(Tensor::scalar(amax));
-  return results;
-}
-
-static Results fp8ScaleUpdate(FP8ScaleUpdateOp op, const Tensor &history,
-                              const Tensor &amax, const Tensor &scale) {
-  Tensor newHistory = Tensor::zeros(history.shape);
-  newHistory.data[0] = amax.data[0];
-  std::copy_n(history.data.begin(), history.data.size() - 1,
-              newHistory.data.begin() + 1);
-  double a = newHistory.data[0];
-  if (op.getAmaxComputeAlgo() == "max")
-    for (double v : newHistory.data)
-      a = std::isnan(v) || std::isnan(a) ? v + a : std::max(a, v);
-  std::vector<Tensor> results;
-  results.push_back(std::move(newHistory));
-  results.push_back(Tensor::scalar(
-      fp8ScaleFrom(a, op.getFormat(), op.getMargin(), scale.data[0])));
-  return results;
 }
 
 //===----------------------------------------------------------------------===//
@@ -924,9 +991,7 @@ static Results evaluate(Operation *operation,
       .Case([&](CrossEntropyGradOp op) {
         return crossEntropyGrad(op, *in[0], *in[1], *in[2]);
       })
-      .Case([&](NormMatmulOp op) {
-        return normMatmul(op, *in[0], *in[1], *in[2]);
-      })
+      .Case([&](NormMatmulOp op) { return normMatmul(op, in); })
       .Case([&](NormMatmulGradOp op) { return normMatmulGrad(op, in); })
       .Case([&](GatedMLPOp op) { return gatedMLP(op, in); })
       .Case([&](GatedMLPGradOp op) { return gatedMLPGrad(op, in); })

@@ -286,6 +286,13 @@ llamac::writeTrainingCheckpoint(const std::string &dir,
                {"step", std::to_string(state.globalStep)}});
           !s)
         return s;
+      if (!contents.fp8State.empty())
+        if (Status s = writeSafetensors(
+                (temp / kFP8StateFile).string(), contents.fp8State,
+                {{"format", "llamac-fp8"},
+                 {"step", std::to_string(state.globalStep)}});
+            !s)
+          return s;
       if (Status s = writeFileAtomic((temp / "config.json").string(),
                                      contents.configJson);
           !s)

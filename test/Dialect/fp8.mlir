@@ -67,3 +67,39 @@ func.func @history_length(%h: tensor<16xf32>, %a: tensor<f32>, %s: tensor<f32>) 
   %nh, %ns = llama.fp8_scale_update %h, %a, %s {format = "e5m2"} : (tensor<16xf32>, tensor<f32>, tensor<f32>) -> (tensor<8xf32>, tensor<f32>)
   return %ns : tensor<f32>
 }
+
+// -----
+
+// A concatenated weight quantized per row block: one scale and amax each.
+// CHECK-LABEL: func.func @row_blocks
+// CHECK: llama.fp8_quantize %{{.*}} scale(%{{.*}}, %{{.*}}) {format = "e4m3", row_blocks = array<i64: 4, 2>} : (tensor<6x8xbf16>, tensor<f32>, tensor<f32>) -> (tensor<6x8xbf16>, tensor<f32>, tensor<f32>)
+// CHECK: llama.fp8_quantize %{{.*}} {format = "e4m3", row_blocks = array<i64: 4, 2>} : (tensor<6x8xbf16>) -> (tensor<6x8xbf16>, tensor<f32>, tensor<f32>)
+func.func @row_blocks(%w: tensor<6x8xbf16>, %s0: tensor<f32>, %s1: tensor<f32>) -> (tensor<6x8xbf16>, tensor<6x8xbf16>) {
+  %wq, %a0, %a1 = llama.fp8_quantize %w scale(%s0, %s1) {format = "e4m3", row_blocks = array<i64: 4, 2>} : (tensor<6x8xbf16>, tensor<f32>, tensor<f32>) -> (tensor<6x8xbf16>, tensor<f32>, tensor<f32>)
+  %wc, %c0, %c1 = llama.fp8_quantize %w {format = "e4m3", row_blocks = array<i64: 4, 2>} : (tensor<6x8xbf16>) -> (tensor<6x8xbf16>, tensor<f32>, tensor<f32>)
+  return %wq, %wc : tensor<6x8xbf16>, tensor<6x8xbf16>
+}
+
+// -----
+
+func.func @row_blocks_sum(%w: tensor<6x8xf32>) -> tensor<6x8xf32> {
+  // expected-error @+1 {{row_blocks must be positive row counts that sum to the input's dimension 0}}
+  %wq, %a0, %a1 = llama.fp8_quantize %w {format = "e4m3", row_blocks = array<i64: 4, 4>} : (tensor<6x8xf32>) -> (tensor<6x8xf32>, tensor<f32>, tensor<f32>)
+  return %wq : tensor<6x8xf32>
+}
+
+// -----
+
+func.func @row_blocks_scales(%w: tensor<6x8xf32>, %s: tensor<f32>) -> tensor<6x8xf32> {
+  // expected-error @+1 {{takes no scale (current scaling) or one per block (2), got 1}}
+  %wq, %a0, %a1 = llama.fp8_quantize %w scale(%s) {format = "e4m3", row_blocks = array<i64: 4, 2>} : (tensor<6x8xf32>, tensor<f32>) -> (tensor<6x8xf32>, tensor<f32>, tensor<f32>)
+  return %wq : tensor<6x8xf32>
+}
+
+// -----
+
+func.func @row_blocks_amaxes(%w: tensor<6x8xf32>) -> tensor<6x8xf32> {
+  // expected-error @+1 {{returns one amax per block (2), got 1}}
+  %wq, %a0 = llama.fp8_quantize %w {format = "e4m3", row_blocks = array<i64: 4, 2>} : (tensor<6x8xf32>) -> (tensor<6x8xf32>, tensor<f32>)
+  return %wq : tensor<6x8xf32>
+}

@@ -191,3 +191,51 @@ func.func @rope_attention_grad_key_grad(%g: tensor<4x8xf32>, %q: tensor<4x8xf32>
   %dq, %dk, %dv = llama.rope_attention_grad %g, %q, %k, %v {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 2, scale = 0.5, theta = 10000.0} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>) -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>)
   return %dq : tensor<4x8xf32>
 }
+
+// -----
+
+func.func @fp8_format_count(%h: tensor<4x8xf32>, %ln: tensor<8xf32>, %w: tensor<8x8xf32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{fp8_formats must list 1 format(s), got 2}}
+  %q, %a = llama.norm_matmul %h, %ln, %w {eps = 1.0e-5 : f64, fp8_formats = ["e4m3", "e4m3"]} : (tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32> amax tensor<f32>
+  return %q : tensor<4x8xf32>
+}
+
+// -----
+
+func.func @fp8_bad_format(%h: tensor<4x8xf32>, %ln: tensor<8xf32>, %w: tensor<8x8xf32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{format must be "e4m3" or "e5m2", got "e3m4"}}
+  %q, %a = llama.norm_matmul %h, %ln, %w {eps = 1.0e-5 : f64, fp8_formats = ["e3m4"]} : (tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32> amax tensor<f32>
+  return %q : tensor<4x8xf32>
+}
+
+// -----
+
+func.func @fp8_no_amax(%h: tensor<4x8xf32>, %ln: tensor<8xf32>, %w: tensor<8x8xf32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{returns 1 FP8 amax(es), got 0}}
+  %q = llama.norm_matmul %h, %ln, %w {eps = 1.0e-5 : f64, fp8_formats = ["e4m3"]} : (tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32>
+  return %q : tensor<4x8xf32>
+}
+
+// -----
+
+func.func @fp8_scales_without_formats(%x: tensor<4x8xf32>, %w: tensor<12x8xf32>, %s: tensor<f32>) -> tensor<4x6xf32> {
+  // expected-error @+1 {{has FP8 scales or amaxes but no fp8_formats}}
+  %r, %gu = llama.gated_mlp %x, %w scale(%s) : (tensor<4x8xf32>, tensor<12x8xf32>, tensor<f32>) -> (tensor<4x6xf32>, tensor<4x12xf32>)
+  return %r : tensor<4x6xf32>
+}
+
+// -----
+
+func.func @fp8_scale_count(%g: tensor<4x6xf32>, %x: tensor<4x8xf32>, %gu: tensor<4x12xf32>, %w: tensor<12x8xf32>, %s: tensor<f32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{takes no FP8 scale (current scaling) or 3, got 1}}
+  %dx, %dw, %a0, %a1, %a2 = llama.gated_mlp_grad %g, %x, %gu, %w scale(%s) {fp8_formats = ["e4m3", "e5m2", "e5m2"]} : (tensor<4x6xf32>, tensor<4x8xf32>, tensor<4x12xf32>, tensor<12x8xf32>, tensor<f32>) -> (tensor<4x8xf32>, tensor<12x8xf32>) amax tensor<f32>, tensor<f32>, tensor<f32>
+  return %dx : tensor<4x8xf32>
+}
+
+// -----
+
+func.func @fp8_scale_type(%g: tensor<4x8xf32>, %x: tensor<4x8xf32>, %ln: tensor<8xf32>, %w: tensor<8x8xf32>, %s: tensor<bf16>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{FP8 scale must be tensor<f32>, got 'tensor<bf16>'}}
+  %dx, %dln, %dw, %a = llama.norm_matmul_grad(%g), %x, %ln, %w scale(%s) {eps = 1.0e-5 : f64, fp8_formats = ["e4m3"]} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>, tensor<bf16>) -> (tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>, tensor<f32>)
+  return %dx : tensor<4x8xf32>
+}

@@ -55,3 +55,24 @@ func.func @attention(%wq: tensor<8x8xf32> {llama.param = "q"}, %wk: tensor<4x8xf
 func.func @not_a_loss(%x: tensor<4x8xf32> {llama.param = "x"}) -> tensor<4x8xf32> {
   return %x : tensor<4x8xf32>
 }
+
+// -----
+
+// FP8 fused ops (as llama-insert-fp8 leaves them) differentiate as the
+// unquantized ops, straight-through: the backward ops carry no FP8
+// quantization and the scales get no gradient.
+// CHECK-LABEL: func.func @fp8_fused
+// CHECK-SAME: -> (tensor<f32> {llama.loss}, tensor<8xf32> {llama.grad = "n"}, tensor<8x8xf32> {llama.grad = "wy"}, tensor<12x8xf32> {llama.grad = "w"}, tensor<16x6xf32> {llama.grad = "head"})
+// CHECK: llama.gated_mlp_grad %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} norm(%{{.*}}) {eps = 1.000000e-05 : f64} : (tensor<4x6xf32>, tensor<4x8xf32>, tensor<4x12xf32>, tensor<12x8xf32>, tensor<8xf32>) -> (tensor<4x8xf32>, tensor<12x8xf32>, tensor<8xf32>)
+// CHECK: llama.norm_matmul_grad(%{{.*}}), %{{.*}}, %{{.*}}, %{{.*}} {eps = 1.000000e-05 : f64} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>) -> (tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>)
+func.func @fp8_fused(%x: tensor<4x8xf32>, %ln: tensor<8xf32> {llama.param = "n"},
+                     %wy: tensor<8x8xf32> {llama.param = "wy"},
+                     %w: tensor<12x8xf32> {llama.param = "w"},
+                     %head: tensor<16x6xf32> {llama.param = "head"},
+                     %s: tensor<f32>, %labels: tensor<4xi32> {llama.input = "labels"}) -> tensor<f32> {
+  %y, %ay = llama.norm_matmul %x, %ln, %wy scale(%s) {eps = 1.0e-5 : f64, fp8_formats = ["e4m3"]} : (tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>, tensor<f32>) -> tensor<4x8xf32> amax tensor<f32>
+  %h, %gu, %a = llama.gated_mlp %y, %w norm(%ln) scale(%s) {eps = 1.0e-5 : f64, fp8_formats = ["e4m3"]} : (tensor<4x8xf32>, tensor<12x8xf32>, tensor<8xf32>, tensor<f32>) -> (tensor<4x6xf32>, tensor<4x12xf32>, tensor<f32>)
+  %logits = llama.matmul %h, %head {transpose_rhs = true} : (tensor<4x6xf32>, tensor<16x6xf32>) -> tensor<4x16xf32>
+  %loss = llama.cross_entropy %logits, %labels {seq_len = 4 : i64} : (tensor<4x16xf32>, tensor<4xi32>) -> tensor<f32>
+  return %loss : tensor<f32>
+}

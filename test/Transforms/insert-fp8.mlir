@@ -99,12 +99,109 @@ func.func @attention_block(%x: tensor<4x8xf32>,
 
 // -----
 
-// The GEMMs of fused ops are not reachable from outside: rejected.
-func.func @fused(%x: tensor<4x8xf32>, %ln: tensor<8xf32> {llama.param = "n"},
-                 %w: tensor<8x8xf32> {llama.param = "w"},
-                 %labels: tensor<4xi32> {llama.input = "labels"}) -> tensor<f32> {
-  // expected-error @+1 {{llama-insert-fp8 does not quantize the GEMMs of fused ops}}
-  %y = llama.norm_matmul %x, %ln, %w {eps = 1.0e-5 : f64} : (tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32>
-  %loss = llama.cross_entropy %y, %labels {seq_len = 4 : i64} : (tensor<4x8xf32>, tensor<4xi32>) -> tensor<f32>
+// Fused ops: the same tensors are quantized with the same scales as
+// without the fusions, and their state carries the unfused names. A
+// concatenated weight is quantized once per step with one scale per Hugging
+// Face tensor (row_blocks); the normalized inputs, internal to the fused
+// ops, are quantized by the ops (fp8_formats), the backward op with the
+// forward's scale; the SwiGLU gradient halves inside gated_mlp_grad get
+// E5M2 scales of their own; the k and v gradients are quantized outside.
+// CHECK-LABEL: func.func @fused_layer
+// CHECK-SAME: %[[SK:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.self_attn.k_proj.weight"},
+// CHECK-SAME: %[[SV:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.self_attn.v_proj.weight"},
+// CHECK-SAME: %[[HX:[a-z0-9]+]]: tensor<16xf32> {llama.fp8_amax_history = "model.layers.0.self_attn.k_proj.input"},
+// CHECK-SAME: %[[SX:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.self_attn.k_proj.input"},
+// CHECK-SAME: %[[SG:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.mlp.gate_proj.weight"},
+// CHECK-SAME: %[[SU:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.mlp.up_proj.weight"},
+// CHECK-SAME: %[[SM:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.mlp.gate_proj.input"},
+// CHECK-SAME: %[[SDI:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.mlp.down_proj.input"},
+// CHECK-SAME: %[[SDG:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.mlp.gate_proj.grad_output"},
+// CHECK-SAME: %[[SDU:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.mlp.up_proj.grad_output"},
+// CHECK-SAME: %[[SDK:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.self_attn.k_proj.grad_output"},
+// CHECK-SAME: %[[SDV:[a-z0-9]+]]: tensor<f32> {llama.fp8_scale = "model.layers.0.self_attn.v_proj.grad_output"})
+// CHECK: %[[WGU:[a-z0-9_]+]], %[[AGU:[a-z0-9_]+]]:2 = llama.fp8_quantize %arg4 scale(%[[SG]], %[[SU]]) {format = "e4m3", margin = 1 : i64, row_blocks = array<i64: 6, 6>} : (tensor<12x8xf32>, tensor<f32>, tensor<f32>) -> (tensor<12x8xf32>, tensor<f32>, tensor<f32>)
+// CHECK: %[[WKV:[a-z0-9_]+]], %[[AKV:[a-z0-9_]+]]:2 = llama.fp8_quantize %arg2 scale(%[[SK]], %[[SV]]) {format = "e4m3", margin = 1 : i64, row_blocks = array<i64: 8, 8>}
+// CHECK: %[[KV:[a-z0-9_]+]]:2, %[[AX:[a-z0-9_]+]] = llama.norm_matmul %arg0, %arg1, %[[WKV]] scale(%[[SX]]) {eps = 1.000000e-05 : f64, fp8_formats = ["e4m3"], fp8_margin = 1 : i64} : (tensor<4x8xf32>, tensor<8xf32>, tensor<16x8xf32>, tensor<f32>) -> (tensor<4x8xf32>, tensor<4x8xf32>) amax tensor<f32>
+// CHECK: %[[H:[a-z0-9_]+]], %[[GU:[a-z0-9_]+]], %[[AM:[a-z0-9_]+]] = llama.gated_mlp %{{.*}}, %[[WGU]] norm(%arg3) scale(%[[SM]]) {eps = 1.000000e-05 : f64, fp8_formats = ["e4m3"], fp8_margin = 1 : i64}
+// The SwiGLU output is down_proj's input: a quantize of its own.
+// CHECK: %[[HQ:[a-z0-9_]+]], %{{.*}} = llama.fp8_quantize %[[H]] scale(%[[SDI]]) {format = "e4m3", margin = 1 : i64}
+// CHECK: llama.matmul %[[HQ]], %{{.*}} {transpose_rhs = true}
+// Negative: lm_head's norm_matmul and its backward stay unquantized.
+// CHECK: llama.norm_matmul %{{.*}}, %arg6, %arg7 {eps = 1.000000e-05 : f64} : (tensor<4x8xf32>, tensor<8xf32>, tensor<16x8xf32>) -> tensor<4x16xf32>
+// CHECK: llama.norm_matmul_grad(%{{.*}}), %{{.*}}, %arg6, %arg7 {eps = 1.000000e-05 : f64} : (tensor<4x16xf32>,
+// CHECK: %{{.*}}, %{{.*}}, %{{.*}}, %[[AMG:[a-z0-9_]+]]:3 = llama.gated_mlp_grad %{{.*}}, %{{.*}}, %[[GU]], %[[WGU]] norm(%arg3) scale(%[[SM]], %[[SDG]], %[[SDU]]) {eps = 1.000000e-05 : f64, fp8_formats = ["e4m3", "e5m2", "e5m2"], fp8_margin = 1 : i64}
+// CHECK: %[[DK:[a-z0-9_]+]], %[[DV:[a-z0-9_]+]] = llama.swiglu_grad
+// CHECK-DAG: %[[DKQ:[a-z0-9_]+]], %[[ADK:[a-z0-9_]+]] = llama.fp8_quantize %[[DK]] scale(%[[SDK]]) {format = "e5m2", margin = 1 : i64}
+// CHECK-DAG: %[[DVQ:[a-z0-9_]+]], %{{.*}} = llama.fp8_quantize %[[DV]] scale(%[[SDV]]) {format = "e5m2", margin = 1 : i64}
+// CHECK: llama.norm_matmul_grad(%[[DKQ]], %[[DVQ]]), %arg0, %arg1, %[[WKV]] scale(%[[SX]]) {eps = 1.000000e-05 : f64, fp8_formats = ["e4m3"], fp8_margin = 1 : i64}
+// Each state is updated from the amax of the forward op that measured it.
+// CHECK: llama.fp8_scale_update %{{.*}}, %[[AKV]]#0, %[[SK]] {{.*}}format = "e4m3"
+// CHECK-NEXT: llama.fp8_scale_update %{{.*}}, %[[AKV]]#1, %[[SV]]
+// CHECK-NEXT: llama.fp8_scale_update %[[HX]], %[[AX]], %[[SX]]
+// CHECK-NEXT: llama.fp8_scale_update %{{.*}}, %[[AGU]]#0, %[[SG]]
+// CHECK-NEXT: llama.fp8_scale_update %{{.*}}, %[[AGU]]#1, %[[SU]]
+// CHECK-NEXT: llama.fp8_scale_update %{{.*}}, %[[AM]], %[[SM]]
+// CHECK: llama.fp8_scale_update %{{.*}}, %[[AMG]]#1, %[[SDG]] {{.*}}format = "e5m2"
+// CHECK-NEXT: llama.fp8_scale_update %{{.*}}, %[[AMG]]#2, %[[SDU]] {{.*}}format = "e5m2"
+// CHECK-NEXT: llama.fp8_scale_update %{{.*}}, %[[ADK]], %[[SDK]] {{.*}}format = "e5m2"
+
+// Current scaling: the same quantization points, no state.
+// CURRENT-LABEL: func.func @fused_layer
+// CURRENT-NOT: llama.fp8_amax_history
+// CURRENT: llama.fp8_quantize %arg4 {format = "e4m3", row_blocks = array<i64: 6, 6>} : (tensor<12x8xf32>) -> (tensor<12x8xf32>, tensor<f32>, tensor<f32>)
+// CURRENT: llama.norm_matmul %arg0, %arg1, %{{.*}} {eps = 1.000000e-05 : f64, fp8_formats = ["e4m3"]} : (tensor<4x8xf32>, tensor<8xf32>, tensor<16x8xf32>) -> (tensor<4x8xf32>, tensor<4x8xf32>) amax tensor<f32>
+// CURRENT: llama.gated_mlp_grad %{{.*}} norm(%arg3) {eps = 1.000000e-05 : f64, fp8_formats = ["e4m3", "e5m2", "e5m2"]} : (tensor<4x6xf32>, tensor<4x8xf32>, tensor<4x12xf32>, tensor<12x8xf32>, tensor<8xf32>) -> (tensor<4x8xf32>, tensor<12x8xf32>, tensor<8xf32>) amax tensor<f32>, tensor<f32>, tensor<f32>
+// CURRENT-NOT: llama.fp8_scale_update
+// CURRENT: return
+func.func @fused_layer(%x: tensor<4x8xf32>,
+    %ln1: tensor<8xf32> {llama.param = "model.layers.0.input_layernorm.weight"},
+    %wkv: tensor<16x8xf32> {llama.param = "model.layers.0.self_attn.kv_proj.weight", llama.param_parts = ["model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight"]},
+    %ln2: tensor<8xf32> {llama.param = "model.layers.0.post_attention_layernorm.weight"},
+    %wgu: tensor<12x8xf32> {llama.param = "model.layers.0.mlp.gate_up_proj.weight", llama.param_parts = ["model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"]},
+    %wd: tensor<8x6xf32> {llama.param = "model.layers.0.mlp.down_proj.weight"},
+    %lnf: tensor<8xf32> {llama.param = "model.norm.weight"},
+    %head: tensor<16x8xf32> {llama.param = "lm_head.weight"},
+    %labels: tensor<4xi32> {llama.input = "labels"}) -> tensor<f32> {
+  %k, %v = llama.norm_matmul %x, %ln1, %wkv {eps = 1.0e-5 : f64} : (tensor<4x8xf32>, tensor<8xf32>, tensor<16x8xf32>) -> (tensor<4x8xf32>, tensor<4x8xf32>)
+  %kv = llama.swiglu %k, %v : (tensor<4x8xf32>, tensor<4x8xf32>) -> tensor<4x8xf32>
+  %h, %gu = llama.gated_mlp %kv, %wgu norm(%ln2) {eps = 1.0e-5 : f64} : (tensor<4x8xf32>, tensor<12x8xf32>, tensor<8xf32>) -> (tensor<4x6xf32>, tensor<4x12xf32>)
+  %o = llama.matmul %h, %wd {transpose_rhs = true} : (tensor<4x6xf32>, tensor<8x6xf32>) -> tensor<4x8xf32>
+  %logits = llama.norm_matmul %o, %lnf, %head {eps = 1.0e-5 : f64} : (tensor<4x8xf32>, tensor<8xf32>, tensor<16x8xf32>) -> tensor<4x16xf32>
+  %loss = llama.cross_entropy %logits, %labels {seq_len = 4 : i64} : (tensor<4x16xf32>, tensor<4xi32>) -> tensor<f32>
+  return %loss : tensor<f32>
+}
+
+// -----
+
+// Negative: a fused weight whose llama.param_parts do not name one tensor
+// per output (here none) is quantized as one tensor, with one scale; a
+// gated_mlp without a norm quantizes its input inside all the same.
+// The gate/up halves and the q and k gradients are named after the one
+// weight.
+// CHECK-LABEL: func.func @unnamed_parts
+// CHECK-SAME: {llama.fp8_scale = "model.layers.0.self_attn.qk.weight"}
+// CHECK-SAME: {llama.fp8_scale = "model.layers.0.self_attn.qk.input"}
+// CHECK-SAME: {llama.fp8_scale = "model.layers.0.mlp.gu.weight"}
+// CHECK-SAME: {llama.fp8_scale = "model.layers.0.mlp.gu.input"}
+// CHECK-SAME: {llama.fp8_scale = "model.layers.0.mlp.gu.grad_output"}
+// CHECK-SAME: {llama.fp8_scale = "model.layers.0.mlp.gu.grad_output.1"}
+// CHECK-SAME: {llama.fp8_scale = "model.layers.0.self_attn.qk.grad_output"}
+// CHECK-SAME: {llama.fp8_scale = "model.layers.0.self_attn.qk.grad_output.1"}
+// CHECK-NOT: row_blocks
+// CHECK: llama.norm_matmul {{.*}} scale(
+// CHECK: llama.gated_mlp %{{.*}}, %{{.*}} scale(%{{.*}}) {fp8_formats = ["e4m3"], fp8_margin = 1 : i64}
+// CHECK-COUNT-2: {format = "e5m2", margin = 1 : i64} : (tensor<4x4xf32>
+// CHECK: llama.norm_matmul_grad
+func.func @unnamed_parts(%x: tensor<4x8xf32>,
+    %ln: tensor<8xf32> {llama.param = "model.layers.0.input_layernorm.weight"},
+    %wqk: tensor<8x8xf32> {llama.param = "model.layers.0.self_attn.qk.weight"},
+    %wgu: tensor<12x4xf32> {llama.param = "model.layers.0.mlp.gu.weight"},
+    %head: tensor<16x6xf32> {llama.param = "lm_head.weight"},
+    %labels: tensor<4xi32> {llama.input = "labels"}) -> tensor<f32> {
+  %q, %k = llama.norm_matmul %x, %ln, %wqk {eps = 1.0e-5 : f64} : (tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>) -> (tensor<4x4xf32>, tensor<4x4xf32>)
+  %qk = llama.swiglu %q, %k : (tensor<4x4xf32>, tensor<4x4xf32>) -> tensor<4x4xf32>
+  %h, %gu = llama.gated_mlp %qk, %wgu : (tensor<4x4xf32>, tensor<12x4xf32>) -> (tensor<4x6xf32>, tensor<4x12xf32>)
+  %logits = llama.matmul %h, %head {transpose_rhs = true} : (tensor<4x6xf32>, tensor<16x6xf32>) -> tensor<4x16xf32>
+  %loss = llama.cross_entropy %logits, %labels {seq_len = 4 : i64} : (tensor<4x16xf32>, tensor<4xi32>) -> tensor<f32>
   return %loss : tensor<f32>
 }

@@ -6,8 +6,8 @@
 //      batches are padded to their longest row);
 //   2. read the data; a RowSampler hands out rows in file or shuffled order;
 //   3. load the weights (or initialize them as Hugging Face does) and zero
-//      the AdamW moments -- or take both, and the step and data position,
-//      from the checkpoint --resume names;
+//      the AdamW moments -- or take both, the FP8 scaling state, and the
+//      step and data position, from the checkpoint --resume names;
 //   4. per optimizer step: --grad-accum micro-batches through
 //      forward_backward, their gradients weighted by each one's share of the
 //      counted tokens (the Hugging Face Trainer's num_items_in_batch);
@@ -545,6 +545,82 @@ llvm::Expected<double> runOptimizerStep(mlir::func::FuncOp func,
   return norm;
 }
 
+//===----------------------------------------------------------------------===//
+// FP8 delayed-scaling state in checkpoints (fp8_state.safetensors)
+//===----------------------------------------------------------------------===//
+
+constexpr llvm::StringLiteral kHistoryPrefix = "amax_history.",
+                              kScalePrefix = "scale.";
+
+/// The FP8 state as checkpoint tensors (F32, exact: the interpreter keeps
+/// histories and scales in f32), by id.
+std::vector<HostTensor> fp8StateTensors(const ModelState &state) {
+  std::vector<HostTensor> tensors;
+  for (auto [prefix, held] : {std::pair{kHistoryPrefix, &state.fp8AmaxHistory},
+                              std::pair{kScalePrefix, &state.fp8Scale}}) {
+    std::vector<std::string> ids;
+    for (const auto &entry : *held)
+      ids.push_back(entry.first().str());
+    llvm::sort(ids);
+    for (const std::string &id : ids) {
+      const Tensor &value = held->find(id)->second;
+      tensors.push_back(HostTensor::fromDouble((prefix + id).str(), DType::F32,
+                                               value.shape, value.data));
+    }
+  }
+  return tensors;
+}
+
+/// Reads the FP8 state that @forward_backward `step` takes from checkpoint
+/// directory `dir` into `state` (nothing for current scaling, which has
+/// none).
+llvm::Error loadFP8State(const std::string &dir, mlir::func::FuncOp step,
+                         ModelState &state) {
+  llvm::SmallString<256> path(dir);
+  llvm::sys::path::append(path, kFP8StateFile);
+  std::optional<SafetensorsFile> file;
+  for (unsigned i = 0; i < step.getNumArguments(); ++i) {
+    llvm::Expected<Slot> slot = classify(step.getArgAttrDict(i));
+    if (!slot)
+      return slot.takeError();
+    bool isHistory = slot->kind == Slot::FP8AmaxHistory;
+    if (!isHistory && slot->kind != Slot::FP8Scale)
+      continue;
+    if (!file) {
+      if (!llvm::sys::fs::exists(path))
+        return llvm::createStringError(
+            llvm::formatv("{0}: missing: a --precision fp8 run with delayed "
+                          "scaling resumes its FP8 amax histories and "
+                          "scales from it",
+                          path.str()));
+      Result<SafetensorsFile> opened = SafetensorsFile::open(path.str().str());
+      if (!opened)
+        return llvm::createStringError(opened.error().message);
+      file = std::move(*opened);
+    }
+    auto type =
+        mlir::cast<mlir::RankedTensorType>(step.getArgument(i).getType());
+    std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
+    std::string name =
+        ((isHistory ? kHistoryPrefix : kScalePrefix) + slot->name).str();
+    const TensorInfo *info = file->find(name);
+    if (!info)
+      return llvm::createStringError(llvm::formatv(
+          "{0}: missing FP8 state for this run: '{1}'", path.str(), name));
+    if (info->shape != shape)
+      return llvm::createStringError(llvm::formatv(
+          "{0}: '{1}' has shape {2}, this run needs {3}{4}", path.str(), name,
+          shapeString(info->shape), shapeString(shape),
+          isHistory ? " (--fp8-amax-history)" : ""));
+    Result<HostTensor> tensor = file->read(name);
+    if (!tensor)
+      return llvm::createStringError(tensor.error().message);
+    (isHistory ? state.fp8AmaxHistory : state.fp8Scale)[slot->name] =
+        Tensor{shape, tensor->toDouble()};
+  }
+  return llvm::Error::success();
+}
+
 /// Adds `weight * grads` into `sum` (which starts empty).
 void accumulate(llvm::StringMap<Tensor> &sum, llvm::StringMap<Tensor> &grads,
                 double weight) {
@@ -610,10 +686,6 @@ int llamac::runTrain(const TrainOptions &options) {
   if (options.fp8.enabled && options.device != "cpu")
     return reportError("--precision fp8: runs on the CPU backend only so far "
                        "(--device cpu)");
-  if (options.fp8.enabled && !options.resumePath.empty())
-    return reportError("--resume: checkpoints do not hold the FP8 amax "
-                       "histories and scales yet; --precision fp8 cannot "
-                       "resume");
   if (options.device == "cuda")
     return runTrainOnCuda(options);
   if (options.device != "cpu")
@@ -719,6 +791,8 @@ int llamac::runTrain(const TrainOptions &options) {
   } else {
     state.expAvg = packParams(layout, hfExpAvg);
     state.expAvgSq = packParams(layout, hfExpAvgSq);
+    if (llvm::Error error = loadFP8State(resumedFrom, *fullLength, state))
+      return reportError(llvm::toString(std::move(error)));
   }
   RowSampler sampler(int64_t(rows.size()), options.shuffle, options.seed,
                      run.dataPosition);
@@ -736,6 +810,7 @@ int llamac::runTrain(const TrainOptions &options) {
     for (HostTensor &tensor :
          unpackParams(layout, state.expAvgSq, specs, dtype, "exp_avg_sq."))
       contents.optimizer.push_back(std::move(tensor));
+    contents.fp8State = fp8StateTensors(state);
     Result<std::string> path =
         writeTrainingCheckpoint(options.savePath, run, contents);
     if (!path)

@@ -134,18 +134,19 @@ mlir::llama::analyzeTrainStep(ModuleOp module,
   TrainStepPipelineOptions rest = options;
   rest.fuseGatedMLP = rest.fuseNormLinear = rest.fuseRopeAttention = false;
 
-  // The whole step, on a copy: whatever the optimizer adds beside the
-  // backward is the optimizer's.
-  StageCounts total;
-  if (options.optimizer) {
-    OwningOpRef<ModuleOp> whole = module.clone();
-    if (failed(runPipeline(*whole, rest)))
-      return failure();
-    total = countAll(*whole);
-  }
+  // The whole step, on a copy: the FP8 ops are FP8's, and whatever else the
+  // optimizer adds beside the backward is the optimizer's.
+  OwningOpRef<ModuleOp> whole = module.clone();
+  if (failed(runPipeline(*whole, rest)))
+    return failure();
+  StageCounts total = countAll(*whole);
+  whole->walk([&](Operation *op) {
+    if (isa<FP8QuantizeOp, FP8ScaleUpdateOp>(op))
+      add(stats.fp8, op);
+  });
 
   // The backward: what autodiff adds, and the forward values it reads.
-  rest.optimizer = false;
+  rest.optimizer = rest.fp8 = false;
   if (failed(runPipeline(module, rest)))
     return failure();
   llvm::SetVector<Value> saved;
@@ -164,12 +165,10 @@ mlir::llama::analyzeTrainStep(ModuleOp module,
     os << cast<ShapedType>(value.getType()).getElementType();
     stats.savedActivationBytes[type] += bytesOf(value);
   }
-  if (options.optimizer) {
-    stats.optimizer.gemms =
-        total.gemms - stats.forward.gemms - stats.backward.gemms;
-    stats.optimizer.otherOps =
-        total.otherOps - stats.forward.otherOps - stats.backward.otherOps;
-  }
+  stats.optimizer.gemms = total.gemms - stats.forward.gemms -
+                          stats.backward.gemms - stats.fp8.gemms;
+  stats.optimizer.otherOps = total.otherOps - stats.forward.otherOps -
+                             stats.backward.otherOps - stats.fp8.otherOps;
   return stats;
 }
 
@@ -304,13 +303,17 @@ void mlir::llama::printFusionReport(llvm::raw_ostream &os,
                         b.gemms, a.otherOps, b.otherOps);
   };
   auto sum = [](const StepStatistics &s) {
-    return StageCounts{s.forward.gemms + s.backward.gemms + s.optimizer.gemms,
+    return StageCounts{s.forward.gemms + s.backward.gemms + s.optimizer.gemms +
+                           s.fp8.gemms,
                        s.forward.otherOps + s.backward.otherOps +
-                           s.optimizer.otherOps};
+                           s.optimizer.otherOps + s.fp8.otherOps};
   };
+  bool fp8 = unfused.fp8.otherOps || fused.fp8.otherOps;
   row("forward", unfused.forward, fused.forward);
   row("backward", unfused.backward, fused.backward);
   row("optimizer", unfused.optimizer, fused.optimizer);
+  if (fp8)
+    row("fp8 casts, scaling", unfused.fp8, fused.fp8);
   row("whole step", sum(unfused), sum(fused));
   os << "  (a GEMM is a llama.matmul or one inside a fused op: norm_matmul "
         "and gated_mlp\n"
@@ -318,6 +321,13 @@ void mlir::llama::printFusionReport(llvm::raw_ostream &os,
         "part of its\n"
      << "  GEMM's kernel and not counted as an op; attention is one non-GEMM "
         "op)\n";
+  if (fp8)
+    os << "  (fp8: one llama.fp8_quantize per quantized tensor outside a "
+          "fused op, a fused\n"
+       << "  weight's blocks in one; a fused op quantizes its internal GEMM "
+          "inputs itself;\n"
+       << "  one llama.fp8_scale_update per tensor with delayed-scaling "
+          "state)\n";
 
   // Saved activations.
   os << "\nActivations saved for the backward (forward values that backward "

@@ -15,9 +15,9 @@ void mlir::llama::buildTrainStepPipeline(
   // Fusions first, on the forward function: each fused op's VJP then emits
   // the fused backward. Gated-MLP before norm-linear, which moves the
   // post-attention norm into the gated_mlp.
-  if (options.fuseGatedMLP && !options.fp8)
+  if (options.fuseGatedMLP)
     funcPm.addPass(createLlamaFuseGatedMLPPass());
-  if (options.fuseNormLinear && !options.fp8)
+  if (options.fuseNormLinear)
     funcPm.addPass(createLlamaFuseNormLinearPass());
   if (options.fuseRopeAttention)
     funcPm.addPass(createLlamaFuseRopeAttentionPass());

@@ -57,8 +57,10 @@ struct LlamaFuseGatedMLPPass
         resultType.getElementType());
     OpBuilder builder(swiglu);
     auto fused = GatedMLPOp::create(
-        builder, fusion::fusedLocation({gate, up, swiglu}),
-        TypeRange{resultType, gateUpType}, ValueRange{gate.getLhs(), weight});
+        builder, fusion::fusedLocation({gate, up, swiglu}), resultType,
+        gateUpType, /*fp8_amaxes=*/TypeRange(), gate.getLhs(), weight,
+        /*norm_weight=*/Value(), /*fp8_scales=*/ValueRange(), /*eps=*/nullptr,
+        /*fp8_formats=*/nullptr, /*fp8_margin=*/nullptr);
     swiglu.getResult().replaceAllUsesWith(fused.getResult());
     swiglu.erase();
     gate.erase();

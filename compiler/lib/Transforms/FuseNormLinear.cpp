@@ -53,9 +53,10 @@ struct LlamaFuseNormLinearPass
       return false;
     OpBuilder builder(mlp);
     auto fused = GatedMLPOp::create(
-        builder, fusion::fusedLocation({norm, mlp}), mlp->getResultTypes(),
-        ValueRange{norm.getInput(), mlp.getWeight(), norm.getWeight()});
-    fused.setEpsAttr(norm.getEpsAttr());
+        builder, fusion::fusedLocation({norm, mlp}), mlp.getResult().getType(),
+        mlp.getGateUp().getType(), /*fp8_amaxes=*/TypeRange(), norm.getInput(),
+        mlp.getWeight(), norm.getWeight(), /*fp8_scales=*/ValueRange(),
+        norm.getEpsAttr(), /*fp8_formats=*/nullptr, /*fp8_margin=*/nullptr);
     mlp->replaceAllUsesWith(fused->getResults());
     mlp.erase();
     norm.erase();
@@ -104,8 +105,9 @@ struct LlamaFuseNormLinearPass
     OpBuilder builder(norm);
     auto fused = NormMatmulOp::create(
         builder, fusion::fusedLocation(replaced), types,
-        ValueRange{norm.getInput(), norm.getWeight(), weight});
-    fused.setEpsAttr(norm.getEpsAttr());
+        /*fp8_amaxes=*/TypeRange(), norm.getInput(), norm.getWeight(), weight,
+        /*fp8_scales=*/ValueRange(), norm.getEpsAttr(), /*fp8_formats=*/nullptr,
+        /*fp8_margin=*/nullptr);
     for (auto [projection, result] :
          llvm::zip_equal(projections, fused.getOutputs())) {
       projection.getResult().replaceAllUsesWith(result);

@@ -64,6 +64,22 @@ static LogicalResult expectPositive(Operation *op, StringRef name,
   return success();
 }
 
+static LogicalResult verifyFP8Format(Operation *op, StringRef format) {
+  if (format == "e4m3" || format == "e5m2")
+    return success();
+  return op->emitOpError() << "format must be \"e4m3\" or \"e5m2\", got \""
+                           << format << "\"";
+}
+
+static LogicalResult expectF32Scalar(Operation *op, Value value,
+                                     StringRef name) {
+  auto type = tensorType(value);
+  if (type.getRank() == 0 && type.getElementType().isF32())
+    return success();
+  return op->emitOpError() << name << " must be tensor<f32>, got "
+                           << value.getType();
+}
+
 /// Token rows come in whole sequences: T must be a multiple of seq_len.
 static LogicalResult expectWholeSequences(Operation *op, int64_t rows,
                                           int64_t seqLen) {
@@ -505,30 +521,86 @@ static LogicalResult verifyNormAndWeight(Operation *op, Value input,
   return success();
 }
 
+/// The FP8 quantization a fused op carries: without `fp8_formats` no
+/// scales and no amaxes; with them, `count` formats, one amax each and one
+/// scale each or none.
+static LogicalResult verifyFusedFP8(Operation *op,
+                                    std::optional<ArrayAttr> formats,
+                                    size_t count, ValueRange scales,
+                                    ValueRange amaxes) {
+  if (!formats) {
+    if (!scales.empty() || !amaxes.empty())
+      return op->emitOpError() << "has FP8 scales or amaxes but no fp8_formats";
+    return success();
+  }
+  if (formats->size() != count)
+    return op->emitOpError() << "fp8_formats must list " << count
+                             << " format(s), got " << formats->size();
+  for (Attribute format : *formats)
+    if (failed(verifyFP8Format(op, cast<StringAttr>(format).getValue())))
+      return failure();
+  if (!scales.empty() && scales.size() != count)
+    return op->emitOpError() << "takes no FP8 scale (current scaling) or "
+                             << count << ", got " << scales.size();
+  if (amaxes.size() != count)
+    return op->emitOpError()
+           << "returns " << count << " FP8 amax(es), got " << amaxes.size();
+  for (Value scale : scales)
+    if (failed(expectF32Scalar(op, scale, "FP8 scale")))
+      return failure();
+  for (Value amax : amaxes)
+    if (failed(expectF32Scalar(op, amax, "FP8 amax")))
+      return failure();
+  return success();
+}
+
+/// The tensors of a fused op (operands and results but its FP8 scales and
+/// amaxes) share one element type.
+static LogicalResult expectSameTensorElementType(Operation *op,
+                                                 ValueRange scales,
+                                                 ValueRange amaxes) {
+  SmallVector<Value> values;
+  for (Value value : op->getOperands())
+    if (!llvm::is_contained(scales, value))
+      values.push_back(value);
+  for (Value value : op->getResults())
+    if (!llvm::is_contained(amaxes, value))
+      values.push_back(value);
+  return expectSameElementType(op, values);
+}
+
 LogicalResult NormMatmulOp::verify() {
   if (failed(verifyNormAndWeight(*this, getInput(), getNormWeight(),
                                  getEps().convertToDouble(), getWeight())) ||
       failed(verifyColumnSlices(*this, getOutputs(), "result",
                                 tensorType(getInput()).getDimSize(0),
-                                getWeight())))
+                                getWeight())) ||
+      failed(verifyFusedFP8(*this, getFp8Formats(), 1, getFp8Scales(),
+                            getFp8Amaxes())))
     return failure();
-  SmallVector<Value> values(getOperands());
-  llvm::append_range(values, getResults());
-  return expectSameElementType(*this, values);
+  return expectSameTensorElementType(*this, getFp8Scales(), getFp8Amaxes());
 }
+
+// The VJPs of the fused ops ignore their FP8 quantization (straight-through,
+// as llama.fp8_quantize's VJP; the scales get no cotangent): llama-insert-fp8
+// runs after llama-autodiff and quantizes the forward and backward ops
+// itself.
 
 SmallVector<Value> NormMatmulOp::buildVJP(OpBuilder &builder,
                                           ValueRange resultCotangents) {
   SmallVector<Value> grads;
-  for (auto [result, cotangent] :
-       llvm::zip_equal(getOutputs(), resultCotangents))
+  for (auto [result, cotangent] : llvm::zip(getOutputs(), resultCotangents))
     grads.push_back(cotangent ? cotangent
                               : zerosLike(builder, getLoc(), result.getType()));
   auto grad = NormMatmulGradOp::create(
       builder, getLoc(), getInput().getType(), getNormWeight().getType(),
-      getWeight().getType(), grads, getInput(), getNormWeight(), getWeight(),
-      getEpsAttr());
-  return {grad.getInputGrad(), grad.getNormWeightGrad(), grad.getWeightGrad()};
+      getWeight().getType(), /*fp8_amaxes=*/TypeRange(), grads, getInput(),
+      getNormWeight(), getWeight(), /*fp8_scales=*/ValueRange(), getEpsAttr(),
+      /*fp8_formats=*/nullptr, /*fp8_margin=*/nullptr);
+  SmallVector<Value> result{grad.getInputGrad(), grad.getNormWeightGrad(),
+                            grad.getWeightGrad()};
+  result.append(getFp8Scales().size(), Value());
+  return result;
 }
 
 LogicalResult NormMatmulGradOp::verify() {
@@ -542,11 +614,11 @@ LogicalResult NormMatmulGradOp::verify() {
       failed(expectShape(*this, getNormWeightGrad(), "norm_weight_grad",
                          tensorType(getNormWeight()).getShape())) ||
       failed(expectShape(*this, getWeightGrad(), "weight_grad",
-                         tensorType(getWeight()).getShape())))
+                         tensorType(getWeight()).getShape())) ||
+      failed(verifyFusedFP8(*this, getFp8Formats(), 1, getFp8Scales(),
+                            getFp8Amaxes())))
     return failure();
-  SmallVector<Value> values(getOperands());
-  llvm::append_range(values, getResults());
-  return expectSameElementType(*this, values);
+  return expectSameTensorElementType(*this, getFp8Scales(), getFp8Amaxes());
 }
 
 /// Shapes shared by gated_mlp and gated_mlp_grad: input [T, H], weight
@@ -579,15 +651,15 @@ LogicalResult GatedMLPOp::verify() {
                                     getNormWeight(), optionalEps(getEps()),
                                     getGateUp(), width)) ||
       failed(expectShape(*this, getResult(), "result",
-                         {tensorType(getInput()).getDimSize(0), width})))
+                         {tensorType(getInput()).getDimSize(0), width})) ||
+      failed(verifyFusedFP8(*this, getFp8Formats(), 1, getFp8Scales(),
+                            getFp8Amaxes())))
     return failure();
   for (OpOperand &use : getGateUp().getUses())
     if (!isa<GatedMLPGradOp>(use.getOwner()) || use.getOperandNumber() != 2)
       return emitOpError() << "gate_up is saved for llama.gated_mlp_grad and "
                               "must have no other user";
-  SmallVector<Value> values(getOperands());
-  llvm::append_range(values, getResults());
-  return expectSameElementType(*this, values);
+  return expectSameTensorElementType(*this, getFp8Scales(), getFp8Amaxes());
 }
 
 SmallVector<Value> GatedMLPOp::buildVJP(OpBuilder &builder,
@@ -597,18 +669,16 @@ SmallVector<Value> GatedMLPOp::buildVJP(OpBuilder &builder,
   Value grad = resultCotangents[0]
                    ? resultCotangents[0]
                    : zerosLike(builder, getLoc(), getResult().getType());
-  SmallVector<Type> types{getInput().getType(), getWeight().getType()};
-  SmallVector<Value> operands{grad, getInput(), getGateUp(), getWeight()};
-  if (Value norm = getNormWeight()) {
-    types.push_back(norm.getType());
-    operands.push_back(norm);
-  }
-  auto grads = GatedMLPGradOp::create(builder, getLoc(), types, operands);
-  if (getEps())
-    grads.setEpsAttr(getEpsAttr());
+  Value norm = getNormWeight();
+  auto grads = GatedMLPGradOp::create(
+      builder, getLoc(), getInput().getType(), getWeight().getType(),
+      norm ? norm.getType() : Type(), /*fp8_amaxes=*/TypeRange(), grad,
+      getInput(), getGateUp(), getWeight(), norm, /*fp8_scales=*/ValueRange(),
+      getEpsAttr(), /*fp8_formats=*/nullptr, /*fp8_margin=*/nullptr);
   SmallVector<Value> result{grads.getInputGrad(), grads.getWeightGrad()};
-  if (getNormWeight())
+  if (norm)
     result.push_back(grads.getNormWeightGrad());
+  result.append(getFp8Scales().size(), Value());
   return result;
 }
 
@@ -631,9 +701,10 @@ LogicalResult GatedMLPGradOp::verify() {
       failed(expectShape(*this, getNormWeightGrad(), "norm_weight_grad",
                          tensorType(getNormWeight()).getShape())))
     return failure();
-  SmallVector<Value> values(getOperands());
-  llvm::append_range(values, getResults());
-  return expectSameElementType(*this, values);
+  if (failed(verifyFusedFP8(*this, getFp8Formats(), 3, getFp8Scales(),
+                            getFp8Amaxes())))
+    return failure();
+  return expectSameTensorElementType(*this, getFp8Scales(), getFp8Amaxes());
 }
 
 SmallVector<double> RopeAttentionOp::getFrequencies() {
@@ -682,40 +753,49 @@ LogicalResult RopeAttentionGradOp::verify() {
 // FP8
 //===----------------------------------------------------------------------===//
 
-static LogicalResult verifyFP8Format(Operation *op, StringRef format) {
-  if (format == "e4m3" || format == "e5m2")
-    return success();
-  return op->emitOpError() << "format must be \"e4m3\" or \"e5m2\", got \""
-                           << format << "\"";
-}
-
-static LogicalResult expectF32Scalar(Operation *op, Value value,
-                                     StringRef name) {
-  auto type = tensorType(value);
-  if (type.getRank() == 0 && type.getElementType().isF32())
-    return success();
-  return op->emitOpError() << name << " must be tensor<f32>, got "
-                           << value.getType();
+SmallVector<int64_t> FP8QuantizeOp::getBlockRows() {
+  if (std::optional<ArrayRef<int64_t>> blocks = getRowBlocks())
+    return SmallVector<int64_t>(*blocks);
+  RankedTensorType type = tensorType(getInput());
+  return {type.getRank() ? type.getDimSize(0) : 1};
 }
 
 LogicalResult FP8QuantizeOp::verify() {
   if (failed(verifyFP8Format(*this, getFormat())))
     return failure();
-  if (tensorType(getInput()).getShape() != tensorType(getResult()).getShape())
+  RankedTensorType input = tensorType(getInput());
+  if (input.getShape() != tensorType(getResult()).getShape())
     return emitOpError() << "result must have the shape of the input, got "
-                         << getResult().getType() << " for "
-                         << getInput().getType();
-  if (getScale() && failed(expectF32Scalar(*this, getScale(), "scale")))
-    return failure();
-  return expectF32Scalar(*this, getAmax(), "amax");
+                         << getResult().getType() << " for " << input;
+  if (std::optional<ArrayRef<int64_t>> blocks = getRowBlocks()) {
+    if (input.getRank() == 0 || blocks->empty() ||
+        llvm::any_of(*blocks, [](int64_t rows) { return rows <= 0; }) ||
+        llvm::accumulate(*blocks, int64_t(0)) != input.getDimSize(0))
+      return emitOpError() << "row_blocks must be positive row counts that "
+                              "sum to the input's dimension 0";
+  }
+  size_t count = getBlockRows().size();
+  if (!getScales().empty() && getScales().size() != count)
+    return emitOpError() << "takes no scale (current scaling) or one per "
+                            "block ("
+                         << count << "), got " << getScales().size();
+  if (getAmaxes().size() != count)
+    return emitOpError() << "returns one amax per block (" << count << "), got "
+                         << getAmaxes().size();
+  for (Value scale : getScales())
+    if (failed(expectF32Scalar(*this, scale, "scale")))
+      return failure();
+  for (Value amax : getAmaxes())
+    if (failed(expectF32Scalar(*this, amax, "amax")))
+      return failure();
+  return success();
 }
 
 SmallVector<Value> FP8QuantizeOp::buildVJP(OpBuilder &builder,
                                            ValueRange resultCotangents) {
-  // Straight-through: d input = d result; the scale carries no gradient.
+  // Straight-through: d input = d result; the scales carry no gradient.
   SmallVector<Value> grads{resultCotangents[0]};
-  if (getScale())
-    grads.push_back(Value());
+  grads.append(getScales().size(), Value());
   return grads;
 }
 

@@ -3,7 +3,8 @@
 // roundToFP8 against formats decoded here from their bit layouts (E4M3FN:
 // 4 exponent bits, bias 7, no infinities, S.1111.111 is NaN; E5M2: 5
 // exponent bits, bias 15, IEEE-like), llama.fp8_quantize against a manual
-// quantization, and llama.fp8_scale_update over three steps against
+// quantization (a whole tensor, and row blocks with a scale each), and
+// llama.fp8_scale_update over three steps against
 // Transformer Engine's delayed-scaling rule computed here from the amaxes.
 //
 //===----------------------------------------------------------------------===//
@@ -183,6 +184,49 @@ TEST_F(FP8Test, QuantizeIsManualQuantization) {
         sum += xq[r * 8 + k] * wq[c * 8 + k];
       EXPECT_NEAR(out[3].data[r * 6 + c], sum, 1e-6 * (1 + std::fabs(sum)));
     }
+}
+
+TEST_F(FP8Test, RowBlocksAreQuantizedAsTensorsOfTheirOwn) {
+  // A [6, 8] weight in blocks of 4 and 2 rows: delayed (given scales) and
+  // current scaling (each block from its own amax).
+  func::FuncOp f = parseFunc(R"mlir(
+    func.func @f(%w: tensor<6x8xf32>, %s0: tensor<f32>, %s1: tensor<f32>)
+        -> (tensor<6x8xf32>, tensor<f32>, tensor<f32>, tensor<6x8xf32>) {
+      %wq, %a0, %a1 = llama.fp8_quantize %w scale(%s0, %s1) {format = "e4m3", row_blocks = array<i64: 4, 2>} : (tensor<6x8xf32>, tensor<f32>, tensor<f32>) -> (tensor<6x8xf32>, tensor<f32>, tensor<f32>)
+      %wc, %c0, %c1 = llama.fp8_quantize %w {format = "e4m3", row_blocks = array<i64: 4, 2>} : (tensor<6x8xf32>) -> (tensor<6x8xf32>, tensor<f32>, tensor<f32>)
+      return %wq, %a0, %a1, %wc : tensor<6x8xf32>, tensor<f32>, tensor<f32>, tensor<6x8xf32>
+    })mlir");
+  Tensor w = random({6, 8}, -1, 1);
+  for (size_t i = 32; i < 48; ++i)
+    w.data[i] *= 1e-6; // the second block is much smaller
+  std::vector<Tensor> out =
+      run(f, {w, Tensor::scalar(300.0), Tensor::scalar(2e5)});
+  double amax[2] = {0, 0};
+  for (size_t i = 0; i < 48; ++i)
+    amax[i / 32] = std::max(amax[i / 32], std::fabs(double(float(w.data[i]))));
+  EXPECT_EQ(out[1].data[0], double(float(amax[0])));
+  EXPECT_EQ(out[2].data[0], double(float(amax[1])));
+  for (size_t i = 0; i < 48; ++i) {
+    double x = double(float(w.data[i]));
+    double given = i < 32 ? 300.0 : 2e5;
+    EXPECT_EQ(
+        out[0].data[i],
+        double(float(roundToFP8(double(float(x * given)), "e4m3") / given)))
+        << i;
+    double current = double(float(448.0 / double(float(amax[i / 32]))));
+    EXPECT_EQ(
+        out[3].data[i],
+        double(float(roundToFP8(double(float(x * current)), "e4m3") / current)))
+        << i;
+  }
+  // The small block keeps its values, where one scale for the whole weight
+  // would flush them all to zero.
+  double whole = double(float(448.0 / double(float(amax[0]))));
+  for (size_t i = 32; i < 48; ++i) {
+    EXPECT_NE(out[3].data[i], 0) << i;
+    EXPECT_EQ(roundToFP8(double(float(float(w.data[i]) * whole)), "e4m3"), 0)
+        << i;
+  }
 }
 
 TEST_F(FP8Test, DelayedScalingStateAfterThreeSteps) {

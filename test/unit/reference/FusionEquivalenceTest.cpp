@@ -8,6 +8,11 @@
 // forward alone must give the same loss too, and the passes must actually
 // have fused what they should.
 //
+// With FP8 (llama-insert-fp8 after autodiff) the fused and unfused steps
+// quantize the same tensors with the same scales, so they must carry the
+// same state and agree as well, over two steps of delayed scaling and with
+// current scaling (tolerances at the tests).
+//
 //===----------------------------------------------------------------------===//
 
 #include "TestUtils.h"
@@ -71,8 +76,9 @@ protected:
   }
 
   /// Runs the fusions in `fusions` (in the pipeline's order), then autodiff
-  /// if `differentiate`.
-  void runPasses(ModuleOp module, unsigned fusions, bool differentiate) {
+  /// if `differentiate`, then llama-insert-fp8 if `fp8`.
+  void runPasses(ModuleOp module, unsigned fusions, bool differentiate,
+                 const llama::LlamaInsertFP8Options *fp8 = nullptr) {
     PassManager pm(&context);
     OpPassManager &funcPm = pm.nest<func::FuncOp>();
     if (fusions & GatedMLP)
@@ -83,6 +89,8 @@ protected:
       funcPm.addPass(llama::createLlamaFuseRopeAttentionPass());
     if (differentiate)
       funcPm.addPass(llama::createLlamaAutodiffPass());
+    if (fp8)
+      funcPm.addPass(llama::createLlamaInsertFP8Pass(*fp8));
     ASSERT_TRUE(succeeded(pm.run(module)));
   }
 
@@ -128,13 +136,23 @@ protected:
     return parts;
   }
 
-  /// The arguments of `func`: parameters packed from `hf`, then the tokens.
+  /// The arguments of `func`: parameters packed from `hf`, the tokens, and
+  /// FP8 state from `fp8State` (by attribute and id; zero histories and unit
+  /// scales where it has none, as a run starts).
   std::vector<Tensor> arguments(func::FuncOp func) {
     std::vector<Tensor> args;
     for (unsigned i = 0; i < func.getNumArguments(); ++i) {
       if (auto input =
               func.getArgAttrOfType<StringAttr>(i, llama::kInputAttr)) {
         args.push_back(input.getValue() == "input_ids" ? ids : labels);
+        continue;
+      }
+      if (std::optional<std::string> key = stateKey(func.getArgAttrDict(i))) {
+        auto found = fp8State.find(*key);
+        auto type = cast<RankedTensorType>(func.getArgument(i).getType());
+        args.push_back(found != fp8State.end() ? found->second
+                       : type.getRank()        ? Tensor::zeros(type.getShape())
+                                               : Tensor::scalar(1.0));
         continue;
       }
       args.push_back(concatenated(partsOf(func, i), hf));
@@ -150,6 +168,29 @@ protected:
       if (auto name = func.getResultAttrOfType<StringAttr>(i, llama::kGradAttr))
         grads[name.str()] = results[i];
     return grads;
+  }
+
+  /// "history:<id>" or "scale:<id>" for an FP8 state argument or result.
+  static std::optional<std::string> stateKey(DictionaryAttr attrs) {
+    static const std::pair<StringRef, StringRef> kinds[] = {
+        {llama::kFP8AmaxHistoryAttr, "history:"},
+        {llama::kNewFP8AmaxHistoryAttr, "history:"},
+        {llama::kFP8ScaleAttr, "scale:"},
+        {llama::kNewFP8ScaleAttr, "scale:"}};
+    for (auto [attr, prefix] : kinds)
+      if (auto id = attrs ? attrs.getAs<StringAttr>(attr) : nullptr)
+        return (prefix + id.getValue()).str();
+    return std::nullopt;
+  }
+
+  /// The updated FP8 state among a step's results, by key.
+  static std::map<std::string, Tensor>
+  newState(func::FuncOp func, const std::vector<Tensor> &results) {
+    std::map<std::string, Tensor> state;
+    for (unsigned i = 0; i < func.getNumResults(); ++i)
+      if (std::optional<std::string> key = stateKey(func.getResultAttrDict(i)))
+        state[*key] = results[i];
+    return state;
   }
 
   static int64_t count(ModuleOp module, StringRef opName) {
@@ -220,8 +261,63 @@ protected:
     EXPECT_EQ(covered, expectedGrads.size());
   }
 
+  /// Compares one FP8 step with all fusions against the unfused one (with
+  /// delayed scaling for two steps, the second from the unfused run's
+  /// updated state): the loss
+  /// exactly (the forward quantizes and sums as unfused), every gradient
+  /// and the updated FP8 state within `tolerance`. Returns the fused
+  /// step's first loss.
+  double checkFP8(const LlamaConfig &config, Precision precision,
+                  const llama::LlamaInsertFP8Options &fp8, double tolerance) {
+    randomize(config);
+    fp8State.clear();
+    StepShape shape{kBatch, kSeq, precision};
+    OwningOpRef<ModuleOp> reference =
+        buildForwardModule(context, config, shape);
+    OwningOpRef<ModuleOp> fused = buildForwardModule(context, config, shape);
+    runPasses(*reference, 0, true, &fp8);
+    runPasses(*fused, GatedMLP | NormLinear | RopeAttention, true, &fp8);
+    func::FuncOp want = step(*reference), got = step(*fused);
+    // The passes kept the fusions, and every quantized tensor of the
+    // unfused step is quantized in the fused one.
+    EXPECT_EQ(count(*fused, "llama.norm_matmul"), config.numLayers + 1);
+    EXPECT_EQ(count(*fused, "llama.gated_mlp"), config.numLayers);
+    double firstLoss = 0;
+    int steps = fp8.scaling == "delayed" ? 2 : 1;
+    for (int stepIndex = 1; stepIndex <= steps; ++stepIndex) {
+      SCOPED_TRACE("step " + std::to_string(stepIndex));
+      std::vector<Tensor> expected = run(want, arguments(want));
+      std::vector<Tensor> results = run(got, arguments(got));
+      EXPECT_EQ(results[0].data[0], expected[0].data[0]);
+      if (stepIndex == 1)
+        firstLoss = results[0].data[0];
+      std::map<std::string, Tensor> expectedGrads = gradients(want, expected);
+      std::map<std::string, Tensor> grads = gradients(got, results);
+      for (unsigned i = 0; i < got.getNumArguments(); ++i) {
+        auto name = got.getArgAttrOfType<StringAttr>(i, llama::kParamAttr);
+        if (!name)
+          continue;
+        SCOPED_TRACE(name.str());
+        Tensor wantGrad = concatenated(partsOf(got, i), expectedGrads);
+        EXPECT_GT(maxAbs(wantGrad), 1e-8);
+        EXPECT_LE(relativeError(grads[name.str()], wantGrad), tolerance);
+      }
+      std::map<std::string, Tensor> expectedState = newState(want, expected);
+      std::map<std::string, Tensor> state = newState(got, results);
+      EXPECT_EQ(state.size(), expectedState.size());
+      for (auto &[key, value] : expectedState) {
+        SCOPED_TRACE(key);
+        EXPECT_TRUE(state.count(key));
+        EXPECT_LE(relativeError(state[key], value), tolerance);
+      }
+      fp8State = std::move(expectedState);
+    }
+    return firstLoss;
+  }
+
   std::map<std::string, Tensor> hf;
   Tensor ids, labels;
+  std::map<std::string, Tensor> fp8State;
 };
 
 // The fused forward ops round every intermediate the unfused ops round and
@@ -268,6 +364,121 @@ TEST_F(FusionEquivalenceTest, AllFusionsGQALlama3) {
 
 TEST_F(FusionEquivalenceTest, AllFusionsTiedMQA) {
   checkFusions(tiedMqaConfig(), GatedMLP | NormLinear | RopeAttention);
+}
+
+// FP8 with the fusions: the same quantization points, so in f64 the fused
+// step differs from the unfused one only by the order of the sums in the
+// fused dgrad GEMMs (q/k/v and gate/up data gradients summed in one GEMM
+// instead of by adds), about 1e-16 relative, grown by a few layers of
+// backward: 1e-10 as for the unquantized fusions. Those differences reach
+// FP8 casts (of the earlier layers' gradients), which are unaffected unless
+// a value falls within them of a rounding boundary of the f32 product
+// x * scale: about 1e-9 per element, never among these few thousand (a flip
+// would cost 2^-4..2^-3 of an element, far above 1e-10). The forward is
+// bit-identical.
+TEST_F(FusionEquivalenceTest, FP8DelayedScalingFusedEqualsUnfusedInF64) {
+  llama::LlamaInsertFP8Options fp8;
+  fp8.amaxHistory = 4;
+  for (const LlamaConfig &config : {gqaLlama3Config(), tiedMqaConfig()}) {
+    SCOPED_TRACE(config.tieWordEmbeddings ? "tied" : "untied");
+    double fp8Loss = checkFP8(config, Precision::FP64, fp8, 1e-10);
+    // The GEMMs did run in FP8: the loss is not the unquantized one.
+    OwningOpRef<ModuleOp> plain =
+        buildForwardModule(context, config, {kBatch, kSeq, Precision::FP64});
+    EXPECT_NE(run(step(*plain), arguments(step(*plain)))[0].data[0], fp8Loss);
+  }
+}
+
+TEST_F(FusionEquivalenceTest, FP8CurrentScalingFusedEqualsUnfusedInF64) {
+  llama::LlamaInsertFP8Options fp8;
+  fp8.scaling = "current";
+  fp8.margin = 1;
+  checkFP8(gqaLlama3Config(), Precision::FP64, fp8, 1e-10);
+}
+
+// In f32 the unfused step also rounds each projection's data gradient and
+// their sum to f32 (2^-24 relative each) where the fused GEMM sums in one
+// go. Without an FP8 rounding flip that stays below 1e-6 after the
+// backward; a flip needs an element within one f32 ulp of a boundary,
+// about 2^-21 per element (the f32 ulp over the FP8 spacing), and would
+// show as ~1e-2. 1e-5 tells the two apart.
+TEST_F(FusionEquivalenceTest, FP8DelayedScalingFusedEqualsUnfusedInF32) {
+  llama::LlamaInsertFP8Options fp8;
+  fp8.amaxHistory = 4;
+  checkFP8(gqaLlama3Config(), Precision::FP32, fp8, 1e-5);
+}
+
+// The delayed-scaling state a fused step carries, after three steps, against
+// Transformer Engine's rule applied here to amaxes computed directly from the
+// inputs: a block of the fused QKV weight (k_proj), one of the fused gate/up
+// weight (up_proj), and layer 0's normalized input, which exists only inside
+// the fused norm_matmul. The weights are scaled by 1, 3 and 0.5 in the three
+// steps, so that the history's max is not the latest amax. In f64 the fused
+// op normalizes exactly as computed here; amaxes are rounded to f32.
+TEST_F(FusionEquivalenceTest, FP8StateOfFusedStepAfterThreeSteps) {
+  LlamaConfig config = gqaLlama3Config();
+  randomize(config);
+  fp8State.clear();
+  llama::LlamaInsertFP8Options fp8;
+  fp8.amaxHistory = 4;
+  fp8.margin = 1;
+  OwningOpRef<ModuleOp> fused =
+      buildForwardModule(context, config, {kBatch, kSeq, Precision::FP64});
+  runPasses(*fused, GatedMLP | NormLinear | RopeAttention, true, &fp8);
+  func::FuncOp fusedStep = step(*fused);
+
+  auto amaxOf = [](const std::vector<double> &values) {
+    double amax = 0;
+    for (double v : values)
+      amax = std::max(amax, std::fabs(v));
+    return double(float(amax));
+  };
+  // Layer 0's normalized input: rms_norm(embedding rows) in f64.
+  auto normalizedInputAmax = [&] {
+    const Tensor &table = hf["model.embed_tokens.weight"];
+    const Tensor &weight = hf["model.layers.0.input_layernorm.weight"];
+    int64_t width = config.hiddenSize;
+    std::vector<double> normed;
+    for (double id : ids.data) {
+      const double *row = &table.data[int64_t(id) * width];
+      double sumSquares = 0;
+      for (int64_t i = 0; i < width; ++i)
+        sumSquares += row[i] * row[i];
+      double r = 1 / std::sqrt(sumSquares / double(width) + config.rmsNormEps);
+      for (int64_t i = 0; i < width; ++i)
+        normed.push_back(weight.data[i] * (row[i] * r));
+    }
+    return amaxOf(normed);
+  };
+  const std::map<std::string, std::function<double()>> tracked = {
+      {"model.layers.0.self_attn.k_proj.weight",
+       [&] {
+         return amaxOf(hf["model.layers.0.self_attn.k_proj.weight"].data);
+       }},
+      {"model.layers.1.mlp.up_proj.weight",
+       [&] { return amaxOf(hf["model.layers.1.mlp.up_proj.weight"].data); }},
+      {"model.layers.0.self_attn.q_proj.input", normalizedInputAmax}};
+
+  std::map<std::string, Tensor> original = hf;
+  std::map<std::string, std::vector<double>> amaxes;
+  for (double factor : {1.0, 3.0, 0.5}) {
+    for (auto &[name, tensor] : hf)
+      if (!llvm::StringRef(name).ends_with("norm.weight"))
+        for (size_t i = 0; i < tensor.data.size(); ++i)
+          tensor.data[i] = factor * original.at(name).data[i];
+    for (auto &[id, amax] : tracked)
+      amaxes[id].push_back(amax());
+    fp8State = newState(fusedStep, run(fusedStep, arguments(fusedStep)));
+  }
+  for (auto &[id, measured] : amaxes) {
+    SCOPED_TRACE(id);
+    ASSERT_GT(measured[0], 0);
+    // Newest first, the oldest entry still zero.
+    EXPECT_EQ(fp8State["history:" + id].data,
+              (std::vector<double>{measured[2], measured[1], measured[0], 0}));
+    double max = std::max({measured[0], measured[1], measured[2]});
+    EXPECT_EQ(fp8State["scale:" + id].data[0], double(float(448.0 / max / 2)));
+  }
 }
 
 } // namespace

@@ -44,6 +44,10 @@ struct ForwardOpInfo {
 /// What one build of the train step contains.
 struct StepStatistics {
   StageCounts forward, backward, optimizer;
+  /// llama-insert-fp8's casts (llama.fp8_quantize) and delayed-scaling
+  /// updates (llama.fp8_scale_update), forward and backward; the stages
+  /// above count the step without them.
+  StageCounts fp8;
   /// Bytes of values computed in the forward and read by backward ops, by
   /// element type ("f32", "bf16", ...).
   std::map<std::string, int64_t> savedActivationBytes;
@@ -53,7 +57,8 @@ struct StepStatistics {
 
 /// Runs the train-step pipeline `options` describes on `module` (which holds
 /// the forward function the model builder made) stage by stage and gathers
-/// the statistics. Fails if a pass fails.
+/// the statistics (the saved activations before FP8 quantization). Fails if
+/// a pass fails.
 FailureOr<StepStatistics>
 analyzeTrainStep(ModuleOp module, const TrainStepPipelineOptions &options);
 

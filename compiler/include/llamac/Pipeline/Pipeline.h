@@ -21,9 +21,7 @@ struct TrainStepPipelineOptions {
   bool fuseNormLinear = true;
   bool fuseRopeAttention = true;
   /// `--precision fp8`: llama-insert-fp8 after autodiff (FP8 operands for
-  /// every linear layer's GEMMs but lm_head). The norm-linear and gated-MLP
-  /// fusions are then skipped: their GEMM inputs are internal to the fused
-  /// ops, which the pass does not quantize yet.
+  /// every linear layer's GEMMs but lm_head, fused ones included).
   bool fp8 = false;
   /// The pass's options (Transformer Engine's DelayedScaling defaults).
   std::string fp8Scaling = "delayed";

@@ -117,32 +117,43 @@ def LlamaAdamW : Pass<"llama-adamw", "::mlir::ModuleOp"> {
 def LlamaInsertFP8 : Pass<"llama-insert-fp8", "::mlir::func::FuncOp"> {
   let summary = "FP8 operands for the GEMMs of every linear layer";
   let description = [{
-    Runs after `llama-autodiff` (before `llama-adamw`), on a function whose
-    Linear layers are plain `llama.matmul` ops: the forward GEMM
-    `x Wᵀ`, the dgrad `dY W` and the wgrad `dYᵀ x` that its VJP emits. Each
-    operand of each such GEMM is replaced by a `llama.fp8_quantize` of it
-    (the emulated FP8 cast, a fake quant): E4M3 for weights and activations,
-    E5M2 for gradients (Transformer Engine's HYBRID format). A gradient is
-    a value computed from the result of a `llama.cross_entropy_grad`.
-    Each tensor is quantized once, however many GEMMs read it: one cast per
-    weight per step (forward and dgrad share it), one per activation
-    (forward and wgrad share it, as do q/k/v reading one normalized input),
-    one per incoming gradient (dgrad and wgrad share it).
+    Runs after `llama-autodiff` (before `llama-adamw`). Every GEMM of a
+    Linear layer gets FP8 operands: a plain `llama.matmul` (the forward
+    `x Wᵀ`, the dgrad `dY W` and the wgrad `dYᵀ x` that its VJP emits) and
+    the GEMMs inside the fused `llama.norm_matmul`, `llama.gated_mlp` and
+    their backward ops. E4M3 for weights and activations, E5M2 for gradients
+    (Transformer Engine's HYBRID format); a gradient is a value computed
+    from the result of a `llama.cross_entropy_grad`. Each tensor is
+    quantized once, however many GEMMs read it: one cast per weight per step
+    (forward and dgrad share it), one per activation (forward and wgrad
+    share it, as do q/k/v reading one normalized input), one per incoming
+    gradient (dgrad and wgrad share it).
+
+    A tensor that exists in the function is replaced, as a GEMM operand, by
+    a `llama.fp8_quantize` of it (the emulated FP8 cast, a fake quant). A
+    weight that a fusion concatenated (`llama.param_parts`: q/k/v,
+    gate/up) is quantized with one scale per Hugging Face tensor
+    (`row_blocks`), as the unfused weights are. A GEMM operand that exists
+    only inside a fused op is quantized by the op (its `fp8_formats`, with
+    the scales as operands and the amaxes as results): the normalized input
+    of `norm_matmul` / `gated_mlp` (its backward op recomputes it and reuses
+    the forward's scale) and the SwiGLU gradient halves of
+    `gated_mlp_grad` (two tensors, as the unfused gate and up projections'
+    incoming gradients). Fused and unfused steps so quantize the same
+    tensors with the same scales and name their state alike.
 
     Left in the working precision, as TE does: the lm_head GEMMs (the
-    matmul feeding `llama.cross_entropy`, and those reading the logit
-    gradient): the loss is most sensitive to them. The attention products
-    (`q kᵀ`, `P v` and their backward) are inside `llama.attention` /
-    `llama.rope_attention` and never quantized: their inputs feed or come
-    from the softmax. The fused `llama.norm_matmul` / `llama.gated_mlp` keep
-    their GEMM inputs internal, so the pass rejects them: llamac turns the
-    norm-linear and gated-MLP fusions off for `--precision fp8` for now.
+    matmul or norm_matmul feeding `llama.cross_entropy`, and those reading
+    the logit gradient): the loss is most sensitive to them. The attention
+    products (`q kᵀ`, `P v` and their backward) are inside `llama.attention`
+    / `llama.rope_attention` and never quantized: their inputs feed or come
+    from the softmax.
 
     `scaling=delayed` (default; TE's DelayedScaling): every quantized tensor
     gets an amax history (`tensor<Lxf32>`, L = `amax-history`, newest first)
     and a scale (`tensor<f32>`) as new arguments (`llama.fp8_amax_history`,
-    `llama.fp8_scale`, valued by a tensor id: the parameter name, or
-    `<layer>.input` / `<layer>.grad_output`) and their updates as new
+    `llama.fp8_scale`, valued by a tensor id: the Hugging Face weight name,
+    or `<layer>.input` / `<layer>.grad_output`) and their updates as new
     results (`llama.new_fp8_amax_history`, `llama.new_fp8_scale`) computed
     by `llama.fp8_scale_update`: this step's GEMMs use the scale from the
     history before the step; the new scale is `(fp8_max / amax) / 2^margin`

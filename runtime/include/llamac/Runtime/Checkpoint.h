@@ -4,8 +4,15 @@
 //   config.json            the model config (Hugging Face spelling)
 //   model.safetensors      the weights under their Hugging Face names
 //   optimizer.safetensors  AdamW's moments: `exp_avg.<name>`,
-//   `exp_avg_sq.<name>` trainer_state.json     step, data position, schedule,
-//   the settings that
+//                          `exp_avg_sq.<name>`
+//   fp8_state.safetensors  only for `--precision fp8` with delayed scaling:
+//                          per quantized tensor id (`<name>.weight` of a
+//                          Hugging Face weight, `<layer>.input`,
+//                          `<layer>.grad_output`; the same with and without
+//                          the fusions), `amax_history.<id>` (F32 [L],
+//                          newest first) and `scale.<id>` (F32 [], the
+//                          scale the next step uses)
+//   trainer_state.json     step, data position, schedule, the settings that
 //                          must match on resume, llamac version, log history
 // so the first two make it a model Hugging Face loads as is. Each is written
 // into `checkpoint-<step>.tmp-<pid>/`, fsynced, and the directory renamed into
@@ -82,11 +89,16 @@ Status checkResumable(const TrainerState &saved, const TrainerState &current);
 Status compareConfigs(const std::string &savedJson,
                       const std::string &currentJson);
 
-/// The tensors and config of one checkpoint.
+/// The tensors and config of one checkpoint; `fp8State` (written as
+/// fp8_state.safetensors when not empty) holds the FP8 delayed-scaling
+/// state.
 struct CheckpointContents {
   std::string configJson;
-  std::vector<HostTensor> model, optimizer;
+  std::vector<HostTensor> model, optimizer, fp8State;
 };
+
+/// The file of a checkpoint that holds the FP8 delayed-scaling state.
+constexpr const char *kFP8StateFile = "fp8_state.safetensors";
 
 /// Writes `<dir>/checkpoint-<state.globalStep>/` atomically (see above),
 /// replacing an older one of the same step. Returns its path.

@@ -42,9 +42,11 @@ constexpr llvm::StringLiteral kNewExpAvgSqAttr = "llama.new_exp_avg_sq";
 constexpr llvm::StringLiteral kHyperparameterAttr = "llama.hyperparameter";
 
 /// FP8 delayed-scaling state of @forward_backward (llama-insert-fp8), per
-/// quantized tensor, named by a tensor id: the parameter name for a weight,
-/// `<layer>.input` for a GEMM's activation and `<layer>.grad_output` for its
-/// incoming gradient (e.g. `model.layers.0.mlp.down_proj.grad_output`).
+/// quantized tensor, named by a tensor id: the Hugging Face name for a
+/// weight (each part of a fused weight too), `<layer>.input` for a GEMM's
+/// activation and `<layer>.grad_output` for its incoming gradient (e.g.
+/// `model.layers.0.mlp.down_proj.grad_output`); the same ids with and
+/// without the fusions.
 /// Arguments: the amax history (tensor<Lxf32>, newest first) and the scale
 /// (tensor<f32>) this step's GEMMs use; results: both after this step's
 /// update. The driver starts histories at zeros and scales at 1.

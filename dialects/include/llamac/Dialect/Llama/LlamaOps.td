@@ -322,8 +322,16 @@ defvar RopeAttrs = (ins F64Attr:$theta,
 defvar AttentionAttrs = (ins I64Attr:$num_heads, I64Attr:$num_kv_heads,
     I64Attr:$head_dim, I64Attr:$seq_len, F64Attr:$scale);
 
+// FP8 quantization of the GEMM operands that exist only inside a fused op
+// (set by llama-insert-fp8): the FP8 format of each, in the op's order; the
+// margin of current scaling. With the formats come the operands
+// `fp8_scales` (delayed scaling: one per format; current scaling: none) and
+// the results `fp8_amaxes` (one per format).
+defvar FP8Attrs = (ins OptionalAttr<StrArrayAttr>:$fp8_formats,
+    DefaultValuedAttr<I64Attr, "0">:$fp8_margin);
+
 def Llama_NormMatmulOp : Llama_Op<"norm_matmul",
-    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+    [AttrSizedResultSegments, DeclareOpInterfaceMethods<VJPOpInterface>]> {
   let summary = "RMSNorm feeding one GEMM over concatenated Linear weights.";
   let description = [{
     With `xn = rms_norm(input, norm_weight, eps)` (rounded to the element
@@ -337,16 +345,38 @@ def Llama_NormMatmulOp : Llama_Op<"norm_matmul",
     a Linear layer over a parameter, e.g. the input layernorm and q/k/v (one
     QKV GEMM over `self_attn.qkv_proj.weight`), or the final norm and an
     lm_head alone. The VJP emits one `llama.norm_matmul_grad`.
+
+    FP8 (`fp8_formats = [f]`, set by `llama-insert-fp8`): the GEMM reads
+    `xn` quantized as `llama.fp8_quantize` does (format `f`, scale
+    `fp8_scales[0]` or, without it, current scaling with `fp8_margin`), and
+    `fp8_amaxes[0]` is the amax of `xn`. The weight operand is then the
+    result of a `llama.fp8_quantize` with one row block (own scale) per
+    Linear layer. A GPU lowering writes `xn` in FP8 from the norm kernel and
+    runs, per row block `i` of the weight, one FP8 GEMM into the columns of
+    result `i` with the scale pair (input, block `i`).
+    ```
+    %q, %k, %v, %amax = llama.norm_matmul %x, %ln, %wqkv scale(%s)
+        {eps = 1.0e-05 : f64, fp8_formats = ["e4m3"]}
+        : (tensor<64x32xbf16>, tensor<32xbf16>, tensor<64x32xbf16>, tensor<f32>)
+        -> (tensor<64x32xbf16>, tensor<64x16xbf16>, tensor<64x16xbf16>) amax tensor<f32>
+    ```
   }];
-  let arguments = (ins FloatTensor:$input, FloatTensor:$norm_weight,
-                   FloatTensor:$weight, F64Attr:$eps);
-  let results = (outs Variadic<FloatTensor>:$outputs);
-  let assemblyFormat = "$input `,` $norm_weight `,` $weight attr-dict `:` functional-type(operands, results)";
+  let arguments = !con((ins FloatTensor:$input, FloatTensor:$norm_weight,
+                            FloatTensor:$weight,
+                            Variadic<FloatScalar>:$fp8_scales, F64Attr:$eps),
+                       FP8Attrs);
+  let results = (outs Variadic<FloatTensor>:$outputs,
+                 Variadic<FloatScalar>:$fp8_amaxes);
+  let assemblyFormat = [{
+    $input `,` $norm_weight `,` $weight (`scale` `(` $fp8_scales^ `)`)?
+    attr-dict `:` functional-type(operands, $outputs)
+    (`amax` type($fp8_amaxes)^)?
+  }];
   let hasVerifier = 1;
 }
 
 def Llama_GatedMLPOp : Llama_Op<"gated_mlp",
-    [DeclareOpInterfaceMethods<VJPOpInterface>]> {
+    [AttrSizedOperandSegments, DeclareOpInterfaceMethods<VJPOpInterface>]> {
   let summary = "Gate‖up GEMM + SwiGLU, optionally behind an RMSNorm.";
   let description = [{
     With `xn = rms_norm(input, norm_weight, eps)` when `norm_weight` is given
@@ -365,13 +395,24 @@ def Llama_GatedMLPOp : Llama_Op<"gated_mlp",
     `llama-fuse-gated-mlp` builds it from `swiglu(x gate_projᵀ, x up_projᵀ)`;
     `llama-fuse-norm-linear` then moves the post-attention layernorm into it
     (the `norm(...)` operand).
+
+    FP8 (`fp8_formats = [f]`): the GEMM reads `xn` quantized to format `f`
+    (scale `fp8_scales[0]`, or current scaling), `fp8_amaxes[0]` is its
+    amax, and the weight is a `llama.fp8_quantize` result with the gate and
+    up rows as two blocks, as for `llama.norm_matmul`. The SwiGLU output is
+    the down projection's input, quantized by a `llama.fp8_quantize` of its
+    own.
   }];
-  let arguments = (ins FloatTensor:$input, FloatTensor:$weight,
-                   Optional<FloatTensor>:$norm_weight,
-                   OptionalAttr<F64Attr>:$eps);
-  let results = (outs FloatTensor:$result, FloatTensor:$gate_up);
+  let arguments = !con((ins FloatTensor:$input, FloatTensor:$weight,
+                            Optional<FloatTensor>:$norm_weight,
+                            Variadic<FloatScalar>:$fp8_scales,
+                            OptionalAttr<F64Attr>:$eps),
+                       FP8Attrs);
+  let results = (outs FloatTensor:$result, FloatTensor:$gate_up,
+                 Variadic<FloatScalar>:$fp8_amaxes);
   let assemblyFormat = [{
-    $input `,` $weight (`norm` `(` $norm_weight^ `)`)? attr-dict `:`
+    $input `,` $weight (`norm` `(` $norm_weight^ `)`)?
+    (`scale` `(` $fp8_scales^ `)`)? attr-dict `:`
     functional-type(operands, results)
   }];
   let hasVerifier = 1;
@@ -401,7 +442,8 @@ def Llama_RopeAttentionOp : Llama_Op<"rope_attention",
   }];
 }
 
-def Llama_NormMatmulGradOp : Llama_Op<"norm_matmul_grad"> {
+def Llama_NormMatmulGradOp : Llama_Op<"norm_matmul_grad",
+    [AttrSizedOperandSegments]> {
   let summary = "Backward of norm_matmul: one dgrad and one wgrad GEMM.";
   let description = [{
     With `dY = [grads_0 | grads_1 | ...] : [T, N]` (one cotangent per
@@ -414,19 +456,30 @@ def Llama_NormMatmulGradOp : Llama_Op<"norm_matmul_grad"> {
     ```
     The data gradients of the projections are summed inside the dgrad GEMM's
     reduction over N instead of by separate adds.
+
+    FP8 (`fp8_formats = [f]`): the wgrad GEMM reads the recomputed `xn`
+    quantized as in the forward `llama.norm_matmul` (same format and scale,
+    so the same values; `fp8_amaxes[0]` is its amax again). The `grads` and
+    the weight are `llama.fp8_quantize` results (one scale per gradient, one
+    per weight block). The dgrad GEMM's reduction runs over the blocks: a
+    GPU lowering accumulates one FP8 GEMM per block in f32.
   }];
-  let arguments = (ins Variadic<FloatTensor>:$grads, FloatTensor:$input,
-                   FloatTensor:$norm_weight, FloatTensor:$weight, F64Attr:$eps);
+  let arguments = !con((ins Variadic<FloatTensor>:$grads, FloatTensor:$input,
+                            FloatTensor:$norm_weight, FloatTensor:$weight,
+                            Variadic<FloatScalar>:$fp8_scales, F64Attr:$eps),
+                       FP8Attrs);
   let results = (outs FloatTensor:$input_grad, FloatTensor:$norm_weight_grad,
-                 FloatTensor:$weight_grad);
+                 FloatTensor:$weight_grad, Variadic<FloatScalar>:$fp8_amaxes);
   let assemblyFormat = [{
-    `(` $grads `)` `,` $input `,` $norm_weight `,` $weight attr-dict `:`
+    `(` $grads `)` `,` $input `,` $norm_weight `,` $weight
+    (`scale` `(` $fp8_scales^ `)`)? attr-dict `:`
     functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }
 
-def Llama_GatedMLPGradOp : Llama_Op<"gated_mlp_grad"> {
+def Llama_GatedMLPGradOp : Llama_Op<"gated_mlp_grad",
+    [AttrSizedOperandSegments, AttrSizedResultSegments]> {
   let summary = "Backward of gated_mlp: SwiGLU backward, then two GEMMs.";
   let description = [{
     With `gate, up` the halves of the saved `gate_up`, `xn` recomputed as in
@@ -440,16 +493,28 @@ def Llama_GatedMLPGradOp : Llama_Op<"gated_mlp_grad"> {
     input_grad, norm_weight_grad = rms_norm_grad(dxn, input, norm_weight)
     ```
     `norm_weight_grad` is present exactly when `norm_weight` is.
+
+    FP8 (`fp8_formats = [fx, fg, fu]`): the GEMMs read `xn` quantized as in
+    the forward `llama.gated_mlp` (format `fx`), and `dgate` and `dup` each
+    quantized as a tensor of its own (formats `fg`, `fu`), as the unfused
+    gate and up projections' incoming gradients are; `fp8_scales` and
+    `fp8_amaxes` follow the same order. The weight is a `llama.fp8_quantize`
+    result with the gate and up rows as two blocks.
   }];
-  let arguments = (ins FloatTensor:$grad, FloatTensor:$input,
-                   FloatTensor:$gate_up, FloatTensor:$weight,
-                   Optional<FloatTensor>:$norm_weight,
-                   OptionalAttr<F64Attr>:$eps);
+  let arguments = !con((ins FloatTensor:$grad, FloatTensor:$input,
+                            FloatTensor:$gate_up, FloatTensor:$weight,
+                            Optional<FloatTensor>:$norm_weight,
+                            Variadic<FloatScalar>:$fp8_scales,
+                            OptionalAttr<F64Attr>:$eps),
+                       FP8Attrs);
   let results = (outs FloatTensor:$input_grad, FloatTensor:$weight_grad,
-                 Optional<FloatTensor>:$norm_weight_grad);
+                 Optional<FloatTensor>:$norm_weight_grad,
+                 Variadic<FloatScalar>:$fp8_amaxes);
   let assemblyFormat = [{
     $grad `,` $input `,` $gate_up `,` $weight (`norm` `(` $norm_weight^ `)`)?
-    attr-dict `:` functional-type(operands, results)
+    (`scale` `(` $fp8_scales^ `)`)? attr-dict `:` `(` type(operands) `)` `->`
+    `(` type($input_grad) `,` type($weight_grad)
+    (`,` type($norm_weight_grad)^)? `)` (`amax` type($fp8_amaxes)^)?
   }];
   let hasVerifier = 1;
 }
@@ -507,19 +572,36 @@ def Llama_FP8QuantizeOp : Llama_Op<"fp8_quantize",
     `scale = (fp8_max / amax) / 2^margin`, or 1 when amax is 0 or not
     finite.
 
+    `row_blocks = [R_0, R_1, ...]` (summing to the input's dimension 0)
+    splits the rows into consecutive blocks that are quantized as tensors of
+    their own: block `i` has scale `scales[i]` (or its own current scale) and
+    amax `amaxes[i]`. A weight that a fusion concatenated from several
+    Hugging Face tensors (q/k/v, gate/up) keeps one scale per tensor that
+    way, as unfused. Without `row_blocks` the input is one block: one scale
+    (or none) and one amax.
+
     The VJP is the straight-through estimator: the cotangent of `result`
-    passes to `input` unchanged (FP8 training's convention); `scale` and
-    `amax` carry no gradient.
+    passes to `input` unchanged (FP8 training's convention); `scales` and
+    `amaxes` carry no gradient.
     ```
     %xq, %amax = llama.fp8_quantize %x scale(%s) {format = "e4m3"}
         : (tensor<64x32xbf16>, tensor<f32>) -> (tensor<64x32xbf16>, tensor<f32>)
+    %wq, %aq, %ak, %av = llama.fp8_quantize %wqkv scale(%sq, %sk, %sv)
+        {format = "e4m3", row_blocks = array<i64: 32, 16, 16>}
+        : (tensor<64x32xbf16>, tensor<f32>, tensor<f32>, tensor<f32>)
+        -> (tensor<64x32xbf16>, tensor<f32>, tensor<f32>, tensor<f32>)
     ```
   }];
-  let arguments = (ins FloatTensor:$input, Optional<FloatScalar>:$scale,
-                   StrAttr:$format, DefaultValuedAttr<I64Attr, "0">:$margin);
-  let results = (outs FloatTensor:$result, FloatScalar:$amax);
+  let arguments = (ins FloatTensor:$input, Variadic<FloatScalar>:$scales,
+                   StrAttr:$format, DefaultValuedAttr<I64Attr, "0">:$margin,
+                   OptionalAttr<DenseI64ArrayAttr>:$row_blocks);
+  let results = (outs FloatTensor:$result, Variadic<FloatScalar>:$amaxes);
   let assemblyFormat = [{
-    $input (`scale` `(` $scale^ `)`)? attr-dict `:` functional-type(operands, results)
+    $input (`scale` `(` $scales^ `)`)? attr-dict `:` functional-type(operands, results)
+  }];
+  let extraClassDeclaration = [{
+    /// The rows of each block: `row_blocks`, or the whole input's.
+    ::llvm::SmallVector<int64_t> getBlockRows();
   }];
   let hasVerifier = 1;
 }
