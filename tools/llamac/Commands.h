@@ -42,6 +42,9 @@ struct CompileOptions {
   // --no-fuse-rope-attention switch them off).
   bool fuseGatedMLP = true, fuseNormLinear = true, fuseRopeAttention = true;
   FP8Options fp8;
+  /// --emit package: a package that sums gradients over micro-batches, for
+  /// `llamac-run --grad-accum N`.
+  bool accumulateGradients = false;
   std::string outputPath = "-";
 };
 

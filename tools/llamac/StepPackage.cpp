@@ -16,8 +16,10 @@
 using namespace llamac;
 
 static PackageOptions packageOptions(const LlamaConfig &config,
-                                     const StepShape &shape) {
+                                     const StepShape &shape,
+                                     bool accumulateGradients) {
   PackageOptions options;
+  options.accumulateGradients = accumulateGradients;
   options.compiler = "llamac " LLAMAC_VERSION_STRING;
   options.configJson = toHFConfigJson(config);
   options.batch = shape.batch;
@@ -29,7 +31,8 @@ static PackageOptions packageOptions(const LlamaConfig &config,
 
 llvm::Expected<package::Package> llamac::compileStepPackage(
     const LlamaConfig &config, const StepShape &shape,
-    const mlir::llama::TrainStepPipelineOptions &pipeline) {
+    const mlir::llama::TrainStepPipelineOptions &pipeline,
+    bool accumulateGradients) {
   if (shape.precision != Precision::BF16)
     return llvm::createStringError(
         "--precision: the GPU backend runs bf16 steps (use --precision bf16)");
@@ -40,7 +43,8 @@ llvm::Expected<package::Package> llamac::compileStepPackage(
   mlir::llama::buildTrainStepPipeline(pm, pipeline);
   if (mlir::failed(pm.run(*module)))
     return llvm::createStringError("internal: the train-step pipeline failed");
-  return buildPackage(*module, packageOptions(config, shape));
+  return buildPackage(*module,
+                      packageOptions(config, shape, accumulateGradients));
 }
 
 std::string llamac::defaultPackageCache() {
@@ -60,15 +64,17 @@ std::string llamac::defaultPackageCache() {
 llvm::Expected<std::string>
 llamac::cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
                           const mlir::llama::TrainStepPipelineOptions &pipeline,
+                          bool accumulateGradients,
                           const std::string &cacheRoot) {
-  PackageOptions options = packageOptions(config, shape);
+  PackageOptions options = packageOptions(config, shape, accumulateGradients);
   std::string key =
       options.compiler + "\n" + options.configJson + "\n" +
       std::to_string(shape.batch) + "x" + std::to_string(shape.seq) + "\n" +
       precisionName(shape.precision).str() + "\n" + options.ptx.chip +
       options.ptx.features + "\n" + std::to_string(pipeline.fuseGatedMLP) +
       std::to_string(pipeline.fuseNormLinear) +
-      std::to_string(pipeline.fuseRopeAttention);
+      std::to_string(pipeline.fuseRopeAttention) + "\n" +
+      (accumulateGradients ? "accumulate" : "");
   llvm::SHA256 sha;
   sha.update(key);
   std::string hash = llvm::toHex(sha.final(), /*LowerCase=*/true).substr(0, 24);
@@ -77,7 +83,7 @@ llamac::cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
   if (package::readPackage(std::string(dir)).ok())
     return std::string(dir);
   llvm::Expected<package::Package> package =
-      compileStepPackage(config, shape, pipeline);
+      compileStepPackage(config, shape, pipeline, accumulateGradients);
   if (!package)
     return package.takeError();
   if (std::error_code error = llvm::sys::fs::create_directories(dir))

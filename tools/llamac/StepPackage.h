@@ -14,19 +14,22 @@
 namespace llamac {
 
 /// Builds the train step of `config` (forward, fusions, autodiff, optimizer)
-/// and lowers it to a GPU package. The GPU backend runs bf16 steps.
+/// and lowers it to a GPU package, one that sums gradients over
+/// micro-batches when `accumulateGradients` (PackageOptions). The GPU
+/// backend runs bf16 steps.
 llvm::Expected<package::Package>
 compileStepPackage(const LlamaConfig &config, const StepShape &shape,
-                   const mlir::llama::TrainStepPipelineOptions &pipeline);
+                   const mlir::llama::TrainStepPipelineOptions &pipeline,
+                   bool accumulateGradients);
 
 /// The package of that step from the cache under `cacheRoot`, keyed by a
 /// hash of everything that shapes it (config, batch, seq, precision, arch,
-/// passes, llamac version), compiled and stored there on a miss. Returns
-/// its directory.
+/// passes, gradient accumulation, llamac version), compiled and stored there
+/// on a miss. Returns its directory.
 llvm::Expected<std::string>
 cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
                   const mlir::llama::TrainStepPipelineOptions &pipeline,
-                  const std::string &cacheRoot);
+                  bool accumulateGradients, const std::string &cacheRoot);
 
 /// $LLAMAC_CACHE_DIR, else $XDG_CACHE_HOME/llamac, else ~/.cache/llamac.
 std::string defaultPackageCache();

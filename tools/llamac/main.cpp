@@ -97,6 +97,11 @@ static cl::opt<bool>
     noOptimizer("no-optimizer",
                 cl::desc("Stop after autodiff: return the gradients"),
                 cl::sub(compileCommand));
+static cl::opt<bool> accumulateGrads(
+    "accumulate-grads",
+    cl::desc("--emit package: sum gradients over micro-batches (for "
+             "llamac-run --grad-accum N)"),
+    cl::sub(compileCommand));
 static cl::opt<std::string> outputPath("o", cl::desc("Output file"),
                                        cl::init("-"), cl::sub(compileCommand));
 
@@ -275,6 +280,7 @@ static int compileMain() {
   options.fuseGatedMLP = !noFuseGatedMLP;
   options.fuseNormLinear = !noFuseNormLinear;
   options.fuseRopeAttention = !noFuseRopeAttention;
+  options.accumulateGradients = accumulateGrads;
   options.outputPath = outputPath;
   return runCompile(options);
 }
