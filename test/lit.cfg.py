@@ -14,4 +14,4 @@ config.substitutions.append(("%configs", os.path.join(config.llamac_src_root, "t
 
 llvm_config.use_default_substitutions()
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
-llvm_config.add_tool_substitutions(["llamac-opt", "llamac"], [config.llamac_tools_dir])
+llvm_config.add_tool_substitutions(["llamac-opt", "llamac", "llamac-run"], [config.llamac_tools_dir])

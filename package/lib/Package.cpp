@@ -191,6 +191,20 @@ int64_t elementBytes(ElementType type) {
   return 0;
 }
 
+std::array<float, kHyperparameterCount>
+packHyperparameters(const Hyperparameters &values) {
+  std::array<float, kHyperparameterCount> slots{};
+  slots[kLrSlot] = float(values.lr);
+  slots[kBeta1Slot] = float(values.beta1);
+  slots[kBeta2Slot] = float(values.beta2);
+  slots[kEpsSlot] = float(values.eps);
+  slots[kWeightDecaySlot] = float(values.weightDecay);
+  slots[kStepSlot] = float(values.step);
+  slots[kMaxGradNormSlot] = float(values.maxGradNorm);
+  slots[kLossTokensSlot] = float(values.lossTokens);
+  return slots;
+}
+
 const Function *Package::function(const std::string &name) const {
   for (const Function &f : functions)
     if (f.name == name)
@@ -206,6 +220,9 @@ int Package::bufferIndex(const std::string &name) const {
 }
 
 Status validate(const Package &package, const std::string &where) {
+  if (package.accumulatesGradients && !package.function(kZeroGradsFunction))
+    return Error{where + ": accumulates_gradients: no function '" +
+                 std::string(kZeroGradsFunction) + "' to zero them"};
   for (size_t i = 0; i < package.buffers.size(); ++i) {
     const Buffer &b = package.buffers[i];
     std::string field =
@@ -298,6 +315,7 @@ Status writePackage(const std::string &dir, const Package &package) {
                    {"batch", package.batch},
                    {"seq", package.seq},
                    {"precision", package.precision},
+                   {"accumulates_gradients", package.accumulatesGradients},
                    {"arena_bytes", package.arenaBytes},
                    {"buffers", buffers},
                    {"functions", functions}};
@@ -327,6 +345,9 @@ Result<Package> readPackage(const std::string &dir) {
     package.batch = get<int64_t>(manifest, "batch", path);
     package.seq = get<int64_t>(manifest, "seq", path);
     package.precision = get<std::string>(manifest, "precision", path);
+    if (manifest.contains("accumulates_gradients"))
+      package.accumulatesGradients =
+          get<bool>(manifest, "accumulates_gradients", path);
     package.arenaBytes = get<uint64_t>(manifest, "arena_bytes", path);
     const json &buffers = manifest.at("buffers");
     for (size_t i = 0; i < buffers.size(); ++i) {

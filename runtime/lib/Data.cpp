@@ -512,6 +512,43 @@ llamac::loadTrainingRows(const std::string &path, const Tokenizer *tokenizer,
 }
 
 Result<std::vector<TokenRow>>
+llamac::loadRunRows(const std::string &dataPath,
+                    const std::string &tokenizerPath,
+                    const std::string &modelDir, int64_t vocabSize) {
+  if (dataPath.empty())
+    return builtinRows(vocabSize);
+  std::string tokenizerSource = tokenizerPath;
+  std::error_code error;
+  if (tokenizerSource.empty() && !modelDir.empty() &&
+      std::filesystem::is_regular_file(
+          std::filesystem::path(modelDir) / "tokenizer.json", error))
+    tokenizerSource = modelDir;
+  std::optional<Tokenizer> tokenizer;
+  if (!tokenizerSource.empty()) {
+    Result<Tokenizer> loaded = Tokenizer::load(tokenizerSource);
+    if (!loaded)
+      return loaded.error();
+    tokenizer = std::move(*loaded);
+  }
+  return loadTrainingRows(dataPath, tokenizer ? &*tokenizer : nullptr,
+                          vocabSize);
+}
+
+std::vector<TokenRow> llamac::builtinRows(int64_t vocabSize) {
+  std::vector<TokenRow> rows;
+  for (int64_t r = 0; r < 64; ++r) {
+    int64_t length = 24 + (r * 37) % 300, start = (r * 13) % vocabSize;
+    int64_t stride = 1 + r % 4;
+    TokenRow row;
+    for (int64_t i = 0; i < length; ++i)
+      row.inputIds.push_back(int32_t((start + i * stride) % vocabSize));
+    row.labels = row.inputIds;
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+Result<std::vector<TokenRow>>
 llamac::tokenizeRows(const std::string &path, const Tokenizer &tokenizer,
                      bool addSpecialTokens, std::vector<RowKind> *kinds) {
   return guard(path, [&]() -> Result<std::vector<TokenRow>> {

@@ -1,30 +1,45 @@
 //===- GpuTrainer.cpp - The fine-tune loop over a compiled package --------===//
 //
-//   1. load the package and put it on the GPU;
-//   2. upload the weights (Hugging Face tensors concatenated into the fused
-//      parameters the package names) or initialize them, zero the moments;
-//   3. per step: upload a batch, run @forward_backward, read the loss; set the
-//      hyperparameters, run @optimizer_step, read the gradient norm;
-//   4. write step 1's gradients and the final checkpoint under HF names.
+// The CPU loop's steps (tools/llamac/Train.cpp), over a package on the GPU:
+//   1. read the package and check the run against it;
+//   2. read the data; describe the run, and check the checkpoint --resume
+//      names against it (all before the GPU is touched, so that bad input
+//      fails the same way on any machine);
+//   3. put the package on the GPU; upload the weights (Hugging Face tensors
+//      concatenated into the fused parameters the package names; from the
+//      checkpoint, --weights or Hugging Face's random init) and the AdamW
+//      moments (the checkpoint's, or zeros);
+//   4. per optimizer step: write the hyperparameters (with the tokens the
+//      step's loss counts), then per micro-batch upload the rows and run
+//      @forward_backward, which adds the micro-batch's share of the mean-loss
+//      gradient into the gradient region; run @optimizer_step (clipping,
+//      AdamW, and zeroing the gradients of an accumulating package); then
+//      progress, metrics, periodic checkpoints and a clean stop on a signal;
+//   5. the fine-tuned model (--save).
 //
 //===----------------------------------------------------------------------===//
 
 #include "llamac/Runtime/GpuTrainer.h"
 
+#include "llamac/Runtime/Checkpoint.h"
 #include "llamac/Runtime/Data.h"
+#include "llamac/Runtime/DataOrder.h"
 #include "llamac/Runtime/Executor.h"
+#include "llamac/Runtime/FusedParams.h"
+#include "llamac/Runtime/Interrupt.h"
+#include "llamac/Runtime/Progress.h"
 #include "llamac/Runtime/Random.h"
 #include "llamac/Runtime/Safetensors.h"
+
+#include "IOUtil.h"
 
 #include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <future>
-#include <map>
+#include <memory>
 #include <thread>
 
 namespace llamac {
@@ -37,82 +52,45 @@ int report(const std::string &message) {
   return 2;
 }
 
-/// The Hugging Face tensors packed into one parameter buffer, concatenated
-/// along dim 0.
-struct Packed {
-  const package::Buffer *buffer;
-  std::vector<std::vector<int64_t>> partShapes;
-};
-
-std::vector<int64_t> partShape(const package::Buffer &buffer, size_t part) {
-  std::vector<int64_t> shape = buffer.shape;
-  shape[0] = buffer.partRows.empty() ? buffer.shape[0] : buffer.partRows[part];
-  return shape;
+void print(const std::string &text) {
+  std::fputs(text.c_str(), stdout);
+  std::fflush(stdout);
 }
 
 /// HF's _init_weights: normal(0, initializer_range), ones for norms; the
 /// same streams as the CPU backend, so one seed gives the same model.
-std::vector<double> initialValues(const std::string &name,
-                                  const std::vector<int64_t> &shape,
-                                  double range, uint64_t seed) {
-  int64_t count = 1;
-  for (int64_t d : shape)
-    count *= d;
-  std::vector<double> values(count, 1.0);
-  if (name.size() >= 11 &&
-      name.compare(name.size() - 11, 11, "norm.weight") == 0)
+TensorSource initialization(double range, uint64_t seed) {
+  return [range, seed](
+             const std::string &name,
+             const std::vector<int64_t> &shape) -> Result<std::vector<double>> {
+    int64_t count = 1;
+    for (int64_t d : shape)
+      count *= d;
+    std::vector<double> values(size_t(count), 1.0);
+    if (name.size() >= 11 &&
+        name.compare(name.size() - 11, 11, "norm.weight") == 0)
+      return values;
+    Random random(seed, name);
+    for (double &v : values)
+      v = range * random.normal();
     return values;
-  Random random(seed, name);
-  for (double &v : values)
-    v = range * random.normal();
-  return values;
+  };
 }
 
-Status uploadParameters(Executor &executor, const GpuTrainOptions &options,
-                        double initializerRange) {
-  std::unique_ptr<WeightStore> store;
-  if (!options.weightsPath.empty()) {
-    Result<WeightStore> opened = WeightStore::open(options.weightsPath);
-    if (!opened)
-      return opened.error();
-    store = std::make_unique<WeightStore>(std::move(*opened));
-  }
-  // One task per parameter: reading and converting (or drawing) a 7B model
-  // on one thread takes minutes.
-  auto prepare = [&](const package::Buffer &buffer) -> Result<HostTensor> {
-    std::vector<double> values;
-    for (size_t i = 0; i < buffer.parts.size(); ++i) {
-      const std::string &part = buffer.parts[i];
-      std::vector<int64_t> shape = partShape(buffer, i);
-      std::vector<double> partValues;
-      if (store) {
-        const TensorInfo *info = store->find(part);
-        if (!info)
-          return Error{store->path() + ": missing tensor '" + part + "'"};
-        if (info->shape != shape)
-          return Error{store->path() + ": tensor '" + part +
-                       "' does not have the shape the package expects"};
-        Result<HostTensor> tensor = store->read(part);
-        if (!tensor)
-          return tensor.error();
-        partValues = tensor->toDouble();
-      } else {
-        partValues = initialValues(part, shape, initializerRange, options.seed);
-      }
-      values.insert(values.end(), partValues.begin(), partValues.end());
-    }
-    return HostTensor::fromDouble(buffer.name, DType::BF16, buffer.shape,
-                                  values);
-  };
-  std::vector<const package::Buffer *> params;
+/// Fills every buffer of `role` from `source`. One task per buffer: reading
+/// and converting (or drawing) a 7B model on one thread takes minutes.
+Status uploadRole(Executor &executor, const std::string &role,
+                  const TensorSource &source) {
+  std::vector<const package::Buffer *> buffers;
   for (const package::Buffer &buffer : executor.package().buffers)
-    if (buffer.role == "param")
-      params.push_back(&buffer);
+    if (buffer.role == role)
+      buffers.push_back(&buffer);
   size_t workers = std::max(1u, std::thread::hardware_concurrency());
-  for (size_t begin = 0; begin < params.size(); begin += workers) {
+  for (size_t begin = 0; begin < buffers.size(); begin += workers) {
     std::vector<std::future<Result<HostTensor>>> tasks;
-    for (size_t i = begin; i < std::min(params.size(), begin + workers); ++i)
-      tasks.push_back(std::async(std::launch::async, prepare, *params[i]));
+    for (size_t i = begin; i < std::min(buffers.size(), begin + workers); ++i)
+      tasks.push_back(std::async(std::launch::async, gatherFused,
+                                 std::cref(*buffers[i]), std::cref(source)));
     for (auto &task : tasks) {
       Result<HostTensor> host = task.get();
       if (!host)
@@ -123,187 +101,351 @@ Status uploadParameters(Executor &executor, const GpuTrainOptions &options,
         return s;
     }
   }
-  for (const package::Buffer &buffer : executor.package().buffers)
-    if (buffer.role == "exp_avg" || buffer.role == "exp_avg_sq") {
-      std::vector<uint8_t> zeros(buffer.bytes, 0);
-      if (Status s = executor.upload(buffer.name, zeros.data(), zeros.size());
-          !s)
-        return s;
-    }
   return {};
 }
 
-/// The tensors of every buffer with `role`, split back into HF tensors.
-Result<std::vector<HostTensor>>
-downloadAsHF(Executor &executor, const std::string &role, DType dtype) {
-  std::vector<HostTensor> tensors;
-  for (const package::Buffer &buffer : executor.package().buffers) {
-    if (buffer.role != role)
-      continue;
-    HostTensor whole;
-    whole.dtype = DType::BF16;
-    whole.shape = buffer.shape;
-    whole.bytes.resize(buffer.bytes);
-    if (Status s =
-            executor.download(buffer.name, whole.bytes.data(), buffer.bytes);
-        !s)
-      return s.error();
-    std::vector<double> values = whole.toDouble();
-    size_t offset = 0;
-    for (size_t i = 0; i < buffer.parts.size(); ++i) {
-      std::vector<int64_t> shape = partShape(buffer, i);
-      size_t count = 1;
-      for (int64_t d : shape)
-        count *= size_t(d);
-      std::vector<double> part(values.begin() + offset,
-                               values.begin() + offset + count);
-      tensors.push_back(
-          HostTensor::fromDouble(buffer.parts[i], dtype, shape, part));
-      offset += count;
-    }
+/// Parameters and AdamW moments: from the checkpoint being resumed, else
+/// from --weights (or drawn) with zero moments.
+Status uploadState(Executor &executor, const GpuTrainOptions &options,
+                   const std::string &resumedFrom, double initializerRange) {
+  const std::string weights =
+      resumedFrom.empty() ? options.weightsPath : resumedFrom;
+  std::optional<WeightStore> store;
+  if (!weights.empty()) {
+    Result<WeightStore> opened = WeightStore::open(weights);
+    if (!opened)
+      return opened.error();
+    store.emplace(std::move(*opened));
   }
-  return tensors;
-}
-
-Status writeCheckpoint(Executor &executor, const std::string &dir) {
-  Result<std::vector<HostTensor>> weights =
-      downloadAsHF(executor, "param", DType::BF16);
-  if (!weights)
-    return weights.error();
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  if (error)
-    return Error{dir + ": " + error.message()};
-  if (Status s = writeSafetensors(dir + "/model.safetensors", *weights,
-                                  {{"format", "pt"}});
+  if (Status s =
+          uploadRole(executor, "param",
+                     store ? tensorsIn(*store)
+                           : initialization(initializerRange, options.seed));
       !s)
     return s;
-  json config = json::parse(executor.package().configJson, nullptr, false);
-  return writeFileAtomic(dir + "/config.json", config.dump(2) + "\n");
+  if (resumedFrom.empty()) {
+    for (const package::Buffer &buffer : executor.package().buffers)
+      if (buffer.role == "exp_avg" || buffer.role == "exp_avg_sq") {
+        std::vector<uint8_t> zeros(buffer.bytes, 0);
+        if (Status s = executor.upload(buffer.name, zeros.data(), zeros.size());
+            !s)
+          return s;
+      }
+    return {};
+  }
+  Result<SafetensorsFile> optimizer =
+      SafetensorsFile::open(resumedFrom + "/optimizer.safetensors");
+  if (!optimizer)
+    return optimizer.error();
+  if (Status s =
+          uploadRole(executor, "exp_avg", tensorsIn(*optimizer, "exp_avg."));
+      !s)
+    return s;
+  return uploadRole(executor, "exp_avg_sq",
+                    tensorsIn(*optimizer, "exp_avg_sq."));
+}
+
+/// The trainer state of a fresh run with these options, package and data.
+TrainerState describeRun(const GpuTrainOptions &options,
+                         const package::Package &package,
+                         const std::vector<TokenRow> &rows) {
+  TrainerState run;
+  run.maxSteps = options.steps;
+  run.dataPath = options.dataPath.empty() ? "<built-in>" : options.dataPath;
+  run.dataRows = int64_t(rows.size());
+  run.dataFingerprint = fingerprintRows(rows);
+  run.shuffle = options.shuffle;
+  run.seed = options.seed;
+  run.lrSchedule = lrScheduleName(options.schedule.kind);
+  run.learningRate = options.schedule.peak;
+  run.warmupSteps = options.schedule.warmupSteps;
+  run.beta1 = options.beta1;
+  run.beta2 = options.beta2;
+  run.eps = options.eps;
+  run.weightDecay = options.weightDecay;
+  run.maxGradNorm = options.maxGradNorm;
+  run.batch = package.batch;
+  run.seq = package.seq;
+  run.gradAccum = options.gradAccum;
+  run.precision = package.precision;
+  run.padToLongest = options.padToLongest;
+  run.llamacVersion = options.llamacVersion;
+  return run;
+}
+
+/// Fails unless the checkpoint in `dir` continues this run: same model
+/// config and the settings checkResumable compares.
+Status checkCheckpoint(const std::string &dir, const TrainerState &saved,
+                       const TrainerState &run,
+                       const package::Package &package) {
+  Result<std::string> config = io::readWholeFile(dir + "/config.json");
+  if (!config)
+    return config.error();
+  if (Status s = compareConfigs(*config, package.configJson); !s)
+    return Error{dir + ": " + s.error().message};
+  if (Status s = checkResumable(saved, run); !s)
+    return Error{dir + ": " + s.error().message};
+  return {};
 }
 
 } // namespace
 
 int trainOnGpu(const GpuTrainOptions &options) {
-  // 1. The package, on the GPU.
-  Result<package::Package> package = package::readPackage(options.packageDir);
-  if (!package)
-    return report(package.error().message);
-  json config = json::parse(package->configJson, nullptr, false);
-  if (!config.is_object() || !config.contains("vocab_size"))
-    return report(options.packageDir + "/manifest.json: config: no vocab_size");
+  // 1. The package, and what the run asks of it.
+  Result<package::Package> loaded = package::readPackage(options.packageDir);
+  if (!loaded)
+    return report(loaded.error().message);
+  const package::Package &package = *loaded;
+  const std::string manifest = options.packageDir + "/manifest.json";
+  json config = json::parse(package.configJson, nullptr, false);
+  if (!config.is_object() || !config.contains("vocab_size") ||
+      !config["vocab_size"].is_number_integer())
+    return report(manifest + ": config: no vocab_size");
   int64_t vocab = config["vocab_size"].get<int64_t>();
   double initializerRange = config.value("initializer_range", 0.02);
-  int64_t batchSize = package->batch, seq = package->seq;
+  Result<double> flopsPerPosition =
+      trainingFlopsPerPosition(package.configJson, package.seq);
+  if (!flopsPerPosition)
+    return report(manifest + ": " + flopsPerPosition.error().message);
+  if (options.gradAccum > 1 && !package.accumulatesGradients)
+    return report("--grad-accum " + std::to_string(options.gradAccum) + ": " +
+                  options.packageDir +
+                  " does not add gradients over micro-batches (compile it "
+                  "with llamac compile --accumulate-grads)");
+  const int64_t batchSize = package.batch, seq = package.seq;
+
+  // 2. The data, the run, and the checkpoint it continues.
+  Result<std::vector<TokenRow>> read = loadRunRows(
+      options.dataPath, options.tokenizerPath, options.modelDir, vocab);
+  if (!read)
+    return report(read.error().message);
+  const std::vector<TokenRow> &rows = *read;
+  TrainerState run = describeRun(options, package, rows);
+  std::string resumedFrom;
+  if (!options.resumePath.empty()) {
+    Result<std::string> dir = resolveResumePath(options.resumePath);
+    if (!dir)
+      return report("--resume: " + dir.error().message);
+    Result<TrainerState> saved = readTrainerState(*dir);
+    if (!saved)
+      return report(saved.error().message);
+    if (Status s = checkCheckpoint(*dir, *saved, run, package); !s)
+      return report(s.error().message);
+    resumedFrom = *dir;
+    run.globalStep = saved->globalStep;
+    run.dataPosition = saved->dataPosition;
+    run.logHistory = saved->logHistory;
+  }
+
+  // 3. The package on the GPU, with weights and optimizer state.
   Result<std::shared_ptr<cuda::Device>> device = cuda::Device::open();
   if (!device)
     return report(device.error().message);
   Result<std::unique_ptr<Executor>> created =
-      Executor::create(*device, std::move(*package));
+      Executor::create(*device, package);
   if (!created)
     return report(created.error().message);
   Executor &executor = **created;
-
-  // 2. Weights and optimizer state.
-  if (Status s = uploadParameters(executor, options, initializerRange); !s)
+  BufferReader download = [&](const package::Buffer &buffer, void *data) {
+    return executor.download(buffer.name, data, buffer.bytes);
+  };
+  if (Status s = uploadState(executor, options, resumedFrom, initializerRange);
+      !s)
     return report(s.error().message);
+  if (package.accumulatesGradients)
+    if (Status s = executor.run(package::kZeroGradsFunction); !s)
+      return report(s.error().message);
 
-  // 3. Data and the loop.
-  if (options.dataPath.empty())
-    return report("--data: a JSON Lines file of token rows is required");
-  Result<std::vector<TokenRow>> rows = loadTokenRows(options.dataPath, vocab);
-  if (!rows)
-    return report(rows.error().message);
-  std::ofstream metrics;
+  RowSampler sampler(int64_t(rows.size()), options.shuffle, options.seed,
+                     run.dataPosition);
+  auto saveCheckpoint = [&]() -> Result<std::string> {
+    run.dataPosition = sampler.position();
+    Result<CheckpointContents> contents = packageCheckpoint(package, download);
+    if (!contents)
+      return contents.error();
+    Result<std::string> path =
+        writeTrainingCheckpoint(options.savePath, run, *contents);
+    if (!path)
+      return path;
+    if (Status status =
+            rotateCheckpoints(options.savePath, options.keep, *path);
+        !status)
+      return status.error();
+    return path;
+  };
+
+  std::optional<MetricsWriter> metrics;
   if (!options.metricsPath.empty()) {
-    metrics.open(options.metricsPath);
-    if (!metrics)
-      return report(options.metricsPath + ": cannot write");
+    Result<MetricsWriter> opened =
+        MetricsWriter::open(options.metricsPath, run.globalStep);
+    if (!opened)
+      return report(opened.error().message);
+    metrics = std::move(*opened);
   }
-  std::printf("llamac-run: %s, batch %lld x seq %lld, bf16, device %s\n",
-              options.packageDir.c_str(), (long long)batchSize, (long long)seq,
-              (*device)->name().c_str());
+
+  print(io::format("llamac-run: %s: batch %lld x seq %lld, %s, device %s\n",
+                   options.packageDir.c_str(), (long long)batchSize,
+                   (long long)seq, package.precision.c_str(),
+                   (*device)->name().c_str()));
+  print(io::format(
+      "optimizer: AdamW, lr %g (%s schedule, %lld warmup steps), grad-accum "
+      "%lld, max grad norm %g; data: %zu rows%s%s\n",
+      options.schedule.peak, lrScheduleName(options.schedule.kind),
+      (long long)options.schedule.warmupSteps, (long long)options.gradAccum,
+      options.maxGradNorm, rows.size(), options.shuffle ? ", shuffled" : "",
+      options.padToLongest ? ", padded to the longest row" : ""));
+  if (!resumedFrom.empty())
+    print("resuming from " + resumedFrom + " at step " +
+          std::to_string(run.globalStep) + "\n");
+
+  // 4. The loop.
+  installStopHandlers();
+  bool terminal = isTerminal(1);
+  ProgressFormatter progress(run.globalStep, options.steps, terminal,
+                             terminal ? terminalColumns(1) : 80);
+  package::Hyperparameters hyper;
+  hyper.beta1 = options.beta1;
+  hyper.beta2 = options.beta2;
+  hyper.eps = options.eps;
+  hyper.weightDecay = options.weightDecay;
+  hyper.maxGradNorm = options.maxGradNorm;
+  const double peak = peakBF16Flops((*device)->name());
+  const double stepFlops =
+      *flopsPerPosition * double(batchSize * seq * options.gradAccum);
+  const int64_t firstTimed = run.globalStep + options.untimedSteps + 1;
   double timed = 0;
-  int64_t timedSteps = 0;
-  for (int64_t step = 1; step <= options.steps; ++step) {
+  std::string lastSaved;
+  int64_t lastSavedStep = -1;
+  while (run.globalStep < options.steps) {
+    int64_t stepIndex = run.globalStep + 1;
     auto start = std::chrono::steady_clock::now();
-    Batch batch = makeBatch(*rows, (step - 1) * batchSize, batchSize, seq);
-    Status s = executor.upload("input_ids", batch.inputIds.data(),
-                               batch.inputIds.size() * 4);
-    if (s)
-      s = executor.upload("labels", batch.labels.data(),
-                          batch.labels.size() * 4);
-    if (s)
-      s = executor.run("forward_backward");
-    float stats[4] = {};
-    if (s)
-      s = executor.download("loss_stats", stats, sizeof(stats));
+
+    // 4a. The micro-batches, padded to the package's sequence length (for
+    // --pad-to-longest too: right padding with ignored labels changes no
+    // other position's loss or gradient), and the tokens the loss counts.
+    std::vector<Batch> microBatches;
+    int64_t counted = 0, tokens = 0;
+    for (int64_t i = 0; i < options.gradAccum; ++i) {
+      microBatches.push_back(gatherBatch(rows, sampler.take(batchSize), seq));
+      counted += countLossTokens(microBatches.back());
+      tokens += microBatches.back().tokens;
+    }
+
+    // 4b. Forward and backward per micro-batch. Each divides its summed
+    // per-token losses (and their gradient) by the step's counted tokens,
+    // so the gradients add up to those of the step's mean loss, as the CPU
+    // loop weighs its micro-batches.
+    hyper.lr = options.schedule.at(stepIndex);
+    hyper.step = stepIndex;
+    hyper.lossTokens = counted;
+    std::array<float, package::kHyperparameterCount> slots =
+        package::packHyperparameters(hyper);
+    Status s = executor.upload("hyperparameters", slots.data(),
+                               slots.size() * sizeof(float));
+    double lossSum = 0;
+    for (const Batch &batch : microBatches) {
+      if (s)
+        s = executor.upload("input_ids", batch.inputIds.data(),
+                            batch.inputIds.size() * 4);
+      if (s)
+        s = executor.upload("labels", batch.labels.data(),
+                            batch.labels.size() * 4);
+      if (s)
+        s = executor.run("forward_backward");
+      float stats[4] = {};
+      if (s)
+        s = executor.download("loss_stats", stats, sizeof(stats));
+      lossSum += double(stats[0]);
+    }
     if (!s)
       return report(s.error().message);
-    double loss = double(stats[0]) * double(stats[2]);
+    double loss = counted > 0 ? lossSum / double(counted) : 0;
 
-    if (step == 1 && !options.dumpGradsPath.empty()) {
+    // 4c. Gradients of the first step, before clipping.
+    if (stepIndex == 1 && !options.dumpGradsPath.empty()) {
       Result<std::vector<HostTensor>> grads =
-          downloadAsHF(executor, "grad", DType::F32);
+          downloadFused(package, "grad", DType::F32, "", download);
       if (!grads)
         return report(grads.error().message);
       if (Status w = writeSafetensors(options.dumpGradsPath, *grads); !w)
         return report(w.error().message);
     }
 
-    double lr = options.schedule.at(step);
-    float hyper[8] = {float(lr),
-                      float(options.beta1),
-                      float(options.beta2),
-                      float(options.eps),
-                      float(options.weightDecay),
-                      float(step),
-                      float(options.maxGradNorm),
-                      0};
-    s = executor.upload("hyperparameters", hyper, sizeof(hyper));
-    if (s)
-      s = executor.run("optimizer_step");
+    // 4d. Clip, then AdamW with this step's learning rate.
+    s = executor.run("optimizer_step");
     float normSq[4] = {};
     if (s)
       s = executor.download("grad_norm_sq", normSq, sizeof(normSq));
     if (!s)
       return report(s.error().message);
+    run.globalStep = stepIndex;
     double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count();
-    if (step > options.warmupSteps) {
+    if (stepIndex >= firstTimed)
       timed += seconds;
-      ++timedSteps;
-    }
+
+    // 4e. Progress, metrics, checkpoints.
     double gradNorm = std::sqrt(double(normSq[0]));
-    std::printf("step %4lld/%lld | loss %.6f | lr %.3g | grad norm %.4f | "
-                "tokens %lld | %.1f ms\n",
-                (long long)step, (long long)options.steps, loss, lr, gradNorm,
-                (long long)batch.tokens, seconds * 1e3);
-    std::fflush(stdout);
-    if (metrics.is_open()) {
-      metrics << json{{"step", step},
-                      {"loss", loss},
-                      {"lr", lr},
-                      {"grad_norm", gradNorm},
-                      {"tokens", batch.tokens},
-                      {"step_time_s", seconds},
-                      {"tokens_per_s", double(batch.tokens) / seconds}}
-                     .dump()
-              << "\n";
-      metrics.flush();
+    StepMetrics step{stepIndex, loss, hyper.lr, gradNorm, tokens, seconds};
+    if (peak > 0 && seconds > 0)
+      step.mfu = stepFlops / seconds / peak;
+    run.logHistory.push_back({stepIndex, loss, hyper.lr, gradNorm, tokens});
+    print(progress.step(step));
+    if (metrics)
+      if (Status status = metrics->write(step); !status)
+        return report(status.error().message);
+    bool last = run.globalStep == options.steps;
+    if (options.saveEvery > 0 &&
+        (run.globalStep % options.saveEvery == 0 || last)) {
+      Result<std::string> path = saveCheckpoint();
+      if (!path)
+        return report(path.error().message);
+      lastSaved = *path;
+      lastSavedStep = run.globalStep;
+    }
+
+    // 4f. SIGINT or SIGTERM: stop after this step, with a checkpoint.
+    if (int signal = stopSignal()) {
+      print(progress.finish());
+      std::string what = io::format(
+          "interrupted by %s after step %lld/%lld", stopSignalName(signal),
+          (long long)run.globalStep, (long long)options.steps);
+      if (options.savePath.empty() || !options.saveOnInterrupt) {
+        std::fprintf(
+            stderr, "llamac: %s; no checkpoint written (%s)\n", what.c_str(),
+            options.savePath.empty() ? "no --save" : "--no-save-on-interrupt");
+        return 128 + signal;
+      }
+      if (lastSavedStep != run.globalStep) {
+        Result<std::string> path = saveCheckpoint();
+        if (!path)
+          return report(what +
+                        "; the checkpoint failed: " + path.error().message);
+        lastSaved = *path;
+      }
+      std::fprintf(stderr, "llamac: %s; saved %s (continue with --resume %s)\n",
+                   what.c_str(), lastSaved.c_str(), options.savePath.c_str());
+      return 128 + signal;
     }
   }
-  if (timedSteps > 0)
-    std::printf("mean step time %.2f ms over steps %lld-%lld\n",
-                timed / double(timedSteps) * 1e3,
-                (long long)(options.warmupSteps + 1), (long long)options.steps);
+  print(progress.finish());
+  if (run.globalStep >= firstTimed)
+    print(io::format("mean step time %.2f ms over steps %lld-%lld\n",
+                     timed / double(run.globalStep - firstTimed + 1) * 1e3,
+                     (long long)firstTimed, (long long)run.globalStep));
 
-  // 4. The fine-tuned model.
+  // 5. The fine-tuned model, loadable by Hugging Face.
   if (!options.savePath.empty()) {
-    if (Status s = writeCheckpoint(executor, options.savePath); !s)
-      return report(s.error().message);
-    std::printf("saved %s\n", options.savePath.c_str());
+    Result<std::vector<HostTensor>> weights =
+        downloadFused(package, "param", DType::BF16, "", download);
+    if (!weights)
+      return report(weights.error().message);
+    if (Status status = writeModelDirectory(
+            options.savePath, checkpointConfig(package), *weights);
+        !status)
+      return report(status.error().message);
+    print("saved " + options.savePath + "\n");
   }
   return 0;
 }

@@ -33,7 +33,64 @@ std::string llamac::metricsJson(const StepMetrics &m) {
                {"tokens", m.tokens},
                {"tokens_per_s", number(m.tokensPerS())},
                {"step_time_s", number(m.stepTimeS)}};
+  if (std::isfinite(m.mfu))
+    line["mfu"] = m.mfu;
   return line.dump();
+}
+
+Result<double> llamac::trainingFlopsPerPosition(const std::string &configJson,
+                                                int64_t seq) {
+  json config = json::parse(configJson, nullptr, false);
+  if (!config.is_object())
+    return Error{"config: not a JSON object"};
+  auto field = [&](const char *key) -> Result<double> {
+    if (!config.contains(key) || !config[key].is_number_integer() ||
+        config[key].get<int64_t>() <= 0)
+      return Error{std::string("config: ") + key +
+                   ": missing or not a positive integer"};
+    return double(config[key].get<int64_t>());
+  };
+  Result<double> layers = field("num_hidden_layers"),
+                 hidden = field("hidden_size"),
+                 intermediate = field("intermediate_size"),
+                 heads = field("num_attention_heads"),
+                 vocab = field("vocab_size");
+  for (const Result<double> *value :
+       {&layers, &hidden, &intermediate, &heads, &vocab})
+    if (!*value)
+      return value->error();
+  Result<double> kvHeads = config.contains("num_key_value_heads")
+                               ? field("num_key_value_heads")
+                               : *heads;
+  Result<double> headDim =
+      config.contains("head_dim") && !config["head_dim"].is_null()
+          ? field("head_dim")
+          : Result<double>(*hidden / *heads);
+  if (!kvHeads)
+    return kvHeads.error();
+  if (!headDim)
+    return headDim.error();
+  double queryWidth = *heads * *headDim, kvWidth = *kvHeads * *headDim;
+  double perLayer =
+      *hidden * (2 * queryWidth + 2 * kvWidth) + 3 * *hidden * *intermediate;
+  double weights = *layers * perLayer + *vocab * *hidden;
+  return 6 * weights + 12 * *layers * queryWidth * double(seq);
+}
+
+double llamac::peakBF16Flops(const std::string &deviceName) {
+  auto has = [&](const char *text) {
+    return deviceName.find(text) != std::string::npos;
+  };
+  if (has("H100") || has("H200")) {
+    if (has("PCIe"))
+      return 756e12;
+    if (has("NVL"))
+      return 835.5e12;
+    return 989.4e12;
+  }
+  if (has("A100"))
+    return 312e12;
+  return 0;
 }
 
 std::string llamac::formatDuration(double seconds) {
@@ -60,6 +117,11 @@ int llamac::terminalColumns(int fd) {
   return 80;
 }
 
+/// " | MFU 41.2%", or nothing when the MFU is not measured.
+static std::string mfuText(const StepMetrics &m) {
+  return std::isfinite(m.mfu) ? format(" | MFU %.1f%%", 100 * m.mfu) : "";
+}
+
 ProgressFormatter::ProgressFormatter(int64_t firstStep, int64_t totalSteps,
                                      bool terminal, int columns)
     : firstStep(firstStep), totalSteps(totalSteps), terminal(terminal),
@@ -68,18 +130,18 @@ ProgressFormatter::ProgressFormatter(int64_t firstStep, int64_t totalSteps,
 std::string ProgressFormatter::plainLine(const StepMetrics &m,
                                          double eta) const {
   return format("step %4lld/%lld | loss %.6f | lr %.3e | grad norm %.4g | "
-                "tokens %lld | %.0f tok/s | %.3f s | ETA %s\n",
+                "tokens %lld | %.0f tok/s | %.3f s%s | ETA %s\n",
                 (long long)m.step, (long long)totalSteps, m.loss, m.lr,
                 m.gradNorm, (long long)m.tokens, m.tokensPerS(), m.stepTimeS,
-                formatDuration(eta).c_str());
+                mfuText(m).c_str(), formatDuration(eta).c_str());
 }
 
 std::string ProgressFormatter::barLine(const StepMetrics &m, double eta) const {
   std::string counter =
       format("%lld/%lld", (long long)m.step, (long long)totalSteps);
   std::string stats =
-      format(" | loss %.4f | lr %.2e | %.0f tok/s | ETA %s", m.loss, m.lr,
-             m.tokensPerS(), formatDuration(eta).c_str());
+      format(" | loss %.4f | lr %.2e | %.0f tok/s%s | ETA %s", m.loss, m.lr,
+             m.tokensPerS(), mfuText(m).c_str(), formatDuration(eta).c_str());
   double done = totalSteps > 0 ? double(m.step) / double(totalSteps) : 1;
   std::string percent = format(" %3d%% ", int(done * 100));
   // The bar takes what the text leaves of the line, within [10, 40] cells.

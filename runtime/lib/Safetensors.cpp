@@ -285,8 +285,7 @@ HostTensor HostTensor::fromDouble(std::string name, DType dtype,
 // SafetensorsFile
 //===----------------------------------------------------------------------===//
 
-/// "[d0, d1, ...]".
-static std::string formatShape(const std::vector<int64_t> &shape) {
+std::string llamac::formatShape(const std::vector<int64_t> &shape) {
   std::string text = "[";
   for (size_t i = 0; i < shape.size(); ++i)
     text += (i ? ", " : "") + std::to_string(shape[i]);

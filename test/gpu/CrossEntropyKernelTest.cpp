@@ -53,8 +53,11 @@ TEST(CrossEntropyKernel, LossAndGradientMatchReference) {
   DeviceBuffer stats(device, 16, "loss scalars");
   logitBuffer.upload(logits);
   labelBuffer.upload(labels);
+  DeviceBuffer hyper(device, 8 * 4, "hyperparameters");
+  hyper.fill(0xFF); // count_targets without the host count must not read it
   stats.fill(0xFF); // count_targets must set every scalar
-  kernels.run("count", {labelBuffer.address(), stats.address()});
+  kernels.run("count",
+              {labelBuffer.address(), stats.address(), hyper.address()});
   kernels.run("loss",
               {logitBuffer.address(), labelBuffer.address(), stats.address()});
   std::vector<float> gotStats = stats.download<float>(4);
@@ -116,6 +119,36 @@ TEST(CrossEntropyKernel, LossAndGradientMatchReference) {
   EXPECT_NEAR(gotStats[0], lossSum, lossBound) << "loss sum";
   gradient.expectExactFraction(0.99);
   EXPECT_EQ(nonzeroIgnored, 0) << "gradient of rows without a target not +0";
+}
+
+TEST(CrossEntropyKernel, HostCountDividesTheLoss) {
+  // A package that accumulates gradients divides by the tokens of the whole
+  // optimizer step (hyperparameters slot 7), not by this micro-batch's.
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "cross_entropy");
+  ASSERT_TRUE(kernels.ok());
+  std::vector<int32_t> labels(T, 1);
+  for (int64_t t = 0; t < Seq; ++t)
+    labels[t] = -100;                     // the first sequence counts nothing
+  const float count = float(T - Seq - 2); // all but each sequence's first
+  DeviceBuffer labelBuffer(device, T * 4, "labels");
+  DeviceBuffer stats(device, 16, "loss scalars");
+  DeviceBuffer hyper(device, 8 * 4, "hyperparameters");
+  labelBuffer.upload(labels);
+  for (float host : {1000.0f, 0.0f}) {
+    SCOPED_TRACE(host);
+    std::vector<float> slots(8, -1.0f);
+    slots[7] = host;
+    hyper.upload(slots);
+    stats.fill(0xFF);
+    kernels.run("count_host",
+                {labelBuffer.address(), stats.address(), hyper.address()});
+    std::vector<float> got = stats.download<float>(4);
+    EXPECT_EQ(got[0], 0.0f);
+    EXPECT_EQ(got[1], count); // this micro-batch's count, for the host
+    EXPECT_EQ(got[2], host > 0 ? 1.0f / host : 0.0f);
+    EXPECT_EQ(got[3], 0.0f);
+  }
 }
 
 } // namespace

@@ -2,8 +2,9 @@
 //
 // embedding_fwd must copy table rows exactly (zeros for an id outside the
 // table); embedding_bwd must add every gradient row into its id's f32 row
-// with atomics, and f32_to_bf16 round the result to nearest even. The
-// vocabulary is small so that ids repeat and the atomics collide.
+// with atomics, and f32_to_bf16 round the result to nearest even (or add it
+// to a gradient summed over earlier micro-batches). The vocabulary is small
+// so that ids repeat and the atomics collide.
 //
 //===----------------------------------------------------------------------===//
 
@@ -105,6 +106,18 @@ TEST(EmbeddingKernel, BackwardAccumulatesRowsOfEachId) {
     }
   f32Sums.expectExactFraction(0.0); // any order of the atomics
   EXPECT_EQ(badRounding, 0) << "f32_to_bf16 results not round-to-nearest-even";
+
+  // Added to an earlier micro-batch's gradient: bf16(f32(old) + sum), one
+  // IEEE f32 addition and one rounding to nearest even, which the host
+  // repeats bit for bit.
+  std::vector<uint16_t> old = randomBF16(V * H, rng, 0.01f);
+  dtableBF16.upload(old);
+  kernels.run("to_bf16_acc", {dtable.address(), dtableBF16.address()});
+  std::vector<uint16_t> summed = dtableBF16.download<uint16_t>(V * H);
+  int64_t badSums = 0;
+  for (int64_t k = 0; k < V * H; ++k)
+    badSums += summed[k] != floatToBF16(bf16ToFloat(old[k]) + got[k]);
+  EXPECT_EQ(badSums, 0) << "accumulating f32_to_bf16 is not bf16(old + in)";
 }
 
 } // namespace

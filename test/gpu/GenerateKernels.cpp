@@ -133,19 +133,26 @@ int main(int argc, char **argv) {
                        embeddingBackwardKernel(kEmbeddingRows, kEmbeddingVocab,
                                                kEmbeddingHidden),
                        "to_bf16",
-                       f32ToBF16Kernel(kEmbeddingVocab * kEmbeddingHidden))) &&
+                       f32ToBF16Kernel(kEmbeddingVocab * kEmbeddingHidden),
+                       "to_bf16_acc",
+                       f32ToBF16Kernel(kEmbeddingVocab * kEmbeddingHidden,
+                                       /*accumulate=*/true))) &&
       writeGroup(
           dir, "rms_norm",
           group(
               "fwd", rmsNormForwardKernel(kNormRows, kNormHidden, kNormEps),
               "bwd", std::move(normBackward), "bwd_acc",
               rmsNormBackwardKernel(kNormRows, kNormHidden, true), "dw",
-              columnSumKernel(normBlocks, kNormHidden), "fwd_small",
+              columnSumKernel(normBlocks, kNormHidden), "dw_acc",
+              columnSumKernel(normBlocks, kNormHidden, /*accumulate=*/true),
+              "fwd_small",
               rmsNormForwardKernel(kNormSmallRows, kNormSmallHidden, kNormEps),
               "bwd_small", std::move(normBackwardSmall), "bwd_acc_small",
               rmsNormBackwardKernel(kNormSmallRows, kNormSmallHidden, true),
-              "dw_small",
-              columnSumKernel(normBlocksSmall, kNormSmallHidden))) &&
+              "dw_small", columnSumKernel(normBlocksSmall, kNormSmallHidden),
+              "dw_acc_small",
+              columnSumKernel(normBlocksSmall, kNormSmallHidden,
+                              /*accumulate=*/true))) &&
       writeGroup(dir, "swiglu",
                  group("fwd", swigluForwardKernel(kSwigluRows, kSwigluWidth),
                        "bwd",
@@ -181,6 +188,9 @@ int main(int argc, char **argv) {
       writeGroup(
           dir, "cross_entropy",
           group("count", countTargetsKernel(kLossRows, kLossSeq, kLossVocab),
+                "count_host",
+                countTargetsKernel(kLossRows, kLossSeq, kLossVocab,
+                                   /*hostCount=*/true),
                 "loss", crossEntropyKernel(kLossRows, kLossSeq, kLossVocab))) &&
       writeGroup(dir, "clip",
                  group("norm_sq", globalNormSqKernel(kClipElements), "scale",

@@ -2,7 +2,8 @@
 //
 // rms_norm_fwd against LlamaRMSNorm in double; rms_norm_bwd (plain and
 // accumulating into a residual gradient) and column_sum (its weight
-// gradient) against the interpreter's rms_norm_grad with normed rounded as
+// gradient; plain, and adding to a gradient summed over earlier micro-
+// batches) against the interpreter's rms_norm_grad with normed rounded as
 // the forward rounds it. Shapes: 600 rows of 2400 (rows wider than a block,
 // blocks of the backward taking two rows) and 72 rows of 200 (a partial
 // warp). Bounds are derived next to each check.
@@ -18,7 +19,8 @@ using namespace llamac::test;
 namespace {
 
 struct NormKeys {
-  const char *forward, *backward, *backwardAccumulate, *weightGrad;
+  const char *forward, *backward, *backwardAccumulate, *weightGrad,
+      *weightGradAccumulate;
 };
 
 void checkRMSNorm(std::shared_ptr<cuda::Device> device, int64_t T, int64_t H,
@@ -175,17 +177,37 @@ void checkRMSNorm(std::shared_ptr<cuda::Device> device, int64_t T, int64_t H,
     }
     dwCheck.expectExactFraction(0.97);
   }
+
+  // Adding to an earlier micro-batch's dw (from the partial sums above):
+  // out = bf16(f32(old) + column sum), one more f32 addition than above.
+  std::vector<uint16_t> old = randomBF16(H, rng, 0.5f);
+  dw.upload(old);
+  kernels.run(keys.weightGradAccumulate, {partial.address(), dw.address()});
+  std::vector<uint16_t> summed = dw.download<uint16_t>(H);
+  Checker sumCheck("dw added to an earlier one");
+  for (int64_t i = 0; i < H; ++i) {
+    double want = bf16(old[i]) + dwWant[i];
+    sumCheck.near(bf16(summed[i]), want,
+                  kBF16Unit * std::abs(want) +
+                      1.01 * double(T + G + 1) * kF32Unit *
+                          (dwMagnitude[i] + std::abs(bf16(old[i]))),
+                  i);
+    sumCheck.exact(bf16(summed[i]), roundBF16(want));
+  }
+  sumCheck.expectExactFraction(0.97);
 }
 
 TEST(RMSNormKernel, WideRowsMatchReference) {
   LLAMAC_REQUIRE_GPU(device);
-  checkRMSNorm(device, kNormRows, kNormHidden, {"fwd", "bwd", "bwd_acc", "dw"});
+  checkRMSNorm(device, kNormRows, kNormHidden,
+               {"fwd", "bwd", "bwd_acc", "dw", "dw_acc"});
 }
 
 TEST(RMSNormKernel, PartialWarpMatchesReference) {
   LLAMAC_REQUIRE_GPU(device);
-  checkRMSNorm(device, kNormSmallRows, kNormSmallHidden,
-               {"fwd_small", "bwd_small", "bwd_acc_small", "dw_small"});
+  checkRMSNorm(
+      device, kNormSmallRows, kNormSmallHidden,
+      {"fwd_small", "bwd_small", "bwd_acc_small", "dw_small", "dw_acc_small"});
 }
 
 } // namespace

@@ -43,7 +43,10 @@ struct CompileOptions {
   // --no-fuse-rope-attention switch them off).
   bool fuseGatedMLP = true, fuseNormLinear = true, fuseRopeAttention = true;
   FP8Options fp8;
-  GpuTarget target;
+  GpuPackageOptions target;
+  /// --emit package: a package that sums gradients over micro-batches, for
+  /// `llamac-run --grad-accum N`.
+  bool accumulateGradients = false;
   std::string outputPath = "-";
 };
 
@@ -54,7 +57,7 @@ struct TrainOptions {
   std::string tokenizerPath;
   std::string savePath, dumpGradsPath, metricsPath;
   StepShape shape;
-  GpuTarget target;
+  GpuPackageOptions target;
   int64_t steps = 10;
   double lr = 1.41e-5, weightDecay = 0.01, beta1 = 0.9, beta2 = 0.999,
          eps = 1e-8;

@@ -74,6 +74,8 @@ int llamac::runCompile(const CompileOptions &options) {
   pipeline.autodiff = options.autodiff;
   pipeline.optimizer = options.optimizer;
 
+  if (options.accumulateGradients && options.emit != "package")
+    return reportError("--accumulate-grads: only for --emit package");
   if (options.emit == "package") {
     if (options.fp8.enabled)
       return reportError("--precision fp8: runs on the CPU backend only so "
@@ -81,8 +83,10 @@ int llamac::runCompile(const CompileOptions &options) {
     // A directory: manifest.json + kernels.ptx, for llamac-run on a GPU box.
     if (options.outputPath == "-")
       return reportError("--emit package: give the package directory with -o");
+    GpuPackageOptions gpu = options.target;
+    gpu.accumulateGradients = options.accumulateGradients;
     llvm::Expected<package::Package> package =
-        compileStepPackage(*config, options.shape, pipeline, options.target);
+        compileStepPackage(*config, options.shape, pipeline, gpu);
     if (!package)
       return reportError(llvm::toString(package.takeError()));
     if (std::error_code error =

@@ -27,9 +27,10 @@ llvm::Error llamac::checkArch(const std::string &arch) {
 
 static PackageOptions packageOptions(const LlamaConfig &config,
                                      const StepShape &shape,
-                                     const GpuTarget &target) {
+                                     const GpuPackageOptions &gpu) {
   PackageOptions options;
-  options.ptx.chip = target.arch;
+  options.ptx.chip = gpu.arch;
+  options.accumulateGradients = gpu.accumulateGradients;
   options.compiler = "llamac " LLAMAC_VERSION_STRING;
   options.configJson = toHFConfigJson(config);
   options.batch = shape.batch;
@@ -42,8 +43,8 @@ static PackageOptions packageOptions(const LlamaConfig &config,
 llvm::Expected<package::Package> llamac::compileStepPackage(
     const LlamaConfig &config, const StepShape &shape,
     const mlir::llama::TrainStepPipelineOptions &pipeline,
-    const GpuTarget &target) {
-  if (llvm::Error error = checkArch(target.arch))
+    const GpuPackageOptions &gpu) {
+  if (llvm::Error error = checkArch(gpu.arch))
     return std::move(error);
   if (shape.precision != Precision::BF16)
     return llvm::createStringError(
@@ -55,7 +56,7 @@ llvm::Expected<package::Package> llamac::compileStepPackage(
   mlir::llama::buildTrainStepPipeline(pm, pipeline);
   if (mlir::failed(pm.run(*module)))
     return llvm::createStringError("internal: the train-step pipeline failed");
-  return buildPackage(*module, packageOptions(config, shape, target));
+  return buildPackage(*module, packageOptions(config, shape, gpu));
 }
 
 std::string llamac::defaultPackageCache() {
@@ -76,15 +77,16 @@ llvm::Expected<std::string>
 llamac::cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
                           const mlir::llama::TrainStepPipelineOptions &pipeline,
                           const std::string &cacheRoot,
-                          const GpuTarget &target) {
-  PackageOptions options = packageOptions(config, shape, target);
+                          const GpuPackageOptions &gpu) {
+  PackageOptions options = packageOptions(config, shape, gpu);
   std::string key =
       options.compiler + "\n" + options.configJson + "\n" +
       std::to_string(shape.batch) + "x" + std::to_string(shape.seq) + "\n" +
       precisionName(shape.precision).str() + "\n" + options.ptx.chip +
       options.ptx.features + "\n" + std::to_string(pipeline.fuseGatedMLP) +
       std::to_string(pipeline.fuseNormLinear) +
-      std::to_string(pipeline.fuseRopeAttention);
+      std::to_string(pipeline.fuseRopeAttention) + "\n" +
+      (gpu.accumulateGradients ? "accumulate" : "");
   llvm::SHA256 sha;
   sha.update(key);
   std::string hash = llvm::toHex(sha.final(), /*LowerCase=*/true).substr(0, 24);
@@ -93,7 +95,7 @@ llamac::cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
   if (package::readPackage(std::string(dir)).ok())
     return std::string(dir);
   llvm::Expected<package::Package> package =
-      compileStepPackage(config, shape, pipeline, target);
+      compileStepPackage(config, shape, pipeline, gpu);
   if (!package)
     return package.takeError();
   if (std::error_code error = llvm::sys::fs::create_directories(dir))

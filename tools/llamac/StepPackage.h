@@ -13,31 +13,34 @@
 
 namespace llamac {
 
-/// The GPU a package is compiled for.
-struct GpuTarget {
+/// What a GPU package is compiled for.
+struct GpuPackageOptions {
   /// PTX target: sm_90a (Hopper, the default), sm_90, sm_89, sm_86, sm_80.
   std::string arch = "sm_90a";
+  /// Gradients summed over micro-batches (PackageOptions).
+  bool accumulateGradients = false;
 };
 
 /// Fails naming --arch when `arch` is not a target llamac compiles for.
 llvm::Error checkArch(const std::string &arch);
 
 /// Builds the train step of `config` (forward, fusions, autodiff, optimizer)
-/// and lowers it to a GPU package. The GPU backend runs bf16 steps.
+/// and lowers it to a GPU package for `gpu`. The GPU backend runs bf16
+/// steps.
 llvm::Expected<package::Package>
 compileStepPackage(const LlamaConfig &config, const StepShape &shape,
                    const mlir::llama::TrainStepPipelineOptions &pipeline,
-                   const GpuTarget &target = GpuTarget());
+                   const GpuPackageOptions &gpu = GpuPackageOptions());
 
 /// The package of that step from the cache under `cacheRoot`, keyed by a
 /// hash of everything that shapes it (config, batch, seq, precision, arch,
-/// passes, llamac version), compiled and stored there on a miss. Returns
-/// its directory.
+/// passes, gradient accumulation, llamac version), compiled and stored there
+/// on a miss. Returns its directory.
 llvm::Expected<std::string>
 cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
                   const mlir::llama::TrainStepPipelineOptions &pipeline,
                   const std::string &cacheRoot,
-                  const GpuTarget &target = GpuTarget());
+                  const GpuPackageOptions &gpu = GpuPackageOptions());
 
 /// $LLAMAC_CACHE_DIR, else $XDG_CACHE_HOME/llamac, else ~/.cache/llamac.
 std::string defaultPackageCache();

@@ -30,12 +30,12 @@
 #include "llamac/Runtime/Checkpoint.h"
 #include "llamac/Runtime/Data.h"
 #include "llamac/Runtime/DataOrder.h"
+#include "llamac/Runtime/FusedParams.h"
 #include "llamac/Runtime/Interrupt.h"
 #include "llamac/Runtime/Progress.h"
 #include "llamac/Runtime/Random.h"
 #include "llamac/Runtime/Safetensors.h"
 #include "llamac/Runtime/Schedule.h"
-#include "llamac/Runtime/Tokenizer.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
@@ -120,19 +120,15 @@ std::vector<HostTensor> unpackParams(const std::vector<StepParam> &layout,
     shapes[spec.name] = spec.shape;
   llvm::StringMap<HostTensor> byName;
   for (const StepParam &param : layout) {
-    const Tensor &whole = packed.find(param.name)->second;
-    size_t offset = 0;
+    FusedParts parts;
     for (const std::string &part : param.parts) {
-      const std::vector<int64_t> &shape = shapes[part];
-      size_t count = 1;
-      for (int64_t d : shape)
-        count *= d;
-      std::vector<double> values(whole.data.begin() + offset,
-                                 whole.data.begin() + offset + count);
-      byName[part] =
-          HostTensor::fromDouble(prefix + part, dtype, shape, values);
-      offset += count;
+      parts.names.push_back(part);
+      parts.shapes.push_back(shapes[part]);
     }
+    std::vector<HostTensor> split =
+        splitFused(parts, packed.find(param.name)->second.data, dtype, prefix);
+    for (size_t i = 0; i < split.size(); ++i)
+      byName[param.parts[i]] = std::move(split[i]);
   }
   std::vector<HostTensor> tensors;
   for (const ParamSpec &spec : specs)
@@ -276,23 +272,6 @@ llvm::Error loadMoments(const std::string &path,
 //===----------------------------------------------------------------------===//
 // Data
 //===----------------------------------------------------------------------===//
-
-/// Built-in data for the default run: arithmetic progressions modulo the
-/// vocabulary, of varied start, stride and length (some longer than a
-/// sequence, some padded). A model learns to continue them within steps.
-std::vector<TokenRow> builtinRows(int64_t vocab) {
-  std::vector<TokenRow> rows;
-  for (int64_t r = 0; r < 64; ++r) {
-    int64_t length = 24 + (r * 37) % 300, start = (r * 13) % vocab;
-    int64_t stride = 1 + r % 4;
-    TokenRow row;
-    for (int64_t i = 0; i < length; ++i)
-      row.inputIds.push_back(int32_t((start + i * stride) % vocab));
-    row.labels = row.inputIds;
-    rows.push_back(std::move(row));
-  }
-  return rows;
-}
 
 Tensor tokenTensor(const std::vector<int32_t> &values) {
   Tensor tensor = Tensor::zeros({int64_t(values.size())});
@@ -711,34 +690,14 @@ int llamac::runTrain(const TrainOptions &options) {
   std::vector<StepParam> layout = stepParams(*fullLength);
   mlir::func::FuncOp optimizerStep = steps.optimizerStep();
 
-  // 2. The data.
-  std::vector<TokenRow> rows;
-  if (options.dataPath.empty()) {
-    rows = builtinRows(config.vocabSize);
-  } else {
-    // Text rows need the model's tokenizer: --tokenizer, else the model
-    // directory's. Token rows need none.
-    std::string tokenizerPath = options.tokenizerPath;
-    if (tokenizerPath.empty() &&
-        llvm::sys::fs::is_directory(options.configPath)) {
-      llvm::SmallString<256> candidate(options.configPath);
-      llvm::sys::path::append(candidate, "tokenizer.json");
-      if (llvm::sys::fs::exists(candidate))
-        tokenizerPath = options.configPath;
-    }
-    std::optional<Tokenizer> tokenizer;
-    if (!tokenizerPath.empty()) {
-      Result<Tokenizer> loadedTokenizer = Tokenizer::load(tokenizerPath);
-      if (!loadedTokenizer)
-        return reportError(loadedTokenizer.error().message);
-      tokenizer = std::move(*loadedTokenizer);
-    }
-    Result<std::vector<TokenRow>> read = loadTrainingRows(
-        options.dataPath, tokenizer ? &*tokenizer : nullptr, config.vocabSize);
-    if (!read)
-      return reportError(read.error().message);
-    rows = std::move(*read);
-  }
+  // 2. The data (text rows need the model's tokenizer: --tokenizer, else
+  // the model directory's).
+  Result<std::vector<TokenRow>> read =
+      loadRunRows(options.dataPath, options.tokenizerPath, options.configPath,
+                  config.vocabSize);
+  if (!read)
+    return reportError(read.error().message);
+  std::vector<TokenRow> rows = std::move(*read);
 
   // What a checkpoint of this run records.
   TrainerState run = describeRun(options, rows);

@@ -3,6 +3,8 @@
 // Compiles the step into a package (or finds it in the package cache) and
 // hands it to the same loop `llamac-run` runs (runtime/GpuTrainer), so the
 // GPU path is one piece of code with or without a compiler on the machine.
+// More than one micro-batch per step takes a package that adds gradients
+// over micro-batches; a single one keeps the package that overwrites them.
 //
 //===----------------------------------------------------------------------===//
 
@@ -10,31 +12,19 @@
 #include "StepPackage.h"
 
 #include "llamac/Runtime/GpuTrainer.h"
-
-#include "llvm/Support/raw_ostream.h"
+#include "llamac/Version.h"
 
 using namespace llamac;
 
 int llamac::runTrainOnCuda(const TrainOptions &options) {
-  // What the GPU loop does not do yet, refused rather than ignored.
-  if (options.gradAccum != 1)
-    return reportError("--grad-accum: not supported with --device cuda yet");
-  if (!options.resumePath.empty() || options.saveEvery != 0)
-    return reportError("--resume/--save-every: not supported with --device "
-                       "cuda yet (use --save for the final checkpoint)");
-  if (options.shuffle || options.padToLongest)
-    return reportError("--shuffle/--pad-to-longest: not supported with "
-                       "--device cuda yet");
-  if (options.dataPath.empty())
-    return reportError("--data: --device cuda needs a JSON Lines file of "
-                       "token rows");
-
   llvm::Expected<LlamaConfig> config = loadModelConfig(options.configPath);
   if (!config)
     return reportError(llvm::toString(config.takeError()));
+  GpuPackageOptions target = options.target;
+  target.accumulateGradients = options.gradAccum > 1;
   llvm::Expected<std::string> package =
       cachedStepPackage(*config, options.shape, fusionPipeline(options),
-                        defaultPackageCache(), options.target);
+                        defaultPackageCache(), target);
   if (!package)
     return reportError(llvm::toString(package.takeError()));
 
@@ -42,9 +32,12 @@ int llamac::runTrainOnCuda(const TrainOptions &options) {
   gpu.packageDir = *package;
   gpu.weightsPath = options.weightsPath;
   gpu.dataPath = options.dataPath;
+  gpu.tokenizerPath = options.tokenizerPath;
+  gpu.modelDir = options.configPath;
   gpu.savePath = options.savePath;
   gpu.dumpGradsPath = options.dumpGradsPath;
   gpu.metricsPath = options.metricsPath;
+  gpu.resumePath = options.resumePath;
   gpu.steps = options.steps;
   gpu.schedule.kind = options.lrSchedule;
   gpu.schedule.peak = options.lr;
@@ -56,5 +49,12 @@ int llamac::runTrainOnCuda(const TrainOptions &options) {
   gpu.eps = options.eps;
   gpu.maxGradNorm = options.maxGradNorm;
   gpu.seed = options.seed;
+  gpu.gradAccum = options.gradAccum;
+  gpu.saveEvery = options.saveEvery;
+  gpu.keep = options.keep;
+  gpu.saveOnInterrupt = options.saveOnInterrupt;
+  gpu.shuffle = options.shuffle;
+  gpu.padToLongest = options.padToLongest;
+  gpu.llamacVersion = LLAMAC_VERSION_STRING;
   return trainOnGpu(gpu);
 }

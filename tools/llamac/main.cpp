@@ -104,6 +104,11 @@ static cl::opt<bool>
     noOptimizer("no-optimizer",
                 cl::desc("Stop after autodiff: return the gradients"),
                 cl::sub(compileCommand));
+static cl::opt<bool> accumulateGrads(
+    "accumulate-grads",
+    cl::desc("--emit package: sum gradients over micro-batches (for "
+             "llamac-run --grad-accum N)"),
+    cl::sub(compileCommand));
 static cl::opt<std::string> outputPath("o", cl::desc("Output file"),
                                        cl::init("-"), cl::sub(compileCommand));
 
@@ -272,7 +277,7 @@ static int readStepShape(StepShape &shape, FP8Options &fp8) {
 }
 
 /// --arch.
-static int readGpuTarget(GpuTarget &target) {
+static int readGpuPackageOptions(GpuPackageOptions &target) {
   if (llvm::Error error = checkArch(arch))
     return reportError(toString(std::move(error)));
   target.arch = arch;
@@ -283,7 +288,7 @@ static int compileMain() {
   CompileOptions options;
   if (int code = readStepShape(options.shape, options.fp8))
     return code;
-  if (int code = readGpuTarget(options.target))
+  if (int code = readGpuPackageOptions(options.target))
     return code;
   options.configPath = configPath;
   options.emit = emit;
@@ -292,6 +297,7 @@ static int compileMain() {
   options.fuseGatedMLP = !noFuseGatedMLP;
   options.fuseNormLinear = !noFuseNormLinear;
   options.fuseRopeAttention = !noFuseRopeAttention;
+  options.accumulateGradients = accumulateGrads;
   options.outputPath = outputPath;
   return runCompile(options);
 }
@@ -300,7 +306,7 @@ static int trainMain() {
   TrainOptions options;
   if (int code = readStepShape(options.shape, options.fp8))
     return code;
-  if (int code = readGpuTarget(options.target))
+  if (int code = readGpuPackageOptions(options.target))
     return code;
   SmallVector<StringRef, 2> betas;
   StringRef(adamBetas).split(betas, ',');

@@ -2,6 +2,8 @@
 
 #include "llamac/Kernels/Kernels.h"
 
+#include "llamac/Package/Package.h"
+
 #include "KernelTemplates.inc"
 
 #include "mlir/IR/MLIRContext.h"
@@ -117,15 +119,20 @@ std::string f32Bits(float value) {
   return text;
 }
 
-/// A flat elementwise kernel over `numel` elements, 8 per thread.
+/// A flat elementwise kernel over `numel` elements, 8 per thread; `extra`
+/// sets further placeholders and `suffix` ends the kernel's name.
 llvm::Expected<KernelSpec> elementwise(llvm::StringRef templateName,
-                                       int64_t numel) {
+                                       int64_t numel, Values extra = {},
+                                       llvm::StringRef suffix = "") {
   if (llvm::Error error = checkSize(templateName, "element count", numel, 8))
     return std::move(error);
-  return specialize(templateName, (templateName + "_n" + str(numel)).str(),
-                    {{"N", str(numel)}}, dims(blocksFor(numel / 8, 256)),
-                    dims(256));
+  extra.emplace_back("N", str(numel));
+  return specialize(
+      templateName, (templateName + "_n" + str(numel) + suffix).str(),
+      std::move(extra), dims(blocksFor(numel / 8, 256)), dims(256));
 }
+
+const char *boolean(bool value) { return value ? "true" : "false"; }
 
 } // namespace
 
@@ -133,8 +140,11 @@ llvm::Expected<KernelSpec> llamac::adamwKernel(int64_t numel) {
   return elementwise("adamw", numel);
 }
 
-llvm::Expected<KernelSpec> llamac::f32ToBF16Kernel(int64_t numel) {
-  return elementwise("f32_to_bf16", numel);
+llvm::Expected<KernelSpec> llamac::f32ToBF16Kernel(int64_t numel,
+                                                   bool accumulate) {
+  return elementwise("f32_to_bf16", numel,
+                     {{"ACCUMULATE", boolean(accumulate)}},
+                     accumulate ? "_acc" : "");
 }
 
 llvm::Expected<KernelSpec> llamac::scaleBF16Kernel(int64_t numel) {
@@ -239,22 +249,26 @@ llamac::rmsNormBackwardKernel(int64_t rows, int64_t hidden, bool accumulate) {
                      {"TH", str(rows * hidden)},
                      {"G", str(grid)},
                      {"GH", str(grid * hidden)},
-                     {"ACCUMULATE", accumulate ? "true" : "false"},
+                     {"ACCUMULATE", boolean(accumulate)},
                      {"BLOCK", str(block)},
                      {"WARPS", str(block / 32)},
                      {"CHUNKS", str(hidden / 8)}},
                     dims(unsigned(grid)), dims(block));
 }
 
-llvm::Expected<KernelSpec> llamac::columnSumKernel(int64_t rows, int64_t cols) {
+llvm::Expected<KernelSpec> llamac::columnSumKernel(int64_t rows, int64_t cols,
+                                                   bool accumulate) {
   const char *kernel = "column_sum";
   if (llvm::Error error = checkSize(kernel, "row count", rows))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "column count", cols))
     return std::move(error);
   int64_t warps = std::clamp<int64_t>((rows + 3) / 4, 1, 32);
-  return specialize(kernel, "column_sum_g" + str(rows) + "_n" + str(cols),
+  return specialize(kernel,
+                    "column_sum_g" + str(rows) + "_n" + str(cols) +
+                        (accumulate ? "_acc" : ""),
                     {{"G", str(rows)},
+                     {"ACCUMULATE", boolean(accumulate)},
                      {"GLAST", str(rows - 1)},
                      {"N", str(cols)},
                      {"LAST", str(cols - 1)},
@@ -426,16 +440,21 @@ static llvm::Error checkLossShape(llvm::StringRef kernel, int64_t rows,
   return llvm::Error::success();
 }
 
-llvm::Expected<KernelSpec>
-llamac::countTargetsKernel(int64_t rows, int64_t seqLen, int64_t vocab) {
+llvm::Expected<KernelSpec> llamac::countTargetsKernel(int64_t rows,
+                                                      int64_t seqLen,
+                                                      int64_t vocab,
+                                                      bool hostCount) {
   const char *kernel = "count_targets";
   if (llvm::Error error = checkLossShape(kernel, rows, seqLen, vocab))
     return std::move(error);
   unsigned block = threadsFor(rows, 1024);
   return specialize(kernel,
                     "count_targets_t" + str(rows) + "_s" + str(seqLen) + "_v" +
-                        str(vocab),
+                        str(vocab) + (hostCount ? "_host" : ""),
                     {{"T", str(rows)},
+                     {"HOST_COUNT", boolean(hostCount)},
+                     {"SLOT", str(package::kLossTokensSlot)},
+                     {"HYPERS", str(package::kHyperparameterCount)},
                      {"TLAST", str(rows - 1)},
                      {"SEQ", str(seqLen)},
                      {"SEQLAST", str(seqLen - 1)},

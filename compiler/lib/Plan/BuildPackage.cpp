@@ -10,6 +10,15 @@
 // launches over all parameters. Activations get arena offsets from their
 // live ranges (MemoryPlan.h).
 //
+// A package that accumulates gradients (PackageOptions::accumulateGradients)
+// adds every gradient into its slot: GEMMs with beta 1, accumulating norm
+// and embedding kernels, and a gradient summed from several uses (tied
+// embeddings) summed in the slot by its addends' producers. The loss divides
+// by the token count of the whole optimizer step, which the host writes into
+// the hyperparameters buffer, so the micro-batches' gradients add up to the
+// gradient of the step's mean loss. The gradients are zeroed after AdamW
+// (and by zero_grads before the first step).
+//
 // Attention runs as batched cuBLASLt GEMMs around softmax kernels. One
 // kernel moves q, k, v from the QKV GEMM's token rows to a head-major
 // layout, applying RoPE; there the query heads of one KV group are one
@@ -204,6 +213,13 @@ private:
     return {l.buffer, l.offset, l.ld};
   }
 
+  /// True when `l` is a parameter's gradient slot that this package adds
+  /// into rather than overwrites.
+  bool accumulatesInto(const Location &l) const {
+    return options.accumulateGradients && l.buffer >= 0 &&
+           buffers[l.buffer].info.role == "grad";
+  }
+
   //--- Steps ------------------------------------------------------------===//
 
   llvm::Error launch(llvm::Expected<KernelSpec> kernel,
@@ -247,7 +263,8 @@ private:
   }
 
   /// A row-major GEMM over locations (bf16 operands, packed unless `ld`),
-  /// plus `addend` (D's layout) when given.
+  /// plus `addend` (D's layout) when given. Into an accumulated gradient
+  /// slot it adds (beta 1, C = D).
   void linear(Location a, Location b, Location d, int64_t m, int64_t n,
               int64_t k, bool transposeA, bool transposeB,
               const std::string &label,
@@ -258,6 +275,8 @@ private:
     g.a = operand(a), g.b = operand(b), g.d = operand(d);
     if (addend) {
       g.c = operand(*addend);
+      g.beta = 1;
+    } else if (accumulatesInto(d)) {
       g.beta = 1;
     }
     gemm(g, label);
@@ -419,7 +438,7 @@ llvm::Error PackageBuilder::prepareForwardBackward(func::FuncOp func) {
           newBuffer(input.str(), "input", ElementType::I32, {tokens}, true), 0,
           0};
   hyper = newBuffer(kHyperparametersBuffer, "hyperparameters", ElementType::F32,
-                    {8}, true);
+                    {package::kHyperparameterCount}, true);
   lossStats = newBuffer(kLossStatsBuffer, "loss", ElementType::F32, {4}, true);
   gradNorm =
       newBuffer(kGradNormBuffer, "grad_norm", ElementType::F32, {4}, true);
@@ -440,6 +459,28 @@ llvm::Error PackageBuilder::prepareForwardBackward(func::FuncOp func) {
     } else if (func.getResultAttrDict(index) &&
                func.getResultAttrDict(index).get(kLossAttr)) {
       locations[value] = {lossStats, 0, 0};
+    }
+  }
+
+  // Accumulating, a gradient summed from several uses (the tied embedding
+  // table's) is summed in its slot: each addend's producer adds into it, and
+  // the adds themselves emit nothing.
+  if (options.accumulateGradients) {
+    llvm::SmallVector<Value> sums;
+    for (auto [index, value] : llvm::enumerate(ret.getOperands()))
+      if (func.getResultAttrOfType<StringAttr>(index, kGradAttr))
+        sums.push_back(value);
+    while (!sums.empty()) {
+      Value sum = sums.pop_back_val();
+      auto add = sum.getDefiningOp<AddOp>();
+      if (!add)
+        continue;
+      for (Value addend : {add.getLhs(), add.getRhs()}) {
+        if (!addend.hasOneUse() || locations.count(addend))
+          return fail(add, "an addend of a gradient has other users");
+        locations[addend] = locations[sum];
+        sums.push_back(addend);
+      }
     }
   }
 
@@ -535,8 +576,8 @@ llvm::Error PackageBuilder::normBackward(Operation *op, Value inputGrad,
                                             : " (norm backward)")))
     return error;
   Location dw = define(weightGrad, "norm_weight_grad");
-  return launch(columnSumKernel(blocks, hidden), {whole(partial), dw},
-                label + " (norm weight gradient)");
+  return launch(columnSumKernel(blocks, hidden, accumulatesInto(dw)),
+                {whole(partial), dw}, label + " (norm weight gradient)");
 }
 
 llvm::Error PackageBuilder::attentionScores(Operation *op, int headMajor,
@@ -567,6 +608,16 @@ llvm::Error PackageBuilder::lower(Operation &op) {
   // llama-insert-fp8's quantization: FP8 GEMMs are not lowered yet.
   if (isa<FP8QuantizeOp, FP8ScaleUpdateOp>(op) || op.getAttr("fp8_formats"))
     return fail(&op, "FP8 is not supported by the GPU backend yet");
+  // The ops below that write a gradient slot add into it when the package
+  // accumulates; any other writer would overwrite the sum.
+  if (options.accumulateGradients &&
+      !isa<MatmulOp, NormMatmulGradOp, GatedMLPGradOp, RMSNormGradOp,
+           EmbeddingGradOp, arith::ConstantOp, AddOp>(op))
+    for (Value result : op.getResults()) {
+      auto found = locations.find(result);
+      if (found != locations.end() && accumulatesInto(found->second))
+        return fail(&op, "cannot add its result to an accumulated gradient");
+    }
 
   if (auto constant = dyn_cast<arith::ConstantOp>(op)) {
     auto value = dyn_cast<DenseElementsAttr>(constant.getValue());
@@ -580,7 +631,9 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     if (splat != 0.0)
       return fail(&op, "only the backward's seed and zeros are supported");
     Location out = define(constant.getResult(), "zeros");
-    memset(out, uint64_t(numel(constant.getType())) * 2, label);
+    // Adding zero to an accumulated gradient changes nothing.
+    if (!accumulatesInto(out))
+      memset(out, uint64_t(numel(constant.getType())) * 2, label);
     return llvm::Error::success();
   }
 
@@ -646,6 +699,12 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     if (a->ld || b->ld)
       return fail(&op, "adds strided views");
     Location out = define(add.getResult(), "add");
+    // A gradient's sum: its addends have already added into the slot.
+    if (accumulatesInto(out)) {
+      if (a->buffer != out.buffer || b->buffer != out.buffer)
+        return fail(&op, "sums a gradient whose addends live elsewhere");
+      return llvm::Error::success();
+    }
     return launch(addBF16Kernel(numel(add.getType())), {*a, *b, out}, label);
   }
 
@@ -766,8 +825,9 @@ llvm::Error PackageBuilder::lower(Operation &op) {
                          "overwrites them with their gradient");
     Location stats = define(loss.getResult(), "loss");
     memset(stats, 16, label + " (zero)");
-    if (auto error = launch(countTargetsKernel(tokens, loss.getSeqLen(), vocab),
-                            {*labels, stats}, label + " (count)"))
+    if (auto error = launch(countTargetsKernel(tokens, loss.getSeqLen(), vocab,
+                                               options.accumulateGradients),
+                            {*labels, stats, whole(hyper)}, label + " (count)"))
       return error;
     return launch(crossEntropyKernel(tokens, loss.getSeqLen(), vocab),
                   {*logits, *labels, stats}, label);
@@ -801,8 +861,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
                             {*ids, *dOut, whole(accumulator)}, label))
       return error;
     Location out = define(grad.getResult(), "embedding_grad");
-    return launch(f32ToBF16Kernel(vocab * hidden), {whole(accumulator), out},
-                  label + " (round)");
+    return launch(f32ToBF16Kernel(vocab * hidden, accumulatesInto(out)),
+                  {whole(accumulator), out}, label + " (round)");
   }
 
   if (auto grad = dyn_cast<NormMatmulGradOp>(op)) {
@@ -1066,6 +1126,15 @@ llvm::Error PackageBuilder::build(ModuleOp module) {
   current = &functions.back();
   if (auto error = lowerOptimizer(optimizer))
     return error;
+  if (options.accumulateGradients) {
+    // The next step's micro-batches add into zeros; zero_grads does the
+    // same before the first step.
+    uint64_t gradBytes = uint64_t(flatElements) * 2;
+    memset(whole(gradsRegion), gradBytes, "zero gradients for the next step");
+    functions.push_back({package::kZeroGradsFunction, {}});
+    current = &functions.back();
+    memset(whole(gradsRegion), gradBytes, "zero gradients");
+  }
   ++opIndex;
   return llvm::Error::success();
 }
@@ -1095,6 +1164,7 @@ llvm::Expected<package::Package> PackageBuilder::finish() {
   result.batch = options.batch;
   result.seq = options.seq;
   result.precision = "bf16";
+  result.accumulatesGradients = options.accumulateGradients;
   result.arenaBytes = plan.arenaBytes;
   std::vector<uint64_t> offsets(buffers.size(), 0);
   for (size_t r = 0; r < roots.size(); ++r)

@@ -150,6 +150,64 @@ TEST(Package, RejectsOperandsOutsideTheirBuffer) {
   EXPECT_FALSE(validate(p, "pkg").ok());
 }
 
+TEST(Package, AccumulatingPackagesRoundTripAndNeedZeroGrads) {
+  std::string dir = temporaryDirectory();
+  Package written = samplePackage();
+  ASSERT_TRUE(writePackage(dir, written).ok());
+  Result<Package> plain = readPackage(dir);
+  ASSERT_TRUE(plain.ok()) << plain.error().message;
+  EXPECT_FALSE(plain->accumulatesGradients);
+  written.accumulatesGradients = true;
+  Status status = validate(written, "pkg");
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.error().message, "pkg: accumulates_gradients: no function "
+                                    "'zero_grads' to zero them");
+  written.functions.push_back(
+      {kZeroGradsFunction, {written.functions[0].steps[2]}});
+  ASSERT_TRUE(writePackage(dir, written).ok());
+  Result<Package> read = readPackage(dir);
+  ASSERT_TRUE(read.ok()) << read.error().message;
+  EXPECT_TRUE(read->accumulatesGradients);
+  ASSERT_NE(read->function(kZeroGradsFunction), nullptr);
+
+  // Manifests written before the field existed do not accumulate.
+  std::string manifest = dir + "/manifest.json";
+  std::ifstream in(manifest);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  in.close();
+  const std::string field = "\"accumulates_gradients\": true,";
+  ASSERT_NE(text.find(field), std::string::npos);
+  std::ofstream(manifest) << text.erase(text.find(field), field.size());
+  read = readPackage(dir);
+  ASSERT_TRUE(read.ok()) << read.error().message;
+  EXPECT_FALSE(read->accumulatesGradients);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Package, HyperparametersFillTheirSlots) {
+  Hyperparameters values;
+  values.lr = 3e-4;
+  values.beta1 = 0.8;
+  values.beta2 = 0.95;
+  values.eps = 1e-6;
+  values.weightDecay = 0.1;
+  values.maxGradNorm = 0.5;
+  values.step = 12;
+  // 2^24 + 1 tokens would round in f32; the count of a large step fits.
+  values.lossTokens = (1 << 24) - 3;
+  std::array<float, kHyperparameterCount> slots = packHyperparameters(values);
+  EXPECT_EQ(slots.size(), 8u); // the package's f32 [8] buffer
+  EXPECT_EQ(slots[kLrSlot], 3e-4f);
+  EXPECT_EQ(slots[kBeta1Slot], 0.8f);
+  EXPECT_EQ(slots[kBeta2Slot], 0.95f);
+  EXPECT_EQ(slots[kEpsSlot], 1e-6f);
+  EXPECT_EQ(slots[kWeightDecaySlot], 0.1f);
+  EXPECT_EQ(slots[kStepSlot], 12.0f);
+  EXPECT_EQ(slots[kMaxGradNormSlot], 0.5f);
+  EXPECT_EQ(slots[kLossTokensSlot], float((1 << 24) - 3));
+  EXPECT_EQ(double(slots[kLossTokensSlot]), double((1 << 24) - 3));
+}
+
 TEST(Package, ReadReportsBadManifests) {
   std::string dir = temporaryDirectory();
   ASSERT_TRUE(writePackage(dir, samplePackage()).ok());

@@ -70,6 +70,54 @@ TEST_F(TrainingDataTest, TextRowsAreTokenizedWithBosAndEos) {
   EXPECT_EQ((*rows)[1].inputIds, (Ids{1, 22557, 1526, 2}));
 }
 
+TEST_F(TrainingDataTest, RunRowsUseTheGivenOrTheModelsTokenizer) {
+  const std::string file = writeFile("data.jsonl", R"({"text": "Hello world"}
+{"input_ids": [5, 6]}
+)");
+  const Ids hello = {1, 22557, 1526, 2};
+  // --tokenizer, or the model directory's tokenizer.json.
+  for (auto [tokenizerPath, modelDir] :
+       {std::pair{kGoldenDir + "/sp-bpe-32k", dir},
+        std::pair{std::string(), kGoldenDir + "/sp-bpe-32k"}}) {
+    Result<std::vector<TokenRow>> rows =
+        loadRunRows(file, tokenizerPath, modelDir, 32000);
+    ASSERT_TRUE(rows) << rows.error().message;
+    ASSERT_EQ(rows->size(), 2u);
+    EXPECT_EQ((*rows)[0].inputIds, hello);
+    EXPECT_EQ((*rows)[1].inputIds, (Ids{5, 6}));
+  }
+  // A model directory without one: the text row names its line.
+  Result<std::vector<TokenRow>> rows = loadRunRows(file, "", dir, 32000);
+  ASSERT_FALSE(rows);
+  EXPECT_TRUE(
+      isErrorAbout(rows.error().message, file + ":1", "row needs a tokenizer"));
+  rows = loadRunRows(file, dir + "/nowhere", "", 32000);
+  ASSERT_FALSE(rows);
+  EXPECT_NE(rows.error().message.find(dir + "/nowhere"), std::string::npos)
+      << rows.error().message;
+}
+
+TEST_F(TrainingDataTest, RunsWithoutDataGetTheBuiltInRows) {
+  Result<std::vector<TokenRow>> rows = loadRunRows("", "", "", 100);
+  ASSERT_TRUE(rows) << rows.error().message;
+  ASSERT_EQ(rows->size(), 64u);
+  EXPECT_EQ(rows->size(), builtinRows(100).size());
+  size_t shortest = SIZE_MAX, longest = 0;
+  for (const TokenRow &row : *rows) {
+    EXPECT_EQ(row.labels, row.inputIds);
+    for (int32_t id : row.inputIds)
+      EXPECT_TRUE(id >= 0 && id < 100) << id;
+    // An arithmetic progression modulo the vocabulary.
+    int64_t stride = (row.inputIds[1] - row.inputIds[0] + 100) % 100;
+    for (size_t i = 1; i < row.inputIds.size(); ++i)
+      EXPECT_EQ((row.inputIds[i] - row.inputIds[i - 1] + 100) % 100, stride);
+    shortest = std::min(shortest, row.inputIds.size());
+    longest = std::max(longest, row.inputIds.size());
+  }
+  EXPECT_EQ(shortest, 24u);
+  EXPECT_GT(longest, 256u);
+}
+
 TEST_F(TrainingDataTest, Llama3TextRowsGetEosButNoBos) {
   // The Llama 3 tokenizer.json's post-processor adds no BOS, so HF (and TRL)
   // give none; EOS is <|end_of_text|> from tokenizer_config.json.

@@ -8,12 +8,15 @@
 //   - training 4 steps equals training 2, then resuming to 4, bit for bit
 //     (losses, gradient norms, weights, optimizer state), with FP8 too (its
 //     amax histories and scales in the checkpoint);
+//   - a checkpoint written as the GPU loop writes it (from a package's
+//     buffers) resumes in the CPU loop exactly as the CPU's own does;
 //   - SIGTERM stops after the current step with a checkpoint that resumes;
 //   - --pad-to-longest changes nothing but speed; --shuffle is reproducible.
 //
 //===----------------------------------------------------------------------===//
 
 #include "llamac/Runtime/Checkpoint.h"
+#include "llamac/Runtime/FusedParams.h"
 #include "llamac/Runtime/Report.h"
 #include "llamac/Runtime/Safetensors.h"
 
@@ -22,6 +25,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -339,6 +343,85 @@ TEST_F(TrainTest, ResumeRefusesOtherSettings) {
   EXPECT_NE(readFile(path("stderr")).find("cannot resume: config field '"),
             std::string::npos)
       << readFile(path("stderr"));
+}
+
+TEST_F(TrainTest, GpuLoopCheckpointsResumeOnTheCpu) {
+  // The tiny model of the GPU tests in bf16, as the GPU runs it.
+  const std::string config = std::string(TINY_CONFIG);
+  auto flags = [&](const std::string &name, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"train",
+                                     "--config=" + config,
+                                     "--precision=bf16",
+                                     "--batch=2",
+                                     "--seq=32",
+                                     "--steps=3",
+                                     "--lr=1e-3",
+                                     "--save-every=1",
+                                     "--save=" + path(name),
+                                     "--metrics=" + path(name + ".jsonl")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  ASSERT_EQ(
+      run({"compile", "--config=" + config, "--precision=bf16", "--batch=2",
+           "--seq=32", "--emit=package", "-o", path("package")}),
+      0)
+      << readFile(path("stderr"));
+  ASSERT_EQ(run(flags("cpu", {})), 0) << readFile(path("stderr"));
+
+  // The GPU loop's state after step 2, as it fills the device from the CPU's
+  // checkpoint-2 (here host memory), and the checkpoint it writes of it.
+  Result<package::Package> package = package::readPackage(path("package"));
+  ASSERT_TRUE(package.ok()) << package.error().message;
+  const std::string saved = path("cpu/checkpoint-2");
+  Result<WeightStore> weights = WeightStore::open(saved);
+  Result<SafetensorsFile> moments =
+      SafetensorsFile::open(saved + "/optimizer.safetensors");
+  ASSERT_TRUE(weights.ok() && moments.ok());
+  std::map<std::string, std::vector<uint8_t>> device;
+  for (const package::Buffer &buffer : package->buffers) {
+    std::optional<Result<HostTensor>> fused;
+    if (buffer.role == "param")
+      fused = gatherFused(buffer, tensorsIn(*weights));
+    else if (buffer.role == "exp_avg" || buffer.role == "exp_avg_sq")
+      fused = gatherFused(buffer, tensorsIn(*moments, buffer.role + "."));
+    if (!fused)
+      continue;
+    ASSERT_TRUE(fused->ok()) << fused->error().message;
+    device[buffer.name] = (*fused)->bytes;
+  }
+  Result<CheckpointContents> contents = packageCheckpoint(
+      *package, [&](const package::Buffer &buffer, void *data) -> Status {
+        std::memcpy(data, device.at(buffer.name).data(), buffer.bytes);
+        return {};
+      });
+  ASSERT_TRUE(contents.ok()) << contents.error().message;
+  Result<TrainerState> state = readTrainerState(saved);
+  ASSERT_TRUE(state.ok());
+  ASSERT_TRUE(writeTrainingCheckpoint(path("gpu"), *state, *contents).ok());
+
+  // The same tensors under the same names, and the CPU loop resumes from it
+  // as from its own checkpoint.
+  for (const char *file : {"model.safetensors", "optimizer.safetensors"}) {
+    SCOPED_TRACE(file);
+    std::map<std::string, std::vector<double>> cpu =
+        tensors(std::string("cpu/checkpoint-2/") + file);
+    EXPECT_EQ(tensors(std::string("gpu/checkpoint-2/") + file), cpu);
+    EXPECT_FALSE(cpu.empty());
+  }
+  fs::copy_file(path("cpu.jsonl"), path("gpu.jsonl"));
+  ASSERT_EQ(run(flags("gpu", {"--resume=" + path("gpu")})), 0)
+      << readFile(path("stderr"));
+  std::vector<MetricsRow> straight = metrics("cpu.jsonl"),
+                          resumed = metrics("gpu.jsonl");
+  ASSERT_EQ(straight.size(), 3u);
+  ASSERT_EQ(resumed.size(), 3u);
+  EXPECT_EQ(resumed[2].loss, straight[2].loss);
+  EXPECT_EQ(resumed[2].gradNorm, straight[2].gradNorm);
+  EXPECT_EQ(readFile(path("gpu/checkpoint-3/model.safetensors")),
+            readFile(path("cpu/checkpoint-3/model.safetensors")));
+  EXPECT_EQ(readFile(path("gpu/checkpoint-3/optimizer.safetensors")),
+            readFile(path("cpu/checkpoint-3/optimizer.safetensors")));
 }
 
 //===----------------------------------------------------------------------===//

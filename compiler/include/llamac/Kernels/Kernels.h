@@ -66,10 +66,12 @@ llvm::Expected<KernelSpec> embeddingForwardKernel(int64_t rows, int64_t vocab,
 llvm::Expected<KernelSpec> embeddingBackwardKernel(int64_t rows, int64_t vocab,
                                                    int64_t hidden);
 
-/// f32_to_bf16: out = bf16(in), round to nearest even. Args: in (f32
-/// [numel]), out (bf16 [numel]). Grid [ceil(numel / 2048)], block [256].
-/// numel % 8 == 0.
-llvm::Expected<KernelSpec> f32ToBF16Kernel(int64_t numel);
+/// f32_to_bf16: out = bf16(in), round to nearest even; with `accumulate`,
+/// out = bf16(f32(out) + in) (a gradient summed over micro-batches). Args:
+/// in (f32 [numel]), out (bf16 [numel]). Grid [ceil(numel / 2048)], block
+/// [256]. numel % 8 == 0.
+llvm::Expected<KernelSpec> f32ToBF16Kernel(int64_t numel,
+                                           bool accumulate = false);
 
 /// rms_norm_fwd: rstd = rsqrt(mean(x^2) + eps) (f32), y = bf16(w bf16(x
 /// rstd)). Args: x (bf16 [rows, hidden]), w (bf16 [hidden]), y (bf16 [rows,
@@ -89,10 +91,12 @@ llvm::Expected<KernelSpec> rmsNormForwardKernel(int64_t rows, int64_t hidden,
 llvm::Expected<KernelSpec> rmsNormBackwardKernel(int64_t rows, int64_t hidden,
                                                  bool accumulate);
 
-/// column_sum: out[j] = bf16(sum_g in[g, j]) in a fixed order. Args: in (f32
+/// column_sum: out[j] = bf16(sum_g in[g, j]) in a fixed order; with
+/// `accumulate`, out[j] = bf16(f32(out[j]) + sum_g in[g, j]). Args: in (f32
 /// [rows, cols]), out (bf16 [cols]). Grid [ceil(cols / 32)], block [32 *
 /// warps] with warps = min(32, ceil(rows / 4)).
-llvm::Expected<KernelSpec> columnSumKernel(int64_t rows, int64_t cols);
+llvm::Expected<KernelSpec> columnSumKernel(int64_t rows, int64_t cols,
+                                           bool accumulate = false);
 
 /// swiglu_fwd: out[t, j] = bf16(bf16(silu(gate)) up) with gate = gu[t, j],
 /// up = gu[t, width + j]. Args: gu (bf16 [rows, 2 width]), out (bf16 [rows,
@@ -162,11 +166,15 @@ attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
 
 /// count_targets: the number of rows with a target under the shifted loss
 /// (row t: not last in its sequence and labels[t + 1] in [0, vocab)), and
-/// stats = [0, count, count ? 1 / count : 0, 0]. Args: labels (i32 [rows]),
-/// stats (f32 [4]). Grid [1], block [min(1024, rows rounded up to a warp)].
+/// stats = [0, count, n ? 1 / n : 0, 0] with n = count, or with `hostCount`
+/// n = hyper[package::kLossTokensSlot] (the tokens counted over all
+/// micro-batches of an optimizer step). Args: labels (i32 [rows]), stats
+/// (f32 [4]), hyper (f32 [package::kHyperparameterCount], read only with
+/// `hostCount`). Grid [1], block [min(1024, rows rounded up to a warp)].
 /// rows % seqLen == 0.
 llvm::Expected<KernelSpec> countTargetsKernel(int64_t rows, int64_t seqLen,
-                                              int64_t vocab);
+                                              int64_t vocab,
+                                              bool hostCount = false);
 
 /// cross_entropy: per row with target y, stats[0] += logsumexp(x) - x_y
 /// (f32 atomic) and the row of logits becomes bf16((softmax(x) - onehot(y))

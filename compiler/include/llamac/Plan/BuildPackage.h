@@ -21,17 +21,6 @@
 
 namespace llamac {
 
-/// Slots of the "hyperparameters" buffer (f32 [8]) that the optimizer reads.
-enum HyperparameterSlot {
-  kLrSlot,
-  kBeta1Slot,
-  kBeta2Slot,
-  kEpsSlot,
-  kWeightDecaySlot,
-  kStepSlot,
-  kMaxGradNormSlot
-};
-
 /// Names of the package's fixed buffers.
 constexpr const char *kHyperparametersBuffer = "hyperparameters";
 /// f32 [4]: [sum of per-token losses, counted tokens, 1 / count, 0].
@@ -47,6 +36,13 @@ struct PackageOptions {
   /// Shapes of the Hugging Face tensors by name, so that the package can say
   /// how a fused parameter splits back into them.
   std::map<std::string, std::vector<int64_t>> hfShapes;
+  /// Gradient accumulation (package::Package::accumulatesGradients): every
+  /// write of a gradient adds to its slot (GEMMs with beta 1, the norm-weight
+  /// and embedding gradients by accumulating kernels), the loss divides by
+  /// the step's token count from the hyperparameters buffer, and the gradient
+  /// region is zeroed by kZeroGradsFunction and at the end of
+  /// @optimizer_step instead of at the start of @forward_backward.
+  bool accumulateGradients = false;
 };
 
 /// Builds the package of `module` (after the train-step pipeline, bf16).

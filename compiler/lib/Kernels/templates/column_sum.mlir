@@ -2,7 +2,11 @@
 //   out[j] = bf16(sum_g in[g, j])  over @G@ rows and @N@ columns,
 // accumulated in f32 in a fixed order (deterministic). It finishes
 // reductions done in two passes, such as rms_norm_bwd's weight gradient.
-// Reads in (f32 [@G@, @N@]); writes out (bf16 [@N@]). Block b owns columns
+// With @ACCUMULATE@ set, out holds a sum on entry and the column sum is added
+// to it: out[j] = bf16(f32(out[j]) + sum_g in[g, j]) (gradient accumulation
+// over micro-batches, one rounding per micro-batch).
+// Reads in (f32 [@G@, @N@]) and, accumulating, out; writes out (bf16 [@N@]).
+// Block b owns columns
 // 32 b .. 32 b + 31: lane l of warp k adds rows k, k + @WARPS@, ... of column
 // 32 b + l (128-byte coalesced loads per warp, four rows in flight per
 // iteration), then warp 0 adds the @WARPS@ partial sums from shared memory.
@@ -22,6 +26,7 @@
     %n = arith.constant @N@ : index
     %last = arith.constant @LAST@ : index
     %zero = arith.constant 0.0 : f32
+    %accumulate = arith.constant @ACCUMULATE@
     %b = gpu.block_id x
     %tid = gpu.thread_id x
     %lane = arith.remui %tid, %c32 : index
@@ -59,7 +64,15 @@
         %next = arith.addf %acc, %part : f32
         scf.yield %next : f32
       }
-      %o = arith.truncf %total : f32 to bf16
+      %result = scf.if %accumulate -> (f32) {
+        %old = memref.load %out[%col] : memref<@N@xbf16>
+        %oldf = arith.extf %old : bf16 to f32
+        %withOld = arith.addf %oldf, %total : f32
+        scf.yield %withOld : f32
+      } else {
+        scf.yield %total : f32
+      }
+      %o = arith.truncf %result : f32 to bf16
       memref.store %o, %out[%col] : memref<@N@xbf16>
     }
     gpu.return

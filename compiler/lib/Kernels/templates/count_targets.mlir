@@ -2,11 +2,17 @@
 // of @SEQ@ rows, vocabulary @V@) with cross_entropy's rule: row t has a
 // target when t is not the last position of its sequence and labels[t + 1]
 // lies in [0, @V@). Then it sets up the loss scalars for cross_entropy:
-//   stats = [0 (the loss sum, zeroed), count, count > 0 ? 1 / count : 0, 0].
-// Reads labels (i32 [@T@]); writes stats (f32 [4]). One block: thread k
-// counts rows k, k + @BLOCK@, ...; shuffles and shared memory add the counts.
+//   stats = [0 (the loss sum, zeroed), count, n > 0 ? 1 / n : 0, 0]
+// where n, the number the loss and its gradient are divided by, is count;
+// or, with @HOST_COUNT@ set (a package that accumulates gradients), n =
+// hyper[@SLOT@]: the tokens counted over all micro-batches of the optimizer
+// step, which the host knows before the first one runs, so that each
+// micro-batch adds its share of the step's mean loss gradient.
+// Reads labels (i32 [@T@]) and, with @HOST_COUNT@, hyper (f32 [@HYPERS@]);
+// writes stats (f32 [4]). One block: thread k counts rows k, k + @BLOCK@,
+// ...; shuffles and shared memory add the counts.
 // Launch: grid [1], block [@BLOCK@].
-  gpu.func @@KERNEL@(%labels: memref<@T@xi32>, %stats: memref<4xf32>)
+  gpu.func @@KERNEL@(%labels: memref<@T@xi32>, %stats: memref<4xf32>, %hyper: memref<@HYPERS@xf32>)
       workgroup(%counts : memref<32xi32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: @BLOCK@, 1, 1>} {
     %c0 = arith.constant 0 : index
@@ -71,8 +77,16 @@
         scf.yield %sum : i32
       }
       %count = arith.sitofp %total : i32 to f32
-      %any = arith.cmpi sgt, %total, %zeroi : i32
-      %inv = arith.divf %one, %count : f32
+      %fromHost = arith.constant @HOST_COUNT@
+      %n = scf.if %fromHost -> (f32) {
+        %slot = arith.constant @SLOT@ : index
+        %hostCount = memref.load %hyper[%slot] : memref<@HYPERS@xf32>
+        scf.yield %hostCount : f32
+      } else {
+        scf.yield %count : f32
+      }
+      %any = arith.cmpf ogt, %n, %zero : f32
+      %inv = arith.divf %one, %n : f32
       %scale = arith.select %any, %inv, %zero : f32
       memref.store %zero, %stats[%c0] : memref<4xf32>
       memref.store %count, %stats[%c1] : memref<4xf32>

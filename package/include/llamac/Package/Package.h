@@ -13,6 +13,7 @@
 
 #include "llamac/Runtime/Result.h"
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -21,6 +22,43 @@ namespace llamac::package {
 
 /// Version of the manifest layout; a runtime refuses other versions.
 constexpr int kFormatVersion = 2;
+
+/// Slots of the "hyperparameters" buffer (f32 [kHyperparameterCount]).
+/// The optimizer reads the first seven. A package that accumulates
+/// gradients reads kLossTokensSlot in @forward_backward: the tokens that the
+/// loss counts over all micro-batches of the optimizer step, by which it
+/// divides the summed per-token losses (the Hugging Face Trainer's
+/// num_items_in_batch).
+enum HyperparameterSlot {
+  kLrSlot,
+  kBeta1Slot,
+  kBeta2Slot,
+  kEpsSlot,
+  kWeightDecaySlot,
+  kStepSlot,
+  kMaxGradNormSlot,
+  kLossTokensSlot,
+  kHyperparameterCount
+};
+
+/// What one optimizer step's hyperparameters buffer holds.
+struct Hyperparameters {
+  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weightDecay = 0;
+  double maxGradNorm = 0;
+  /// The optimizer step, from 1 (AdamW's bias correction).
+  int64_t step = 1;
+  /// Tokens the loss counts over the step's micro-batches.
+  int64_t lossTokens = 0;
+};
+
+/// The hyperparameters buffer's contents, slot by slot (f32).
+std::array<float, kHyperparameterCount>
+packHyperparameters(const Hyperparameters &values);
+
+/// The function of a package that accumulates gradients which zeroes the
+/// gradient region (run once before the first micro-batch; @optimizer_step
+/// zeroes it again after each update).
+constexpr const char *kZeroGradsFunction = "zero_grads";
 
 enum class ElementType { BF16, F32, I32, F8E4M3, F8E5M2 };
 const char *elementTypeName(ElementType type);
@@ -107,6 +145,11 @@ struct Package {
   std::string configJson; ///< The model's Hugging Face config.json.
   int64_t batch = 0, seq = 0;
   std::string precision;
+  /// True when @forward_backward adds its gradients to the gradient region
+  /// instead of overwriting them, so that several micro-batches make one
+  /// optimizer step (gradient accumulation; see kLossTokensSlot and
+  /// kZeroGradsFunction). Manifests without the field do not accumulate.
+  bool accumulatesGradients = false;
   /// Bytes of the one device allocation; the runtime zeroes it once.
   uint64_t arenaBytes = 0;
   std::vector<Buffer> buffers;
@@ -119,8 +162,8 @@ struct Package {
 };
 
 /// Checks every reference and bound: buffers inside the arena and aligned,
-/// operands naming existing buffers and staying inside them. Errors name
-/// the field.
+/// operands naming existing buffers and staying inside them; and that a
+/// package that accumulates gradients can zero them. Errors name the field.
 Status validate(const Package &package, const std::string &where);
 
 /// Writes DIR/manifest.json and DIR/kernels.ptx, each atomically.

@@ -85,6 +85,22 @@ Result<std::vector<TokenRow>>
 loadTrainingRows(const std::string &path, const Tokenizer *tokenizer,
                  int64_t vocabSize, TrainingDataInfo *info = nullptr);
 
+/// The rows of a training run, as both backends read them: with \p dataPath
+/// empty, builtinRows(vocabSize); otherwise loadTrainingRows of \p dataPath
+/// with the tokenizer at \p tokenizerPath (tokenizer.json or its directory)
+/// or, when that is empty, the one in \p modelDir if that is a directory
+/// holding a tokenizer.json (token rows need none).
+Result<std::vector<TokenRow>> loadRunRows(const std::string &dataPath,
+                                          const std::string &tokenizerPath,
+                                          const std::string &modelDir,
+                                          int64_t vocabSize);
+
+/// Built-in data for a run without --data: 64 arithmetic progressions modulo
+/// \p vocabSize, of varied start, stride and length (24 to 323 tokens, so
+/// some are truncated and some padded). A model learns to continue them
+/// within steps.
+std::vector<TokenRow> builtinRows(int64_t vocabSize);
+
 /// Reads \p path as loadTrainingRows does (never using the cache), checking
 /// ids against tokenizer.vocabSize(). With \p addSpecialTokens false, text
 /// rows are plain encodings: input_ids = encode(T, false), and for prompt /

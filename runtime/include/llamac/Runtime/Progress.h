@@ -6,7 +6,9 @@
 //   step    3/100 | loss 2.345678 | lr 9.80e-04 | grad norm 1.234 | tokens 4096
 //   | 12345 tok/s | 0.331 s | ETA 0:32
 // and, with --metrics FILE, one JSON object per step (JSON Lines) with step,
-// loss, lr, grad_norm, tokens, tokens_per_s and step_time_s.
+// loss, lr, grad_norm, tokens, tokens_per_s and step_time_s. On a GPU both
+// add the model FLOPs utilization (MFU, "| MFU 41.2%" before the ETA; "mfu"
+// in the metrics, a fraction).
 // Functions here format text; the caller writes it where it wants.
 //
 //===----------------------------------------------------------------------===//
@@ -16,6 +18,7 @@
 
 #include "llamac/Runtime/Result.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -29,13 +32,31 @@ struct StepMetrics {
   /// Real (non-padding) input tokens of the step, over all micro-batches.
   int64_t tokens = 0;
   double stepTimeS = 0;
+  /// Model FLOPs utilization: the step's model FLOPs per second over the
+  /// device's peak (a fraction); NaN where not measured (the CPU backend).
+  double mfu = NAN;
 
   double tokensPerS() const { return stepTimeS > 0 ? tokens / stepTimeS : 0; }
 };
 
 /// One JSON object (no newline) with keys grad_norm, loss, lr, step,
-/// step_time_s, tokens, tokens_per_s; non-finite numbers become null.
+/// step_time_s, tokens, tokens_per_s, and mfu when it is measured;
+/// non-finite numbers become null.
 std::string metricsJson(const StepMetrics &metrics);
+
+/// The model FLOPs of one training step per sequence position of a Llama
+/// whose Hugging Face config.json is \p configJson, at sequence length
+/// \p seq, in PaLM's accounting (appendix B): 6 N for the forward and
+/// backward products with the N weights of every linear layer and the
+/// head, plus 12 L H Q seq for attention's two products (L layers, H query
+/// heads of Q dimensions). Errors name the missing config field.
+Result<double> trainingFlopsPerPosition(const std::string &configJson,
+                                        int64_t seq);
+
+/// The dense BF16 tensor-core peak (FLOP/s) of a GPU from its name ("NVIDIA
+/// H100 80GB HBM3": 989.4e12, as the data sheets give it), or 0 for a GPU
+/// not in the table (then no MFU is shown).
+double peakBF16Flops(const std::string &deviceName);
 
 /// "0:42", "12:03" or "1:02:03"; "?" for a negative or non-finite time.
 std::string formatDuration(double seconds);

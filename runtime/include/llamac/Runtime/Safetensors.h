@@ -29,6 +29,8 @@ enum class DType { F64, F32, F16, BF16, I32, I64 };
 std::optional<DType> parseDType(const std::string &name);
 /// The safetensors name of \p dtype, e.g. "BF16".
 const char *dtypeName(DType dtype);
+/// A shape as text: "[d0, d1, ...]".
+std::string formatShape(const std::vector<int64_t> &shape);
 /// Size of one element of \p dtype in bytes.
 int64_t dtypeSize(DType dtype);
 

@@ -1,0 +1,323 @@
+//===- GpuTrainerTest.cpp - The GPU training loop end to end --------------===//
+//
+// Runs trainOnGpu (what `llamac-run` and `llamac train --device cuda` run)
+// on the tiny model of test/gpu/hf/tiny, from packages the build compiled
+// (TRAIN_DIR: b8 = batch 8, b4-accumulate = batch 4 summing gradients over
+// micro-batches) and a bf16 CPU run of the same model that the build made
+// (TRAIN_DIR/cpu: checkpoints after steps 1, 2 and 3; cpu-metrics.jsonl):
+//   - two micro-batches of 4 rows give the loss and step-1 gradients of one
+//     batch of 8, with micro-batches of very different token counts;
+//   - 4 steps equal 2 steps, then a resume to 4 (shuffled, accumulated);
+//   - the CPU's checkpoint-2 resumes on the GPU, and the GPU's checkpoints
+//     are what the CPU loop reads (files, names, shapes, dtypes, state);
+//   - SIGTERM finishes the step and leaves a checkpoint that resumes.
+// Tolerances: bf16 stores every tensor with a relative rounding of 2^-9;
+// sums in a different order (two micro-batches added in bf16 against one
+// f32-accumulated GEMM; CPU against GPU) differ by a few of those per
+// element, which per tensor is well under 2e-2 (the bound against
+// HF) and for a loss, an average over hundreds of tokens, under 1e-2. The
+// GPU's f32 atomics (loss sum, embedding gradient) make even a repeated run
+// differ in the last bits, so "the same run" is compared within 5e-3.
+//
+//===----------------------------------------------------------------------===//
+
+#include "GpuTestUtil.h"
+
+#include "llamac/Runtime/Checkpoint.h"
+#include "llamac/Runtime/GpuTrainer.h"
+#include "llamac/Runtime/Report.h"
+#include "llamac/Runtime/Safetensors.h"
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include <unistd.h>
+
+using namespace llamac;
+using namespace llamac::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kTrainDir = TRAIN_DIR;
+
+class GpuTrainerTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    std::string pattern = ::testing::TempDir() + "llamac-gpu-train-XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir = pattern;
+  }
+  void TearDown() override {
+    if (!HasFailure())
+      fs::remove_all(dir);
+  }
+
+  std::string path(const std::string &name) const { return dir + "/" + name; }
+
+  /// The settings of the build's CPU run (TRAIN_DIR/CMakeLists.txt): the
+  /// built-in rows, batch 8 x seq 32, lr 1e-3 (linear), 3 steps, seed 0.
+  GpuTrainOptions cpuRunOptions() const {
+    GpuTrainOptions options;
+    options.packageDir = kTrainDir + "/b8";
+    options.steps = 3;
+    options.schedule = {LRScheduleKind::Linear, 1e-3, 0, 3};
+    return options;
+  }
+
+  std::vector<MetricsRow> metrics(const std::string &file) {
+    Result<std::vector<MetricsRow>> rows = readMetricsFile(file);
+    EXPECT_TRUE(rows.ok()) << (rows.ok() ? "" : rows.error().message);
+    return rows.ok() ? *rows : std::vector<MetricsRow>{};
+  }
+
+  std::string dir;
+};
+
+std::map<std::string, HostTensor> readAll(const std::string &path) {
+  std::map<std::string, HostTensor> tensors;
+  Result<SafetensorsFile> file = SafetensorsFile::open(path);
+  EXPECT_TRUE(file.ok()) << (file.ok() ? "" : file.error().message);
+  if (!file.ok())
+    return tensors;
+  for (const TensorInfo &info : file->tensors())
+    tensors.emplace(info.name, *file->read(info.name));
+  return tensors;
+}
+
+/// Same names, shapes and dtypes; every tensor within `tolerance`
+/// (relative Frobenius error against `want`).
+void expectClose(const std::string &got, const std::string &want,
+                 double tolerance) {
+  SCOPED_TRACE(got + " vs " + want);
+  std::map<std::string, HostTensor> a = readAll(got), b = readAll(want);
+  ASSERT_FALSE(b.empty());
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto &[name, tensor] : b) {
+    auto found = a.find(name);
+    ASSERT_NE(found, a.end()) << name;
+    EXPECT_EQ(found->second.dtype, tensor.dtype) << name;
+    ASSERT_EQ(found->second.shape, tensor.shape) << name;
+    EXPECT_LE(relativeError(found->second.toDouble(), tensor.toDouble()),
+              tolerance)
+        << name;
+  }
+}
+
+void expectRelative(double got, double want, double tolerance,
+                    const std::string &what) {
+  EXPECT_LE(std::abs(got - want), tolerance * std::abs(want))
+      << what << ": " << got << " vs " << want;
+}
+
+TEST_F(GpuTrainerTest, TwoMicroBatchesOfFourEqualOneBatchOfEight) {
+  LLAMAC_REQUIRE_GPU(device);
+  // Step 1: rows 0-3 count 31 tokens each (truncated to 32), rows 4-7 count
+  // 5 each (one with masked labels too), so the two micro-batches weigh
+  // 124 : 17; dividing each by its own count would double the small one's
+  // share. Step 2 takes rows 8-15.
+  std::string data = path("rows.jsonl");
+  {
+    std::ofstream out(data);
+    for (int r = 0; r < 16; ++r) {
+      int length = r < 4 ? 40 : r < 8 ? 6 : 10 + 2 * r;
+      out << "{\"input_ids\": [";
+      for (int i = 0; i < length; ++i)
+        out << (i ? ", " : "") << (11 * r + 7 * i + 3) % 256;
+      out << "]";
+      if (r == 5)
+        out << ", \"labels\": [-100, -100, -100, -100, 9, 10]";
+      out << "}\n";
+    }
+  }
+  auto train = [&](const std::string &package, int64_t accum,
+                   const std::string &tag) {
+    GpuTrainOptions options;
+    options.packageDir = kTrainDir + "/" + package;
+    options.dataPath = data;
+    options.steps = 2;
+    options.gradAccum = accum;
+    options.schedule = {LRScheduleKind::Constant, 1e-3, 0, 2};
+    options.seed = 5;
+    options.dumpGradsPath = path(tag + "-grads.safetensors");
+    options.metricsPath = path(tag + ".jsonl");
+    options.savePath = path(tag);
+    ASSERT_EQ(trainOnGpu(options), 0) << tag;
+  };
+  train("b8", 1, "one");
+  train("b4-accumulate", 2, "two");
+  std::vector<MetricsRow> one = metrics(path("one.jsonl")),
+                          two = metrics(path("two.jsonl"));
+  ASSERT_EQ(one.size(), 2u);
+  ASSERT_EQ(two.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(two[i].tokens, one[i].tokens);
+    expectRelative(two[i].loss, one[i].loss, 1e-2, "loss");
+    expectRelative(two[i].gradNorm, one[i].gradNorm, 2e-2, "grad norm");
+  }
+  expectClose(path("two-grads.safetensors"), path("one-grads.safetensors"),
+              2e-2);
+  expectClose(path("two/model.safetensors"), path("one/model.safetensors"),
+              2e-2);
+}
+
+TEST_F(GpuTrainerTest, FourStepsEqualTwoThenResumeToFour) {
+  LLAMAC_REQUIRE_GPU(device);
+  // Shuffled, accumulated, padded to the longest row, clipped: the state a
+  // resume must restore (weights, moments, step, data position).
+  auto options = [&](const std::string &name, int64_t steps) {
+    GpuTrainOptions o;
+    o.packageDir = kTrainDir + "/b4-accumulate";
+    o.gradAccum = 2;
+    o.shuffle = true;
+    o.seed = 3;
+    o.padToLongest = true;
+    o.maxGradNorm = 0.5;
+    o.steps = steps;
+    o.schedule = {LRScheduleKind::Constant, 1e-3, 0, steps};
+    o.saveEvery = 2;
+    o.savePath = path(name);
+    o.metricsPath = path(name + ".jsonl");
+    return o;
+  };
+  ASSERT_EQ(trainOnGpu(options("straight", 4)), 0);
+  ASSERT_EQ(trainOnGpu(options("resumed", 2)), 0);
+  GpuTrainOptions resume = options("resumed", 4);
+  resume.resumePath = path("resumed");
+  ASSERT_EQ(trainOnGpu(resume), 0);
+
+  std::vector<MetricsRow> a = metrics(path("straight.jsonl")),
+                          b = metrics(path("resumed.jsonl"));
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    expectRelative(b[i].loss, a[i].loss, 5e-3,
+                   "loss of step " + std::to_string(i + 1));
+    EXPECT_EQ(b[i].tokens, a[i].tokens) << "step " << i + 1;
+  }
+  Result<TrainerState> straight =
+      readTrainerState(path("straight/checkpoint-4"));
+  Result<TrainerState> resumed = readTrainerState(path("resumed/checkpoint-4"));
+  ASSERT_TRUE(straight.ok() && resumed.ok());
+  EXPECT_EQ(resumed->globalStep, 4);
+  EXPECT_EQ(resumed->dataPosition, 4 * 2 * 4);
+  EXPECT_EQ(resumed->dataPosition, straight->dataPosition);
+  EXPECT_EQ(resumed->logHistory.size(), 4u);
+  // Moments that restarted from zero at step 3 would be off by far more.
+  for (const char *file : {"model.safetensors", "optimizer.safetensors"})
+    expectClose(path(std::string("resumed/checkpoint-4/") + file),
+                path(std::string("straight/checkpoint-4/") + file), 1e-2);
+}
+
+TEST_F(GpuTrainerTest, CpuCheckpointResumesOnTheGpu) {
+  LLAMAC_REQUIRE_GPU(device);
+  std::vector<MetricsRow> cpu = metrics(kTrainDir + "/cpu-metrics.jsonl");
+  ASSERT_EQ(cpu.size(), 3u);
+  fs::copy_file(kTrainDir + "/cpu-metrics.jsonl", path("gpu.jsonl"));
+  GpuTrainOptions options = cpuRunOptions();
+  options.resumePath = kTrainDir + "/cpu/checkpoint-2";
+  options.saveEvery = 1;
+  options.savePath = path("gpu");
+  options.metricsPath = path("gpu.jsonl");
+  ASSERT_EQ(trainOnGpu(options), 0);
+  std::vector<MetricsRow> gpu = metrics(path("gpu.jsonl"));
+  ASSERT_EQ(gpu.size(), 3u);
+  EXPECT_EQ(gpu[1].loss, cpu[1].loss); // kept from the CPU's run
+  expectRelative(gpu[2].loss, cpu[2].loss, 1e-2, "loss of step 3");
+  expectRelative(gpu[2].gradNorm, cpu[2].gradNorm, 2e-2, "grad norm");
+  for (const char *file : {"model.safetensors", "optimizer.safetensors"})
+    expectClose(path(std::string("gpu/checkpoint-3/") + file),
+                kTrainDir + "/cpu/checkpoint-3/" + file, 2e-2);
+}
+
+TEST_F(GpuTrainerTest, GpuCheckpointsAreWhatTheCpuLoopReads) {
+  LLAMAC_REQUIRE_GPU(device);
+  // The CPU's run, from its start, on the GPU.
+  GpuTrainOptions options = cpuRunOptions();
+  options.saveEvery = 1;
+  options.savePath = path("gpu");
+  options.metricsPath = path("gpu.jsonl");
+  ASSERT_EQ(trainOnGpu(options), 0);
+  std::vector<MetricsRow> cpu = metrics(kTrainDir + "/cpu-metrics.jsonl"),
+                          gpu = metrics(path("gpu.jsonl"));
+  ASSERT_EQ(cpu.size(), 3u);
+  ASSERT_EQ(gpu.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    expectRelative(gpu[i].loss, cpu[i].loss, 1e-2,
+                   "loss of step " + std::to_string(i + 1));
+    EXPECT_EQ(gpu[i].tokens, cpu[i].tokens);
+    EXPECT_EQ(gpu[i].lr, cpu[i].lr);
+  }
+
+  // What the CPU loop checks when it resumes: the files; every tensor of
+  // the model and optimizer state by name, shape and dtype (expectClose);
+  // the config and the settings that must match.
+  const std::string mine = path("gpu/checkpoint-2"),
+                    theirs = kTrainDir + "/cpu/checkpoint-2";
+  auto files = [](const std::string &d) {
+    std::vector<std::string> names;
+    for (const auto &entry : fs::directory_iterator(d))
+      names.push_back(entry.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  EXPECT_EQ(files(mine), files(theirs));
+  expectClose(mine + "/model.safetensors", theirs + "/model.safetensors", 2e-2);
+  expectClose(mine + "/optimizer.safetensors",
+              theirs + "/optimizer.safetensors", 2e-2);
+  Result<std::string> resolved = resolveResumePath(path("gpu"));
+  ASSERT_TRUE(resolved.ok());
+  EXPECT_EQ(*resolved, path("gpu/checkpoint-3"));
+  Result<TrainerState> state = readTrainerState(mine);
+  Result<TrainerState> cpuState = readTrainerState(theirs);
+  ASSERT_TRUE(state.ok() && cpuState.ok());
+  Status resumable = checkResumable(*state, *cpuState);
+  EXPECT_TRUE(resumable.ok()) << resumable.error().message;
+  EXPECT_EQ(state->globalStep, 2);
+  EXPECT_EQ(state->dataPosition, cpuState->dataPosition);
+  auto text = [](const std::string &file) {
+    std::ifstream in(file);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  Status config = compareConfigs(text(mine + "/config.json"),
+                                 text(theirs + "/config.json"));
+  EXPECT_TRUE(config.ok()) << config.error().message;
+}
+
+TEST_F(GpuTrainerTest, SigtermFinishesTheStepAndSavesACheckpoint) {
+  LLAMAC_REQUIRE_GPU(device);
+  GpuTrainOptions options = cpuRunOptions();
+  options.steps = 100000;
+  options.schedule = {LRScheduleKind::Constant, 1e-3, 0, 100000};
+  options.savePath = path("run");
+  options.metricsPath = path("run.jsonl");
+  // Once a step is logged, the loop's own handler is installed.
+  std::thread signaller([&] {
+    for (int i = 0; i < 6000; ++i) {
+      std::ifstream in(options.metricsPath);
+      std::string line;
+      if (std::getline(in, line))
+        break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ::kill(::getpid(), SIGTERM);
+  });
+  int code = trainOnGpu(options);
+  signaller.join();
+  EXPECT_EQ(code, 128 + SIGTERM);
+  std::vector<CheckpointEntry> found = listCheckpoints(path("run"));
+  ASSERT_EQ(found.size(), 1u);
+  int64_t stopped = found[0].step;
+  EXPECT_EQ(int64_t(metrics(path("run.jsonl")).size()), stopped);
+
+  // It resumes to the next step.
+  options.steps = stopped + 1;
+  options.resumePath = path("run");
+  ASSERT_EQ(trainOnGpu(options), 0);
+  EXPECT_EQ(int64_t(metrics(path("run.jsonl")).size()), stopped + 1);
+}
+
+} // namespace
