@@ -3,8 +3,10 @@
 //   1. load the package and put it on the GPU;
 //   2. upload the weights (Hugging Face tensors concatenated into the fused
 //      parameters the package names) or initialize them, zero the moments;
-//   3. per step: upload a batch, run @forward_backward, read the loss; set the
-//      hyperparameters, run @optimizer_step, read the gradient norm;
+//   3. per step: upload a batch (rows packed into sequences, with their
+//      position_ids, when the package takes them: `--pack`), run
+//      @forward_backward, read the loss; set the hyperparameters, run
+//      @optimizer_step, read the gradient norm;
 //   4. write step 1's gradients and the final checkpoint under HF names.
 //
 //===----------------------------------------------------------------------===//
@@ -12,6 +14,7 @@
 #include "llamac/Runtime/GpuTrainer.h"
 
 #include "llamac/Runtime/Data.h"
+#include "llamac/Runtime/DataOrder.h"
 #include "llamac/Runtime/Executor.h"
 #include "llamac/Runtime/Random.h"
 #include "llamac/Runtime/Safetensors.h"
@@ -220,19 +223,27 @@ int trainOnGpu(const GpuTrainOptions &options) {
     if (!metrics)
       return report(options.metricsPath + ": cannot write");
   }
-  std::printf("llamac-run: %s, batch %lld x seq %lld, bf16, device %s\n",
+  // A package compiled with --pack takes each token's position in its row.
+  const bool packed = executor.package().bufferIndex("position_ids") >= 0;
+  RowSampler sampler(int64_t(rows->size()), /*shuffle=*/false, options.seed);
+  std::printf("llamac-run: %s, batch %lld x seq %lld%s, bf16, device %s\n",
               options.packageDir.c_str(), (long long)batchSize, (long long)seq,
-              (*device)->name().c_str());
+              packed ? " (packed rows)" : "", (*device)->name().c_str());
   double timed = 0;
   int64_t timedSteps = 0;
   for (int64_t step = 1; step <= options.steps; ++step) {
     auto start = std::chrono::steady_clock::now();
-    Batch batch = makeBatch(*rows, (step - 1) * batchSize, batchSize, seq);
+    Batch batch =
+        packed ? packBatch(*rows, sampler, batchSize, seq)
+               : makeBatch(*rows, (step - 1) * batchSize, batchSize, seq);
     Status s = executor.upload("input_ids", batch.inputIds.data(),
                                batch.inputIds.size() * 4);
     if (s)
       s = executor.upload("labels", batch.labels.data(),
                           batch.labels.size() * 4);
+    if (s && packed)
+      s = executor.upload("position_ids", batch.positionIds.data(),
+                          batch.positionIds.size() * 4);
     if (s)
       s = executor.run("forward_backward");
     float stats[4] = {};

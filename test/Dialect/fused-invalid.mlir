@@ -191,3 +191,11 @@ func.func @rope_attention_grad_key_grad(%g: tensor<4x8xf32>, %q: tensor<4x8xf32>
   %dq, %dk, %dv = llama.rope_attention_grad %g, %q, %k, %v {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 2, scale = 0.5, theta = 10000.0} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>) -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>)
   return %dq : tensor<4x8xf32>
 }
+
+// -----
+
+func.func @rope_attention_positions_length(%q: tensor<4x8xf32>, %k: tensor<4x4xf32>, %v: tensor<4x4xf32>, %pos: tensor<2xi32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{positions must have shape [4], got 'tensor<2xi32>'}}
+  %a = llama.rope_attention %q, %k, %v positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 2, scale = 0.5, theta = 10000.0} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<2xi32>) -> tensor<4x8xf32>
+  return %a : tensor<4x8xf32>
+}

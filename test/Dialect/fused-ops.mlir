@@ -38,3 +38,14 @@ func.func @fused_backward(%dq: tensor<4x8xf32>, %dk: tensor<4x4xf32>, %dv: tenso
   %gq, %gk, %gv = llama.rope_attention_grad %dq, %dq, %dk, %dv {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 2, scale = 0.5, theta = 10000.0} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>) -> (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>)
   return %dx, %dln, %dw, %dx2, %dwgu, %dln3, %dwgu3, %gk : tensor<4x8xf32>, tensor<8xf32>, tensor<16x8xf32>, tensor<4x8xf32>, tensor<12x8xf32>, tensor<8xf32>, tensor<12x8xf32>, tensor<4x4xf32>
 }
+
+// Packed sequences: the fused attention and its backward take the positions.
+// CHECK-LABEL: func @packed_rope_attention
+func.func @packed_rope_attention(%q: tensor<4x8xf32>, %k: tensor<4x4xf32>, %v: tensor<4x4xf32>, %pos: tensor<4xi32>)
+    -> (tensor<4x8xf32>, tensor<4x8xf32>) {
+  // CHECK: llama.rope_attention %{{.*}}, %{{.*}}, %{{.*}} positions(%{{.*}}) {{{.*}}} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %a = llama.rope_attention %q, %k, %v positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 4, scale = 0.5, theta = 10000.0} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  // CHECK: llama.rope_attention_grad %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} positions(%{{.*}}) {{{.*}}} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>)
+  %gq, %gk, %gv = llama.rope_attention_grad %a, %q, %k, %v positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 4, scale = 0.5, theta = 10000.0} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>)
+  return %a, %gq : tensor<4x8xf32>, tensor<4x8xf32>
+}

@@ -7,7 +7,9 @@
 //              [--save DIR] [--dump-grads FILE] [--metrics FILE]
 //
 // Links no LLVM: it runs on a GPU machine that has only the CUDA driver and
-// cuBLASLt. The flags mean what they mean for `llamac train`.
+// cuBLASLt. The flags mean what they mean for `llamac train`. A package
+// compiled with `--pack` (its step takes position_ids) trains on rows packed
+// into sequences, as `llamac train --pack` does; others on padded rows.
 //
 //===----------------------------------------------------------------------===//
 

@@ -71,6 +71,13 @@ static cl::opt<std::string>
                          "default) or most_recent"),
                 cl::init("max"), cl::sub(compileCommand), cl::sub(trainCommand),
                 cl::cat(modelCategory));
+static cl::opt<bool>
+    pack("pack",
+         cl::desc("Pack data rows end to end into each sequence; attention "
+                  "stays within a row and positions restart at 0 (the step "
+                  "takes position_ids)"),
+         cl::sub(compileCommand), cl::sub(trainCommand),
+         cl::cat(modelCategory));
 static cl::opt<bool> noFuseGatedMLP(
     "no-fuse-gated-mlp",
     cl::desc("Keep the gate and up projections and SwiGLU apart"),
@@ -261,6 +268,7 @@ static int readStepShape(StepShape &shape, FP8Options &fp8) {
   fp8.amaxComputeAlgo = fp8AmaxAlgo;
   shape.batch = batch;
   shape.seq = seqLen;
+  shape.packed = pack;
   return 0;
 }
 
@@ -344,6 +352,9 @@ static int trainMain() {
   options.keep = keepCheckpoints;
   options.resumePath = resumePath;
   options.saveOnInterrupt = !noSaveOnInterrupt;
+  if (pack && padToLongest)
+    return reportError("--pack: cannot be combined with --pad-to-longest "
+                       "(packed sequences are always --seq long)");
   options.shuffle = shuffleRows;
   options.padToLongest = padToLongest;
   return runTrain(options);

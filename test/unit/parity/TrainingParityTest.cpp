@@ -4,8 +4,9 @@
 // model with the settings of each case that test/golden/
 // make_golden_training.py trained with Hugging Face transformers in float64
 // (the Trainer's gradient accumulation with num_items_in_batch,
-// clip_grad_norm_, the linear and cosine schedules with warmup), and compares
-// every step's loss, learning rate and gradient norm, and the final weights.
+// clip_grad_norm_, the linear and cosine schedules with warmup, --pack against
+// DataCollatorWithFlattening with position_ids), and compares every step's
+// loss, learning rate and gradient norm, and the final weights.
 //
 // Tolerances are HFParityTest's: losses 1e-5, weights 1e-4 (relative,
 // Frobenius, per tensor); gradient norms 1e-4 like the gradients they sum;
@@ -111,6 +112,8 @@ TEST_P(TrainingParity, MatchesTheTransformersTrainer) {
       "--device=cpu",
       "--save=" + out + "/model",
       "--metrics=" + out + "/metrics.jsonl"};
+  if (golden.getBoolean("pack").value_or(false))
+    args.push_back("--pack");
   std::vector<llvm::StringRef> argRefs(args.begin(), args.end());
   std::string errorMessage;
   int exitCode = llvm::sys::ExecuteAndWait(LLAMAC_BINARY, argRefs, std::nullopt,
@@ -167,7 +170,7 @@ TEST_P(TrainingParity, MatchesTheTransformersTrainer) {
 
 INSTANTIATE_TEST_SUITE_P(Golden, TrainingParity,
                          ::testing::Values("grad-accum", "clip",
-                                           "linear-warmup", "cosine"),
+                                           "linear-warmup", "cosine", "pack"),
                          caseName);
 
 } // namespace
