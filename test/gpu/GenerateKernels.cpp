@@ -171,7 +171,8 @@ int main(int argc, char **argv) {
                                 HeadsDirection::ToHeads, Rotation::Forward),
                 "to_tokens_inverse_pos",
                 ropeHeadsKernel(headsLayout(false, true),
-                                HeadsDirection::ToTokens, Rotation::Inverse))) &&
+                                HeadsDirection::ToTokens,
+                                Rotation::Inverse))) &&
       writeGroup(
           dir, "softmax",
           group("fwd_f32",

@@ -586,8 +586,8 @@ llvm::Error PackageBuilder::attentionScores(
   touch(headMajor);
   gemm(g, label + " (scores)");
   return launch(causalSoftmaxForwardKernel(a.batch * a.heads, a.seq,
-                                            ScoreType::F32, ScoreType::BF16,
-                                            positions ? a.heads : 0),
+                                           ScoreType::F32, ScoreType::BF16,
+                                           positions ? a.heads : 0),
                 withPositions({whole(scores), whole(probabilities)}, positions),
                 label + " (softmax)");
 }
@@ -992,13 +992,13 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     gemm(dV, label + " (dV)");
     // dS = P (dP - rowsum(P dP)) from P in f32 (as flash attention keeps
     // it), written over the bf16 P that the dV GEMM has read.
-    if (auto error = launch(
-            attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
-                                           ScoreType::F32, packedHeads),
-            withPositions(
-                {whole(probabilities32), whole(scores), whole(probabilities)},
-                *positions),
-            label + " (softmax backward)"))
+    if (auto error =
+            launch(attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
+                                                  ScoreType::F32, packedHeads),
+                   withPositions({whole(probabilities32), whole(scores),
+                                  whole(probabilities)},
+                                 *positions),
+                   label + " (softmax backward)"))
       return error;
     // dQ[b, group g] = scale dS K[b, g].
     package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
@@ -1018,12 +1018,12 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     dK.d = operand({gradHeads, a.keyRegion, a.dim});
     gemm(dK, label + " (dK)");
     // Back to token rows, rotating the q and k gradients back.
-    return launch(ropeHeadsKernel(headsLayout(a, dq.ld, a.kvHeads, a.kvHeads,
-                                              positions->has_value()),
-                                  HeadsDirection::ToTokens, Rotation::Inverse),
-                  withPositions({dq, whole(gradHeads), whole(freqs)},
-                                *positions),
-                  label + " (inverse rope)");
+    return launch(
+        ropeHeadsKernel(
+            headsLayout(a, dq.ld, a.kvHeads, a.kvHeads, positions->has_value()),
+            HeadsDirection::ToTokens, Rotation::Inverse),
+        withPositions({dq, whole(gradHeads), whole(freqs)}, *positions),
+        label + " (inverse rope)");
   }
 
   if (auto grad = dyn_cast<RMSNormGradOp>(op)) {

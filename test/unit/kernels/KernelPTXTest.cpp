@@ -314,10 +314,10 @@ TEST(KernelPTX, LaunchShapesFollowTheSizes) {
             ropeHeadsKernel(stepOutputHeads(), HeadsDirection::ToHeads,
                             Rotation::Forward)
                 ->name);
-  EXPECT_NE(rope->name, ropeHeadsKernel(stepHeads(true),
-                                        HeadsDirection::ToHeads,
-                                        Rotation::Forward)
-                            ->name);
+  EXPECT_NE(rope->name,
+            ropeHeadsKernel(stepHeads(true), HeadsDirection::ToHeads,
+                            Rotation::Forward)
+                ->name);
   EXPECT_EQ(ropeHeadsKernel(stepOutputHeads(), HeadsDirection::ToTokens,
                             Rotation::None)
                 ->block.x,
@@ -370,8 +370,8 @@ TEST(KernelPTX, RejectsBadStepShapes) {
   EXPECT_NE(message(causalSoftmaxForwardKernel(4, 100, ScoreType::F32))
                 .find("sequence length"),
             std::string::npos);
-  EXPECT_NE(message(attentionSoftmaxBackwardKernel(
-                        6, 64, ScoreType::F32, ScoreType::F32, 4))
+  EXPECT_NE(message(attentionSoftmaxBackwardKernel(6, 64, ScoreType::F32,
+                                                   ScoreType::F32, 4))
                 .find("not a multiple of the heads"),
             std::string::npos);
   EXPECT_NE(message(swigluForwardKernel(4, 0)).find("width"),
@@ -394,10 +394,10 @@ TEST(KernelPTX, RejectsBadStepShapes) {
             std::string::npos);
   layout = stepOutputHeads();
   layout.positions = true; // positions are for rotations
-  EXPECT_NE(message(ropeHeadsKernel(layout, HeadsDirection::ToTokens,
-                                    Rotation::None))
-                .find("positions without a rotation"),
-            std::string::npos);
+  EXPECT_NE(
+      message(ropeHeadsKernel(layout, HeadsDirection::ToTokens, Rotation::None))
+          .find("positions without a rotation"),
+      std::string::npos);
 }
 
 TEST(KernelPTX, RejectsBadShapesAndUnknownTemplates) {

@@ -13,7 +13,9 @@
 // learning rates 1e-12 (the same closed form in double on both sides).
 //
 // The golden files live in test/golden/training/<case>/; until they are
-// generated every case fails, naming the command that makes them.
+// generated every case fails, naming the command that makes them, except a
+// case added since the golden data was last made (kNewCases), which skips
+// visibly, naming it, until its data is committed.
 //
 //===----------------------------------------------------------------------===//
 
@@ -31,6 +33,7 @@
 #include <cmath>
 #include <iomanip>
 #include <map>
+#include <set>
 #include <sstream>
 
 using namespace llamac;
@@ -41,6 +44,10 @@ namespace {
 const std::string kSource = std::string(GOLDEN_DIR) + "/llama2-mha/";
 const std::string kMakeGolden =
     "python3 test/golden/make_golden_training.py test/golden/training";
+
+/// Cases whose golden data is made by a later run of kMakeGolden than the
+/// committed data (pack needs transformers 5, on the GPU machine).
+const std::set<std::string> kNewCases = {"pack"};
 
 double relative(double got, double want) {
   return std::abs(got - want) / std::max(std::abs(want), 1e-300);
@@ -58,6 +65,10 @@ TEST_P(TrainingParity, MatchesTheTransformersTrainer) {
   std::string testCase = GetParam();
   std::string goldenDir = std::string(GOLDEN_DIR) + "/training/" + testCase;
   auto buffer = llvm::MemoryBuffer::getFile(goldenDir + "/golden.json");
+  if (!buffer && kNewCases.count(testCase))
+    GTEST_SKIP() << "no golden data for the new case " << testCase
+                 << " yet: generate it with `" << kMakeGolden << " " << testCase
+                 << "` and commit test/golden/training/" << testCase;
   ASSERT_TRUE(bool(buffer))
       << "missing golden data " << goldenDir
       << "/golden.json: generate it with `" << kMakeGolden

@@ -167,11 +167,9 @@ causalSoftmaxForwardKernel(int64_t blocks, int64_t seqLen, ScoreType scoreType,
 /// shape; may alias P), when packed positions. Launch as
 /// causalSoftmaxForwardKernel. `probabilityType` F32 reads an f32 P (dS may
 /// then not alias it).
-llvm::Expected<KernelSpec>
-attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
-                               ScoreType scoreType,
-                               ScoreType probabilityType = ScoreType::BF16,
-                               int64_t packedHeads = 0);
+llvm::Expected<KernelSpec> attentionSoftmaxBackwardKernel(
+    int64_t blocks, int64_t seqLen, ScoreType scoreType,
+    ScoreType probabilityType = ScoreType::BF16, int64_t packedHeads = 0);
 
 /// count_targets: the number of rows with a target under the shifted loss
 /// (row t: not last in its sequence and labels[t + 1] in [0, vocab)), and
