@@ -68,7 +68,9 @@ public:
       : b(builder), config(config), shape(shape), element(element),
         params(params), tokens(shape.batch * shape.seq) {}
 
-  Value build(Value inputIds, Value labels) {
+  /// `positions` is null unless the shape is packed.
+  Value build(Value inputIds, Value labels, Value positions) {
+    this->positions = positions;
     Value table = param("model.embed_tokens.weight");
     Value hidden = EmbeddingOp::create(
         b, at("model.embed_tokens"), rows(config.hiddenSize), table, inputIds);
@@ -94,7 +96,7 @@ private:
     q = rope(q, config.numHeads, prefix + ".self_attn.q_rope");
     k = rope(k, config.numKvHeads, prefix + ".self_attn.k_rope");
     Value attended = AttentionOp::create(
-        b, at(prefix + ".self_attn.attention"), q.getType(), q, k, v,
+        b, at(prefix + ".self_attn.attention"), q.getType(), q, k, v, positions,
         config.numHeads, config.numKvHeads, headDim, shape.seq,
         llvm::APFloat(1.0 / std::sqrt(double(headDim))));
     Value projected = linear(attended, prefix + ".self_attn.o_proj");
@@ -141,8 +143,8 @@ private:
   Value rope(Value x, int64_t heads, const std::string &name) {
     const RopeScaling &scaling = config.rope;
     return RoPEOp::create(
-        b, at(name), x.getType(), x, heads, config.headDim, shape.seq,
-        llvm::APFloat(config.ropeTheta), scaling.type,
+        b, at(name), x.getType(), x, positions, heads, config.headDim,
+        shape.seq, llvm::APFloat(config.ropeTheta), scaling.type,
         llvm::APFloat(scaling.factor), llvm::APFloat(scaling.lowFreqFactor),
         llvm::APFloat(scaling.highFreqFactor),
         scaling.originalMaxPositionEmbeddings, /*inverse=*/false);
@@ -164,6 +166,7 @@ private:
   Type element;
   const llvm::StringMap<Value> &params;
   int64_t tokens;
+  Value positions;
 };
 
 } // namespace
@@ -188,7 +191,10 @@ OwningOpRef<ModuleOp> buildForwardModule(MLIRContext &context,
     argAttrs.push_back(builder.getDictionaryAttr(
         builder.getNamedAttr(kParamAttr, builder.getStringAttr(spec.name))));
   }
-  for (StringRef input : {"input_ids", "labels"}) {
+  SmallVector<StringRef, 3> inputs{"input_ids", "labels"};
+  if (shape.packed)
+    inputs.push_back("position_ids");
+  for (StringRef input : inputs) {
     argTypes.push_back(ids);
     argAttrs.push_back(builder.getDictionaryAttr(
         builder.getNamedAttr(kInputAttr, builder.getStringAttr(input))));
@@ -204,8 +210,9 @@ OwningOpRef<ModuleOp> buildForwardModule(MLIRContext &context,
   for (auto [index, spec] : llvm::enumerate(specs))
     params[spec.name] = body->getArgument(index);
   ForwardBuilder forward(builder, config, shape, element, params);
-  Value loss = forward.build(body->getArgument(specs.size()),
-                             body->getArgument(specs.size() + 1));
+  Value loss = forward.build(
+      body->getArgument(specs.size()), body->getArgument(specs.size() + 1),
+      shape.packed ? body->getArgument(specs.size() + 2) : Value());
   func::ReturnOp::create(builder, loc, loss);
   func.setType(builder.getFunctionType(argTypes, loss.getType()));
   func.setResultAttr(0, kLossAttr, builder.getUnitAttr());

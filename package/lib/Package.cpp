@@ -219,6 +219,23 @@ int Package::bufferIndex(const std::string &name) const {
   return -1;
 }
 
+MemoryUse memoryUse(const Package &package) {
+  MemoryUse use;
+  for (const Buffer &b : package.buffers) {
+    if (b.role == "param")
+      use.weights += b.bytes;
+    else if (b.role == "grad")
+      use.gradients += b.bytes;
+    else if (b.role == "exp_avg" || b.role == "exp_avg_sq")
+      use.optimizerState += b.bytes;
+  }
+  uint64_t persistent = use.weights + use.gradients + use.optimizerState;
+  use.activations =
+      package.arenaBytes > persistent ? package.arenaBytes - persistent : 0;
+  use.workspace = kGemmWorkspaceBytes;
+  return use;
+}
+
 Status validate(const Package &package, const std::string &where) {
   if (package.accumulatesGradients && !package.function(kZeroGradsFunction))
     return Error{where + ": accumulates_gradients: no function '" +

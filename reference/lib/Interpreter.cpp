@@ -24,6 +24,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <unordered_map>
 
 using namespace mlir;
 using namespace mlir::llama;
@@ -311,32 +312,38 @@ static Results matmul(MatmulOp op, const Tensor &lhs, const Tensor &rhs) {
 // RoPE
 //===----------------------------------------------------------------------===//
 
-/// Per row t (position p = t mod seq_len), head and i < h = head_dim / 2,
-/// with angle a = p f_i (negated when `inverse`):
+/// Per row t (position p = positions[t] when given, else t mod seq_len),
+/// head and i < h = head_dim / 2, with angle a = p f_i (negated when
+/// `inverse`):
 ///   out[i]   = x[i] cos a - x[i+h] sin a,
 ///   out[i+h] = x[i+h] cos a + x[i] sin a.
 /// As transformers: the angle is f32 unless the IR is f64, cos and sin are
 /// rounded to the element type, and so is each product before the sum.
 static Tensor ropeKernel(const Tensor &x, llvm::ArrayRef<double> frequencies,
                          int64_t heads, int64_t dim, int64_t seqLen,
-                         bool inverse, Type type) {
+                         const Tensor *positions, bool inverse, Type type) {
   int64_t half = dim / 2;
   double sign = inverse ? -1 : 1;
-  std::vector<double> cosines(seqLen * half), sines(seqLen * half);
-  for (int64_t p = 0; p < seqLen; ++p) {
-    for (int64_t i = 0; i < half; ++i) {
+  // cos and sin of each position that occurs, computed once.
+  std::unordered_map<int64_t, size_t> tableRow;
+  std::vector<double> cosines, sines;
+  auto table = [&](int64_t p) {
+    auto [entry, added] = tableRow.try_emplace(p, cosines.size());
+    for (int64_t i = 0; added && i < half; ++i) {
       double angle =
           type.isF64() ? double(p) * frequencies[i]
                        : double(float(p) * static_cast<float>(frequencies[i]));
-      cosines[p * half + i] = roundTo(std::cos(angle), type);
-      sines[p * half + i] = roundTo(sign * std::sin(angle), type);
+      cosines.push_back(roundTo(std::cos(angle), type));
+      sines.push_back(roundTo(sign * std::sin(angle), type));
     }
-  }
+    return entry->second;
+  };
   int64_t rows = x.shape[0], width = x.shape[1];
   Tensor out = Tensor::zeros(x.shape);
   for (int64_t t = 0; t < rows; ++t) {
-    const double *c = &cosines[(t % seqLen) * half];
-    const double *s = &sines[(t % seqLen) * half];
+    size_t at = table(positions ? int64_t(positions->data[t]) : t % seqLen);
+    const double *c = &cosines[at];
+    const double *s = &sines[at];
     for (int64_t n = 0; n < heads; ++n) {
       const double *in = &x.data[t * width + n * dim];
       double *o = &out.data[t * width + n * dim];
@@ -350,10 +357,10 @@ static Tensor ropeKernel(const Tensor &x, llvm::ArrayRef<double> frequencies,
   return out;
 }
 
-static Results rope(RoPEOp op, const Tensor &x) {
+static Results rope(RoPEOp op, const Tensor &x, const Tensor *positions) {
   return one(ropeKernel(x, op.getFrequencies(), op.getNumHeads(),
-                        op.getHeadDim(), op.getSeqLen(), op.getInverse(),
-                        elementTypeOf(op.getResult())));
+                        op.getHeadDim(), op.getSeqLen(), positions,
+                        op.getInverse(), elementTypeOf(op.getResult())));
 }
 
 //===----------------------------------------------------------------------===//
@@ -362,16 +369,28 @@ static Results rope(RoPEOp op, const Tensor &x) {
 
 namespace {
 
-/// The head layout shared by attention and attention_grad.
+/// The head layout and mask shared by attention and attention_grad.
 struct AttentionLayout {
   int64_t heads, kvHeads, dim, seqLen, rows;
   double scale;
+  /// Each row's position within its packed data row, or null (causal).
+  const Tensor *positions;
 
   template <typename AttentionLikeOp>
-  AttentionLayout(AttentionLikeOp op, const Tensor &query)
+  AttentionLayout(AttentionLikeOp op, const Tensor &query,
+                  const Tensor *positions)
       : heads(op.getNumHeads()), kvHeads(op.getNumKvHeads()),
         dim(op.getHeadDim()), seqLen(op.getSeqLen()), rows(query.shape[0]),
-        scale(op.getScale().convertToDouble()) {}
+        scale(op.getScale().convertToDouble()), positions(positions) {}
+
+  /// The first key that query i of the sequence starting at row `first`
+  /// sees: 0, or with positions i - min(max(positions[first + i], 0), i).
+  int64_t windowStart(int64_t first, int64_t i) const {
+    if (!positions)
+      return 0;
+    int64_t p = int64_t(positions->data[first + i]);
+    return i - std::clamp<int64_t>(p, 0, i);
+  }
 
   int64_t queryWidth() const { return heads * dim; }
   int64_t kvWidth() const { return kvHeads * dim; }
@@ -383,15 +402,17 @@ struct AttentionLayout {
 
 } // namespace
 
-/// Fills probs[0..i] with softmax_j(scale * q_t . k_{first+j}) for the query
-/// row t = first + i and query head n: the causal row of one head.
+/// Fills probs[start..i] with softmax_j(scale * q_t . k_{first+j}) over the
+/// keys j in [start, i] for the query row t = first + i and query head n: the
+/// masked row of one head, start = l.windowStart(first, i).
 static void attentionRow(const AttentionLayout &l, const Tensor &query,
                          const Tensor &key, int64_t first, int64_t i, int64_t n,
                          std::vector<double> &probs) {
   const double *q =
       &query.data[(first + i) * l.queryWidth() + l.queryOffset(n)];
   double maxScore = -std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j <= i; ++j) {
+  const int64_t start = l.windowStart(first, i);
+  for (int64_t j = start; j <= i; ++j) {
     const double *k = &key.data[(first + j) * l.kvWidth() + l.kvOffset(n)];
     double dot = 0;
     for (int64_t c = 0; c < l.dim; ++c)
@@ -400,18 +421,20 @@ static void attentionRow(const AttentionLayout &l, const Tensor &query,
     maxScore = std::max(maxScore, probs[j]);
   }
   double sum = 0;
-  for (int64_t j = 0; j <= i; ++j)
+  for (int64_t j = start; j <= i; ++j)
     sum += probs[j] = std::exp(probs[j] - maxScore);
-  for (int64_t j = 0; j <= i; ++j)
+  for (int64_t j = start; j <= i; ++j)
     probs[j] /= sum;
 }
 
 /// Per sequence and query head n (kv head n / (num_heads / num_kv_heads)):
-/// P = softmax(scale q k^T + causal mask), out = P v.
+/// P = softmax(scale q k^T + mask), out = P v; the mask is causal, or with
+/// `positions` keeps each query within its packed data row.
 template <typename AttentionLikeOp>
 static Results attention(AttentionLikeOp op, const Tensor &query,
-                         const Tensor &key, const Tensor &value) {
-  AttentionLayout l(op, query);
+                         const Tensor &key, const Tensor &value,
+                         const Tensor *positions) {
+  AttentionLayout l(op, query, positions);
   Tensor out = Tensor::zeros(query.shape);
   std::vector<double> probs(l.seqLen);
   for (int64_t first = 0; first < l.rows; first += l.seqLen) {
@@ -419,7 +442,7 @@ static Results attention(AttentionLikeOp op, const Tensor &query,
       for (int64_t i = 0; i < l.seqLen; ++i) {
         attentionRow(l, query, key, first, i, n, probs);
         double *o = &out.data[(first + i) * l.queryWidth() + l.queryOffset(n)];
-        for (int64_t j = 0; j <= i; ++j) {
+        for (int64_t j = l.windowStart(first, i); j <= i; ++j) {
           const double *v =
               &value.data[(first + j) * l.kvWidth() + l.kvOffset(n)];
           for (int64_t c = 0; c < l.dim; ++c)
@@ -437,8 +460,8 @@ static Results attention(AttentionLikeOp op, const Tensor &query,
 template <typename AttentionLikeOp>
 static Results attentionGrad(AttentionLikeOp op, const Tensor &grad,
                              const Tensor &query, const Tensor &key,
-                             const Tensor &value) {
-  AttentionLayout l(op, query);
+                             const Tensor &value, const Tensor *positions) {
+  AttentionLayout l(op, query, positions);
   Tensor queryGrad = Tensor::zeros(query.shape);
   Tensor keyGrad = Tensor::zeros(key.shape);
   Tensor valueGrad = Tensor::zeros(value.shape);
@@ -452,7 +475,8 @@ static Results attentionGrad(AttentionLikeOp op, const Tensor &grad,
         const double *q = &query.data[qIndex];
         double *dq = &queryGrad.data[qIndex];
         double rowSum = 0;
-        for (int64_t j = 0; j <= i; ++j) {
+        const int64_t start = l.windowStart(first, i);
+        for (int64_t j = start; j <= i; ++j) {
           int64_t kvIndex = (first + j) * l.kvWidth() + l.kvOffset(n);
           const double *v = &value.data[kvIndex];
           double *dv = &valueGrad.data[kvIndex];
@@ -464,7 +488,7 @@ static Results attentionGrad(AttentionLikeOp op, const Tensor &grad,
           dProbs[j] = dot;
           rowSum += dot * probs[j];
         }
-        for (int64_t j = 0; j <= i; ++j) {
+        for (int64_t j = start; j <= i; ++j) {
           int64_t kvIndex = (first + j) * l.kvWidth() + l.kvOffset(n);
           const double *k = &key.data[kvIndex];
           double *dk = &keyGrad.data[kvIndex];
@@ -912,35 +936,42 @@ static Results gatedMLPGrad(GatedMLPGradOp op,
 /// rope(x) for the query (num_heads heads) or the key (num_kv_heads heads)
 /// of a fused attention op, or its inverse; rounded to the element type.
 template <typename RopeAttentionLikeOp>
-static Tensor rotate(RopeAttentionLikeOp op, const Tensor &x, bool isQuery,
-                     bool inverse, Type type) {
+static Tensor rotate(RopeAttentionLikeOp op, const Tensor &x,
+                     const Tensor *positions, bool isQuery, bool inverse,
+                     Type type) {
   return rounded(ropeKernel(x, op.getFrequencies(),
                             isQuery ? op.getNumHeads() : op.getNumKvHeads(),
-                            op.getHeadDim(), op.getSeqLen(), inverse, type),
+                            op.getHeadDim(), op.getSeqLen(), positions, inverse,
+                            type),
                  type);
 }
 
 /// attention(rope(q), rope(k), v).
 static Results ropeAttention(RopeAttentionOp op, const Tensor &query,
-                             const Tensor &key, const Tensor &value) {
+                             const Tensor &key, const Tensor &value,
+                             const Tensor *positions) {
   Type type = elementTypeOf(op.getResult());
-  return attention(op, rotate(op, query, true, false, type),
-                   rotate(op, key, false, false, type), value);
+  return attention(op, rotate(op, query, positions, true, false, type),
+                   rotate(op, key, positions, false, false, type), value,
+                   positions);
 }
 
 /// attention_grad at the rotated q and k, then the inverse rotation of the
 /// query and key gradients.
 static Results ropeAttentionGrad(RopeAttentionGradOp op, const Tensor &grad,
                                  const Tensor &query, const Tensor &key,
-                                 const Tensor &value) {
+                                 const Tensor &value, const Tensor *positions) {
   Type type = elementTypeOf(op.getQueryGrad());
-  Results grads = attentionGrad(op, grad, rotate(op, query, true, false, type),
-                                rotate(op, key, false, false, type), value);
+  Results grads = attentionGrad(
+      op, grad, rotate(op, query, positions, true, false, type),
+      rotate(op, key, positions, false, false, type), value, positions);
   if (!grads)
     return grads;
   std::vector<Tensor> &g = *grads;
-  g[0] = rotate(op, rounded(std::move(g[0]), type), true, true, type);
-  g[1] = rotate(op, rounded(std::move(g[1]), type), false, true, type);
+  g[0] =
+      rotate(op, rounded(std::move(g[0]), type), positions, true, true, type);
+  g[1] =
+      rotate(op, rounded(std::move(g[1]), type), positions, false, true, type);
   return grads;
 }
 
@@ -969,6 +1000,10 @@ static Results constant(arith::ConstantOp op) {
 /// Runs one op on its operand tensors.
 static Results evaluate(Operation *operation,
                         llvm::ArrayRef<const Tensor *> in) {
+  // The optional positions of RoPE and attention ops follow `count` tensors.
+  auto positionsAfter = [&](size_t count) {
+    return in.size() > count ? in[count] : nullptr;
+  };
   return llvm::TypeSwitch<Operation *, Results>(operation)
       .Case([&](EmbeddingOp op) { return embedding(op, *in[0], *in[1]); })
       .Case(
@@ -978,11 +1013,13 @@ static Results evaluate(Operation *operation,
         return rmsNormGrad(op, *in[0], *in[1], *in[2]);
       })
       .Case([&](MatmulOp op) { return matmul(op, *in[0], *in[1]); })
-      .Case([&](RoPEOp op) { return rope(op, *in[0]); })
-      .Case(
-          [&](AttentionOp op) { return attention(op, *in[0], *in[1], *in[2]); })
+      .Case([&](RoPEOp op) { return rope(op, *in[0], positionsAfter(1)); })
+      .Case([&](AttentionOp op) {
+        return attention(op, *in[0], *in[1], *in[2], positionsAfter(3));
+      })
       .Case([&](AttentionGradOp op) {
-        return attentionGrad(op, *in[0], *in[1], *in[2], *in[3]);
+        return attentionGrad(op, *in[0], *in[1], *in[2], *in[3],
+                             positionsAfter(4));
       })
       .Case([&](SwiGLUOp op) { return swiglu(op, *in[0], *in[1]); })
       .Case([&](SwiGLUGradOp) { return swigluGrad(*in[0], *in[1], *in[2]); })
@@ -996,10 +1033,11 @@ static Results evaluate(Operation *operation,
       .Case([&](GatedMLPOp op) { return gatedMLP(op, in); })
       .Case([&](GatedMLPGradOp op) { return gatedMLPGrad(op, in); })
       .Case([&](RopeAttentionOp op) {
-        return ropeAttention(op, *in[0], *in[1], *in[2]);
+        return ropeAttention(op, *in[0], *in[1], *in[2], positionsAfter(3));
       })
       .Case([&](RopeAttentionGradOp op) {
-        return ropeAttentionGrad(op, *in[0], *in[1], *in[2], *in[3]);
+        return ropeAttentionGrad(op, *in[0], *in[1], *in[2], *in[3],
+                                 positionsAfter(4));
       })
       .Case([&](FP8QuantizeOp op) { return fp8Quantize(op, in); })
       .Case([&](FP8ScaleUpdateOp op) {

@@ -69,7 +69,8 @@ std::string llamac::trainerStateJson(const TrainerState &s) {
                   {"seq", s.seq},
                   {"precision", s.precision},
                   {"grad_accum", s.gradAccum},
-                  {"pad_to_longest", s.padToLongest}}},
+                  {"pad_to_longest", s.padToLongest},
+                  {"pack", s.pack}}},
                 {"log_history", std::move(history)}};
   return state.dump(1) + "\n";
 }
@@ -120,6 +121,8 @@ Result<TrainerState> llamac::parseTrainerState(const std::string &text,
       s.precision = match.at("precision").get<std::string>();
       s.gradAccum = match.at("grad_accum").get<int64_t>();
       s.padToLongest = match.at("pad_to_longest").get<bool>();
+      // Checkpoints from before --pack existed hold unpacked runs.
+      s.pack = match.value("pack", false);
       for (const json &entry : state.at("log_history")) {
         LoggedStep step;
         step.step = entry.at("step").get<int64_t>();
@@ -175,6 +178,7 @@ Status llamac::checkResumable(const TrainerState &saved,
            expectSame("grad_accum", saved.gradAccum, current.gradAccum),
            expectSame("pad_to_longest", saved.padToLongest,
                       current.padToLongest),
+           expectSame("pack", saved.pack, current.pack),
            expectSame("shuffle", saved.shuffle, current.shuffle),
        })
     if (!status)

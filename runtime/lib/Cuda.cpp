@@ -2,6 +2,8 @@
 
 #include "llamac/Runtime/Cuda.h"
 
+#include "llamac/Package/Package.h"
+
 #include <dlfcn.h>
 
 #include <cstring>
@@ -445,8 +447,7 @@ Result<std::unique_ptr<BlasLt>> BlasLt::create(std::shared_ptr<Device> device) {
       s != CUBLAS_STATUS_SUCCESS)
     return Error{std::string("cublasLtCreate: ") +
                  (*api)->cublasLtGetStatusString(s)};
-  // 32 MiB: what cuBLAS recommends for Hopper.
-  blas->workspaceBytes = 32u << 20;
+  blas->workspaceBytes = package::kGemmWorkspaceBytes;
   Result<CUdeviceptr> workspace =
       device->allocate(blas->workspaceBytes, "the cuBLASLt workspace");
   if (!workspace)

@@ -44,6 +44,47 @@ std::vector<int64_t> RowSampler::take(int64_t count) {
   return indices;
 }
 
+int64_t RowSampler::peek() {
+  preparePermutation(consumed / numRows);
+  return permutation[size_t(consumed % numRows)];
+}
+
+Batch llamac::packBatch(const std::vector<TokenRow> &rows, RowSampler &sampler,
+                        int64_t batch, int64_t seq, int32_t padId) {
+  assert(batch > 0 && seq > 0 && "invalid batch request");
+  Batch out;
+  out.batch = batch;
+  out.seq = seq;
+  out.inputIds.assign(size_t(batch * seq), padId);
+  out.labels.assign(size_t(batch * seq), kIgnoreLabel);
+  out.positionIds.assign(size_t(batch * seq), 0);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t begin = b * seq;
+    int64_t used = 0;
+    while (used < seq) {
+      const TokenRow &row = rows.at(size_t(sampler.peek()));
+      assert(row.labels.size() == row.inputIds.size() && "ragged row");
+      const int64_t length =
+          std::min<int64_t>(seq, int64_t(row.inputIds.size()));
+      if (used > 0 && used + length > seq)
+        break;
+      sampler.take(1);
+      std::copy_n(row.inputIds.begin(), length,
+                  out.inputIds.begin() + begin + used);
+      std::copy_n(row.labels.begin(), length,
+                  out.labels.begin() + begin + used);
+      out.labels[size_t(begin + used)] = kIgnoreLabel;
+      std::iota(out.positionIds.begin() + begin + used,
+                out.positionIds.begin() + begin + used + length, 0);
+      used += length;
+      out.tokens += length;
+    }
+    std::iota(out.positionIds.begin() + begin + used,
+              out.positionIds.begin() + begin + seq, 0);
+  }
+  return out;
+}
+
 Batch llamac::gatherBatch(const std::vector<TokenRow> &rows,
                           const std::vector<int64_t> &indices, int64_t seq,
                           int32_t padId) {

@@ -10,7 +10,9 @@
 //      checkpoint, --weights or Hugging Face's random init) and the AdamW
 //      moments (the checkpoint's, or zeros);
 //   4. per optimizer step: write the hyperparameters (with the tokens the
-//      step's loss counts), then per micro-batch upload the rows and run
+//      step's loss counts), then per micro-batch upload the rows (packed
+//      into sequences, with their position_ids, when the package takes
+//      them: `--pack`) and run
 //      @forward_backward, which adds the micro-batch's share of the mean-loss
 //      gradient into the gradient region; run @optimizer_step (clipping,
 //      AdamW, and zeroing the gradients of an accumulating package); then
@@ -169,6 +171,7 @@ TrainerState describeRun(const GpuTrainOptions &options,
   run.gradAccum = options.gradAccum;
   run.precision = package.precision;
   run.padToLongest = options.padToLongest;
+  run.pack = package.bufferIndex("position_ids") >= 0;
   run.llamacVersion = options.llamacVersion;
   return run;
 }
@@ -213,6 +216,11 @@ int trainOnGpu(const GpuTrainOptions &options) {
                   " does not add gradients over micro-batches (compile it "
                   "with llamac compile --accumulate-grads)");
   const int64_t batchSize = package.batch, seq = package.seq;
+  // A package compiled with --pack takes each token's position in its row.
+  const bool packed = package.bufferIndex("position_ids") >= 0;
+  if (packed && options.padToLongest)
+    return report("--pad-to-longest: " + options.packageDir +
+                  " packs rows into sequences (compiled with --pack)");
 
   // 2. The data, the run, and the checkpoint it continues.
   Result<std::vector<TokenRow>> read = loadRunRows(
@@ -283,10 +291,10 @@ int trainOnGpu(const GpuTrainOptions &options) {
     metrics = std::move(*opened);
   }
 
-  print(io::format("llamac-run: %s: batch %lld x seq %lld, %s, device %s\n",
+  print(io::format("llamac-run: %s: batch %lld x seq %lld%s, %s, device %s\n",
                    options.packageDir.c_str(), (long long)batchSize,
-                   (long long)seq, package.precision.c_str(),
-                   (*device)->name().c_str()));
+                   (long long)seq, packed ? " (packed rows)" : "",
+                   package.precision.c_str(), (*device)->name().c_str()));
   print(io::format(
       "optimizer: AdamW, lr %g (%s schedule, %lld warmup steps), grad-accum "
       "%lld, max grad norm %g; data: %zu rows%s%s\n",
@@ -326,7 +334,9 @@ int trainOnGpu(const GpuTrainOptions &options) {
     std::vector<Batch> microBatches;
     int64_t counted = 0, tokens = 0;
     for (int64_t i = 0; i < options.gradAccum; ++i) {
-      microBatches.push_back(gatherBatch(rows, sampler.take(batchSize), seq));
+      microBatches.push_back(
+          packed ? packBatch(rows, sampler, batchSize, seq)
+                 : gatherBatch(rows, sampler.take(batchSize), seq));
       counted += countLossTokens(microBatches.back());
       tokens += microBatches.back().tokens;
     }
@@ -350,6 +360,9 @@ int trainOnGpu(const GpuTrainOptions &options) {
       if (s)
         s = executor.upload("labels", batch.labels.data(),
                             batch.labels.size() * 4);
+      if (s && packed)
+        s = executor.upload("position_ids", batch.positionIds.data(),
+                            batch.positionIds.size() * 4);
       if (s)
         s = executor.run("forward_backward");
       float stats[4] = {};

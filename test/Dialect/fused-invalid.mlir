@@ -239,3 +239,11 @@ func.func @fp8_scale_type(%g: tensor<4x8xf32>, %x: tensor<4x8xf32>, %ln: tensor<
   %dx, %dln, %dw, %a = llama.norm_matmul_grad(%g), %x, %ln, %w scale(%s) {eps = 1.0e-5 : f64, fp8_formats = ["e4m3"]} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>, tensor<bf16>) -> (tensor<4x8xf32>, tensor<8xf32>, tensor<8x8xf32>, tensor<f32>)
   return %dx : tensor<4x8xf32>
 }
+
+// -----
+
+func.func @rope_attention_positions_length(%q: tensor<4x8xf32>, %k: tensor<4x4xf32>, %v: tensor<4x4xf32>, %pos: tensor<2xi32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{positions must have shape [4], got 'tensor<2xi32>'}}
+  %a = llama.rope_attention %q, %k, %v positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 2, scale = 0.5, theta = 10000.0} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<2xi32>) -> tensor<4x8xf32>
+  return %a : tensor<4x8xf32>
+}

@@ -59,3 +59,16 @@ func.func @fused_fp8(%h: tensor<4x8xbf16>, %ln: tensor<8xbf16>, %wqkv: tensor<16
   %dx3, %dwgu3, %b0, %b1, %b2 = llama.gated_mlp_grad %ds, %h, %gu, %wgu {fp8_formats = ["e4m3", "e5m2", "e5m2"]} : (tensor<4x6xbf16>, tensor<4x8xbf16>, tensor<4x12xbf16>, tensor<12x8xbf16>) -> (tensor<4x8xbf16>, tensor<12x8xbf16>) amax tensor<f32>, tensor<f32>, tensor<f32>
   return %dx, %aq, %r, %dln2, %dwgu3, %a1, %b2 : tensor<4x8xbf16>, tensor<f32>, tensor<4x6xbf16>, tensor<8xbf16>, tensor<12x8xbf16>, tensor<f32>, tensor<f32>
 }
+
+// -----
+
+// Packed sequences: the fused attention and its backward take the positions.
+// CHECK-LABEL: func @packed_rope_attention
+func.func @packed_rope_attention(%q: tensor<4x8xf32>, %k: tensor<4x4xf32>, %v: tensor<4x4xf32>, %pos: tensor<4xi32>)
+    -> (tensor<4x8xf32>, tensor<4x8xf32>) {
+  // CHECK: llama.rope_attention %{{.*}}, %{{.*}}, %{{.*}} positions(%{{.*}}) {{{.*}}} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %a = llama.rope_attention %q, %k, %v positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 4, scale = 0.5, theta = 10000.0} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  // CHECK: llama.rope_attention_grad %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} positions(%{{.*}}) {{{.*}}} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>)
+  %gq, %gk, %gv = llama.rope_attention_grad %a, %q, %k, %v positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 4, scale = 0.5, theta = 10000.0} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>)
+  return %a, %gq : tensor<4x8xf32>, tensor<4x8xf32>
+}

@@ -142,3 +142,27 @@ func.func @adamw_moments(%p: tensor<8xf32>, %m: tensor<4xf32>, %s: tensor<f32>) 
   %a, %b, %c = llama.adamw %p, %p, %m, %p, %s, %s, %s, %s, %s, %s, %s : (tensor<8xf32>, tensor<8xf32>, tensor<4xf32>, tensor<8xf32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>) -> (tensor<8xf32>, tensor<8xf32>, tensor<8xf32>)
   return %a : tensor<8xf32>
 }
+
+// -----
+
+func.func @rope_positions_length(%x: tensor<4x8xf32>, %pos: tensor<2xi32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{positions must have shape [4], got 'tensor<2xi32>'}}
+  %0 = llama.rope %x positions(%pos) {num_heads = 2, head_dim = 4, seq_len = 2, theta = 10000.0} : (tensor<4x8xf32>, tensor<2xi32>) -> tensor<4x8xf32>
+  return %0 : tensor<4x8xf32>
+}
+
+// -----
+
+func.func @attention_positions_type(%q: tensor<4x8xf32>, %pos: tensor<4xf32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{operand #3 must be 1D tensor of 32-bit signless integer values}}
+  %0 = llama.attention %q, %q, %q positions(%pos) {num_heads = 2, num_kv_heads = 2, head_dim = 4, seq_len = 2, scale = 0.5} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<4xf32>) -> tensor<4x8xf32>
+  return %0 : tensor<4x8xf32>
+}
+
+// -----
+
+func.func @attention_grad_positions_length(%q: tensor<4x8xf32>, %pos: tensor<8xi32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{positions must have shape [4], got 'tensor<8xi32>'}}
+  %dq, %dk, %dv = llama.attention_grad %q, %q, %q, %q positions(%pos) {num_heads = 2, num_kv_heads = 2, head_dim = 4, seq_len = 2, scale = 0.5} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<8xi32>) -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>)
+  return %dq : tensor<4x8xf32>
+}

@@ -26,6 +26,19 @@ func.func @forward_ops(%table: tensor<16x8xf32>, %ids: tensor<4xi32>, %norm: ten
   return %loss : tensor<f32>
 }
 
+// Packed sequences: RoPE and attention take each row's position.
+// CHECK-LABEL: func @packed_ops
+func.func @packed_ops(%q: tensor<4x8xf32>, %k: tensor<4x4xf32>, %dy: tensor<4x8xf32>, %pos: tensor<4xi32>)
+    -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>) {
+  // CHECK: llama.rope %{{.*}} positions(%{{.*}}) {head_dim = 4 : i64, num_heads = 2 : i64, seq_len = 4 : i64, theta = 1.000000e+04 : f64} : (tensor<4x8xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %qr = llama.rope %q positions(%pos) {num_heads = 2, head_dim = 4, seq_len = 4, theta = 10000.0} : (tensor<4x8xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  // CHECK: llama.attention %{{.*}}, %{{.*}}, %{{.*}} positions(%{{.*}}) {{{.*}}} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %a = llama.attention %qr, %k, %k positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 4, scale = 0.5} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  // CHECK: llama.attention_grad %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} positions(%{{.*}}) {{{.*}}} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>)
+  %dq, %dk, %dv = llama.attention_grad %dy, %qr, %k, %k positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 4, scale = 0.5} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>)
+  return %a, %dq, %dk : tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x4xf32>
+}
+
 // CHECK-LABEL: func @backward_ops
 func.func @backward_ops(%dy: tensor<4x8xbf16>, %x: tensor<4x8xbf16>, %w: tensor<8xbf16>, %ids: tensor<4xi32>,
                         %dl: tensor<f32>, %logits: tensor<4x16xbf16>, %s: tensor<f32>)

@@ -51,6 +51,26 @@ func.func @attention(%wq: tensor<8x8xf32> {llama.param = "q"}, %wk: tensor<4x8xf
 
 // -----
 
+// Packed sequences: the backward ops take the forward's positions, which get
+// no cotangent.
+// CHECK-LABEL: func.func @packed_attention
+// CHECK-SAME: %[[POS:[a-z0-9]+]]: tensor<4xi32>) ->
+func.func @packed_attention(%wq: tensor<8x8xf32> {llama.param = "q"}, %x: tensor<4x8xf32>,
+                            %labels: tensor<4xi32>, %pos: tensor<4xi32>) -> tensor<f32> {
+  %q = llama.matmul %x, %wq {transpose_rhs = true} : (tensor<4x8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32>
+  %qr = llama.rope %q positions(%pos) {num_heads = 2, head_dim = 4, seq_len = 4, theta = 10000.0} : (tensor<4x8xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %a = llama.attention %qr, %qr, %qr positions(%pos) {num_heads = 2, num_kv_heads = 2, head_dim = 4, seq_len = 4, scale = 0.5} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %loss = llama.cross_entropy %a, %labels {seq_len = 4} : (tensor<4x8xf32>, tensor<4xi32>) -> tensor<f32>
+  return %loss : tensor<f32>
+}
+// CHECK: llama.attention_grad %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} positions(%[[POS]])
+// CHECK: %[[DQR:.*]] = llama.add
+// CHECK: %[[DQR2:.*]] = llama.add %[[DQR]]
+// CHECK: llama.rope %[[DQR2]] positions(%[[POS]]) {{{.*}}inverse = true
+// CHECK: return %{{.*}}, %{{.*}} : tensor<f32>, tensor<8x8xf32>
+
+// -----
+
 // expected-error @+1 {{llama-autodiff expects the function to return one scalar loss and nothing else}}
 func.func @not_a_loss(%x: tensor<4x8xf32> {llama.param = "x"}) -> tensor<4x8xf32> {
   return %x : tensor<4x8xf32>

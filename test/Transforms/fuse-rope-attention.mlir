@@ -93,3 +93,39 @@ func.func @head_layout_differs(%q: tensor<4x8xf32>, %k: tensor<4x8xf32>, %v: ten
   %a = llama.attention %qr, %kr, %v {num_heads = 2, num_kv_heads = 2, head_dim = 4, seq_len = 2, scale = 0.5} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>) -> tensor<4x8xf32>
   return %a : tensor<4x8xf32>
 }
+
+// -----
+
+// Packed sequences: rotations and attention share the positions, and so
+// does the fused op.
+// CHECK-LABEL: func.func @packed
+// CHECK-SAME: %[[POS:[a-z0-9]+]]: tensor<4xi32>
+// CHECK-NEXT: %[[A:.*]] = llama.rope_attention %{{.*}}, %{{.*}}, %{{.*}} positions(%[[POS]]) {head_dim = 4 : i64, num_heads = 2 : i64, num_kv_heads = 1 : i64, scale = 5.000000e-01 : f64, seq_len = 4 : i64, theta = 1.000000e+04 : f64}
+// CHECK-NEXT: return %[[A]]
+func.func @packed(%q: tensor<4x8xf32>, %k: tensor<4x4xf32>, %v: tensor<4x4xf32>, %pos: tensor<4xi32>) -> tensor<4x8xf32> {
+  %qr = llama.rope %q positions(%pos) {num_heads = 2, head_dim = 4, seq_len = 4, theta = 10000.0} : (tensor<4x8xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %kr = llama.rope %k positions(%pos) {num_heads = 1, head_dim = 4, seq_len = 4, theta = 10000.0} : (tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x4xf32>
+  %a = llama.attention %qr, %kr, %v positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 4, scale = 0.5} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  return %a : tensor<4x8xf32>
+}
+
+// -----
+
+// Negative: the rotations and the attention do not agree on the positions
+// (other positions, or none for the key or for the attention).
+// CHECK-LABEL: func.func @positions_differ
+// CHECK-NOT: llama.rope_attention
+// CHECK-COUNT-3: llama.attention
+func.func @positions_differ(%q: tensor<4x8xf32>, %k: tensor<4x4xf32>, %v: tensor<4x4xf32>, %pos: tensor<4xi32>, %other: tensor<4xi32>)
+    -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>) {
+  %qr = llama.rope %q positions(%pos) {num_heads = 2, head_dim = 4, seq_len = 4, theta = 10000.0} : (tensor<4x8xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %kr = llama.rope %k positions(%other) {num_heads = 1, head_dim = 4, seq_len = 4, theta = 10000.0} : (tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x4xf32>
+  %a = llama.attention %qr, %kr, %v positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 4, scale = 0.5} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %qr2 = llama.rope %q positions(%pos) {num_heads = 2, head_dim = 4, seq_len = 4, theta = 10000.0} : (tensor<4x8xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %kr2 = llama.rope %k {num_heads = 1, head_dim = 4, seq_len = 4, theta = 10000.0} : (tensor<4x4xf32>) -> tensor<4x4xf32>
+  %b = llama.attention %qr2, %kr2, %v positions(%pos) {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 4, scale = 0.5} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %qr3 = llama.rope %q positions(%pos) {num_heads = 2, head_dim = 4, seq_len = 4, theta = 10000.0} : (tensor<4x8xf32>, tensor<4xi32>) -> tensor<4x8xf32>
+  %kr3 = llama.rope %k positions(%pos) {num_heads = 1, head_dim = 4, seq_len = 4, theta = 10000.0} : (tensor<4x4xf32>, tensor<4xi32>) -> tensor<4x4xf32>
+  %c = llama.attention %qr3, %kr3, %v {num_heads = 2, num_kv_heads = 1, head_dim = 4, seq_len = 4, scale = 0.5} : (tensor<4x8xf32>, tensor<4x4xf32>, tensor<4x4xf32>) -> tensor<4x8xf32>
+  return %a, %b, %c : tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>
+}

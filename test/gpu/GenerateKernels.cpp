@@ -84,9 +84,11 @@ Group group(std::string key, llvm::Expected<KernelSpec> spec, Rest &&...rest) {
 }
 
 /// The fused QKV rows of RopeHeadsKernelTest, and its padded rows of
-/// query heads only (rowStride 0: packed).
-HeadsLayout headsLayout(bool queriesOnly) {
+/// query heads only (rowStride 0: packed); with `positions`, RoPE positions
+/// come from position_ids.
+HeadsLayout headsLayout(bool queriesOnly, bool positions = false) {
   HeadsLayout layout;
+  layout.positions = positions;
   layout.rows = kRopeRows;
   layout.seqLen = kRopeSeq;
   layout.headDim = kRopeHeadDim;
@@ -170,7 +172,14 @@ int main(int argc, char **argv) {
                                 Rotation::None),
                 "plain_to_tokens",
                 ropeHeadsKernel(headsLayout(true), HeadsDirection::ToTokens,
-                                Rotation::None))) &&
+                                Rotation::None),
+                "to_heads_pos",
+                ropeHeadsKernel(headsLayout(false, true),
+                                HeadsDirection::ToHeads, Rotation::Forward),
+                "to_tokens_inverse_pos",
+                ropeHeadsKernel(headsLayout(false, true),
+                                HeadsDirection::ToTokens,
+                                Rotation::Inverse))) &&
       writeGroup(
           dir, "softmax",
           group("fwd_f32",
@@ -184,7 +193,23 @@ int main(int argc, char **argv) {
                                            ScoreType::BF16),
                 "bwd_bf16",
                 attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqBF16,
-                                               ScoreType::BF16))) &&
+                                               ScoreType::BF16),
+                "fwd_f32_packed",
+                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqF32,
+                                           ScoreType::F32, ScoreType::BF16,
+                                           kSoftmaxHeads),
+                "bwd_f32_packed",
+                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqF32,
+                                               ScoreType::F32, ScoreType::BF16,
+                                               kSoftmaxHeads),
+                "fwd_bf16_packed",
+                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqBF16,
+                                           ScoreType::BF16, ScoreType::BF16,
+                                           kSoftmaxHeads),
+                "bwd_bf16_packed",
+                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqBF16,
+                                               ScoreType::BF16, ScoreType::BF16,
+                                               kSoftmaxHeads))) &&
       writeGroup(
           dir, "cross_entropy",
           group("count", countTargetsKernel(kLossRows, kLossSeq, kLossVocab),

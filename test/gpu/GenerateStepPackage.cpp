@@ -6,7 +6,9 @@
 // interpreter computes for one step in bf16: the loss, every gradient and
 // every updated parameter. StepPackageTest runs the package on the GPU and
 // compares. Writes OUT/package/, OUT/inputs.safetensors and
-// OUT/expected.safetensors, named by the package's buffer names.
+// OUT/expected.safetensors, named by the package's buffer names. With
+// --packed the step takes packed sequences (position_ids; GpuStepShapes.h
+// says which data rows each holds).
 //
 //===----------------------------------------------------------------------===//
 
@@ -57,11 +59,12 @@ static int fail(const llvm::Twine &message) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 2)
-    return fail("usage: GenerateStepPackage OUTPUT_DIR");
+  bool packed = argc == 3 && llvm::StringRef(argv[2]) == "--packed";
+  if (argc != 2 && !packed)
+    return fail("usage: GenerateStepPackage OUTPUT_DIR [--packed]");
   std::string out = argv[1];
   LlamaConfig config = stepTestConfig();
-  StepShape shape{test::kStepBatch, test::kStepSeq, Precision::BF16};
+  StepShape shape{test::kStepBatch, test::kStepSeq, Precision::BF16, packed};
 
   mlir::MLIRContext context;
   mlir::OwningOpRef<mlir::ModuleOp> module =
@@ -98,8 +101,11 @@ int main(int argc, char **argv) {
     } else {
       auto input = forwardBackward.getArgAttrOfType<mlir::StringAttr>(
           i, mlir::llama::kInputAttr);
-      test::fillBatch(input.getValue() == "labels", config.vocabSize,
-                      tensor.data);
+      if (input.getValue() == "position_ids")
+        test::fillPositions(tensor.data);
+      else
+        test::fillBatch(input.getValue() == "labels", config.vocabSize,
+                        tensor.data, packed);
       inputs.push_back(
           HostTensor::fromDouble(input.str(), DType::I32, dims, tensor.data));
     }

@@ -30,14 +30,17 @@ constexpr double kNormEps = 1e-5;
 constexpr int64_t kSwigluRows = 70, kSwigluWidth = 1384;
 
 /// 2 sequences of 300 tokens; 6 query and 2 kv heads (GQA) of 64 in a fused
-/// QKV row of (6 + 2 + 2) * 64 columns; rope_theta 500000.
+/// QKV row of (6 + 2 + 2) * 64 columns; rope_theta 500000. The packed
+/// variant reads positions instead (kRopePackedRow: the length of the data
+/// rows packed end to end).
 constexpr int64_t kRopeSeq = 300, kRopeRows = 2 * kRopeSeq;
 constexpr int64_t kRopeHeads = 6, kRopeKvHeads = 2, kRopeHeadDim = 64;
 constexpr double kRopeTheta = 500000.0;
+constexpr int64_t kRopePackedRow = 77;
 
 /// Batch 2 x 3 heads; f32 scores at sequence 264 (33 chunks: a partial
 /// warp), bf16 scores at 1040 (130 chunks).
-constexpr int64_t kSoftmaxBlocks = 2 * 3;
+constexpr int64_t kSoftmaxHeads = 3, kSoftmaxBlocks = 2 * kSoftmaxHeads;
 constexpr int64_t kSoftmaxSeqF32 = 264, kSoftmaxSeqBF16 = 1040;
 
 /// 3 sequences of 45 tokens; vocabulary 8800 = 1100 chunks, more than the

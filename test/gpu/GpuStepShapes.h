@@ -35,14 +35,41 @@ inline double hyperparameter(const std::string &name) {
   return 0;
 }
 
+/// The lengths of the data rows in sequence b of the packed step
+/// (`--pack`); sequence 1 ends in 12 tokens of padding.
+inline std::vector<int64_t> packedRows(int64_t b) {
+  static const std::vector<int64_t> rows[kStepBatch] = {
+      {32}, {7, 13}, {10, 5, 17}, {1, 3, 28}};
+  return rows[b];
+}
+
+/// position_ids of the packed step: 0, 1, ... within each data row and
+/// within the padding, as llamac's packer lays them out.
+inline void fillPositions(std::vector<double> &out) {
+  for (int64_t b = 0; b < kStepBatch; ++b) {
+    int64_t s = 0;
+    for (int64_t length : packedRows(b))
+      for (int64_t p = 0; p < length; ++p)
+        out[b * kStepSeq + s++] = double(p);
+    for (int64_t p = 0; s < kStepSeq; ++p)
+      out[b * kStepSeq + s++] = double(p);
+  }
+}
+
 /// Token ids (or labels) of the batch: row 1 is padded after 20 tokens,
-/// row 2 has its first 10 labels masked, the rest are full rows.
-inline void fillBatch(bool labels, int64_t vocab, std::vector<double> &out) {
+/// row 2 has its first 10 labels masked, the rest are full rows. `packed`
+/// also masks the label of the first token of every data row (the
+/// packer's separator), so no token predicts across a row boundary.
+inline void fillBatch(bool labels, int64_t vocab, std::vector<double> &out,
+                      bool packed = false) {
+  std::vector<double> positions(kStepBatch * kStepSeq);
+  fillPositions(positions);
   for (int64_t b = 0; b < kStepBatch; ++b)
     for (int64_t s = 0; s < kStepSeq; ++s) {
       int64_t token = (b * 977 + s * 131 + (s * s) % 17) % vocab;
       bool padded = b == 1 && s >= 20;
-      bool masked = labels && b == 2 && s < 10;
+      bool masked = labels && ((b == 2 && s < 10) ||
+                               (packed && positions[b * kStepSeq + s] == 0));
       out[b * kStepSeq + s] = padded   ? (labels ? -100 : 0)
                               : masked ? -100
                                        : double(token);

@@ -5,9 +5,12 @@
 // seq, dim] of queries, keys and values, rotating q and k (position = row
 // mod sequence length), and back with the inverse rotation for gradients;
 // without rotation it is a plain copy (the attention output and its
-// gradient, here with padded token rows). The reference follows
-// transformers: the angle is one f32 product, cos and sin are rounded to
-// bf16, and so is each product before the sum. Outputs are poisoned first.
+// gradient, here with padded token rows). The packed variants take each
+// row's RoPE position from position_ids (data rows of 77 tokens packed end
+// to end), while the row still goes to its place in its sequence. The
+// reference follows transformers: the angle is one f32 product, cos and sin
+// are rounded to bf16, and so is each product before the sum. Outputs are
+// poisoned first.
 //
 //===----------------------------------------------------------------------===//
 
@@ -41,21 +44,38 @@ std::vector<float> inverseFrequencies() {
   return freqs;
 }
 
+/// The RoPE position of row t: its place in its sequence, or with `packed`
+/// in its data row.
+int64_t positionOf(int64_t t, bool packed) {
+  return packed ? t % S % kRopePackedRow : t % S;
+}
+
 /// Runs `key` from `source` and checks each destination head: rotated
 /// (sign ±1) for query and key heads, copied bit for bit for values.
-void checkMove(const std::string &key, bool toHeads, double sign) {
+/// `packed` kernels read the positions as a fourth argument.
+void checkMove(const std::string &key, bool toHeads, double sign,
+               bool packed = false) {
   LLAMAC_REQUIRE_GPU(device);
   KernelGroup kernels(device, "rope_heads");
   ASSERT_TRUE(kernels.ok());
   std::mt19937 rng(std::random_device{}());
   std::vector<uint16_t> source = randomBF16(T * LD, rng);
   std::vector<float> freqs = inverseFrequencies();
+  std::vector<int32_t> positions(T);
+  for (int64_t t = 0; t < T; ++t)
+    positions[t] = int32_t(positionOf(t, packed));
   DeviceBuffer tokens(device, T * LD * 2, "tokens"),
-      heads(device, T * LD * 2, "heads"), freqBuffer(device, Half * 4, "freqs");
+      heads(device, T * LD * 2, "heads"), freqBuffer(device, Half * 4, "freqs"),
+      positionBuffer(device, T * 4, "positions");
   (toHeads ? tokens : heads).upload(source);
   (toHeads ? heads : tokens).fill(0xFF);
   freqBuffer.upload(freqs);
-  kernels.run(key, {tokens.address(), heads.address(), freqBuffer.address()});
+  positionBuffer.upload(positions);
+  std::vector<CUdeviceptr> args = {tokens.address(), heads.address(),
+                                   freqBuffer.address()};
+  if (packed)
+    args.push_back(positionBuffer.address());
+  kernels.run(key, args);
   std::vector<uint16_t> got =
       (toHeads ? heads : tokens).download<uint16_t>(T * LD);
 
@@ -79,7 +99,7 @@ void checkMove(const std::string &key, bool toHeads, double sign) {
           badCopies += got[to2] != source[from2];
           continue;
         }
-        double angle = double(float(t % S) * freqs[i]);
+        double angle = double(float(positionOf(t, packed)) * freqs[i]);
         double c = std::cos(angle), s = sign * std::sin(angle);
         double cb = roundBF16(c), sb = roundBF16(s);
         double x1 = bf16(source[from1]), x2 = bf16(source[from2]);
@@ -102,6 +122,14 @@ TEST(RopeHeadsKernel, RotatesIntoHeadMajor) { checkMove("to_heads", true, 1); }
 
 TEST(RopeHeadsKernel, InverseRotatesBackToTokenRows) {
   checkMove("to_tokens_inverse", false, -1);
+}
+
+TEST(RopeHeadsKernel, PackedRowsRotateByTheirPositions) {
+  checkMove("to_heads_pos", true, 1, /*packed=*/true);
+}
+
+TEST(RopeHeadsKernel, PackedRowsInverse) {
+  checkMove("to_tokens_inverse_pos", false, -1, /*packed=*/true);
 }
 
 TEST(RopeHeadsKernel, CopiesQueryHeadsBothWaysWithPaddedRows) {

@@ -4,13 +4,16 @@
 // score blocks, with f32 scores at a sequence of 264 (a partial warp) and
 // bf16 scores at 1040. Masked scores (and masked dP) are NaN, so a kernel
 // that lets them reach a result fails; masked outputs must be exact zeros. The
-// bf16 backward writes dS over P, as the plan may run it.
+// bf16 backward writes dS over P, as the plan may run it. The packed variants
+// read position_ids and keep each query within its data row (the window
+// i - pos <= j <= i), with rows whose boundaries fall inside 8-column chunks.
 //
 //===----------------------------------------------------------------------===//
 
 #include "GpuKernelShapes.h"
 #include "KernelTestUtil.h"
 
+#include <algorithm>
 #include <limits>
 
 using namespace llamac;
@@ -25,15 +28,55 @@ struct Scores {
   std::vector<uint8_t> bytes; // their device bytes
 };
 
-Scores makeScores(bool f32, int64_t rows, int64_t seq, float scale,
+/// The keys of each score row: s <= j <= i for query i = r mod seq, where
+/// s = 0 (causal) or, packed, the start of the query's data row.
+struct Window {
+  int64_t seq;
+  /// The step's position_ids (empty: causal), of the sequences of
+  /// kSoftmaxHeads heads each.
+  std::vector<int32_t> positions;
+
+  int64_t query(int64_t r) const { return r % seq; }
+  int64_t start(int64_t r) const {
+    if (positions.empty())
+      return 0;
+    int64_t i = query(r), token = r / (kSoftmaxHeads * seq) * seq + i;
+    return i - std::clamp<int64_t>(positions[token], 0, i);
+  }
+  bool keeps(int64_t r, int64_t j) const {
+    return start(r) <= j && j <= query(r);
+  }
+};
+
+/// position_ids of kSoftmaxBlocks / kSoftmaxHeads sequences of `seq`
+/// tokens holding data rows of the given lengths (the last row of each
+/// sequence takes what is left).
+std::vector<int32_t> packedPositions(int64_t seq) {
+  const std::vector<int64_t> lengths[] = {{100, 1, 63}, {7, 200}};
+  std::vector<int32_t> positions;
+  for (const std::vector<int64_t> &rows : lengths) {
+    int64_t used = 0;
+    for (int64_t length : rows) {
+      for (int64_t p = 0; p < length; ++p)
+        positions.push_back(int32_t(p));
+      used += length;
+    }
+    for (int64_t p = 0; used < seq; ++p, ++used)
+      positions.push_back(int32_t(p));
+  }
+  return positions;
+}
+
+Scores makeScores(bool f32, const Window &window, int64_t rows, float scale,
                   std::mt19937 &rng) {
+  const int64_t seq = window.seq;
   Scores s{f32, randomValues(rows * seq, rng), {}};
   const float nan = std::numeric_limits<float>::quiet_NaN();
   s.bytes.resize(rows * seq * (f32 ? 4 : 2));
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < seq; ++j) {
       int64_t k = r * seq + j;
-      float v = j <= r % seq ? s.values[k] * scale : nan;
+      float v = window.keeps(r, j) ? s.values[k] * scale : nan;
       if (f32) {
         s.values[k] = v;
         std::memcpy(&s.bytes[4 * k], &v, 4);
@@ -47,7 +90,7 @@ Scores makeScores(bool f32, int64_t rows, int64_t seq, float scale,
 }
 
 void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
-                  const std::string &bwdKey) {
+                  const std::string &bwdKey, bool packed = false) {
   LLAMAC_REQUIRE_GPU(device);
   KernelGroup kernels(device, "softmax");
   ASSERT_TRUE(kernels.ok());
@@ -55,14 +98,24 @@ void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
   const int64_t block = kernels.launch(fwdKey).block[0];
   const int64_t chunksPerThread = (seq / 8 + block - 1) / block;
   std::mt19937 rng(std::random_device{}());
-  Scores scores = makeScores(f32, rows, seq, 3.0f, rng);
-  Scores dp = makeScores(f32, rows, seq, 1.0f, rng);
+  Window window{seq, packed ? packedPositions(seq) : std::vector<int32_t>()};
+  Scores scores = makeScores(f32, window, rows, 3.0f, rng);
+  Scores dp = makeScores(f32, window, rows, 1.0f, rng);
 
   DeviceBuffer s(device, scores.bytes.size(), "scores");
   DeviceBuffer p(device, n * 2, "probabilities");
+  DeviceBuffer positions(device, window.positions.size() * 4, "positions");
   s.upload(scores.bytes);
   p.fill(0xFF);
-  kernels.run(fwdKey, {s.address(), p.address()});
+  // The packed kernels take the positions last.
+  auto withPositions = [&](std::vector<CUdeviceptr> args) {
+    if (packed) {
+      positions.upload(window.positions);
+      args.push_back(positions.address());
+    }
+    return args;
+  };
+  kernels.run(fwdKey, withPositions({s.address(), p.address()}));
   std::vector<uint16_t> gotP = p.download<uint16_t>(n);
 
   // Forward. Per row, with m the max over j <= i: the kernel's f32 terms
@@ -76,12 +129,12 @@ void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
   int64_t maskedWrong = 0;
   std::vector<uint16_t> wantP(n, 0);
   for (int64_t r = 0; r < rows; ++r) {
-    int64_t q = r % seq;
+    int64_t q = window.query(r), first = window.start(r);
     const float *row = &scores.values[r * seq];
     double m = -INFINITY, sum = 0, z = 0;
-    for (int64_t j = 0; j <= q; ++j)
+    for (int64_t j = first; j <= q; ++j)
       m = std::max(m, double(row[j]));
-    for (int64_t j = 0; j <= q; ++j) {
+    for (int64_t j = first; j <= q; ++j) {
       sum += std::exp(row[j] - m);
       z = std::max(z, m - row[j]);
     }
@@ -89,7 +142,7 @@ void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
         (4 * z + 4 * double(chunksPerThread + 13) + double(seq) + 4) * kF32Unit;
     for (int64_t j = 0; j < seq; ++j) {
       int64_t k = r * seq + j;
-      if (j > q) {
+      if (!window.keeps(r, j)) {
         maskedWrong += gotP[k] != 0;
         continue;
       }
@@ -111,7 +164,8 @@ void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
   ds.fill(0xFF);
   // f32 scores: a separate dS; bf16: dS written over P.
   CUdeviceptr dsAddress = f32 ? ds.address() : p.address();
-  kernels.run(bwdKey, {p.address(), dpBuffer.address(), dsAddress});
+  kernels.run(bwdKey,
+              withPositions({p.address(), dpBuffer.address(), dsAddress}));
   std::vector<uint16_t> gotDs = (f32 ? ds : p).download<uint16_t>(n);
 
   // D = sum P dP in f32: at most chunksPerThread + 20 roundings, each <= u32
@@ -123,15 +177,15 @@ void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
   Checker backward("dS");
   maskedWrong = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    int64_t q = r % seq;
+    int64_t q = window.query(r);
     double d = 0, magnitude = 0;
-    for (int64_t j = 0; j <= q; ++j) {
+    for (int64_t j = window.start(r); j <= q; ++j) {
       d += bf16(wantP[r * seq + j]) * dp.values[r * seq + j];
       magnitude += std::abs(bf16(wantP[r * seq + j]) * dp.values[r * seq + j]);
     }
     for (int64_t j = 0; j < seq; ++j) {
       int64_t k = r * seq + j;
-      if (j > q) {
+      if (!window.keeps(r, j)) {
         maskedWrong += gotDs[k] != 0;
         continue;
       }
@@ -155,6 +209,16 @@ TEST(SoftmaxKernel, F32ScoresPartialWarp) {
 
 TEST(SoftmaxKernel, BF16ScoresInPlaceBackward) {
   checkSoftmax(false, kSoftmaxSeqBF16, "fwd_bf16", "bwd_bf16");
+}
+
+TEST(SoftmaxKernel, PackedRowsF32Scores) {
+  checkSoftmax(true, kSoftmaxSeqF32, "fwd_f32_packed", "bwd_f32_packed",
+               /*packed=*/true);
+}
+
+TEST(SoftmaxKernel, PackedRowsBF16ScoresInPlaceBackward) {
+  checkSoftmax(false, kSoftmaxSeqBF16, "fwd_bf16_packed", "bwd_bf16_packed",
+               /*packed=*/true);
 }
 
 } // namespace

@@ -11,7 +11,8 @@
 // gradient element is at bf16 noise level its sign, and so a whole ±lr
 // update, can differ between the two (lr = 1e-2 against weights ~0.08), so
 // the updated parameters agree to 2e-2, and the update directions (a few
-// bf16 ulps each) to cosine > 0.95.
+// bf16 ulps each) to cosine > 0.95. The packed step (position_ids: RoPE
+// positions and the attention mask from them) must agree the same way.
 //
 //===----------------------------------------------------------------------===//
 
@@ -46,17 +47,18 @@ std::vector<double> bf16Values(const std::vector<uint16_t> &bits) {
   return values;
 }
 
-TEST(StepPackage, OneTrainStepMatchesTheCpuReference) {
+/// Runs the step GenerateStepPackage wrote into `dir` and compares.
+void checkStep(const std::string &dir) {
   LLAMAC_REQUIRE_GPU(device);
-  Result<package::Package> package = package::readPackage(STEP_DIR "/package");
+  Result<package::Package> package = package::readPackage(dir + "/package");
   ASSERT_TRUE(package.ok()) << package.error().message;
   auto executor = Executor::create(device, *package);
   ASSERT_TRUE(executor.ok()) << executor.error().message;
   Executor &e = **executor;
   std::map<std::string, HostTensor> inputs =
-      readAll(STEP_DIR "/inputs.safetensors");
+      readAll(dir + "/inputs.safetensors");
   std::map<std::string, HostTensor> expected =
-      readAll(STEP_DIR "/expected.safetensors");
+      readAll(dir + "/expected.safetensors");
   ASSERT_FALSE(inputs.empty());
 
   // Weights, data, zero moments, hyperparameters.
@@ -121,6 +123,15 @@ TEST(StepPackage, OneTrainStepMatchesTheCpuReference) {
     ASSERT_GT(wantNorm2, 0) << name << ": the reference did not update it";
     EXPECT_GT(dot / std::sqrt(gotNorm * wantNorm2), 0.95) << name;
   }
+}
+
+TEST(StepPackage, OneTrainStepMatchesTheCpuReference) { checkStep(STEP_DIR); }
+
+TEST(StepPackage, PackedTrainStepMatchesTheCpuReference) {
+  std::map<std::string, HostTensor> inputs =
+      readAll(PACKED_STEP_DIR "/inputs.safetensors");
+  ASSERT_TRUE(inputs.count("position_ids"));
+  checkStep(PACKED_STEP_DIR);
 }
 
 } // namespace

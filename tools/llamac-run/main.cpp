@@ -12,7 +12,9 @@
 // Links no LLVM: it runs on a GPU machine that has only the CUDA driver and
 // cuBLASLt. The flags mean what they mean for `llamac train`; text rows use
 // --tokenizer, else the tokenizer of the --weights directory. --grad-accum N
-// (N > 1) needs a package compiled with --accumulate-grads.
+// (N > 1) needs a package compiled with --accumulate-grads. A package
+// compiled with `--pack` (its step takes position_ids) trains on rows packed
+// into sequences, as `llamac train --pack` does; others on padded rows.
 //
 //===----------------------------------------------------------------------===//
 

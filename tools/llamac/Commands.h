@@ -44,6 +44,8 @@ struct CompileOptions {
   bool fuseGatedMLP = true, fuseNormLinear = true, fuseRopeAttention = true;
   FP8Options fp8;
   GpuPackageOptions target;
+  /// --emit package: the GPU memory the step must fit (GiB).
+  double gpuMemoryGiB = 80;
   /// --emit package: a package that sums gradients over micro-batches, for
   /// `llamac-run --grad-accum N`.
   bool accumulateGradients = false;

@@ -61,6 +61,30 @@ writeFusionReport(const CompileOptions &options, const LlamaConfig &config,
   return 0;
 }
 
+/// Prints the step's peak device memory by category; refuses (exit 2) a
+/// plan larger than `gpuMemoryGiB`.
+static int reportMemory(const package::Package &package, double gpuMemoryGiB) {
+  package::MemoryUse use = package::memoryUse(package);
+  auto gib = [](uint64_t bytes) { return double(bytes) / double(1ull << 30); };
+  llvm::outs() << llvm::formatv(
+      "peak device memory of the step (batch {0} x seq {1}, {2}):\n"
+      "  weights           {3,8:F2} GiB\n"
+      "  gradients         {4,8:F2} GiB\n"
+      "  optimizer state   {5,8:F2} GiB  (AdamW's two moments)\n"
+      "  activations       {6,8:F2} GiB  (liveness plan at its peak)\n"
+      "  workspace         {7,8:F2} GiB  (cuBLASLt)\n"
+      "  total             {8,8:F2} GiB  of {9} GiB (--gpu-memory)\n",
+      package.batch, package.seq, package.precision, gib(use.weights),
+      gib(use.gradients), gib(use.optimizerState), gib(use.activations),
+      gib(use.workspace), gib(use.total()), gpuMemoryGiB);
+  if (gib(use.total()) > gpuMemoryGiB)
+    return reportError(llvm::formatv(
+        "--gpu-memory: the step needs {0:F2} GiB, more than the GPU's {1} "
+        "GiB; lower --batch or --seq, or give the GPU's memory",
+        gib(use.total()), gpuMemoryGiB));
+  return 0;
+}
+
 int llamac::runCompile(const CompileOptions &options) {
   if (options.emit != "mlir" && options.emit != "fusion-report" &&
       options.emit != "package")
@@ -89,6 +113,8 @@ int llamac::runCompile(const CompileOptions &options) {
         compileStepPackage(*config, options.shape, pipeline, gpu);
     if (!package)
       return reportError(llvm::toString(package.takeError()));
+    if (int code = reportMemory(*package, options.gpuMemoryGiB))
+      return code;
     if (std::error_code error =
             llvm::sys::fs::create_directories(options.outputPath))
       return reportError(options.outputPath + ": " + error.message());

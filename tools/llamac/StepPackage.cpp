@@ -81,7 +81,8 @@ llamac::cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
   PackageOptions options = packageOptions(config, shape, gpu);
   std::string key =
       options.compiler + "\n" + options.configJson + "\n" +
-      std::to_string(shape.batch) + "x" + std::to_string(shape.seq) + "\n" +
+      std::to_string(shape.batch) + "x" + std::to_string(shape.seq) +
+      (shape.packed ? " packed" : "") + "\n" +
       precisionName(shape.precision).str() + "\n" + options.ptx.chip +
       options.ptx.features + "\n" + std::to_string(pipeline.fuseGatedMLP) +
       std::to_string(pipeline.fuseNormLinear) +

@@ -33,9 +33,9 @@ compileStepPackage(const LlamaConfig &config, const StepShape &shape,
                    const GpuPackageOptions &gpu = GpuPackageOptions());
 
 /// The package of that step from the cache under `cacheRoot`, keyed by a
-/// hash of everything that shapes it (config, batch, seq, precision, arch,
-/// passes, gradient accumulation, llamac version), compiled and stored there
-/// on a miss. Returns its directory.
+/// hash of everything that shapes it (config, batch, seq, packing,
+/// precision, arch, passes, gradient accumulation, llamac version), compiled
+/// and stored there on a miss. Returns its directory.
 llvm::Expected<std::string>
 cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
                   const mlir::llama::TrainStepPipelineOptions &pipeline,

@@ -279,6 +279,18 @@ Tensor tokenTensor(const std::vector<int32_t> &values) {
   return tensor;
 }
 
+/// The step input `name` (input_ids, labels, or position_ids of a packed
+/// batch) of `batch`.
+llvm::Expected<Tensor> inputTensor(const Batch &batch, llvm::StringRef name) {
+  if (name == "input_ids")
+    return tokenTensor(batch.inputIds);
+  if (name == "labels")
+    return tokenTensor(batch.labels);
+  if (name == "position_ids" && !batch.positionIds.empty())
+    return tokenTensor(batch.positionIds);
+  return llvm::createStringError("internal: the batch has no " + name);
+}
+
 //===----------------------------------------------------------------------===//
 // The compiled step and how its arguments and results are bound
 //===----------------------------------------------------------------------===//
@@ -413,8 +425,11 @@ llvm::Expected<MicroBatchResult> runForwardBackward(mlir::func::FuncOp func,
       args[i] = std::move(state.params[slot->name]);
       lent[i] = slot->name;
     } else if (slot->kind == Slot::Input) {
-      args[i] = tokenTensor(slot->name == "input_ids" ? batch.inputIds
-                                                      : batch.labels);
+      llvm::Expected<Tensor> input = inputTensor(batch, slot->name);
+      if (input)
+        args[i] = std::move(*input);
+      else
+        error = input.takeError();
     } else if (slot->kind == Slot::FP8AmaxHistory ||
                slot->kind == Slot::FP8Scale) {
       // FP8 state carried from the previous micro-batch; a run starts with
@@ -643,6 +658,7 @@ TrainerState describeRun(const TrainOptions &options,
                       ? "fp8"
                       : precisionName(options.shape.precision).str();
   run.padToLongest = options.padToLongest;
+  run.pack = options.shape.packed;
   run.llamacVersion = LLAMAC_VERSION_STRING;
   return run;
 }
@@ -802,7 +818,9 @@ int llamac::runTrain(const TrainOptions &options) {
       options.warmupSteps, options.gradAccum,
       llvm::format("%g", options.maxGradNorm), rows.size(),
       options.shuffle ? ", shuffled" : "",
-      options.padToLongest ? ", padded to the longest row" : "");
+      options.padToLongest ? ", padded to the longest row"
+      : shape.packed       ? ", packed into sequences"
+                           : "");
   if (!resumedFrom.empty())
     llvm::outs() << "resuming from " << resumedFrom << " at step "
                  << run.globalStep << "\n";
@@ -829,11 +847,16 @@ int llamac::runTrain(const TrainOptions &options) {
     std::vector<Batch> microBatches;
     int64_t counted = 0, tokens = 0;
     for (int64_t i = 0; i < options.gradAccum; ++i) {
-      std::vector<int64_t> indices = sampler.take(shape.batch);
-      int64_t seq = options.padToLongest
-                        ? paddedLength(rows, indices, shape.seq)
-                        : shape.seq;
-      microBatches.push_back(gatherBatch(rows, indices, seq));
+      if (shape.packed) {
+        microBatches.push_back(
+            packBatch(rows, sampler, shape.batch, shape.seq));
+      } else {
+        std::vector<int64_t> indices = sampler.take(shape.batch);
+        int64_t seq = options.padToLongest
+                          ? paddedLength(rows, indices, shape.seq)
+                          : shape.seq;
+        microBatches.push_back(gatherBatch(rows, indices, seq));
+      }
       counted += countLossTokens(microBatches.back());
       tokens += microBatches.back().tokens;
     }

@@ -71,6 +71,13 @@ static cl::opt<std::string>
                          "default) or most_recent"),
                 cl::init("max"), cl::sub(compileCommand), cl::sub(trainCommand),
                 cl::cat(modelCategory));
+static cl::opt<bool>
+    pack("pack",
+         cl::desc("Pack data rows end to end into each sequence; attention "
+                  "stays within a row and positions restart at 0 (the step "
+                  "takes position_ids)"),
+         cl::sub(compileCommand), cl::sub(trainCommand),
+         cl::cat(modelCategory));
 static cl::opt<bool> noFuseGatedMLP(
     "no-fuse-gated-mlp",
     cl::desc("Keep the gate and up projections and SwiGLU apart"),
@@ -89,6 +96,12 @@ static cl::opt<std::string>
                   "sm_89, sm_86, sm_80"),
          cl::init("sm_90a"), cl::sub(compileCommand), cl::sub(trainCommand),
          cl::cat(modelCategory));
+
+static cl::opt<double> gpuMemory(
+    "gpu-memory",
+    cl::desc("--emit package: GiB of device memory the step must fit in "
+             "(default 80, an H100)"),
+    cl::init(80), cl::sub(compileCommand));
 
 static cl::opt<std::string> emit("emit",
                                  cl::desc("What to print: mlir, or "
@@ -273,6 +286,7 @@ static int readStepShape(StepShape &shape, FP8Options &fp8) {
   fp8.amaxComputeAlgo = fp8AmaxAlgo;
   shape.batch = batch;
   shape.seq = seqLen;
+  shape.packed = pack;
   return 0;
 }
 
@@ -299,6 +313,9 @@ static int compileMain() {
   options.fuseRopeAttention = !noFuseRopeAttention;
   options.accumulateGradients = accumulateGrads;
   options.outputPath = outputPath;
+  if (!(gpuMemory > 0))
+    return reportError("--gpu-memory: must be positive");
+  options.gpuMemoryGiB = gpuMemory;
   return runCompile(options);
 }
 
@@ -369,6 +386,9 @@ static int trainMain() {
   options.keep = keepCheckpoints;
   options.resumePath = resumePath;
   options.saveOnInterrupt = !noSaveOnInterrupt;
+  if (pack && padToLongest)
+    return reportError("--pack: cannot be combined with --pad-to-longest "
+                       "(packed sequences are always --seq long)");
   options.shuffle = shuffleRows;
   options.padToLongest = padToLongest;
   return runTrain(options);

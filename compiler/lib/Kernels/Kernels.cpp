@@ -308,6 +308,13 @@ llvm::Expected<KernelSpec> llamac::swigluBackwardKernel(int64_t rows,
   return swigluKernel("swiglu_bwd", rows, width);
 }
 
+/// The POSITIONS_ARG of a kernel that reads the position_ids of `tokens`
+/// tokens (packed sequences), or nothing.
+static std::string positionsArgument(bool packed, int64_t tokens) {
+  return packed ? ", %positions: memref<" + std::to_string(tokens) + "xi32>"
+                : "";
+}
+
 llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
                                                    HeadsDirection direction,
                                                    Rotation rotation) {
@@ -330,6 +337,8 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
   if (heads * l.headDim > l.rowStride)
     return shapeError(kernel,
                       "heads extend beyond the row stride " + str(l.rowStride));
+  if (l.positions && rotation == Rotation::None)
+    return shapeError(kernel, "positions without a rotation");
   int64_t half = l.headDim / 2;
   int64_t items = heads * (half / 8);
   unsigned block = threadsFor(items, 256);
@@ -339,13 +348,22 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
   const char *rotationName = rotation == Rotation::None      ? ""
                              : rotation == Rotation::Forward ? "_rope"
                                                              : "_ropeinv";
+  // %pf = float(the RoPE position): positions[t] (signed), or p = t mod SEQ.
+  std::string position =
+      l.positions ? "%pi = memref.load %positions[%t] : memref<" + str(l.rows) +
+                        "xi32>\n    %pf = arith.sitofp %pi : i32 to f32"
+                  : "%pi = arith.index_cast %p : index to i32\n"
+                    "    %pf = arith.uitofp %pi : i32 to f32";
   return specialize(
       kernel,
       std::string(toHeads ? "to_heads" : "to_tokens") + "_t" + str(l.rows) +
           "_s" + str(l.seqLen) + "_ld" + str(l.rowStride) + "_d" +
           str(l.headDim) + "_q" + str(l.numQueryHeads) + "k" +
-          str(l.numKeyHeads) + "v" + str(l.numValueHeads) + rotationName,
-      {{"T", str(l.rows)},
+          str(l.numKeyHeads) + "v" + str(l.numValueHeads) + rotationName +
+          (l.positions ? "_pos" : ""),
+      {{"POSITIONS_ARG", positionsArgument(l.positions, l.rows)},
+       {"POSITION", position},
+       {"T", str(l.rows)},
        {"LD", str(l.rowStride)},
        {"TLD", str(l.rows * l.rowStride)},
        {"HM", str(l.rows * heads * l.headDim)},
@@ -378,14 +396,38 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
 /// Shared by causal_softmax_fwd and attention_softmax_bwd.
 static llvm::Expected<KernelSpec>
 softmaxKernel(llvm::StringRef kernel, int64_t blocks, int64_t seqLen,
-              ScoreType scoreType, ScoreType probabilityType, bool forward) {
+              ScoreType scoreType, ScoreType probabilityType, bool forward,
+              int64_t packedHeads) {
   if (llvm::Error error = checkSize(kernel, "batch * heads", blocks))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "sequence length", seqLen, 8))
     return std::move(error);
+  if (packedHeads < 0 || (packedHeads > 0 && blocks % packedHeads != 0))
+    return shapeError(kernel, "batch * heads " + str(blocks) +
+                                  " is not a multiple of the heads " +
+                                  str(packedHeads));
   int64_t rows = blocks * seqLen;
   if (rows > INT32_MAX)
     return shapeError(kernel, "too many rows for the grid: " + str(rows));
+  // %start: 0, or query q's window start from the position of its token
+  // (sequence r / (heads seq), column q).
+  bool packed = packedHeads > 0;
+  int64_t tokens = packed ? blocks / packedHeads * seqLen : 0;
+  std::string windowStart =
+      packed
+          ? "%rowsPerSequence = arith.constant " + str(packedHeads * seqLen) +
+                " : index\n"
+                "    %sequence = arith.divui %r, %rowsPerSequence : index\n"
+                "    %firstToken = arith.muli %sequence, %seq : index\n"
+                "    %token = arith.addi %firstToken, %q : index\n"
+                "    %pos = memref.load %positions[%token] : memref<" +
+                str(tokens) +
+                "xi32>\n"
+                "    %posIndex = arith.index_cast %pos : i32 to index\n"
+                "    %above = arith.maxsi %posIndex, %c0 : index\n"
+                "    %back = arith.minsi %above, %q : index\n"
+                "    %start = arith.subi %q, %back : index"
+          : "%start = arith.constant 0 : index";
   bool f32 = scoreType == ScoreType::F32;
   bool p32 = probabilityType == ScoreType::F32;
   unsigned block = threadsFor(seqLen / 8, 256);
@@ -394,9 +436,12 @@ softmaxKernel(llvm::StringRef kernel, int64_t blocks, int64_t seqLen,
       !p32 ? (forward ? "arith.truncf" : "arith.extf") : "arith.bitcast";
   return specialize(kernel,
                     (kernel + "_b" + str(blocks) + "_s" + str(seqLen) +
-                     (f32 ? "_f32" : "_bf16") + (p32 ? "_pf32" : ""))
+                     (f32 ? "_f32" : "_bf16") + (p32 ? "_pf32" : "") +
+                     (packed ? "_packed_h" + str(packedHeads) : ""))
                         .str(),
-                    {{"R", str(rows)},
+                    {{"POSITIONS_ARG", positionsArgument(packed, tokens)},
+                     {"WINDOW_START", windowStart},
+                     {"R", str(rows)},
                      {"SEQ", str(seqLen)},
                      {"RS", str(rows * seqLen)},
                      {"STYPE", f32 ? "f32" : "bf16"},
@@ -409,20 +454,18 @@ softmaxKernel(llvm::StringRef kernel, int64_t blocks, int64_t seqLen,
                     dims(unsigned(rows)), dims(block));
 }
 
-llvm::Expected<KernelSpec>
-llamac::causalSoftmaxForwardKernel(int64_t blocks, int64_t seqLen,
-                                   ScoreType scoreType,
-                                   ScoreType probabilityType) {
+llvm::Expected<KernelSpec> llamac::causalSoftmaxForwardKernel(
+    int64_t blocks, int64_t seqLen, ScoreType scoreType,
+    ScoreType probabilityType, int64_t packedHeads) {
   return softmaxKernel("causal_softmax_fwd", blocks, seqLen, scoreType,
-                       probabilityType, /*forward=*/true);
+                       probabilityType, /*forward=*/true, packedHeads);
 }
 
-llvm::Expected<KernelSpec>
-llamac::attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
-                                       ScoreType scoreType,
-                                       ScoreType probabilityType) {
+llvm::Expected<KernelSpec> llamac::attentionSoftmaxBackwardKernel(
+    int64_t blocks, int64_t seqLen, ScoreType scoreType,
+    ScoreType probabilityType, int64_t packedHeads) {
   return softmaxKernel("attention_softmax_bwd", blocks, seqLen, scoreType,
-                       probabilityType, /*forward=*/false);
+                       probabilityType, /*forward=*/false, packedHeads);
 }
 
 /// Shared by count_targets and cross_entropy: the loss's shapes.

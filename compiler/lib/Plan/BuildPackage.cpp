@@ -26,7 +26,10 @@
 // head): S = scale Q Kᵀ (f32), causal_softmax_fwd makes P (bf16), O = P V,
 // and O goes back to token rows for o_proj. The backward recomputes S and P
 // (in bf16 for the dV GEMM and in f32 for dS); the sums over a group's
-// query heads in dK and dV are part of their GEMMs.
+// query heads in dK and dV are part of their GEMMs. With packed sequences
+// the RoPE and softmax kernels also read the position_ids input: the GEMMs
+// still compute whole [seq, seq] blocks and the softmax masks the keys of
+// other data rows.
 //
 //===----------------------------------------------------------------------===//
 
@@ -43,6 +46,8 @@
 #include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/StringSet.h"
 #include "llvm/Support/FormatVariadic.h"
+
+#include <optional>
 
 #include <optional>
 
@@ -112,15 +117,26 @@ package::Gemm groupGemm(const AttentionShape &a, int64_t m, int64_t n,
 }
 
 /// The heads of `a` in token rows of stride `ld` (0: packed query heads),
-/// for rope_heads: all query heads, `keyHeads` and `valueHeads`.
+/// for rope_heads: all query heads, `keyHeads` and `valueHeads`; RoPE
+/// positions from the position_ids buffer when `positions`.
 HeadsLayout headsLayout(const AttentionShape &a, int64_t ld, int64_t keyHeads,
-                        int64_t valueHeads) {
+                        int64_t valueHeads, bool positions = false) {
   HeadsLayout l;
   l.rows = a.batch * a.seq, l.seqLen = a.seq, l.headDim = a.dim;
   l.rowStride = ld ? ld : a.heads * a.dim;
   l.numQueryHeads = a.heads, l.numKeyHeads = keyHeads,
   l.numValueHeads = valueHeads;
+  l.positions = positions;
   return l;
+}
+
+/// Appends the positions (packed sequences), when there are any, to a
+/// kernel's arguments.
+std::vector<Location> withPositions(std::vector<Location> args,
+                                    const std::optional<Location> &at) {
+  if (at)
+    args.push_back(*at);
+  return args;
 }
 
 class PackageBuilder {
@@ -328,7 +344,10 @@ private:
                            Location dy, Location x, Location weight, int rstd,
                            int64_t hidden, const std::string &label);
   llvm::Error attentionScores(Operation *op, int headMajor, int scores,
-                              int probabilities, const std::string &label);
+                              int probabilities,
+                              const std::optional<Location> &positions,
+                              const std::string &label);
+  llvm::Expected<std::optional<Location>> usePositions(Value positions);
   llvm::Error lowerOptimizer(func::FuncOp func);
   int freqTable(ArrayRef<double> frequencies);
 
@@ -580,9 +599,20 @@ llvm::Error PackageBuilder::normBackward(Operation *op, Value inputGrad,
                 {whole(partial), dw}, label + " (norm weight gradient)");
 }
 
-llvm::Error PackageBuilder::attentionScores(Operation *op, int headMajor,
-                                            int scores, int probabilities,
-                                            const std::string &label) {
+/// The location of an attention op's positions (packed sequences), or none.
+llvm::Expected<std::optional<Location>>
+PackageBuilder::usePositions(Value positions) {
+  if (!positions)
+    return std::nullopt;
+  llvm::Expected<Location> at = use(positions);
+  if (!at)
+    return at.takeError();
+  return std::optional<Location>(*at);
+}
+
+llvm::Error PackageBuilder::attentionScores(
+    Operation *op, int headMajor, int scores, int probabilities,
+    const std::optional<Location> &positions, const std::string &label) {
   AttentionShape a = attentionShape(op, tokens);
   int64_t rows = a.group * a.seq; // the query heads of one KV group, stacked
   // S[b, g] = scale Q[b, group g] K[b, g]ᵀ: [group seq, seq] per (b, g).
@@ -596,9 +626,11 @@ llvm::Error PackageBuilder::attentionScores(Operation *op, int headMajor,
   g.d = operand({scores, 0, a.seq});
   touch(headMajor);
   gemm(g, label + " (scores)");
-  return launch(
-      causalSoftmaxForwardKernel(a.batch * a.heads, a.seq, ScoreType::F32),
-      {whole(scores), whole(probabilities)}, label + " (softmax)");
+  return launch(causalSoftmaxForwardKernel(a.batch * a.heads, a.seq,
+                                           ScoreType::F32, ScoreType::BF16,
+                                           positions ? a.heads : 0),
+                withPositions({whole(scores), whole(probabilities)}, positions),
+                label + " (softmax)");
 }
 
 llvm::Error PackageBuilder::lower(Operation &op) {
@@ -771,9 +803,11 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     auto q = use(attention.getQuery());
     auto k = use(attention.getKey());
     auto v = use(attention.getValue());
-    if (!q || !k || !v)
-      return llvm::joinErrors(llvm::joinErrors(q.takeError(), k.takeError()),
-                              v.takeError());
+    auto positions = usePositions(attention.getPositions());
+    if (!q || !k || !v || !positions)
+      return llvm::joinErrors(
+          llvm::joinErrors(q.takeError(), k.takeError()),
+          llvm::joinErrors(v.takeError(), positions.takeError()));
     AttentionShape a = attentionShape(&op, tokens);
     if (auto error = checkQKVSlices(&op, *q, *k, *v, a))
       return error;
@@ -784,17 +818,19 @@ llvm::Error PackageBuilder::lower(Operation &op) {
         ElementType::BF16, {tokens * (a.heads + 2 * a.kvHeads) * a.dim}, false);
     headMajorOf[attention.getQuery()] = headMajor;
     int freqs = freqTable(attention.getFrequencies());
-    if (auto error =
-            launch(ropeHeadsKernel(headsLayout(a, q->ld, a.kvHeads, a.kvHeads),
-                                   HeadsDirection::ToHeads, Rotation::Forward),
-                   {*q, whole(headMajor), whole(freqs)}, label + " (rope)"))
+    if (auto error = launch(
+            ropeHeadsKernel(headsLayout(a, q->ld, a.kvHeads, a.kvHeads,
+                                        positions->has_value()),
+                            HeadsDirection::ToHeads, Rotation::Forward),
+            withPositions({*q, whole(headMajor), whole(freqs)}, *positions),
+            label + " (rope)"))
       return error;
     int scores =
         scratch("scores", ElementType::F32, {a.batch * a.heads, a.seq, a.seq});
     int probabilities = scratch("probabilities", ElementType::BF16,
                                 {a.batch * a.heads, a.seq, a.seq});
-    if (auto error =
-            attentionScores(&op, headMajor, scores, probabilities, label))
+    if (auto error = attentionScores(&op, headMajor, scores, probabilities,
+                                     *positions, label))
       return error;
     // O[b, group g] = P V[b, g], head-major, then back to token rows.
     int64_t rows = a.group * a.seq;
@@ -956,8 +992,9 @@ llvm::Error PackageBuilder::lower(Operation &op) {
 
   if (auto grad = dyn_cast<RopeAttentionGradOp>(op)) {
     auto dOut = use(grad.getGrad());
-    if (!dOut)
-      return dOut.takeError();
+    auto positions = usePositions(grad.getPositions());
+    if (!dOut || !positions)
+      return llvm::joinErrors(dOut.takeError(), positions.takeError());
     auto found = headMajorOf.find(grad.getQuery());
     if (found == headMajorOf.end())
       return fail(&op, "expects q, k and v moved to the head-major layout by "
@@ -976,14 +1013,16 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     int probabilities =
         scratch("probabilities", ElementType::BF16, {blocks, a.seq, a.seq});
     if (auto error = attentionScores(&op, headMajor, scores, probabilities,
-                                     label + " (recompute)"))
+                                     *positions, label + " (recompute)"))
       return error;
+    int64_t packedHeads = *positions ? a.heads : 0;
     int probabilities32 =
         scratch("probabilities.f32", ElementType::F32, {blocks, a.seq, a.seq});
-    if (auto error = launch(causalSoftmaxForwardKernel(
-                                blocks, a.seq, ScoreType::F32, ScoreType::F32),
-                            {whole(scores), whole(probabilities32)},
-                            label + " (softmax in f32)"))
+    if (auto error = launch(
+            causalSoftmaxForwardKernel(blocks, a.seq, ScoreType::F32,
+                                       ScoreType::F32, packedHeads),
+            withPositions({whole(scores), whole(probabilities32)}, *positions),
+            label + " (softmax in f32)"))
       return error;
     int freqs = freqTable(grad.getFrequencies());
     int dOutHeads = scratch("attention_heads_grad", ElementType::BF16,
@@ -1017,11 +1056,13 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     gemm(dV, label + " (dV)");
     // dS = P (dP - rowsum(P dP)) from P in f32 (as flash attention keeps
     // it), written over the bf16 P that the dV GEMM has read.
-    if (auto error = launch(
-            attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
-                                           ScoreType::F32),
-            {whole(probabilities32), whole(scores), whole(probabilities)},
-            label + " (softmax backward)"))
+    if (auto error =
+            launch(attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
+                                                  ScoreType::F32, packedHeads),
+                   withPositions({whole(probabilities32), whole(scores),
+                                  whole(probabilities)},
+                                 *positions),
+                   label + " (softmax backward)"))
       return error;
     // dQ[b, group g] = scale dS K[b, g].
     package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
@@ -1041,10 +1082,12 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     dK.d = operand({gradHeads, a.keyRegion, a.dim});
     gemm(dK, label + " (dK)");
     // Back to token rows, rotating the q and k gradients back.
-    return launch(ropeHeadsKernel(headsLayout(a, dq.ld, a.kvHeads, a.kvHeads),
-                                  HeadsDirection::ToTokens, Rotation::Inverse),
-                  {dq, whole(gradHeads), whole(freqs)},
-                  label + " (inverse rope)");
+    return launch(
+        ropeHeadsKernel(
+            headsLayout(a, dq.ld, a.kvHeads, a.kvHeads, positions->has_value()),
+            HeadsDirection::ToTokens, Rotation::Inverse),
+        withPositions({dq, whole(gradHeads), whole(freqs)}, *positions),
+        label + " (inverse rope)");
   }
 
   if (auto grad = dyn_cast<RMSNormGradOp>(op)) {

@@ -2,7 +2,8 @@
 //
 // `attention(rope(q), rope(k), v)`, where both rotations are read by the
 // attention alone and agree with it and with each other (heads, head_dim,
-// seq_len, theta and scaling), becomes `llama.rope_attention %q, %k, %v`:
+// seq_len, theta and scaling, and the same positions operand or none),
+// becomes `llama.rope_attention %q, %k, %v` (with those positions):
 // the kernel rotates q and k as it loads them and the rotated tensors never
 // reach memory; the backward returns the gradients of the unrotated q and k.
 //
@@ -25,6 +26,7 @@ namespace {
 /// Both rotations use the same frequencies and positions.
 bool sameRotation(RoPEOp a, RoPEOp b) {
   return a.getHeadDim() == b.getHeadDim() && a.getSeqLen() == b.getSeqLen() &&
+         a.getPositions() == b.getPositions() &&
          a.getTheta().convertToDouble() == b.getTheta().convertToDouble() &&
          a.getRopeType() == b.getRopeType() &&
          a.getFactor().convertToDouble() == b.getFactor().convertToDouble() &&
@@ -58,13 +60,14 @@ struct LlamaFuseRopeAttentionPass
         query.getNumHeads() != attention.getNumHeads() ||
         key.getNumHeads() != attention.getNumKvHeads() ||
         query.getHeadDim() != attention.getHeadDim() ||
-        query.getSeqLen() != attention.getSeqLen())
+        query.getSeqLen() != attention.getSeqLen() ||
+        query.getPositions() != attention.getPositions())
       return;
     OpBuilder builder(attention);
     auto fused = RopeAttentionOp::create(
         builder, fusion::fusedLocation({query, key, attention}),
         attention.getType(), query.getInput(), key.getInput(),
-        attention.getValue(), attention.getNumHeads(),
+        attention.getValue(), attention.getPositions(), attention.getNumHeads(),
         attention.getNumKvHeads(), attention.getHeadDim(),
         attention.getSeqLen(), attention.getScale(), query.getTheta(),
         query.getRopeType(), query.getFactor(), query.getLowFreqFactor(),

@@ -92,6 +92,23 @@ static LogicalResult expectWholeSequences(Operation *op, int64_t rows,
   return success();
 }
 
+/// The optional positions of RoPE and attention ops: one per token row.
+static LogicalResult verifyPositions(Operation *op, Value positions,
+                                     int64_t rows) {
+  if (!positions)
+    return success();
+  return expectShape(op, positions, "positions", {rows});
+}
+
+/// The cotangents of an op's operands: `grads`, then none for positions
+/// (integer ids carry no gradient) when the op has them.
+static SmallVector<Value> withPositions(SmallVector<Value> grads,
+                                        Value positions) {
+  if (positions)
+    grads.push_back(nullptr);
+  return grads;
+}
+
 //===----------------------------------------------------------------------===//
 // EmbeddingOp
 //===----------------------------------------------------------------------===//
@@ -285,6 +302,7 @@ LogicalResult RoPEOp::verify() {
     return emitOpError() << "input width " << shape[1]
                          << " is not num_heads * head_dim";
   if (failed(expectWholeSequences(*this, shape[0], getSeqLen())) ||
+      failed(verifyPositions(*this, getPositions(), shape[0])) ||
       failed(expectShape(*this, getResult(), "result", shape)))
     return failure();
   if (failed(verifyRopeAttributes(*this)))
@@ -298,7 +316,7 @@ SmallVector<Value> RoPEOp::buildVJP(OpBuilder &builder,
   auto inverse = cast<RoPEOp>(builder.clone(*getOperation()));
   inverse->setOperand(0, resultCotangents[0]);
   inverse.setInverse(!getInverse());
-  return {inverse.getResult()};
+  return withPositions({inverse.getResult()}, getPositions());
 }
 
 //===----------------------------------------------------------------------===//
@@ -323,9 +341,14 @@ static LogicalResult verifyAttentionOperands(AttentionLikeOp op) {
                       {rows, int64_t(op.getNumHeads() * op.getHeadDim())})) ||
       failed(expectShape(op, op.getKey(), "key", {rows, kvWidth})) ||
       failed(expectShape(op, op.getValue(), "value", {rows, kvWidth})) ||
-      failed(expectWholeSequences(op, rows, op.getSeqLen())))
+      failed(expectWholeSequences(op, rows, op.getSeqLen())) ||
+      failed(verifyPositions(op, op.getPositions(), rows)))
     return failure();
-  return expectSameElementType(op, op->getOperands());
+  SmallVector<Value> floats;
+  for (Value operand : op->getOperands())
+    if (operand != op.getPositions())
+      floats.push_back(operand);
+  return expectSameElementType(op, floats);
 }
 
 LogicalResult AttentionOp::verify() {
@@ -341,9 +364,11 @@ SmallVector<Value> AttentionOp::buildVJP(OpBuilder &builder,
   auto grad = AttentionGradOp::create(
       builder, getLoc(), getQuery().getType(), getKey().getType(),
       getValue().getType(), resultCotangents[0], getQuery(), getKey(),
-      getValue(), getNumHeadsAttr(), getNumKvHeadsAttr(), getHeadDimAttr(),
-      getSeqLenAttr(), getScaleAttr());
-  return {grad.getQueryGrad(), grad.getKeyGrad(), grad.getValueGrad()};
+      getValue(), getPositions(), getNumHeadsAttr(), getNumKvHeadsAttr(),
+      getHeadDimAttr(), getSeqLenAttr(), getScaleAttr());
+  return withPositions(
+      {grad.getQueryGrad(), grad.getKeyGrad(), grad.getValueGrad()},
+      getPositions());
 }
 
 /// The incoming gradient has the query's shape, and so has the query's
@@ -734,13 +759,18 @@ LogicalResult RopeAttentionOp::verify() {
 
 SmallVector<Value> RopeAttentionOp::buildVJP(OpBuilder &builder,
                                              ValueRange resultCotangents) {
-  // The backward op carries the same attributes.
+  // The backward op carries the same attributes and positions.
+  SmallVector<Value> operands{resultCotangents[0], getQuery(), getKey(),
+                              getValue()};
+  if (Value positions = getPositions())
+    operands.push_back(positions);
   auto grad = RopeAttentionGradOp::create(
       builder, getLoc(),
       TypeRange{getQuery().getType(), getKey().getType(), getValue().getType()},
-      ValueRange{resultCotangents[0], getQuery(), getKey(), getValue()},
-      (*this)->getAttrs());
-  return {grad.getQueryGrad(), grad.getKeyGrad(), grad.getValueGrad()};
+      operands, (*this)->getAttrs());
+  return withPositions(
+      {grad.getQueryGrad(), grad.getKeyGrad(), grad.getValueGrad()},
+      getPositions());
 }
 
 LogicalResult RopeAttentionGradOp::verify() {

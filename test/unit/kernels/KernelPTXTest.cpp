@@ -82,9 +82,11 @@ constexpr int64_t kRows = 4 * 2048, kSeq = 2048, kHidden = 4096;
 constexpr int64_t kMlp = 14336, kVocab = 128256, kHeads = 32, kKvHeads = 8;
 constexpr int64_t kHeadDim = 128;
 
-/// The fused QKV output of a Llama 3 8B layer.
-HeadsLayout stepHeads() {
+/// The fused QKV output of a Llama 3 8B layer; with `positions`, of a
+/// packed step (RoPE positions from position_ids).
+HeadsLayout stepHeads(bool positions = false) {
   HeadsLayout layout;
+  layout.positions = positions;
   layout.rows = kRows;
   layout.seqLen = kSeq;
   layout.headDim = kHeadDim;
@@ -145,6 +147,18 @@ std::vector<StepKernel> stepKernels() {
                                 Rotation::None);
        },
        true, true},
+      {"rope_to_heads_packed",
+       [] {
+         return ropeHeadsKernel(stepHeads(true), HeadsDirection::ToHeads,
+                                Rotation::Forward);
+       },
+       true, true},
+      {"rope_inverse_to_tokens_packed",
+       [] {
+         return ropeHeadsKernel(stepHeads(true), HeadsDirection::ToTokens,
+                                Rotation::Inverse);
+       },
+       true, true},
       {"causal_softmax_fwd_f32",
        [] {
          return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32);
@@ -177,6 +191,24 @@ std::vector<StepKernel> stepKernels() {
        [] {
          return attentionSoftmaxBackwardKernel(4 * kHeads, kSeq, ScoreType::F32,
                                                ScoreType::F32);
+       },
+       true, true},
+      {"causal_softmax_fwd_packed",
+       [] {
+         return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32,
+                                           ScoreType::BF16, kHeads);
+       },
+       true, true},
+      {"causal_softmax_fwd_packed_probabilities",
+       [] {
+         return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32,
+                                           ScoreType::F32, kHeads);
+       },
+       true, true},
+      {"attention_softmax_bwd_packed",
+       [] {
+         return attentionSoftmaxBackwardKernel(4 * kHeads, kSeq, ScoreType::F32,
+                                               ScoreType::F32, kHeads);
        },
        true, true},
       {"count_targets", [] { return countTargetsKernel(kRows, kSeq, kVocab); },
@@ -282,6 +314,10 @@ TEST(KernelPTX, LaunchShapesFollowTheSizes) {
             ropeHeadsKernel(stepOutputHeads(), HeadsDirection::ToHeads,
                             Rotation::Forward)
                 ->name);
+  EXPECT_NE(rope->name,
+            ropeHeadsKernel(stepHeads(true), HeadsDirection::ToHeads,
+                            Rotation::Forward)
+                ->name);
   EXPECT_EQ(ropeHeadsKernel(stepOutputHeads(), HeadsDirection::ToTokens,
                             Rotation::None)
                 ->block.x,
@@ -293,6 +329,14 @@ TEST(KernelPTX, LaunchShapesFollowTheSizes) {
   EXPECT_EQ(softmax->block.x, 32u);
   EXPECT_NE(softmax->name,
             causalSoftmaxForwardKernel(6, 136, ScoreType::BF16)->name);
+  auto packed = causalSoftmaxForwardKernel(6, 136, ScoreType::F32,
+                                           ScoreType::BF16, /*packedHeads=*/3);
+  ASSERT_TRUE(bool(packed));
+  EXPECT_EQ(packed->grid.x, softmax->grid.x);
+  EXPECT_NE(packed->name, softmax->name);
+  EXPECT_NE(packed->name, causalSoftmaxForwardKernel(6, 136, ScoreType::F32,
+                                                     ScoreType::BF16, 2)
+                              ->name);
 
   auto loss = crossEntropyKernel(kRows, kSeq, kVocab);
   ASSERT_TRUE(bool(loss));
@@ -326,6 +370,10 @@ TEST(KernelPTX, RejectsBadStepShapes) {
   EXPECT_NE(message(causalSoftmaxForwardKernel(4, 100, ScoreType::F32))
                 .find("sequence length"),
             std::string::npos);
+  EXPECT_NE(message(attentionSoftmaxBackwardKernel(6, 64, ScoreType::F32,
+                                                   ScoreType::F32, 4))
+                .find("not a multiple of the heads"),
+            std::string::npos);
   EXPECT_NE(message(swigluForwardKernel(4, 0)).find("width"),
             std::string::npos);
   EXPECT_NE(message(embeddingForwardKernel(4, 0, 64)).find("vocabulary"),
@@ -344,6 +392,12 @@ TEST(KernelPTX, RejectsBadStepShapes) {
   layout.rows = kSeq + 8; // a partial sequence
   EXPECT_NE(heads(layout).find("multiple of the sequence length"),
             std::string::npos);
+  layout = stepOutputHeads();
+  layout.positions = true; // positions are for rotations
+  EXPECT_NE(
+      message(ropeHeadsKernel(layout, HeadsDirection::ToTokens, Rotation::None))
+          .find("positions without a rotation"),
+      std::string::npos);
 }
 
 TEST(KernelPTX, RejectsBadShapesAndUnknownTemplates) {

@@ -4,15 +4,18 @@
 // model with the settings of each case that test/golden/
 // make_golden_training.py trained with Hugging Face transformers in float64
 // (the Trainer's gradient accumulation with num_items_in_batch,
-// clip_grad_norm_, the linear and cosine schedules with warmup), and compares
-// every step's loss, learning rate and gradient norm, and the final weights.
+// clip_grad_norm_, the linear and cosine schedules with warmup, --pack against
+// DataCollatorWithFlattening with position_ids), and compares every step's
+// loss, learning rate and gradient norm, and the final weights.
 //
 // Tolerances are HFParityTest's: losses 1e-5, weights 1e-4 (relative,
 // Frobenius, per tensor); gradient norms 1e-4 like the gradients they sum;
 // learning rates 1e-12 (the same closed form in double on both sides).
 //
 // The golden files live in test/golden/training/<case>/; until they are
-// generated every case fails, naming the command that makes them.
+// generated every case fails, naming the command that makes them, except a
+// case added since the golden data was last made (kNewCases), which skips
+// visibly, naming it, until its data is committed.
 //
 //===----------------------------------------------------------------------===//
 
@@ -30,6 +33,7 @@
 #include <cmath>
 #include <iomanip>
 #include <map>
+#include <set>
 #include <sstream>
 
 using namespace llamac;
@@ -40,6 +44,10 @@ namespace {
 const std::string kSource = std::string(GOLDEN_DIR) + "/llama2-mha/";
 const std::string kMakeGolden =
     "python3 test/golden/make_golden_training.py test/golden/training";
+
+/// Cases whose golden data is made by a later run of kMakeGolden than the
+/// committed data (pack needs transformers 5, on the GPU machine).
+const std::set<std::string> kNewCases = {"pack"};
 
 double relative(double got, double want) {
   return std::abs(got - want) / std::max(std::abs(want), 1e-300);
@@ -57,6 +65,10 @@ TEST_P(TrainingParity, MatchesTheTransformersTrainer) {
   std::string testCase = GetParam();
   std::string goldenDir = std::string(GOLDEN_DIR) + "/training/" + testCase;
   auto buffer = llvm::MemoryBuffer::getFile(goldenDir + "/golden.json");
+  if (!buffer && kNewCases.count(testCase))
+    GTEST_SKIP() << "no golden data for the new case " << testCase
+                 << " yet: generate it with `" << kMakeGolden << " " << testCase
+                 << "` and commit test/golden/training/" << testCase;
   ASSERT_TRUE(bool(buffer))
       << "missing golden data " << goldenDir
       << "/golden.json: generate it with `" << kMakeGolden
@@ -111,6 +123,8 @@ TEST_P(TrainingParity, MatchesTheTransformersTrainer) {
       "--device=cpu",
       "--save=" + out + "/model",
       "--metrics=" + out + "/metrics.jsonl"};
+  if (golden.getBoolean("pack").value_or(false))
+    args.push_back("--pack");
   std::vector<llvm::StringRef> argRefs(args.begin(), args.end());
   std::string errorMessage;
   int exitCode = llvm::sys::ExecuteAndWait(LLAMAC_BINARY, argRefs, std::nullopt,
@@ -167,7 +181,7 @@ TEST_P(TrainingParity, MatchesTheTransformersTrainer) {
 
 INSTANTIATE_TEST_SUITE_P(Golden, TrainingParity,
                          ::testing::Values("grad-accum", "clip",
-                                           "linear-warmup", "cosine"),
+                                           "linear-warmup", "cosine", "pack"),
                          caseName);
 
 } // namespace

@@ -68,17 +68,22 @@ TEST_F(FusedVJPTest, GatedMLPWithNorm) {
 }
 
 /// rope_attention with `heads` query heads and `kvHeads` kv heads of dim 4
-/// over 6 rows in sequences of 3, with extra rope attributes.
+/// over 6 rows in sequences of 3, with extra rope attributes; with `packed`,
+/// it also takes positions.
 std::string ropeAttentionText(int64_t heads, int64_t kvHeads,
-                              const std::string &ropeAttrs) {
+                              const std::string &ropeAttrs,
+                              bool packed = false) {
   std::string q = "tensor<6x" + std::to_string(heads * 4) + "xf64>";
   std::string kv = "tensor<6x" + std::to_string(kvHeads * 4) + "xf64>";
-  return "func.func @f(%q: " + q + ", %k: " + kv + ", %v: " + kv + ") -> " + q +
-         " {\n  %0 = llama.rope_attention %q, %k, %v {num_heads = " +
-         std::to_string(heads) +
+  return "func.func @f(%q: " + q + ", %k: " + kv + ", %v: " + kv +
+         (packed ? ", %pos: tensor<6xi32>" : "") + ") -> " + q +
+         " {\n  %0 = llama.rope_attention %q, %k, %v " +
+         (packed ? "positions(%pos) " : "") +
+         "{num_heads = " + std::to_string(heads) +
          " : i64, num_kv_heads = " + std::to_string(kvHeads) +
          " : i64, head_dim = 4 : i64, seq_len = 3 : i64, scale = 0.7 : f64, " +
-         ropeAttrs + "} : (" + q + ", " + kv + ", " + kv + ") -> " + q +
+         ropeAttrs + "} : (" + q + ", " + kv + ", " + kv +
+         (packed ? ", tensor<6xi32>" : "") + ") -> " + q +
          "\n  return %0 : " + q + "\n}";
 }
 
@@ -94,6 +99,13 @@ TEST_F(FusedVJPTest, RopeAttentionGQALlama3) {
                              "factor = 8.0 : f64, "
                              "original_max_position_embeddings = 16 : i64"),
            {random({6, 16}), random({6, 8}), random({6, 8})});
+}
+
+TEST_F(FusedVJPTest, RopeAttentionGQAPacked) {
+  // Sequences of 3 rows holding data rows of 1 + 2 and 3 tokens.
+  Tensor positions{{6}, {0, 0, 1, 0, 1, 2}};
+  checkVJP(ropeAttentionText(4, 2, "theta = 10.0 : f64", /*packed=*/true),
+           {random({6, 16}), random({6, 8}), random({6, 8}), positions});
 }
 
 TEST_F(FusedVJPTest, RopeAttentionMQA) {

@@ -6,7 +6,7 @@
 // agree within 1e-10 (relative), the gradient of a concatenated parameter
 // with the concatenation of the unfused gradients of its parts. The fused
 // forward alone must give the same loss too, and the passes must actually
-// have fused what they should.
+// have fused what they should. Packed sequences (position_ids) likewise.
 //
 // With FP8 (llama-insert-fp8 after autodiff) the fused and unfused steps
 // quantize the same tensors with the same scales, so they must carry the
@@ -72,7 +72,8 @@ enum Fusion { GatedMLP = 1, NormLinear = 2, RopeAttention = 4 };
 class FusionEquivalenceTest : public ReferenceTest {
 protected:
   OwningOpRef<ModuleOp> build(const LlamaConfig &config) {
-    return buildForwardModule(context, config, {kBatch, kSeq, Precision::FP64});
+    return buildForwardModule(context, config,
+                              {kBatch, kSeq, Precision::FP64, packed});
   }
 
   /// Runs the fusions in `fusions` (in the pipeline's order), then autodiff
@@ -109,6 +110,8 @@ protected:
     labels = tokens(kBatch * kSeq, config.vocabSize);
     labels.data[3] = -100;
     labels.data[7] = -100;
+    // Data rows of 3 + 2 and 1 + 4 tokens (used when packed).
+    positions = Tensor{{kBatch * kSeq}, {0, 1, 2, 0, 1, 0, 0, 1, 2, 3}};
   }
 
   /// The tensors of HF tensors `parts` concatenated along dimension 0.
@@ -144,7 +147,9 @@ protected:
     for (unsigned i = 0; i < func.getNumArguments(); ++i) {
       if (auto input =
               func.getArgAttrOfType<StringAttr>(i, llama::kInputAttr)) {
-        args.push_back(input.getValue() == "input_ids" ? ids : labels);
+        args.push_back(input.getValue() == "input_ids" ? ids
+                       : input.getValue() == "labels"  ? labels
+                                                       : positions);
         continue;
       }
       if (std::optional<std::string> key = stateKey(func.getArgAttrDict(i))) {
@@ -316,8 +321,10 @@ protected:
   }
 
   std::map<std::string, Tensor> hf;
-  Tensor ids, labels;
+  Tensor ids, labels, positions;
   std::map<std::string, Tensor> fp8State;
+  /// Build packed steps (with position_ids).
+  bool packed = false;
 };
 
 // The fused forward ops round every intermediate the unfused ops round and
@@ -479,6 +486,13 @@ TEST_F(FusionEquivalenceTest, FP8StateOfFusedStepAfterThreeSteps) {
     double max = std::max({measured[0], measured[1], measured[2]});
     EXPECT_EQ(fp8State["scale:" + id].data[0], double(float(448.0 / max / 2)));
   }
+}
+
+TEST_F(FusionEquivalenceTest, PackedSequences) {
+  packed = true;
+  checkFusions(gqaLlama3Config(), RopeAttention);
+  checkFusions(gqaLlama3Config(), GatedMLP | NormLinear | RopeAttention);
+  checkFusions(tiedMqaConfig(), GatedMLP | NormLinear | RopeAttention);
 }
 
 } // namespace

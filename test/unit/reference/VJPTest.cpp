@@ -101,21 +101,36 @@ TEST_F(VJPTest, RoPEInverse) {
            {random({6, 12})});
 }
 
+TEST_F(VJPTest, RoPEPackedPositions) {
+  // Two sequences of 4 rows holding data rows of 3, 1, 2 and 2 tokens.
+  Tensor positions{{8}, {0, 1, 2, 0, 0, 1, 0, 1}};
+  checkVJP(R"mlir(
+    func.func @f(%x: tensor<8x16xf64>, %pos: tensor<8xi32>) -> tensor<8x16xf64> {
+      %0 = llama.rope %x positions(%pos) {num_heads = 2 : i64, head_dim = 8 : i64, seq_len = 4 : i64, theta = 100.0 : f64} : (tensor<8x16xf64>, tensor<8xi32>) -> tensor<8x16xf64>
+      return %0 : tensor<8x16xf64>
+    })mlir",
+           {random({8, 16}), positions});
+}
+
 /// Attention with `heads` query heads and `kvHeads` kv heads of dim 4 over
-/// `rows` rows, in sequences of 3.
-std::string attentionText(int64_t heads, int64_t kvHeads, int64_t rows) {
+/// `rows` rows, in sequences of 3; with `packed`, it also takes positions.
+std::string attentionText(int64_t heads, int64_t kvHeads, int64_t rows,
+                          bool packed = false) {
   std::string q = "tensor<" + std::to_string(rows) + "x" +
                   std::to_string(heads * 4) + "xf64>";
   std::string kv = "tensor<" + std::to_string(rows) + "x" +
                    std::to_string(kvHeads * 4) + "xf64>";
-  return "func.func @f(%q: " + q + ", %k: " + kv + ", %v: " + kv + ") -> " + q +
-         " {\n  %0 = llama.attention %q, %k, %v {num_heads = " +
-         std::to_string(heads) +
+  std::string pos = "tensor<" + std::to_string(rows) + "xi32>";
+  return "func.func @f(%q: " + q + ", %k: " + kv + ", %v: " + kv +
+         (packed ? ", %pos: " + pos : "") + ") -> " + q +
+         " {\n  %0 = llama.attention %q, %k, %v " +
+         (packed ? "positions(%pos) " : "") +
+         "{num_heads = " + std::to_string(heads) +
          " : i64, num_kv_heads = " + std::to_string(kvHeads) +
          " : i64, head_dim = 4 : i64, seq_len = 3 : i64, scale = 0.7 : f64} "
          ": (" +
-         q + ", " + kv + ", " + kv + ") -> " + q + "\n  return %0 : " + q +
-         "\n}";
+         q + ", " + kv + ", " + kv + (packed ? ", " + pos : "") + ") -> " + q +
+         "\n  return %0 : " + q + "\n}";
 }
 
 TEST_F(VJPTest, AttentionMHA) {
@@ -126,6 +141,13 @@ TEST_F(VJPTest, AttentionMHA) {
 TEST_F(VJPTest, AttentionGQA) {
   checkVJP(attentionText(4, 2, 9),
            {random({9, 16}), random({9, 8}), random({9, 8})});
+}
+
+TEST_F(VJPTest, AttentionGQAPacked) {
+  // Sequences of 3 rows holding data rows of 2 + 1, 3, and 1 + 2 tokens.
+  Tensor positions{{9}, {0, 1, 0, 0, 1, 2, 0, 0, 1}};
+  checkVJP(attentionText(4, 2, 9, /*packed=*/true),
+           {random({9, 16}), random({9, 8}), random({9, 8}), positions});
 }
 
 TEST_F(VJPTest, AttentionMQA) {

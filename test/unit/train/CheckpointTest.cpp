@@ -43,6 +43,7 @@ protected:
     s.batch = 4;
     s.seq = 16;
     s.gradAccum = 2;
+    s.pack = true;
     s.precision = "fp32";
     s.logHistory = {{1, 2.5, 0.1, NAN, 60}, {2, 2.25, 0.2, 1.5, 64}};
     s.llamacVersion = "9.8.7";
@@ -81,6 +82,7 @@ TEST_F(CheckpointTest, StateRoundTripsExactly) {
   EXPECT_EQ(parsed->learningRate, s.learningRate);
   EXPECT_EQ(parsed->lrSchedule, "cosine");
   EXPECT_EQ(parsed->gradAccum, 2);
+  EXPECT_TRUE(parsed->pack);
   EXPECT_EQ(parsed->llamacVersion, "9.8.7");
   ASSERT_EQ(parsed->logHistory.size(), 2u);
   EXPECT_TRUE(std::isnan(parsed->logHistory[0].gradNorm));
@@ -101,6 +103,17 @@ TEST_F(CheckpointTest, RejectsForeignOrIncompleteState) {
   ASSERT_FALSE(incomplete.ok());
   EXPECT_NE(incomplete.error().message.find("incomplete trainer state"),
             std::string::npos);
+}
+
+TEST_F(CheckpointTest, StateWithoutPackIsUnpacked) {
+  // Checkpoints written before --pack existed have no "pack" field.
+  std::string text = trainerStateJson(state(1));
+  size_t at = text.find("\"pack\": true,");
+  ASSERT_NE(at, std::string::npos) << text;
+  text.erase(at, std::string("\"pack\": true,").size());
+  Result<TrainerState> parsed = parseTrainerState(text, "t.json");
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message;
+  EXPECT_FALSE(parsed->pack);
 }
 
 TEST_F(CheckpointTest, WritesTheLayoutAtomically) {
@@ -195,6 +208,8 @@ TEST_F(CheckpointTest, ResumeChecksNameTheField) {
             "bf16)");
   EXPECT_EQ(message([](TrainerState &s) { s.gradAccum = 1; }),
             "cannot resume: grad_accum differs (checkpoint 2, this run 1)");
+  EXPECT_EQ(message([](TrainerState &s) { s.pack = false; }),
+            "cannot resume: pack differs (checkpoint true, this run false)");
   EXPECT_EQ(message([](TrainerState &s) { s.seed = 1; }),
             "cannot resume: seed differs (checkpoint 42, this run 1)");
   EXPECT_NE(message([](TrainerState &s) {

@@ -92,6 +92,118 @@ TEST(DataOrderTest, CountsTheShiftedLossPositions) {
   EXPECT_EQ(countLossTokens(batch), 3);
 }
 
+TEST(PackBatchTest, ConcatenatesRowsRestartingPositions) {
+  // Rows of 3, 4, 2 and 5 tokens into 2 sequences of 8: {3, 4} (row 2 does
+  // not fit in the 1 left) and {2, 5}; row 0 of the next epoch does not fit
+  // either and stays in the sampler.
+  std::vector<TokenRow> rows = rowsOfLengths({3, 4, 2, 5});
+  RowSampler sampler(4, /*shuffle=*/false, /*seed=*/0);
+  Batch batch = packBatch(rows, sampler, 2, 8, /*padId=*/99);
+  const int32_t X = kIgnoreLabel;
+  EXPECT_EQ(batch.batch, 2);
+  EXPECT_EQ(batch.seq, 8);
+  EXPECT_EQ(batch.inputIds,
+            (std::vector<int32_t>{1, 2, 3, 4, 5, 6, 7, 99, //
+                                  8, 9, 10, 11, 12, 13, 14, 99}));
+  // Each row's first label is -100 (HF's separator); padding is ignored.
+  EXPECT_EQ(batch.labels, (std::vector<int32_t>{X, 2, 3, X, 5, 6, 7, X, //
+                                                X, 9, X, 11, 12, 13, 14, X}));
+  EXPECT_EQ(batch.positionIds, (std::vector<int32_t>{0, 1, 2, 0, 1, 2, 3, 0, //
+                                                     0, 1, 0, 1, 2, 3, 4, 0}));
+  EXPECT_EQ(batch.tokens, 14);
+  EXPECT_EQ(sampler.position(), 4);
+  // The shifted loss counts each row's own next-token targets only: never
+  // the first token of the following row.
+  EXPECT_EQ(countLossTokens(batch), 2 + 3 + 1 + 4);
+}
+
+TEST(PackBatchTest, TruncatesLongRowsAndLeavesWhatDoesNotFit) {
+  std::vector<TokenRow> rows = rowsOfLengths({10, 2, 3});
+  rows[1].labels = {kIgnoreLabel, kIgnoreLabel}; // a fully masked row
+  RowSampler sampler(3, false, 0);
+  // Row 0 is truncated to the whole sequence of 4.
+  Batch first = packBatch(rows, sampler, 1, 4);
+  EXPECT_EQ(first.inputIds, (std::vector<int32_t>{1, 2, 3, 4}));
+  EXPECT_EQ(first.positionIds, (std::vector<int32_t>{0, 1, 2, 3}));
+  EXPECT_EQ(first.tokens, 4);
+  EXPECT_EQ(sampler.position(), 1);
+  // Row 1 (2 tokens) leaves room for 2: row 2 (3) waits for the next batch,
+  // and the padding counts its own positions.
+  Batch second = packBatch(rows, sampler, 1, 4, /*padId=*/7);
+  EXPECT_EQ(second.inputIds, (std::vector<int32_t>{11, 12, 7, 7}));
+  EXPECT_EQ(second.labels, std::vector<int32_t>(4, kIgnoreLabel));
+  EXPECT_EQ(second.positionIds, (std::vector<int32_t>{0, 1, 0, 1}));
+  EXPECT_EQ(second.tokens, 2);
+  EXPECT_EQ(countLossTokens(second), 0);
+  EXPECT_EQ(sampler.position(), 2);
+  Batch third = packBatch(rows, sampler, 1, 4);
+  EXPECT_EQ(third.inputIds, (std::vector<int32_t>{13, 14, 15, 0}));
+  EXPECT_EQ(sampler.position(), 3);
+}
+
+TEST(PackBatchTest, ExactFitFillsTheSequence) {
+  std::vector<TokenRow> rows = rowsOfLengths({2, 2, 4});
+  RowSampler sampler(3, false, 0);
+  Batch batch = packBatch(rows, sampler, 2, 4);
+  EXPECT_EQ(batch.positionIds, (std::vector<int32_t>{0, 1, 0, 1, 0, 1, 2, 3}));
+  EXPECT_EQ(batch.tokens, 8);
+  EXPECT_EQ(sampler.position(), 3);
+}
+
+/// The batches a run packs in `count` calls from a fresh sampler, padded
+/// with -1 (no real id).
+std::vector<Batch> packedRun(const std::vector<TokenRow> &rows, bool shuffle,
+                             uint64_t seed, int64_t position, int count) {
+  RowSampler sampler(int64_t(rows.size()), shuffle, seed, position);
+  std::vector<Batch> batches;
+  for (int i = 0; i < count; ++i)
+    batches.push_back(packBatch(rows, sampler, 3, 16, /*padId=*/-1));
+  return batches;
+}
+
+bool sameBatch(const Batch &a, const Batch &b) {
+  return a.inputIds == b.inputIds && a.labels == b.labels &&
+         a.positionIds == b.positionIds && a.tokens == b.tokens;
+}
+
+TEST(PackBatchTest, ShuffledPackingIsDeterministicAndResumable) {
+  std::vector<int> lengths;
+  for (int i = 0; i < 23; ++i)
+    lengths.push_back(1 + (i * 7) % 13);
+  std::vector<TokenRow> rows = rowsOfLengths(lengths);
+  std::vector<Batch> a = packedRun(rows, true, 5, 0, 12);
+  std::vector<Batch> b = packedRun(rows, true, 5, 0, 12);
+  std::vector<Batch> other = packedRun(rows, true, 6, 0, 12);
+  bool differs = false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(sameBatch(a[i], b[i])) << "batch " << i;
+    differs |= !sameBatch(a[i], other[i]);
+  }
+  EXPECT_TRUE(differs) << "another seed packs the same batches";
+
+  // Resuming from the position after 5 batches packs the same later ones.
+  RowSampler sampler(int64_t(rows.size()), true, 5);
+  for (int i = 0; i < 5; ++i)
+    packBatch(rows, sampler, 3, 16, -1);
+  std::vector<Batch> resumed = packedRun(rows, true, 5, sampler.position(), 7);
+  for (size_t i = 0; i < resumed.size(); ++i)
+    EXPECT_TRUE(sameBatch(resumed[i], a[5 + i])) << "batch " << 5 + i;
+
+  // Every row of the first epoch is packed exactly once, whole (none is
+  // longer than a sequence), in the sampler's order.
+  RowSampler order(int64_t(rows.size()), true, 5);
+  std::vector<int64_t> expected = order.take(int64_t(rows.size()));
+  std::vector<int32_t> want, got;
+  for (int64_t index : expected)
+    want.insert(want.end(), rows[size_t(index)].inputIds.begin(),
+                rows[size_t(index)].inputIds.end());
+  for (const Batch &batch : a)
+    for (int32_t id : batch.inputIds)
+      if (id != -1 && got.size() < want.size())
+        got.push_back(id);
+  EXPECT_EQ(got, want);
+}
+
 TEST(DataOrderTest, FingerprintSeesEveryToken) {
   std::vector<TokenRow> rows = rowsOfLengths({4, 4});
   uint64_t base = fingerprintRows(rows);

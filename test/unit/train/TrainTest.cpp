@@ -11,7 +11,8 @@
 //   - a checkpoint written as the GPU loop writes it (from a package's
 //     buffers) resumes in the CPU loop exactly as the CPU's own does;
 //   - SIGTERM stops after the current step with a checkpoint that resumes;
-//   - --pad-to-longest changes nothing but speed; --shuffle is reproducible.
+//   - --pad-to-longest changes nothing but speed; --shuffle is reproducible;
+//   - a packed, shuffled run resumes exactly too.
 //
 //===----------------------------------------------------------------------===//
 
@@ -313,6 +314,43 @@ TEST_F(TrainTest, TrainTwoThenResumeToFourEqualsTrainFour) {
             readFile(path("two/model.safetensors")));
 }
 
+TEST_F(TrainTest, PackedShuffledRunResumesExactly) {
+  // With --pack a sequence takes as many rows as fit, so the data position
+  // (rows packed so far) is no fixed multiple of the batch; resuming from it
+  // packs the same later batches, across epochs of the 12 rows, shuffled.
+  std::vector<std::string> flags = {"--batch=2",
+                                    "--seq=32",
+                                    "--pack",
+                                    "--shuffle",
+                                    "--seed=5",
+                                    "--grad-accum=2",
+                                    "--lr-schedule=constant"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), flags.begin(), flags.end());
+    return extra;
+  };
+  train(with({"--steps=4", "--metrics=" + path("four.jsonl"),
+              "--save=" + path("four")}));
+  train(with({"--steps=2", "--metrics=" + path("two.jsonl"),
+              "--save=" + path("two"), "--save-every=2"}));
+  Result<TrainerState> state = readTrainerState(path("two/checkpoint-2"));
+  ASSERT_TRUE(state.ok()) << state.error().message;
+  EXPECT_TRUE(state->pack);
+  // 2 steps of 2 micro-batches of 2 sequences took more than one row each.
+  EXPECT_GT(state->dataPosition, 2 * 2 * 2);
+  train(with({"--steps=4", "--metrics=" + path("two.jsonl"),
+              "--save=" + path("two"), "--resume=" + path("two")}));
+  std::vector<MetricsRow> a = metrics("four.jsonl"), b = metrics("two.jsonl");
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << i + 1;
+    EXPECT_EQ(a[i].tokens, b[i].tokens) << "step " << i + 1;
+  }
+  EXPECT_EQ(readFile(path("four/model.safetensors")),
+            readFile(path("two/model.safetensors")));
+}
+
 TEST_F(TrainTest, ResumeRefusesOtherSettings) {
   train({"--batch=2", "--seq=16", "--steps=1", "--save=" + path("ckpt"),
          "--save-every=1"});
@@ -324,7 +362,9 @@ TEST_F(TrainTest, ResumeRefusesOtherSettings) {
                         Case{"--seq=32", "seq differs"},
                         Case{"--precision=bf16", "precision differs"},
                         Case{"--grad-accum=2", "grad_accum differs"},
-                        Case{"--pad-to-longest", "pad_to_longest differs"}}) {
+                        Case{"--pad-to-longest", "pad_to_longest differs"},
+                        Case{"--pack", "pack differs (checkpoint false, "
+                                       "this run true)"}}) {
     SCOPED_TRACE(c.flag);
     std::vector<std::string> args = trainArgs(
         {"--batch=2", "--seq=16", "--steps=2", "--resume=" + path("ckpt")});

@@ -114,10 +114,13 @@ llvm::Expected<KernelSpec> swigluBackwardKernel(int64_t rows, int64_t width);
 /// numKeyHeads, then numValueHeads heads of headDim columns from column 0
 /// (the fused QKV GEMM's output or its gradient; a single group of query
 /// heads for the attention output). Head-major, the same heads are three
-/// regions [batch, heads, seqLen, headDim]: queries, keys, values.
+/// regions [batch, heads, seqLen, headDim]: queries, keys, values. RoPE
+/// positions are row mod seqLen, or with `positions` (packed sequences)
+/// read from an i32 [rows] buffer, the step's position_ids.
 struct HeadsLayout {
   int64_t rows = 0, seqLen = 0, rowStride = 0, headDim = 0;
   int64_t numQueryHeads = 0, numKeyHeads = 0, numValueHeads = 0;
+  bool positions = false;
 };
 
 enum class HeadsDirection { ToHeads, ToTokens };
@@ -129,12 +132,13 @@ enum class Rotation { None, Forward, Inverse };
 /// layouts in `direction`, rotating query and key heads per `rotation`,
 /// half-split: y[i] = bf16(bf16(x[i] c) - bf16(x[i + d/2] s)), y[i + d/2] =
 /// bf16(bf16(x[i + d/2] c) + bf16(x[i] s)) with c = bf16(cos a), s =
-/// bf16(±sin a), a = float(pos) * freqs[i] in f32, pos = row mod seqLen.
+/// bf16(±sin a), a = float(pos) * freqs[i] in f32, pos = row mod seqLen,
+/// or positions[row] with layout.positions (rotations only).
 /// Args: tokens (bf16 [rows, rowStride]), heads (bf16 [rows * heads *
 /// headDim]), freqs (f32 [headDim / 2], host-computed, llama3 scaling
-/// included; unread without rotation). Grid [rows], block [min(256, heads
-/// headDim / 16 rounded up to a warp)]. headDim / 2 and rowStride are
-/// multiples of 8.
+/// included; unread without rotation), with layout.positions also positions
+/// (i32 [rows]). Grid [rows], block [min(256, heads headDim / 16 rounded up
+/// to a warp)]. headDim / 2 and rowStride are multiples of 8.
 llvm::Expected<KernelSpec> ropeHeadsKernel(const HeadsLayout &layout,
                                            HeadsDirection direction,
                                            Rotation rotation);
@@ -144,25 +148,32 @@ llvm::Expected<KernelSpec> ropeHeadsKernel(const HeadsLayout &layout,
 enum class ScoreType { F32, BF16 };
 
 /// causal_softmax_fwd: for each of the blocks * seqLen rows (query i = row
-/// mod seqLen), P[r, j] = bf16(softmax_{j' <= i}(S[r, :])[j]) for j <= i and
-/// exactly 0 for j > i; S is already scaled, masked S may hold anything. Args:
-/// S (scoreType [blocks seqLen, seqLen]), P (bf16, same shape). Grid [blocks
-/// seqLen], block [min(256, seqLen / 8 rounded up to a warp)]. seqLen % 8
-/// == 0. `blocks` is batch * num_heads. `probabilityType` F32 writes P in f32
-/// instead (for the backward's dS, free of P's bf16 rounding).
+/// mod seqLen), P[r, j] = bf16(softmax_{s <= j' <= i}(S[r, :])[j]) for
+/// s <= j <= i and exactly 0 for the other j; S is already scaled, masked S
+/// may hold anything. s = 0 (causal) unless `packedHeads` > 0: then rows are
+/// packed sequences of packedHeads heads each and s = i - min(max(pos, 0),
+/// i) with pos = positions[(row / (packedHeads seqLen)) seqLen + i] (the
+/// query's position in its data row). Args: S (scoreType [blocks seqLen,
+/// seqLen]), P (bf16, same shape), when packed positions (i32 [blocks /
+/// packedHeads seqLen]). Grid [blocks seqLen], block [min(256, seqLen / 8
+/// rounded up to a warp)]. seqLen % 8 == 0. `blocks` is batch * num_heads.
+/// `probabilityType` F32 writes P in f32 instead (for the backward's dS,
+/// free of P's bf16 rounding).
 llvm::Expected<KernelSpec>
 causalSoftmaxForwardKernel(int64_t blocks, int64_t seqLen, ScoreType scoreType,
-                           ScoreType probabilityType = ScoreType::BF16);
+                           ScoreType probabilityType = ScoreType::BF16,
+                           int64_t packedHeads = 0);
 
-/// attention_softmax_bwd: D = sum_{j <= i} P[r, j] dP[r, j] (f32), dS[r, j] =
-/// bf16(P (dP - D)) for j <= i, exactly 0 for j > i. Args: P (bf16 [blocks
-/// seqLen, seqLen]), dP (scoreType, same shape), dS (bf16, same shape; may
-/// alias P). Launch as causalSoftmaxForwardKernel.
-/// `probabilityType` F32 reads an f32 P (dS may then not alias it).
-llvm::Expected<KernelSpec>
-attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
-                               ScoreType scoreType,
-                               ScoreType probabilityType = ScoreType::BF16);
+/// attention_softmax_bwd: D = sum_{s <= j <= i} P[r, j] dP[r, j] (f32),
+/// dS[r, j] = bf16(P (dP - D)) for s <= j <= i, exactly 0 for the other j,
+/// with the window start s of causalSoftmaxForwardKernel. Args: P (bf16
+/// [blocks seqLen, seqLen]), dP (scoreType, same shape), dS (bf16, same
+/// shape; may alias P), when packed positions. Launch as
+/// causalSoftmaxForwardKernel. `probabilityType` F32 reads an f32 P (dS may
+/// then not alias it).
+llvm::Expected<KernelSpec> attentionSoftmaxBackwardKernel(
+    int64_t blocks, int64_t seqLen, ScoreType scoreType,
+    ScoreType probabilityType = ScoreType::BF16, int64_t packedHeads = 0);
 
 /// count_targets: the number of rows with a target under the shifted loss
 /// (row t: not last in its sequence and labels[t + 1] in [0, vocab)), and

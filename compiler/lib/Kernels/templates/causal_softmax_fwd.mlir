@@ -1,19 +1,29 @@
 // Causal softmax of attention scores, row by row, over @R@ rows of @SEQ@
 // columns: the [@SEQ@, @SEQ@] blocks of each (batch, head) stacked, so row
 // r holds query i = r mod @SEQ@ and its keys j. S is already scaled (the
-// GEMM's alpha) and of type @STYPE@; with the causal mask j <= i,
-//   P[r, j] = @PTYPE@(exp(S[r, j] - m) / sum_{j' <= i} exp(S[r, j'] - m))
-//   (m = max_{j <= i} S[r, j]; f32 math),  P[r, j] = 0 exactly for j > i.
+// GEMM's alpha) and of type @STYPE@; with the mask s <= j <= i,
+//   P[r, j] = @PTYPE@(exp(S[r, j] - m) / sum_{s <= j' <= i} exp(S[r, j'] - m))
+//   (m = max_{s <= j <= i} S[r, j]; f32 math),  P[r, j] = 0 exactly for the
+//   other j.
+// The window start s is 0 (the causal mask), or, for packed sequences,
+// s = i - min(max(pos, 0), i) with pos = positions[(r / (@SEQ@ heads)) @SEQ@
+// + i] (positions: i32, the step's position_ids; a data row starts where
+// its position is 0), which the kernel then takes as a third argument:
+// the POSITIONS_ARG placeholder declares it (or nothing), and the
+// WINDOW_START placeholder computes %start (Kernels.cpp writes both).
 // Masked scores do not reach the result (they may hold anything, NaN too).
-// Reads S (@STYPE@ [@R@, @SEQ@]); writes P (@PTYPE@ [@R@, @SEQ@]: bf16 for
-// the P V and dV GEMMs, f32 for the softmax backward). One block of
-// @BLOCK@ threads per row; thread k owns the 8-column chunks k, k + @BLOCK@,
-// ... It keeps a running (max, sum of exp) over its unmasked columns, the
+// Reads S (@STYPE@ [@R@, @SEQ@]) and positions when given; writes P
+// (@PTYPE@ [@R@, @SEQ@]: bf16 for the P V and dV GEMMs, f32 for the softmax
+// backward). One block of @BLOCK@ threads per row; thread k owns the 8-column
+// chunks s / 8 + k, s / 8 + k + @BLOCK@, ... up to the chunk of i. It keeps a
+// running (max, sum of exp) over its unmasked columns, the
 // block merges the pairs (shuffles, then one pair per warp in shared
-// memory), and the thread reads its chunks again to write P.
+// memory), and the thread reads its chunks again to write P (thread k
+// writes chunks k, k + @BLOCK@, ... of the whole row, zeros outside the
+// window).
 // @SEQ@ must be a multiple of 8.
 // Launch: grid [@R@], block [@BLOCK@].
-  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %p: memref<@RS@x@PTYPE@>)
+  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %p: memref<@RS@x@PTYPE@>@POSITIONS_ARG@)
       workgroup(%maxes : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64},
                 %sums : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: @BLOCK@, 1, 1>} {
@@ -44,18 +54,24 @@
     %tid = gpu.thread_id x
     %q = arith.remui %r, %seq : index
     %rowBase = arith.muli %r, %seq : index
-    // Chunks 0 .. q / 8 hold unmasked columns.
+    @WINDOW_START@
+    // Chunks start / 8 .. q / 8 hold unmasked columns.
+    %first = arith.divui %start, %c8 : index
     %q8 = arith.divui %q, %c8 : index
     %live = arith.addi %q8, %c1 : index
     %qv = vector.broadcast %q : index to vector<8xindex>
-    %stats:2 = scf.for %c = %tid to %live step %block iter_args(%m = %lowest, %l = %zero) -> (f32, f32) {
+    %startv = vector.broadcast %start : index to vector<8xindex>
+    %mine = arith.addi %first, %tid : index
+    %stats:2 = scf.for %c = %mine to %live step %block iter_args(%m = %lowest, %l = %zero) -> (f32, f32) {
       %off = arith.muli %c, %c8 : index
       %i = arith.addi %rowBase, %off : index
       %sv = vector.load %s[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
       %sf = @SCONV@ %sv : vector<8x@STYPE@> to vector<8xf32>
       %offv = vector.broadcast %off : index to vector<8xindex>
       %cols = arith.addi %offv, %lanes : vector<8xindex>
-      %keep = arith.cmpi ule, %cols, %qv : vector<8xindex>
+      %past = arith.cmpi ule, %cols, %qv : vector<8xindex>
+      %inside = arith.cmpi uge, %cols, %startv : vector<8xindex>
+      %keep = arith.andi %past, %inside : vector<8xi1>
       %vals = arith.select %keep, %sf, %lowestv : vector<8xi1>, vector<8xf32>
       %cm = vector.reduction <maximumf>, %vals : vector<8xf32> into f32
       %m1 = arith.maximumf %m, %cm : f32
@@ -150,13 +166,17 @@
     scf.for %c = %tid to %chunks step %block {
       %off = arith.muli %c, %c8 : index
       %i = arith.addi %rowBase, %off : index
-      %touches = arith.cmpi ult, %c, %live : index
+      %before = arith.cmpi ult, %c, %live : index
+      %after = arith.cmpi uge, %c, %first : index
+      %touches = arith.andi %before, %after : i1
       %out = scf.if %touches -> (vector<8x@PTYPE@>) {
         %sv = vector.load %s[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
         %sf = @SCONV@ %sv : vector<8x@STYPE@> to vector<8xf32>
         %offv = vector.broadcast %off : index to vector<8xindex>
         %cols = arith.addi %offv, %lanes : vector<8xindex>
-        %keep = arith.cmpi ule, %cols, %qv : vector<8xindex>
+        %past = arith.cmpi ule, %cols, %qv : vector<8xindex>
+        %inside = arith.cmpi uge, %cols, %startv : vector<8xindex>
+        %keep = arith.andi %past, %inside : vector<8xi1>
         %d = arith.subf %sf, %mv : vector<8xf32>
         %e = math.exp %d : vector<8xf32>
         %pf = arith.mulf %e, %invv : vector<8xf32>

@@ -9,21 +9,28 @@
 // block of its query heads.
 // Direction: @SRC@ is read and @DST@ written (%tokens to %heads, or back).
 // The first @NROT@ heads (queries and keys, or none) are rotated, half-split
-// with h = @D@ / 2, position p = t mod @SEQ@, angle a_i = float(p) *
-// freqs[i] (one f32 product, as transformers' f32 matmul of inv_freq by the
+// with h = @D@ / 2, position p of row t, angle a_i = float(p) * freqs[i]
+// (one f32 product, as transformers' f32 matmul of inv_freq by the
 // positions), c_i = bf16(cos a_i), s_i = bf16(@SIGN@ sin a_i) (-1: the
 // inverse rotation, for gradients):
 //   y[i]     = bf16(bf16(x[i] c_i) - bf16(x[i + h] s_i))
 //   y[i + h] = bf16(bf16(x[i + h] c_i) + bf16(x[i] s_i))
 // (q * cos + rotate_half(q) * sin in bf16, every product rounded); other
 // heads are copied bit for bit.
+// The position p is t mod @SEQ@ (the row's place in its sequence, which
+// also places it head-major), or, for packed sequences, positions[t] (i32
+// [@T@], the step's position_ids: each token's position in its data row),
+// which the kernel then takes as a fourth argument: the POSITIONS_ARG
+// placeholder declares it (or nothing), and the POSITION placeholder
+// computes %pf = float(p) (Kernels.cpp writes both).
 // Reads freqs (f32 [h], host-computed, llama3 scaling included; unread when
-// @NROT@ = 0) and the source; writes every head of the destination.
+// @NROT@ = 0), positions when given, and the source; writes every head of
+// the destination.
 // One block per token row: its threads put c and s in shared memory, then
 // each takes (head, 8-frequency chunk) items k, k + @BLOCK@, ... of the
 // @NH@ h / 8, with 16-byte accesses. @D@ / 2 and @LD@ are multiples of 8.
 // Launch: grid [@T@], block [@BLOCK@].
-  gpu.func @@KERNEL@(%tokens: memref<@TLD@xbf16>, %heads: memref<@HM@xbf16>, %freqs: memref<@HALF@xf32>)
+  gpu.func @@KERNEL@(%tokens: memref<@TLD@xbf16>, %heads: memref<@HM@xbf16>, %freqs: memref<@HALF@xf32>@POSITIONS_ARG@)
       workgroup(%table : memref<@HALF2@xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: @BLOCK@, 1, 1>} {
     %c0 = arith.constant 0 : index
@@ -46,8 +53,7 @@
     %tid = gpu.thread_id x
     %b = arith.divui %t, %seq : index
     %p = arith.remui %t, %seq : index
-    %pi = arith.index_cast %p : index to i32
-    %pf = arith.uitofp %pi : i32 to f32
+    @POSITION@
     %rotates = arith.cmpi ult, %c0, %nrot : index
     scf.if %rotates {
       scf.for %i = %tid to %half step %block {

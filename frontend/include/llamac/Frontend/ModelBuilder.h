@@ -22,6 +22,9 @@ struct StepShape {
   int64_t batch = 8;
   int64_t seq = 256;
   Precision precision = Precision::FP32;
+  /// Sequences hold packed data rows: the step takes `position_ids` (each
+  /// token's position within its data row), which RoPE and attention use.
+  bool packed = false;
 };
 
 /// Name of the train-step function in every module llamac builds.
@@ -30,7 +33,9 @@ constexpr llvm::StringLiteral kTrainStepName = "train_step";
 /// Builds `func.func @train_step(params..., input_ids, labels) -> loss`: the
 /// forward pass of LlamaForCausalLM and its shifted causal-LM loss, with every
 /// argument named by its Hugging Face parameter name (`llama.param`) or input
-/// (`llama.input`). Autodiff and the optimizer are added by passes.
+/// (`llama.input`). A packed shape adds a third input, `position_ids`, as
+/// LlamaForCausalLM.forward takes it. Autodiff and the optimizer are added by
+/// passes.
 mlir::OwningOpRef<mlir::ModuleOp> buildForwardModule(mlir::MLIRContext &context,
                                                      const LlamaConfig &config,
                                                      const StepShape &shape);

@@ -161,6 +161,23 @@ struct Package {
   int bufferIndex(const std::string &name) const;
 };
 
+/// cuBLASLt's workspace, which the runtime allocates beside the arena (32
+/// MiB: what cuBLAS recommends for Hopper).
+constexpr uint64_t kGemmWorkspaceBytes = 32ull << 20;
+
+/// The step's device memory by what it holds, in bytes: weights, their
+/// gradients, AdamW's two moments, everything else in the arena (the
+/// activations and scratch of the liveness plan at its peak, inputs,
+/// padding), and the GEMM workspace.
+struct MemoryUse {
+  uint64_t weights = 0, gradients = 0, optimizerState = 0, activations = 0,
+           workspace = 0;
+  uint64_t total() const {
+    return weights + gradients + optimizerState + activations + workspace;
+  }
+};
+MemoryUse memoryUse(const Package &package);
+
 /// Checks every reference and bound: buffers inside the arena and aligned,
 /// operands naming existing buffers and staying inside them; and that a
 /// package that accumulates gradients can zero them. Errors name the field.

@@ -64,6 +64,9 @@ struct TrainerState {
   int64_t batch = 0, seq = 0, gradAccum = 1;
   std::string precision;
   bool padToLongest = false;
+  /// Rows packed into sequences (--pack): the data position then counts
+  /// the rows packed so far.
+  bool pack = false;
 
   /// The llamac release that wrote the checkpoint (set by the driver).
   std::string llamacVersion = "unknown";
@@ -80,7 +83,7 @@ Result<TrainerState> readTrainerState(const std::string &checkpointDir);
 
 /// Fails with a one-line message naming the first setting that differs
 /// between a checkpoint's state and this run's: batch, seq, precision,
-/// grad_accum, pad_to_longest, data, shuffle, seed (when shuffling).
+/// grad_accum, pad_to_longest, pack, data, shuffle, seed (when shuffling).
 Status checkResumable(const TrainerState &saved, const TrainerState &current);
 
 /// Compares two config.json texts key by key; fails naming the first field

@@ -114,6 +114,10 @@ tokenizeRows(const std::string &path, const Tokenizer &tokenizer,
 /// A row-major [batch, seq] block of token ids and labels.
 struct Batch {
   std::vector<int32_t> inputIds, labels;
+  /// Position of each token within its data row (Hugging Face's
+  /// position_ids) when rows are packed (packBatch); empty otherwise, where
+  /// a token's position is its column.
+  std::vector<int32_t> positionIds;
   int64_t batch = 0, seq = 0;
   /// Number of positions holding a real (non-padding) input token.
   int64_t tokens = 0;

@@ -4,7 +4,8 @@
 // The order of training rows is a pure function of (number of rows, shuffle,
 // seed, rows consumed so far): file order, or a fresh permutation per epoch
 // drawn from --seed. A run therefore resumes its data exactly from one
-// integer, the position, which checkpoints record.
+// integer, the position, which checkpoints record. Packed batches (--pack)
+// take whole rows from the sampler too, so the same holds for them.
 //
 //===----------------------------------------------------------------------===//
 
@@ -31,6 +32,8 @@ public:
 
   /// The next \p count row indices; advances the position by \p count.
   std::vector<int64_t> take(int64_t count);
+  /// The next row index, without advancing.
+  int64_t peek();
 
   /// Rows handed out so far (over all epochs).
   int64_t position() const { return consumed; }
@@ -55,6 +58,21 @@ private:
 Batch gatherBatch(const std::vector<TokenRow> &rows,
                   const std::vector<int64_t> &indices, int64_t seq,
                   int32_t padId = 0);
+
+/// A [batch, seq] batch of rows packed end to end (--pack), as Hugging
+/// Face's DataCollatorWithFlattening lays rows out, taken from \p sampler
+/// in its order. Each row is truncated to \p seq tokens. A row joins the
+/// current sequence when it fits in the room left; otherwise padding fills
+/// that room and the row starts the next sequence. The row that does not
+/// fit in the batch's last sequence is left in the sampler for the next
+/// batch, so the sampler's position alone says where the data resumes.
+/// Within a sequence each row's tokens get positionIds 0, 1, ... and the
+/// label of its first token becomes -100 (no token learns to predict the
+/// start of the next row). The padding at the end of a sequence (ids
+/// \p padId, labels -100) counts positions from 0 too, as a row of its own.
+/// Requires a sampler over \p rows and positive \p batch and \p seq.
+Batch packBatch(const std::vector<TokenRow> &rows, RowSampler &sampler,
+                int64_t batch, int64_t seq, int32_t padId = 0);
 
 /// The sequence length of a --pad-to-longest batch: its longest row (at most
 /// \p maxSeq) rounded up to a multiple of \p multiple, and at most \p maxSeq.

@@ -3,7 +3,10 @@
 // Ops on ranked tensors that describe a Llama decoder training step. Token
 // activations are 2-D `[T, X]` with `T = batch * seq_len` rows in row-major
 // (batch, position) order; ops that need the position of a row (RoPE,
-// attention, the shifted loss) carry `seq_len`.
+// attention, the shifted loss) carry `seq_len`. With packed sequences
+// (several data rows end to end in one sequence), RoPE and attention also
+// take `positions`: each row's position within its data row, Hugging Face's
+// `position_ids`.
 //
 //===----------------------------------------------------------------------===//
 
@@ -34,6 +37,15 @@ class Llama_Op<string mnemonic, list<Trait> traits = []>
 def FloatTensor : RankedTensorOf<[AnyFloat]>;
 def FloatScalar : 0DTensorOf<[AnyFloat]>;
 def TokenTensor : 1DTensorOf<[I32]>;
+
+// The optional `positions` operand of RoPE and attention ops.
+defvar PositionsDoc = [{
+
+    With `positions` (i32 `[T]`, Hugging Face's `position_ids`) a sequence
+    holds several packed data rows: row `t` is at position `positions[t]`
+    instead of `t mod seq_len`, and a data row starts where its position is
+    0.
+}];
 
 //===----------------------------------------------------------------------===//
 // Forward ops
@@ -95,8 +107,8 @@ def Llama_RoPEOp : Llama_Op<"rope",
     `high_freq_factor`, `original_max_position_embeddings`).
     `inverse` rotates by the negative angle, which is the exact transpose of
     the rotation and therefore its VJP.
-  }];
-  let arguments = (ins FloatTensor:$input,
+  }] # PositionsDoc;
+  let arguments = (ins FloatTensor:$input, Optional<TokenTensor>:$positions,
                    I64Attr:$num_heads, I64Attr:$head_dim, I64Attr:$seq_len,
                    F64Attr:$theta,
                    DefaultValuedAttr<StrAttr, "\"default\"">:$rope_type,
@@ -106,13 +118,25 @@ def Llama_RoPEOp : Llama_Op<"rope",
                    DefaultValuedAttr<I64Attr, "8192">:$original_max_position_embeddings,
                    DefaultValuedAttr<BoolAttr, "false">:$inverse);
   let results = (outs FloatTensor:$result);
-  let assemblyFormat = "$input attr-dict `:` functional-type(operands, results)";
+  let assemblyFormat = [{
+    $input (`positions` `(` $positions^ `)`)? attr-dict `:`
+    functional-type(operands, results)
+  }];
   let hasVerifier = 1;
   let extraClassDeclaration = [{
     /// Rotation frequencies f_i, i < head_dim / 2, after any rope scaling.
     ::llvm::SmallVector<double> getFrequencies();
   }];
 }
+
+// How attention ops mask with `positions`.
+defvar PackedMaskDoc = PositionsDoc # [{
+    Query `i` of a sequence (its row index within the sequence) then
+    attends to keys `j` with `i - p <= j <= i`, `p = min(max(positions[i],
+    0), i)`: to the earlier rows of its own data row only, as transformers'
+    flash attention does with `position_ids` (DataCollatorWithFlattening).
+    Positions `0, 1, ..., seq_len - 1` give the plain causal mask.
+}];
 
 def Llama_AttentionOp : Llama_Op<"attention",
     [DeclareOpInterfaceMethods<VJPOpInterface>]> {
@@ -122,12 +146,16 @@ def Llama_AttentionOp : Llama_Op<"attention",
     num_kv_heads)`): `out = softmax(scale * q kᵀ + causal mask) v`, with
     `q : [T, num_heads * head_dim]`, `k, v : [T, num_kv_heads * head_dim]`.
     Row `t` attends to rows of its own sequence at positions `<= t`.
-  }];
+  }] # PackedMaskDoc;
   let arguments = (ins FloatTensor:$query, FloatTensor:$key, FloatTensor:$value,
+                   Optional<TokenTensor>:$positions,
                    I64Attr:$num_heads, I64Attr:$num_kv_heads, I64Attr:$head_dim,
                    I64Attr:$seq_len, F64Attr:$scale);
   let results = (outs FloatTensor:$result);
-  let assemblyFormat = "$query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let assemblyFormat = [{
+    $query `,` $key `,` $value (`positions` `(` $positions^ `)`)? attr-dict `:`
+    functional-type(operands, results)
+  }];
   let hasVerifier = 1;
 }
 
@@ -203,14 +231,19 @@ def Llama_AttentionGradOp : Llama_Op<"attention_grad"> {
     `dP = grad vᵀ`: `value_grad = Pᵀ grad`,
     `dS = P * (dP - rowsum(dP * P))`, `query_grad = scale * dS k`,
     `key_grad = scale * dSᵀ q`; key and value gradients of a shared KV head
-    sum over the query heads of its group.
+    sum over the query heads of its group. The mask is `llama.attention`'s,
+    with the same `positions`.
   }];
   let arguments = (ins FloatTensor:$grad, FloatTensor:$query, FloatTensor:$key,
-                   FloatTensor:$value, I64Attr:$num_heads, I64Attr:$num_kv_heads,
+                   FloatTensor:$value, Optional<TokenTensor>:$positions,
+                   I64Attr:$num_heads, I64Attr:$num_kv_heads,
                    I64Attr:$head_dim, I64Attr:$seq_len, F64Attr:$scale);
   let results = (outs FloatTensor:$query_grad, FloatTensor:$key_grad,
                  FloatTensor:$value_grad);
-  let assemblyFormat = "$grad `,` $query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let assemblyFormat = [{
+    $grad `,` $query `,` $key `,` $value (`positions` `(` $positions^ `)`)?
+    attr-dict `:` functional-type(operands, results)
+  }];
   let hasVerifier = 1;
 }
 
@@ -429,12 +462,18 @@ def Llama_RopeAttentionOp : Llama_Op<"rope_attention",
     rotates q and k as it loads them, so the rotated tensors never reach
     memory. `llama-fuse-rope-attention` builds it from
     `attention(rope(q), rope(k), v)`; the VJP emits
-    `llama.rope_attention_grad`.
+    `llama.rope_attention_grad`. With `positions`, the rotations and the
+    mask both use them, as `llama.rope` and `llama.attention` do.
   }];
   let arguments = !con((ins FloatTensor:$query, FloatTensor:$key,
-                            FloatTensor:$value), AttentionAttrs, RopeAttrs);
+                            FloatTensor:$value,
+                            Optional<TokenTensor>:$positions),
+                       AttentionAttrs, RopeAttrs);
   let results = (outs FloatTensor:$result);
-  let assemblyFormat = "$query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let assemblyFormat = [{
+    $query `,` $key `,` $value (`positions` `(` $positions^ `)`)? attr-dict `:`
+    functional-type(operands, results)
+  }];
   let hasVerifier = 1;
   let extraClassDeclaration = [{
     /// Rotation frequencies f_i, i < head_dim / 2, after any rope scaling.
@@ -526,14 +565,18 @@ def Llama_RopeAttentionGradOp : Llama_Op<"rope_attention_grad"> {
     type), runs the backward of `llama.attention` on them, and rotates the
     query and key gradients back by the inverse rotation (the transpose of
     RoPE): `query_grad = rope⁻¹(dqr)`, `key_grad = rope⁻¹(dkr)`,
-    `value_grad = dv`.
+    `value_grad = dv`; rotations and mask use `positions` when given.
   }];
   let arguments = !con((ins FloatTensor:$grad, FloatTensor:$query,
-                            FloatTensor:$key, FloatTensor:$value),
+                            FloatTensor:$key, FloatTensor:$value,
+                            Optional<TokenTensor>:$positions),
                        AttentionAttrs, RopeAttrs);
   let results = (outs FloatTensor:$query_grad, FloatTensor:$key_grad,
                  FloatTensor:$value_grad);
-  let assemblyFormat = "$grad `,` $query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let assemblyFormat = [{
+    $grad `,` $query `,` $key `,` $value (`positions` `(` $positions^ `)`)?
+    attr-dict `:` functional-type(operands, results)
+  }];
   let hasVerifier = 1;
   let extraClassDeclaration = [{
     /// Rotation frequencies f_i, i < head_dim / 2, after any rope scaling.
