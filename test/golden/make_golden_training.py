@@ -159,7 +159,10 @@ def check_rows_apart(model, ids, labels, positions, features):
             n = int(row_labels[..., 1:].ne(-100).sum())
             if n:
                 apart += model(input_ids=row_ids, labels=row_labels).loss.item() * n
-    assert abs(packed - apart) <= 1e-9 * abs(apart), ("packed rows see each other", packed, apart)
+    # transformers keeps RoPE's inv_freq and angles in f32 even in a float64 model, and a
+    # packed row's angles come from the packed position_ids tensor: measured 1.7e-8 apart
+    # (transformers 5.17). A row that attended to another would differ by ~1e-2.
+    assert abs(packed - apart) <= 1e-6 * abs(apart), ("packed rows see each other", packed, apart)
 
 
 def total_norm(parameters):
