@@ -3,10 +3,16 @@
 #include "llamac/Runtime/Cuda.h"
 
 #include "llamac/Package/Package.h"
+#include "llamac/Runtime/Safetensors.h"
+
+#include <nlohmann/json.hpp>
 
 #include <dlfcn.h>
 
+#include <cmath>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 
 namespace llamac::cuda {
@@ -69,7 +75,8 @@ struct BlasLtApi {
   X(cublasLtMatmulPreferenceCreate)                                            \
   X(cublasLtMatmulPreferenceDestroy)                                           \
   X(cublasLtMatmulPreferenceSetAttribute)                                      \
-  X(cublasLtMatmulAlgoGetHeuristic)
+  X(cublasLtMatmulAlgoGetHeuristic)                                            \
+  X(cublasLtGetVersion)
 #define LLAMAC_DECLARE(name) decltype(&::name) name = nullptr;
   LLAMAC_BLASLT_FUNCTIONS(LLAMAC_DECLARE)
 #undef LLAMAC_DECLARE
@@ -516,8 +523,10 @@ Status BlasLt::run(const Gemm &gemm, const std::string &what) {
       std::to_string(gemm.m) + "x" + std::to_string(gemm.n) + "x" +
       std::to_string(gemm.k) + ":" + std::to_string(gemm.transposeA) +
       std::to_string(gemm.transposeB) + ":" + std::to_string(int(gemm.type)) +
-      ":" + std::to_string(ldFirst) + "," + std::to_string(ldSecond) + "," +
-      std::to_string(ldOut) + ":" + std::to_string(gemm.batch) + ":" +
+      std::to_string(int(gemm.outType)) + ":" + std::to_string(ldFirst) + "," +
+      std::to_string(ldSecond) + "," + std::to_string(ldOut) + ":" +
+      std::to_string(gemm.batch) + "," + std::to_string(gemm.strideA) + "," +
+      std::to_string(gemm.strideB) + "," + std::to_string(gemm.strideD) + ":" +
       std::to_string(gemm.beta != 0);
   auto cached = algorithms.find(key);
   if (cached == algorithms.end()) {
@@ -526,24 +535,116 @@ Status BlasLt::run(const Gemm &gemm, const std::string &what) {
     api->cublasLtMatmulPreferenceSetAttribute(
         desc.preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
         &workspaceBytes, sizeof(workspaceBytes));
-    cublasLtMatmulHeuristicResult_t heuristic = {};
-    int found = 0;
-    if ((s = api->cublasLtMatmulAlgoGetHeuristic(
-             handle, desc.operation, desc.a, desc.b, desc.d, desc.d,
-             desc.preference, 1, &heuristic, &found)) ||
-        found == 0)
-      return fail(s ? s : CUBLAS_STATUS_NOT_SUPPORTED,
-                  "cublasLtMatmulAlgoGetHeuristic");
-    cached = algorithms.emplace(key, heuristic.algo).first;
+    // Timing runs the GEMM several times: only where that leaves D as one
+    // run would (D not among its own inputs).
+    bool repeatable = gemm.beta == 0 || (gemm.c && gemm.c != gemm.d);
+    Result<cublasLtMatmulAlgo_t> algorithm =
+        tune(gemm, desc.operation, desc.a, desc.b, desc.d, desc.preference,
+             tuningPath.empty() || !repeatable ? 1 : kTuningCandidates, what);
+    if (!algorithm)
+      return algorithm.error();
+    cached = algorithms.emplace(key, *algorithm).first;
   }
-  s = api->cublasLtMatmul(
-      handle, desc.operation, &gemm.alpha, reinterpret_cast<void *>(gemm.b),
-      desc.a, reinterpret_cast<void *>(gemm.a), desc.b, &gemm.beta,
-      reinterpret_cast<void *>(gemm.c ? gemm.c : gemm.d), desc.d,
-      reinterpret_cast<void *>(gemm.d), desc.d, &cached->second,
-      reinterpret_cast<void *>(workspace), workspaceBytes, device->stream());
+  s = matmul(gemm, desc.operation, desc.a, desc.b, desc.d, cached->second);
   if (s != CUBLAS_STATUS_SUCCESS)
     return fail(s, "cublasLtMatmul");
+  return {};
+}
+
+cublasStatus_t BlasLt::matmul(const Gemm &gemm, cublasLtMatmulDesc_t operation,
+                              cublasLtMatrixLayout_t a,
+                              cublasLtMatrixLayout_t b,
+                              cublasLtMatrixLayout_t d,
+                              const cublasLtMatmulAlgo_t &algorithm) {
+  return api->cublasLtMatmul(
+      handle, operation, &gemm.alpha, reinterpret_cast<void *>(gemm.b), a,
+      reinterpret_cast<void *>(gemm.a), b, &gemm.beta,
+      reinterpret_cast<void *>(gemm.c ? gemm.c : gemm.d), d,
+      reinterpret_cast<void *>(gemm.d), d, &algorithm,
+      reinterpret_cast<void *>(workspace), workspaceBytes, device->stream());
+}
+
+Result<cublasLtMatmulAlgo_t>
+BlasLt::tune(const Gemm &gemm, cublasLtMatmulDesc_t operation,
+             cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+             cublasLtMatrixLayout_t d, cublasLtMatmulPreference_t preference,
+             int candidates, const std::string &what) {
+  std::vector<cublasLtMatmulHeuristicResult_t> results(
+      static_cast<size_t>(candidates));
+  int found = 0;
+  cublasStatus_t s = api->cublasLtMatmulAlgoGetHeuristic(
+      handle, operation, a, b, d, d, preference, candidates, results.data(),
+      &found);
+  if (s || found == 0)
+    return Error{
+        "cuBLASLt error in cublasLtMatmulAlgoGetHeuristic for " + what + ": " +
+        api->cublasLtGetStatusString(s ? s : CUBLAS_STATUS_NOT_SUPPORTED)};
+  if (found == 1)
+    return results[0].algo;
+  // Each candidate once to warm up, then kTimedRuns runs between events.
+  constexpr int kTimedRuns = 3;
+  Result<CUevent> start = device->createEvent(), end = device->createEvent();
+  if (!start || !end)
+    return Error{"cannot create the events that time GEMM candidates"};
+  cublasLtMatmulAlgo_t best = results[0].algo;
+  float bestMs = INFINITY;
+  for (int i = 0; i < found; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS ||
+        matmul(gemm, operation, a, b, d, results[i].algo) !=
+            CUBLAS_STATUS_SUCCESS)
+      continue;
+    bool ran = device->record(*start).ok();
+    for (int r = 0; ran && r < kTimedRuns; ++r)
+      ran = matmul(gemm, operation, a, b, d, results[i].algo) ==
+            CUBLAS_STATUS_SUCCESS;
+    Result<float> ms = ran && device->record(*end).ok()
+                           ? device->elapsedMs(*start, *end)
+                           : Result<float>(Error{"not timed"});
+    if (ms && *ms < bestMs)
+      bestMs = *ms, best = results[i].algo;
+  }
+  device->destroyEvent(*start);
+  device->destroyEvent(*end);
+  tuned = true;
+  return best;
+}
+
+Status BlasLt::useTuningFile(const std::string &path) {
+  tuningPath = path;
+  tuningIdentity = device->name() + ", cuBLASLt " +
+                   std::to_string(api->cublasLtGetVersion());
+  std::ifstream in(path);
+  if (!in)
+    return {}; // tuned on first use
+  nlohmann::json file = nlohmann::json::parse(in, nullptr, false);
+  if (!file.is_object() || !file.contains("algorithms") ||
+      !file["algorithms"].is_object())
+    return Error{path + ": not a GEMM tuning file (delete it to tune again)"};
+  if (file.value("identity", "") != tuningIdentity)
+    return {}; // another GPU or cuBLASLt: tune again, then overwrite
+  for (auto &[key, words] : file["algorithms"].items()) {
+    cublasLtMatmulAlgo_t algorithm = {};
+    if (!words.is_array() || words.size() != std::size(algorithm.data))
+      return Error{path + ": algorithms." + key +
+                   ": expected 8 integers (delete the file to tune again)"};
+    for (size_t i = 0; i < words.size(); ++i)
+      algorithm.data[i] = words[i].get<uint64_t>();
+    algorithms[key] = algorithm;
+  }
+  return {};
+}
+
+Status BlasLt::saveTuning() {
+  if (tuningPath.empty() || !tuned)
+    return {};
+  nlohmann::json entries = nlohmann::json::object();
+  for (const auto &[key, algorithm] : algorithms)
+    entries[key] = std::vector<uint64_t>(std::begin(algorithm.data),
+                                         std::end(algorithm.data));
+  nlohmann::json file = {{"identity", tuningIdentity}, {"algorithms", entries}};
+  if (Status s = writeFileAtomic(tuningPath, file.dump(1) + "\n"); !s)
+    return s;
+  tuned = false;
   return {};
 }
 

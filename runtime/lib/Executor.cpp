@@ -3,6 +3,7 @@
 #include "llamac/Runtime/Executor.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 
 namespace llamac {
@@ -155,6 +156,10 @@ Status Executor::enqueue(const package::Function &function,
   return {};
 }
 
+Status Executor::useTuningFile(const std::string &path) {
+  return blas->useTuningFile(path);
+}
+
 Result<std::vector<float>> Executor::profile(const std::string &name) {
   const package::Function *function = plan.function(name);
   if (!function)
@@ -207,6 +212,11 @@ Status Executor::run(const std::string &name, bool useGraph) {
       return status;
     if (Status status = device->synchronize(name); !status)
       return status;
+    // A tuning file that cannot be written costs the next run the tuning
+    // again, not this one its result.
+    if (Status saved = blas->saveTuning(); !saved)
+      std::fprintf(stderr, "llamac: warning: %s\n",
+                   saved.error().message.c_str());
     if (Status status = device->beginCapture(); !status)
       return status;
     Status recorded = enqueue(*function);

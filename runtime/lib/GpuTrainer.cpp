@@ -254,6 +254,11 @@ int trainOnGpu(const GpuTrainOptions &options) {
   if (!created)
     return report(created.error().message);
   Executor &executor = **created;
+  // Each GEMM shape is tuned on its first run, once per package and GPU.
+  if (Status s =
+          executor.useTuningFile(options.packageDir + "/" + kGemmTuningFile);
+      !s)
+    return report(s.error().message);
   BufferReader download = [&](const package::Buffer &buffer, void *data) {
     return executor.download(buffer.name, data, buffer.bytes);
   };
@@ -399,7 +404,10 @@ int trainOnGpu(const GpuTrainOptions &options) {
       timed += seconds;
 
     // 4e. Progress, metrics, checkpoints.
-    double gradNorm = std::sqrt(double(normSq[0]));
+    // Without clipping the step does not compute the norm (as the Hugging
+    // Face Trainer): it is logged as missing.
+    double gradNorm =
+        options.maxGradNorm > 0 ? std::sqrt(double(normSq[0])) : std::nan("");
     StepMetrics step{stepIndex, loss, hyper.lr, gradNorm, tokens, seconds};
     if (peak > 0 && seconds > 0)
       step.mfu = stepFlops / seconds / peak;

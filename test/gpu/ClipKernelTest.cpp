@@ -1,7 +1,7 @@
 //===- ClipKernelTest.cpp - Gradient clipping: global norm and rescale ---===//
 //
 // global_norm_sq adds the sum of squares of a bf16 buffer into an f32 scalar
-// (twice: launches accumulate); scale_bf16 applies clip_grad_norm_'s factor
+// (twice: launches accumulate) when clipping, and leaves it alone when not; scale_bf16 applies clip_grad_norm_'s factor
 // from the device scalars: clipping (max_norm below the norm), not clipping
 // (above it, or max_norm 0: no element may change) and a NaN norm (every
 // element becomes NaN, as in torch).
@@ -33,11 +33,19 @@ TEST(ClipKernel, NormAndRescaleMatchTorch) {
   DeviceBuffer grads(device, N * 2, "gradients"),
       sumSq(device, 4, "sum of squares");
   DeviceBuffer maxNorm(device, 4, "max norm");
+  // The hyperparameters buffer: slot 6 is max_grad_norm.
+  DeviceBuffer hyper(device, 8 * 4, "hyperparameters");
   grads.upload(x);
+  // Not clipping: the norm is not computed, the sum keeps its value.
+  hyper.upload(std::vector<float>{0, 0, 0, 0, 0, 0, 0, 0});
+  sumSq.upload(std::vector<float>{-1.0f});
+  kernels.run("norm_sq", {grads.address(), sumSq.address(), hyper.address()});
+  EXPECT_EQ(sumSq.download<float>(1)[0], -1.0f);
+  hyper.upload(std::vector<float>{0, 0, 0, 0, 0, 0, 1.0f, 0});
   sumSq.fill(0); // the plan zeroes the accumulator
-  kernels.run("norm_sq", {grads.address(), sumSq.address()});
+  kernels.run("norm_sq", {grads.address(), sumSq.address(), hyper.address()});
   float once = sumSq.download<float>(1)[0];
-  kernels.run("norm_sq", {grads.address(), sumSq.address()});
+  kernels.run("norm_sq", {grads.address(), sumSq.address(), hyper.address()});
   float twice = sumSq.download<float>(1)[0];
   // Every term is positive. A thread adds its chunks (at most
   // ceil(N / 8 / (grid 256)) fmas per lane), then 7 lane adds, 5 shuffle

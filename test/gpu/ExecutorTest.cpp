@@ -3,7 +3,8 @@
 // A two-step plan: a cuBLASLt GEMM writes a "gradient" G = A Bᵀ into the
 // arena, then the generated AdamW kernel updates a parameter from it. The
 // first run records a CUDA graph; the second replays it after new
-// hyperparameters were uploaded. Both steps are checked against the CPU.
+// hyperparameters were uploaded. Both steps are checked against the CPU. A
+// second test tunes the GEMM through a tuning file.
 //
 //===----------------------------------------------------------------------===//
 
@@ -13,8 +14,11 @@
 #include "llamac/Runtime/Executor.h"
 #include "llamac/Runtime/Safetensors.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include <unistd.h>
 
 using namespace llamac;
 using namespace llamac::test;
@@ -140,6 +144,82 @@ TEST(Executor, RunsEagerlyThenReplaysTheGraph) {
   for (int64_t i = 0; i < kAdamWElements; ++i)
     start[i] = bf16ToFloat(param[i]);
   EXPECT_GE(relativeError(got, start), 0.02);
+}
+
+// With a tuning file the first run times the heuristic's candidates for
+// each GEMM shape and writes the choices (for this GPU and cuBLASLt); a
+// second executor reads them and tunes nothing, so the file is not
+// rewritten. The tuned GEMM computes what the untuned one computes (up to
+// the f32 summation order of another algorithm: bf16 noise). A file that is
+// not a tuning file is refused by name.
+TEST(Executor, TunesGemmShapesOnceAndRemembersThem) {
+  LLAMAC_REQUIRE_GPU(device);
+  std::string dir = (std::filesystem::temp_directory_path() /
+                     ("llamac-tuning-" + std::to_string(::getpid())))
+                        .string();
+  std::filesystem::create_directories(dir);
+  std::string file = dir + "/gemm-tuning.json";
+  std::mt19937 rng(std::random_device{}());
+  std::vector<uint16_t> a = bf16Random(kM * kK, 0.1f, rng);
+  std::vector<uint16_t> b = bf16Random(kN * kK, 0.1f, rng);
+  float hyper[8] = {1e-3f, 0.9f, 0.999f, 1e-8f, 0, 1, 0, 0};
+  auto gradient = [&](const std::string &tuning) {
+    std::vector<double> values;
+    auto executor = Executor::create(device, gemmThenAdamW());
+    EXPECT_TRUE(executor.ok()) << executor.error().message;
+    if (!executor.ok())
+      return values;
+    Executor &e = **executor;
+    if (!tuning.empty()) {
+      Status s = e.useTuningFile(tuning);
+      EXPECT_TRUE(s.ok()) << s.error().message;
+    }
+    EXPECT_TRUE(e.upload("a", a.data(), a.size() * 2).ok());
+    EXPECT_TRUE(e.upload("b", b.data(), b.size() * 2).ok());
+    EXPECT_TRUE(e.upload("hyper", hyper, sizeof(hyper)).ok());
+    Status run = e.run("step");
+    EXPECT_TRUE(run.ok()) << run.error().message;
+    std::vector<uint16_t> bits(kAdamWElements);
+    EXPECT_TRUE(e.download("grad", bits.data(), bits.size() * 2).ok());
+    for (uint16_t bit : bits)
+      values.push_back(bf16ToFloat(bit));
+    return values;
+  };
+  std::vector<double> plain = gradient("");
+  std::vector<double> tuned = gradient(file);
+  ASSERT_FALSE(plain.empty());
+  ASSERT_EQ(tuned.size(), plain.size());
+  EXPECT_LE(relativeError(tuned, plain), 1e-2);
+
+  auto read = [&] {
+    std::ifstream in(file);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  std::string written = read();
+  EXPECT_NE(written.find(device->name()), std::string::npos) << written;
+  EXPECT_NE(written.find("\"algorithms\""), std::string::npos);
+  EXPECT_NE(written.find(std::to_string(kM) + "x" + std::to_string(kN) + "x" +
+                         std::to_string(kK)),
+            std::string::npos)
+      << written;
+  std::filesystem::last_write_time(file, std::filesystem::file_time_type{});
+  std::vector<double> again = gradient(file);
+  EXPECT_EQ(again, tuned); // the remembered algorithm
+  EXPECT_EQ(std::filesystem::last_write_time(file),
+            std::filesystem::file_time_type{})
+      << "the tuning file was rewritten though nothing was tuned";
+
+  std::ofstream(file) << "[1, 2]";
+  auto executor = Executor::create(device, gemmThenAdamW());
+  ASSERT_TRUE(executor.ok());
+  Status refused = (*executor)->useTuningFile(file);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find(file + ": not a GEMM tuning file"),
+            std::string::npos)
+      << refused.error().message;
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Executor, RefusesAPlanLargerThanTheGpu) {

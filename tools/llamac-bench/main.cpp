@@ -1,15 +1,17 @@
 //===- llamac-bench - Step time and its breakdown for a package ----------===//
 //
 //   llamac-bench --package DIR [--steps N] [--warmup N] [--max-grad-norm X]
-//                [--breakdown]
+//                [--no-tune] [--breakdown]
 //
 // Times the compiled train step of a package on the GPU the way a fine-tune
 // runs it (CUDA Graph replay of @forward_backward then @optimizer_step), on
 // random weights (normal, std 0.02) and random tokens, so that no checkpoint
-// or data file is needed. `--breakdown` then runs each function once more
-// eagerly with an event between steps and prints where the time goes: GEMMs
-// of the linear layers, attention, the other kernels, the optimizer, by op.
-// The last line is `RESULT {json}` for scripts. LLVM-free, like llamac-run.
+// or data file is needed. GEMMs are tuned per shape as llamac-run tunes
+// them (DIR/gemm-tuning.json) unless --no-tune. `--breakdown` then runs each
+// function once more eagerly with an event between steps and prints where the
+// time goes: GEMMs of the linear layers, attention, the other kernels, the
+// optimizer, by op. The last line is `RESULT {json}` for scripts. LLVM-free,
+// like llamac-run.
 //
 //===----------------------------------------------------------------------===//
 
@@ -95,7 +97,7 @@ int main(int argc, char **argv) {
   std::string packageDir;
   int64_t steps = 20, warmup = 3;
   double maxGradNorm = 0;
-  bool breakdown = false;
+  bool breakdown = false, tune = true;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> const char * {
@@ -104,6 +106,8 @@ int main(int argc, char **argv) {
     const char *v = nullptr;
     if (arg == "--breakdown") {
       breakdown = true;
+    } else if (arg == "--no-tune") {
+      tune = false;
     } else if (arg == "--package" && (v = value())) {
       packageDir = v;
     } else if (arg == "--steps" && (v = value())) {
@@ -138,6 +142,10 @@ int main(int argc, char **argv) {
   if (!created)
     return fail(created.error().message);
   Executor &executor = **created;
+  if (tune)
+    if (Status s = executor.useTuningFile(packageDir + "/" + kGemmTuningFile);
+        !s)
+      return fail(s.error().message);
   if (Status s = initialize(executor); !s)
     return fail(s.error().message);
   if (Status s = uploadTokens(executor, vocab); !s)
@@ -175,9 +183,10 @@ int main(int argc, char **argv) {
   for (float ms : stepMs)
     mean += ms / double(stepMs.size());
   std::printf("%s on %s: step %.2f ms (median of %zu), mean %.2f ms, arena "
-              "%.1f GiB, max_grad_norm %g\n",
+              "%.1f GiB, max_grad_norm %g, GEMMs %s\n",
               packageDir.c_str(), (*device)->name().c_str(), median,
-              stepMs.size(), mean, arenaGiB, maxGradNorm);
+              stepMs.size(), mean, arenaGiB, maxGradNorm,
+              tune ? "tuned" : "by heuristic");
   json result = {{"package", packageDir}, {"device", (*device)->name()},
                  {"step_ms", median},     {"mean_step_ms", mean},
                  {"arena_gib", arenaGiB}, {"max_grad_norm", maxGradNorm}};

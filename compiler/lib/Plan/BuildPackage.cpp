@@ -1133,7 +1133,8 @@ llvm::Error PackageBuilder::lowerOptimizer(func::FuncOp func) {
   Location sumSq = whole(gradNorm);
   memset(sumSq, 16, "llama.global_norm (zero)");
   if (auto error = launch(globalNormSqKernel(flatElements),
-                          {whole(gradsRegion), sumSq}, "llama.global_norm"))
+                          {whole(gradsRegion), sumSq, whole(hyper)},
+                          "llama.global_norm"))
     return error;
   return launch(adamwKernel(flatElements),
                 {whole(paramsRegion), whole(gradsRegion), whole(expAvgRegion),

@@ -197,8 +197,9 @@ llvm::Expected<KernelSpec> crossEntropyKernel(int64_t rows, int64_t seqLen,
                                               int64_t vocab);
 
 /// global_norm_sq: sum[0] += sum_i x_i^2 (f32; one atomic per block; the plan
-/// zeroes sum). Args: x (bf16 [numel]), sum (f32 [1]). Grid [min(1024,
-/// ceil(numel / 2048))], block [256]. numel % 8 == 0.
+/// zeroes sum) when clipping (hyper[6], max_grad_norm, > 0); otherwise
+/// nothing. Args: x (bf16 [numel]), sum (f32 [1]), hyper (f32 [8]). Grid
+/// [min(1024, ceil(numel / 2048))], block [256]. numel % 8 == 0.
 llvm::Expected<KernelSpec> globalNormSqKernel(int64_t numel);
 
 /// scale_bf16: x = bf16(x f), f = max_norm > 0 ? min(1, max_norm /

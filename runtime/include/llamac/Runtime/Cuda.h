@@ -127,23 +127,51 @@ struct Gemm {
   int64_t batch = 1, strideA = 0, strideB = 0, strideD = 0;
 };
 
-/// cuBLASLt with one handle and workspace, choosing algorithms by heuristic.
+/// cuBLASLt with one handle and workspace. Each GEMM shape gets an
+/// algorithm once: the heuristic's first, or, with a tuning file, the
+/// fastest of the heuristic's candidates timed on the GEMM's own buffers,
+/// remembered in the file for later runs on the same GPU and cuBLASLt.
 class BlasLt {
 public:
   static Result<std::unique_ptr<BlasLt>> create(std::shared_ptr<Device> device);
   ~BlasLt();
+
   /// Runs `gemm` on the device's stream; `what` names it in errors.
   Status run(const Gemm &gemm, const std::string &what);
 
+  /// Tunes every new GEMM shape and keeps the choices in `path` (JSON),
+  /// reading the choices already there when they were made on this GPU
+  /// with this cuBLASLt. Only GEMMs that may run more than once with the
+  /// same result are timed (not those that add into their own output).
+  Status useTuningFile(const std::string &path);
+  /// Writes the tuning file (atomically) when shapes were tuned since.
+  Status saveTuning();
+
 private:
   BlasLt() = default;
+  /// Heuristic algorithms tried per shape when tuning.
+  static constexpr int kTuningCandidates = 8;
+  /// The fastest of the heuristic's first `candidates` algorithms for
+  /// `gemm`, timed on its buffers (the first one when `candidates` is 1).
+  Result<cublasLtMatmulAlgo_t>
+  tune(const Gemm &gemm, cublasLtMatmulDesc_t operation,
+       cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+       cublasLtMatrixLayout_t d, cublasLtMatmulPreference_t preference,
+       int candidates, const std::string &what);
+  cublasStatus_t matmul(const Gemm &gemm, cublasLtMatmulDesc_t operation,
+                        cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                        cublasLtMatrixLayout_t d,
+                        const cublasLtMatmulAlgo_t &algorithm);
+
   std::shared_ptr<Device> device;
   const BlasLtApi *api = nullptr;
-  /// The heuristic's algorithm per GEMM shape, chosen once.
+  /// The chosen algorithm per GEMM shape.
   std::map<std::string, cublasLtMatmulAlgo_t> algorithms;
   cublasLtHandle_t handle = nullptr;
   CUdeviceptr workspace = 0;
   size_t workspaceBytes = 0;
+  std::string tuningPath, tuningIdentity;
+  bool tuned = false;
 };
 
 } // namespace llamac::cuda

@@ -18,6 +18,9 @@
 
 namespace llamac {
 
+/// Where the runtime keeps a package's GEMM tuning: beside its manifest.
+constexpr const char *kGemmTuningFile = "gemm-tuning.json";
+
 class Executor {
 public:
   static Result<std::unique_ptr<Executor>>
@@ -34,6 +37,10 @@ public:
   /// Runs `function` (eagerly the first time while recording a graph when
   /// `useGraph`; by graph replay afterwards) and waits for it.
   Status run(const std::string &function, bool useGraph = true);
+
+  /// Tunes each GEMM shape on its first run and keeps the choices in
+  /// `path` (see BlasLt::useTuningFile); written after each first run.
+  Status useTuningFile(const std::string &path);
 
   /// Runs `function` eagerly with an event between steps and returns each
   /// step's milliseconds, in order (for breakdowns; slower than a replay).
