@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <fstream>
 #include <sstream>
 
@@ -67,6 +68,41 @@ Operand operandFromJson(const json &value, const std::string &field) {
           get<int64_t>(value, "ld", field)};
 }
 
+/// The optional FP8 operands of a GEMM with their manifest keys.
+template <typename G> auto fp8Operands(G &g) {
+  return std::array{std::pair{"scale_inv_a", &g.scaleInvA},
+                    std::pair{"scale_inv_b", &g.scaleInvB},
+                    std::pair{"amax_d", &g.amaxD}};
+}
+
+bool isFP8(ElementType type) {
+  return type == ElementType::F8E4M3 || type == ElementType::F8E5M2;
+}
+
+/// Why FP8 GEMM `g` cannot run, or "" (cuda::Gemm's FP8 rules).
+std::string fp8GemmError(const Gemm &g) {
+  ElementType typeB = g.typeB.value_or(g.type);
+  bool fp8 = isFP8(g.type) || isFP8(typeB);
+  if (!fp8)
+    return typeB != g.type ? "mixed operand types need FP8 operands"
+           : g.scaleInvA.buffer != -1 || g.scaleInvB.buffer != -1 ||
+                   g.amaxD.buffer != -1
+               ? "scale_inv and amax operands need FP8 operands"
+               : "";
+  if (!isFP8(g.type) || !isFP8(typeB))
+    return "FP8 GEMM: both operands must be FP8";
+  if (g.type == ElementType::F8E5M2 && typeB == ElementType::F8E5M2)
+    return "FP8 GEMM: E5M2 x E5M2 is not supported";
+  if (g.transposeA || !g.transposeB)
+    return "FP8 GEMM: both operands must be K-major (transpose_a false, "
+           "transpose_b true)";
+  if (g.outType != ElementType::BF16)
+    return "FP8 GEMM: out_type must be bf16";
+  if (g.batch != 1)
+    return "FP8 GEMM: batch must be 1";
+  return "";
+}
+
 json stepToJson(const Step &step) {
   json out = {{"label", step.label}};
   switch (step.kind) {
@@ -103,6 +139,11 @@ json stepToJson(const Step &step) {
                 {"stride_a", g.strideA},
                 {"stride_b", g.strideB},
                 {"stride_d", g.strideD}});
+    if (g.typeB)
+      out["type_b"] = elementTypeName(*g.typeB);
+    for (auto [key, operand] : fp8Operands(g))
+      if (operand->buffer != -1)
+        out[key] = operandToJson(*operand);
     break;
   }
   case Step::Kind::Memset:
@@ -155,6 +196,12 @@ Step stepFromJson(const json &value, const std::string &field) {
     g.strideA = get<int64_t>(value, "stride_a", field);
     g.strideB = get<int64_t>(value, "stride_b", field);
     g.strideD = get<int64_t>(value, "stride_d", field);
+    if (value.contains("type_b"))
+      g.typeB = parseType(get<std::string>(value, "type_b", field),
+                          field + ".type_b");
+    for (auto [key, operand] : fp8Operands(g))
+      if (value.contains(key))
+        *operand = operandFromJson(value.at(key), field + "." + key);
   } else if (kind == "memset") {
     step.kind = Step::Kind::Memset;
     step.memset.dst = operandFromJson(value.at("dst"), field + ".dst");
@@ -292,6 +339,12 @@ Status validate(const Package &package, const std::string &where) {
       case Step::Kind::Gemm:
         for (const Operand *op : {&step.gemm.a, &step.gemm.b, &step.gemm.d})
           if (!(status = checkOperand(*op, 0, field)))
+            return status;
+        if (std::string error = fp8GemmError(step.gemm); !error.empty())
+          return Error{field + ": " + error};
+        for (auto [key, op] : fp8Operands(step.gemm))
+          if (op->buffer != -1 &&
+              !(status = checkOperand(*op, 4, field + "." + key)))
             return status;
         if (step.gemm.c.buffer != -1 &&
             !(status = checkOperand(step.gemm.c, 0, field)))

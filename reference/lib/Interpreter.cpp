@@ -732,20 +732,28 @@ static Results fp8Quantize(FP8QuantizeOp op,
   return results;
 }
 
+void llamac::reference::fp8ScaleUpdate(std::vector<double> &history,
+                                       double amax, double &scale,
+                                       llvm::StringRef format, int64_t margin,
+                                       llvm::StringRef algo) {
+  std::copy_backward(history.begin(), history.end() - 1, history.end());
+  history[0] = amax;
+  double a = amax;
+  if (algo == "max")
+    for (double v : history)
+      a = std::isnan(v) || std::isnan(a) ? v + a : std::max(a, v);
+  scale = fp8ScaleFrom(a, format, margin, scale);
+}
+
 static Results fp8ScaleUpdate(FP8ScaleUpdateOp op, const Tensor &history,
                               const Tensor &amax, const Tensor &scale) {
-  Tensor newHistory = Tensor::zeros(history.shape);
-  newHistory.data[0] = amax.data[0];
-  std::copy_n(history.data.begin(), history.data.size() - 1,
-              newHistory.data.begin() + 1);
-  double a = newHistory.data[0];
-  if (op.getAmaxComputeAlgo() == "max")
-    for (double v : newHistory.data)
-      a = std::isnan(v) || std::isnan(a) ? v + a : std::max(a, v);
+  Tensor newHistory = history;
+  double newScale = scale.data[0];
+  fp8ScaleUpdate(newHistory.data, amax.data[0], newScale, op.getFormat(),
+                 op.getMargin(), op.getAmaxComputeAlgo());
   std::vector<Tensor> results;
   results.push_back(std::move(newHistory));
-  results.push_back(Tensor::scalar(
-      fp8ScaleFrom(a, op.getFormat(), op.getMargin(), scale.data[0])));
+  results.push_back(Tensor::scalar(newScale));
   return results;
 }
 

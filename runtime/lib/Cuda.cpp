@@ -441,6 +441,69 @@ struct GemmDescriptors {
   }
 };
 
+/// The cuBLASLt data type of `type`.
+cudaDataType_t cudaType(GemmType type) {
+  switch (type) {
+  case GemmType::F32:
+    return CUDA_R_32F;
+  case GemmType::BF16:
+    return CUDA_R_16BF;
+  case GemmType::F8E4M3:
+    return CUDA_R_8F_E4M3;
+  case GemmType::F8E5M2:
+    return CUDA_R_8F_E5M2;
+  }
+  return CUDA_R_32F;
+}
+
+bool isFP8(GemmType type) {
+  return type == GemmType::F8E4M3 || type == GemmType::F8E5M2;
+}
+
+/// Checks the operand types of `gemm` and, for FP8, its layout, and sets its
+/// scale-inverse and amax pointers on `operation`. cuBLASLt's A is our B
+/// (see BlasLt::run), so our B's scale is its A scale.
+Status setFP8Attributes(const BlasLtApi &api, cublasLtMatmulDesc_t operation,
+                        const Gemm &gemm, const std::string &what) {
+  GemmType typeB = gemm.typeB.value_or(gemm.type);
+  auto fail = [&](const std::string &message) {
+    return Error{"FP8 GEMM " + what + ": " + message};
+  };
+  if (!isFP8(gemm.type) && !isFP8(typeB)) {
+    if (typeB != gemm.type || gemm.scaleInvA || gemm.scaleInvB || gemm.amaxD)
+      return Error{"GEMM " + what +
+                   ": mixed operand types, scales and amax need FP8 operands"};
+    return {};
+  }
+  if (!isFP8(gemm.type) || !isFP8(typeB))
+    return fail("both operands must be FP8");
+  if (gemm.type == GemmType::F8E5M2 && typeB == GemmType::F8E5M2)
+    return fail("E5M2 x E5M2 is not supported; one operand must be E4M3");
+  if (gemm.transposeA || !gemm.transposeB)
+    return fail("both operands must be K-major (A [m, k] untransposed, B "
+                "[n, k] transposed), got transpose_a " +
+                std::to_string(gemm.transposeA) + ", transpose_b " +
+                std::to_string(gemm.transposeB));
+  if (gemm.outType != GemmType::BF16)
+    return fail("the output must be bf16");
+  if (gemm.batch != 1)
+    return fail("batched FP8 GEMMs are not supported");
+  std::pair<cublasLtMatmulDescAttributes_t, CUdeviceptr> pointers[] = {
+      {CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, gemm.scaleInvB},
+      {CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, gemm.scaleInvA},
+      {CUBLASLT_MATMUL_DESC_AMAX_D_POINTER, gemm.amaxD}};
+  for (auto [attribute, address] : pointers) {
+    if (!address)
+      continue;
+    void *pointer = reinterpret_cast<void *>(address);
+    if (cublasStatus_t s = api.cublasLtMatmulDescSetAttribute(
+            operation, attribute, &pointer, sizeof(pointer)))
+      return fail(std::string("cublasLtMatmulDescSetAttribute: ") +
+                  api.cublasLtGetStatusString(s));
+  }
+  return {};
+}
+
 } // namespace
 
 Result<std::unique_ptr<BlasLt>> BlasLt::create(std::shared_ptr<Device> device) {
@@ -477,14 +540,15 @@ Status BlasLt::run(const Gemm &gemm, const std::string &what) {
     return Error{"cuBLASLt error in " + std::string(call) + " for " + what +
                  ": " + api->cublasLtGetStatusString(status)};
   };
-  cudaDataType_t type = gemm.type == GemmType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
-  cudaDataType_t outType =
-      gemm.outType == GemmType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+  GemmType typeB = gemm.typeB.value_or(gemm.type);
+  cudaDataType_t outType = cudaType(gemm.outType);
   GemmDescriptors desc{*api};
   cublasStatus_t s = api->cublasLtMatmulDescCreate(
       &desc.operation, CUBLAS_COMPUTE_32F, CUDA_R_32F);
   if (s != CUBLAS_STATUS_SUCCESS)
     return fail(s, "cublasLtMatmulDescCreate");
+  if (Status fp8 = setFP8Attributes(*api, desc.operation, gemm, what); !fp8)
+    return fp8;
   cublasOperation_t opFirst = gemm.transposeB ? CUBLAS_OP_T : CUBLAS_OP_N;
   cublasOperation_t opSecond = gemm.transposeA ? CUBLAS_OP_T : CUBLAS_OP_N;
   api->cublasLtMatmulDescSetAttribute(
@@ -500,10 +564,10 @@ Status BlasLt::run(const Gemm &gemm, const std::string &what) {
   int64_t ldFirst = gemm.ldb ? gemm.ldb : int64_t(firstRows);
   int64_t ldSecond = gemm.lda ? gemm.lda : int64_t(secondRows);
   int64_t ldOut = gemm.ldd ? gemm.ldd : gemm.n;
-  if ((s = api->cublasLtMatrixLayoutCreate(&desc.a, type, firstRows, firstCols,
-                                           ldFirst)) ||
-      (s = api->cublasLtMatrixLayoutCreate(&desc.b, type, secondRows,
-                                           secondCols, ldSecond)) ||
+  if ((s = api->cublasLtMatrixLayoutCreate(&desc.a, cudaType(typeB), firstRows,
+                                           firstCols, ldFirst)) ||
+      (s = api->cublasLtMatrixLayoutCreate(&desc.b, cudaType(gemm.type),
+                                           secondRows, secondCols, ldSecond)) ||
       (s = api->cublasLtMatrixLayoutCreate(&desc.d, outType, gemm.n, gemm.m,
                                            ldOut)))
     return fail(s, "cublasLtMatrixLayoutCreate");
@@ -523,7 +587,8 @@ Status BlasLt::run(const Gemm &gemm, const std::string &what) {
       std::to_string(gemm.m) + "x" + std::to_string(gemm.n) + "x" +
       std::to_string(gemm.k) + ":" + std::to_string(gemm.transposeA) +
       std::to_string(gemm.transposeB) + ":" + std::to_string(int(gemm.type)) +
-      std::to_string(int(gemm.outType)) + ":" + std::to_string(ldFirst) + "," +
+      std::to_string(int(typeB)) + std::to_string(int(gemm.outType)) +
+      (gemm.amaxD ? "amax" : "") + ":" + std::to_string(ldFirst) + "," +
       std::to_string(ldSecond) + "," + std::to_string(ldOut) + ":" +
       std::to_string(gemm.batch) + "," + std::to_string(gemm.strideA) + "," +
       std::to_string(gemm.strideB) + "," + std::to_string(gemm.strideD) + ":" +

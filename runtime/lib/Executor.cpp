@@ -129,11 +129,26 @@ Status Executor::enqueue(const package::Function &function,
     gemm.m = g.m, gemm.n = g.n, gemm.k = g.k;
     gemm.transposeA = g.transposeA, gemm.transposeB = g.transposeB;
     auto gemmType = [](package::ElementType type) {
-      return type == package::ElementType::F32 ? cuda::GemmType::F32
-                                               : cuda::GemmType::BF16;
+      switch (type) {
+      case package::ElementType::F32:
+        return cuda::GemmType::F32;
+      case package::ElementType::F8E4M3:
+        return cuda::GemmType::F8E4M3;
+      case package::ElementType::F8E5M2:
+        return cuda::GemmType::F8E5M2;
+      default:
+        return cuda::GemmType::BF16;
+      }
     };
     gemm.type = gemmType(g.type);
+    if (g.typeB)
+      gemm.typeB = gemmType(*g.typeB);
     gemm.outType = gemmType(g.outType);
+    for (auto [operand, pointer] : {std::pair{&g.scaleInvA, &gemm.scaleInvA},
+                                    std::pair{&g.scaleInvB, &gemm.scaleInvB},
+                                    std::pair{&g.amaxD, &gemm.amaxD}})
+      if (operand->buffer >= 0)
+        *pointer = *resolve(*operand);
     gemm.alpha = g.alpha, gemm.beta = g.beta;
     gemm.a = *resolve(g.a), gemm.b = *resolve(g.b), gemm.d = *resolve(g.d);
     if (g.c.buffer >= 0)

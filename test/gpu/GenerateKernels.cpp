@@ -220,6 +220,21 @@ int main(int argc, char **argv) {
       writeGroup(dir, "clip",
                  group("norm_sq", globalNormSqKernel(kClipElements), "scale",
                        scaleBF16Kernel(kClipElements))) &&
-      writeGroup(dir, "add", group("add", addBF16Kernel(kAddElements)));
+      writeGroup(dir, "add", group("add", addBF16Kernel(kAddElements))) &&
+      writeGroup(
+          dir, "fp8",
+          group(
+              "cast_e4m3", fp8CastKernel(kFP8Rows * kFP8Cols, FP8Format::E4M3),
+              "cast_e5m2", fp8CastKernel(kFP8Rows * kFP8Cols, FP8Format::E5M2),
+              "transpose_e4m3",
+              fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E4M3),
+              "transpose_e5m2",
+              fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E5M2),
+              "update_e4m3",
+              fp8ScaleUpdateKernel(kFP8Tensors, kFP8History, FP8Format::E4M3,
+                                   0),
+              "update_e5m2",
+              fp8ScaleUpdateKernel(kFP8Tensors, kFP8History, FP8Format::E5M2,
+                                   kFP8MarginE5M2, /*mostRecent=*/true)));
   return ok ? 0 : 1;
 }

@@ -155,6 +155,225 @@ llvm::Expected<KernelSpec> llamac::addBF16Kernel(int64_t numel) {
   return elementwise("add_bf16", numel);
 }
 
+namespace {
+
+/// The MLIR type and largest finite value of `format`.
+const char *fp8TypeName(FP8Format format) {
+  return format == FP8Format::E4M3 ? "f8E4M3FN" : "f8E5M2";
+}
+double fp8Largest(FP8Format format) {
+  return format == FP8Format::E4M3 ? 448.0 : 57344.0;
+}
+const char *fp8Suffix(FP8Format format) {
+  return format == FP8Format::E4M3 ? "_e4m3" : "_e5m2";
+}
+
+/// An f64 constant exactly, as MLIR's hexadecimal bit-pattern literal.
+std::string f64Bits(double value) {
+  uint64_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  char text[24];
+  std::snprintf(text, sizeof(text), "0x%016llX", (unsigned long long)bits);
+  return text;
+}
+
+/// MLIR lines converting the f32 SSA values `values` (an even count n) to
+/// FP8 `format` with PTX cvt.rn.satfinite (two per instruction) and packing
+/// them in order into `result`, a vector<n x i8>.
+std::string fp8Pack(const std::vector<std::string> &values, FP8Format format,
+                    const std::string &result) {
+  std::string text, pairs;
+  size_t n = values.size();
+  for (size_t p = 0; p < n / 2; ++p) {
+    // The first operand lands in the upper byte: the later element.
+    std::string pair = result + "_p" + std::to_string(p);
+    text += "      " + pair + " = nvvm.convert.f32x2.to.f8x2 " +
+            values[2 * p + 1] + ", " + values[2 * p] +
+            " {rnd = #nvvm.fp_rnd_mode<rn>, sat = "
+            "#nvvm.sat_mode<satfinite>} : i16 (" +
+            fp8TypeName(format) + ")\n";
+    pairs += (p ? ", " : "") + pair;
+  }
+  std::string halves = std::to_string(n / 2), bytes = std::to_string(n);
+  text += "      " + result + "_w = vector.from_elements " + pairs +
+          " : vector<" + halves + "xi16>\n";
+  text += "      " + result + " = vector.bitcast " + result + "_w : vector<" +
+          halves + "xi16> to vector<" + bytes + "xi8>\n";
+  return text;
+}
+
+/// MLIR lines extracting the `count` f32 elements of vector `vector`, named
+/// `vector`_e<k>.
+std::vector<std::string> extractAll(const std::string &vector, int count,
+                                    std::string &text) {
+  std::vector<std::string> names;
+  for (int k = 0; k < count; ++k) {
+    names.push_back(vector + "_e" + std::to_string(k));
+    text += "      " + names.back() + " = vector.extract " + vector + "[" +
+            std::to_string(k) + "] : f32 from vector<" + std::to_string(count) +
+            "xf32>\n";
+  }
+  return names;
+}
+
+/// MLIR lines (after the threads' loop) that reduce each thread's i32 %m, the
+/// bits of an |x| maximum, over a block of 256 threads (8 warps) through the
+/// workgroup buffer %maxes and raise %amax[0] with an atomic max once per
+/// block. The bits of non-negative floats (and of NaN above them) order as
+/// signed integers.
+constexpr const char *kBlockAmax = R"mlir(
+    %bm_c0 = arith.constant 0 : index
+    %bm_c1 = arith.constant 1 : index
+    %bm_c32 = arith.constant 32 : index
+    %bm_warps = arith.constant 8 : index
+    %bm_i1 = arith.constant 1 : i32
+    %bm_i2 = arith.constant 2 : i32
+    %bm_i4 = arith.constant 4 : i32
+    %bm_i8 = arith.constant 8 : i32
+    %bm_i16 = arith.constant 16 : i32
+    %bm_i32 = arith.constant 32 : i32
+    %bm_zero = arith.constant 0 : i32
+    %bm_o1, %bm_v1 = gpu.shuffle xor %m, %bm_i16, %bm_i32 : i32
+    %bm_s1 = arith.maxui %m, %bm_o1 : i32
+    %bm_o2, %bm_v2 = gpu.shuffle xor %bm_s1, %bm_i8, %bm_i32 : i32
+    %bm_s2 = arith.maxui %bm_s1, %bm_o2 : i32
+    %bm_o3, %bm_v3 = gpu.shuffle xor %bm_s2, %bm_i4, %bm_i32 : i32
+    %bm_s3 = arith.maxui %bm_s2, %bm_o3 : i32
+    %bm_o4, %bm_v4 = gpu.shuffle xor %bm_s3, %bm_i2, %bm_i32 : i32
+    %bm_s4 = arith.maxui %bm_s3, %bm_o4 : i32
+    %bm_o5, %bm_v5 = gpu.shuffle xor %bm_s4, %bm_i1, %bm_i32 : i32
+    %bm_s5 = arith.maxui %bm_s4, %bm_o5 : i32
+    %bm_tid = gpu.thread_id x
+    %bm_lane = arith.remui %bm_tid, %bm_c32 : index
+    %bm_warp = arith.divui %bm_tid, %bm_c32 : index
+    %bm_leader = arith.cmpi eq, %bm_lane, %bm_c0 : index
+    scf.if %bm_leader {
+      memref.store %bm_s5, %maxes[%bm_warp] : memref<32xi32, #gpu.address_space<workgroup>>
+    }
+    gpu.barrier
+    %bm_first = arith.cmpi eq, %bm_tid, %bm_c0 : index
+    scf.if %bm_first {
+      %bm_all = scf.for %k = %bm_c0 to %bm_warps step %bm_c1 iter_args(%acc = %bm_zero) -> (i32) {
+        %part = memref.load %maxes[%k] : memref<32xi32, #gpu.address_space<workgroup>>
+        %next = arith.maxui %acc, %part : i32
+        scf.yield %next : i32
+      }
+      %bm_old = memref.atomic_rmw maxs %bm_all, %amax[%bm_c0] : (i32, memref<1xi32>) -> i32
+    }
+)mlir";
+
+} // namespace
+
+llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
+                                                 FP8Format format) {
+  const char *kernel = "fp8_cast";
+  if (llvm::Error error = checkSize(kernel, "element count", numel, 8))
+    return std::move(error);
+  unsigned grid = std::min(blocksFor(numel / 8, 256), 1024u);
+  std::string convert;
+  std::vector<std::string> values = extractAll("%y", 8, convert);
+  convert += fp8Pack(values, format, "%q");
+  return specialize(kernel, "fp8_cast_n" + str(numel) + fp8Suffix(format),
+                    {{"N", str(numel)},
+                     {"CHUNKS", str(numel / 8)},
+                     {"STRIDE", str(int64_t(grid) * 256)},
+                     {"G", str(grid)},
+                     {"FORMAT", fp8TypeName(format)},
+                     {"CONVERT", convert},
+                     {"BLOCK_MAX", kBlockAmax}},
+                    dims(grid), dims(256));
+}
+
+llvm::Expected<KernelSpec>
+llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format) {
+  const char *kernel = "fp8_cast_transpose";
+  if (llvm::Error error = checkSize(kernel, "row count", rows, 16))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "column count", cols, 8))
+    return std::move(error);
+  int64_t tiles = rows / 16 * (cols / 8);
+  // Rows 0..15 of the tile: load, widen, scale, and fold |x| into %mx<k>.
+  std::string tile, tileMax;
+  auto line = [&](const std::string &text) { tile += "      " + text + "\n"; };
+  for (int k = 0; k < 16; ++k) {
+    std::string n = std::to_string(k);
+    line("%ck" + n + " = arith.constant " + str(k * cols) + " : index");
+    line("%i" + n + " = arith.addi %base, %ck" + n + " : index");
+    line("%l" + n + " = vector.load %x[%i" + n +
+         "] {alignment = 16} : memref<@RC@xbf16>, vector<8xbf16>");
+    line("%f" + n + " = arith.extf %l" + n +
+         " : vector<8xbf16> to vector<8xf32>");
+    line("%fb" + n + " = arith.bitcast %f" + n +
+         " : vector<8xf32> to vector<8xi32>");
+    line("%ab" + n + " = arith.andi %fb" + n + ", %absMask : vector<8xi32>");
+    std::string folded = k ? "%mx" + n : "%ab0";
+    if (k)
+      line(folded + " = arith.maxui " + tileMax + ", %ab" + n +
+           " : vector<8xi32>");
+    tileMax = folded;
+    line("%y" + n + " = arith.mulf %f" + n + ", %vs : vector<8xf32>");
+  }
+  line("%tileMax = vector.reduction <maxui>, %mx15 : vector<8xi32> into i32");
+  // Column j of the tile: 16 consecutive elements of out row 8 h + j.
+  for (int j = 0; j < 8; ++j) {
+    std::string n = std::to_string(j);
+    std::vector<std::string> values;
+    for (int k = 0; k < 16; ++k) {
+      values.push_back("%e" + std::to_string(k) + "_" + n);
+      line(values.back() + " = vector.extract %y" + std::to_string(k) + "[" +
+           n + "] : f32 from vector<8xf32>");
+    }
+    tile += fp8Pack(values, format, "%q" + n);
+    line("%oo" + n + " = arith.constant " + str(j * rows) + " : index");
+    line("%oi" + n + " = arith.addi %outBase, %oo" + n + " : index");
+    line("vector.store %q" + n + ", %out[%oi" + n +
+         "] {alignment = 16} : memref<@RC@xi8>, vector<16xi8>");
+  }
+  return specialize(kernel,
+                    "fp8_cast_transpose_r" + str(rows) + "_c" + str(cols) +
+                        fp8Suffix(format),
+                    {{"TILE", tile},
+                     {"R", str(rows)},
+                     {"C", str(cols)},
+                     {"RC", str(rows * cols)},
+                     {"CCH", str(cols / 8)},
+                     {"TILES", str(tiles)},
+                     {"FORMAT", fp8TypeName(format)},
+                     {"BLOCK_MAX", kBlockAmax}},
+                    dims(blocksFor(tiles, 256)), dims(256));
+}
+
+llvm::Expected<KernelSpec> llamac::fp8ScaleUpdateKernel(int64_t tensors,
+                                                        int64_t historyLength,
+                                                        FP8Format format,
+                                                        int64_t margin,
+                                                        bool mostRecent) {
+  const char *kernel = "fp8_scale_update";
+  if (llvm::Error error = checkSize(kernel, "tensor count", tensors))
+    return std::move(error);
+  if (llvm::Error error = checkSize(kernel, "history length", historyLength))
+    return std::move(error);
+  if (historyLength > 1024)
+    return shapeError(kernel, "history length must be at most 1024, got " +
+                                  str(historyLength));
+  if (margin < 0 || margin > 64)
+    return shapeError(kernel, "margin must be in [0, 64], got " + str(margin));
+  unsigned block = threadsFor(historyLength, 1024);
+  return specialize(kernel,
+                    "fp8_scale_update_t" + str(tensors) + "_l" +
+                        str(historyLength) + fp8Suffix(format) + "_m" +
+                        str(margin) + (mostRecent ? "_recent" : ""),
+                    {{"T", str(tensors)},
+                     {"L", str(historyLength)},
+                     {"TL", str(tensors * historyLength)},
+                     {"FMAX", f64Bits(fp8Largest(format))},
+                     {"MARGIN_SCALE", f64Bits(std::ldexp(1.0, -int(margin)))},
+                     {"MOST_RECENT", boolean(mostRecent)},
+                     {"BLOCK", str(block)},
+                     {"WARPS", str(block / 32)}},
+                    dims(unsigned(tensors)), dims(block));
+}
+
 llvm::Expected<KernelSpec> llamac::globalNormSqKernel(int64_t numel) {
   const char *kernel = "global_norm_sq";
   if (llvm::Error error = checkSize(kernel, "element count", numel, 8))

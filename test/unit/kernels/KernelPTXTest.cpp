@@ -220,6 +220,24 @@ std::vector<StepKernel> stepKernels() {
       {"scale_bf16", [] { return scaleBF16Kernel(int64_t(8) << 30); }, true,
        true},
       {"add_bf16", [] { return addBF16Kernel(kRows * kHidden); }, true, true},
+      {"fp8_cast_e4m3",
+       [] { return fp8CastKernel(kRows * kHidden, FP8Format::E4M3); }, true,
+       false},
+      {"fp8_cast_e5m2",
+       [] { return fp8CastKernel(kRows * kMlp, FP8Format::E5M2); }, true,
+       false},
+      {"fp8_cast_transpose_e4m3",
+       [] { return fp8CastTransposeKernel(kRows, kHidden, FP8Format::E4M3); },
+       true, true},
+      {"fp8_cast_transpose_e5m2",
+       [] { return fp8CastTransposeKernel(kRows, kMlp, FP8Format::E5M2); },
+       true, true},
+      {"fp8_scale_update",
+       [] { return fp8ScaleUpdateKernel(224, 1024, FP8Format::E4M3, 0); },
+       false, false},
+      {"fp8_scale_update_recent",
+       [] { return fp8ScaleUpdateKernel(224, 16, FP8Format::E5M2, 2, true); },
+       false, false},
   };
 }
 
@@ -397,6 +415,51 @@ TEST(KernelPTX, RejectsBadStepShapes) {
   EXPECT_NE(
       message(ropeHeadsKernel(layout, HeadsDirection::ToTokens, Rotation::None))
           .find("positions without a rotation"),
+      std::string::npos);
+}
+
+TEST(KernelPTX, FP8CastsUseSaturatingHardwareConversions) {
+  for (FP8Format format : {FP8Format::E4M3, FP8Format::E5M2}) {
+    const char *cvt = format == FP8Format::E4M3 ? "cvt.rn.satfinite.e4m3x2.f32"
+                                                : "cvt.rn.satfinite.e5m2x2.f32";
+    llvm::Expected<KernelSpec> cast = fp8CastKernel(1 << 16, format);
+    llvm::Expected<KernelSpec> transpose =
+        fp8CastTransposeKernel(64, 256, format);
+    ASSERT_TRUE(bool(cast)) << llvm::toString(cast.takeError());
+    ASSERT_TRUE(bool(transpose)) << llvm::toString(transpose.takeError());
+    EXPECT_EQ(cast->grid.x, 32u);     // 2^16 / 8 per thread / 256
+    EXPECT_EQ(transpose->grid.x, 1u); // 4 x 32 tiles of 16 x 8
+    llvm::Expected<std::string> ptx = compileKernels({*cast, *transpose});
+    ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+    EXPECT_NE(ptx->find(cvt), std::string::npos) << *ptx;
+    EXPECT_NE(ptx->find("atom.global.max.s32"), std::string::npos) << *ptx;
+  }
+  llvm::Expected<KernelSpec> update =
+      fp8ScaleUpdateKernel(3, 40, FP8Format::E4M3, 1);
+  ASSERT_TRUE(bool(update)) << llvm::toString(update.takeError());
+  EXPECT_EQ(update->grid.x, 3u);
+  EXPECT_EQ(update->block.x, 64u);
+}
+
+TEST(KernelPTX, RejectsBadFP8Shapes) {
+  auto message = [](llvm::Expected<KernelSpec> spec) {
+    EXPECT_FALSE(bool(spec));
+    return spec ? std::string() : llvm::toString(spec.takeError());
+  };
+  EXPECT_NE(message(fp8CastKernel(100, FP8Format::E4M3)).find("multiple of 8"),
+            std::string::npos);
+  EXPECT_NE(message(fp8CastTransposeKernel(24, 64, FP8Format::E4M3))
+                .find("fp8_cast_transpose kernel: row count must be a "
+                      "positive multiple of 16"),
+            std::string::npos);
+  EXPECT_NE(message(fp8CastTransposeKernel(32, 12, FP8Format::E5M2))
+                .find("column count"),
+            std::string::npos);
+  EXPECT_NE(message(fp8ScaleUpdateKernel(4, 2048, FP8Format::E4M3, 0))
+                .find("at most 1024"),
+            std::string::npos);
+  EXPECT_NE(
+      message(fp8ScaleUpdateKernel(4, 16, FP8Format::E4M3, -1)).find("margin"),
       std::string::npos);
 }
 

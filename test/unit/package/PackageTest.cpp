@@ -150,6 +150,85 @@ TEST(Package, RejectsOperandsOutsideTheirBuffer) {
   EXPECT_FALSE(validate(p, "pkg").ok());
 }
 
+/// samplePackage with its GEMM as an FP8 dgrad (E5M2 x E4M3, K-major) whose
+/// scale inverses and D amax live in buffer y.
+Package fp8Package() {
+  Package p = samplePackage();
+  Gemm &g = p.functions[0].steps[1].gemm;
+  g.type = ElementType::F8E5M2;
+  g.typeB = ElementType::F8E4M3;
+  g.beta = 0;
+  g.c = {};
+  g.batch = 1;
+  g.strideD = 0;
+  g.scaleInvA = {1, 2000, 0};
+  g.scaleInvB = {1, 2004, 0};
+  g.amaxD = {1, 2008, 0};
+  return p;
+}
+
+TEST(Package, FP8GemmsRoundTrip) {
+  std::string dir = temporaryDirectory();
+  ASSERT_TRUE(writePackage(dir, fp8Package()).ok());
+  Result<Package> read = readPackage(dir);
+  ASSERT_TRUE(read.ok()) << read.error().message;
+  const Gemm &g = read->functions[0].steps[1].gemm;
+  EXPECT_EQ(g.type, ElementType::F8E5M2);
+  ASSERT_TRUE(g.typeB.has_value());
+  EXPECT_EQ(*g.typeB, ElementType::F8E4M3);
+  EXPECT_EQ(g.scaleInvA.buffer, 1);
+  EXPECT_EQ(g.scaleInvA.offset, 2000u);
+  EXPECT_EQ(g.scaleInvB.offset, 2004u);
+  EXPECT_EQ(g.amaxD.offset, 2008u);
+  // A bf16 GEMM carries none of them, in memory or in the manifest.
+  ASSERT_TRUE(writePackage(dir, samplePackage()).ok());
+  read = readPackage(dir);
+  ASSERT_TRUE(read.ok()) << read.error().message;
+  const Gemm &plain = read->functions[0].steps[1].gemm;
+  EXPECT_FALSE(plain.typeB.has_value());
+  EXPECT_EQ(plain.scaleInvA.buffer, -1);
+  EXPECT_EQ(plain.amaxD.buffer, -1);
+  std::ifstream in(dir + "/manifest.json");
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(text.find("scale_inv_a"), std::string::npos);
+  EXPECT_EQ(text.find("type_b"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Package, RejectsFP8GemmsCuBLASLtCannotRun) {
+  ASSERT_TRUE(validate(fp8Package(), "pkg").ok());
+  auto rejects = [](Package p, const std::string &message) {
+    Status status = validate(p, "pkg");
+    ASSERT_FALSE(status.ok()) << message;
+    EXPECT_NE(status.error().message.find("forward_backward[1] (llama.matmul)"),
+              std::string::npos)
+        << status.error().message;
+    EXPECT_NE(status.error().message.find(message), std::string::npos)
+        << status.error().message;
+  };
+  Package p = fp8Package();
+  p.functions[0].steps[1].gemm.transposeB = false;
+  rejects(p, "both operands must be K-major");
+  p = fp8Package();
+  p.functions[0].steps[1].gemm.transposeA = true;
+  rejects(p, "both operands must be K-major");
+  p = fp8Package();
+  p.functions[0].steps[1].gemm.typeB = ElementType::F8E5M2;
+  rejects(p, "E5M2 x E5M2");
+  p = fp8Package();
+  p.functions[0].steps[1].gemm.typeB = ElementType::BF16;
+  rejects(p, "both operands must be FP8");
+  p = fp8Package();
+  p.functions[0].steps[1].gemm.outType = ElementType::F32;
+  rejects(p, "out_type must be bf16");
+  p = samplePackage();
+  p.functions[0].steps[1].gemm.amaxD = {1, 0, 0};
+  rejects(p, "need FP8 operands");
+  p = fp8Package();
+  p.functions[0].steps[1].gemm.amaxD = {1, 2046, 0}; // 4 bytes past 2048
+  rejects(p, "amax_d");
+}
+
 TEST(Package, AccumulatingPackagesRoundTripAndNeedZeroGrads) {
   std::string dir = temporaryDirectory();
   Package written = samplePackage();

@@ -212,6 +212,40 @@ llvm::Expected<KernelSpec> scaleBF16Kernel(int64_t numel);
 /// alias a or b). Grid [ceil(numel / 2048)], block [256]. numel % 8 == 0.
 llvm::Expected<KernelSpec> addBF16Kernel(int64_t numel);
 
+/// The FP8 formats of the kernels below: E4M3 (OCP E4M3FN, largest finite
+/// 448) and E5M2 (largest finite 57344).
+enum class FP8Format { E4M3, E5M2 };
+
+/// fp8_cast: out[i] = fp8(f32(x[i]) scale[0]) with PTX cvt.rn.satfinite
+/// (round to nearest even, saturating to the largest finite value, NaN kept:
+/// the reference interpreter's roundToFP8), and amax[0] = max(amax[0],
+/// max |x|) (unscaled; raised with an integer atomic max on the f32 bits;
+/// NaN wins). Args: x (bf16 [numel]), scale (f32 [1]), out (fp8 [numel]),
+/// amax (f32 [1], zeroed before the step's first cast into it). Grid
+/// [min(1024, ceil(numel / 2048))], block [256]. numel % 8 == 0.
+llvm::Expected<KernelSpec> fp8CastKernel(int64_t numel, FP8Format format);
+
+/// fp8_cast_transpose: fp8_cast of x [rows, cols] written transposed, out[j,
+/// i] = fp8(f32(x[i, j]) scale[0]) (the K-major copy for dgrad and wgrad),
+/// with the same amax. Args: x (bf16 [rows, cols]), scale (f32 [1]), out
+/// (fp8 [cols, rows]), amax (f32 [1]). Grid [ceil(rows cols / 128 / 256)],
+/// block [256]. rows % 16 == 0, cols % 8 == 0.
+llvm::Expected<KernelSpec> fp8CastTransposeKernel(int64_t rows, int64_t cols,
+                                                  FP8Format format);
+
+/// fp8_scale_update: Transformer Engine's delayed scaling for `tensors`
+/// tensors of `format` (llama.fp8_scale_update): each history row (length
+/// `historyLength`, newest first) rolls in amax[t]; a = max of the row (NaN
+/// propagates), or amax[t] with `mostRecent`; scale[t] = f32(fp8_max / a /
+/// 2^margin) when 0 < a < inf, else unchanged; scale_inv[t] = 1 / scale[t];
+/// amax[t] = 0 for the next step. Args: history (f32 [tensors,
+/// historyLength]), amax, scale, scale_inv (f32 [tensors]). Grid [tensors],
+/// block [historyLength rounded up to a warp]. historyLength <= 1024, margin
+/// in [0, 64].
+llvm::Expected<KernelSpec>
+fp8ScaleUpdateKernel(int64_t tensors, int64_t historyLength, FP8Format format,
+                     int64_t margin, bool mostRecent = false);
+
 /// Lowers `kernels` (each name once; repeats are skipped) to one PTX module;
 /// errors carry the MLIR diagnostics.
 llvm::Expected<std::string> compileKernels(llvm::ArrayRef<KernelSpec> kernels,

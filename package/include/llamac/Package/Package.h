@@ -15,6 +15,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -102,17 +103,23 @@ struct Launch {
 
 /// Row-major D = alpha op(A) op(B) + beta C (cuda::Gemm's convention; C
 /// is D unless given, and has D's layout), repeated `batch` times with the
-/// given element strides.
+/// given element strides. FP8 operands (F8E4M3, F8E5M2; not both E5M2) need
+/// the K-major layout (transposeA false, transposeB true), bf16 D and no
+/// batch; they may carry device f32 scalars: the scale inverses of A and B
+/// and D's amax output (see cuda::Gemm).
 struct Gemm {
   int64_t m = 0, n = 0, k = 0;
   bool transposeA = false, transposeB = false;
-  ElementType type = ElementType::BF16;    ///< of A and B
+  ElementType type = ElementType::BF16;    ///< of A, and of B unless typeB
+  std::optional<ElementType> typeB;        ///< of B when it differs (FP8)
   ElementType outType = ElementType::BF16; ///< of D
   float alpha = 1, beta = 0;
   Operand a, b, d;
   /// The addend when beta != 0 and it is not D (a residual); buffer -1: D.
   Operand c;
   int64_t batch = 1, strideA = 0, strideB = 0, strideD = 0;
+  /// FP8 only, f32 [1] each; buffer -1: none (scale 1, no amax).
+  Operand scaleInvA, scaleInvB, amaxD;
 };
 
 struct Memset {

@@ -51,6 +51,15 @@ double roundToFP8(double x, llvm::StringRef format);
 /// The largest finite value of an FP8 format: 448 (e4m3) or 57344 (e5m2).
 double fp8Max(llvm::StringRef format);
 
+/// Transformer Engine's delayed-scaling update (llama.fp8_scale_update):
+/// rolls `history` (newest first) to take `amax`, reduces it (`algo` "max":
+/// the maximum, NaN propagating; "most_recent": amax), and sets `scale` to
+/// f32(fp8Max / a / 2^margin), keeping the old scale when a is 0, infinite
+/// or NaN.
+void fp8ScaleUpdate(std::vector<double> &history, double amax, double &scale,
+                    llvm::StringRef format, int64_t margin,
+                    llvm::StringRef algo);
+
 /// Runs `func` (a single block of llama ops, arith.constant and func.return)
 /// on `args`. Every op computes in double and rounds each result to its IR
 /// element type, so bf16 IR behaves like a bf16 program with f32-or-wider

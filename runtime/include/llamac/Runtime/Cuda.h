@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -103,8 +104,9 @@ private:
   std::string moduleName;
 };
 
-/// Element types of GEMM operands and results.
-enum class GemmType { F32, BF16 };
+/// Element types of GEMM operands and results. The FP8 formats are operand
+/// types only (OCP E4M3 with its NaN but no infinities, and E5M2).
+enum class GemmType { F32, BF16, F8E4M3, F8E5M2 };
 
 /// A row-major GEMM `D = alpha * op(A) * op(B) + beta * C` (C = D unless
 /// given), as
@@ -112,10 +114,18 @@ enum class GemmType { F32, BF16 };
 /// after op, B is [k, n] after op, D is [m, n]. Accumulates in f32. Leading
 /// dimensions (row strides in elements) default to packed rows; `batch`
 /// repeats the product at the given element strides.
+///
+/// FP8 (`type` E4M3 or E5M2): D = alpha (sa A)(sb B)ᵀ with A [m, k] and B
+/// [n, k] both K-major (transposeA false, transposeB true: Hopper's only FP8
+/// layout), `typeB` E4M3 or E5M2 (not both E5M2), bf16 D, no batch; sa and
+/// sb are the f32 scalars at `scaleInvA` and `scaleInvB` (1 when 0), and
+/// with `amaxD` cuBLASLt writes max |D| (f32) there.
 struct Gemm {
   int64_t m = 0, n = 0, k = 0;
   bool transposeA = false, transposeB = false;
   GemmType type = GemmType::BF16;
+  /// Element type of B when it differs from A's (FP8 only).
+  std::optional<GemmType> typeB;
   /// Element type of D (and C); f32 output from bf16 operands keeps scores
   /// unrounded.
   GemmType outType = GemmType::BF16;
@@ -125,6 +135,9 @@ struct Gemm {
   CUdeviceptr c = 0;
   int64_t lda = 0, ldb = 0, ldd = 0;
   int64_t batch = 1, strideA = 0, strideB = 0, strideD = 0;
+  /// FP8 only: device f32 scalars, the scale inverses of A and B and the
+  /// amax of D; 0: none.
+  CUdeviceptr scaleInvA = 0, scaleInvB = 0, amaxD = 0;
 };
 
 /// cuBLASLt with one handle and workspace. Each GEMM shape gets an

@@ -1,0 +1,186 @@
+//===- FP8KernelTest.cpp - FP8 casts, amax and delayed scaling ------------===//
+//
+// The FP8 kernels against the reference interpreter's emulation, which
+// GenerateFP8Reference wrote to FP8_DIR/reference.safetensors (see there):
+// - fp8_cast and fp8_cast_transpose, E4M3 and E5M2: every output byte decodes
+//   to exactly reference::roundToFP8(f32(x * scale)) (the same zero sign; NaN
+//   where x is NaN), over zeros, infinities, NaN, subnormals, values past
+//   the maxima and ties; the amax is max |x| exactly (NaN wins; a launch
+//   only raises it).
+// - fp8_scale_update: after each of several steps, the histories and scales
+//   equal reference::fp8ScaleUpdate's bit for bit, scale_inv is 1 / scale
+//   in f32 and the amax is reset to 0.
+//
+//===----------------------------------------------------------------------===//
+
+#include "FP8TestUtil.h"
+#include "GpuKernelShapes.h"
+#include "KernelTestUtil.h"
+
+#include <limits>
+
+using namespace llamac;
+using namespace llamac::test;
+
+namespace {
+
+constexpr int64_t R = kFP8Rows, C = kFP8Cols, N = R * C;
+
+/// The reference tensors, or a failure.
+std::map<std::string, std::vector<double>> readReference() {
+  std::map<std::string, std::vector<double>> tensors;
+  auto file =
+      SafetensorsFile::open(std::string(FP8_DIR) + "/reference.safetensors");
+  EXPECT_TRUE(file.ok()) << file.error().message;
+  if (!file.ok())
+    return tensors;
+  for (const TensorInfo &info : file->tensors()) {
+    auto tensor = file->read(info.name);
+    EXPECT_TRUE(tensor.ok()) << tensor.error().message;
+    if (tensor.ok())
+      tensors[info.name] = tensor->toDouble();
+  }
+  return tensors;
+}
+
+/// Both NaN, or equal with the same sign (so -0 differs from +0).
+bool sameValue(double got, double want) {
+  if (std::isnan(got) || std::isnan(want))
+    return std::isnan(got) && std::isnan(want);
+  return got == want && std::signbit(got) == std::signbit(want);
+}
+
+struct CastCase {
+  const char *format;
+  bool transpose;
+};
+
+class FP8Cast : public ::testing::TestWithParam<CastCase> {};
+
+TEST_P(FP8Cast, MatchesTheReferenceBitForBitWithExactAmax) {
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "fp8");
+  ASSERT_TRUE(kernels.ok());
+  auto reference = readReference();
+  const CastCase &c = GetParam();
+  bool e4m3 = std::string(c.format) == "e4m3";
+  const std::vector<double> &x = reference["x"];
+  const std::vector<double> &want = reference[std::string("cast_") + c.format];
+  ASSERT_EQ(x.size(), size_t(N));
+  ASSERT_EQ(want.size(), size_t(N));
+  std::vector<uint16_t> xBits(N);
+  for (int64_t i = 0; i < N; ++i)
+    xBits[i] = doubleToBF16(x[i]);
+  float scale = e4m3 ? kFP8ScaleE4M3 : kFP8ScaleE5M2;
+
+  DeviceBuffer in(device, N * 2, "x"), scaleBuffer(device, 4, "scale"),
+      out(device, N, "fp8 out"), amax(device, 4, "amax");
+  in.upload(xBits);
+  scaleBuffer.upload(std::vector<float>{scale});
+  out.fill(0x7F); // NaN in both formats: unwritten bytes show
+  std::string key =
+      std::string(c.transpose ? "transpose_" : "cast_") + c.format;
+  std::vector<CUdeviceptr> args = {in.address(), scaleBuffer.address(),
+                                   out.address(), amax.address()};
+
+  amax.fill(0);
+  kernels.run(key, args);
+  std::vector<uint8_t> got = out.download<uint8_t>(N);
+  float amaxAll = amax.download<float>(1)[0];
+  EXPECT_TRUE(std::isnan(amaxAll))
+      << "a NaN input must make the amax NaN, got " << amaxAll;
+
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < R; ++i)
+    for (int64_t j = 0; j < C; ++j) {
+      int64_t at = i * C + j;
+      uint8_t bits = got[c.transpose ? j * R + i : at];
+      double value = decodeFP8(bits, e4m3);
+      if (!sameValue(value, want[at]) && ++mismatches <= 10)
+        ADD_FAILURE() << key << ": x[" << i << ", " << j << "] = " << x[at]
+                      << " gives byte 0x" << std::hex << int(bits) << std::dec
+                      << " = " << value << ", the reference " << want[at];
+    }
+  EXPECT_EQ(mismatches, 0) << "of " << N;
+
+  // Finite inputs only (the specials replaced by 1): the exact maximum; a
+  // launch into a larger amax leaves it.
+  std::vector<uint16_t> finiteBits = xBits;
+  double wantMax = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (!std::isfinite(x[i]))
+      finiteBits[i] = doubleToBF16(1.0);
+    wantMax = std::max(wantMax, std::abs(bf16(finiteBits[i])));
+  }
+  in.upload(finiteBits);
+  amax.fill(0);
+  kernels.run(key, args);
+  EXPECT_EQ(double(amax.download<float>(1)[0]), wantMax);
+  amax.upload(std::vector<float>{float(4 * wantMax)});
+  kernels.run(key, args);
+  EXPECT_EQ(double(amax.download<float>(1)[0]), 4 * wantMax);
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, FP8Cast,
+                         ::testing::Values(CastCase{"e4m3", false},
+                                           CastCase{"e5m2", false},
+                                           CastCase{"e4m3", true},
+                                           CastCase{"e5m2", true}),
+                         [](const ::testing::TestParamInfo<CastCase> &info) {
+                           return std::string(info.param.format) +
+                                  (info.param.transpose ? "_transpose" : "");
+                         });
+
+TEST(FP8ScaleUpdate, FollowsTheReferenceOverSteps) {
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "fp8");
+  ASSERT_TRUE(kernels.ok());
+  auto reference = readReference();
+  const std::vector<double> &amaxes = reference["amax"];
+  ASSERT_EQ(amaxes.size(), size_t(kFP8Steps * kFP8Tensors));
+  for (const char *format : {"e4m3", "e5m2"}) {
+    SCOPED_TRACE(format);
+    const std::vector<double> &wantHistory =
+        reference[std::string("history_") + format];
+    const std::vector<double> &wantScale =
+        reference[std::string("scale_") + format];
+    ASSERT_EQ(wantHistory.size(),
+              size_t(kFP8Steps * kFP8Tensors * kFP8History));
+    DeviceBuffer history(device, kFP8Tensors * kFP8History * 4, "history"),
+        amax(device, kFP8Tensors * 4, "amax"),
+        scale(device, kFP8Tensors * 4, "scale"),
+        scaleInv(device, kFP8Tensors * 4, "scale_inv");
+    history.fill(0);
+    scale.upload(std::vector<float>(kFP8Tensors, 1.0f));
+    scaleInv.fill(0xFF);
+    for (int64_t s = 0; s < kFP8Steps; ++s) {
+      SCOPED_TRACE("step " + std::to_string(s));
+      std::vector<float> stepAmax(kFP8Tensors);
+      for (int64_t t = 0; t < kFP8Tensors; ++t)
+        stepAmax[t] = float(amaxes[s * kFP8Tensors + t]);
+      amax.upload(stepAmax);
+      kernels.run(std::string("update_") + format,
+                  {history.address(), amax.address(), scale.address(),
+                   scaleInv.address()});
+      std::vector<float> gotHistory =
+          history.download<float>(kFP8Tensors * kFP8History);
+      std::vector<float> gotScale = scale.download<float>(kFP8Tensors);
+      std::vector<float> gotInv = scaleInv.download<float>(kFP8Tensors);
+      std::vector<float> gotAmax = amax.download<float>(kFP8Tensors);
+      for (int64_t t = 0; t < kFP8Tensors; ++t) {
+        for (int64_t i = 0; i < kFP8History; ++i) {
+          double want = wantHistory[(s * kFP8Tensors + t) * kFP8History + i];
+          EXPECT_TRUE(sameValue(gotHistory[t * kFP8History + i], want))
+              << "history[" << t << ", " << i
+              << "] = " << gotHistory[t * kFP8History + i] << ", want " << want;
+        }
+        float want = float(wantScale[s * kFP8Tensors + t]);
+        EXPECT_EQ(gotScale[t], want) << "scale[" << t << "]";
+        EXPECT_EQ(gotInv[t], 1.0f / want) << "scale_inv[" << t << "]";
+        EXPECT_EQ(gotAmax[t], 0.0f) << "amax[" << t << "] is not reset";
+      }
+    }
+  }
+}
+
+} // namespace
