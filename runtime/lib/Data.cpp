@@ -574,16 +574,26 @@ llamac::tokenizeRows(const std::string &path, const Tokenizer &tokenizer,
 
 Batch llamac::makeBatch(const std::vector<TokenRow> &rows, int64_t firstRow,
                         int64_t batch, int64_t seq, int32_t padId) {
-  assert(!rows.empty() && batch > 0 && seq > 0 && "invalid batch request");
-  Batch out;
-  out.batch = batch;
-  out.seq = seq;
-  out.inputIds.assign(size_t(batch * seq), padId);
-  out.labels.assign(size_t(batch * seq), kIgnoreLabel);
+  assert(!rows.empty() && batch > 0 && "invalid batch request");
   const int64_t count = int64_t(rows.size());
   const int64_t start = (firstRow % count + count) % count;
-  for (int64_t b = 0; b < batch; ++b) {
-    const TokenRow &row = rows[size_t((start + b) % count)];
+  std::vector<int64_t> indices;
+  for (int64_t b = 0; b < batch; ++b)
+    indices.push_back((start + b) % count);
+  return gatherBatch(rows, indices, seq, padId);
+}
+
+Batch llamac::gatherBatch(const std::vector<TokenRow> &rows,
+                          const std::vector<int64_t> &indices, int64_t seq,
+                          int32_t padId) {
+  assert(!indices.empty() && seq > 0 && "invalid batch request");
+  Batch out;
+  out.batch = int64_t(indices.size());
+  out.seq = seq;
+  out.inputIds.assign(size_t(out.batch * seq), padId);
+  out.labels.assign(size_t(out.batch * seq), kIgnoreLabel);
+  for (int64_t b = 0; b < out.batch; ++b) {
+    const TokenRow &row = rows.at(size_t(indices[size_t(b)]));
     assert(row.labels.size() == row.inputIds.size() && "ragged row");
     const int64_t length = std::min<int64_t>(seq, int64_t(row.inputIds.size()));
     std::copy_n(row.inputIds.begin(), length, out.inputIds.begin() + b * seq);

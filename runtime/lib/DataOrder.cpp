@@ -85,26 +85,6 @@ Batch llamac::packBatch(const std::vector<TokenRow> &rows, RowSampler &sampler,
   return out;
 }
 
-Batch llamac::gatherBatch(const std::vector<TokenRow> &rows,
-                          const std::vector<int64_t> &indices, int64_t seq,
-                          int32_t padId) {
-  assert(!indices.empty() && seq > 0 && "invalid batch request");
-  Batch out;
-  out.batch = int64_t(indices.size());
-  out.seq = seq;
-  out.inputIds.assign(size_t(out.batch * seq), padId);
-  out.labels.assign(size_t(out.batch * seq), kIgnoreLabel);
-  for (int64_t b = 0; b < out.batch; ++b) {
-    const TokenRow &row = rows.at(size_t(indices[size_t(b)]));
-    assert(row.labels.size() == row.inputIds.size() && "ragged row");
-    const int64_t length = std::min<int64_t>(seq, int64_t(row.inputIds.size()));
-    std::copy_n(row.inputIds.begin(), length, out.inputIds.begin() + b * seq);
-    std::copy_n(row.labels.begin(), length, out.labels.begin() + b * seq);
-    out.tokens += length;
-  }
-  return out;
-}
-
 int64_t llamac::paddedLength(const std::vector<TokenRow> &rows,
                              const std::vector<int64_t> &indices,
                              int64_t maxSeq, int64_t multiple) {
@@ -140,4 +120,23 @@ uint64_t llamac::fingerprintRows(const std::vector<TokenRow> &rows) {
       mix(uint64_t(uint32_t(label)));
   }
   return hash;
+}
+
+StepBatches llamac::takeStepBatches(const std::vector<TokenRow> &rows,
+                                    RowSampler &sampler, int64_t gradAccum,
+                                    int64_t batch, int64_t seq, bool packed,
+                                    bool padToLongest) {
+  StepBatches out;
+  for (int64_t i = 0; i < gradAccum; ++i) {
+    if (packed) {
+      out.microBatches.push_back(packBatch(rows, sampler, batch, seq));
+    } else {
+      std::vector<int64_t> indices = sampler.take(batch);
+      int64_t length = padToLongest ? paddedLength(rows, indices, seq) : seq;
+      out.microBatches.push_back(gatherBatch(rows, indices, length));
+    }
+    out.counted += countLossTokens(out.microBatches.back());
+    out.tokens += out.microBatches.back().tokens;
+  }
+  return out;
 }

@@ -28,10 +28,9 @@
 #include "llamac/Runtime/DataOrder.h"
 #include "llamac/Runtime/Executor.h"
 #include "llamac/Runtime/FusedParams.h"
-#include "llamac/Runtime/Interrupt.h"
-#include "llamac/Runtime/Progress.h"
 #include "llamac/Runtime/Random.h"
 #include "llamac/Runtime/Safetensors.h"
+#include "llamac/Runtime/TrainLoop.h"
 
 #include "IOUtil.h"
 
@@ -148,31 +147,14 @@ Status uploadState(Executor &executor, const GpuTrainOptions &options,
 }
 
 /// The trainer state of a fresh run with these options, package and data.
-TrainerState describeRun(const GpuTrainOptions &options,
-                         const package::Package &package,
-                         const std::vector<TokenRow> &rows) {
-  TrainerState run;
-  run.maxSteps = options.steps;
-  run.dataPath = options.dataPath.empty() ? "<built-in>" : options.dataPath;
-  run.dataRows = int64_t(rows.size());
-  run.dataFingerprint = fingerprintRows(rows);
-  run.shuffle = options.shuffle;
-  run.seed = options.seed;
-  run.lrSchedule = lrScheduleName(options.schedule.kind);
-  run.learningRate = options.schedule.peak;
-  run.warmupSteps = options.schedule.warmupSteps;
-  run.beta1 = options.beta1;
-  run.beta2 = options.beta2;
-  run.eps = options.eps;
-  run.weightDecay = options.weightDecay;
-  run.maxGradNorm = options.maxGradNorm;
+TrainerState describePackageRun(const GpuTrainOptions &options,
+                                const package::Package &package,
+                                const std::vector<TokenRow> &rows) {
+  TrainerState run = describeRun(options, rows);
   run.batch = package.batch;
   run.seq = package.seq;
-  run.gradAccum = options.gradAccum;
   run.precision = package.precision;
-  run.padToLongest = options.padToLongest;
   run.pack = package.bufferIndex("position_ids") >= 0;
-  run.llamacVersion = options.llamacVersion;
   return run;
 }
 
@@ -228,7 +210,7 @@ int trainOnGpu(const GpuTrainOptions &options) {
   if (!read)
     return report(read.error().message);
   const std::vector<TokenRow> &rows = *read;
-  TrainerState run = describeRun(options, package, rows);
+  TrainerState run = describePackageRun(options, package, rows);
   std::string resumedFrom;
   if (!options.resumePath.empty()) {
     Result<std::string> dir = resolveResumePath(options.resumePath);
@@ -271,30 +253,11 @@ int trainOnGpu(const GpuTrainOptions &options) {
 
   RowSampler sampler(int64_t(rows.size()), options.shuffle, options.seed,
                      run.dataPosition);
-  auto saveCheckpoint = [&]() -> Result<std::string> {
-    run.dataPosition = sampler.position();
-    Result<CheckpointContents> contents = packageCheckpoint(package, download);
-    if (!contents)
-      return contents.error();
-    Result<std::string> path =
-        writeTrainingCheckpoint(options.savePath, run, *contents);
-    if (!path)
-      return path;
-    if (Status status =
-            rotateCheckpoints(options.savePath, options.keep, *path);
-        !status)
-      return status.error();
-    return path;
-  };
-
-  std::optional<MetricsWriter> metrics;
-  if (!options.metricsPath.empty()) {
-    Result<MetricsWriter> opened =
-        MetricsWriter::open(options.metricsPath, run.globalStep);
-    if (!opened)
-      return report(opened.error().message);
-    metrics = std::move(*opened);
-  }
+  Result<StepFinisher> finisher =
+      StepFinisher::start(options, run, sampler,
+                          [&] { return packageCheckpoint(package, download); });
+  if (!finisher)
+    return report(finisher.error().message);
 
   print(io::format("llamac-run: %s: batch %lld x seq %lld%s, %s, device %s\n",
                    options.packageDir.c_str(), (long long)batchSize,
@@ -312,10 +275,6 @@ int trainOnGpu(const GpuTrainOptions &options) {
           std::to_string(run.globalStep) + "\n");
 
   // 4. The loop.
-  installStopHandlers();
-  bool terminal = isTerminal(1);
-  ProgressFormatter progress(run.globalStep, options.steps, terminal,
-                             terminal ? terminalColumns(1) : 80);
   package::Hyperparameters hyper;
   hyper.beta1 = options.beta1;
   hyper.beta2 = options.beta2;
@@ -327,8 +286,6 @@ int trainOnGpu(const GpuTrainOptions &options) {
       *flopsPerPosition * double(batchSize * seq * options.gradAccum);
   const int64_t firstTimed = run.globalStep + options.untimedSteps + 1;
   double timed = 0;
-  std::string lastSaved;
-  int64_t lastSavedStep = -1;
   while (run.globalStep < options.steps) {
     int64_t stepIndex = run.globalStep + 1;
     auto start = std::chrono::steady_clock::now();
@@ -336,15 +293,9 @@ int trainOnGpu(const GpuTrainOptions &options) {
     // 4a. The micro-batches, padded to the package's sequence length (for
     // --pad-to-longest too: right padding with ignored labels changes no
     // other position's loss or gradient), and the tokens the loss counts.
-    std::vector<Batch> microBatches;
-    int64_t counted = 0, tokens = 0;
-    for (int64_t i = 0; i < options.gradAccum; ++i) {
-      microBatches.push_back(
-          packed ? packBatch(rows, sampler, batchSize, seq)
-                 : gatherBatch(rows, sampler.take(batchSize), seq));
-      counted += countLossTokens(microBatches.back());
-      tokens += microBatches.back().tokens;
-    }
+    auto [microBatches, counted, tokens] =
+        takeStepBatches(rows, sampler, options.gradAccum, batchSize, seq,
+                        packed, /*padToLongest=*/false);
 
     // 4b. Forward and backward per micro-batch. Each divides its summed
     // per-token losses (and their gradient) by the step's counted tokens,
@@ -403,54 +354,21 @@ int trainOnGpu(const GpuTrainOptions &options) {
     if (stepIndex >= firstTimed)
       timed += seconds;
 
-    // 4e. Progress, metrics, checkpoints.
-    // Without clipping the step does not compute the norm (as the Hugging
-    // Face Trainer): it is logged as missing.
+    // 4e. Progress, metrics, checkpoints; on SIGINT or SIGTERM, stop after
+    // this step with a checkpoint. Without clipping the step does not
+    // compute the norm (as the Hugging Face Trainer): it is logged as missing.
     double gradNorm =
         options.maxGradNorm > 0 ? std::sqrt(double(normSq[0])) : std::nan("");
     StepMetrics step{stepIndex, loss, hyper.lr, gradNorm, tokens, seconds};
     if (peak > 0 && seconds > 0)
       step.mfu = stepFlops / seconds / peak;
-    run.logHistory.push_back({stepIndex, loss, hyper.lr, gradNorm, tokens});
-    print(progress.step(step));
-    if (metrics)
-      if (Status status = metrics->write(step); !status)
-        return report(status.error().message);
-    bool last = run.globalStep == options.steps;
-    if (options.saveEvery > 0 &&
-        (run.globalStep % options.saveEvery == 0 || last)) {
-      Result<std::string> path = saveCheckpoint();
-      if (!path)
-        return report(path.error().message);
-      lastSaved = *path;
-      lastSavedStep = run.globalStep;
-    }
-
-    // 4f. SIGINT or SIGTERM: stop after this step, with a checkpoint.
-    if (int signal = stopSignal()) {
-      print(progress.finish());
-      std::string what = io::format(
-          "interrupted by %s after step %lld/%lld", stopSignalName(signal),
-          (long long)run.globalStep, (long long)options.steps);
-      if (options.savePath.empty() || !options.saveOnInterrupt) {
-        std::fprintf(
-            stderr, "llamac: %s; no checkpoint written (%s)\n", what.c_str(),
-            options.savePath.empty() ? "no --save" : "--no-save-on-interrupt");
-        return 128 + signal;
-      }
-      if (lastSavedStep != run.globalStep) {
-        Result<std::string> path = saveCheckpoint();
-        if (!path)
-          return report(what +
-                        "; the checkpoint failed: " + path.error().message);
-        lastSaved = *path;
-      }
-      std::fprintf(stderr, "llamac: %s; saved %s (continue with --resume %s)\n",
-                   what.c_str(), lastSaved.c_str(), options.savePath.c_str());
-      return 128 + signal;
-    }
+    Result<int> stop = finisher->finishStep(step);
+    if (!stop)
+      return report(stop.error().message);
+    if (*stop)
+      return *stop;
   }
-  print(progress.finish());
+  finisher->finish();
   if (run.globalStep >= firstTimed)
     print(io::format("mean step time %.2f ms over steps %lld-%lld\n",
                      timed / double(run.globalStep - firstTimed + 1) * 1e3,

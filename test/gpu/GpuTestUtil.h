@@ -4,12 +4,15 @@
 #define LLAMAC_TEST_GPU_GPUTESTUTIL_H
 
 #include "llamac/Runtime/Cuda.h"
+#include "llamac/Runtime/Safetensors.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace llamac::test {
@@ -41,6 +44,19 @@ inline double relativeError(const std::vector<double> &actual,
     norm += expected[i] * expected[i];
   }
   return std::sqrt(diff / norm);
+}
+
+/// Every tensor of a safetensors file, by name (none, with a failed
+/// expectation, when it does not open).
+inline std::map<std::string, HostTensor> readAll(const std::string &path) {
+  std::map<std::string, HostTensor> tensors;
+  Result<SafetensorsFile> file = SafetensorsFile::open(path);
+  EXPECT_TRUE(file.ok()) << (file.ok() ? "" : file.error().message);
+  if (!file.ok())
+    return tensors;
+  for (const TensorInfo &info : file->tensors())
+    tensors.emplace(info.name, *file->read(info.name));
+  return tensors;
 }
 
 } // namespace llamac::test

@@ -77,17 +77,6 @@ protected:
   std::string dir;
 };
 
-std::map<std::string, HostTensor> readAll(const std::string &path) {
-  std::map<std::string, HostTensor> tensors;
-  Result<SafetensorsFile> file = SafetensorsFile::open(path);
-  EXPECT_TRUE(file.ok()) << (file.ok() ? "" : file.error().message);
-  if (!file.ok())
-    return tensors;
-  for (const TensorInfo &info : file->tensors())
-    tensors.emplace(info.name, *file->read(info.name));
-  return tensors;
-}
-
 /// Same names, shapes and dtypes; every tensor within `tolerance`
 /// (relative Frobenius error against `want`).
 void expectClose(const std::string &got, const std::string &want,

@@ -29,17 +29,6 @@ using namespace llamac::test;
 
 namespace {
 
-std::map<std::string, HostTensor> readAll(const std::string &path) {
-  std::map<std::string, HostTensor> tensors;
-  Result<SafetensorsFile> file = SafetensorsFile::open(path);
-  EXPECT_TRUE(file.ok()) << (file.ok() ? "" : file.error().message);
-  if (!file.ok())
-    return tensors;
-  for (const TensorInfo &info : file->tensors())
-    tensors[info.name] = *file->read(info.name);
-  return tensors;
-}
-
 std::vector<double> bf16Values(const std::vector<uint16_t> &bits) {
   std::vector<double> values;
   for (uint16_t b : bits)

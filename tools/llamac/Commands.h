@@ -6,6 +6,7 @@
 #include "StepPackage.h"
 #include "llamac/Frontend/ModelBuilder.h"
 #include "llamac/Pipeline/Pipeline.h"
+#include "llamac/Runtime/GpuTrainer.h"
 #include "llamac/Runtime/Schedule.h"
 
 #include "llvm/ADT/Twine.h"
@@ -114,6 +115,10 @@ int runTrain(const TrainOptions &options);
 /// `llamac train --device cuda`: the step as a GPU package, run by the
 /// runtime's loop.
 int runTrainOnCuda(const TrainOptions &options);
+/// The runtime loop's options for a `llamac train` run (all but the
+/// package): what the GPU loop runs with, and what the CPU loop describes
+/// its run and ends its steps with (llamac/Runtime/TrainLoop.h).
+GpuTrainOptions runtimeOptions(const TrainOptions &options);
 int runReport(const ReportOptions &options);
 int runTokenize(const TokenizeOptions &options);
 

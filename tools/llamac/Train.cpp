@@ -31,11 +31,10 @@
 #include "llamac/Runtime/Data.h"
 #include "llamac/Runtime/DataOrder.h"
 #include "llamac/Runtime/FusedParams.h"
-#include "llamac/Runtime/Interrupt.h"
-#include "llamac/Runtime/Progress.h"
 #include "llamac/Runtime/Random.h"
 #include "llamac/Runtime/Safetensors.h"
 #include "llamac/Runtime/Schedule.h"
+#include "llamac/Runtime/TrainLoop.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
@@ -49,13 +48,6 @@
 
 #include <chrono>
 #include <map>
-
-#if __has_include("llamac/Version.h")
-#include "llamac/Version.h"
-#endif
-#ifndef LLAMAC_VERSION_STRING
-#define LLAMAC_VERSION_STRING "unknown"
-#endif
 
 using namespace llamac;
 using reference::Tensor;
@@ -633,36 +625,6 @@ void accumulate(llvm::StringMap<Tensor> &sum, llvm::StringMap<Tensor> &grads,
   }
 }
 
-/// The trainer state of a fresh run with these options and data.
-TrainerState describeRun(const TrainOptions &options,
-                         const std::vector<TokenRow> &rows) {
-  TrainerState run;
-  run.maxSteps = options.steps;
-  run.dataPath = options.dataPath.empty() ? "<built-in>" : options.dataPath;
-  run.dataRows = int64_t(rows.size());
-  run.dataFingerprint = fingerprintRows(rows);
-  run.shuffle = options.shuffle;
-  run.seed = options.seed;
-  run.lrSchedule = lrScheduleName(options.lrSchedule);
-  run.learningRate = options.lr;
-  run.warmupSteps = options.warmupSteps;
-  run.beta1 = options.beta1;
-  run.beta2 = options.beta2;
-  run.eps = options.eps;
-  run.weightDecay = options.weightDecay;
-  run.maxGradNorm = options.maxGradNorm;
-  run.batch = options.shape.batch;
-  run.seq = options.shape.seq;
-  run.gradAccum = options.gradAccum;
-  run.precision = options.fp8.enabled
-                      ? "fp8"
-                      : precisionName(options.shape.precision).str();
-  run.padToLongest = options.padToLongest;
-  run.pack = options.shape.packed;
-  run.llamacVersion = LLAMAC_VERSION_STRING;
-  return run;
-}
-
 int64_t countParameters(const std::vector<ParamSpec> &specs) {
   int64_t total = 0;
   for (const ParamSpec &spec : specs) {
@@ -716,7 +678,13 @@ int llamac::runTrain(const TrainOptions &options) {
   std::vector<TokenRow> rows = std::move(*read);
 
   // What a checkpoint of this run records.
-  TrainerState run = describeRun(options, rows);
+  const GpuTrainOptions runOptions = runtimeOptions(options);
+  TrainerState run = describeRun(runOptions, rows);
+  run.batch = shape.batch;
+  run.seq = shape.seq;
+  run.precision =
+      options.fp8.enabled ? "fp8" : precisionName(shape.precision).str();
+  run.pack = shape.packed;
 
   // 3. Weights and optimizer state: fresh, or from a checkpoint.
   llvm::StringMap<Tensor> hfWeights, hfExpAvg, hfExpAvgSq;
@@ -771,40 +739,24 @@ int llamac::runTrain(const TrainOptions &options) {
   }
   RowSampler sampler(int64_t(rows.size()), options.shuffle, options.seed,
                      run.dataPosition);
-  LRSchedule schedule{options.lrSchedule, options.lr, options.warmupSteps,
-                      options.steps};
 
-  // Checkpoints: the tensors and state of the run so far.
-  auto saveCheckpoint = [&]() -> Result<std::string> {
-    run.dataPosition = sampler.position();
-    CheckpointContents contents;
-    contents.configJson = configJson;
-    contents.model = unpackParams(layout, state.params, specs, dtype);
-    contents.optimizer =
-        unpackParams(layout, state.expAvg, specs, dtype, "exp_avg.");
-    for (HostTensor &tensor :
-         unpackParams(layout, state.expAvgSq, specs, dtype, "exp_avg_sq."))
-      contents.optimizer.push_back(std::move(tensor));
-    contents.fp8State = fp8StateTensors(state);
-    Result<std::string> path =
-        writeTrainingCheckpoint(options.savePath, run, contents);
-    if (!path)
-      return path;
-    if (Status status =
-            rotateCheckpoints(options.savePath, options.keep, *path);
-        !status)
-      return status.error();
-    return path;
-  };
-
-  std::optional<MetricsWriter> metrics;
-  if (!options.metricsPath.empty()) {
-    Result<MetricsWriter> opened =
-        MetricsWriter::open(options.metricsPath, run.globalStep);
-    if (!opened)
-      return reportError(opened.error().message);
-    metrics = std::move(*opened);
-  }
+  // What ends each step: progress, metrics, and checkpoints of the tensors
+  // and state of the run so far.
+  Result<StepFinisher> finisher = StepFinisher::start(
+      runOptions, run, sampler, [&]() -> Result<CheckpointContents> {
+        CheckpointContents contents;
+        contents.configJson = configJson;
+        contents.model = unpackParams(layout, state.params, specs, dtype);
+        contents.optimizer =
+            unpackParams(layout, state.expAvg, specs, dtype, "exp_avg.");
+        for (HostTensor &tensor :
+             unpackParams(layout, state.expAvgSq, specs, dtype, "exp_avg_sq."))
+          contents.optimizer.push_back(std::move(tensor));
+        contents.fp8State = fp8StateTensors(state);
+        return contents;
+      });
+  if (!finisher)
+    return reportError(finisher.error().message);
 
   llvm::outs() << llvm::formatv(
       "llamac train: {0} layers, hidden {1}, vocab {2}, {3} parameters; "
@@ -827,39 +779,20 @@ int llamac::runTrain(const TrainOptions &options) {
   llvm::outs().flush();
 
   // 4. The loop.
-  installStopHandlers();
-  bool terminal = isTerminal(1);
-  ProgressFormatter progress(run.globalStep, options.steps, terminal,
-                             terminal ? terminalColumns(1) : 80);
   llvm::StringMap<double> hyper = {{"beta1", options.beta1},
                                    {"beta2", options.beta2},
                                    {"eps", options.eps},
                                    {"weight_decay", options.weightDecay},
                                    {"max_grad_norm", options.maxGradNorm}};
-  std::string lastSaved;
-  int64_t lastSavedStep = -1;
   while (run.globalStep < options.steps) {
     int64_t stepIndex = run.globalStep + 1;
     auto start = std::chrono::steady_clock::now();
 
     // 4a. The micro-batches of this step, and the tokens the loss counts in
     // each (HF's num_items_in_batch is their sum).
-    std::vector<Batch> microBatches;
-    int64_t counted = 0, tokens = 0;
-    for (int64_t i = 0; i < options.gradAccum; ++i) {
-      if (shape.packed) {
-        microBatches.push_back(
-            packBatch(rows, sampler, shape.batch, shape.seq));
-      } else {
-        std::vector<int64_t> indices = sampler.take(shape.batch);
-        int64_t seq = options.padToLongest
-                          ? paddedLength(rows, indices, shape.seq)
-                          : shape.seq;
-        microBatches.push_back(gatherBatch(rows, indices, seq));
-      }
-      counted += countLossTokens(microBatches.back());
-      tokens += microBatches.back().tokens;
-    }
+    auto [microBatches, counted, tokens] =
+        takeStepBatches(rows, sampler, options.gradAccum, shape.batch,
+                        shape.seq, shape.packed, options.padToLongest);
 
     // 4b. Forward and backward per micro-batch: the window's loss is the
     // sum over its counted tokens divided by their number, so micro-batch i
@@ -889,7 +822,7 @@ int llamac::runTrain(const TrainOptions &options) {
         return reportError(status.error().message);
 
     // 4d. Clip, then AdamW with this step's learning rate.
-    double lr = schedule.at(stepIndex);
+    double lr = runOptions.schedule.at(stepIndex);
     hyper["lr"] = lr;
     hyper["step"] = double(stepIndex);
     llvm::Expected<double> gradNorm =
@@ -901,52 +834,16 @@ int llamac::runTrain(const TrainOptions &options) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count();
 
-    // 4e. Progress, metrics, checkpoints.
-    StepMetrics step{stepIndex, loss, lr, *gradNorm, tokens, seconds};
-    run.logHistory.push_back({stepIndex, loss, lr, *gradNorm, tokens});
-    llvm::outs() << progress.step(step);
-    llvm::outs().flush();
-    if (metrics)
-      if (Status status = metrics->write(step); !status)
-        return reportError(status.error().message);
-    bool last = run.globalStep == options.steps;
-    if (options.saveEvery > 0 &&
-        (run.globalStep % options.saveEvery == 0 || last)) {
-      Result<std::string> path = saveCheckpoint();
-      if (!path)
-        return reportError(path.error().message);
-      lastSaved = *path;
-      lastSavedStep = run.globalStep;
-    }
-
-    // 4f. SIGINT or SIGTERM: stop after this step, with a checkpoint.
-    if (int signal = stopSignal()) {
-      llvm::outs() << progress.finish();
-      llvm::outs().flush();
-      std::string what =
-          llvm::formatv("interrupted by {0} after step {1}/{2}",
-                        stopSignalName(signal), run.globalStep, options.steps)
-              .str();
-      if (options.savePath.empty() || !options.saveOnInterrupt) {
-        llvm::errs() << "llamac: " << what << "; no checkpoint written ("
-                     << (options.savePath.empty() ? "no --save"
-                                                  : "--no-save-on-interrupt")
-                     << ")\n";
-        return 128 + signal;
-      }
-      if (lastSavedStep != run.globalStep) {
-        Result<std::string> path = saveCheckpoint();
-        if (!path)
-          return reportError(
-              what + "; the checkpoint failed: " + path.error().message);
-        lastSaved = *path;
-      }
-      llvm::errs() << "llamac: " << what << "; saved " << lastSaved
-                   << " (continue with --resume " << options.savePath << ")\n";
-      return 128 + signal;
-    }
+    // 4e. Progress, metrics, checkpoints; on SIGINT or SIGTERM, stop after
+    // this step with a checkpoint.
+    Result<int> stop =
+        finisher->finishStep({stepIndex, loss, lr, *gradNorm, tokens, seconds});
+    if (!stop)
+      return reportError(stop.error().message);
+    if (*stop)
+      return *stop;
   }
-  llvm::outs() << progress.finish();
+  finisher->finish();
 
   // 5. The fine-tuned model, loadable by Hugging Face.
   if (!options.savePath.empty()) {

@@ -16,20 +16,8 @@
 
 using namespace llamac;
 
-int llamac::runTrainOnCuda(const TrainOptions &options) {
-  llvm::Expected<LlamaConfig> config = loadModelConfig(options.configPath);
-  if (!config)
-    return reportError(llvm::toString(config.takeError()));
-  GpuPackageOptions target = options.target;
-  target.accumulateGradients = options.gradAccum > 1;
-  llvm::Expected<std::string> package =
-      cachedStepPackage(*config, options.shape, fusionPipeline(options),
-                        defaultPackageCache(), target);
-  if (!package)
-    return reportError(llvm::toString(package.takeError()));
-
+GpuTrainOptions llamac::runtimeOptions(const TrainOptions &options) {
   GpuTrainOptions gpu;
-  gpu.packageDir = *package;
   gpu.weightsPath = options.weightsPath;
   gpu.dataPath = options.dataPath;
   gpu.tokenizerPath = options.tokenizerPath;
@@ -56,5 +44,22 @@ int llamac::runTrainOnCuda(const TrainOptions &options) {
   gpu.shuffle = options.shuffle;
   gpu.padToLongest = options.padToLongest;
   gpu.llamacVersion = LLAMAC_VERSION_STRING;
+  return gpu;
+}
+
+int llamac::runTrainOnCuda(const TrainOptions &options) {
+  llvm::Expected<LlamaConfig> config = loadModelConfig(options.configPath);
+  if (!config)
+    return reportError(llvm::toString(config.takeError()));
+  GpuPackageOptions target = options.target;
+  target.accumulateGradients = options.gradAccum > 1;
+  llvm::Expected<std::string> package =
+      cachedStepPackage(*config, options.shape, fusionPipeline(options),
+                        defaultPackageCache(), target);
+  if (!package)
+    return reportError(llvm::toString(package.takeError()));
+
+  GpuTrainOptions gpu = runtimeOptions(options);
+  gpu.packageDir = *package;
   return trainOnGpu(gpu);
 }

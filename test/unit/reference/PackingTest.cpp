@@ -29,24 +29,11 @@ namespace {
 
 constexpr int64_t kSeq = 16;
 
-/// GQA with llama3 rope scaling, as the fusion tests use.
+/// The fusion tests' GQA config with llama3 rope scaling, with a larger
+/// vocabulary.
 LlamaConfig config() {
-  LlamaConfig c;
+  LlamaConfig c = gqaLlama3Config();
   c.vocabSize = 40;
-  c.hiddenSize = 32;
-  c.intermediateSize = 40;
-  c.numLayers = 2;
-  c.numHeads = 4;
-  c.numKvHeads = 2;
-  c.headDim = 8;
-  c.maxPositionEmbeddings = 64;
-  c.rmsNormEps = 1e-5;
-  c.ropeTheta = 500000;
-  c.rope.type = "llama3";
-  c.rope.factor = 8;
-  c.rope.lowFreqFactor = 1;
-  c.rope.highFreqFactor = 4;
-  c.rope.originalMaxPositionEmbeddings = 16;
   return c;
 }
 

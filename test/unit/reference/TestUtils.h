@@ -4,6 +4,7 @@
 #define LLAMAC_TEST_UNIT_REFERENCE_TESTUTILS_H
 
 #include "llamac/Dialect/Llama/LlamaOps.h"
+#include "llamac/Frontend/Config.h"
 #include "llamac/Reference/Interpreter.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -208,6 +209,29 @@ protected:
     }
   }
 };
+
+/// GQA (4 query heads over 2 kv heads) with Llama 3.1 rope scaling whose
+/// short original context puts frequencies in all three bands; untied.
+inline LlamaConfig gqaLlama3Config() {
+  LlamaConfig config;
+  config.vocabSize = 32;
+  config.hiddenSize = 32;
+  config.intermediateSize = 40;
+  config.numLayers = 2;
+  config.numHeads = 4;
+  config.numKvHeads = 2;
+  config.headDim = 8;
+  config.maxPositionEmbeddings = 64;
+  config.rmsNormEps = 1e-5;
+  config.ropeTheta = 500000;
+  config.initializerRange = 0.02;
+  config.rope.type = "llama3";
+  config.rope.factor = 8;
+  config.rope.lowFreqFactor = 1;
+  config.rope.highFreqFactor = 4;
+  config.rope.originalMaxPositionEmbeddings = 16;
+  return config;
+}
 
 } // namespace llamac::reference::test
 

@@ -92,6 +92,31 @@ TEST(DataOrderTest, CountsTheShiftedLossPositions) {
   EXPECT_EQ(countLossTokens(batch), 3);
 }
 
+TEST(DataOrderTest, StepBatchesTakeEachMicroBatchInOrder) {
+  std::vector<TokenRow> rows = rowsOfLengths({3, 17, 40, 1});
+  RowSampler sampler(4, /*shuffle=*/false, /*seed=*/0);
+  StepBatches step =
+      takeStepBatches(rows, sampler, /*gradAccum=*/2, /*batch=*/2, /*seq=*/64,
+                      /*packed=*/false, /*padToLongest=*/true);
+  ASSERT_EQ(step.microBatches.size(), 2u);
+  EXPECT_EQ(step.microBatches[0].seq, 32); // rows 0 and 1: 17 rounds to 32
+  EXPECT_EQ(step.microBatches[1].seq, 48); // rows 2 and 3: 40 rounds to 48
+  EXPECT_EQ(step.tokens, 3 + 17 + 40 + 1);
+  EXPECT_EQ(step.counted, 2 + 16 + 39 + 0); // a row of L tokens predicts L-1
+  EXPECT_EQ(sampler.position(), 4);
+
+  StepBatches fixed = takeStepBatches(rows, sampler, 1, 2, 64, false, false);
+  ASSERT_EQ(fixed.microBatches.size(), 1u);
+  EXPECT_EQ(fixed.microBatches[0].seq, 64);
+  EXPECT_TRUE(fixed.microBatches[0].positionIds.empty());
+
+  RowSampler packing(4, /*shuffle=*/false, /*seed=*/0);
+  StepBatches packed = takeStepBatches(rows, packing, 1, 1, 64, true, false);
+  ASSERT_EQ(packed.microBatches.size(), 1u);
+  EXPECT_EQ(packed.microBatches[0].seq, 64);
+  EXPECT_EQ(packed.microBatches[0].positionIds.size(), 64u);
+}
+
 TEST(PackBatchTest, ConcatenatesRowsRestartingPositions) {
   // Rows of 3, 4, 2 and 5 tokens into 2 sequences of 8: {3, 4} (row 2 does
   // not fit in the 1 left) and {2, 5}; row 0 of the next epoch does not fit

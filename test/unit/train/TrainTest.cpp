@@ -29,6 +29,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -140,6 +141,49 @@ protected:
   }
 
   std::string path(const std::string &name) const { return dir + "/" + name; }
+
+  /// `llamac train` of 4 FP8 steps of the built-in model (lr 3e-3), its
+  /// metrics in `<tag>.jsonl`, and \p extra.
+  std::vector<std::string> fp8TrainArgs(const std::string &tag,
+                                        const std::vector<std::string> &extra) {
+    std::vector<std::string> args = {"train",
+                                     "--steps=4",
+                                     "--seq=16",
+                                     "--batch=2",
+                                     "--lr=3e-3",
+                                     "--precision=fp8",
+                                     "--metrics=" + path(tag + ".jsonl")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+
+  /// `resumed/` and `resumed.jsonl` as a run interrupted after step 2 of
+  /// `straight` leaves them: its checkpoint-2 and the metrics so far.
+  void copyStraightRunAtStep2() {
+    fs::create_directories(path("resumed"));
+    fs::copy(path("straight/checkpoint-2"), path("resumed/checkpoint-2"),
+             fs::copy_options::recursive);
+    fs::copy_file(path("straight.jsonl"), path("resumed.jsonl"));
+  }
+
+  /// Expects the four steps of `straight.jsonl` and `resumed.jsonl` to be
+  /// the same to the bit, and so the \p files of their checkpoint-4.
+  void expectResumedLikeStraight(std::initializer_list<const char *> files) {
+    std::vector<MetricsRow> a = metrics("straight.jsonl"),
+                            b = metrics("resumed.jsonl");
+    ASSERT_EQ(a.size(), 4u);
+    ASSERT_EQ(b.size(), 4u);
+    for (size_t i = 0; i < 4; ++i) {
+      EXPECT_EQ(a[i].loss, b[i].loss) << "step " << i + 1;
+      EXPECT_EQ(a[i].gradNorm, b[i].gradNorm) << "step " << i + 1;
+      EXPECT_EQ(a[i].lr, b[i].lr) << "step " << i + 1;
+      EXPECT_EQ(a[i].tokens, b[i].tokens) << "step " << i + 1;
+    }
+    for (const char *file : files)
+      EXPECT_EQ(readFile(path(std::string("straight/checkpoint-4/") + file)),
+                readFile(path(std::string("resumed/checkpoint-4/") + file)))
+          << file;
+  }
 
   /// A data file of `rows` rows with the given lengths, every label counted.
   std::string writeRows(const std::string &name,
@@ -263,10 +307,7 @@ TEST_F(TrainTest, ResumeIsBitExact) {
 
   // The same run stopped after 2 steps (its checkpoint-2 is what a crash
   // after step 2 leaves), resumed to 4.
-  fs::create_directories(path("resumed"));
-  fs::copy(path("straight/checkpoint-2"), path("resumed/checkpoint-2"),
-           fs::copy_options::recursive);
-  fs::copy_file(path("straight.jsonl"), path("resumed.jsonl"));
+  copyStraightRunAtStep2();
   flags = statefulFlags(4);
   flags.push_back("--save-every=2");
   flags.push_back("--save=" + path("resumed"));
@@ -275,21 +316,8 @@ TEST_F(TrainTest, ResumeIsBitExact) {
   train(flags);
   EXPECT_NE(readFile(path("stdout")).find("at step 2"), std::string::npos);
 
-  std::vector<MetricsRow> a = metrics("straight.jsonl"),
-                          b = metrics("resumed.jsonl");
-  ASSERT_EQ(a.size(), 4u);
-  ASSERT_EQ(b.size(), 4u);
-  for (size_t i = 0; i < 4; ++i) {
-    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << i + 1;
-    EXPECT_EQ(a[i].gradNorm, b[i].gradNorm) << "step " << i + 1;
-    EXPECT_EQ(a[i].lr, b[i].lr) << "step " << i + 1;
-    EXPECT_EQ(a[i].tokens, b[i].tokens) << "step " << i + 1;
-  }
-  for (const char *file : {"model.safetensors", "optimizer.safetensors",
-                           "trainer_state.json", "config.json"})
-    EXPECT_EQ(readFile(path(std::string("straight/checkpoint-4/") + file)),
-              readFile(path(std::string("resumed/checkpoint-4/") + file)))
-        << file;
+  expectResumedLikeStraight({"model.safetensors", "optimizer.safetensors",
+                             "trainer_state.json", "config.json"});
   EXPECT_EQ(readFile(path("straight/model.safetensors")),
             readFile(path("resumed/model.safetensors")));
 }
@@ -668,14 +696,7 @@ TEST_F(TrainTest, FP8FlagsAreChecked) {
 
 TEST_F(TrainTest, FP8DelayedScalingStateIsCarriedAcrossSteps) {
   auto losses = [&](const std::string &tag, std::vector<std::string> extra) {
-    std::vector<std::string> args = {"train",
-                                     "--steps=4",
-                                     "--seq=16",
-                                     "--batch=2",
-                                     "--lr=3e-3",
-                                     "--precision=fp8",
-                                     "--metrics=" + path(tag + ".jsonl")};
-    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<std::string> args = fp8TrainArgs(tag, extra);
     EXPECT_EQ(run(args), 0) << readFile(dir + "/stderr");
     std::vector<double> out;
     for (const MetricsRow &row : metrics(tag + ".jsonl"))
@@ -705,40 +726,18 @@ TEST_F(TrainTest, FP8ResumeIsBitExact) {
   // to 4. Without the amax histories and scales the resumed steps would
   // quantize with unit scales and differ.
   auto fp8Run = [&](const std::string &name, std::vector<std::string> extra) {
-    std::vector<std::string> args = {"train",
-                                     "--steps=4",
-                                     "--seq=16",
-                                     "--batch=2",
-                                     "--lr=3e-3",
-                                     "--precision=fp8",
-                                     "--fp8-amax-history=8",
-                                     "--save-every=2",
-                                     "--save=" + path(name),
-                                     "--metrics=" + path(name + ".jsonl")};
-    args.insert(args.end(), extra.begin(), extra.end());
+    extra.insert(extra.begin(), {"--fp8-amax-history=8", "--save-every=2",
+                                 "--save=" + path(name)});
+    std::vector<std::string> args = fp8TrainArgs(name, extra);
     EXPECT_EQ(run(args), 0) << readFile(dir + "/stderr");
   };
   fp8Run("straight", {});
-  fs::create_directories(path("resumed"));
-  fs::copy(path("straight/checkpoint-2"), path("resumed/checkpoint-2"),
-           fs::copy_options::recursive);
-  fs::copy_file(path("straight.jsonl"), path("resumed.jsonl"));
+  copyStraightRunAtStep2();
   fp8Run("resumed", {"--resume=" + path("resumed")});
   EXPECT_NE(readFile(path("stdout")).find("at step 2"), std::string::npos);
 
-  std::vector<MetricsRow> a = metrics("straight.jsonl"),
-                          b = metrics("resumed.jsonl");
-  ASSERT_EQ(a.size(), 4u);
-  ASSERT_EQ(b.size(), 4u);
-  for (size_t i = 0; i < 4; ++i) {
-    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << i + 1;
-    EXPECT_EQ(a[i].gradNorm, b[i].gradNorm) << "step " << i + 1;
-  }
-  for (const char *file :
-       {"model.safetensors", "optimizer.safetensors", "fp8_state.safetensors"})
-    EXPECT_EQ(readFile(path(std::string("straight/checkpoint-4/") + file)),
-              readFile(path(std::string("resumed/checkpoint-4/") + file)))
-        << file;
+  expectResumedLikeStraight(
+      {"model.safetensors", "optimizer.safetensors", "fp8_state.safetensors"});
 
   // What the state file holds: per tensor id (as without the fusions) a
   // history of 8, newest first, and the scale computed from it (E4M3:

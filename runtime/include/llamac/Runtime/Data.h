@@ -130,6 +130,13 @@ struct Batch {
 Batch makeBatch(const std::vector<TokenRow> &rows, int64_t firstRow,
                 int64_t batch, int64_t seq, int32_t padId = 0);
 
+/// A [indices.size(), seq] batch of rows[indices[i]], each truncated to
+/// \p seq tokens and right-padded with \p padId (labels with -100).
+/// Requires valid indices and seq > 0.
+Batch gatherBatch(const std::vector<TokenRow> &rows,
+                  const std::vector<int64_t> &indices, int64_t seq,
+                  int32_t padId = 0);
+
 } // namespace llamac
 
 #endif // LLAMAC_RUNTIME_DATA_H

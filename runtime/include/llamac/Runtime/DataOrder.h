@@ -52,13 +52,6 @@ private:
   std::vector<int64_t> permutation;
 };
 
-/// A [indices.size(), seq] batch of rows[indices[i]], each truncated to
-/// \p seq tokens and right-padded with \p padId (labels with -100).
-/// Requires valid indices and seq > 0.
-Batch gatherBatch(const std::vector<TokenRow> &rows,
-                  const std::vector<int64_t> &indices, int64_t seq,
-                  int32_t padId = 0);
-
 /// A [batch, seq] batch of rows packed end to end (--pack), as Hugging
 /// Face's DataCollatorWithFlattening lays rows out, taken from \p sampler
 /// in its order. Each row is truncated to \p seq tokens. A row joins the
@@ -83,6 +76,20 @@ int64_t paddedLength(const std::vector<TokenRow> &rows,
 /// Positions the shifted causal-LM loss counts: within each row, p < seq - 1
 /// with labels[p + 1] != -100 (the count the loss divides by).
 int64_t countLossTokens(const Batch &batch);
+
+/// The micro-batches of one optimizer step: \p gradAccum batches of
+/// \p batch rows from \p sampler, packed end to end (\p packed: packBatch)
+/// or one row each, padded to \p seq, or with \p padToLongest to their
+/// longest row (paddedLength). With the tokens the step's loss counts (the
+/// sum of countLossTokens: HF's num_items_in_batch) and the real tokens.
+struct StepBatches {
+  std::vector<Batch> microBatches;
+  int64_t counted = 0, tokens = 0;
+};
+StepBatches takeStepBatches(const std::vector<TokenRow> &rows,
+                            RowSampler &sampler, int64_t gradAccum,
+                            int64_t batch, int64_t seq, bool packed,
+                            bool padToLongest);
 
 /// A 64-bit fingerprint (FNV-1a) of the rows' ids and labels, to tell on
 /// resume whether the data is the same.
