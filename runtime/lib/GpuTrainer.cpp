@@ -236,11 +236,6 @@ int trainOnGpu(const GpuTrainOptions &options) {
   if (!created)
     return report(created.error().message);
   Executor &executor = **created;
-  // Each GEMM shape is tuned on its first run, once per package and GPU.
-  if (Status s =
-          executor.useTuningFile(options.packageDir + "/" + kGemmTuningFile);
-      !s)
-    return report(s.error().message);
   BufferReader download = [&](const package::Buffer &buffer, void *data) {
     return executor.download(buffer.name, data, buffer.bytes);
   };

@@ -1,13 +1,15 @@
 //===- llamac-bench - Step time and its breakdown for a package ----------===//
 //
 //   llamac-bench --package DIR [--steps N] [--warmup N] [--max-grad-norm X]
-//                [--no-tune] [--breakdown]
+//                [--tune] [--breakdown]
 //
 // Times the compiled train step of a package on the GPU the way a fine-tune
 // runs it (CUDA Graph replay of @forward_backward then @optimizer_step), on
 // random weights (normal, std 0.02) and random tokens, so that no checkpoint
-// or data file is needed. GEMMs are tuned per shape as llamac-run tunes
-// them (DIR/gemm-tuning.json) unless --no-tune. `--breakdown` then runs each
+// or data file is needed. GEMMs use cuBLASLt's heuristic, or with --tune
+// the fastest of its candidates timed per shape (kept in
+// DIR/gemm-tuning.json; on an H200 this was no faster, see
+// bench/RESULTS.md). `--breakdown` then runs each
 // function once more eagerly with an event between steps and prints where the
 // time goes: GEMMs of the linear layers, attention, the other kernels, the
 // optimizer, by op. The last line is `RESULT {json}` for scripts. LLVM-free,
@@ -97,7 +99,7 @@ int main(int argc, char **argv) {
   std::string packageDir;
   int64_t steps = 20, warmup = 3;
   double maxGradNorm = 0;
-  bool breakdown = false, tune = true;
+  bool breakdown = false, tune = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> const char * {
@@ -106,8 +108,8 @@ int main(int argc, char **argv) {
     const char *v = nullptr;
     if (arg == "--breakdown") {
       breakdown = true;
-    } else if (arg == "--no-tune") {
-      tune = false;
+    } else if (arg == "--tune") {
+      tune = true;
     } else if (arg == "--package" && (v = value())) {
       packageDir = v;
     } else if (arg == "--steps" && (v = value())) {

@@ -18,7 +18,8 @@
 
 namespace llamac {
 
-/// Where the runtime keeps a package's GEMM tuning: beside its manifest.
+/// Where llamac-bench --tune keeps a package's GEMM tuning: beside its
+/// manifest.
 constexpr const char *kGemmTuningFile = "gemm-tuning.json";
 
 class Executor {
