@@ -43,8 +43,11 @@ Executor::create(std::shared_ptr<cuda::Device> device,
     return arena.error();
   executor->arena = *arena;
   // Zeroed once: the padding between parameters must add nothing to the
-  // gradient norm, and nothing else may be read before it is written.
+  // gradient norm, and nothing else may be read before it is written. The
+  // fill runs on the stream and uploads do not, so wait for it.
   if (Status s = device->fill(*arena, 0, package.arenaBytes); !s)
+    return s.error();
+  if (Status s = device->synchronize("zeroing the arena"); !s)
     return s.error();
   Result<cuda::Module> module =
       cuda::Module::load(device, package.ptx, "kernels.ptx");
