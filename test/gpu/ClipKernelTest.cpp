@@ -1,10 +1,10 @@
 //===- ClipKernelTest.cpp - Gradient clipping: global norm and rescale ---===//
 //
 // global_norm_sq adds the sum of squares of a bf16 buffer into an f32 scalar
-// (twice: launches accumulate) when clipping, and leaves it alone when not; scale_bf16 applies clip_grad_norm_'s factor
-// from the device scalars: clipping (max_norm below the norm), not clipping
-// (above it, or max_norm 0: no element may change) and a NaN norm (every
-// element becomes NaN, as in torch).
+// (twice: launches accumulate) when clipping, and leaves it alone when not;
+// scale_bf16 applies clip_grad_norm_'s factor from the device scalars: clipping
+// (max_norm below the norm), not clipping (above it, or max_norm 0: no element
+// may change) and a NaN norm (every element becomes NaN, as in torch).
 //
 //===----------------------------------------------------------------------===//
 

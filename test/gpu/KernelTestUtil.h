@@ -1,5 +1,4 @@
-//===- KernelTestUtil.h - Running generated kernels in GPU tests -*- C++
-//-*-===//
+//===- KernelTestUtil.h - Generated kernels in GPU tests --------*- C++ -*-===//
 //
 // The train-step kernel tests load a group of kernels that GenerateKernels
 // wrote (KERNEL_DIR/NAME.ptx and NAME.launch, the launch shapes of the

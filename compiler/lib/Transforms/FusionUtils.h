@@ -1,5 +1,4 @@
-//===- FusionUtils.h - Shared helpers of the llama-fuse-* passes -*- C++
-//-*-===//
+//===- FusionUtils.h - Helpers of the llama-fuse-* passes -------*- C++ -*-===//
 //
 // The fusion passes rewrite the forward function before llama-autodiff. They
 // recognize Linear layers over parameter arguments, and replace several

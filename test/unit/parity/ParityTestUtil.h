@@ -1,5 +1,4 @@
-//===- ParityTestUtil.h - Shared pieces of the parity tests ------*- C++
-//-*-===//
+//===- ParityTestUtil.h - Shared pieces of the parity tests -----*- C++ -*-===//
 
 #ifndef LLAMAC_TEST_UNIT_PARITY_PARITYTESTUTIL_H
 #define LLAMAC_TEST_UNIT_PARITY_PARITYTESTUTIL_H

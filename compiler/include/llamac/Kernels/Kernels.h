@@ -1,5 +1,4 @@
-//===- Kernels.h - The compiler's GPU kernels --------------------*- C++
-//-*-===//
+//===- Kernels.h - The compiler's GPU kernels -------------------*- C++ -*-===//
 //
 // Non-GEMM kernels are MLIR templates (compiler/lib/Kernels/templates/*.mlir,
 // one gpu.func each, with a comment saying what it computes, reads and writes

@@ -1,5 +1,4 @@
-//===- DataOrder.h - Which rows each batch holds, and how it is padded -*- C++
-//-*-===//
+//===- DataOrder.h - Rows of each batch and their padding -------*- C++ -*-===//
 //
 // The order of training rows is a pure function of (number of rows, shuffle,
 // seed, rows consumed so far): file order, or a fresh permutation per epoch

@@ -1,5 +1,4 @@
-//===- GpuTrainer.h - The fine-tune loop over a compiled package -*- C++
-//-*-===//
+//===- GpuTrainer.h - The fine-tune loop over a package ---------*- C++ -*-===//
 //
 // Runs a package (written by `llamac compile --emit package` or the package
 // cache of `llamac train --device cuda`) on GPU 0, with nothing but the CUDA

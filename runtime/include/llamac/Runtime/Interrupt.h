@@ -1,5 +1,4 @@
-//===- Interrupt.h - Stopping a training run cleanly on SIGINT/SIGTERM -*- C++
-//-*-===//
+//===- Interrupt.h - Stopping a run cleanly on a signal ---------*- C++ -*-===//
 //
 // The first SIGINT or SIGTERM only sets a flag: the loop finishes its
 // current step, writes a checkpoint and exits. A second one ends the process

@@ -1,5 +1,4 @@
-//===- Progress.h - Step lines, the progress bar and the metrics file -*- C++
-//-*-===//
+//===- Progress.h - Step lines, progress bar, metrics -----------*- C++ -*-===//
 //
 // What a training run shows while it runs. On a terminal, one progress bar
 // redrawn in place; elsewhere (a log file, CI), one plain line per step:

@@ -1,5 +1,4 @@
-//===- Report.h - A training run's metrics as charts -------------*- C++
-//-*-===//
+//===- Report.h - A training run's metrics as charts ------------*- C++ -*-===//
 //
 // `llamac report` reads the JSON Lines of --metrics and draws loss, learning
 // rate, throughput and gradient norm against the step: a self-contained

@@ -1,5 +1,4 @@
-//===- TrainLoop.h - What both training loops do around their steps -*- C++
-//-*-===//
+//===- TrainLoop.h - Around the steps of both training loops --*- C++ -*-===//
 //
 // The CPU loop (`llamac train`, tools/llamac/Train.cpp) and the GPU one
 // (`llamac-run`, GpuTrainer.cpp) differ in how they run a step; what they
