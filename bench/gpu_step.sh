@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Step time of llamac against Hugging Face on the GPU machine: Llama 2 7B and
+# Llama 3 8B, batch 8, seq 256, bf16, AdamW, no clipping (as the baseline).
+#
+# Two halves, because the GPU machine has no LLVM:
+#   here:    bench/gpu_step.sh compile OUT_DIR
+#            (llamac compile --emit package for both models into OUT_DIR,
+#            with llamac-bench and llamac-run copied beside them)
+#   GPU box: OUT_DIR/gpu_step.sh run HF_BASELINE_PY [--breakdown]
+#            (llamac-bench on each package, then
+#            `python3 HF_BASELINE_PY hf <model>` in the same call, and a
+#            table of the step times and their ratio)
+# HF_BASELINE_PY is shared/bench/hf_baseline.py. Record the numbers, card and
+# date in bench/RESULTS.md.
+set -euo pipefail
+models=(llama2-7b:llama-2-7b llama3-8b:llama-3-8b)
+
+case "${1:-}" in
+compile)
+  out=${2:?usage: gpu_step.sh compile OUT_DIR}
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  mkdir -p "$out"
+  for entry in "${models[@]}"; do
+    name=${entry%%:*} config=${entry#*:}
+    rm -rf "${out:?}/$name"
+    "$root/build/bin/llamac" compile --config "$root/test/configs/$config.json" \
+      --batch 8 --seq 256 --precision bf16 --emit package -o "$out/$name"
+  done
+  cp "$root/build/bin/llamac-bench" "$root/build/bin/llamac-run" "$0" "$out/"
+  ;;
+run)
+  baseline=${2:?usage: gpu_step.sh run HF_BASELINE_PY [--breakdown]}
+  cd "$(dirname "$0")"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  rows=()
+  for entry in "${models[@]}"; do
+    name=${entry%%:*}
+    ours=$(./llamac-bench --package "$name" --steps 15 ${3:-} | tee /dev/stderr |
+      sed -n 's/^RESULT .*"step_ms":\([0-9.]*\).*/\1/p')
+    theirs=$(python3 "$baseline" hf "$name" |
+      sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p')
+    rows+=("$name $theirs $ours")
+  done
+  printf '\n%-10s %12s %12s %7s\n' model "HF eager ms" "llamac ms" ratio
+  for row in "${rows[@]}"; do
+    read -r name theirs ours <<<"$row"
+    printf '%-10s %12s %12s %7.3f\n' "$name" "$theirs" "$ours" \
+      "$(python3 -c "print($ours / $theirs)")"
+  done
+  ;;
+*)
+  sed -n '2,14p' "$0"
+  exit 2
+  ;;
+esac
