@@ -147,15 +147,15 @@ Status Executor::enqueue(const package::Function &function,
     if (g.typeB)
       gemm.typeB = gemmType(*g.typeB);
     gemm.outType = gemmType(g.outType);
-    for (auto [operand, pointer] : {std::pair{&g.scaleInvA, &gemm.scaleInvA},
-                                    std::pair{&g.scaleInvB, &gemm.scaleInvB},
-                                    std::pair{&g.amaxD, &gemm.amaxD}})
-      if (operand->buffer >= 0)
-        *pointer = *resolve(*operand);
     gemm.alpha = g.alpha, gemm.beta = g.beta;
     gemm.a = *resolve(g.a), gemm.b = *resolve(g.b), gemm.d = *resolve(g.d);
-    if (g.c.buffer >= 0)
-      gemm.c = *resolve(g.c);
+    // The optional operands: the addend, FP8 scales and the amax of D.
+    for (auto [operand, pointer] :
+         {std::pair{&g.c, &gemm.c}, std::pair{&g.scaleInvA, &gemm.scaleInvA},
+          std::pair{&g.scaleInvB, &gemm.scaleInvB},
+          std::pair{&g.amaxD, &gemm.amaxD}})
+      if (operand->buffer >= 0)
+        *pointer = *resolve(*operand);
     gemm.lda = g.a.ld, gemm.ldb = g.b.ld, gemm.ldd = g.d.ld;
     gemm.batch = g.batch;
     gemm.strideA = g.strideA, gemm.strideB = g.strideB,

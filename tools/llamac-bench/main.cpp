@@ -19,6 +19,7 @@
 
 #include "llamac/Runtime/Executor.h"
 #include "llamac/Runtime/Random.h"
+#include "llamac/Runtime/Safetensors.h"
 
 #include <nlohmann/json.hpp>
 
@@ -46,12 +47,8 @@ Status initialize(Executor &executor) {
   constexpr size_t kBlock = 1 << 24;
   std::vector<uint16_t> block(kBlock);
   Random random(1, "llamac-bench");
-  for (uint16_t &v : block) {
-    float f = float(0.02 * random.normal());
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    v = uint16_t(bits >> 16);
-  }
+  for (uint16_t &v : block)
+    v = floatToBF16(float(0.02 * random.normal()));
   for (const package::Buffer &buffer : executor.package().buffers) {
     bool param = buffer.role == "param";
     bool moment = buffer.role == "exp_avg" || buffer.role == "exp_avg_sq";
