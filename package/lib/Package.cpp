@@ -71,8 +71,7 @@ Operand operandFromJson(const json &value, const std::string &field) {
 /// The optional FP8 operands of a GEMM with their manifest keys.
 template <typename G> auto fp8Operands(G &g) {
   return std::array{std::pair{"scale_inv_a", &g.scaleInvA},
-                    std::pair{"scale_inv_b", &g.scaleInvB},
-                    std::pair{"amax_d", &g.amaxD}};
+                    std::pair{"scale_inv_b", &g.scaleInvB}};
 }
 
 bool isFP8(ElementType type) {
@@ -85,9 +84,8 @@ std::string fp8GemmError(const Gemm &g) {
   bool fp8 = isFP8(g.type) || isFP8(typeB);
   if (!fp8)
     return typeB != g.type ? "mixed operand types need FP8 operands"
-           : g.scaleInvA.buffer != -1 || g.scaleInvB.buffer != -1 ||
-                   g.amaxD.buffer != -1
-               ? "scale_inv and amax operands need FP8 operands"
+           : g.scaleInvA.buffer != -1 || g.scaleInvB.buffer != -1
+               ? "scale_inv operands need FP8 operands"
                : "";
   if (!isFP8(g.type) || !isFP8(typeB))
     return "FP8 GEMM: both operands must be FP8";
@@ -342,10 +340,17 @@ Status validate(const Package &package, const std::string &where) {
             return status;
         if (std::string error = fp8GemmError(step.gemm); !error.empty())
           return Error{field + ": " + error};
-        for (auto [key, op] : fp8Operands(step.gemm))
-          if (op->buffer != -1 &&
-              !(status = checkOperand(*op, 4, field + "." + key)))
+        for (auto [key, op] : fp8Operands(step.gemm)) {
+          if (op->buffer == -1)
+            continue;
+          if (!(status = checkOperand(*op, 4, field + "." + key)))
             return status;
+          // Buffers start 16-byte aligned; cuBLASLt needs the scales so.
+          if (op->offset % 16 != 0)
+            return Error{field + "." + key + ": offset " +
+                         std::to_string(op->offset) +
+                         " is not 16-byte aligned"};
+        }
         if (step.gemm.c.buffer != -1 &&
             !(status = checkOperand(step.gemm.c, 0, field)))
           return status;

@@ -470,9 +470,9 @@ Status setFP8Attributes(const BlasLtApi &api, cublasLtMatmulDesc_t operation,
     return Error{"FP8 GEMM " + what + ": " + message};
   };
   if (!isFP8(gemm.type) && !isFP8(typeB)) {
-    if (typeB != gemm.type || gemm.scaleInvA || gemm.scaleInvB || gemm.amaxD)
+    if (typeB != gemm.type || gemm.scaleInvA || gemm.scaleInvB)
       return Error{"GEMM " + what +
-                   ": mixed operand types, scales and amax need FP8 operands"};
+                   ": mixed operand types and scales need FP8 operands"};
     return {};
   }
   if (!isFP8(gemm.type) || !isFP8(typeB))
@@ -490,11 +490,12 @@ Status setFP8Attributes(const BlasLtApi &api, cublasLtMatmulDesc_t operation,
     return fail("batched FP8 GEMMs are not supported");
   std::pair<cublasLtMatmulDescAttributes_t, CUdeviceptr> pointers[] = {
       {CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, gemm.scaleInvB},
-      {CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, gemm.scaleInvA},
-      {CUBLASLT_MATMUL_DESC_AMAX_D_POINTER, gemm.amaxD}};
+      {CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, gemm.scaleInvA}};
   for (auto [attribute, address] : pointers) {
     if (!address)
       continue;
+    if (address % 16 != 0)
+      return fail("scale inverses must be 16-byte aligned");
     void *pointer = reinterpret_cast<void *>(address);
     if (cublasStatus_t s = api.cublasLtMatmulDescSetAttribute(
             operation, attribute, &pointer, sizeof(pointer)))
@@ -587,12 +588,11 @@ Status BlasLt::run(const Gemm &gemm, const std::string &what) {
       std::to_string(gemm.m) + "x" + std::to_string(gemm.n) + "x" +
       std::to_string(gemm.k) + ":" + std::to_string(gemm.transposeA) +
       std::to_string(gemm.transposeB) + ":" + std::to_string(int(gemm.type)) +
-      std::to_string(int(typeB)) + std::to_string(int(gemm.outType)) +
-      (gemm.amaxD ? "amax" : "") + ":" + std::to_string(ldFirst) + "," +
-      std::to_string(ldSecond) + "," + std::to_string(ldOut) + ":" +
-      std::to_string(gemm.batch) + "," + std::to_string(gemm.strideA) + "," +
-      std::to_string(gemm.strideB) + "," + std::to_string(gemm.strideD) + ":" +
-      std::to_string(gemm.beta != 0);
+      std::to_string(int(typeB)) + std::to_string(int(gemm.outType)) + ":" +
+      std::to_string(ldFirst) + "," + std::to_string(ldSecond) + "," +
+      std::to_string(ldOut) + ":" + std::to_string(gemm.batch) + "," +
+      std::to_string(gemm.strideA) + "," + std::to_string(gemm.strideB) + "," +
+      std::to_string(gemm.strideD) + ":" + std::to_string(gemm.beta != 0);
   auto cached = algorithms.find(key);
   if (cached == algorithms.end()) {
     if ((s = api->cublasLtMatmulPreferenceCreate(&desc.preference)))

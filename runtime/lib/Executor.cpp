@@ -149,11 +149,10 @@ Status Executor::enqueue(const package::Function &function,
     gemm.outType = gemmType(g.outType);
     gemm.alpha = g.alpha, gemm.beta = g.beta;
     gemm.a = *resolve(g.a), gemm.b = *resolve(g.b), gemm.d = *resolve(g.d);
-    // The optional operands: the addend, FP8 scales and the amax of D.
+    // The optional operands: the addend and the FP8 scale inverses.
     for (auto [operand, pointer] :
          {std::pair{&g.c, &gemm.c}, std::pair{&g.scaleInvA, &gemm.scaleInvA},
-          std::pair{&g.scaleInvB, &gemm.scaleInvB},
-          std::pair{&g.amaxD, &gemm.amaxD}})
+          std::pair{&g.scaleInvB, &gemm.scaleInvB}})
       if (operand->buffer >= 0)
         *pointer = *resolve(*operand);
     gemm.lda = g.a.ld, gemm.ldb = g.b.ld, gemm.ldd = g.d.ld;

@@ -161,9 +161,8 @@ Package fp8Package() {
   g.c = {};
   g.batch = 1;
   g.strideD = 0;
-  g.scaleInvA = {1, 2000, 0};
-  g.scaleInvB = {1, 2004, 0};
-  g.amaxD = {1, 2008, 0};
+  g.scaleInvA = {1, 2016, 0};
+  g.scaleInvB = {1, 2032, 0};
   return p;
 }
 
@@ -177,9 +176,8 @@ TEST(Package, FP8GemmsRoundTrip) {
   ASSERT_TRUE(g.typeB.has_value());
   EXPECT_EQ(*g.typeB, ElementType::F8E4M3);
   EXPECT_EQ(g.scaleInvA.buffer, 1);
-  EXPECT_EQ(g.scaleInvA.offset, 2000u);
-  EXPECT_EQ(g.scaleInvB.offset, 2004u);
-  EXPECT_EQ(g.amaxD.offset, 2008u);
+  EXPECT_EQ(g.scaleInvA.offset, 2016u);
+  EXPECT_EQ(g.scaleInvB.offset, 2032u);
   // A bf16 GEMM carries none of them, in memory or in the manifest.
   ASSERT_TRUE(writePackage(dir, samplePackage()).ok());
   read = readPackage(dir);
@@ -187,7 +185,7 @@ TEST(Package, FP8GemmsRoundTrip) {
   const Gemm &plain = read->functions[0].steps[1].gemm;
   EXPECT_FALSE(plain.typeB.has_value());
   EXPECT_EQ(plain.scaleInvA.buffer, -1);
-  EXPECT_EQ(plain.amaxD.buffer, -1);
+  EXPECT_EQ(plain.scaleInvB.buffer, -1);
   std::ifstream in(dir + "/manifest.json");
   std::string text((std::istreambuf_iterator<char>(in)), {});
   EXPECT_EQ(text.find("scale_inv_a"), std::string::npos);
@@ -222,11 +220,14 @@ TEST(Package, RejectsFP8GemmsCuBLASLtCannotRun) {
   p.functions[0].steps[1].gemm.outType = ElementType::F32;
   rejects(p, "out_type must be bf16");
   p = samplePackage();
-  p.functions[0].steps[1].gemm.amaxD = {1, 0, 0};
+  p.functions[0].steps[1].gemm.scaleInvA = {1, 0, 0};
   rejects(p, "need FP8 operands");
   p = fp8Package();
-  p.functions[0].steps[1].gemm.amaxD = {1, 2046, 0}; // 4 bytes past 2048
-  rejects(p, "amax_d");
+  p.functions[0].steps[1].gemm.scaleInvB = {1, 2046, 0}; // 4 bytes past 2048
+  rejects(p, "scale_inv_b");
+  p = fp8Package();
+  p.functions[0].steps[1].gemm.scaleInvA = {1, 2020, 0};
+  rejects(p, "scale_inv_a: offset 2020 is not 16-byte aligned");
 }
 
 TEST(Package, AccumulatingPackagesRoundTripAndNeedZeroGrads) {

@@ -105,8 +105,8 @@ struct Launch {
 /// is D unless given, and has D's layout), repeated `batch` times with the
 /// given element strides. FP8 operands (F8E4M3, F8E5M2; not both E5M2) need
 /// the K-major layout (transposeA false, transposeB true), bf16 D and no
-/// batch; they may carry device f32 scalars: the scale inverses of A and B
-/// and D's amax output (see cuda::Gemm).
+/// batch; they may carry device f32 scalars: the scale inverses of A and B,
+/// 16-byte aligned (see cuda::Gemm).
 struct Gemm {
   int64_t m = 0, n = 0, k = 0;
   bool transposeA = false, transposeB = false;
@@ -118,8 +118,9 @@ struct Gemm {
   /// The addend when beta != 0 and it is not D (a residual); buffer -1: D.
   Operand c;
   int64_t batch = 1, strideA = 0, strideB = 0, strideD = 0;
-  /// FP8 only, f32 [1] each; buffer -1: none (scale 1, no amax).
-  Operand scaleInvA, scaleInvB, amaxD;
+  /// FP8 only, f32 [1] each at 16-byte aligned offsets; buffer -1: none
+  /// (scale 1).
+  Operand scaleInvA, scaleInvB;
 };
 
 struct Memset {

@@ -118,8 +118,11 @@ enum class GemmType { F32, BF16, F8E4M3, F8E5M2 };
 /// FP8 (`type` E4M3 or E5M2): D = alpha (sa A)(sb B)ᵀ with A [m, k] and B
 /// [n, k] both K-major (transposeA false, transposeB true: Hopper's only FP8
 /// layout), `typeB` E4M3 or E5M2 (not both E5M2), bf16 D, no batch; sa and
-/// sb are the f32 scalars at `scaleInvA` and `scaleInvB` (1 when 0), and
-/// with `amaxD` cuBLASLt writes max |D| (f32) there.
+/// sb are the f32 scalars at `scaleInvA` and `scaleInvB` (1 when 0), which
+/// cuBLASLt needs 16-byte aligned (CUDA 13.1 on an H200 rejects a scale at
+/// 4 bytes past an allocation with CUBLAS_STATUS_NOT_SUPPORTED). cuBLASLt's
+/// amax of D exists only for FP8 outputs, so it is not offered: the FP8
+/// casts measure the amaxes.
 struct Gemm {
   int64_t m = 0, n = 0, k = 0;
   bool transposeA = false, transposeB = false;
@@ -135,9 +138,8 @@ struct Gemm {
   CUdeviceptr c = 0;
   int64_t lda = 0, ldb = 0, ldd = 0;
   int64_t batch = 1, strideA = 0, strideB = 0, strideD = 0;
-  /// FP8 only: device f32 scalars, the scale inverses of A and B and the
-  /// amax of D; 0: none.
-  CUdeviceptr scaleInvA = 0, scaleInvB = 0, amaxD = 0;
+  /// FP8 only: device f32 scalars, the scale inverses of A and B; 0: none.
+  CUdeviceptr scaleInvA = 0, scaleInvB = 0;
 };
 
 /// cuBLASLt with one handle and workspace. Each GEMM shape gets an
