@@ -39,9 +39,14 @@ constexpr double kRopeTheta = 500000.0;
 constexpr int64_t kRopePackedRow = 77;
 
 /// Batch 2 x 3 heads; f32 scores at sequence 264 (33 chunks: a partial
-/// warp), bf16 scores at 1040 (130 chunks).
+/// warp, rows of 64 threads, 4 to a block), bf16 scores at 1040 (130
+/// chunks: one row of 160 threads a block); f32 scores also at the short
+/// sequences 8 and 32 and at the benchmark's 256 (rows of one warp, 8 to a
+/// block).
 constexpr int64_t kSoftmaxHeads = 3, kSoftmaxBlocks = 2 * kSoftmaxHeads;
 constexpr int64_t kSoftmaxSeqF32 = 264, kSoftmaxSeqBF16 = 1040;
+constexpr int64_t kSoftmaxSeqTiny = 8, kSoftmaxSeqShort = 32,
+                  kSoftmaxSeqStep = 256;
 
 /// 3 sequences of 45 tokens; vocabulary 8800 = 1100 chunks, more than the
 /// block's 1024 threads.

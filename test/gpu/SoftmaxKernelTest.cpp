@@ -1,12 +1,16 @@
 //===- SoftmaxKernelTest.cpp - Causal attention softmax and its backward -===//
 //
-// causal_softmax_fwd and attention_softmax_bwd over [batch * heads, seq, seq]
-// score blocks, with f32 scores at a sequence of 264 (a partial warp) and
-// bf16 scores at 1040. Masked scores (and masked dP) are NaN, so a kernel
-// that lets them reach a result fails; masked outputs must be exact zeros. The
-// bf16 backward writes dS over P, as the plan may run it. The packed variants
+// causal_softmax_fwd (P and each row's lse) and attention_softmax_bwd (dS
+// from S, lse and dP) over [batch * heads, seq, seq] score blocks against
+// double references: f32 scores at a sequence of 264 (a partial warp, 4
+// rows to a block), bf16 scores at 1040 (one row of 160 threads a block),
+// f32 scores at 8, 32 and 256 (rows of one warp, 8 to a block). Masked
+// scores (and masked dP) are NaN and every output starts as 0xFF bytes, so
+// a kernel that lets masked inputs reach a result, or leaves an output
+// unwritten, fails; masked outputs must be exact zeros. The packed variants
 // read position_ids and keep each query within its data row (the window
-// i - pos <= j <= i), with rows whose boundaries fall inside 8-column chunks.
+// i - pos <= j <= i), with rows whose boundaries fall inside 8-column
+// chunks.
 //
 //===----------------------------------------------------------------------===//
 
@@ -49,18 +53,17 @@ struct Window {
 };
 
 /// position_ids of kSoftmaxBlocks / kSoftmaxHeads sequences of `seq`
-/// tokens holding data rows of the given lengths (the last row of each
-/// sequence takes what is left).
+/// tokens holding data rows of the given lengths, cut at the sequence's end
+/// (the last row of each sequence takes what is left).
 std::vector<int32_t> packedPositions(int64_t seq) {
-  const std::vector<int64_t> lengths[] = {{100, 1, 63}, {7, 200}};
+  const std::vector<int64_t> lengths[] = {{seq / 3 + 4, 1, seq / 4 - 1},
+                                          {7, seq / 2 + 3}};
   std::vector<int32_t> positions;
   for (const std::vector<int64_t> &rows : lengths) {
     int64_t used = 0;
-    for (int64_t length : rows) {
-      for (int64_t p = 0; p < length; ++p)
+    for (int64_t length : rows)
+      for (int64_t p = 0; p < length && used < seq; ++p, ++used)
         positions.push_back(int32_t(p));
-      used += length;
-    }
     for (int64_t p = 0; used < seq; ++p, ++used)
       positions.push_back(int32_t(p));
   }
@@ -89,13 +92,20 @@ Scores makeScores(bool f32, const Window &window, int64_t rows, float scale,
   return s;
 }
 
-void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
-                  const std::string &bwdKey, bool packed = false) {
+/// Runs the forward `fwdKey` and the backward `bwdKey` at sequence `seq`,
+/// whose launches put `rowsPerBlock` rows in a block, and checks them.
+void checkSoftmax(bool f32, int64_t seq, int64_t rowsPerBlock,
+                  const std::string &fwdKey, const std::string &bwdKey,
+                  bool packed = false) {
   LLAMAC_REQUIRE_GPU(device);
   KernelGroup kernels(device, "softmax");
   ASSERT_TRUE(kernels.ok());
   const int64_t rows = kSoftmaxBlocks * seq, n = rows * seq;
-  const int64_t block = kernels.launch(fwdKey).block[0];
+  for (const std::string &key : {fwdKey, bwdKey}) {
+    ASSERT_EQ(int64_t(kernels.launch(key).grid[0]) * rowsPerBlock, rows) << key;
+  }
+  // The threads of one row.
+  const int64_t block = kernels.launch(fwdKey).block[0] / rowsPerBlock;
   const int64_t chunksPerThread = (seq / 8 + block - 1) / block;
   std::mt19937 rng(std::random_device{}());
   Window window{seq, packed ? packedPositions(seq) : std::vector<int32_t>()};
@@ -104,9 +114,11 @@ void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
 
   DeviceBuffer s(device, scores.bytes.size(), "scores");
   DeviceBuffer p(device, n * 2, "probabilities");
+  DeviceBuffer lse(device, rows * 4, "lse");
   DeviceBuffer positions(device, window.positions.size() * 4, "positions");
   s.upload(scores.bytes);
   p.fill(0xFF);
+  lse.fill(0xFF); // NaN until written
   // The packed kernels take the positions last.
   auto withPositions = [&](std::vector<CUdeviceptr> args) {
     if (packed) {
@@ -115,19 +127,23 @@ void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
     }
     return args;
   };
-  kernels.run(fwdKey, withPositions({s.address(), p.address()}));
+  kernels.run(fwdKey, withPositions({s.address(), p.address(), lse.address()}));
   std::vector<uint16_t> gotP = p.download<uint16_t>(n);
+  std::vector<float> gotLse = lse.download<float>(rows);
 
-  // Forward. Per row, with m the max over j <= i: the kernel's f32 terms
-  // exp(s - m') carry <= (|s - m'| + 3) u32 relative error, rescales by
-  // exp(m' - m) the same; there are at most chunksPerThread + 13 rescales
-  // of a term (running max, 5 shuffle merges, up to 8 warps) and at most
-  // seq additions. So with z = max |s - m| of the row:
+  // Forward. Per row, with m the max over the window: the kernel's f32
+  // terms exp(s - m') carry <= (|s - m'| + 3) u32 relative error, rescales
+  // by exp(m' - m) the same; there are at most chunksPerThread + 13
+  // rescales of a term (running max, 5 shuffle merges, up to 8 warps) and
+  // at most seq additions. So with z = max |s - m| of the row, l's relative
+  // error is at most
   //   rel = (4 z + 4 (chunksPerThread + 13) + seq + 4) u32,
   //   |p - p_ref| <= u16 p_ref + 1.01 rel p_ref (+ 1e-37 for f32 underflow).
-  Checker forward("P");
+  // lse = m + log l: m is exact, log l is off by <= 1.01 rel, and log and
+  // the addition add 4 u32 of |m| + |log l| (as the cross-entropy's lse).
+  Checker forward("P"), logSumExp("lse");
   int64_t maskedWrong = 0;
-  std::vector<uint16_t> wantP(n, 0);
+  std::vector<float> wantLse(rows);
   for (int64_t r = 0; r < rows; ++r) {
     int64_t q = window.query(r), first = window.start(r);
     const float *row = &scores.values[r * seq];
@@ -147,41 +163,51 @@ void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
         continue;
       }
       double want = std::exp(row[j] - m) / sum;
-      wantP[k] = doubleToBF16(want);
       forward.near(bf16(gotP[k]), want,
                    kBF16Unit * want + 1.01 * rel * want + 1e-37, k);
-      forward.exact(bf16(gotP[k]), bf16(wantP[k]));
+      forward.exact(bf16(gotP[k]), roundBF16(want));
     }
+    double want = m + std::log(sum);
+    logSumExp.near(gotLse[r], want,
+                   1.01 * rel + 4 * kF32Unit * (std::abs(m) + std::log(sum)),
+                   r);
+    wantLse[r] = float(want);
   }
   forward.expectExactFraction(0.99);
+  logSumExp.expectExactFraction(0);
   EXPECT_EQ(maskedWrong, 0) << "masked probabilities not exactly +0";
 
-  // Backward from the reference P (bf16) and random dP (masked: NaN).
+  // Backward from the scores, the reference lse rounded to f32 and random dP
+  // (masked: NaN) into a poisoned dS.
   DeviceBuffer dpBuffer(device, dp.bytes.size(), "dP");
   DeviceBuffer ds(device, n * 2, "dS");
-  p.upload(wantP);
+  lse.upload(wantLse);
   dpBuffer.upload(dp.bytes);
   ds.fill(0xFF);
-  // f32 scores: a separate dS; bf16: dS written over P.
-  CUdeviceptr dsAddress = f32 ? ds.address() : p.address();
-  kernels.run(bwdKey,
-              withPositions({p.address(), dpBuffer.address(), dsAddress}));
-  std::vector<uint16_t> gotDs = (f32 ? ds : p).download<uint16_t>(n);
+  kernels.run(bwdKey, withPositions({s.address(), lse.address(),
+                                     dpBuffer.address(), ds.address()}));
+  std::vector<uint16_t> gotDs = ds.download<uint16_t>(n);
 
-  // D = sum P dP in f32: at most chunksPerThread + 20 roundings, each <= u32
-  // sum |P dP|; dP - D and the product add 2 u32 of |dP| + |D|, times P; then
-  // bf16's u16:
-  //   |dS - dS_ref| <= u16 |dS_ref|
-  //                    + 1.01 P ((cpt + 20) u32 sum|P dP| + 2 u32 (|dP| +
-  //                    |D|)).
+  // With P = exp(S - lse) for the f32 lse given: the kernel's P carries
+  // <= (z_j + 3) u32 relative error (z_j = |S_j - lse|: the subtraction's
+  // rounding, then exp's). D = sum P dP in f32 adds, per term, that error
+  // and the product's u32, and at most chunksPerThread + 20 roundings (lane
+  // sums, 8-lane reduction, 5 shuffles, up to 8 warps), each <= u32
+  // sum |P dP|; dP - D and the product add 2 u32 of |dP| + |D|, times P;
+  // then bf16's u16. With z = max_j z_j:
+  //   |dS - dS_ref| <= u16 |dS_ref| + 1.01 P ((z_j + 3) u32 |dP - D|
+  //                    + (z + cpt + 24) u32 sum|P dP| + 2 u32 (|dP| + |D|)).
   Checker backward("dS");
   maskedWrong = 0;
   for (int64_t r = 0; r < rows; ++r) {
     int64_t q = window.query(r);
-    double d = 0, magnitude = 0;
+    const float *row = &scores.values[r * seq];
+    double d = 0, magnitude = 0, z = 0;
     for (int64_t j = window.start(r); j <= q; ++j) {
-      d += bf16(wantP[r * seq + j]) * dp.values[r * seq + j];
-      magnitude += std::abs(bf16(wantP[r * seq + j]) * dp.values[r * seq + j]);
+      double pj = std::exp(double(row[j]) - double(wantLse[r]));
+      d += pj * dp.values[r * seq + j];
+      magnitude += std::abs(pj * dp.values[r * seq + j]);
+      z = std::max(z, std::abs(double(row[j]) - double(wantLse[r])));
     }
     for (int64_t j = 0; j < seq; ++j) {
       int64_t k = r * seq + j;
@@ -189,12 +215,16 @@ void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
         maskedWrong += gotDs[k] != 0;
         continue;
       }
-      double pj = bf16(wantP[k]), dpj = dp.values[k];
+      double zj = std::abs(double(row[j]) - double(wantLse[r]));
+      double pj = std::exp(double(row[j]) - double(wantLse[r]));
+      double dpj = dp.values[k];
       double want = pj * (dpj - d);
-      double bound = kBF16Unit * std::abs(want) +
-                     1.01 * pj *
-                         (double(chunksPerThread + 20) * kF32Unit * magnitude +
-                          2 * kF32Unit * (std::abs(dpj) + std::abs(d)));
+      double bound =
+          kBF16Unit * std::abs(want) +
+          1.01 * pj *
+              ((zj + 3) * kF32Unit * std::abs(dpj - d) +
+               (z + double(chunksPerThread + 24)) * kF32Unit * magnitude +
+               2 * kF32Unit * (std::abs(dpj) + std::abs(d)));
       backward.near(bf16(gotDs[k]), want, bound, k);
       backward.exact(bf16(gotDs[k]), roundBF16(want));
     }
@@ -203,22 +233,39 @@ void checkSoftmax(bool f32, int64_t seq, const std::string &fwdKey,
   EXPECT_EQ(maskedWrong, 0) << "masked dS not exactly +0";
 }
 
-TEST(SoftmaxKernel, F32ScoresPartialWarp) {
-  checkSoftmax(true, kSoftmaxSeqF32, "fwd_f32", "bwd_f32");
+TEST(SoftmaxKernel, F32ScoresPartialWarpFourRowsPerBlock) {
+  checkSoftmax(true, kSoftmaxSeqF32, 4, "fwd_f32", "bwd_f32");
 }
 
-TEST(SoftmaxKernel, BF16ScoresInPlaceBackward) {
-  checkSoftmax(false, kSoftmaxSeqBF16, "fwd_bf16", "bwd_bf16");
+TEST(SoftmaxKernel, BF16ScoresOneRowPerBlock) {
+  checkSoftmax(false, kSoftmaxSeqBF16, 1, "fwd_bf16", "bwd_bf16");
+}
+
+TEST(SoftmaxKernel, F32ScoresOneChunkRows) {
+  checkSoftmax(true, kSoftmaxSeqTiny, 8, "fwd_f32_s8", "bwd_f32_s8");
+}
+
+TEST(SoftmaxKernel, F32ScoresShortRows) {
+  checkSoftmax(true, kSoftmaxSeqShort, 8, "fwd_f32_s32", "bwd_f32_s32");
+}
+
+TEST(SoftmaxKernel, F32ScoresStepSequence) {
+  checkSoftmax(true, kSoftmaxSeqStep, 8, "fwd_f32_s256", "bwd_f32_s256");
 }
 
 TEST(SoftmaxKernel, PackedRowsF32Scores) {
-  checkSoftmax(true, kSoftmaxSeqF32, "fwd_f32_packed", "bwd_f32_packed",
+  checkSoftmax(true, kSoftmaxSeqF32, 4, "fwd_f32_packed", "bwd_f32_packed",
                /*packed=*/true);
 }
 
-TEST(SoftmaxKernel, PackedRowsBF16ScoresInPlaceBackward) {
-  checkSoftmax(false, kSoftmaxSeqBF16, "fwd_bf16_packed", "bwd_bf16_packed",
+TEST(SoftmaxKernel, PackedRowsBF16Scores) {
+  checkSoftmax(false, kSoftmaxSeqBF16, 1, "fwd_bf16_packed", "bwd_bf16_packed",
                /*packed=*/true);
+}
+
+TEST(SoftmaxKernel, PackedShortRowsF32Scores) {
+  checkSoftmax(true, kSoftmaxSeqShort, 8, "fwd_f32_s32_packed",
+               "bwd_f32_s32_packed", /*packed=*/true);
 }
 
 } // namespace

@@ -613,10 +613,10 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
 }
 
 /// Shared by causal_softmax_fwd and attention_softmax_bwd.
-static llvm::Expected<KernelSpec>
-softmaxKernel(llvm::StringRef kernel, int64_t blocks, int64_t seqLen,
-              ScoreType scoreType, ScoreType probabilityType, bool forward,
-              int64_t packedHeads) {
+static llvm::Expected<KernelSpec> softmaxKernel(llvm::StringRef kernel,
+                                                int64_t blocks, int64_t seqLen,
+                                                ScoreType scoreType,
+                                                int64_t packedHeads) {
   if (llvm::Error error = checkSize(kernel, "batch * heads", blocks))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "sequence length", seqLen, 8))
@@ -626,7 +626,16 @@ softmaxKernel(llvm::StringRef kernel, int64_t blocks, int64_t seqLen,
                                   " is not a multiple of the heads " +
                                   str(packedHeads));
   int64_t rows = blocks * seqLen;
-  if (rows > INT32_MAX)
+  // A row's threads (whole warps), and as many rows per block as fit in
+  // 256 threads.
+  unsigned block = threadsFor(seqLen / 8, 256);
+  unsigned rowsPerBlock = 256 / block;
+  if (rows % rowsPerBlock != 0)
+    return shapeError(kernel, "rows " + str(rows) +
+                                  " are not a multiple of the rows per "
+                                  "block " +
+                                  str(rowsPerBlock));
+  if (rows / rowsPerBlock > INT32_MAX)
     return shapeError(kernel, "too many rows for the grid: " + str(rows));
   // %start: 0, or query q's window start from the position of its token
   // (sequence r / (heads seq), column q).
@@ -648,14 +657,10 @@ softmaxKernel(llvm::StringRef kernel, int64_t blocks, int64_t seqLen,
                 "    %start = arith.subi %q, %back : index"
           : "%start = arith.constant 0 : index";
   bool f32 = scoreType == ScoreType::F32;
-  bool p32 = probabilityType == ScoreType::F32;
-  unsigned block = threadsFor(seqLen / 8, 256);
   // f32 -> f32 "conversions" are bitcasts, so one template serves both types.
-  const char *pConvert =
-      !p32 ? (forward ? "arith.truncf" : "arith.extf") : "arith.bitcast";
   return specialize(kernel,
                     (kernel + "_b" + str(blocks) + "_s" + str(seqLen) +
-                     (f32 ? "_f32" : "_bf16") + (p32 ? "_pf32" : "") +
+                     (f32 ? "_f32" : "_bf16") +
                      (packed ? "_packed_h" + str(packedHeads) : ""))
                         .str(),
                     {{"POSITIONS_ARG", positionsArgument(packed, tokens)},
@@ -665,26 +670,26 @@ softmaxKernel(llvm::StringRef kernel, int64_t blocks, int64_t seqLen,
                      {"RS", str(rows * seqLen)},
                      {"STYPE", f32 ? "f32" : "bf16"},
                      {"SCONV", f32 ? "arith.bitcast" : "arith.extf"},
-                     {"PTYPE", p32 ? "f32" : "bf16"},
-                     {"PCONV", pConvert},
                      {"BLOCK", str(block)},
                      {"WARPS", str(block / 32)},
+                     {"ROWS", str(rowsPerBlock)},
+                     {"THREADS", str(rowsPerBlock * block)},
                      {"CHUNKS", str(seqLen / 8)}},
-                    dims(unsigned(rows)), dims(block));
+                    dims(unsigned(rows / rowsPerBlock)),
+                    dims(rowsPerBlock * block));
 }
 
-llvm::Expected<KernelSpec> llamac::causalSoftmaxForwardKernel(
-    int64_t blocks, int64_t seqLen, ScoreType scoreType,
-    ScoreType probabilityType, int64_t packedHeads) {
+llvm::Expected<KernelSpec>
+llamac::causalSoftmaxForwardKernel(int64_t blocks, int64_t seqLen,
+                                   ScoreType scoreType, int64_t packedHeads) {
   return softmaxKernel("causal_softmax_fwd", blocks, seqLen, scoreType,
-                       probabilityType, /*forward=*/true, packedHeads);
+                       packedHeads);
 }
 
 llvm::Expected<KernelSpec> llamac::attentionSoftmaxBackwardKernel(
-    int64_t blocks, int64_t seqLen, ScoreType scoreType,
-    ScoreType probabilityType, int64_t packedHeads) {
+    int64_t blocks, int64_t seqLen, ScoreType scoreType, int64_t packedHeads) {
   return softmaxKernel("attention_softmax_bwd", blocks, seqLen, scoreType,
-                       probabilityType, /*forward=*/false, packedHeads);
+                       packedHeads);
 }
 
 /// Shared by count_targets and cross_entropy: the loss's shapes.

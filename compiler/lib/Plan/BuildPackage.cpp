@@ -23,13 +23,18 @@
 // kernel moves q, k, v from the QKV GEMM's token rows to a head-major
 // layout, applying RoPE; there the query heads of one KV group are one
 // block of rows, so each product is one GEMM batched over (sequence, KV
-// head): S = scale Q Kᵀ (f32), causal_softmax_fwd makes P (bf16), O = P V,
-// and O goes back to token rows for o_proj. The backward recomputes S and P
-// (in bf16 for the dV GEMM and in f32 for dS); the sums over a group's
-// query heads in dK and dV are part of their GEMMs. With packed sequences
-// the RoPE and softmax kernels also read the position_ids input: the GEMMs
-// still compute whole [seq, seq] blocks and the softmax masks the keys of
-// other data rows.
+// head): S = scale Q Kᵀ (f32), causal_softmax_fwd makes P (bf16) and each
+// row's log-sum-exp lse (f32), O = P V, and O goes back to token rows for
+// o_proj. P and lse are activations kept for the backward: P costs
+// batch · heads · seq² bf16 per layer (1 GiB over Llama 2 7B's 32 layers at
+// batch 8, seq 256), which the memory report counts with the activations.
+// The backward recomputes only S (f32), computes dP = dO Vᵀ (f32) and
+// dV = Pᵀ dO from the saved P, then attention_softmax_bwd makes dS from S,
+// lse and dP (P = exp(S - lse) in f32) over the saved P, which dQ and dK
+// read. The sums over a group's query heads in dK and dV are part of their
+// GEMMs. With packed sequences the RoPE and softmax kernels also read the
+// position_ids input: the GEMMs still compute whole [seq, seq] blocks and
+// the softmax masks the keys of other data rows.
 //
 //===----------------------------------------------------------------------===//
 
@@ -343,10 +348,8 @@ private:
   llvm::Error normBackward(Operation *op, Value inputGrad, Value weightGrad,
                            Location dy, Location x, Location weight, int rstd,
                            int64_t hidden, const std::string &label);
-  llvm::Error attentionScores(Operation *op, int headMajor, int scores,
-                              int probabilities,
-                              const std::optional<Location> &positions,
-                              const std::string &label);
+  void attentionScores(Operation *op, int headMajor, int scores,
+                       const std::string &label);
   llvm::Expected<std::optional<Location>> usePositions(Value positions);
   llvm::Error lowerOptimizer(func::FuncOp func);
   int freqTable(ArrayRef<double> frequencies);
@@ -366,9 +369,14 @@ private:
   int64_t flatElements = 0;
   llvm::StringMap<uint64_t> flatOffset; ///< bytes, by step parameter name
   int hyper = -1, lossStats = -1, gradNorm = -1;
-  /// The head-major buffer of rotated q, k and v that each rope_attention
-  /// writes for its gradient, by query value.
-  llvm::DenseMap<Value, int> headMajorOf;
+  /// What each rope_attention keeps for its gradient: the head-major buffer
+  /// of rotated q, k and v, the probabilities P (bf16) and the rows'
+  /// log-sum-exp (f32).
+  struct SavedAttention {
+    int headMajor, probabilities, lse;
+  };
+  /// The saved buffers of each rope_attention, by query value.
+  llvm::DenseMap<Value, SavedAttention> savedAttention;
   /// The constant 1 that seeds the backward.
   llvm::DenseSet<Value> seeds;
   /// Residual adds computed by the GEMM or norm backward before them.
@@ -610,9 +618,8 @@ PackageBuilder::usePositions(Value positions) {
   return std::optional<Location>(*at);
 }
 
-llvm::Error PackageBuilder::attentionScores(
-    Operation *op, int headMajor, int scores, int probabilities,
-    const std::optional<Location> &positions, const std::string &label) {
+void PackageBuilder::attentionScores(Operation *op, int headMajor, int scores,
+                                     const std::string &label) {
   AttentionShape a = attentionShape(op, tokens);
   int64_t rows = a.group * a.seq; // the query heads of one KV group, stacked
   // S[b, g] = scale Q[b, group g] K[b, g]ᵀ: [group seq, seq] per (b, g).
@@ -625,12 +632,8 @@ llvm::Error PackageBuilder::attentionScores(
   g.b = operand({headMajor, a.keyRegion, a.dim});
   g.d = operand({scores, 0, a.seq});
   touch(headMajor);
+  touch(scores);
   gemm(g, label + " (scores)");
-  return launch(causalSoftmaxForwardKernel(a.batch * a.heads, a.seq,
-                                           ScoreType::F32, ScoreType::BF16,
-                                           positions ? a.heads : 0),
-                withPositions({whole(scores), whole(probabilities)}, positions),
-                label + " (softmax)");
 }
 
 llvm::Error PackageBuilder::lower(Operation &op) {
@@ -816,7 +819,13 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     int headMajor = newBuffer(
         "qkv_heads#" + std::to_string(buffers.size()), "activation",
         ElementType::BF16, {tokens * (a.heads + 2 * a.kvHeads) * a.dim}, false);
-    headMajorOf[attention.getQuery()] = headMajor;
+    int64_t blocks = a.batch * a.heads;
+    int probabilities = newBuffer(
+        "probabilities#" + std::to_string(buffers.size()), "activation",
+        ElementType::BF16, {blocks, a.seq, a.seq}, false);
+    int lse = newBuffer("lse#" + std::to_string(buffers.size()), "activation",
+                        ElementType::F32, {blocks, a.seq}, false);
+    savedAttention[attention.getQuery()] = {headMajor, probabilities, lse};
     int freqs = freqTable(attention.getFrequencies());
     if (auto error = launch(
             ropeHeadsKernel(headsLayout(a, q->ld, a.kvHeads, a.kvHeads,
@@ -825,12 +834,14 @@ llvm::Error PackageBuilder::lower(Operation &op) {
             withPositions({*q, whole(headMajor), whole(freqs)}, *positions),
             label + " (rope)"))
       return error;
-    int scores =
-        scratch("scores", ElementType::F32, {a.batch * a.heads, a.seq, a.seq});
-    int probabilities = scratch("probabilities", ElementType::BF16,
-                                {a.batch * a.heads, a.seq, a.seq});
-    if (auto error = attentionScores(&op, headMajor, scores, probabilities,
-                                     *positions, label))
+    int scores = scratch("scores", ElementType::F32, {blocks, a.seq, a.seq});
+    attentionScores(&op, headMajor, scores, label);
+    if (auto error = launch(
+            causalSoftmaxForwardKernel(blocks, a.seq, ScoreType::F32,
+                                       positions->has_value() ? a.heads : 0),
+            withPositions({whole(scores), whole(probabilities), whole(lse)},
+                          *positions),
+            label + " (softmax)"))
       return error;
     // O[b, group g] = P V[b, g], head-major, then back to token rows.
     int64_t rows = a.group * a.seq;
@@ -995,11 +1006,12 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     auto positions = usePositions(grad.getPositions());
     if (!dOut || !positions)
       return llvm::joinErrors(dOut.takeError(), positions.takeError());
-    auto found = headMajorOf.find(grad.getQuery());
-    if (found == headMajorOf.end())
-      return fail(&op, "expects q, k and v moved to the head-major layout by "
-                       "its rope_attention");
-    int headMajor = found->second;
+    auto found = savedAttention.find(grad.getQuery());
+    if (found == savedAttention.end())
+      return fail(&op, "expects q, k and v moved to the head-major layout, "
+                       "and the probabilities, by its rope_attention");
+    const SavedAttention saved = found->second;
+    int headMajor = saved.headMajor;
     touch(headMajor);
     AttentionShape a = attentionShape(&op, tokens);
     float scale = float(grad.getScale().convertToDouble());
@@ -1010,20 +1022,7 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       return error;
     int64_t blocks = a.batch * a.heads, rows = a.group * a.seq;
     int scores = scratch("scores", ElementType::F32, {blocks, a.seq, a.seq});
-    int probabilities =
-        scratch("probabilities", ElementType::BF16, {blocks, a.seq, a.seq});
-    if (auto error = attentionScores(&op, headMajor, scores, probabilities,
-                                     *positions, label + " (recompute)"))
-      return error;
-    int64_t packedHeads = *positions ? a.heads : 0;
-    int probabilities32 =
-        scratch("probabilities.f32", ElementType::F32, {blocks, a.seq, a.seq});
-    if (auto error = launch(
-            causalSoftmaxForwardKernel(blocks, a.seq, ScoreType::F32,
-                                       ScoreType::F32, packedHeads),
-            withPositions({whole(scores), whole(probabilities32)}, *positions),
-            label + " (softmax in f32)"))
-      return error;
+    attentionScores(&op, headMajor, scores, label + " (recompute)");
     int freqs = freqTable(grad.getFrequencies());
     int dOutHeads = scratch("attention_heads_grad", ElementType::BF16,
                             {tokens * a.heads * a.dim});
@@ -1036,39 +1035,43 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     // The gradients of the rotated q, k and v, head-major like them.
     int gradHeads = scratch("qkv_heads_grad", ElementType::BF16,
                             {tokens * (a.heads + 2 * a.kvHeads) * a.dim});
-    // dP = dO V[b, g]ᵀ into the f32 score buffer (S is no longer needed).
+    // dP = dO V[b, g]ᵀ (f32).
+    int dProbabilities =
+        scratch("probabilities_grad", ElementType::F32, {blocks, a.seq, a.seq});
     package::Gemm dP = groupGemm(a, rows, a.seq, a.dim, rows * a.dim,
                                  a.seq * a.dim, rows * a.seq);
     dP.transposeB = true;
     dP.outType = ElementType::F32;
     dP.a = operand(whole(dOutHeads));
     dP.b = operand({headMajor, a.valueRegion, a.dim});
-    dP.d = operand(whole(scores));
+    dP.d = operand(whole(dProbabilities));
     gemm(dP, label + " (dP)");
-    // dV[b, g] = P[b, group g]ᵀ dO[b, group g]: the sum over the group's
-    // query heads is part of the product.
+    // dV[b, g] = P[b, group g]ᵀ dO[b, group g] from the forward's P: the
+    // sum over the group's query heads is part of the product.
     package::Gemm dV = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
                                  rows * a.dim, a.seq * a.dim);
     dV.transposeA = true;
-    dV.a = operand(whole(probabilities));
+    dV.a = operand(whole(saved.probabilities));
     dV.b = operand(whole(dOutHeads));
     dV.d = operand({gradHeads, a.valueRegion, a.dim});
     gemm(dV, label + " (dV)");
-    // dS = P (dP - rowsum(P dP)) from P in f32 (as flash attention keeps
-    // it), written over the bf16 P that the dV GEMM has read.
-    if (auto error =
-            launch(attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
-                                                  ScoreType::F32, packedHeads),
-                   withPositions({whole(probabilities32), whole(scores),
-                                  whole(probabilities)},
-                                 *positions),
-                   label + " (softmax backward)"))
+    // dS = P (dP - rowsum(P dP)) with P = exp(S - lse) in f32 (as flash
+    // attention recomputes it), written over the bf16 P that the dV GEMM
+    // has read.
+    if (auto error = launch(
+            attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
+                                           positions->has_value() ? a.heads
+                                                                  : 0),
+            withPositions({whole(scores), whole(saved.lse),
+                           whole(dProbabilities), whole(saved.probabilities)},
+                          *positions),
+            label + " (softmax backward)"))
       return error;
     // dQ[b, group g] = scale dS K[b, g].
     package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
                                  a.seq * a.dim, rows * a.dim);
     dQ.alpha = scale;
-    dQ.a = operand(whole(probabilities));
+    dQ.a = operand(whole(saved.probabilities));
     dQ.b = operand({headMajor, a.keyRegion, a.dim});
     dQ.d = operand(whole(gradHeads));
     gemm(dQ, label + " (dQ)");
@@ -1077,7 +1080,7 @@ llvm::Error PackageBuilder::lower(Operation &op) {
                                  rows * a.dim, a.seq * a.dim);
     dK.transposeA = true;
     dK.alpha = scale;
-    dK.a = operand(whole(probabilities));
+    dK.a = operand(whole(saved.probabilities));
     dK.b = operand({headMajor, 0, a.dim});
     dK.d = operand({gradHeads, a.keyRegion, a.dim});
     gemm(dK, label + " (dK)");

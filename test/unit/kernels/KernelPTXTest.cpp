@@ -169,6 +169,11 @@ std::vector<StepKernel> stepKernels() {
          return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::BF16);
        },
        true, true},
+      {"causal_softmax_fwd_rows_per_block",
+       [] {
+         return causalSoftmaxForwardKernel(8 * kHeads, 256, ScoreType::F32);
+       },
+       true, true},
       {"attention_softmax_bwd_f32",
        [] {
          return attentionSoftmaxBackwardKernel(4 * kHeads, kSeq,
@@ -181,34 +186,21 @@ std::vector<StepKernel> stepKernels() {
                                                ScoreType::BF16);
        },
        true, true},
-      {"causal_softmax_fwd_f32_probabilities",
+      {"attention_softmax_bwd_rows_per_block",
        [] {
-         return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32,
-                                           ScoreType::F32);
-       },
-       true, true},
-      {"attention_softmax_bwd_f32_probabilities",
-       [] {
-         return attentionSoftmaxBackwardKernel(4 * kHeads, kSeq, ScoreType::F32,
-                                               ScoreType::F32);
+         return attentionSoftmaxBackwardKernel(8 * kHeads, 256, ScoreType::F32);
        },
        true, true},
       {"causal_softmax_fwd_packed",
        [] {
          return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32,
-                                           ScoreType::BF16, kHeads);
-       },
-       true, true},
-      {"causal_softmax_fwd_packed_probabilities",
-       [] {
-         return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32,
-                                           ScoreType::F32, kHeads);
+                                           kHeads);
        },
        true, true},
       {"attention_softmax_bwd_packed",
        [] {
          return attentionSoftmaxBackwardKernel(4 * kHeads, kSeq, ScoreType::F32,
-                                               ScoreType::F32, kHeads);
+                                               kHeads);
        },
        true, true},
       {"count_targets", [] { return countTargetsKernel(kRows, kSeq, kVocab); },
@@ -341,20 +333,43 @@ TEST(KernelPTX, LaunchShapesFollowTheSizes) {
                 ->block.x,
             256u); // 32 heads * 8 chunks
 
+  // A row gets min(256, seq / 8 rounded up to a warp) threads, a block as
+  // many rows as fit in 256 threads.
   auto softmax = causalSoftmaxForwardKernel(6, 136, ScoreType::F32);
   ASSERT_TRUE(bool(softmax));
-  EXPECT_EQ(softmax->grid.x, 6u * 136u);
-  EXPECT_EQ(softmax->block.x, 32u);
+  EXPECT_EQ(softmax->grid.x, 6u * 136u / 8u); // 17 chunks: 32 threads a row
+  EXPECT_EQ(softmax->block.x, 256u);
   EXPECT_NE(softmax->name,
             causalSoftmaxForwardKernel(6, 136, ScoreType::BF16)->name);
   auto packed = causalSoftmaxForwardKernel(6, 136, ScoreType::F32,
-                                           ScoreType::BF16, /*packedHeads=*/3);
+                                           /*packedHeads=*/3);
   ASSERT_TRUE(bool(packed));
   EXPECT_EQ(packed->grid.x, softmax->grid.x);
   EXPECT_NE(packed->name, softmax->name);
-  EXPECT_NE(packed->name, causalSoftmaxForwardKernel(6, 136, ScoreType::F32,
-                                                     ScoreType::BF16, 2)
-                              ->name);
+  EXPECT_NE(packed->name,
+            causalSoftmaxForwardKernel(6, 136, ScoreType::F32, 2)->name);
+  struct SoftmaxShape {
+    int64_t seq;
+    unsigned rowsPerBlock, block;
+  };
+  for (SoftmaxShape shape : {SoftmaxShape{8, 8, 256},
+                             {264, 4, 256},
+                             {520, 2, 192},
+                             {776, 2, 256},
+                             {1040, 1, 160},
+                             {2048, 1, 256},
+                             {4096, 1, 256}}) {
+    for (bool forward : {true, false}) {
+      llvm::Expected<KernelSpec> spec =
+          forward
+              ? causalSoftmaxForwardKernel(6, shape.seq, ScoreType::F32)
+              : attentionSoftmaxBackwardKernel(6, shape.seq, ScoreType::F32);
+      ASSERT_TRUE(bool(spec)) << llvm::toString(spec.takeError());
+      EXPECT_EQ(spec->grid.x, unsigned(6 * shape.seq) / shape.rowsPerBlock)
+          << shape.seq;
+      EXPECT_EQ(spec->block.x, shape.block) << shape.seq;
+    }
+  }
 
   auto loss = crossEntropyKernel(kRows, kSeq, kVocab);
   ASSERT_TRUE(bool(loss));
@@ -388,8 +403,7 @@ TEST(KernelPTX, RejectsBadStepShapes) {
   EXPECT_NE(message(causalSoftmaxForwardKernel(4, 100, ScoreType::F32))
                 .find("sequence length"),
             std::string::npos);
-  EXPECT_NE(message(attentionSoftmaxBackwardKernel(6, 64, ScoreType::F32,
-                                                   ScoreType::F32, 4))
+  EXPECT_NE(message(attentionSoftmaxBackwardKernel(6, 64, ScoreType::F32, 4))
                 .find("not a multiple of the heads"),
             std::string::npos);
   EXPECT_NE(message(swigluForwardKernel(4, 0)).find("width"),

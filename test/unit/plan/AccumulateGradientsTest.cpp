@@ -12,51 +12,13 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "llamac/Frontend/ModelBuilder.h"
-#include "llamac/Pipeline/Pipeline.h"
-#include "llamac/Plan/BuildPackage.h"
-
-#include "mlir/IR/MLIRContext.h"
-#include "mlir/Pass/PassManager.h"
-
-#include <gtest/gtest.h>
+#include "TinyPackage.h"
 
 using namespace llamac;
+using namespace llamac::test;
 using package::Step;
 
 namespace {
-
-package::Package build(bool tied, bool accumulate) {
-  LlamaConfig config = tinyLlamaConfig();
-  config.intermediateSize = 176; // SwiGLU kernels take multiples of 8
-  config.tieWordEmbeddings = tied;
-  StepShape shape{2, 32, Precision::BF16};
-  mlir::MLIRContext context;
-  mlir::OwningOpRef<mlir::ModuleOp> module =
-      buildForwardModule(context, config, shape);
-  mlir::PassManager pm(&context);
-  mlir::llama::buildTrainStepPipeline(pm);
-  EXPECT_TRUE(mlir::succeeded(pm.run(*module)));
-  PackageOptions options;
-  options.configJson = toHFConfigJson(config);
-  options.batch = shape.batch;
-  options.seq = shape.seq;
-  options.accumulateGradients = accumulate;
-  for (const ParamSpec &spec : parameterSpecs(config))
-    options.hfShapes[spec.name] = spec.shape;
-  llvm::Expected<package::Package> package = buildPackage(*module, options);
-  if (!package) {
-    ADD_FAILURE() << llvm::toString(package.takeError());
-    return {};
-  }
-  return std::move(*package);
-}
-
-/// The buffer an operand points into.
-const package::Buffer &target(const package::Package &p,
-                              const package::Operand &operand) {
-  return p.buffers[operand.buffer];
-}
 
 /// The memset of the whole gradient region, if `step` is one.
 bool zeroesGradients(const package::Package &p, const Step &step) {
@@ -71,8 +33,8 @@ class AccumulateGradientsTest : public ::testing::TestWithParam<bool> {};
 
 TEST_P(AccumulateGradientsTest, EveryGradientWriteAdds) {
   bool tied = GetParam();
-  package::Package plain = build(tied, false);
-  package::Package summing = build(tied, true);
+  package::Package plain = buildTinyPackage(tied, false);
+  package::Package summing = buildTinyPackage(tied, true);
   ASSERT_FALSE(plain.buffers.empty());
   ASSERT_FALSE(summing.buffers.empty());
   EXPECT_FALSE(plain.accumulatesGradients);

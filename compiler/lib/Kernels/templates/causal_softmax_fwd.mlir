@@ -2,31 +2,36 @@
 // columns: the [@SEQ@, @SEQ@] blocks of each (batch, head) stacked, so row
 // r holds query i = r mod @SEQ@ and its keys j. S is already scaled (the
 // GEMM's alpha) and of type @STYPE@; with the mask s <= j <= i,
-//   P[r, j] = @PTYPE@(exp(S[r, j] - m) / sum_{s <= j' <= i} exp(S[r, j'] - m))
-//   (m = max_{s <= j <= i} S[r, j]; f32 math),  P[r, j] = 0 exactly for the
-//   other j.
+//   m = max_{s <= j <= i} S[r, j],  l = sum_{s <= j <= i} exp(S[r, j] - m)
+//   P[r, j] = bf16(exp(S[r, j] - m) / l)   (f32 math),  P[r, j] = 0 exactly
+//   for the other j,
+//   lse[r] = m + log(l)                    (f32),
+// so that the backward recomputes the f32 probabilities as exp(S - lse).
 // The window start s is 0 (the causal mask), or, for packed sequences,
 // s = i - min(max(pos, 0), i) with pos = positions[(r / (@SEQ@ heads)) @SEQ@
 // + i] (positions: i32, the step's position_ids; a data row starts where
-// its position is 0), which the kernel then takes as a third argument:
+// its position is 0), which the kernel then takes as a fourth argument:
 // the POSITIONS_ARG placeholder declares it (or nothing), and the
 // WINDOW_START placeholder computes %start (Kernels.cpp writes both).
 // Masked scores do not reach the result (they may hold anything, NaN too).
-// Reads S (@STYPE@ [@R@, @SEQ@]) and positions when given; writes P
-// (@PTYPE@ [@R@, @SEQ@]: bf16 for the P V and dV GEMMs, f32 for the softmax
-// backward). One block of @BLOCK@ threads per row; thread k owns the 8-column
-// chunks s / 8 + k, s / 8 + k + @BLOCK@, ... up to the chunk of i. It keeps a
-// running (max, sum of exp) over its unmasked columns, the
-// block merges the pairs (shuffles, then one pair per warp in shared
-// memory), and the thread reads its chunks again to write P (thread k
-// writes chunks k, k + @BLOCK@, ... of the whole row, zeros outside the
-// window).
-// @SEQ@ must be a multiple of 8.
-// Launch: grid [@R@], block [@BLOCK@].
-  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %p: memref<@RS@x@PTYPE@>@POSITIONS_ARG@)
+// Reads S (@STYPE@ [@R@, @SEQ@]) and positions when given; writes P (bf16
+// [@R@, @SEQ@], for the P V and dV GEMMs) and lse (f32 [@R@]).
+// Each block of @ROWS@ x @BLOCK@ threads holds @ROWS@ rows: thread t works
+// on row block_id @ROWS@ + t / @BLOCK@ as its thread k = t mod @BLOCK@ (a
+// row's threads are whole warps). Thread k owns the 8-column chunks
+// s / 8 + k, s / 8 + k + @BLOCK@, ... up to the chunk of i. It keeps a
+// running (max, sum of exp) over its unmasked columns, the row's threads
+// merge the pairs (shuffles, then one pair per warp in shared memory at
+// (row in block) @WARPS@ + (warp in row), so rows never mix), thread 0 of
+// the row writes lse, and each thread reads its chunks again to write P
+// (thread k writes chunks k, k + @BLOCK@, ... of the whole row, zeros
+// outside the window).
+// @SEQ@ must be a multiple of 8 and @R@ a multiple of @ROWS@.
+// Launch: grid [@R@ / @ROWS@], block [@ROWS@ x @BLOCK@].
+  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %p: memref<@RS@xbf16>, %lse: memref<@R@xf32>@POSITIONS_ARG@)
       workgroup(%maxes : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64},
                 %sums : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
-      attributes {known_block_size = array<i32: @BLOCK@, 1, 1>} {
+      attributes {known_block_size = array<i32: @THREADS@, 1, 1>} {
     %c0 = arith.constant 0 : index
     %c1 = arith.constant 1 : index
     %c8 = arith.constant 8 : index
@@ -35,6 +40,7 @@
     %warps = arith.constant @WARPS@ : index
     %chunks = arith.constant @CHUNKS@ : index
     %seq = arith.constant @SEQ@ : index
+    %rows = arith.constant @ROWS@ : index
     %i1 = arith.constant 1 : i32
     %i2 = arith.constant 2 : i32
     %i4 = arith.constant 4 : i32
@@ -48,10 +54,14 @@
     %lowest = arith.constant 0xFF7FFFFF : f32
     %lowestv = arith.constant dense<0xFF7FFFFF> : vector<8xf32>
     %zerosv = arith.constant dense<0.0> : vector<8xf32>
-    %zerosp = arith.constant dense<0.0> : vector<8x@PTYPE@>
+    %zerosp = arith.constant dense<0.0> : vector<8xbf16>
     %lanes = arith.constant dense<[0, 1, 2, 3, 4, 5, 6, 7]> : vector<8xindex>
-    %r = gpu.block_id x
-    %tid = gpu.thread_id x
+    %bid = gpu.block_id x
+    %t = gpu.thread_id x
+    %slot = arith.divui %t, %block : index
+    %tid = arith.remui %t, %block : index
+    %firstRow = arith.muli %bid, %rows : index
+    %r = arith.addi %firstRow, %slot : index
     %q = arith.remui %r, %seq : index
     %rowBase = arith.muli %r, %seq : index
     @WINDOW_START@
@@ -86,9 +96,9 @@
       %l2 = arith.addf %l1, %es : f32
       scf.yield %m1, %l2 : f32, f32
     }
-    // Merge the (max, sum) pairs across the warp, then across warps; every
-    // thread merges the per-warp pairs in the same order, so all hold the
-    // same m and l.
+    // Merge the (max, sum) pairs across the warp, then across the row's
+    // warps; every thread of a row merges its per-warp pairs in the same
+    // order, so all hold the same m and l.
     %mo0, %mv0 = gpu.shuffle xor %stats#0, %i16, %i32 : f32
     %lo0, %lv0 = gpu.shuffle xor %stats#1, %i16, %i32 : f32
     %mm0 = arith.maximumf %stats#0, %mo0 : f32
@@ -142,12 +152,15 @@
     %lane = arith.remui %tid, %c32 : index
     %warp = arith.divui %tid, %c32 : index
     %leader = arith.cmpi eq, %lane, %c0 : index
+    %slotBase = arith.muli %slot, %warps : index
+    %warpSlot = arith.addi %slotBase, %warp : index
     scf.if %leader {
-      memref.store %mm4, %maxes[%warp] : memref<32xf32, #gpu.address_space<workgroup>>
-      memref.store %ll4, %sums[%warp] : memref<32xf32, #gpu.address_space<workgroup>>
+      memref.store %mm4, %maxes[%warpSlot] : memref<32xf32, #gpu.address_space<workgroup>>
+      memref.store %ll4, %sums[%warpSlot] : memref<32xf32, #gpu.address_space<workgroup>>
     }
     gpu.barrier
-    %row:2 = scf.for %k = %c0 to %warps step %c1 iter_args(%m = %lowest, %l = %zero) -> (f32, f32) {
+    %slotEnd = arith.addi %slotBase, %warps : index
+    %row:2 = scf.for %k = %slotBase to %slotEnd step %c1 iter_args(%m = %lowest, %l = %zero) -> (f32, f32) {
       %mk = memref.load %maxes[%k] : memref<32xf32, #gpu.address_space<workgroup>>
       %lk = memref.load %sums[%k] : memref<32xf32, #gpu.address_space<workgroup>>
       %mn = arith.maximumf %m, %mk : f32
@@ -160,6 +173,12 @@
       %ln = arith.addf %la, %lb : f32
       scf.yield %mn, %ln : f32, f32
     }
+    %rowLeader = arith.cmpi eq, %tid, %c0 : index
+    scf.if %rowLeader {
+      %logl = math.log %row#1 : f32
+      %lseValue = arith.addf %row#0, %logl : f32
+      memref.store %lseValue, %lse[%r] : memref<@R@xf32>
+    }
     %inv = arith.divf %one, %row#1 : f32
     %mv = vector.broadcast %row#0 : f32 to vector<8xf32>
     %invv = vector.broadcast %inv : f32 to vector<8xf32>
@@ -169,7 +188,7 @@
       %before = arith.cmpi ult, %c, %live : index
       %after = arith.cmpi uge, %c, %first : index
       %touches = arith.andi %before, %after : i1
-      %out = scf.if %touches -> (vector<8x@PTYPE@>) {
+      %out = scf.if %touches -> (vector<8xbf16>) {
         %sv = vector.load %s[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
         %sf = @SCONV@ %sv : vector<8x@STYPE@> to vector<8xf32>
         %offv = vector.broadcast %off : index to vector<8xindex>
@@ -181,12 +200,12 @@
         %e = math.exp %d : vector<8xf32>
         %pf = arith.mulf %e, %invv : vector<8xf32>
         %pk = arith.select %keep, %pf, %zerosv : vector<8xi1>, vector<8xf32>
-        %pb = @PCONV@ %pk : vector<8xf32> to vector<8x@PTYPE@>
-        scf.yield %pb : vector<8x@PTYPE@>
+        %pb = arith.truncf %pk : vector<8xf32> to vector<8xbf16>
+        scf.yield %pb : vector<8xbf16>
       } else {
-        scf.yield %zerosp : vector<8x@PTYPE@>
+        scf.yield %zerosp : vector<8xbf16>
       }
-      vector.store %out, %p[%i] {alignment = 16} : memref<@RS@x@PTYPE@>, vector<8x@PTYPE@>
+      vector.store %out, %p[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
     }
     gpu.return
   }

@@ -1,0 +1,54 @@
+//===- TinyPackage.h - GPU packages of the tiny model for plan tests ------===//
+
+#ifndef LLAMAC_TEST_UNIT_PLAN_TINYPACKAGE_H
+#define LLAMAC_TEST_UNIT_PLAN_TINYPACKAGE_H
+
+#include "llamac/Frontend/ModelBuilder.h"
+#include "llamac/Pipeline/Pipeline.h"
+#include "llamac/Plan/BuildPackage.h"
+
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Pass/PassManager.h"
+
+#include <gtest/gtest.h>
+
+namespace llamac::test {
+
+/// The bf16 step of the tiny model (intermediate size 176: SwiGLU kernels
+/// take multiples of 8) at batch 2 x seq 32 as a GPU package, with tied
+/// embeddings when `tied`, accumulating gradients when `accumulate`.
+inline package::Package buildTinyPackage(bool tied, bool accumulate) {
+  LlamaConfig config = tinyLlamaConfig();
+  config.intermediateSize = 176;
+  config.tieWordEmbeddings = tied;
+  StepShape shape{2, 32, Precision::BF16};
+  mlir::MLIRContext context;
+  mlir::OwningOpRef<mlir::ModuleOp> module =
+      buildForwardModule(context, config, shape);
+  mlir::PassManager pm(&context);
+  mlir::llama::buildTrainStepPipeline(pm);
+  EXPECT_TRUE(mlir::succeeded(pm.run(*module)));
+  PackageOptions options;
+  options.configJson = toHFConfigJson(config);
+  options.batch = shape.batch;
+  options.seq = shape.seq;
+  options.accumulateGradients = accumulate;
+  for (const ParamSpec &spec : parameterSpecs(config))
+    options.hfShapes[spec.name] = spec.shape;
+  llvm::Expected<package::Package> package = buildPackage(*module, options);
+  if (!package) {
+    ADD_FAILURE() << llvm::toString(package.takeError());
+    return {};
+  }
+  return std::move(*package);
+}
+
+/// The buffer an operand points into.
+inline const package::Buffer &target(const package::Package &p,
+                                     const package::Operand &operand) {
+  return p.buffers[operand.buffer];
+}
+
+} // namespace llamac::test
+
+#endif // LLAMAC_TEST_UNIT_PLAN_TINYPACKAGE_H
