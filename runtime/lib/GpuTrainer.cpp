@@ -192,6 +192,12 @@ int trainOnGpu(const GpuTrainOptions &options) {
       trainingFlopsPerPosition(package.configJson, package.seq);
   if (!flopsPerPosition)
     return report(manifest + ": " + flopsPerPosition.error().message);
+  // The FP8 scaling state lives in the arena; checkpoints do not hold it
+  // yet, so a resumed fp8 run would restart its scales.
+  if (package.precision == "fp8" && !options.resumePath.empty())
+    return report("--resume: " + manifest +
+                  ": precision fp8: resuming does not restore the FP8 "
+                  "scaling state yet");
   if (options.gradAccum > 1 && !package.accumulatesGradients)
     return report("--grad-accum " + std::to_string(options.gradAccum) + ": " +
                   options.packageDir +

@@ -152,7 +152,7 @@ TEST(FP8ScaleUpdate, FollowsTheReferenceOverSteps) {
     DeviceBuffer history(device, kFP8Tensors * kFP8History * 4, "history"),
         amax(device, kFP8Tensors * 4, "amax"),
         scale(device, kFP8Tensors * 4, "scale"),
-        scaleInv(device, kFP8Tensors * 4, "scale_inv");
+        scaleInv(device, kFP8Tensors * 16, "scale_inv"); // 16-byte rows
     history.fill(0);
     scale.upload(std::vector<float>(kFP8Tensors, 1.0f));
     scaleInv.fill(0xFF);
@@ -168,7 +168,7 @@ TEST(FP8ScaleUpdate, FollowsTheReferenceOverSteps) {
       std::vector<float> gotHistory =
           history.download<float>(kFP8Tensors * kFP8History);
       std::vector<float> gotScale = scale.download<float>(kFP8Tensors);
-      std::vector<float> gotInv = scaleInv.download<float>(kFP8Tensors);
+      std::vector<float> gotInv = scaleInv.download<float>(4 * kFP8Tensors);
       std::vector<float> gotAmax = amax.download<float>(kFP8Tensors);
       for (int64_t t = 0; t < kFP8Tensors; ++t) {
         for (int64_t i = 0; i < kFP8History; ++i) {
@@ -179,7 +179,7 @@ TEST(FP8ScaleUpdate, FollowsTheReferenceOverSteps) {
         }
         float want = float(wantScale[s * kFP8Tensors + t]);
         EXPECT_EQ(gotScale[t], want) << "scale[" << t << "]";
-        EXPECT_EQ(gotInv[t], 1.0f / want) << "scale_inv[" << t << "]";
+        EXPECT_EQ(gotInv[4 * t], 1.0f / want) << "scale_inv[" << t << "]";
         EXPECT_EQ(gotAmax[t], 0.0f) << "amax[" << t << "] is not reset";
       }
     }

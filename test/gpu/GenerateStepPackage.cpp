@@ -8,7 +8,11 @@
 // compares. Writes OUT/package/, OUT/inputs.safetensors and
 // OUT/expected.safetensors, named by the package's buffer names. With
 // --packed the step takes packed sequences (position_ids; GpuStepShapes.h
-// says which data rows each holds).
+// says which data rows each holds). With --fp8 the step is the FP8 one
+// (delayed scaling, test::kFP8AmaxHistory entries of history) and the
+// reference runs test::kFP8Steps steps of it, carrying the weights, AdamW
+// moments and FP8 state: it records each step's loss ("loss.<step>") and
+// the FP8 state after the last ("fp8_amax_history:<id>", "fp8_scale:<id>").
 //
 //===----------------------------------------------------------------------===//
 
@@ -58,20 +62,232 @@ static int fail(const llvm::Twine &message) {
   return 1;
 }
 
+/// The train step of `config` through the pipeline.
+static mlir::OwningOpRef<mlir::ModuleOp>
+buildStep(mlir::MLIRContext &context, const LlamaConfig &config,
+          const StepShape &shape,
+          const mlir::llama::TrainStepPipelineOptions &pipeline) {
+  mlir::OwningOpRef<mlir::ModuleOp> module =
+      buildForwardModule(context, config, shape);
+  mlir::PassManager pm(&context);
+  mlir::llama::buildTrainStepPipeline(pm, pipeline);
+  if (mlir::failed(pm.run(*module)))
+    return nullptr;
+  return module;
+}
+
+/// Argument `i` of @forward_backward when it is a parameter (normal weights,
+/// norm weights near 1, rounded to its type) or an input (the test batch):
+/// its value, also appended to `inputs` under its package buffer name.
+/// Returns false for the other arguments.
+static bool stepInput(mlir::func::FuncOp func, unsigned i, int64_t vocab,
+                      bool packed, Tensor &tensor,
+                      std::vector<HostTensor> &inputs) {
+  auto type = mlir::cast<mlir::RankedTensorType>(func.getArgument(i).getType());
+  std::vector<int64_t> dims(type.getShape().begin(), type.getShape().end());
+  tensor = Tensor::zeros(dims);
+  if (auto name =
+          func.getArgAttrOfType<mlir::StringAttr>(i, mlir::llama::kParamAttr)) {
+    Random random(7, name.str());
+    bool norm = name.getValue().ends_with("norm.weight");
+    for (double &v : tensor.data)
+      v = reference::roundTo(norm ? 1 + 0.1 * random.normal()
+                                  : 0.08 * random.normal(),
+                             type.getElementType());
+    inputs.push_back(HostTensor::fromDouble("param:" + name.str(), DType::BF16,
+                                            dims, tensor.data));
+    return true;
+  }
+  auto input =
+      func.getArgAttrOfType<mlir::StringAttr>(i, mlir::llama::kInputAttr);
+  if (!input)
+    return false;
+  if (input.getValue() == "position_ids")
+    test::fillPositions(tensor.data);
+  else
+    test::fillBatch(input.getValue() == "labels", vocab, tensor.data, packed);
+  inputs.push_back(
+      HostTensor::fromDouble(input.str(), DType::I32, dims, tensor.data));
+  return true;
+}
+
+/// The string attribute `attr` of `func`'s argument `i`, or "".
+static std::string argName(mlir::func::FuncOp func, unsigned i,
+                           llvm::StringRef attr) {
+  mlir::DictionaryAttr attrs = func.getArgAttrDict(i);
+  auto value = attrs ? attrs.getAs<mlir::StringAttr>(attr) : nullptr;
+  return value ? value.str() : std::string();
+}
+
+/// Compiles `module` to a package and writes it with the inputs and the
+/// expected values into `out`.
+static int writeStep(const std::string &out, mlir::ModuleOp module,
+                     const LlamaConfig &config, const StepShape &shape,
+                     const std::vector<HostTensor> &inputs,
+                     const std::vector<HostTensor> &expected) {
+  PackageOptions options;
+  options.compiler = "llamac GPU test";
+  options.configJson = toHFConfigJson(config);
+  options.batch = shape.batch;
+  options.seq = shape.seq;
+  for (const ParamSpec &spec : parameterSpecs(config))
+    options.hfShapes[spec.name] = spec.shape;
+  llvm::Expected<package::Package> package = buildPackage(module, options);
+  if (!package)
+    return fail(llvm::toString(package.takeError()));
+  if (std::error_code error =
+          llvm::sys::fs::create_directories(out + "/package"))
+    return fail(out + ": " + error.message());
+  for (Status status :
+       {package::writePackage(out + "/package", *package),
+        writeSafetensors(out + "/inputs.safetensors", inputs),
+        writeSafetensors(out + "/expected.safetensors", expected)})
+    if (!status)
+      return fail(status.error().message);
+  return 0;
+}
+
+/// --fp8: test::kFP8Steps steps of the FP8 train step on the reference.
+static int generateFP8(const std::string &out) {
+  LlamaConfig config = stepTestConfig();
+  StepShape shape{test::kStepBatch, test::kStepSeq, Precision::BF16, false};
+  mlir::llama::TrainStepPipelineOptions pipeline;
+  pipeline.fp8 = true;
+  pipeline.fp8AmaxHistory = test::kFP8AmaxHistory;
+  mlir::MLIRContext context;
+  mlir::OwningOpRef<mlir::ModuleOp> module =
+      buildStep(context, config, shape, pipeline);
+  if (!module)
+    return fail("the FP8 train-step pipeline failed");
+  auto forwardBackward = module->lookupSymbol<mlir::func::FuncOp>(
+      mlir::llama::kForwardBackwardName);
+  auto optimizer =
+      module->lookupSymbol<mlir::func::FuncOp>(mlir::llama::kOptimizerStepName);
+
+  // The carried state: weights, FP8 histories (zeros) and scales (ones),
+  // AdamW moments (zeros), by name.
+  std::vector<HostTensor> inputs;
+  std::vector<Tensor> fbArgs(forwardBackward.getNumArguments());
+  llvm::StringMap<Tensor> params, expAvg, expAvgSq, histories, scales;
+  for (unsigned i = 0; i < forwardBackward.getNumArguments(); ++i) {
+    if (stepInput(forwardBackward, i, config.vocabSize, false, fbArgs[i],
+                  inputs)) {
+      if (std::string p = argName(forwardBackward, i, mlir::llama::kParamAttr);
+          !p.empty())
+        params[p] = fbArgs[i];
+    } else if (std::string id = argName(forwardBackward, i,
+                                        mlir::llama::kFP8AmaxHistoryAttr);
+               !id.empty()) {
+      histories[id] = fbArgs[i];
+    } else if (std::string id =
+                   argName(forwardBackward, i, mlir::llama::kFP8ScaleAttr);
+               !id.empty()) {
+      scales[id] = Tensor::scalar(1);
+    } else {
+      return fail("unexpected @forward_backward argument " + llvm::Twine(i));
+    }
+  }
+
+  std::vector<HostTensor> expected;
+  for (int step = 1; step <= test::kFP8Steps; ++step) {
+    for (unsigned i = 0; i < forwardBackward.getNumArguments(); ++i)
+      for (auto [attr, held] :
+           {std::pair{mlir::llama::kParamAttr, &params},
+            std::pair{mlir::llama::kFP8AmaxHistoryAttr, &histories},
+            std::pair{mlir::llama::kFP8ScaleAttr, &scales}})
+        if (std::string name = argName(forwardBackward, i, attr); !name.empty())
+          fbArgs[i] = (*held)[name];
+    llvm::Expected<std::vector<Tensor>> fb =
+        reference::interpret(forwardBackward, fbArgs);
+    if (!fb)
+      return fail(llvm::toString(fb.takeError()));
+    llvm::StringMap<Tensor> grads;
+    for (unsigned i = 0; i < fb->size(); ++i) {
+      mlir::DictionaryAttr attrs = forwardBackward.getResultAttrDict(i);
+      auto named = [&](llvm::StringRef key) {
+        auto value = attrs ? attrs.getAs<mlir::StringAttr>(key) : nullptr;
+        return value ? value.str() : std::string();
+      };
+      if (std::string g = named(mlir::llama::kGradAttr); !g.empty())
+        grads[g] = (*fb)[i];
+      else if (std::string h = named(mlir::llama::kNewFP8AmaxHistoryAttr);
+               !h.empty())
+        histories[h] = (*fb)[i];
+      else if (std::string s = named(mlir::llama::kNewFP8ScaleAttr); !s.empty())
+        scales[s] = (*fb)[i];
+      else
+        expected.push_back(HostTensor::fromDouble(
+            "loss." + std::to_string(step), DType::F32, {}, (*fb)[i].data));
+    }
+    std::vector<Tensor> optArgs;
+    for (unsigned i = 0; i < optimizer.getNumArguments(); ++i) {
+      auto type = mlir::cast<mlir::RankedTensorType>(
+          optimizer.getArgument(i).getType());
+      std::vector<int64_t> dims(type.getShape().begin(), type.getShape().end());
+      if (std::string p = argName(optimizer, i, mlir::llama::kParamAttr);
+          !p.empty())
+        optArgs.push_back(params[p]);
+      else if (std::string g = argName(optimizer, i, mlir::llama::kGradAttr);
+               !g.empty())
+        optArgs.push_back(grads[g]);
+      else if (std::string h =
+                   argName(optimizer, i, mlir::llama::kHyperparameterAttr);
+               !h.empty())
+        optArgs.push_back(Tensor::scalar(h == "step" ? double(step)
+                                         : h == "lr"
+                                             ? test::kFP8Lr
+                                             : test::hyperparameter(h)));
+      else if (std::string m = argName(optimizer, i, mlir::llama::kExpAvgAttr);
+               !m.empty())
+        optArgs.push_back(expAvg.count(m) ? expAvg[m] : Tensor::zeros(dims));
+      else if (std::string m =
+                   argName(optimizer, i, mlir::llama::kExpAvgSqAttr);
+               !m.empty())
+        optArgs.push_back(expAvgSq.count(m) ? expAvgSq[m]
+                                            : Tensor::zeros(dims));
+      else
+        return fail("unexpected @optimizer_step argument " + llvm::Twine(i));
+    }
+    llvm::Expected<std::vector<Tensor>> opt =
+        reference::interpret(optimizer, optArgs);
+    if (!opt)
+      return fail(llvm::toString(opt.takeError()));
+    for (unsigned i = 0; i < opt->size(); ++i) {
+      mlir::DictionaryAttr attrs = optimizer.getResultAttrDict(i);
+      if (!attrs)
+        continue;
+      for (auto [attr, held] :
+           {std::pair{mlir::llama::kNewParamAttr, &params},
+            std::pair{mlir::llama::kNewExpAvgAttr, &expAvg},
+            std::pair{mlir::llama::kNewExpAvgSqAttr, &expAvgSq}})
+        if (auto name = attrs.getAs<mlir::StringAttr>(attr))
+          (*held)[name.getValue()] = (*opt)[i];
+    }
+  }
+  for (auto [prefix, held] : {std::pair{"fp8_amax_history:", &histories},
+                              std::pair{"fp8_scale:", &scales}})
+    for (const auto &entry : *held)
+      expected.push_back(HostTensor::fromDouble(
+          prefix + entry.getKey().str(), DType::F32, entry.getValue().shape,
+          entry.getValue().data));
+  return writeStep(out, *module, config, shape, inputs, expected);
+}
+
 int main(int argc, char **argv) {
   bool packed = argc == 3 && llvm::StringRef(argv[2]) == "--packed";
-  if (argc != 2 && !packed)
-    return fail("usage: GenerateStepPackage OUTPUT_DIR [--packed]");
+  bool fp8 = argc == 3 && llvm::StringRef(argv[2]) == "--fp8";
+  if (argc != 2 && !packed && !fp8)
+    return fail("usage: GenerateStepPackage OUTPUT_DIR [--packed | --fp8]");
   std::string out = argv[1];
+  if (fp8)
+    return generateFP8(out);
   LlamaConfig config = stepTestConfig();
   StepShape shape{test::kStepBatch, test::kStepSeq, Precision::BF16, packed};
 
   mlir::MLIRContext context;
   mlir::OwningOpRef<mlir::ModuleOp> module =
-      buildForwardModule(context, config, shape);
-  mlir::PassManager pm(&context);
-  mlir::llama::buildTrainStepPipeline(pm);
-  if (mlir::failed(pm.run(*module)))
+      buildStep(context, config, shape, {});
+  if (!module)
     return fail("the train-step pipeline failed");
 
   // Inputs: weights (normal, norm weights near 1) and one batch.
@@ -83,32 +299,13 @@ int main(int argc, char **argv) {
   std::vector<HostTensor> inputs;
   std::vector<Tensor> fbArgs;
   for (unsigned i = 0; i < forwardBackward.getNumArguments(); ++i) {
-    auto type = mlir::cast<mlir::RankedTensorType>(
-        forwardBackward.getArgument(i).getType());
-    std::vector<int64_t> dims(type.getShape().begin(), type.getShape().end());
-    Tensor tensor = Tensor::zeros(dims);
-    if (auto name = forwardBackward.getArgAttrOfType<mlir::StringAttr>(
-            i, mlir::llama::kParamAttr)) {
-      Random random(7, name.str());
-      bool norm = name.getValue().ends_with("norm.weight");
-      for (double &v : tensor.data)
-        v = reference::roundTo(norm ? 1 + 0.1 * random.normal()
-                                    : 0.08 * random.normal(),
-                               type.getElementType());
-      params[name.getValue()] = tensor;
-      inputs.push_back(HostTensor::fromDouble("param:" + name.str(),
-                                              DType::BF16, dims, tensor.data));
-    } else {
-      auto input = forwardBackward.getArgAttrOfType<mlir::StringAttr>(
-          i, mlir::llama::kInputAttr);
-      if (input.getValue() == "position_ids")
-        test::fillPositions(tensor.data);
-      else
-        test::fillBatch(input.getValue() == "labels", config.vocabSize,
-                        tensor.data, packed);
-      inputs.push_back(
-          HostTensor::fromDouble(input.str(), DType::I32, dims, tensor.data));
-    }
+    Tensor tensor;
+    if (!stepInput(forwardBackward, i, config.vocabSize, packed, tensor,
+                   inputs))
+      return fail("unexpected @forward_backward argument " + llvm::Twine(i));
+    if (std::string p = argName(forwardBackward, i, mlir::llama::kParamAttr);
+        !p.empty())
+      params[p] = tensor;
     fbArgs.push_back(std::move(tensor));
   }
 
@@ -132,19 +329,17 @@ int main(int argc, char **argv) {
 
   std::vector<Tensor> optArgs;
   for (unsigned i = 0; i < optimizer.getNumArguments(); ++i) {
-    mlir::DictionaryAttr attrs = optimizer.getArgAttrDict(i);
-    auto named = [&](llvm::StringRef key) {
-      auto value = attrs.getAs<mlir::StringAttr>(key);
-      return value ? value.str() : std::string();
-    };
     auto type =
         mlir::cast<mlir::RankedTensorType>(optimizer.getArgument(i).getType());
     std::vector<int64_t> dims(type.getShape().begin(), type.getShape().end());
-    if (std::string p = named(mlir::llama::kParamAttr); !p.empty())
+    if (std::string p = argName(optimizer, i, mlir::llama::kParamAttr);
+        !p.empty())
       optArgs.push_back(params[p]);
-    else if (std::string g = named(mlir::llama::kGradAttr); !g.empty())
+    else if (std::string g = argName(optimizer, i, mlir::llama::kGradAttr);
+             !g.empty())
       optArgs.push_back(grads[g]);
-    else if (std::string h = named(mlir::llama::kHyperparameterAttr);
+    else if (std::string h =
+                 argName(optimizer, i, mlir::llama::kHyperparameterAttr);
              !h.empty())
       optArgs.push_back(Tensor::scalar(test::hyperparameter(h)));
     else
@@ -164,24 +359,5 @@ int main(int argc, char **argv) {
           HostTensor::fromDouble("grad_norm", DType::F32, {}, (*opt)[i].data));
   }
 
-  PackageOptions options;
-  options.compiler = "llamac GPU test";
-  options.configJson = toHFConfigJson(config);
-  options.batch = shape.batch;
-  options.seq = shape.seq;
-  for (const ParamSpec &spec : parameterSpecs(config))
-    options.hfShapes[spec.name] = spec.shape;
-  llvm::Expected<package::Package> package = buildPackage(*module, options);
-  if (!package)
-    return fail(llvm::toString(package.takeError()));
-  if (std::error_code error =
-          llvm::sys::fs::create_directories(out + "/package"))
-    return fail(out + ": " + error.message());
-  for (Status status :
-       {package::writePackage(out + "/package", *package),
-        writeSafetensors(out + "/inputs.safetensors", inputs),
-        writeSafetensors(out + "/expected.safetensors", expected)})
-    if (!status)
-      return fail(status.error().message);
-  return 0;
+  return writeStep(out, *module, config, shape, inputs, expected);
 }

@@ -16,6 +16,15 @@ namespace llamac::test {
 
 constexpr int64_t kStepBatch = 4, kStepSeq = 32;
 
+/// The FP8 step (GenerateStepPackage --fp8): delayed scaling with this many
+/// amax history entries, run for kFP8Steps steps.
+/// Its learning rate is lower than the one step's (hyperparameter): over
+/// several steps, AdamW's sign-like first updates of noise-level gradients
+/// would otherwise move the two runs' weights apart by whole updates.
+constexpr int64_t kFP8AmaxHistory = 16;
+constexpr int kFP8Steps = 3;
+constexpr double kFP8Lr = 1e-3;
+
 /// AdamW settings of the step, with clipping that bites (max norm 0.5).
 inline double hyperparameter(const std::string &name) {
   if (name == "lr") // updates of several bf16 ulps of the weights

@@ -101,9 +101,6 @@ int llamac::runCompile(const CompileOptions &options) {
   if (options.accumulateGradients && options.emit != "package")
     return reportError("--accumulate-grads: only for --emit package");
   if (options.emit == "package") {
-    if (options.fp8.enabled)
-      return reportError("--precision fp8: runs on the CPU backend only so "
-                         "far (no GPU package yet)");
     // A directory: manifest.json + kernels.ptx, for llamac-run on a GPU box.
     if (options.outputPath == "-")
       return reportError("--emit package: give the package directory with -o");

@@ -641,8 +641,10 @@ int64_t countParameters(const std::vector<ParamSpec> &specs) {
 int llamac::runTrain(const TrainOptions &options) {
   const StepShape &shape = options.shape;
   if (options.fp8.enabled && options.device != "cpu")
-    return reportError("--precision fp8: runs on the CPU backend only so far "
-                       "(--device cpu)");
+    return reportError("--precision fp8: the GPU training loop does not run "
+                       "fp8 yet (its checkpoints would lack the FP8 scaling "
+                       "state); use --device cpu, or build the GPU step with "
+                       "llamac compile --emit package");
   if (options.device == "cuda")
     return runTrainOnCuda(options);
   if (options.device != "cpu")

@@ -265,16 +265,43 @@ constexpr const char *kBlockAmax = R"mlir(
 } // namespace
 
 llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
-                                                 FP8Format format) {
+                                                 FP8Format format, int64_t cols,
+                                                 int64_t ld) {
   const char *kernel = "fp8_cast";
   if (llvm::Error error = checkSize(kernel, "element count", numel, 8))
     return std::move(error);
+  bool strided = cols && ld != cols;
+  if (strided) {
+    if (llvm::Error error = checkSize(kernel, "column count", cols, 8))
+      return std::move(error);
+    if (numel % cols || ld < cols || ld % 8)
+      return shapeError(kernel, "a row stride of " + str(ld) + " over " +
+                                    str(cols) + " columns does not fit " +
+                                    str(numel) + " elements");
+  }
   unsigned grid = std::min(blocksFor(numel / 8, 256), 1024u);
+  // Element %i of the copy to the source element %src.
+  std::string source = "      %src = arith.addi %i, %c0 : index\n";
+  if (strided)
+    source = "      %srcCols = arith.constant " + str(cols) +
+             " : index\n      %srcLd = arith.constant " + str(ld) +
+             " : index\n      %srcRow = arith.divui %i, %srcCols : index\n"
+             "      %srcCol = arith.remui %i, %srcCols : index\n"
+             "      %srcStart = arith.muli %srcRow, %srcLd : index\n"
+             "      %src = arith.addi %srcStart, %srcCol : index\n";
+  int64_t rows = strided ? numel / cols : 1;
   std::string convert;
   std::vector<std::string> values = extractAll("%y", 8, convert);
   convert += fp8Pack(values, format, "%q");
-  return specialize(kernel, "fp8_cast_n" + str(numel) + fp8Suffix(format),
+  return specialize(kernel,
+                    "fp8_cast_n" + str(numel) +
+                        (strided ? "_c" + str(cols) + "_ld" + str(ld) : "") +
+                        fp8Suffix(format),
                     {{"N", str(numel)},
+                     {"NX", str(strided ? (rows - 1) * ld + cols : numel)},
+                     {"COLS", str(strided ? cols : numel)},
+                     {"LD", str(strided ? ld : numel)},
+                     {"SOURCE", source},
                      {"CHUNKS", str(numel / 8)},
                      {"STRIDE", str(int64_t(grid) * 256)},
                      {"G", str(grid)},
@@ -284,23 +311,31 @@ llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
                     dims(grid), dims(256));
 }
 
-llvm::Expected<KernelSpec>
-llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format) {
+llvm::Expected<KernelSpec> llamac::fp8CastTransposeKernel(int64_t rows,
+                                                          int64_t cols,
+                                                          FP8Format format,
+                                                          int64_t ld) {
   const char *kernel = "fp8_cast_transpose";
   if (llvm::Error error = checkSize(kernel, "row count", rows, 16))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "column count", cols, 8))
     return std::move(error);
+  if (!ld)
+    ld = cols;
+  if (ld < cols || ld % 8)
+    return shapeError(kernel, "row stride " + str(ld) + " for " + str(cols) +
+                                  " columns: must be at least that and a "
+                                  "multiple of 8");
   int64_t tiles = rows / 16 * (cols / 8);
   // Rows 0..15 of the tile: load, widen, scale, and fold |x| into %mx<k>.
   std::string tile, tileMax;
   auto line = [&](const std::string &text) { tile += "      " + text + "\n"; };
   for (int k = 0; k < 16; ++k) {
     std::string n = std::to_string(k);
-    line("%ck" + n + " = arith.constant " + str(k * cols) + " : index");
+    line("%ck" + n + " = arith.constant " + str(k * ld) + " : index");
     line("%i" + n + " = arith.addi %base, %ck" + n + " : index");
     line("%l" + n + " = vector.load %x[%i" + n +
-         "] {alignment = 16} : memref<@RC@xbf16>, vector<8xbf16>");
+         "] {alignment = 16} : memref<@NX@xbf16>, vector<8xbf16>");
     line("%f" + n + " = arith.extf %l" + n +
          " : vector<8xbf16> to vector<8xf32>");
     line("%fb" + n + " = arith.bitcast %f" + n +
@@ -331,10 +366,12 @@ llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format) {
   }
   return specialize(kernel,
                     "fp8_cast_transpose_r" + str(rows) + "_c" + str(cols) +
-                        fp8Suffix(format),
+                        (ld != cols ? "_ld" + str(ld) : "") + fp8Suffix(format),
                     {{"TILE", tile},
                      {"R", str(rows)},
                      {"C", str(cols)},
+                     {"LD", str(ld)},
+                     {"NX", str((rows - 1) * ld + cols)},
                      {"RC", str(rows * cols)},
                      {"CCH", str(cols / 8)},
                      {"TILES", str(tiles)},
@@ -364,6 +401,7 @@ llvm::Expected<KernelSpec> llamac::fp8ScaleUpdateKernel(int64_t tensors,
                         str(historyLength) + fp8Suffix(format) + "_m" +
                         str(margin) + (mostRecent ? "_recent" : ""),
                     {{"T", str(tensors)},
+                     {"T4", str(4 * tensors)},
                      {"L", str(historyLength)},
                      {"TL", str(tensors * historyLength)},
                      {"FMAX", f64Bits(fp8Largest(format))},

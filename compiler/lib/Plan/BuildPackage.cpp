@@ -294,13 +294,20 @@ private:
     g.m = m, g.n = n, g.k = k;
     g.transposeA = transposeA, g.transposeB = transposeB;
     g.a = operand(a), g.b = operand(b), g.d = operand(d);
+    setAddend(g, d, addend);
+    gemm(g, label);
+  }
+
+  /// GEMM `g` writing `d` adds `addend` (beta 1, C), or adds into `d` when
+  /// it is an accumulated gradient slot (beta 1, C = D).
+  void setAddend(package::Gemm &g, const Location &d,
+                 std::optional<Location> addend) const {
     if (addend) {
       g.c = operand(*addend);
       g.beta = 1;
     } else if (accumulatesInto(d)) {
       g.beta = 1;
     }
-    gemm(g, label);
   }
 
   /// The residual add that is `value`'s only user, and the add's other
@@ -316,6 +323,23 @@ private:
     if (found == locations.end() || found->second.ld)
       return std::nullopt;
     return std::make_pair(add, other);
+  }
+
+  /// When the residual add that is `out`'s only user can be folded into the
+  /// GEMM computing `out`: the add's other operand (the addend), with `out`
+  /// now the add's result and `label` saying so.
+  llvm::Expected<std::optional<Location>> foldResidual(Value &out,
+                                                       std::string &label) {
+    auto residual = residualAddOf(out);
+    if (!residual)
+      return std::nullopt;
+    auto x = use(residual->second);
+    if (!x)
+      return x.takeError();
+    out = residual->first.getResult();
+    folded.insert(residual->first);
+    label += " + residual";
+    return std::optional<Location>(*x);
   }
 
   llvm::Error fail(Operation *op, const llvm::Twine &message) {
@@ -338,6 +362,20 @@ private:
     return llvm::Error::success();
   }
 
+  /// The outputs of a norm_matmul are adjacent column slices of its GEMM's
+  /// output `y` ([T, width]).
+  llvm::Error sliceOutputs(Operation *op, ValueRange outputs, int y,
+                           int64_t width) {
+    int64_t column = 0;
+    for (Value output : outputs) {
+      if (locations.count(output))
+        return fail(op, "an output already has a location");
+      locations[output] = {y, uint64_t(column) * 2, width};
+      column += cast<RankedTensorType>(output.getType()).getDimSize(1);
+    }
+    return llvm::Error::success();
+  }
+
   //--- Ops --------------------------------------------------------------===//
 
   llvm::Error prepareForwardBackward(func::FuncOp func);
@@ -353,6 +391,76 @@ private:
   llvm::Expected<std::optional<Location>> usePositions(Value positions);
   llvm::Error lowerOptimizer(func::FuncOp func);
   int freqTable(ArrayRef<double> frequencies);
+
+  //--- FP8 (llama-insert-fp8) -------------------------------------------===//
+
+  /// A quantized tensor's row in its format's delayed-scaling state.
+  struct FP8Slot {
+    int format = 0; ///< Index into fp8States.
+    int64_t index = 0;
+  };
+  /// The delayed-scaling state of one FP8 format: per quantized tensor an
+  /// amax history row, a scale, its inverse and this step's amax, in four
+  /// persistent buffers that one fp8_scale_update launch updates.
+  struct FP8State {
+    std::string name; ///< "e4m3" or "e5m2"
+    std::vector<std::string> ids;
+    int64_t historyLength = 0, margin = 0;
+    std::string algo;
+    int history = -1, scale = -1, scaleInv = -1, amax = -1;
+  };
+  /// A bf16 tensor (`rows` x `cols` at `source`) quantized in row blocks,
+  /// each with its own scale, and the FP8 copies made of it so far: the
+  /// direct one [rows, cols] and the transposed one (block by block, each
+  /// [cols, block rows], one after the other).
+  struct FP8Tensor {
+    std::string name;
+    Location source;
+    int64_t rows = 0, cols = 0;
+    std::vector<int64_t> blockRows;
+    std::vector<FP8Slot> slots;
+    int direct = -1, transposed = -1;
+  };
+  /// A K-major FP8 GEMM operand and its scale inverse.
+  struct FP8Operand {
+    Location at;
+    FP8Slot slot;
+  };
+
+  llvm::Error prepareFP8(func::FuncOp func);
+  llvm::Expected<SmallVector<FP8Slot>> fp8SlotsOf(Operation *op,
+                                                  ValueRange scales,
+                                                  ValueRange amaxes,
+                                                  ArrayRef<StringRef> formats);
+  Location fp8Scalar(int FP8State::*region, FP8Slot slot) const {
+    uint64_t rowBytes = region == &FP8State::scaleInv ? 16 : 4;
+    return {fp8States[slot.format].*region, uint64_t(slot.index) * rowBytes, 0};
+  }
+  static ElementType fp8Type(FP8Slot slot) {
+    return slot.format ? ElementType::F8E5M2 : ElementType::F8E4M3;
+  }
+  bool isFP8(Operation &op) const;
+  llvm::Error lowerFP8(Operation &op, const std::string &label);
+  FP8Tensor fp8Tensor(Location source, int64_t rows, int64_t cols,
+                      ArrayRef<FP8Slot> slots, ArrayRef<int64_t> blockRows,
+                      const std::string &name) const;
+  llvm::Expected<FP8Tensor *> quantized(Operation *op, Value value);
+  llvm::Error fp8Copy(FP8Tensor &t, bool transposed, const std::string &label);
+  llvm::Expected<FP8Operand> fp8Rows(Operation *op, FP8Tensor &t, int64_t first,
+                                     int64_t count, bool transposed,
+                                     const std::string &label);
+  llvm::Error fp8Gemm(Operation *op, const FP8Operand &a, const FP8Operand &b,
+                      Location d, int64_t m, int64_t n, int64_t k,
+                      bool accumulate, const std::string &label,
+                      std::optional<Location> addend = std::nullopt);
+  llvm::Error lowerFP8Quantize(FP8QuantizeOp op, const std::string &label);
+  llvm::Error lowerFP8Matmul(MatmulOp op, std::string label);
+  llvm::Error lowerFP8NormMatmul(NormMatmulOp op, const std::string &label);
+  llvm::Error lowerFP8NormMatmulGrad(NormMatmulGradOp op,
+                                     const std::string &label);
+  llvm::Error lowerFP8GatedMLP(GatedMLPOp op, const std::string &label);
+  llvm::Error lowerFP8GatedMLPGrad(GatedMLPGradOp op, const std::string &label);
+  llvm::Error updateFP8Scales();
 
   const PackageOptions &options;
   std::vector<Logical> buffers;
@@ -383,6 +491,15 @@ private:
   llvm::DenseSet<Operation *> folded;
   std::map<std::vector<double>, int> freqTables;
   int64_t tokens = 0;
+
+  /// FP8: the state per format (e4m3, e5m2), the slot of each scale
+  /// argument, and the tensors the llama.fp8_quantize ops have quantized,
+  /// by result.
+  FP8State fp8States[2];
+  llvm::DenseMap<Value, FP8Slot> fp8Slots;
+  llvm::DenseMap<Value, FP8Tensor> fp8Tensors;
+  /// The slot whose amax each amax result raises.
+  llvm::DenseMap<Value, FP8Slot> fp8AmaxSlots;
 };
 
 //===----------------------------------------------------------------------===//
@@ -529,6 +646,10 @@ llvm::Error PackageBuilder::prepareForwardBackward(func::FuncOp func) {
                        "activation", ElementType::BF16, {tokens, width}, false);
     int64_t column = 0;
     for (Value grad : op.getGrads()) {
+      // Under FP8 the op reads the cotangents quantized: their bf16 sources
+      // sit side by side.
+      if (auto quantize = grad.getDefiningOp<FP8QuantizeOp>())
+        grad = quantize.getInput();
       if (!grad.hasOneUse() || locations.count(grad)) {
         error = fail(op, "a cotangent it reads has other users");
         return;
@@ -640,9 +761,9 @@ llvm::Error PackageBuilder::lower(Operation &op) {
   std::string label = op.getName().getStringRef().str();
   int64_t hidden = 0;
 
-  // llama-insert-fp8's quantization: FP8 GEMMs are not lowered yet.
-  if (isa<FP8QuantizeOp, FP8ScaleUpdateOp>(op) || op.getAttr("fp8_formats"))
-    return fail(&op, "FP8 is not supported by the GPU backend yet");
+  // llama-insert-fp8's quantization and the GEMMs reading it.
+  if (isFP8(op))
+    return lowerFP8(op, label);
   // The ops below that write a gradient slot add into it when the package
   // accumulates; any other writer would overwrite the sum.
   if (options.accumulateGradients &&
@@ -707,20 +828,13 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       return llvm::joinErrors(a.takeError(), b.takeError());
     // x + matmul (o_proj and down_proj onto the residual stream): the GEMM
     // adds x through beta C and writes the sum.
-    std::optional<Location> addend;
     Value out = matmul.getResult();
-    if (auto residual = residualAddOf(out)) {
-      auto x = use(residual->second);
-      if (!x)
-        return x.takeError();
-      addend = *x;
-      out = residual->first.getResult();
-      folded.insert(residual->first);
-      label += " + residual";
-    }
+    auto addend = foldResidual(out, label);
+    if (!addend)
+      return addend.takeError();
     Location d = define(out, "matmul");
     linear(*a, *b, d, result.getDimSize(0), result.getDimSize(1), k,
-           matmul.getTransposeLhs(), matmul.getTransposeRhs(), label, addend);
+           matmul.getTransposeLhs(), matmul.getTransposeRhs(), label, *addend);
     return llvm::Error::success();
   }
 
@@ -763,14 +877,7 @@ llvm::Error PackageBuilder::lower(Operation &op) {
                       "activation", ElementType::BF16, {tokens, width}, false);
     linear(whole(xn), *w, whole(y), tokens, width, hidden, false, true,
            label + " (GEMM)");
-    int64_t column = 0;
-    for (Value output : fused.getOutputs()) {
-      if (locations.count(output))
-        return fail(&op, "an output already has a location");
-      locations[output] = {y, uint64_t(column) * 2, width};
-      column += cast<RankedTensorType>(output.getType()).getDimSize(1);
-    }
-    return llvm::Error::success();
+    return sliceOutputs(&op, fused.getOutputs(), y, width);
   }
 
   if (auto mlp = dyn_cast<GatedMLPOp>(op)) {
@@ -1115,6 +1222,610 @@ llvm::Error PackageBuilder::lower(Operation &op) {
 }
 
 //===----------------------------------------------------------------------===//
+// FP8 (llama-insert-fp8): casts, FP8 GEMMs and the delayed-scaling state
+//
+// Each FP8 format's state is four persistent f32 buffers with one row per
+// quantized tensor (in the order of the fp8_scale_update ops): the amax
+// history [T, L], the scale and its inverse [T] (both start at 1) and this
+// step's amax [T] (starts at 0). A cast raises its tensor's amax; one
+// fp8_scale_update launch per format at the end of @forward_backward rolls
+// the histories, computes the next scales and zeroes the amaxes.
+//
+// A quantized tensor is cast into FP8 copies, each block of rows with its
+// own scale: the direct copy where a GEMM reads it K-major as it is (x of
+// x Wᵀ, W of x Wᵀ, dY of dY W), the transposed one where it reads its
+// transpose (W of dY W, dY and x of the wgrad dYᵀ x). A parameter's copies
+// are made where a GEMM first needs them (it does not change during the
+// step); any other tensor's at its llama.fp8_quantize, while its source
+// still holds it. The GEMMs multiply the copies with the scale inverses as
+// cuBLASLt's scale pointers and write bf16; a GEMM over a weight of several
+// blocks is one GEMM per block: its rows of the output (forward) or of the
+// weight gradient (wgrad), or its share of the K sum (dgrad, adding into
+// the output with beta 1, so partial sums are rounded to bf16).
+//===----------------------------------------------------------------------===//
+
+llvm::Error PackageBuilder::prepareFP8(func::FuncOp func) {
+  fp8States[0].name = "e4m3";
+  fp8States[1].name = "e5m2";
+  Block &body = func.getBody().front();
+  for (Operation &op : body.without_terminator()) {
+    auto update = dyn_cast<FP8ScaleUpdateOp>(op);
+    if (!update)
+      continue;
+    auto history = dyn_cast<BlockArgument>(update.getAmaxHistory());
+    auto scale = dyn_cast<BlockArgument>(update.getScale());
+    auto idOf = [&](BlockArgument arg, StringRef attr) {
+      return arg && arg.getOwner() == &body
+                 ? func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), attr)
+                 : nullptr;
+    };
+    StringAttr id = idOf(history, kFP8AmaxHistoryAttr);
+    if (!id || id != idOf(scale, kFP8ScaleAttr))
+      return fail(&op, "expects the amax history and scale arguments of one "
+                       "quantized tensor");
+    int format = update.getFormat() == "e4m3"   ? 0
+                 : update.getFormat() == "e5m2" ? 1
+                                                : -1;
+    if (format < 0)
+      return fail(&op, "unknown FP8 format '" + update.getFormat() + "'");
+    FP8State &state = fp8States[format];
+    int64_t length = cast<RankedTensorType>(history.getType()).getDimSize(0);
+    if (state.ids.empty()) {
+      state.historyLength = length;
+      state.margin = update.getMargin();
+      state.algo = update.getAmaxComputeAlgo().str();
+    } else if (state.historyLength != length ||
+               state.margin != int64_t(update.getMargin()) ||
+               state.algo != update.getAmaxComputeAlgo()) {
+      return fail(&op, "the scale updates of one format must share the "
+                       "history length, margin and amax algorithm");
+    }
+    if (fp8Slots.count(scale))
+      return fail(&op, "updates the state of " + id.str() + " twice");
+    fp8Slots[scale] = {format, int64_t(state.ids.size())};
+    state.ids.push_back(id.str());
+  }
+  for (FP8State &state : fp8States) {
+    if (state.ids.empty())
+      continue;
+    int64_t count = int64_t(state.ids.size());
+    auto region = [&](const std::string &role, std::vector<int64_t> shape,
+                      float init) {
+      int buffer = newBuffer(role + "." + state.name, role, ElementType::F32,
+                             std::move(shape), true);
+      package::Buffer &info = buffers[buffer].info;
+      info.parts = state.ids;
+      info.partRows.assign(state.ids.size(), 1);
+      if (init != 0)
+        info.initF32.assign(info.bytes / 4, init);
+      return buffer;
+    };
+    state.history = region("fp8_history", {count, state.historyLength}, 0);
+    state.scale = region("fp8_scale", {count}, 1);
+    // One 16-byte row per tensor: cuBLASLt's scale pointers must be
+    // 16-byte aligned (only column 0 is used).
+    state.scaleInv = region("fp8_scale_inv", {count, 4}, 1);
+    state.amax = region("fp8_amax", {count}, 0);
+  }
+  return llvm::Error::success();
+}
+
+bool PackageBuilder::isFP8(Operation &op) const {
+  if (isa<FP8QuantizeOp, FP8ScaleUpdateOp>(op) || op.getAttr("fp8_formats"))
+    return true;
+  return llvm::any_of(op.getOperands(),
+                      [&](Value v) { return fp8Tensors.count(v); });
+}
+
+/// The slots of `scales` (formats `formats`), recording the slot each of
+/// `amaxes` raises.
+llvm::Expected<SmallVector<PackageBuilder::FP8Slot>>
+PackageBuilder::fp8SlotsOf(Operation *op, ValueRange scales, ValueRange amaxes,
+                           ArrayRef<StringRef> formats) {
+  if (scales.empty() && !formats.empty())
+    return fail(op, "FP8 current scaling (--fp8-scaling current) is not "
+                    "lowered by the GPU backend yet; use delayed scaling");
+  if (scales.size() != formats.size() || amaxes.size() != formats.size())
+    return fail(op, "expects one scale and one amax per FP8 tensor");
+  SmallVector<FP8Slot> slots;
+  for (auto [scale, amax, format] : llvm::zip(scales, amaxes, formats)) {
+    auto found = fp8Slots.find(scale);
+    if (found == fp8Slots.end())
+      return fail(op, "its FP8 scale is no tensor's delayed-scaling state");
+    if (fp8States[found->second.format].name != format)
+      return fail(op, "quantizes to " + format + " with the scale of a " +
+                          fp8States[found->second.format].name + " tensor");
+    fp8AmaxSlots[amax] = found->second;
+    slots.push_back(found->second);
+  }
+  return slots;
+}
+
+PackageBuilder::FP8Tensor
+PackageBuilder::fp8Tensor(Location source, int64_t rows, int64_t cols,
+                          ArrayRef<FP8Slot> slots, ArrayRef<int64_t> blockRows,
+                          const std::string &name) const {
+  FP8Tensor t;
+  t.name = name;
+  t.source = source;
+  t.rows = rows, t.cols = cols;
+  t.slots.assign(slots.begin(), slots.end());
+  if (blockRows.empty())
+    t.blockRows = {rows};
+  else
+    t.blockRows.assign(blockRows.begin(), blockRows.end());
+  return t;
+}
+
+llvm::Expected<PackageBuilder::FP8Tensor *>
+PackageBuilder::quantized(Operation *op, Value value) {
+  auto found = fp8Tensors.find(value);
+  if (found == fp8Tensors.end())
+    return fail(op, "reads an operand in bf16 where its FP8 GEMM needs it "
+                    "quantized (llama.fp8_quantize)");
+  return &found->second;
+}
+
+/// Casts `t` into its direct or transposed FP8 copy, block by block, unless
+/// that copy exists.
+llvm::Error PackageBuilder::fp8Copy(FP8Tensor &t, bool transposed,
+                                    const std::string &label) {
+  int &buffer = transposed ? t.transposed : t.direct;
+  if (buffer >= 0) {
+    touch(buffer);
+    return llvm::Error::success();
+  }
+  ElementType type = fp8Type(t.slots.front());
+  std::vector<int64_t> shape{t.rows, t.cols};
+  if (transposed)
+    shape = t.blockRows.size() == 1 ? std::vector<int64_t>{t.cols, t.rows}
+                                    : std::vector<int64_t>{t.rows * t.cols};
+  buffer = newBuffer(t.name + (transposed ? ".fp8_t#" : ".fp8#") +
+                         std::to_string(buffers.size()),
+                     "fp8_copy", type, shape, false);
+  touch(buffer);
+  touch(t.source.buffer);
+  int64_t ld = t.source.ld ? t.source.ld : t.cols, first = 0;
+  for (auto [rows, slot] : llvm::zip_equal(t.blockRows, t.slots)) {
+    FP8Format format = slot.format ? FP8Format::E5M2 : FP8Format::E4M3;
+    Location from = t.source;
+    from.offset += uint64_t(first * ld) * 2;
+    Location to{buffer, uint64_t(first * t.cols), 0};
+    llvm::Expected<KernelSpec> kernel =
+        transposed ? fp8CastTransposeKernel(rows, t.cols, format, ld)
+                   : fp8CastKernel(rows * t.cols, format, t.cols, ld);
+    std::string what = " (" + fp8States[slot.format].name +
+                       (transposed ? " transposed copy of " : " copy of ") +
+                       fp8States[slot.format].ids[slot.index] + ")";
+    if (auto error = launch(std::move(kernel),
+                            {from, fp8Scalar(&FP8State::scale, slot), to,
+                             fp8Scalar(&FP8State::amax, slot)},
+                            label + what))
+      return error;
+    first += rows;
+  }
+  return llvm::Error::success();
+}
+
+/// Rows [first, first + count) of `t` (inside one block) as a K-major GEMM
+/// operand: [count, cols] from the direct copy, or [cols, count] (the rows
+/// along K) from the transposed one.
+llvm::Expected<PackageBuilder::FP8Operand>
+PackageBuilder::fp8Rows(Operation *op, FP8Tensor &t, int64_t first,
+                        int64_t count, bool transposed,
+                        const std::string &label) {
+  int64_t start = 0;
+  size_t block = 0;
+  for (; block < t.blockRows.size(); start += t.blockRows[block++])
+    if (first >= start && first + count <= start + t.blockRows[block])
+      break;
+  if (block == t.blockRows.size())
+    return fail(op, "its GEMM reads rows " + llvm::Twine(first) + ".." +
+                        llvm::Twine(first + count) + " of " + t.name +
+                        ", across FP8 blocks of different scales");
+  if (auto error = fp8Copy(t, transposed, label))
+    return std::move(error);
+  if (!transposed)
+    return FP8Operand{{t.direct, uint64_t(first * t.cols), 0}, t.slots[block]};
+  int64_t rows = t.blockRows[block];
+  return FP8Operand{{t.transposed, uint64_t(start * t.cols + first - start),
+                     count == rows ? 0 : rows},
+                    t.slots[block]};
+}
+
+/// D [m, n] = (A [m, k] sa)(B [n, k] sb)ᵀ in bf16 from K-major FP8 operands;
+/// with `accumulate` added to D (beta 1), else as setAddend says.
+llvm::Error PackageBuilder::fp8Gemm(Operation *op, const FP8Operand &a,
+                                    const FP8Operand &b, Location d, int64_t m,
+                                    int64_t n, int64_t k, bool accumulate,
+                                    const std::string &label,
+                                    std::optional<Location> addend) {
+  // cuBLASLt's FP8 kernels read K-major rows of 16-byte multiples from
+  // 16-byte aligned addresses.
+  for (const FP8Operand *x : {&a, &b})
+    if (k % 16 || x->at.offset % 16 || x->at.ld % 16)
+      return fail(op, "FP8 GEMM " + label + " (" + llvm::Twine(m) + " x " +
+                          llvm::Twine(n) + " x " + llvm::Twine(k) +
+                          "): needs K and row strides that are multiples of "
+                          "16 and 16-byte aligned operands");
+  package::Gemm g;
+  g.m = m, g.n = n, g.k = k;
+  g.transposeB = true;
+  g.type = fp8Type(a.slot);
+  if (fp8Type(b.slot) != g.type)
+    g.typeB = fp8Type(b.slot);
+  g.a = operand(a.at), g.b = operand(b.at), g.d = operand(d);
+  g.scaleInvA = operand(fp8Scalar(&FP8State::scaleInv, a.slot));
+  g.scaleInvB = operand(fp8Scalar(&FP8State::scaleInv, b.slot));
+  setAddend(g, d, addend);
+  if (accumulate)
+    g.beta = 1;
+  touch(a.at.buffer);
+  touch(b.at.buffer);
+  touch(d.buffer);
+  gemm(g, label);
+  return llvm::Error::success();
+}
+
+llvm::Error PackageBuilder::lowerFP8(Operation &op, const std::string &label) {
+  if (auto quantize = dyn_cast<FP8QuantizeOp>(op))
+    return lowerFP8Quantize(quantize, label);
+  if (auto update = dyn_cast<FP8ScaleUpdateOp>(op)) {
+    // All updates run as one launch per format at the end of the function
+    // (updateFP8Scales); each must read its own tensor's amax.
+    auto slot = fp8Slots.find(update.getScale());
+    auto amax = fp8AmaxSlots.find(update.getAmax());
+    if (slot == fp8Slots.end() || amax == fp8AmaxSlots.end() ||
+        slot->second.format != amax->second.format ||
+        slot->second.index != amax->second.index)
+      return fail(&op, "reads an amax that is not of the tensor it updates");
+    return llvm::Error::success();
+  }
+  if (auto matmul = dyn_cast<MatmulOp>(op))
+    return lowerFP8Matmul(matmul, label);
+  if (auto fused = dyn_cast<NormMatmulOp>(op))
+    return lowerFP8NormMatmul(fused, label);
+  if (auto fused = dyn_cast<NormMatmulGradOp>(op))
+    return lowerFP8NormMatmulGrad(fused, label);
+  if (auto fused = dyn_cast<GatedMLPOp>(op))
+    return lowerFP8GatedMLP(fused, label);
+  if (auto fused = dyn_cast<GatedMLPGradOp>(op))
+    return lowerFP8GatedMLPGrad(fused, label);
+  return fail(&op, "reads an FP8-quantized operand, which the GPU backend "
+                   "lowers only for matmul, norm_matmul, gated_mlp and their "
+                   "gradients");
+}
+
+llvm::Error PackageBuilder::lowerFP8Quantize(FP8QuantizeOp op,
+                                             const std::string &label) {
+  SmallVector<StringRef> formats(op.getAmaxes().size(), op.getFormat());
+  auto slots = fp8SlotsOf(op, op.getScales(), op.getAmaxes(), formats);
+  if (!slots)
+    return slots.takeError();
+  auto type = cast<RankedTensorType>(op.getInput().getType());
+  if (type.getRank() != 2 || !type.getElementType().isBF16())
+    return fail(op, "quantizes a tensor that is not a bf16 matrix");
+  auto source = use(op.getInput());
+  if (!source)
+    return source.takeError();
+  // Which copies the consumers read.
+  bool direct = false, transposed = false;
+  for (OpOperand &use : op.getResult().getUses()) {
+    Operation *user = use.getOwner();
+    if (auto matmul = dyn_cast<MatmulOp>(user)) {
+      bool t = use.getOperandNumber() == 0 ? matmul.getTransposeLhs()
+                                           : !matmul.getTransposeRhs();
+      (t ? transposed : direct) = true;
+    } else if (isa<NormMatmulOp, GatedMLPOp>(user)) {
+      direct = true; // the weight of x Wᵀ
+    } else if (auto grad = dyn_cast<NormMatmulGradOp>(user);
+               grad && use.get() != grad.getWeight()) {
+      direct = transposed = true; // a cotangent: dgrad and wgrad
+    } else if (isa<NormMatmulGradOp, GatedMLPGradOp>(user)) {
+      transposed = true; // the weight of the dgrad
+    } else {
+      return fail(user, "reads an FP8-quantized operand that the GPU "
+                        "backend does not lower");
+    }
+  }
+  const FP8Slot &first = slots->front();
+  FP8Tensor &t = fp8Tensors[op.getResult()] =
+      fp8Tensor(*source, type.getDimSize(0), type.getDimSize(1), *slots,
+                op.getBlockRows(), fp8States[first.format].ids[first.index]);
+  if (isa<BlockArgument>(op.getInput()))
+    return llvm::Error::success();
+  for (auto [wanted, isTransposed] :
+       {std::pair{direct, false}, std::pair{transposed, true}})
+    if (wanted)
+      if (auto error = fp8Copy(t, isTransposed, label))
+        return error;
+  return llvm::Error::success();
+}
+
+llvm::Error PackageBuilder::lowerFP8Matmul(MatmulOp op, std::string label) {
+  auto lhs = quantized(op, op.getLhs());
+  auto rhs = quantized(op, op.getRhs());
+  if (!lhs || !rhs)
+    return llvm::joinErrors(lhs.takeError(), rhs.takeError());
+  auto result = cast<RankedTensorType>(op.getType());
+  int64_t k = op.getTransposeLhs() ? (*lhs)->rows : (*lhs)->cols;
+  // A = op(lhs) [m, k]; B = op(rhs)ᵀ [n, k].
+  auto a = fp8Rows(op, **lhs, 0, (*lhs)->rows, op.getTransposeLhs(), label);
+  auto b = fp8Rows(op, **rhs, 0, (*rhs)->rows, !op.getTransposeRhs(), label);
+  if (!a || !b)
+    return llvm::joinErrors(a.takeError(), b.takeError());
+  Value out = op.getResult();
+  auto addend = foldResidual(out, label);
+  if (!addend)
+    return addend.takeError();
+  Location d = define(out, "matmul");
+  return fp8Gemm(op, *a, *b, d, result.getDimSize(0), result.getDimSize(1), k,
+                 false, label, *addend);
+}
+
+llvm::Error PackageBuilder::lowerFP8NormMatmul(NormMatmulOp op,
+                                               const std::string &label) {
+  auto weightType = cast<RankedTensorType>(op.getWeight().getType());
+  int64_t width = weightType.getDimSize(0), hidden = weightType.getDimSize(1);
+  auto formats = op.getFp8Formats();
+  auto slots = fp8SlotsOf(
+      op, op.getFp8Scales(), op.getFp8Amaxes(),
+      formats ? llvm::to_vector(formats->getAsValueRange<StringAttr>())
+              : SmallVector<StringRef>());
+  if (!slots)
+    return slots.takeError();
+  auto w = quantized(op, op.getWeight());
+  auto x = use(op.getInput());
+  auto nw = use(op.getNormWeight());
+  if (!w || !x || !nw)
+    return llvm::joinErrors(llvm::joinErrors(w.takeError(), x.takeError()),
+                            nw.takeError());
+  if (slots->size() != 1)
+    return fail(op, "expects one FP8 format, of its normalized input");
+  int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
+  if (auto error = lowerRmsNorm(
+          *x, *nw, whole(xn), tokens, hidden, op.getEps().convertToDouble(),
+          scratch("rstd", ElementType::F32, {tokens}), label + " (norm)"))
+    return error;
+  FP8Tensor in =
+      fp8Tensor(whole(xn), tokens, hidden, *slots, {}, label + ".xn");
+  auto a = fp8Rows(op, in, 0, tokens, false, label);
+  if (!a)
+    return a.takeError();
+  int y = newBuffer("norm_matmul.y#" + std::to_string(buffers.size()),
+                    "activation", ElementType::BF16, {tokens, width}, false);
+  // One GEMM per weight block, into its columns of y.
+  int64_t first = 0;
+  for (int64_t rows : (*w)->blockRows) {
+    auto b = fp8Rows(op, **w, first, rows, false, label);
+    if (!b)
+      return b.takeError();
+    Location d{y, uint64_t(first) * 2, rows == width ? 0 : width};
+    if (auto error = fp8Gemm(op, *a, *b, d, tokens, rows, hidden, false,
+                             label + " (GEMM)"))
+      return error;
+    first += rows;
+  }
+  return sliceOutputs(op, op.getOutputs(), y, width);
+}
+
+llvm::Error PackageBuilder::lowerFP8NormMatmulGrad(NormMatmulGradOp op,
+                                                   const std::string &label) {
+  auto weightType = cast<RankedTensorType>(op.getWeight().getType());
+  int64_t hidden = weightType.getDimSize(1);
+  auto formats = op.getFp8Formats();
+  auto slots = fp8SlotsOf(
+      op, op.getFp8Scales(), op.getFp8Amaxes(),
+      formats ? llvm::to_vector(formats->getAsValueRange<StringAttr>())
+              : SmallVector<StringRef>());
+  if (!slots)
+    return slots.takeError();
+  if (slots->size() != 1)
+    return fail(op, "expects one FP8 format, of its normalized input");
+  auto w = quantized(op, op.getWeight());
+  auto x = use(op.getInput());
+  auto nw = use(op.getNormWeight());
+  if (!w || !x || !nw)
+    return llvm::joinErrors(llvm::joinErrors(w.takeError(), x.takeError()),
+                            nw.takeError());
+  SmallVector<FP8Tensor *> grads;
+  for (Value grad : op.getGrads()) {
+    auto g = quantized(op, grad);
+    if (!g)
+      return g.takeError();
+    grads.push_back(*g);
+  }
+  int rstd = scratch("rstd", ElementType::F32, {tokens});
+  int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
+  if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
+                                op.getEps().convertToDouble(), rstd,
+                                label + " (recompute norm)"))
+    return error;
+  FP8Tensor in =
+      fp8Tensor(whole(xn), tokens, hidden, *slots, {}, label + ".xn");
+  auto inT = fp8Rows(op, in, 0, tokens, true, label);
+  if (!inT)
+    return inT.takeError();
+  Location weightGrad = define(op.getWeightGrad(), "weight_grad");
+  int dxn = scratch("dxn", ElementType::BF16, {tokens, hidden});
+  // Per cotangent dY_j (the rows r_j of the weight): dW[r_j] = dY_jᵀ xn and
+  // dxn += dY_j W[r_j].
+  int64_t first = 0;
+  for (auto [j, grad] : llvm::enumerate(grads)) {
+    int64_t rows = grad->cols;
+    auto dYT = fp8Rows(op, *grad, 0, tokens, true, label);
+    auto dY = fp8Rows(op, *grad, 0, tokens, false, label);
+    auto wT = fp8Rows(op, **w, first, rows, true, label);
+    if (!dYT || !dY || !wT)
+      return llvm::joinErrors(llvm::joinErrors(dYT.takeError(), dY.takeError()),
+                              wT.takeError());
+    Location dW = weightGrad;
+    dW.offset += uint64_t(first * hidden) * 2;
+    if (auto error = fp8Gemm(op, *dYT, *inT, dW, rows, hidden, tokens, false,
+                             label + " (wgrad)"))
+      return error;
+    if (auto error = fp8Gemm(op, *dY, *wT, whole(dxn), tokens, hidden, rows,
+                             j > 0, label + " (dgrad)"))
+      return error;
+    first += rows;
+  }
+  return normBackward(op, op.getInputGrad(), op.getNormWeightGrad(), whole(dxn),
+                      *x, *nw, rstd, hidden, label);
+}
+
+llvm::Error PackageBuilder::lowerFP8GatedMLP(GatedMLPOp op,
+                                             const std::string &label) {
+  auto weightType = cast<RankedTensorType>(op.getWeight().getType());
+  int64_t width = weightType.getDimSize(0) / 2,
+          hidden = weightType.getDimSize(1);
+  auto formats = op.getFp8Formats();
+  auto slots = fp8SlotsOf(
+      op, op.getFp8Scales(), op.getFp8Amaxes(),
+      formats ? llvm::to_vector(formats->getAsValueRange<StringAttr>())
+              : SmallVector<StringRef>());
+  if (!slots)
+    return slots.takeError();
+  if (slots->size() != 1)
+    return fail(op, "expects one FP8 format, of its (normalized) input");
+  auto w = quantized(op, op.getWeight());
+  auto x = use(op.getInput());
+  if (!w || !x)
+    return llvm::joinErrors(w.takeError(), x.takeError());
+  Location in = *x;
+  if (op.getNormWeight()) {
+    auto nw = use(op.getNormWeight());
+    if (!nw)
+      return nw.takeError();
+    int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
+    if (auto error = lowerRmsNorm(
+            *x, *nw, whole(xn), tokens, hidden, op.getEps()->convertToDouble(),
+            scratch("rstd", ElementType::F32, {tokens}), label + " (norm)"))
+      return error;
+    in = whole(xn);
+  }
+  FP8Tensor input = fp8Tensor(in, tokens, hidden, *slots, {}, label + ".xn");
+  auto a = fp8Rows(op, input, 0, tokens, false, label);
+  if (!a)
+    return a.takeError();
+  Location gateUp = define(op.getGateUp(), "gate_up");
+  int64_t first = 0;
+  for (int64_t rows : (*w)->blockRows) {
+    auto b = fp8Rows(op, **w, first, rows, false, label);
+    if (!b)
+      return b.takeError();
+    Location d = gateUp;
+    d.offset += uint64_t(first) * 2;
+    if (rows != 2 * width)
+      d.ld = 2 * width;
+    if (auto error = fp8Gemm(op, *a, *b, d, tokens, rows, hidden, false,
+                             label + " (GEMM)"))
+      return error;
+    first += rows;
+  }
+  Location out = define(op.getResult(), "swiglu");
+  return launch(swigluForwardKernel(tokens, width), {gateUp, out},
+                label + " (swiglu)");
+}
+
+llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
+                                                 const std::string &label) {
+  auto weightType = cast<RankedTensorType>(op.getWeight().getType());
+  int64_t width = weightType.getDimSize(0) / 2,
+          hidden = weightType.getDimSize(1);
+  auto formats = op.getFp8Formats();
+  auto slots = fp8SlotsOf(
+      op, op.getFp8Scales(), op.getFp8Amaxes(),
+      formats ? llvm::to_vector(formats->getAsValueRange<StringAttr>())
+              : SmallVector<StringRef>());
+  if (!slots)
+    return slots.takeError();
+  if (slots->size() != 3)
+    return fail(op, "expects three FP8 formats: its input's and the gate "
+                    "and up gradients'");
+  auto w = quantized(op, op.getWeight());
+  auto dOut = use(op.getGrad());
+  auto x = use(op.getInput());
+  auto gateUp = use(op.getGateUp());
+  if (!w || !dOut || !x || !gateUp)
+    return llvm::joinErrors(
+        llvm::joinErrors(w.takeError(), dOut.takeError()),
+        llvm::joinErrors(x.takeError(), gateUp.takeError()));
+  int dGU = scratch("dgate_up", ElementType::BF16, {tokens, 2 * width});
+  if (auto error = launch(swigluBackwardKernel(tokens, width),
+                          {*dOut, *gateUp, whole(dGU)}, label + " (swiglu)"))
+    return error;
+  Location in = *x, nwAt;
+  int rstd = -1;
+  if (op.getNormWeight()) {
+    auto nw = use(op.getNormWeight());
+    if (!nw)
+      return nw.takeError();
+    nwAt = *nw;
+    rstd = scratch("rstd", ElementType::F32, {tokens});
+    int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
+    if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
+                                  op.getEps()->convertToDouble(), rstd,
+                                  label + " (recompute norm)"))
+      return error;
+    in = whole(xn);
+  }
+  FP8Tensor input =
+      fp8Tensor(in, tokens, hidden, {(*slots)[0]}, {}, label + ".xn");
+  auto inT = fp8Rows(op, input, 0, tokens, true, label);
+  if (!inT)
+    return inT.takeError();
+  Location weightGrad = define(op.getWeightGrad(), "weight_grad");
+  Location dx = op.getNormWeight()
+                    ? whole(scratch("dxn", ElementType::BF16, {tokens, hidden}))
+                    : define(op.getInputGrad(), "input_grad");
+  // The gate and up halves of dGU, each quantized as a tensor of its own:
+  // dW[half] = dHᵀ in and dx += dH W[half].
+  for (int half = 0; half < 2; ++half) {
+    FP8Tensor dH =
+        fp8Tensor({dGU, uint64_t(half * width) * 2, 2 * width}, tokens, width,
+                  {(*slots)[1 + half]}, {}, label + (half ? ".dup" : ".dgate"));
+    auto dHT = fp8Rows(op, dH, 0, tokens, true, label);
+    auto dHD = fp8Rows(op, dH, 0, tokens, false, label);
+    auto wT = fp8Rows(op, **w, half * width, width, true, label);
+    if (!dHT || !dHD || !wT)
+      return llvm::joinErrors(
+          llvm::joinErrors(dHT.takeError(), dHD.takeError()), wT.takeError());
+    Location dW = weightGrad;
+    dW.offset += uint64_t(half * width * hidden) * 2;
+    if (auto error = fp8Gemm(op, *dHT, *inT, dW, width, hidden, tokens, false,
+                             label + " (wgrad)"))
+      return error;
+    if (auto error = fp8Gemm(op, *dHD, *wT, dx, tokens, hidden, width, half > 0,
+                             label + " (dgrad)"))
+      return error;
+  }
+  if (!op.getNormWeight())
+    return llvm::Error::success();
+  return normBackward(op, op.getInputGrad(), op.getNormWeightGrad(), dx, *x,
+                      nwAt, rstd, hidden, label);
+}
+
+/// One fp8_scale_update launch per format, in place over its state.
+llvm::Error PackageBuilder::updateFP8Scales() {
+  for (const FP8State &state : fp8States) {
+    if (state.ids.empty())
+      continue;
+    int64_t count = int64_t(state.ids.size());
+    if (auto error =
+            launch(fp8ScaleUpdateKernel(
+                       count, state.historyLength,
+                       state.name == "e4m3" ? FP8Format::E4M3 : FP8Format::E5M2,
+                       state.margin, state.algo == "most_recent"),
+                   {whole(state.history), whole(state.amax), whole(state.scale),
+                    whole(state.scaleInv)},
+                   "llama.fp8_scale_update (" + std::to_string(count) + " " +
+                       state.name + " tensors)"))
+      return error;
+  }
+  return llvm::Error::success();
+}
+
+//===----------------------------------------------------------------------===//
 // @optimizer_step: clipping and AdamW over the flat regions
 //===----------------------------------------------------------------------===//
 
@@ -1157,6 +1868,8 @@ llvm::Error PackageBuilder::build(ModuleOp module) {
     return fail(nullptr, "expects @forward_backward and @optimizer_step");
   if (auto error = prepareForwardBackward(forwardBackward))
     return error;
+  if (auto error = prepareFP8(forwardBackward))
+    return error;
 
   functions.push_back({std::string(kForwardBackwardName), {}});
   current = &functions.back();
@@ -1168,6 +1881,8 @@ llvm::Error PackageBuilder::build(ModuleOp module) {
     if (auto error = lower(op))
       return error;
   }
+  if (auto error = updateFP8Scales())
+    return error;
   ++opIndex;
   functions.push_back({std::string(kOptimizerStepName), {}});
   current = &functions.back();
@@ -1210,7 +1925,8 @@ llvm::Expected<package::Package> PackageBuilder::finish() {
   result.configJson = options.configJson;
   result.batch = options.batch;
   result.seq = options.seq;
-  result.precision = "bf16";
+  result.precision =
+      fp8States[0].ids.empty() && fp8States[1].ids.empty() ? "bf16" : "fp8";
   result.accumulatesGradients = options.accumulateGradients;
   result.arenaBytes = plan.arenaBytes;
   std::vector<uint64_t> offsets(buffers.size(), 0);

@@ -218,6 +218,17 @@ std::vector<StepKernel> stepKernels() {
       {"fp8_cast_e5m2",
        [] { return fp8CastKernel(kRows * kMlp, FP8Format::E5M2); }, true,
        false},
+      // A column slice (a gradient half of the gate/up GEMM's output).
+      {"fp8_cast_slice_e5m2",
+       [] {
+         return fp8CastKernel(kRows * kMlp, FP8Format::E5M2, kMlp, 2 * kMlp);
+       },
+       true, false},
+      {"fp8_cast_transpose_slice_e5m2",
+       [] {
+         return fp8CastTransposeKernel(kRows, kMlp, FP8Format::E5M2, 2 * kMlp);
+       },
+       true, true},
       {"fp8_cast_transpose_e4m3",
        [] { return fp8CastTransposeKernel(kRows, kHidden, FP8Format::E4M3); },
        true, true},

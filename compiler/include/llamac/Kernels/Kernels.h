@@ -224,16 +224,22 @@ enum class FP8Format { E4M3, E5M2 };
 /// max |x|) (unscaled; raised with an integer atomic max on the f32 bits;
 /// NaN wins). Args: x (bf16 [numel]), scale (f32 [1]), out (fp8 [numel]),
 /// amax (f32 [1], zeroed before the step's first cast into it). Grid
-/// [min(1024, ceil(numel / 2048))], block [256]. numel % 8 == 0.
-llvm::Expected<KernelSpec> fp8CastKernel(int64_t numel, FP8Format format);
+/// [min(1024, ceil(numel / 2048))], block [256]. numel % 8 == 0. With `cols`
+/// and a row stride `ld` != cols, x is a matrix of numel / cols rows of
+/// `cols` elements lying `ld` apart (a column slice of a wider matrix) and
+/// out its packed copy; cols and ld % 8 == 0.
+llvm::Expected<KernelSpec> fp8CastKernel(int64_t numel, FP8Format format,
+                                         int64_t cols = 0, int64_t ld = 0);
 
 /// fp8_cast_transpose: fp8_cast of x [rows, cols] written transposed, out[j,
 /// i] = fp8(f32(x[i, j]) scale[0]) (the K-major copy for dgrad and wgrad),
-/// with the same amax. Args: x (bf16 [rows, cols]), scale (f32 [1]), out
-/// (fp8 [cols, rows]), amax (f32 [1]). Grid [ceil(rows cols / 128 / 256)],
-/// block [256]. rows % 16 == 0, cols % 8 == 0.
+/// with the same amax. Args: x (bf16 [rows, cols], rows `ld` elements
+/// apart; 0: packed), scale (f32 [1]), out (fp8 [cols, rows], packed), amax
+/// (f32 [1]). Grid [ceil(rows cols / 128 / 256)], block [256]. rows % 16 ==
+/// 0, cols and ld % 8 == 0.
 llvm::Expected<KernelSpec> fp8CastTransposeKernel(int64_t rows, int64_t cols,
-                                                  FP8Format format);
+                                                  FP8Format format,
+                                                  int64_t ld = 0);
 
 /// fp8_scale_update: Transformer Engine's delayed scaling for `tensors`
 /// tensors of `format` (llama.fp8_scale_update): each history row (length

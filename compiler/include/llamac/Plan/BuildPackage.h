@@ -3,7 +3,9 @@
 // Lowers the two functions of a fused bf16 train step (@forward_backward and
 // @optimizer_step) to a package: buffers in one arena (weights, gradients and
 // AdamW moments in flat regions; activations placed by liveness), generated
-// kernels (compiler/lib/Kernels) and cuBLASLt GEMMs, in program order.
+// kernels (compiler/lib/Kernels) and cuBLASLt GEMMs, in program order. The
+// FP8 step of llama-insert-fp8 (delayed scaling) lowers too: casts into FP8
+// copies, FP8 GEMMs with scale pointers, the scaling state in the arena.
 //
 //===----------------------------------------------------------------------===//
 
@@ -45,7 +47,8 @@ struct PackageOptions {
   bool accumulateGradients = false;
 };
 
-/// Builds the package of `module` (after the train-step pipeline, bf16).
+/// Builds the package of `module` (after the train-step pipeline, bf16 or
+/// fp8 with delayed scaling).
 /// Errors name the op the GPU backend cannot lower yet.
 llvm::Expected<package::Package> buildPackage(mlir::ModuleOp module,
                                               const PackageOptions &options);

@@ -1,6 +1,8 @@
-// Casts a row-major bf16 matrix x [@R@, @C@] to the FP8 (@FORMAT@) copy of
-// its transpose, out [@C@, @R@] (the K-major operand of a dgrad or wgrad
-// GEMM), with a per-tensor scale, and records the amax:
+// Casts a row-major bf16 matrix x [@R@, @C@] whose rows lie @LD@ elements
+// apart (@LD@ = @C@: packed; more: a column slice of a wider matrix) to the
+// FP8 (@FORMAT@) copy of its transpose, out [@C@, @R@] packed (the K-major
+// operand of a dgrad or wgrad GEMM), with a per-tensor scale, and records
+// the amax:
 //   out[j, i] = fp8(f32(x[i, j]) * scale[0])   (cvt.rn.satfinite, as
 //               fp8_cast: nearest even, saturating to +-448 / +-57344,
 //               NaN kept)
@@ -10,10 +12,11 @@
 // 16 g.., columns 8 h..: it reads 16 row pieces of 16 bytes (neighbouring
 // threads read neighbouring pieces of the same rows) and writes 8 pieces of
 // 16 bytes, one per column, each 16 consecutive elements of an out row.
-// Reads x and scale (f32 [1]); writes out (i8 [@C@ * @R@]); raises amax (f32
-// [1] as i32) once per block. @R@ % 16 == 0, @C@ % 8 == 0.
+// Reads x (@NX@ elements) and scale (f32 [1]); writes out (i8 [@C@ *
+// @R@]); raises amax (f32 [1] as i32) once per block. @R@ % 16 == 0, @C@
+// and @LD@ % 8 == 0.
 // Launch: grid [ceil(@TILES@ / 256)], block [256].
-  gpu.func @@KERNEL@(%x: memref<@RC@xbf16>, %scale: memref<1xf32>, %out: memref<@RC@xi8>, %amax: memref<1xi32>)
+  gpu.func @@KERNEL@(%x: memref<@NX@xbf16>, %scale: memref<1xf32>, %out: memref<@RC@xi8>, %amax: memref<1xi32>)
       workgroup(%maxes : memref<32xi32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: 256, 1, 1>} {
     %c0 = arith.constant 0 : index
@@ -24,6 +27,7 @@
     %cch = arith.constant @CCH@ : index
     %cols = arith.constant @C@ : index
     %rows = arith.constant @R@ : index
+    %ld = arith.constant @LD@ : index
     %zero = arith.constant 0 : i32
     %absMask = arith.constant dense<2147483647> : vector<8xi32>
     %b = gpu.block_id x
@@ -38,7 +42,7 @@
       %h = arith.remui %tile, %cch : index
       %r0 = arith.muli %g, %c16 : index
       %c00 = arith.muli %h, %c8 : index
-      %rowBase = arith.muli %r0, %cols : index
+      %rowBase = arith.muli %r0, %ld : index
       %base = arith.addi %rowBase, %c00 : index
       %outBase0 = arith.muli %c00, %rows : index
       %outBase = arith.addi %outBase0, %r0 : index

@@ -5,16 +5,18 @@
 //   a = max(history[t, :]) (NaN propagates), or amax[t] when @MOST_RECENT@
 //   scale[t] = f32((@FMAX@ / f64(a)) * 2^-margin)   if 0 < a < inf,
 //              scale[t] unchanged otherwise (a zero, infinite or NaN)
-//   scale_inv[t] = 1 / scale[t]                      (f32)
+//   scale_inv[t, 0] = 1 / scale[t]                   (f32; one 16-byte row
+//                                    per tensor, as cuBLASLt's scale pointers
+//                                    must be 16-byte aligned)
 //   amax[t] = 0                       (the next step's casts raise it again)
 // The quotient is taken in f64 as the reference does, so the f32 scale is
 // the reference's bit for bit.
 // Reads and writes history (f32 [@T@, @L@]), amax, scale (f32 [@T@]);
-// writes scale_inv (f32 [@T@]). Thread i moves history entry i (all are
+// writes scale_inv (f32 [@T@, 4]). Thread i moves history entry i (all are
 // read before any is written); the block reduces the maximum (shuffles, one
 // value per warp in shared memory). @L@ <= 1024.
 // Launch: grid [@T@], block [@BLOCK@].
-  gpu.func @@KERNEL@(%history: memref<@TL@xf32>, %amax: memref<@T@xf32>, %scale: memref<@T@xf32>, %scaleInv: memref<@T@xf32>)
+  gpu.func @@KERNEL@(%history: memref<@TL@xf32>, %amax: memref<@T@xf32>, %scale: memref<@T@xf32>, %scaleInv: memref<@T4@xf32>)
       workgroup(%maxes : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: @BLOCK@, 1, 1>} {
     %c0 = arith.constant 0 : index
@@ -93,7 +95,9 @@
       %newScale = arith.select %usable, %fresh, %oldScale : f32
       %inverse = arith.divf %one, %newScale : f32
       memref.store %newScale, %scale[%t] : memref<@T@xf32>
-      memref.store %inverse, %scaleInv[%t] : memref<@T@xf32>
+      %c4 = arith.constant 4 : index
+      %invRow = arith.muli %t, %c4 : index
+      memref.store %inverse, %scaleInv[%invRow] : memref<@T4@xf32>
       memref.store %zero, %amax[%t] : memref<@T@xf32>
     }
     gpu.return

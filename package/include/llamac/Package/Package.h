@@ -70,6 +70,18 @@ int64_t elementBytes(ElementType type);
 /// and `parts` its Hugging Face tensors, concatenated along dim 0), "input"
 /// (`param` = input_ids or labels), "hyperparameters", "loss", or
 /// "activation"/"scratch" (reused across the step by the memory plan).
+/// A package of the FP8 step (precision "fp8", delayed scaling) adds per
+/// FP8 format F ("e4m3", "e5m2") four persistent f32 buffers named
+/// "<role>.F", one row per quantized tensor, `parts` naming the tensors in
+/// row order (the state names of llama-insert-fp8: a Hugging Face weight
+/// name, `<layer>.input`, `<layer>.grad_output`; `part_rows` all 1):
+/// "fp8_history" ([tensors, history length], newest first, from zeros),
+/// "fp8_scale" ([tensors]) and "fp8_scale_inv" ([tensors, 4]: 16-byte rows,
+/// as cuBLASLt's scale pointers must be 16-byte aligned; column 0 used),
+/// both from ones (`init_f32`), and
+/// "fp8_amax" ([tensors], this step's amaxes, zeroed by the scale update);
+/// and "fp8_copy" buffers, FP8 casts of GEMM operands placed by the memory
+/// plan like activations.
 struct Buffer {
   std::string name;
   std::string role;
