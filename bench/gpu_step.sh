@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Step time of llamac against Hugging Face on the GPU machine: Llama 2 7B and
-# Llama 3 8B, batch 8, seq 256, bf16, AdamW, no clipping (as the baseline).
+# Llama 3 8B, batch 8, seq 256, AdamW, no clipping (as the baseline); llamac
+# in bf16 and in fp8 (delayed scaling), HF eager in bf16.
 #
 # Two halves, because the GPU machine has no LLVM:
 #   here:    bench/gpu_step.sh compile OUT_DIR
-#            (llamac compile --emit package for both models into OUT_DIR,
-#            with llamac-bench and llamac-run copied beside them)
+#            (llamac compile --emit package for both models and both
+#            precisions into OUT_DIR/<model>-<precision>, with llamac-bench
+#            and llamac-run copied beside them)
 #   GPU box: OUT_DIR/gpu_step.sh run HF_BASELINE_PY [--breakdown]
 #            (llamac-bench on each package, then
 #            `python3 HF_BASELINE_PY hf <model>` in the same call, and a
@@ -14,6 +16,7 @@
 # date in bench/RESULTS.md.
 set -euo pipefail
 models=(llama2-7b:llama-2-7b llama3-8b:llama-3-8b)
+precisions=(bf16 fp8)
 
 case "${1:-}" in
 compile)
@@ -22,9 +25,12 @@ compile)
   mkdir -p "$out"
   for entry in "${models[@]}"; do
     name=${entry%%:*} config=${entry#*:}
-    rm -rf "${out:?}/$name"
-    "$root/build/bin/llamac" compile --config "$root/test/configs/$config.json" \
-      --batch 8 --seq 256 --precision bf16 --emit package -o "$out/$name"
+    for precision in "${precisions[@]}"; do
+      rm -rf "${out:?}/$name-$precision"
+      "$root/build/bin/llamac" compile \
+        --config "$root/test/configs/$config.json" --batch 8 --seq 256 \
+        --precision "$precision" --emit package -o "$out/$name-$precision"
+    done
   done
   cp "$root/build/bin/llamac-bench" "$root/build/bin/llamac-run" "$0" "$out/"
   ;;
@@ -35,17 +41,20 @@ run)
   rows=()
   for entry in "${models[@]}"; do
     name=${entry%%:*}
-    ours=$(./llamac-bench --package "$name" --steps 15 ${3:-} | tee /dev/stderr |
-      sed -n 's/^RESULT .*"step_ms":\([0-9.]*\).*/\1/p')
     theirs=$(python3 "$baseline" hf "$name" |
       sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p')
-    rows+=("$name $theirs $ours")
+    for precision in "${precisions[@]}"; do
+      ours=$(./llamac-bench --package "$name-$precision" --steps 15 ${3:-} |
+        tee /dev/stderr | sed -n 's/^RESULT .*"step_ms":\([0-9.]*\).*/\1/p')
+      rows+=("$name $precision $theirs $ours")
+    done
   done
-  printf '\n%-10s %12s %12s %7s\n' model "HF eager ms" "llamac ms" ratio
+  printf '\n%-10s %-9s %12s %12s %7s\n' model precision "HF eager ms" \
+    "llamac ms" ratio
   for row in "${rows[@]}"; do
-    read -r name theirs ours <<<"$row"
-    printf '%-10s %12s %12s %7.3f\n' "$name" "$theirs" "$ours" \
-      "$(python3 -c "print($ours / $theirs)")"
+    read -r name precision theirs ours <<<"$row"
+    printf '%-10s %-9s %12s %12s %7.3f\n' "$name" "$precision" "$theirs" \
+      "$ours" "$(python3 -c "print($ours / $theirs)")"
   done
   ;;
 *)
