@@ -2,11 +2,13 @@
 //
 // The FP8 kernels against the reference interpreter's emulation, which
 // GenerateFP8Reference wrote to FP8_DIR/reference.safetensors (see there):
-// - fp8_cast and fp8_cast_transpose, E4M3 and E5M2: every output byte decodes
-//   to exactly reference::roundToFP8(f32(x * scale)) (the same zero sign; NaN
+// - fp8_cast and fp8_cast_transpose (the transposed copy alone, or with the
+//   direct copy from the same read), E4M3 and E5M2, over a packed matrix and
+//   a strided column slice: every output byte of every copy decodes to
+//   exactly reference::roundToFP8(f32(x * scale)) (the same zero sign; NaN
 //   where x is NaN), over zeros, infinities, NaN, subnormals, values past
-//   the maxima and ties; the amax is max |x| exactly (NaN wins; a launch
-//   only raises it).
+//   the maxima and ties; the amax is max |x| exactly over the cast elements
+//   only (NaN wins; a launch only raises it).
 // - fp8_scale_update: after each of several steps, the histories and scales
 //   equal reference::fp8ScaleUpdate's bit for bit, scale_inv is 1 / scale
 //   in f32 and the amax is reset to 0.
@@ -50,9 +52,13 @@ bool sameValue(double got, double want) {
   return got == want && std::signbit(got) == std::signbit(want);
 }
 
+/// Which copies a cast kernel writes.
+enum class Copies { Direct, Transposed, Both };
+
 struct CastCase {
   const char *format;
-  bool transpose;
+  Copies copies;
+  bool slice; ///< the first kFP8SliceCols columns, rows kFP8Cols apart
 };
 
 class FP8Cast : public ::testing::TestWithParam<CastCase> {};
@@ -72,45 +78,66 @@ TEST_P(FP8Cast, MatchesTheReferenceBitForBitWithExactAmax) {
   for (int64_t i = 0; i < N; ++i)
     xBits[i] = doubleToBF16(x[i]);
   float scale = e4m3 ? kFP8ScaleE4M3 : kFP8ScaleE5M2;
+  // The cast matrix: x, or its first columns (which hold the specials).
+  const int64_t cols = c.slice ? kFP8SliceCols : C, n = R * cols;
+  bool direct = c.copies != Copies::Transposed;
+  bool transposed = c.copies != Copies::Direct;
 
   DeviceBuffer in(device, N * 2, "x"), scaleBuffer(device, 4, "scale"),
-      out(device, N, "fp8 out"), amax(device, 4, "amax");
+      directOut(device, n, "fp8 copy"), transposedOut(device, n, "fp8 copy^T"),
+      amax(device, 4, "amax");
   in.upload(xBits);
   scaleBuffer.upload(std::vector<float>{scale});
-  out.fill(0x7F); // NaN in both formats: unwritten bytes show
+  directOut.fill(0x7F); // NaN in both formats: unwritten bytes show
+  transposedOut.fill(0x7F);
+  const char *kinds[] = {"cast_", "transpose_", "both_"};
   std::string key =
-      std::string(c.transpose ? "transpose_" : "cast_") + c.format;
-  std::vector<CUdeviceptr> args = {in.address(), scaleBuffer.address(),
-                                   out.address(), amax.address()};
+      kinds[int(c.copies)] + std::string(c.slice ? "slice_" : "") + c.format;
+  std::vector<CUdeviceptr> args = {in.address(), scaleBuffer.address()};
+  if (direct)
+    args.push_back(directOut.address());
+  if (transposed)
+    args.push_back(transposedOut.address());
+  args.push_back(amax.address());
 
   amax.fill(0);
   kernels.run(key, args);
-  std::vector<uint8_t> got = out.download<uint8_t>(N);
+  std::vector<uint8_t> gotDirect = directOut.download<uint8_t>(n);
+  std::vector<uint8_t> gotTransposed = transposedOut.download<uint8_t>(n);
   float amaxAll = amax.download<float>(1)[0];
   EXPECT_TRUE(std::isnan(amaxAll))
       << "a NaN input must make the amax NaN, got " << amaxAll;
 
   int64_t mismatches = 0;
   for (int64_t i = 0; i < R; ++i)
-    for (int64_t j = 0; j < C; ++j) {
+    for (int64_t j = 0; j < cols; ++j) {
       int64_t at = i * C + j;
-      uint8_t bits = got[c.transpose ? j * R + i : at];
-      double value = decodeFP8(bits, e4m3);
-      if (!sameValue(value, want[at]) && ++mismatches <= 10)
-        ADD_FAILURE() << key << ": x[" << i << ", " << j << "] = " << x[at]
-                      << " gives byte 0x" << std::hex << int(bits) << std::dec
-                      << " = " << value << ", the reference " << want[at];
+      for (bool t : {false, true}) {
+        if (!(t ? transposed : direct))
+          continue;
+        uint8_t bits = t ? gotTransposed[j * R + i] : gotDirect[i * cols + j];
+        double value = decodeFP8(bits, e4m3);
+        if (!sameValue(value, want[at]) && ++mismatches <= 10)
+          ADD_FAILURE() << key << (t ? " transposed" : " direct") << ": x[" << i
+                        << ", " << j << "] = " << x[at] << " gives byte 0x"
+                        << std::hex << int(bits) << std::dec << " = " << value
+                        << ", the reference " << want[at];
+      }
     }
-  EXPECT_EQ(mismatches, 0) << "of " << N;
+  EXPECT_EQ(mismatches, 0) << "of " << n << " per copy";
 
   // Finite inputs only (the specials replaced by 1): the exact maximum; a
-  // launch into a larger amax leaves it.
+  // launch into a larger amax leaves it. Outside a slice, bf16's largest
+  // value, which a read past the slice's columns would measure.
   std::vector<uint16_t> finiteBits = xBits;
   double wantMax = 0;
   for (int64_t i = 0; i < N; ++i) {
-    if (!std::isfinite(x[i]))
+    if (i % C >= cols)
+      finiteBits[i] = doubleToBF16(0x1.FEp127);
+    else if (!std::isfinite(x[i]))
       finiteBits[i] = doubleToBF16(1.0);
-    wantMax = std::max(wantMax, std::abs(bf16(finiteBits[i])));
+    if (i % C < cols)
+      wantMax = std::max(wantMax, std::abs(bf16(finiteBits[i])));
   }
   in.upload(finiteBits);
   amax.fill(0);
@@ -124,15 +151,24 @@ TEST_P(FP8Cast, MatchesTheReferenceBitForBitWithExactAmax) {
   EXPECT_EQ(amax.download<float>(1)[0], larger);
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, FP8Cast,
-                         ::testing::Values(CastCase{"e4m3", false},
-                                           CastCase{"e5m2", false},
-                                           CastCase{"e4m3", true},
-                                           CastCase{"e5m2", true}),
-                         [](const ::testing::TestParamInfo<CastCase> &info) {
-                           return std::string(info.param.format) +
-                                  (info.param.transpose ? "_transpose" : "");
-                         });
+std::vector<CastCase> castCases() {
+  std::vector<CastCase> cases;
+  for (bool slice : {false, true})
+    for (Copies copies : {Copies::Direct, Copies::Transposed, Copies::Both})
+      for (const char *format : {"e4m3", "e5m2"})
+        cases.push_back({format, copies, slice});
+  return cases;
+}
+
+/// e4m3, e5m2_transpose, e4m3_both_slice, ...
+std::string castCaseName(const ::testing::TestParamInfo<CastCase> &info) {
+  static const char *const copies[] = {"", "_transpose", "_both"};
+  return std::string(info.param.format) + copies[int(info.param.copies)] +
+         (info.param.slice ? "_slice" : "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, FP8Cast, ::testing::ValuesIn(castCases()),
+                         castCaseName);
 
 TEST(FP8ScaleUpdate, FollowsTheReferenceOverSteps) {
   LLAMAC_REQUIRE_GPU(device);

@@ -311,10 +311,9 @@ llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
                     dims(grid), dims(256));
 }
 
-llvm::Expected<KernelSpec> llamac::fp8CastTransposeKernel(int64_t rows,
-                                                          int64_t cols,
-                                                          FP8Format format,
-                                                          int64_t ld) {
+llvm::Expected<KernelSpec>
+llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
+                               int64_t ld, bool direct) {
   const char *kernel = "fp8_cast_transpose";
   if (llvm::Error error = checkSize(kernel, "row count", rows, 16))
     return std::move(error);
@@ -327,9 +326,14 @@ llvm::Expected<KernelSpec> llamac::fp8CastTransposeKernel(int64_t rows,
                                   " columns: must be at least that and a "
                                   "multiple of 8");
   int64_t tiles = rows / 16 * (cols / 8);
-  // Rows 0..15 of the tile: load, widen, scale, and fold |x| into %mx<k>.
+  // Rows 0..15 of the tile: load, widen, scale, and fold |x| into %mx<k>;
+  // with `direct`, convert each row's 8 elements into its direct row.
   std::string tile, tileMax;
   auto line = [&](const std::string &text) { tile += "      " + text + "\n"; };
+  if (direct) {
+    line("%dRow = arith.muli %r0, %cols : index");
+    line("%dBase = arith.addi %dRow, %c00 : index");
+  }
   for (int k = 0; k < 16; ++k) {
     std::string n = std::to_string(k);
     line("%ck" + n + " = arith.constant " + str(k * ld) + " : index");
@@ -347,6 +351,14 @@ llvm::Expected<KernelSpec> llamac::fp8CastTransposeKernel(int64_t rows,
            " : vector<8xi32>");
     tileMax = folded;
     line("%y" + n + " = arith.mulf %f" + n + ", %vs : vector<8xf32>");
+    if (!direct)
+      continue;
+    std::vector<std::string> row = extractAll("%y" + n, 8, tile);
+    tile += fp8Pack(row, format, "%d" + n);
+    line("%do" + n + " = arith.constant " + str(k * cols) + " : index");
+    line("%di" + n + " = arith.addi %dBase, %do" + n + " : index");
+    line("vector.store %d" + n + ", %direct[%di" + n +
+         "] {alignment = 8} : memref<@RC@xi8>, vector<8xi8>");
   }
   line("%tileMax = vector.reduction <maxui>, %mx15 : vector<8xi32> into i32");
   // Column j of the tile: 16 consecutive elements of out row 8 h + j.
@@ -366,8 +378,10 @@ llvm::Expected<KernelSpec> llamac::fp8CastTransposeKernel(int64_t rows,
   }
   return specialize(kernel,
                     "fp8_cast_transpose_r" + str(rows) + "_c" + str(cols) +
-                        (ld != cols ? "_ld" + str(ld) : "") + fp8Suffix(format),
+                        (ld != cols ? "_ld" + str(ld) : "") +
+                        (direct ? "_both" : "") + fp8Suffix(format),
                     {{"TILE", tile},
+                     {"DIRECT_ARG", direct ? "%direct: memref<@RC@xi8>, " : ""},
                      {"R", str(rows)},
                      {"C", str(cols)},
                      {"LD", str(ld)},

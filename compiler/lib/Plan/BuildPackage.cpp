@@ -412,13 +412,15 @@ private:
   /// A bf16 tensor (`rows` x `cols` at `source`) quantized in row blocks,
   /// each with its own scale, and the FP8 copies made of it so far: the
   /// direct one [rows, cols] and the transposed one (block by block, each
-  /// [cols, block rows], one after the other).
+  /// [cols, block rows], one after the other). When its GEMMs read both
+  /// (`bothCopies`), one pass over the source writes both.
   struct FP8Tensor {
     std::string name;
     Location source;
     int64_t rows = 0, cols = 0;
     std::vector<int64_t> blockRows;
     std::vector<FP8Slot> slots;
+    bool bothCopies = false;
     int direct = -1, transposed = -1;
   };
   /// A K-major FP8 GEMM operand and its scale inverse.
@@ -1234,14 +1236,18 @@ llvm::Error PackageBuilder::lower(Operation &op) {
 // A quantized tensor is cast into FP8 copies, each block of rows with its
 // own scale: the direct copy where a GEMM reads it K-major as it is (x of
 // x Wᵀ, W of x Wᵀ, dY of dY W), the transposed one where it reads its
-// transpose (W of dY W, dY and x of the wgrad dYᵀ x). A parameter's copies
-// are made where a GEMM first needs them (it does not change during the
-// step); any other tensor's at its llama.fp8_quantize, while its source
-// still holds it. The GEMMs multiply the copies with the scale inverses as
-// cuBLASLt's scale pointers and write bf16; a GEMM over a weight of several
-// blocks is one GEMM per block: its rows of the output (forward) or of the
-// weight gradient (wgrad), or its share of the K sum (dgrad, adding into
-// the output with beta 1, so partial sums are rounded to bf16).
+// transpose (W of dY W, dY and x of the wgrad dYᵀ x). A tensor that needs
+// both gets them from one pass over its source (fp8_cast_transpose with a
+// direct output). A parameter's copies are made where a GEMM first needs
+// them (it does not change during the step): a weight's both in the
+// forward, its transposed copy kept for the backward's dgrad (one byte per
+// parameter, planned like the activations); any other tensor's at its
+// llama.fp8_quantize, while its source still holds it. The GEMMs multiply the
+// copies with the scale inverses as cuBLASLt's scale pointers and write bf16; a
+// GEMM over a weight of several blocks is one GEMM per block: its rows of the
+// output (forward) or of the weight gradient (wgrad), or its share of the K sum
+// (dgrad, adding into the output with beta 1, so partial sums are rounded to
+// bf16).
 //===----------------------------------------------------------------------===//
 
 llvm::Error PackageBuilder::prepareFP8(func::FuncOp func) {
@@ -1367,7 +1373,8 @@ PackageBuilder::quantized(Operation *op, Value value) {
 }
 
 /// Casts `t` into its direct or transposed FP8 copy, block by block, unless
-/// that copy exists.
+/// that copy exists; a tensor whose GEMMs read both copies gets both from
+/// one fp8_cast_transpose per block, which reads the source once.
 llvm::Error PackageBuilder::fp8Copy(FP8Tensor &t, bool transposed,
                                     const std::string &label) {
   int &buffer = transposed ? t.transposed : t.direct;
@@ -1375,32 +1382,47 @@ llvm::Error PackageBuilder::fp8Copy(FP8Tensor &t, bool transposed,
     touch(buffer);
     return llvm::Error::success();
   }
+  bool direct = !transposed || t.bothCopies;
+  transposed = transposed || t.bothCopies;
   ElementType type = fp8Type(t.slots.front());
-  std::vector<int64_t> shape{t.rows, t.cols};
-  if (transposed)
-    shape = t.blockRows.size() == 1 ? std::vector<int64_t>{t.cols, t.rows}
-                                    : std::vector<int64_t>{t.rows * t.cols};
-  buffer = newBuffer(t.name + (transposed ? ".fp8_t#" : ".fp8#") +
-                         std::to_string(buffers.size()),
-                     "fp8_copy", type, shape, false);
-  touch(buffer);
+  if (direct) {
+    t.direct = newBuffer(t.name + ".fp8#" + std::to_string(buffers.size()),
+                         "fp8_copy", type, {t.rows, t.cols}, false);
+    touch(t.direct);
+  }
+  if (transposed) {
+    std::vector<int64_t> shape = t.blockRows.size() == 1
+                                     ? std::vector<int64_t>{t.cols, t.rows}
+                                     : std::vector<int64_t>{t.rows * t.cols};
+    t.transposed =
+        newBuffer(t.name + ".fp8_t#" + std::to_string(buffers.size()),
+                  "fp8_copy", type, shape, false);
+    touch(t.transposed);
+  }
   touch(t.source.buffer);
   int64_t ld = t.source.ld ? t.source.ld : t.cols, first = 0;
   for (auto [rows, slot] : llvm::zip_equal(t.blockRows, t.slots)) {
     FP8Format format = slot.format ? FP8Format::E5M2 : FP8Format::E4M3;
     Location from = t.source;
     from.offset += uint64_t(first * ld) * 2;
-    Location to{buffer, uint64_t(first * t.cols), 0};
+    // The copies of this block (the transposed one's blocks lie one after
+    // the other, so both start at the block's first element).
+    uint64_t at = uint64_t(first * t.cols);
+    std::vector<Location> args{from, fp8Scalar(&FP8State::scale, slot)};
+    if (direct)
+      args.push_back({t.direct, at, 0});
+    if (transposed)
+      args.push_back({t.transposed, at, 0});
+    args.push_back(fp8Scalar(&FP8State::amax, slot));
     llvm::Expected<KernelSpec> kernel =
-        transposed ? fp8CastTransposeKernel(rows, t.cols, format, ld)
+        transposed ? fp8CastTransposeKernel(rows, t.cols, format, ld, direct)
                    : fp8CastKernel(rows * t.cols, format, t.cols, ld);
     std::string what = " (" + fp8States[slot.format].name +
-                       (transposed ? " transposed copy of " : " copy of ") +
+                       (direct && transposed ? " copy and transposed copy of "
+                        : transposed         ? " transposed copy of "
+                                             : " copy of ") +
                        fp8States[slot.format].ids[slot.index] + ")";
-    if (auto error = launch(std::move(kernel),
-                            {from, fp8Scalar(&FP8State::scale, slot), to,
-                             fp8Scalar(&FP8State::amax, slot)},
-                            label + what))
+    if (auto error = launch(std::move(kernel), std::move(args), label + what))
       return error;
     first += rows;
   }
@@ -1532,6 +1554,10 @@ llvm::Error PackageBuilder::lowerFP8Quantize(FP8QuantizeOp op,
   FP8Tensor &t = fp8Tensors[op.getResult()] =
       fp8Tensor(*source, type.getDimSize(0), type.getDimSize(1), *slots,
                 op.getBlockRows(), fp8States[first.format].ids[first.index]);
+  // Both copies from one read where the GEMMs read both; a weight gets them
+  // at its first GEMM (the forward's), and its transposed copy then lives
+  // until the backward's dgrad reads it.
+  t.bothCopies = direct && transposed;
   if (isa<BlockArgument>(op.getInput()))
     return llvm::Error::success();
   for (auto [wanted, isTransposed] :
@@ -1784,6 +1810,7 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
     FP8Tensor dH =
         fp8Tensor({dGU, uint64_t(half * width) * 2, 2 * width}, tokens, width,
                   {(*slots)[1 + half]}, {}, label + (half ? ".dup" : ".dgate"));
+    dH.bothCopies = true;
     auto dHT = fp8Rows(op, dH, 0, tokens, true, label);
     auto dHD = fp8Rows(op, dH, 0, tokens, false, label);
     auto wT = fp8Rows(op, **w, half * width, width, true, label);

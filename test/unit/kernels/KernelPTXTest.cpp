@@ -235,6 +235,20 @@ std::vector<StepKernel> stepKernels() {
       {"fp8_cast_transpose_e5m2",
        [] { return fp8CastTransposeKernel(kRows, kMlp, FP8Format::E5M2); },
        true, true},
+      // Both copies from one read: a weight, and a gradient half of the
+      // gate/up GEMM's output.
+      {"fp8_cast_transpose_both_e4m3",
+       [] {
+         return fp8CastTransposeKernel(kMlp, kHidden, FP8Format::E4M3, 0,
+                                       /*direct=*/true);
+       },
+       true, true},
+      {"fp8_cast_transpose_both_slice_e5m2",
+       [] {
+         return fp8CastTransposeKernel(kRows, kMlp, FP8Format::E5M2, 2 * kMlp,
+                                       /*direct=*/true);
+       },
+       true, true},
       {"fp8_scale_update",
        [] { return fp8ScaleUpdateKernel(224, 1024, FP8Format::E4M3, 0); },
        false, false},
@@ -464,6 +478,41 @@ TEST(KernelPTX, FP8CastsUseSaturatingHardwareConversions) {
   ASSERT_TRUE(bool(update)) << llvm::toString(update.takeError());
   EXPECT_EQ(update->grid.x, 3u);
   EXPECT_EQ(update->block.x, 64u);
+}
+
+/// How often `what` occurs in `text`.
+size_t countOf(const std::string &text, const std::string &what) {
+  size_t count = 0;
+  for (size_t at = text.find(what); at != std::string::npos;
+       at = text.find(what, at + 1))
+    ++count;
+  return count;
+}
+
+TEST(KernelPTX, FP8CastTransposeWritesBothCopiesFromOneRead) {
+  // A thread's tile of 16 rows x 8 columns: 16 loads of 16 bytes; 8 stores
+  // of 16 bytes (a column of the tile each) into the transposed copy, and
+  // with the direct output 16 of 8 bytes (a row each) into the direct one.
+  for (bool direct : {false, true}) {
+    llvm::Expected<KernelSpec> kernel =
+        fp8CastTransposeKernel(64, 256, FP8Format::E4M3, 512, direct);
+    ASSERT_TRUE(bool(kernel)) << llvm::toString(kernel.takeError());
+    EXPECT_EQ(kernel->name, direct
+                                ? "fp8_cast_transpose_r64_c256_ld512_both_e4m3"
+                                : "fp8_cast_transpose_r64_c256_ld512_e4m3");
+    EXPECT_EQ(kernel->grid.x, 1u); // 4 x 32 tiles
+    llvm::Expected<std::string> ptx = compileKernels({*kernel});
+    ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+    EXPECT_EQ(countOf(*ptx, "ld.global.v4.b32"), 16u) << *ptx;
+    EXPECT_EQ(countOf(*ptx, "st.global.v4.b32"), 8u) << *ptx;
+    // (8 bytes as 4 x 16 bits: the converted pairs.)
+    EXPECT_EQ(countOf(*ptx, "st.global.v4.b16") +
+                  countOf(*ptx, "st.global.v2.b32"),
+              direct ? 16u : 0u)
+        << *ptx;
+    // Arguments x, scale, [direct,] out, amax.
+    EXPECT_EQ(countOf(*ptx, ".param .u64"), direct ? 5u : 4u) << *ptx;
+  }
 }
 
 TEST(KernelPTX, RejectsBadFP8Shapes) {

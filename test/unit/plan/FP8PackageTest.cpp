@@ -5,9 +5,11 @@
 // delayed-scaling state (four f32 buffers per format, one row per quantized
 // tensor, named by the buffers' parts), every linear layer's GEMMs in FP8
 // (K-major, E4M3 forward, E5M2 x E4M3 backward) reading FP8 copies that a
-// cast with the same tensor's scale wrote before, every tensor's amax raised
-// by some cast, and one scale update per format at the end. What the kernels
-// and GEMMs compute is checked on the GPU (test/gpu StepPackage.FP8*).
+// cast with the same tensor's scale wrote before, no copy made twice (both
+// copies from one read where the GEMMs need both), every tensor's amax
+// raised by some cast, and one scale update per format at the end. What the
+// kernels and GEMMs compute is checked on the GPU (test/gpu
+// StepPackage.FP8*).
 //
 //===----------------------------------------------------------------------===//
 
@@ -22,6 +24,7 @@
 
 #include <map>
 #include <set>
+#include <tuple>
 
 using namespace llamac;
 using package::ElementType;
@@ -110,26 +113,41 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
   EXPECT_EQ(ids["e5m2"].size(), 14u);
   EXPECT_EQ(allIds.size(), 36u);
 
-  // Casts: scale and amax of one tensor; what each wrote, by copy and byte
-  // offset, with which tensor's row.
+  // Casts: scale and amax of one tensor; what each wrote (one copy, or the
+  // direct and the transposed copy from one read), by copy and byte offset,
+  // with which tensor's row. No tensor is cast into the same copy twice.
   const std::vector<Step> &steps = p.function("forward_backward")->steps;
   std::map<std::pair<int, uint64_t>, uint64_t> castRow;
   std::map<std::string, std::set<uint64_t>> raised;
+  std::set<std::tuple<std::string, uint64_t, bool>> copiesMade;
+  std::map<std::string, int> casts; // by kind
   int gemms = 0, mixed = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
     const Step &step = steps[i];
     if (step.kind == Step::Kind::Launch &&
         step.launch.kernel.rfind("fp8_cast", 0) == 0) {
       const std::vector<package::Operand> &args = step.launch.args;
-      ASSERT_EQ(args.size(), 4u) << step.label;
+      bool both = step.launch.kernel.find("_both_") != std::string::npos;
+      bool transposed = step.launch.kernel.rfind("fp8_cast_transpose", 0) == 0;
+      ASSERT_EQ(args.size(), both ? 5u : 4u) << step.label;
+      ++casts[both ? "both" : transposed ? "transposed" : "direct"];
+      const package::Operand &scale = args[1], &amax = args.back();
       std::string format = formatOf(target(args[2]).type);
-      EXPECT_EQ(target(args[2]).role, "fp8_copy") << step.label;
       EXPECT_NE(step.launch.kernel.find("_" + format), std::string::npos);
-      EXPECT_EQ(target(args[1]).name, "fp8_scale." + format) << step.label;
-      EXPECT_EQ(target(args[3]).name, "fp8_amax." + format) << step.label;
-      EXPECT_EQ(args[1].offset, args[3].offset) << step.label;
-      castRow[{args[2].buffer, args[2].offset}] = args[1].offset / 4;
-      raised[format].insert(args[3].offset / 4);
+      EXPECT_EQ(target(scale).name, "fp8_scale." + format) << step.label;
+      EXPECT_EQ(target(amax).name, "fp8_amax." + format) << step.label;
+      EXPECT_EQ(scale.offset, amax.offset) << step.label;
+      for (bool t : {false, true})
+        if (both || t == transposed) {
+          EXPECT_TRUE(copiesMade.insert({format, scale.offset, t}).second)
+              << step.label << ": makes a copy a cast made before";
+        }
+      for (size_t copy = 2; copy + 1 < args.size(); ++copy) {
+        EXPECT_EQ(target(args[copy]).role, "fp8_copy") << step.label;
+        EXPECT_EQ(target(args[copy]).type, target(args[2]).type);
+        castRow[{args[copy].buffer, args[copy].offset}] = scale.offset / 4;
+      }
+      raised[format].insert(amax.offset / 4);
     }
     if (step.kind != Step::Kind::Gemm || !isFP8(step.gemm.type))
       continue;
@@ -167,6 +185,13 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
   for (auto &[format, rows] : raised)
     EXPECT_EQ(rows.size(), ids[format].size())
         << format << ": a tensor's amax is never measured";
+  // Per layer both copies from one read of the 7 weight blocks, the inputs
+  // of o_proj and down_proj and the 7 incoming gradients; only the direct
+  // copy of the normalized inputs of q/k/v and gate/up (forward), only the
+  // transposed one of their recomputation (backward).
+  EXPECT_EQ(casts,
+            (std::map<std::string, int>{
+                {"both", 2 * 16}, {"direct", 2 * 2}, {"transposed", 2 * 2}}));
 
   // One scale update per format, last, over that format's state.
   ASSERT_GE(steps.size(), 2u);

@@ -233,13 +233,16 @@ llvm::Expected<KernelSpec> fp8CastKernel(int64_t numel, FP8Format format,
 
 /// fp8_cast_transpose: fp8_cast of x [rows, cols] written transposed, out[j,
 /// i] = fp8(f32(x[i, j]) scale[0]) (the K-major copy for dgrad and wgrad),
-/// with the same amax. Args: x (bf16 [rows, cols], rows `ld` elements
-/// apart; 0: packed), scale (f32 [1]), out (fp8 [cols, rows], packed), amax
-/// (f32 [1]). Grid [ceil(rows cols / 128 / 256)], block [256]. rows % 16 ==
-/// 0, cols and ld % 8 == 0.
+/// with the same amax; with `direct`, also fp8_cast's direct copy from the
+/// same read of x (Transformer Engine's cast_transpose). Args: x (bf16
+/// [rows, cols], rows `ld` elements apart; 0: packed), scale (f32 [1]),
+/// with `direct` direct (fp8 [rows, cols], packed), out (fp8 [cols, rows],
+/// packed), amax (f32 [1]). Grid [ceil(rows cols / 128 / 256)], block
+/// [256]. rows % 16 == 0, cols and ld % 8 == 0.
 llvm::Expected<KernelSpec> fp8CastTransposeKernel(int64_t rows, int64_t cols,
                                                   FP8Format format,
-                                                  int64_t ld = 0);
+                                                  int64_t ld = 0,
+                                                  bool direct = false);
 
 /// fp8_scale_update: Transformer Engine's delayed scaling for `tensors`
 /// tensors of `format` (llama.fp8_scale_update): each history row (length
