@@ -434,6 +434,33 @@ private:
                                                   ValueRange scales,
                                                   ValueRange amaxes,
                                                   ArrayRef<StringRef> formats);
+  /// The slots of a fused op's own FP8 tensors (`fp8_formats`), which must
+  /// number `count` (`what` names them in the error).
+  template <typename FusedOp>
+  llvm::Expected<SmallVector<FP8Slot>> fusedFP8Slots(FusedOp op, size_t count,
+                                                     const std::string &what) {
+    auto formats = op.getFp8Formats();
+    auto slots = fp8SlotsOf(
+        op, op.getFp8Scales(), op.getFp8Amaxes(),
+        formats
+            ? llvm::to_vector(formats->template getAsValueRange<StringAttr>())
+            : SmallVector<StringRef>());
+    if (slots && slots->size() != count)
+      return fail(op, "expects " + what);
+    return slots;
+  }
+  /// RMSNorm(x) weighted by `normWeight` into a fresh bf16 [tokens, hidden]
+  /// buffer (`rstd` receives 1 / rms per row), for the FP8 lowerings that
+  /// quantize the normalized input.
+  llvm::Expected<Location> normalized(Location x, Location normWeight,
+                                      int64_t hidden, double eps, int rstd,
+                                      const std::string &label) {
+    int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
+    if (auto error = lowerRmsNorm(x, normWeight, whole(xn), tokens, hidden, eps,
+                                  rstd, label))
+      return std::move(error);
+    return whole(xn);
+  }
   Location fp8Scalar(int FP8State::*region, FP8Slot slot) const {
     uint64_t rowBytes = region == &FP8State::scaleInv ? 16 : 4;
     return {fp8States[slot.format].*region, uint64_t(slot.index) * rowBytes, 0};
@@ -1593,11 +1620,7 @@ llvm::Error PackageBuilder::lowerFP8NormMatmul(NormMatmulOp op,
                                                const std::string &label) {
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
   int64_t width = weightType.getDimSize(0), hidden = weightType.getDimSize(1);
-  auto formats = op.getFp8Formats();
-  auto slots = fp8SlotsOf(
-      op, op.getFp8Scales(), op.getFp8Amaxes(),
-      formats ? llvm::to_vector(formats->getAsValueRange<StringAttr>())
-              : SmallVector<StringRef>());
+  auto slots = fusedFP8Slots(op, 1, "one FP8 format, of its normalized input");
   if (!slots)
     return slots.takeError();
   auto w = quantized(op, op.getWeight());
@@ -1606,15 +1629,12 @@ llvm::Error PackageBuilder::lowerFP8NormMatmul(NormMatmulOp op,
   if (!w || !x || !nw)
     return llvm::joinErrors(llvm::joinErrors(w.takeError(), x.takeError()),
                             nw.takeError());
-  if (slots->size() != 1)
-    return fail(op, "expects one FP8 format, of its normalized input");
-  int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
-  if (auto error = lowerRmsNorm(
-          *x, *nw, whole(xn), tokens, hidden, op.getEps().convertToDouble(),
-          scratch("rstd", ElementType::F32, {tokens}), label + " (norm)"))
-    return error;
-  FP8Tensor in =
-      fp8Tensor(whole(xn), tokens, hidden, *slots, {}, label + ".xn");
+  auto xn = normalized(*x, *nw, hidden, op.getEps().convertToDouble(),
+                       scratch("rstd", ElementType::F32, {tokens}),
+                       label + " (norm)");
+  if (!xn)
+    return xn.takeError();
+  FP8Tensor in = fp8Tensor(*xn, tokens, hidden, *slots, {}, label + ".xn");
   auto a = fp8Rows(op, in, 0, tokens, false, label);
   if (!a)
     return a.takeError();
@@ -1639,15 +1659,9 @@ llvm::Error PackageBuilder::lowerFP8NormMatmulGrad(NormMatmulGradOp op,
                                                    const std::string &label) {
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
   int64_t hidden = weightType.getDimSize(1);
-  auto formats = op.getFp8Formats();
-  auto slots = fp8SlotsOf(
-      op, op.getFp8Scales(), op.getFp8Amaxes(),
-      formats ? llvm::to_vector(formats->getAsValueRange<StringAttr>())
-              : SmallVector<StringRef>());
+  auto slots = fusedFP8Slots(op, 1, "one FP8 format, of its normalized input");
   if (!slots)
     return slots.takeError();
-  if (slots->size() != 1)
-    return fail(op, "expects one FP8 format, of its normalized input");
   auto w = quantized(op, op.getWeight());
   auto x = use(op.getInput());
   auto nw = use(op.getNormWeight());
@@ -1662,13 +1676,11 @@ llvm::Error PackageBuilder::lowerFP8NormMatmulGrad(NormMatmulGradOp op,
     grads.push_back(*g);
   }
   int rstd = scratch("rstd", ElementType::F32, {tokens});
-  int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
-  if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
-                                op.getEps().convertToDouble(), rstd,
-                                label + " (recompute norm)"))
-    return error;
-  FP8Tensor in =
-      fp8Tensor(whole(xn), tokens, hidden, *slots, {}, label + ".xn");
+  auto xn = normalized(*x, *nw, hidden, op.getEps().convertToDouble(), rstd,
+                       label + " (recompute norm)");
+  if (!xn)
+    return xn.takeError();
+  FP8Tensor in = fp8Tensor(*xn, tokens, hidden, *slots, {}, label + ".xn");
   auto inT = fp8Rows(op, in, 0, tokens, true, label);
   if (!inT)
     return inT.takeError();
@@ -1704,15 +1716,10 @@ llvm::Error PackageBuilder::lowerFP8GatedMLP(GatedMLPOp op,
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
   int64_t width = weightType.getDimSize(0) / 2,
           hidden = weightType.getDimSize(1);
-  auto formats = op.getFp8Formats();
-  auto slots = fp8SlotsOf(
-      op, op.getFp8Scales(), op.getFp8Amaxes(),
-      formats ? llvm::to_vector(formats->getAsValueRange<StringAttr>())
-              : SmallVector<StringRef>());
+  auto slots =
+      fusedFP8Slots(op, 1, "one FP8 format, of its (normalized) input");
   if (!slots)
     return slots.takeError();
-  if (slots->size() != 1)
-    return fail(op, "expects one FP8 format, of its (normalized) input");
   auto w = quantized(op, op.getWeight());
   auto x = use(op.getInput());
   if (!w || !x)
@@ -1722,12 +1729,12 @@ llvm::Error PackageBuilder::lowerFP8GatedMLP(GatedMLPOp op,
     auto nw = use(op.getNormWeight());
     if (!nw)
       return nw.takeError();
-    int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
-    if (auto error = lowerRmsNorm(
-            *x, *nw, whole(xn), tokens, hidden, op.getEps()->convertToDouble(),
-            scratch("rstd", ElementType::F32, {tokens}), label + " (norm)"))
-      return error;
-    in = whole(xn);
+    auto xn = normalized(*x, *nw, hidden, op.getEps()->convertToDouble(),
+                         scratch("rstd", ElementType::F32, {tokens}),
+                         label + " (norm)");
+    if (!xn)
+      return xn.takeError();
+    in = *xn;
   }
   FP8Tensor input = fp8Tensor(in, tokens, hidden, *slots, {}, label + ".xn");
   auto a = fp8Rows(op, input, 0, tokens, false, label);
@@ -1758,16 +1765,10 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
   int64_t width = weightType.getDimSize(0) / 2,
           hidden = weightType.getDimSize(1);
-  auto formats = op.getFp8Formats();
-  auto slots = fp8SlotsOf(
-      op, op.getFp8Scales(), op.getFp8Amaxes(),
-      formats ? llvm::to_vector(formats->getAsValueRange<StringAttr>())
-              : SmallVector<StringRef>());
+  auto slots = fusedFP8Slots(
+      op, 3, "three FP8 formats: its input's and the gate and up gradients'");
   if (!slots)
     return slots.takeError();
-  if (slots->size() != 3)
-    return fail(op, "expects three FP8 formats: its input's and the gate "
-                    "and up gradients'");
   auto w = quantized(op, op.getWeight());
   auto dOut = use(op.getGrad());
   auto x = use(op.getInput());
@@ -1788,12 +1789,11 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
       return nw.takeError();
     nwAt = *nw;
     rstd = scratch("rstd", ElementType::F32, {tokens});
-    int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
-    if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
-                                  op.getEps()->convertToDouble(), rstd,
-                                  label + " (recompute norm)"))
-      return error;
-    in = whole(xn);
+    auto xn = normalized(*x, *nw, hidden, op.getEps()->convertToDouble(), rstd,
+                         label + " (recompute norm)");
+    if (!xn)
+      return xn.takeError();
+    in = *xn;
   }
   FP8Tensor input =
       fp8Tensor(in, tokens, hidden, {(*slots)[0]}, {}, label + ".xn");

@@ -13,14 +13,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "llamac/Frontend/ModelBuilder.h"
-#include "llamac/Pipeline/Pipeline.h"
-#include "llamac/Plan/BuildPackage.h"
-
-#include "mlir/IR/MLIRContext.h"
-#include "mlir/Pass/PassManager.h"
-
-#include <gtest/gtest.h>
+#include "TinyPackage.h"
 
 #include <map>
 #include <set>
@@ -36,27 +29,11 @@ constexpr int64_t kHistory = 16;
 
 llvm::Expected<package::Package> build(bool accumulate,
                                        const std::string &scaling) {
-  LlamaConfig config = tinyLlamaConfig();
-  config.intermediateSize = 176; // SwiGLU kernels take multiples of 8
-  StepShape shape{2, 32, Precision::BF16};
-  mlir::MLIRContext context;
-  mlir::OwningOpRef<mlir::ModuleOp> module =
-      buildForwardModule(context, config, shape);
-  mlir::PassManager pm(&context);
   mlir::llama::TrainStepPipelineOptions pipeline;
   pipeline.fp8 = true;
   pipeline.fp8Scaling = scaling;
   pipeline.fp8AmaxHistory = kHistory;
-  mlir::llama::buildTrainStepPipeline(pm, pipeline);
-  EXPECT_TRUE(mlir::succeeded(pm.run(*module)));
-  PackageOptions options;
-  options.configJson = toHFConfigJson(config);
-  options.batch = shape.batch;
-  options.seq = shape.seq;
-  options.accumulateGradients = accumulate;
-  for (const ParamSpec &spec : parameterSpecs(config))
-    options.hfShapes[spec.name] = spec.shape;
-  return buildPackage(*module, options);
+  return test::tryBuildTinyPackage(/*tied=*/false, accumulate, pipeline);
 }
 
 bool isFP8(ElementType type) {
