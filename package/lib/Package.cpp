@@ -281,6 +281,30 @@ MemoryUse memoryUse(const Package &package) {
   return use;
 }
 
+/// The runtime checkpoints and restores FP8 state buffers row by row
+/// (llamac/Runtime/FusedParams.h): each must be f32 of the rank its role
+/// has, one part (a quantized tensor) per row.
+static Status validateFP8State(const Buffer &b, const std::string &field) {
+  size_t rank = b.role == "fp8_history" || b.role == "fp8_scale_inv" ? 2
+                : b.role == "fp8_scale" || b.role == "fp8_amax"      ? 1
+                                                                     : 0;
+  if (rank == 0)
+    return {};
+  int64_t numel = 1;
+  for (int64_t d : b.shape)
+    numel *= d;
+  bool oneRowEach = !b.shape.empty() && !b.parts.empty() &&
+                    b.parts.size() == size_t(b.shape[0]) &&
+                    std::all_of(b.partRows.begin(), b.partRows.end(),
+                                [](int64_t rows) { return rows == 1; });
+  if (b.type != ElementType::F32 || b.shape.size() != rank || !oneRowEach ||
+      b.bytes != uint64_t(numel) * 4)
+    return Error{field + ": " + b.role + " must be f32 of rank " +
+                 std::to_string(rank) +
+                 " with one part (a quantized tensor) per row"};
+  return {};
+}
+
 Status validate(const Package &package, const std::string &where) {
   if (package.accumulatesGradients && !package.function(kZeroGradsFunction))
     return Error{where + ": accumulates_gradients: no function '" +
@@ -300,6 +324,8 @@ Status validate(const Package &package, const std::string &where) {
                      " rows into its " + std::to_string(b.parts.size()) +
                      " parts"};
     }
+    if (Status s = validateFP8State(b, field); !s)
+      return s;
     if (b.offset % 16 != 0)
       return Error{field + ": offset " + std::to_string(b.offset) +
                    " is not 16-byte aligned"};

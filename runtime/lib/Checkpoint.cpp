@@ -227,6 +227,40 @@ Status llamac::compareConfigs(const std::string &savedJson,
   return {};
 }
 
+std::string llamac::fp8StateTensorName(FP8StateKind kind,
+                                       const std::string &id) {
+  return (kind == FP8StateKind::AmaxHistory ? "amax_history." : "scale.") + id;
+}
+
+Result<SafetensorsFile> llamac::openFP8State(const std::string &dir) {
+  const std::string path = (fs::path(dir) / kFP8StateFile).string();
+  std::error_code error;
+  if (!fs::exists(path, error))
+    return fail(path, "missing: a --precision fp8 run with delayed scaling "
+                      "resumes its FP8 amax histories and scales from it");
+  return SafetensorsFile::open(path);
+}
+
+Result<std::vector<double>> llamac::readFP8StateTensor(
+    const SafetensorsFile &file, FP8StateKind kind, const std::string &id,
+    const std::vector<int64_t> &shape, const std::string &lengthSetting) {
+  const std::string name = fp8StateTensorName(kind, id);
+  const TensorInfo *info = file.find(name);
+  if (!info)
+    return fail(file.path(), "missing FP8 state for this run: '" + name + "'");
+  if (info->shape != shape)
+    return fail(file.path(), "'" + name + "' has shape " +
+                                 formatShape(info->shape) +
+                                 ", this run needs " + formatShape(shape) +
+                                 (kind == FP8StateKind::AmaxHistory
+                                      ? " (" + lengthSetting + ")"
+                                      : std::string()));
+  Result<HostTensor> tensor = file.read(name);
+  if (!tensor)
+    return tensor.error();
+  return tensor->toDouble();
+}
+
 /// fsyncs a directory so that renames inside it are durable; best effort.
 static void syncDirectory(const fs::path &dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -4,7 +4,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cassert>
+#include <optional>
 
 using namespace llamac;
 
@@ -59,6 +61,20 @@ Result<HostTensor> llamac::gatherFused(const package::Buffer &buffer,
   return HostTensor::fromDouble(buffer.name, DType::BF16, buffer.shape, values);
 }
 
+/// The values of a package buffer of element type \p dtype, read through
+/// \p read.
+static Result<std::vector<double>> readValues(const package::Buffer &buffer,
+                                              DType dtype,
+                                              const BufferReader &read) {
+  HostTensor whole;
+  whole.dtype = dtype;
+  whole.shape = buffer.shape;
+  whole.bytes.resize(buffer.bytes);
+  if (Status status = read(buffer, whole.bytes.data()); !status)
+    return status.error();
+  return whole.toDouble();
+}
+
 Result<std::vector<HostTensor>>
 llamac::downloadFused(const package::Package &package, const std::string &role,
                       DType dtype, const std::string &prefix,
@@ -67,17 +83,93 @@ llamac::downloadFused(const package::Package &package, const std::string &role,
   for (const package::Buffer &buffer : package.buffers) {
     if (buffer.role != role)
       continue;
-    HostTensor whole;
-    whole.dtype = DType::BF16;
-    whole.shape = buffer.shape;
-    whole.bytes.resize(buffer.bytes);
-    if (Status status = read(buffer, whole.bytes.data()); !status)
-      return status.error();
+    Result<std::vector<double>> values = readValues(buffer, DType::BF16, read);
+    if (!values)
+      return values.error();
     for (HostTensor &part :
-         splitFused(bufferParts(buffer), whole.toDouble(), dtype, prefix))
+         splitFused(bufferParts(buffer), *values, dtype, prefix))
       tensors.push_back(std::move(part));
   }
   return tensors;
+}
+
+/// The FP8 state kind a checkpoint holds of buffers of \p role, if any.
+static std::optional<FP8StateKind> savedFP8State(const std::string &role) {
+  if (role == "fp8_history")
+    return FP8StateKind::AmaxHistory;
+  if (role == "fp8_scale")
+    return FP8StateKind::Scale;
+  return std::nullopt;
+}
+
+Result<std::vector<HostTensor>>
+llamac::downloadFP8State(const package::Package &package,
+                         const BufferReader &read) {
+  std::vector<HostTensor> tensors;
+  for (const package::Buffer &buffer : package.buffers) {
+    std::optional<FP8StateKind> kind = savedFP8State(buffer.role);
+    if (!kind)
+      continue;
+    Result<std::vector<double>> values = readValues(buffer, DType::F32, read);
+    if (!values)
+      return values.error();
+    // One row per quantized tensor: a history [L] or a scalar scale.
+    std::vector<int64_t> rowShape(buffer.shape.begin() + 1, buffer.shape.end());
+    size_t rowSize = size_t(product(rowShape));
+    for (size_t row = 0; row < buffer.parts.size(); ++row)
+      tensors.push_back(HostTensor::fromDouble(
+          fp8StateTensorName(*kind, buffer.parts[row]), DType::F32, rowShape,
+          std::vector<double>(values->begin() + row * rowSize,
+                              values->begin() + (row + 1) * rowSize)));
+  }
+  std::sort(
+      tensors.begin(), tensors.end(),
+      [](const HostTensor &a, const HostTensor &b) { return a.name < b.name; });
+  return tensors;
+}
+
+Result<std::vector<HostTensor>>
+llamac::restoreFP8State(const package::Package &package,
+                        const std::string &checkpointDir) {
+  std::vector<HostTensor> contents;
+  std::optional<SafetensorsFile> file;
+  for (const package::Buffer &buffer : package.buffers) {
+    const bool inverse = buffer.role == "fp8_scale_inv";
+    std::optional<FP8StateKind> kind =
+        inverse ? FP8StateKind::Scale : savedFP8State(buffer.role);
+    if (!kind && buffer.role != "fp8_amax")
+      continue;
+    std::vector<double> values(size_t(product(buffer.shape)), 0.0);
+    if (kind) {
+      if (!file) {
+        Result<SafetensorsFile> opened = openFP8State(checkpointDir);
+        if (!opened)
+          return opened.error();
+        file.emplace(std::move(*opened));
+      }
+      if (inverse && buffer.initF32.size() == values.size())
+        values.assign(buffer.initF32.begin(), buffer.initF32.end());
+      std::vector<int64_t> rowShape;
+      if (*kind == FP8StateKind::AmaxHistory)
+        rowShape.push_back(buffer.shape[1]);
+      const size_t rowSize = values.size() / buffer.parts.size();
+      for (size_t row = 0; row < buffer.parts.size(); ++row) {
+        Result<std::vector<double>> saved =
+            readFP8StateTensor(*file, *kind, buffer.parts[row], rowShape,
+                               "the package's --fp8-amax-history");
+        if (!saved)
+          return saved.error();
+        if (inverse)
+          values[row * rowSize] = double(1.0f / float((*saved)[0]));
+        else
+          std::copy(saved->begin(), saved->end(),
+                    values.begin() + row * rowSize);
+      }
+    }
+    contents.push_back(
+        HostTensor::fromDouble(buffer.name, DType::F32, buffer.shape, values));
+  }
+  return contents;
 }
 
 std::string llamac::checkpointConfig(const package::Package &package) {
@@ -96,6 +188,10 @@ llamac::packageCheckpoint(const package::Package &package,
   if (!model)
     return model.error();
   contents.model = std::move(*model);
+  Result<std::vector<HostTensor>> fp8State = downloadFP8State(package, read);
+  if (!fp8State)
+    return fp8State.error();
+  contents.fp8State = std::move(*fp8State);
   for (auto [role, prefix] : {std::pair{"exp_avg", "exp_avg."},
                               std::pair{"exp_avg_sq", "exp_avg_sq."}}) {
     Result<std::vector<HostTensor>> moments =

@@ -2,13 +2,15 @@
 //
 // The CPU loop's steps (tools/llamac/Train.cpp), over a package on the GPU:
 //   1. read the package and check the run against it;
-//   2. read the data; describe the run, and check the checkpoint --resume
-//      names against it (all before the GPU is touched, so that bad input
-//      fails the same way on any machine);
+//   2. read the data; describe the run, check the checkpoint --resume
+//      names against it and read its FP8 state (all before the GPU is
+//      touched, so that bad input fails the same way on any machine);
 //   3. put the package on the GPU; upload the weights (Hugging Face tensors
 //      concatenated into the fused parameters the package names; from the
 //      checkpoint, --weights or Hugging Face's random init) and the AdamW
-//      moments (the checkpoint's, or zeros);
+//      moments (the checkpoint's, or zeros) and, resuming an fp8 package,
+//      the FP8 delayed-scaling state (the checkpoint's fp8_state.safetensors,
+//      read in step 2);
 //   4. per optimizer step: write the hyperparameters (with the tokens the
 //      step's loss counts), then per micro-batch upload the rows (packed
 //      into sequences, with their position_ids, when the package takes
@@ -192,12 +194,6 @@ int trainOnGpu(const GpuTrainOptions &options) {
       trainingFlopsPerPosition(package.configJson, package.seq);
   if (!flopsPerPosition)
     return report(manifest + ": " + flopsPerPosition.error().message);
-  // The FP8 scaling state lives in the arena; checkpoints do not hold it
-  // yet, so a resumed fp8 run would restart its scales.
-  if (package.precision == "fp8" && !options.resumePath.empty())
-    return report("--resume: " + manifest +
-                  ": precision fp8: resuming does not restore the FP8 "
-                  "scaling state yet");
   if (options.gradAccum > 1 && !package.accumulatesGradients)
     return report("--grad-accum " + std::to_string(options.gradAccum) + ": " +
                   options.packageDir +
@@ -218,6 +214,7 @@ int trainOnGpu(const GpuTrainOptions &options) {
   const std::vector<TokenRow> &rows = *read;
   TrainerState run = describePackageRun(options, package, rows);
   std::string resumedFrom;
+  std::vector<HostTensor> fp8State;
   if (!options.resumePath.empty()) {
     Result<std::string> dir = resolveResumePath(options.resumePath);
     if (!dir)
@@ -227,6 +224,10 @@ int trainOnGpu(const GpuTrainOptions &options) {
       return report(saved.error().message);
     if (Status s = checkCheckpoint(*dir, *saved, run, package); !s)
       return report(s.error().message);
+    Result<std::vector<HostTensor>> restored = restoreFP8State(package, *dir);
+    if (!restored)
+      return report(restored.error().message);
+    fp8State = std::move(*restored);
     resumedFrom = *dir;
     run.globalStep = saved->globalStep;
     run.dataPosition = saved->dataPosition;
@@ -248,6 +249,11 @@ int trainOnGpu(const GpuTrainOptions &options) {
   if (Status s = uploadState(executor, options, resumedFrom, initializerRange);
       !s)
     return report(s.error().message);
+  for (const HostTensor &buffer : fp8State)
+    if (Status s = executor.upload(buffer.name, buffer.bytes.data(),
+                                   buffer.bytes.size());
+        !s)
+      return report(s.error().message);
   if (package.accumulatesGradients)
     if (Status s = executor.run(package::kZeroGradsFunction); !s)
       return report(s.error().message);

@@ -10,7 +10,12 @@
 //   - 4 steps equal 2 steps, then a resume to 4 (shuffled, accumulated);
 //   - the CPU's checkpoint-2 resumes on the GPU, and the GPU's checkpoints
 //     are what the CPU loop reads (files, names, shapes, dtypes, state);
-//   - SIGTERM finishes the step and leaves a checkpoint that resumes.
+//   - SIGTERM finishes the step and leaves a checkpoint that resumes;
+//   - fp8 (TRAIN_DIR/fp8-b8, and the CPU's fp8 run TRAIN_DIR/cpu-fp8):
+//     2 steps then a resume to 4 equal 4 steps bit for bit where nothing is
+//     summed by atomics; a resume continues the run; the checkpoints hold
+//     the FP8 state in the CPU loop's format, as the device holds it; the
+//     CPU's fp8 checkpoint resumes on the GPU.
 // Tolerances: bf16 stores every tensor with a relative rounding of 2^-9;
 // sums in a different order (two micro-batches added in bf16 against one
 // f32-accumulated GEMM; CPU against GPU) differ by a few of those per
@@ -24,6 +29,8 @@
 #include "GpuTestUtil.h"
 
 #include "llamac/Runtime/Checkpoint.h"
+#include "llamac/Runtime/Executor.h"
+#include "llamac/Runtime/FusedParams.h"
 #include "llamac/Runtime/GpuTrainer.h"
 #include "llamac/Runtime/Report.h"
 #include "llamac/Runtime/Safetensors.h"
@@ -65,6 +72,20 @@ protected:
     options.packageDir = kTrainDir + "/b8";
     options.steps = 3;
     options.schedule = {LRScheduleKind::Linear, 1e-3, 0, 3};
+    return options;
+  }
+
+  /// A run of the fp8 package (TRAIN_DIR/fp8-b8) to `steps`, checkpointing
+  /// into `name` every `saveEvery` steps, metrics in `<name>.jsonl`.
+  GpuTrainOptions fp8Options(const std::string &name, int64_t steps, double lr,
+                             int64_t saveEvery) const {
+    GpuTrainOptions options;
+    options.packageDir = kTrainDir + "/fp8-b8";
+    options.steps = steps;
+    options.schedule = {LRScheduleKind::Constant, lr, 0, steps};
+    options.saveEvery = saveEvery;
+    options.savePath = path(name);
+    options.metricsPath = path(name + ".jsonl");
     return options;
   }
 
@@ -307,6 +328,275 @@ TEST_F(GpuTrainerTest, SigtermFinishesTheStepAndSavesACheckpoint) {
   options.resumePath = path("run");
   ASSERT_EQ(trainOnGpu(options), 0);
   EXPECT_EQ(int64_t(metrics(path("run.jsonl")).size()), stopped + 1);
+}
+
+//===----------------------------------------------------------------------===//
+// FP8 (delayed scaling): the amax histories and scales in checkpoints
+//===----------------------------------------------------------------------===//
+
+constexpr const char *kFP8StateFile = "fp8_state.safetensors";
+
+std::string readBytes(const std::string &file) {
+  std::ifstream in(file, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+/// fp8_state.safetensors of a checkpoint: tensor name -> values.
+std::map<std::string, std::vector<double>>
+fp8State(const std::string &checkpoint) {
+  std::map<std::string, std::vector<double>> values;
+  for (const auto &[name, tensor] : readAll(checkpoint + "/" + kFP8StateFile)) {
+    EXPECT_EQ(tensor.dtype, DType::F32) << name;
+    values[name] = tensor.toDouble();
+  }
+  return values;
+}
+
+bool startsWith(const std::string &text, const std::string &prefix) {
+  return text.rfind(prefix, 0) == 0;
+}
+
+/// Relative closeness of two FP8 amaxes or scales of runs whose tensors
+/// differ by bf16 noise: within one E5M2 step (2 fraction bits: 0.25), the
+/// bound StepPackage.FP8StepsMatchTheCpuReference explains.
+constexpr double kFP8Step = 0.25;
+
+TEST_F(GpuTrainerTest, FP8TwoStepsThenResumeToFourEqualFourSteps) {
+  LLAMAC_REQUIRE_GPU(device);
+  // Learning rate 0, no weight decay, no clipping: the weights stay as
+  // drawn, so each step's casts, FP8 GEMMs and amaxes depend only on its
+  // batch and the FP8 state, and repeat bit for bit (an amax is a maximum,
+  // which atomics take in any order; the GEMMs are cuBLASLt's; the f32
+  // atomic sums, of the embedding gradient and the loss, reach neither).
+  // So a resume that restores the histories, scales and scale inverses
+  // exactly gives the straight run's state bit for bit; one that restarted
+  // them (zero histories, unit scales) would quantize steps 3 and 4
+  // differently and hold other amaxes.
+  auto options = [&](const std::string &name, int64_t steps) {
+    GpuTrainOptions o = fp8Options(name, steps, 0.0, 2);
+    o.weightDecay = 0;
+    o.maxGradNorm = 0;
+    return o;
+  };
+  ASSERT_EQ(trainOnGpu(options("straight", 4)), 0);
+  ASSERT_EQ(trainOnGpu(options("resumed", 2)), 0);
+  GpuTrainOptions resume = options("resumed", 4);
+  resume.resumePath = path("resumed");
+  ASSERT_EQ(trainOnGpu(resume), 0);
+
+  for (const char *file : {kFP8StateFile, "model.safetensors"})
+    EXPECT_EQ(readBytes(path(std::string("resumed/checkpoint-4/") + file)),
+              readBytes(path(std::string("straight/checkpoint-4/") + file)))
+        << file;
+  // The losses: the same per-token terms (at most 256 a step, all
+  // positive) summed by f32 atomics in another order; each order is within
+  // 256 * 2^-24 of the exact sum, relatively, so two within twice that.
+  std::vector<MetricsRow> a = metrics(path("straight.jsonl")),
+                          b = metrics(path("resumed.jsonl"));
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (size_t i = 0; i < 4; ++i)
+    expectRelative(b[i].loss, a[i].loss, 2 * 256 * std::ldexp(1.0, -24),
+                   "loss of step " + std::to_string(i + 1));
+  // The state moved: four amaxes per history, newest first, and scales
+  // computed from them.
+  std::map<std::string, std::vector<double>> state =
+      fp8State(path("straight/checkpoint-4"));
+  ASSERT_FALSE(state.empty());
+  for (const auto &[name, values] : state) {
+    if (startsWith(name, "scale.")) {
+      EXPECT_NE(values[0], 1.0) << name;
+      continue;
+    }
+    ASSERT_EQ(values.size(), 16u) << name;
+    for (size_t i = 0; i < 16; ++i)
+      EXPECT_EQ(values[i] > 0, i < 4) << name << "[" << i << "]";
+  }
+}
+
+TEST_F(GpuTrainerTest, FP8ResumeContinuesTheRun) {
+  LLAMAC_REQUIRE_GPU(device);
+  // Training (lr 1e-3, clipped): 4 steps straight, and its checkpoint-2
+  // resumed to 4.
+  ASSERT_EQ(trainOnGpu(fp8Options("straight", 4, 1e-3, 1)), 0);
+  fs::create_directories(path("resumed"));
+  fs::copy(path("straight/checkpoint-2"), path("resumed/checkpoint-2"),
+           fs::copy_options::recursive);
+  fs::copy_file(path("straight.jsonl"), path("resumed.jsonl"));
+  GpuTrainOptions resume = fp8Options("resumed", 4, 1e-3, 2);
+  resume.resumePath = path("resumed");
+  ASSERT_EQ(trainOnGpu(resume), 0);
+
+  // The amaxes of steps 1 and 2 come from the checkpoint: the same bits,
+  // two places older. Steps 3 and 4 run again, with the GPU's atomics in
+  // another order: within bf16 noise, FP8 roundings flipped by it included
+  // (the file header's bounds; kFP8Step for amaxes and scales).
+  std::map<std::string, std::vector<double>> straight =
+      fp8State(path("straight/checkpoint-4"));
+  std::map<std::string, std::vector<double>> resumed =
+      fp8State(path("resumed/checkpoint-4"));
+  ASSERT_FALSE(straight.empty());
+  ASSERT_EQ(resumed.size(), straight.size());
+  for (const auto &[name, want] : straight) {
+    ASSERT_EQ(resumed.count(name), 1u) << name;
+    const std::vector<double> &got = resumed.at(name);
+    ASSERT_EQ(got.size(), want.size()) << name;
+    bool history = startsWith(name, "amax_history.");
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (history && i >= 2)
+        EXPECT_EQ(got[i], want[i]) << name << "[" << i << "]";
+      else
+        expectRelative(got[i], want[i], kFP8Step,
+                       name + "[" + std::to_string(i) + "]");
+    }
+  }
+  std::vector<MetricsRow> a = metrics(path("straight.jsonl")),
+                          b = metrics(path("resumed.jsonl"));
+  ASSERT_EQ(a.size(), 4u);
+  ASSERT_EQ(b.size(), 4u);
+  for (size_t i = 2; i < 4; ++i)
+    expectRelative(b[i].loss, a[i].loss, 1e-2,
+                   "loss of step " + std::to_string(i + 1));
+  for (const char *file : {"model.safetensors", "optimizer.safetensors"})
+    expectClose(path(std::string("resumed/checkpoint-4/") + file),
+                path(std::string("straight/checkpoint-4/") + file), 2e-2);
+}
+
+TEST_F(GpuTrainerTest, FP8CheckpointsHoldTheCpuFormatAsTheDeviceHoldsIt) {
+  LLAMAC_REQUIRE_GPU(device);
+  // The CPU's fp8 run (3 steps, lr 1e-3 linear), from its start, on the GPU.
+  GpuTrainOptions options = fp8Options("gpu", 3, 1e-3, 1);
+  options.schedule = {LRScheduleKind::Linear, 1e-3, 0, 3};
+  ASSERT_EQ(trainOnGpu(options), 0);
+  std::vector<MetricsRow> cpuSteps =
+                              metrics(kTrainDir + "/cpu-fp8-metrics.jsonl"),
+                          gpuSteps = metrics(path("gpu.jsonl"));
+  ASSERT_EQ(cpuSteps.size(), 3u);
+  ASSERT_EQ(gpuSteps.size(), 3u);
+  for (size_t i = 0; i < 3; ++i)
+    expectRelative(gpuSteps[i].loss, cpuSteps[i].loss, 1e-2,
+                   "loss of step " + std::to_string(i + 1));
+
+  // The CPU loop's tensors (names, F32, shapes), with the GPU's values:
+  // each history holds step 2's amax, then step 1's (the same bits as in
+  // checkpoint-1), then zeros; each scale is f32(fp8_max / max(history))
+  // (margin 0), as the scale update computes it.
+  std::map<std::string, std::vector<double>> mine =
+      fp8State(path("gpu/checkpoint-2"));
+  std::map<std::string, std::vector<double>> first =
+      fp8State(path("gpu/checkpoint-1"));
+  std::map<std::string, std::vector<double>> cpu =
+      fp8State(kTrainDir + "/cpu-fp8/checkpoint-2");
+  ASSERT_FALSE(cpu.empty());
+  ASSERT_EQ(mine.size(), cpu.size());
+  for (const auto &[name, theirs] : cpu) {
+    SCOPED_TRACE(name);
+    ASSERT_EQ(mine.count(name), 1u);
+    const std::vector<double> &values = mine.at(name);
+    ASSERT_EQ(values.size(), theirs.size());
+    if (startsWith(name, "scale.")) {
+      const std::string id = name.substr(6);
+      std::vector<double> history = mine.at("amax_history." + id);
+      double fp8Max =
+          id.find(".grad_output") != std::string::npos ? 57344 : 448;
+      EXPECT_EQ(values[0],
+                double(float(fp8Max / *std::max_element(history.begin(),
+                                                        history.end()))));
+      expectRelative(values[0], theirs[0], kFP8Step, "scale");
+      continue;
+    }
+    EXPECT_GT(values[0], 0);
+    EXPECT_EQ(values[1], first.at(name)[0]);
+    for (size_t i = 2; i < values.size(); ++i)
+      EXPECT_EQ(values[i], 0);
+    // Step 1's weights are the same bf16 values on both (one seed, one
+    // initialization): their amaxes are equal.
+    if (name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0) {
+      EXPECT_EQ(values[1], theirs[1]);
+    }
+    for (size_t i = 0; i < 2; ++i)
+      expectRelative(values[i], theirs[i], kFP8Step,
+                     "entry " + std::to_string(i));
+  }
+
+  // What the loop uploads resuming from it, downloaded from the device
+  // again, is the file: its buffers hold the checkpoint's values in the
+  // rows `parts` names, and the scale inverses are 1 / scale.
+  Result<package::Package> package =
+      package::readPackage(kTrainDir + "/fp8-b8");
+  ASSERT_TRUE(package.ok()) << package.error().message;
+  Result<std::unique_ptr<Executor>> executor =
+      Executor::create(device, *package);
+  ASSERT_TRUE(executor.ok()) << executor.error().message;
+  Result<std::vector<HostTensor>> restored =
+      restoreFP8State(*package, path("gpu/checkpoint-2"));
+  ASSERT_TRUE(restored.ok()) << restored.error().message;
+  ASSERT_EQ(restored->size(), 8u); // 4 buffers per format
+  for (const HostTensor &buffer : *restored)
+    ASSERT_TRUE(
+        (*executor)
+            ->upload(buffer.name, buffer.bytes.data(), buffer.bytes.size())
+            .ok());
+  BufferReader download = [&](const package::Buffer &buffer, void *data) {
+    return (*executor)->download(buffer.name, data, buffer.bytes);
+  };
+  Result<std::vector<HostTensor>> downloaded =
+      downloadFP8State(*package, download);
+  ASSERT_TRUE(downloaded.ok()) << downloaded.error().message;
+  std::map<std::string, std::vector<double>> again;
+  for (const HostTensor &tensor : *downloaded)
+    again[tensor.name] = tensor.toDouble();
+  EXPECT_EQ(again, mine);
+  for (const package::Buffer &buffer : package->buffers) {
+    if (buffer.role != "fp8_scale_inv")
+      continue;
+    std::vector<float> rows(buffer.bytes / 4);
+    ASSERT_TRUE(download(buffer, rows.data()).ok());
+    for (size_t row = 0; row < buffer.parts.size(); ++row)
+      EXPECT_EQ(rows[4 * row],
+                1.0f / float(mine.at("scale." + buffer.parts[row])[0]))
+          << buffer.parts[row];
+  }
+}
+
+TEST_F(GpuTrainerTest, CpuFP8CheckpointResumesOnTheGpu) {
+  LLAMAC_REQUIRE_GPU(device);
+  std::vector<MetricsRow> cpu = metrics(kTrainDir + "/cpu-fp8-metrics.jsonl");
+  ASSERT_EQ(cpu.size(), 3u);
+  fs::copy_file(kTrainDir + "/cpu-fp8-metrics.jsonl", path("gpu.jsonl"));
+  GpuTrainOptions options = fp8Options("gpu", 3, 1e-3, 1);
+  options.schedule = {LRScheduleKind::Linear, 1e-3, 0, 3};
+  options.resumePath = kTrainDir + "/cpu-fp8/checkpoint-2";
+  ASSERT_EQ(trainOnGpu(options), 0);
+  std::vector<MetricsRow> gpu = metrics(path("gpu.jsonl"));
+  ASSERT_EQ(gpu.size(), 3u);
+  EXPECT_EQ(gpu[1].loss, cpu[1].loss); // kept from the CPU's run
+  expectRelative(gpu[2].loss, cpu[2].loss, 1e-2, "loss of step 3");
+
+  // Step 3 pushed its amax in front of the CPU's two (the same bits); its
+  // amaxes and the scales from them are the CPU's within kFP8Step.
+  std::map<std::string, std::vector<double>> resumed =
+      fp8State(path("gpu/checkpoint-3"));
+  std::map<std::string, std::vector<double>> saved =
+      fp8State(kTrainDir + "/cpu-fp8/checkpoint-2");
+  std::map<std::string, std::vector<double>> cpuNext =
+      fp8State(kTrainDir + "/cpu-fp8/checkpoint-3");
+  ASSERT_FALSE(saved.empty());
+  ASSERT_EQ(resumed.size(), saved.size());
+  for (const auto &[name, before] : saved) {
+    SCOPED_TRACE(name);
+    ASSERT_EQ(resumed.count(name), 1u);
+    const std::vector<double> &values = resumed.at(name);
+    ASSERT_EQ(values.size(), before.size());
+    expectRelative(values[0], cpuNext.at(name)[0], kFP8Step, "newest");
+    if (startsWith(name, "amax_history.")) {
+      EXPECT_EQ(std::vector<double>(values.begin() + 1, values.end()),
+                std::vector<double>(before.begin(), before.end() - 1));
+    }
+  }
+  for (const char *file : {"model.safetensors", "optimizer.safetensors"})
+    expectClose(path(std::string("gpu/checkpoint-3/") + file),
+                kTrainDir + "/cpu-fp8/checkpoint-3/" + file, 2e-2);
 }
 
 } // namespace

@@ -87,7 +87,12 @@ llamac::cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
       options.ptx.features + "\n" + std::to_string(pipeline.fuseGatedMLP) +
       std::to_string(pipeline.fuseNormLinear) +
       std::to_string(pipeline.fuseRopeAttention) + "\n" +
-      (gpu.accumulateGradients ? "accumulate" : "");
+      (gpu.accumulateGradients ? "accumulate" : "") + "\n" +
+      (pipeline.fp8 ? "fp8 " + pipeline.fp8Scaling + " margin " +
+                          std::to_string(pipeline.fp8Margin) + " history " +
+                          std::to_string(pipeline.fp8AmaxHistory) + " " +
+                          pipeline.fp8AmaxComputeAlgo
+                    : "");
   llvm::SHA256 sha;
   sha.update(key);
   std::string hash = llvm::toHex(sha.final(), /*LowerCase=*/true).substr(0, 24);

@@ -26,7 +26,7 @@ llvm::Error checkArch(const std::string &arch);
 
 /// Builds the train step of `config` (forward, fusions, autodiff, optimizer)
 /// and lowers it to a GPU package for `gpu`. The GPU backend runs bf16
-/// steps.
+/// steps, and fp8 ones (bf16 storage) with delayed scaling.
 llvm::Expected<package::Package>
 compileStepPackage(const LlamaConfig &config, const StepShape &shape,
                    const mlir::llama::TrainStepPipelineOptions &pipeline,
@@ -34,7 +34,8 @@ compileStepPackage(const LlamaConfig &config, const StepShape &shape,
 
 /// The package of that step from the cache under `cacheRoot`, keyed by a
 /// hash of everything that shapes it (config, batch, seq, packing,
-/// precision, arch, passes, gradient accumulation, llamac version), compiled
+/// precision and the FP8 settings, arch, passes, gradient accumulation,
+/// llamac version), compiled
 /// and stored there on a miss. Returns its directory.
 llvm::Expected<std::string>
 cachedStepPackage(const LlamaConfig &config, const StepShape &shape,

@@ -535,25 +535,20 @@ llvm::Expected<double> runOptimizerStep(mlir::func::FuncOp func,
 // FP8 delayed-scaling state in checkpoints (fp8_state.safetensors)
 //===----------------------------------------------------------------------===//
 
-constexpr llvm::StringLiteral kHistoryPrefix = "amax_history.",
-                              kScalePrefix = "scale.";
-
 /// The FP8 state as checkpoint tensors (F32, exact: the interpreter keeps
-/// histories and scales in f32), by id.
+/// histories and scales in f32), by name.
 std::vector<HostTensor> fp8StateTensors(const ModelState &state) {
   std::vector<HostTensor> tensors;
-  for (auto [prefix, held] : {std::pair{kHistoryPrefix, &state.fp8AmaxHistory},
-                              std::pair{kScalePrefix, &state.fp8Scale}}) {
-    std::vector<std::string> ids;
+  for (auto [kind, held] :
+       {std::pair{FP8StateKind::AmaxHistory, &state.fp8AmaxHistory},
+        std::pair{FP8StateKind::Scale, &state.fp8Scale}})
     for (const auto &entry : *held)
-      ids.push_back(entry.first().str());
-    llvm::sort(ids);
-    for (const std::string &id : ids) {
-      const Tensor &value = held->find(id)->second;
-      tensors.push_back(HostTensor::fromDouble((prefix + id).str(), DType::F32,
-                                               value.shape, value.data));
-    }
-  }
+      tensors.push_back(HostTensor::fromDouble(
+          fp8StateTensorName(kind, entry.first().str()), DType::F32,
+          entry.second.shape, entry.second.data));
+  llvm::sort(tensors, [](const HostTensor &a, const HostTensor &b) {
+    return a.name < b.name;
+  });
   return tensors;
 }
 
@@ -562,8 +557,6 @@ std::vector<HostTensor> fp8StateTensors(const ModelState &state) {
 /// none).
 llvm::Error loadFP8State(const std::string &dir, mlir::func::FuncOp step,
                          ModelState &state) {
-  llvm::SmallString<256> path(dir);
-  llvm::sys::path::append(path, kFP8StateFile);
   std::optional<SafetensorsFile> file;
   for (unsigned i = 0; i < step.getNumArguments(); ++i) {
     llvm::Expected<Slot> slot = classify(step.getArgAttrDict(i));
@@ -573,13 +566,7 @@ llvm::Error loadFP8State(const std::string &dir, mlir::func::FuncOp step,
     if (!isHistory && slot->kind != Slot::FP8Scale)
       continue;
     if (!file) {
-      if (!llvm::sys::fs::exists(path))
-        return llvm::createStringError(
-            llvm::formatv("{0}: missing: a --precision fp8 run with delayed "
-                          "scaling resumes its FP8 amax histories and "
-                          "scales from it",
-                          path.str()));
-      Result<SafetensorsFile> opened = SafetensorsFile::open(path.str().str());
+      Result<SafetensorsFile> opened = openFP8State(dir);
       if (!opened)
         return llvm::createStringError(opened.error().message);
       file = std::move(*opened);
@@ -587,22 +574,13 @@ llvm::Error loadFP8State(const std::string &dir, mlir::func::FuncOp step,
     auto type =
         mlir::cast<mlir::RankedTensorType>(step.getArgument(i).getType());
     std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
-    std::string name =
-        ((isHistory ? kHistoryPrefix : kScalePrefix) + slot->name).str();
-    const TensorInfo *info = file->find(name);
-    if (!info)
-      return llvm::createStringError(llvm::formatv(
-          "{0}: missing FP8 state for this run: '{1}'", path.str(), name));
-    if (info->shape != shape)
-      return llvm::createStringError(llvm::formatv(
-          "{0}: '{1}' has shape {2}, this run needs {3}{4}", path.str(), name,
-          shapeString(info->shape), shapeString(shape),
-          isHistory ? " (--fp8-amax-history)" : ""));
-    Result<HostTensor> tensor = file->read(name);
-    if (!tensor)
-      return llvm::createStringError(tensor.error().message);
+    Result<std::vector<double>> values = readFP8StateTensor(
+        *file, isHistory ? FP8StateKind::AmaxHistory : FP8StateKind::Scale,
+        slot->name, shape, "--fp8-amax-history");
+    if (!values)
+      return llvm::createStringError(values.error().message);
     (isHistory ? state.fp8AmaxHistory : state.fp8Scale)[slot->name] =
-        Tensor{shape, tensor->toDouble()};
+        Tensor{shape, std::move(*values)};
   }
   return llvm::Error::success();
 }
@@ -640,11 +618,6 @@ int64_t countParameters(const std::vector<ParamSpec> &specs) {
 
 int llamac::runTrain(const TrainOptions &options) {
   const StepShape &shape = options.shape;
-  if (options.fp8.enabled && options.device != "cpu")
-    return reportError("--precision fp8: the GPU training loop does not run "
-                       "fp8 yet (its checkpoints would lack the FP8 scaling "
-                       "state); use --device cpu, or build the GPU step with "
-                       "llamac compile --emit package");
   if (options.device == "cuda")
     return runTrainOnCuda(options);
   if (options.device != "cpu")

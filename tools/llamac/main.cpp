@@ -42,8 +42,8 @@ static cl::opt<int64_t> seqLen("seq", cl::desc("Tokens per sequence"),
                                cl::sub(trainCommand), cl::cat(modelCategory));
 static cl::opt<std::string> precision("precision",
                                       cl::desc("fp32, bf16 or fp8 (bf16 "
-                                               "storage, FP8 GEMMs; CPU "
-                                               "backend) (default fp32)"),
+                                               "storage, FP8 GEMMs) (default "
+                                               "fp32)"),
                                       cl::init("fp32"), cl::sub(compileCommand),
                                       cl::sub(trainCommand),
                                       cl::cat(modelCategory));

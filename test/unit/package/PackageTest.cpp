@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 using namespace llamac;
 using namespace llamac::package;
@@ -132,6 +133,42 @@ TEST(Package, RejectsPartRowsThatDoNotSplitTheParameter) {
   EXPECT_NE(status.error().message.find("part_rows do not split its 16 rows"),
             std::string::npos)
       << status.error().message;
+}
+
+TEST(Package, RejectsFP8StateWithoutOneTensorPerRow) {
+  // fp8_history.e4m3: the histories (16 entries) of two quantized tensors.
+  Package p = samplePackage();
+  Buffer history;
+  history.name = "fp8_history.e4m3";
+  history.role = "fp8_history";
+  history.parts = {"model.layers.0.self_attn.q_proj.weight",
+                   "model.layers.0.self_attn.q_proj.input"};
+  history.partRows = {1, 1};
+  history.type = ElementType::F32;
+  history.shape = {2, 16};
+  history.offset = 3072;
+  history.bytes = 128;
+  p.buffers.push_back(history);
+  Status status = validate(p, "pkg");
+  ASSERT_TRUE(status.ok()) << status.error().message;
+  for (auto change : std::vector<std::function<void(Buffer &)>>{
+           [](Buffer &b) { b.type = ElementType::BF16; },
+           [](Buffer &b) {
+             b.parts.pop_back();
+             b.partRows = {2};
+           },
+           [](Buffer &b) {
+             b.shape = {2, 4, 4};
+           },
+           [](Buffer &b) { b.bytes = 64; }}) {
+    Package bad = p;
+    change(bad.buffers.back());
+    status = validate(bad, "pkg");
+    ASSERT_FALSE(status.ok());
+    EXPECT_EQ(status.error().message,
+              "pkg: buffers[2] 'fp8_history.e4m3': fp8_history must be f32 of "
+              "rank 2 with one part (a quantized tensor) per row");
+  }
 }
 
 TEST(Package, RejectsOperandsOutsideTheirBuffer) {

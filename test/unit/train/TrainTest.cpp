@@ -9,7 +9,10 @@
 //     (losses, gradient norms, weights, optimizer state), with FP8 too (its
 //     amax histories and scales in the checkpoint);
 //   - a checkpoint written as the GPU loop writes it (from a package's
-//     buffers) resumes in the CPU loop exactly as the CPU's own does;
+//     buffers, filled from a CPU checkpoint as the GPU loop fills them)
+//     resumes in the CPU loop exactly as the CPU's own does, bf16 and fp8
+//     (the FP8 state file byte for byte); FP8 state the GPU loop cannot
+//     resume from is refused naming the file;
 //   - SIGTERM stops after the current step with a checkpoint that resumes;
 //   - --pad-to-longest changes nothing but speed; --shuffle is reproducible;
 //   - a packed, shuffled run resumes exactly too.
@@ -31,6 +34,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -184,6 +188,20 @@ protected:
                 readFile(path(std::string("resumed/checkpoint-4/") + file)))
           << file;
   }
+
+  /// A CPU run's state as the GPU loop holds and checkpoints it: the tiny
+  /// model of the GPU tests compiled to a package with \p precision (flags),
+  /// three CPU steps with the same flags checkpointed after each (`cpu/`);
+  /// the package's buffers filled from the CPU's checkpoint-2 as the GPU
+  /// loop fills the device when it resumes (here host memory: \p device),
+  /// and the checkpoint the GPU loop writes of them (`gpu/checkpoint-2`).
+  /// Expects the same tensors under the same names in \p files as the
+  /// CPU's, and the CPU loop to resume it to step 3 (`gpu/`, `gpu.jsonl`)
+  /// as its own run did (loss, norm, the \p files of checkpoint-3).
+  void runGpuLoopRoundTrip(const std::vector<std::string> &precision,
+                           std::initializer_list<const char *> files,
+                           std::optional<package::Package> &package,
+                           std::map<std::string, std::vector<uint8_t>> &device);
 
   /// A data file of `rows` rows with the given lengths, every label counted.
   std::string writeRows(const std::string &name,
@@ -413,13 +431,15 @@ TEST_F(TrainTest, ResumeRefusesOtherSettings) {
       << readFile(path("stderr"));
 }
 
-TEST_F(TrainTest, GpuLoopCheckpointsResumeOnTheCpu) {
-  // The tiny model of the GPU tests in bf16, as the GPU runs it.
+void TrainTest::runGpuLoopRoundTrip(
+    const std::vector<std::string> &precision,
+    std::initializer_list<const char *> files,
+    std::optional<package::Package> &package,
+    std::map<std::string, std::vector<uint8_t>> &device) {
   const std::string config = std::string(TINY_CONFIG);
   auto flags = [&](const std::string &name, std::vector<std::string> extra) {
     std::vector<std::string> args = {"train",
                                      "--config=" + config,
-                                     "--precision=bf16",
                                      "--batch=2",
                                      "--seq=32",
                                      "--steps=3",
@@ -427,26 +447,26 @@ TEST_F(TrainTest, GpuLoopCheckpointsResumeOnTheCpu) {
                                      "--save-every=1",
                                      "--save=" + path(name),
                                      "--metrics=" + path(name + ".jsonl")};
+    args.insert(args.end(), precision.begin(), precision.end());
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   };
-  ASSERT_EQ(
-      run({"compile", "--config=" + config, "--precision=bf16", "--batch=2",
-           "--seq=32", "--emit=package", "-o", path("package")}),
-      0)
-      << readFile(path("stderr"));
+  std::vector<std::string> compile = {"compile",        "--config=" + config,
+                                      "--batch=2",      "--seq=32",
+                                      "--emit=package", "-o",
+                                      path("package")};
+  compile.insert(compile.end(), precision.begin(), precision.end());
+  ASSERT_EQ(run(compile), 0) << readFile(path("stderr"));
   ASSERT_EQ(run(flags("cpu", {})), 0) << readFile(path("stderr"));
 
-  // The GPU loop's state after step 2, as it fills the device from the CPU's
-  // checkpoint-2 (here host memory), and the checkpoint it writes of it.
-  Result<package::Package> package = package::readPackage(path("package"));
-  ASSERT_TRUE(package.ok()) << package.error().message;
+  Result<package::Package> read = package::readPackage(path("package"));
+  ASSERT_TRUE(read.ok()) << read.error().message;
+  package = std::move(*read);
   const std::string saved = path("cpu/checkpoint-2");
   Result<WeightStore> weights = WeightStore::open(saved);
   Result<SafetensorsFile> moments =
       SafetensorsFile::open(saved + "/optimizer.safetensors");
   ASSERT_TRUE(weights.ok() && moments.ok());
-  std::map<std::string, std::vector<uint8_t>> device;
   for (const package::Buffer &buffer : package->buffers) {
     std::optional<Result<HostTensor>> fused;
     if (buffer.role == "param")
@@ -458,6 +478,10 @@ TEST_F(TrainTest, GpuLoopCheckpointsResumeOnTheCpu) {
     ASSERT_TRUE(fused->ok()) << fused->error().message;
     device[buffer.name] = (*fused)->bytes;
   }
+  Result<std::vector<HostTensor>> fp8State = restoreFP8State(*package, saved);
+  ASSERT_TRUE(fp8State.ok()) << fp8State.error().message;
+  for (HostTensor &buffer : *fp8State)
+    device[buffer.name] = std::move(buffer.bytes);
   Result<CheckpointContents> contents = packageCheckpoint(
       *package, [&](const package::Buffer &buffer, void *data) -> Status {
         std::memcpy(data, device.at(buffer.name).data(), buffer.bytes);
@@ -470,7 +494,7 @@ TEST_F(TrainTest, GpuLoopCheckpointsResumeOnTheCpu) {
 
   // The same tensors under the same names, and the CPU loop resumes from it
   // as from its own checkpoint.
-  for (const char *file : {"model.safetensors", "optimizer.safetensors"}) {
+  for (const char *file : files) {
     SCOPED_TRACE(file);
     std::map<std::string, std::vector<double>> cpu =
         tensors(std::string("cpu/checkpoint-2/") + file);
@@ -486,10 +510,141 @@ TEST_F(TrainTest, GpuLoopCheckpointsResumeOnTheCpu) {
   ASSERT_EQ(resumed.size(), 3u);
   EXPECT_EQ(resumed[2].loss, straight[2].loss);
   EXPECT_EQ(resumed[2].gradNorm, straight[2].gradNorm);
-  EXPECT_EQ(readFile(path("gpu/checkpoint-3/model.safetensors")),
-            readFile(path("cpu/checkpoint-3/model.safetensors")));
-  EXPECT_EQ(readFile(path("gpu/checkpoint-3/optimizer.safetensors")),
-            readFile(path("cpu/checkpoint-3/optimizer.safetensors")));
+  for (const char *file : files)
+    EXPECT_EQ(readFile(path(std::string("gpu/checkpoint-3/") + file)),
+              readFile(path(std::string("cpu/checkpoint-3/") + file)))
+        << file;
+}
+
+TEST_F(TrainTest, GpuLoopCheckpointsResumeOnTheCpu) {
+  std::optional<package::Package> package;
+  std::map<std::string, std::vector<uint8_t>> device;
+  runGpuLoopRoundTrip({"--precision=bf16"},
+                      {"model.safetensors", "optimizer.safetensors"}, package,
+                      device);
+}
+
+TEST_F(TrainTest, GpuLoopFP8CheckpointsResumeOnTheCpu) {
+  // The fp8_state.safetensors the GPU loop writes is the CPU's, byte for
+  // byte (same names, order, values and metadata).
+  std::optional<package::Package> package;
+  std::map<std::string, std::vector<uint8_t>> device;
+  ASSERT_NO_FATAL_FAILURE(runGpuLoopRoundTrip(
+      {"--precision=fp8", "--fp8-amax-history=8"},
+      {"model.safetensors", "optimizer.safetensors", "fp8_state.safetensors"},
+      package, device));
+  ASSERT_TRUE(package);
+  EXPECT_EQ(package->precision, "fp8");
+  EXPECT_EQ(readFile(path("gpu/checkpoint-2/fp8_state.safetensors")),
+            readFile(path("cpu/checkpoint-2/fp8_state.safetensors")));
+
+  // What the GPU loop uploads on resuming: each tensor's history and scale
+  // in its row, the scale inverse 1 / scale (f32) in column 0 of its 16-byte
+  // row (the other columns as initialised: 1), zero amaxes.
+  std::map<std::string, std::vector<double>> saved =
+      tensors("cpu/checkpoint-2/fp8_state.safetensors");
+  size_t restored = 0;
+  for (const package::Buffer &buffer : package->buffers) {
+    if (buffer.role.rfind("fp8_", 0) != 0 || buffer.role == "fp8_copy")
+      continue;
+    SCOPED_TRACE(buffer.name);
+    ASSERT_EQ(device.count(buffer.name), 1u);
+    const std::vector<uint8_t> &bytes = device.at(buffer.name);
+    ASSERT_EQ(bytes.size(), buffer.bytes);
+    std::vector<float> values(bytes.size() / 4);
+    std::memcpy(values.data(), bytes.data(), bytes.size());
+    const size_t columns = values.size() / buffer.parts.size();
+    for (size_t row = 0; row < buffer.parts.size(); ++row) {
+      const std::string &id = buffer.parts[row];
+      const float *at = values.data() + row * columns;
+      if (buffer.role == "fp8_history") {
+        std::vector<double> want = saved.at("amax_history." + id);
+        ASSERT_EQ(want.size(), columns) << id;
+        EXPECT_EQ(std::vector<double>(at, at + columns), want) << id;
+        EXPECT_GT(want[0], 0) << id;
+        ++restored;
+      } else if (buffer.role == "fp8_scale") {
+        EXPECT_EQ(double(at[0]), saved.at("scale." + id)[0]) << id;
+        EXPECT_NE(at[0], 1.0f) << id; // computed from two steps' amaxes
+        ++restored;
+      } else if (buffer.role == "fp8_scale_inv") {
+        EXPECT_EQ(at[0], 1.0f / float(saved.at("scale." + id)[0])) << id;
+        EXPECT_EQ(std::vector<float>(at + 1, at + columns),
+                  std::vector<float>(columns - 1, 1.0f))
+            << id;
+      } else {
+        EXPECT_EQ(at[0], 0.0f) << id;
+      }
+    }
+  }
+  EXPECT_EQ(restored, saved.size());
+  EXPECT_FALSE(saved.empty());
+}
+
+TEST_F(TrainTest, GpuLoopRefusesFP8StateItCannotResumeFrom) {
+  // The CPU's fp8 checkpoint of one step, and the package of that run.
+  const std::string config = std::string(TINY_CONFIG);
+  ASSERT_EQ(run({"compile", "--config=" + config, "--precision=fp8",
+                 "--fp8-amax-history=8", "--batch=2", "--seq=32",
+                 "--emit=package", "-o", path("package")}),
+            0)
+      << readFile(path("stderr"));
+  ASSERT_EQ(run({"train", "--config=" + config, "--precision=fp8",
+                 "--fp8-amax-history=8", "--batch=2", "--seq=32", "--steps=1",
+                 "--save-every=1", "--save=" + path("cpu")}),
+            0)
+      << readFile(path("stderr"));
+  Result<package::Package> package = package::readPackage(path("package"));
+  ASSERT_TRUE(package.ok()) << package.error().message;
+  const std::string checkpoint = path("cpu/checkpoint-1");
+  const std::string file = checkpoint + "/fp8_state.safetensors";
+  ASSERT_TRUE(restoreFP8State(*package, checkpoint).ok());
+
+  // A package with another history length: the tensor and what sets the
+  // length are named.
+  package::Package longer = *package;
+  for (package::Buffer &buffer : longer.buffers)
+    if (buffer.role == "fp8_history")
+      buffer.shape[1] = 16;
+  Result<std::vector<HostTensor>> restored =
+      restoreFP8State(longer, checkpoint);
+  ASSERT_FALSE(restored.ok());
+  EXPECT_EQ(restored.error().message.rfind(file + ": 'amax_history.", 0), 0u)
+      << restored.error().message;
+  EXPECT_NE(restored.error().message.find(
+                "has shape [8], this run needs [16] (the package's "
+                "--fp8-amax-history)"),
+            std::string::npos)
+      << restored.error().message;
+
+  // A package quantizing a tensor the checkpoint does not hold.
+  package::Package renamed = *package;
+  for (package::Buffer &buffer : renamed.buffers)
+    if (buffer.role == "fp8_scale")
+      buffer.parts[0] = "model.layers.9.mlp.up_proj.weight";
+  restored = restoreFP8State(renamed, checkpoint);
+  ASSERT_FALSE(restored.ok());
+  EXPECT_EQ(restored.error().message,
+            file + ": missing FP8 state for this run: "
+                   "'scale.model.layers.9.mlp.up_proj.weight'");
+
+  // No state file.
+  fs::remove(file);
+  restored = restoreFP8State(*package, checkpoint);
+  ASSERT_FALSE(restored.ok());
+  EXPECT_EQ(restored.error().message.rfind(file + ": missing: ", 0), 0u)
+      << restored.error().message;
+
+  // A bf16 package has no FP8 state to restore.
+  ASSERT_EQ(
+      run({"compile", "--config=" + config, "--precision=bf16", "--batch=2",
+           "--seq=32", "--emit=package", "-o", path("bf16")}),
+      0);
+  Result<package::Package> bf16 = package::readPackage(path("bf16"));
+  ASSERT_TRUE(bf16.ok());
+  restored = restoreFP8State(*bf16, checkpoint);
+  ASSERT_TRUE(restored.ok());
+  EXPECT_TRUE(restored->empty());
 }
 
 //===----------------------------------------------------------------------===//

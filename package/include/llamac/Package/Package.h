@@ -199,7 +199,8 @@ struct MemoryUse {
 MemoryUse memoryUse(const Package &package);
 
 /// Checks every reference and bound: buffers inside the arena and aligned,
-/// operands naming existing buffers and staying inside them; and that a
+/// operands naming existing buffers and staying inside them; FP8 state
+/// buffers f32 with one part (quantized tensor) per row; and that a
 /// package that accumulates gradients can zero them. Errors name the field.
 Status validate(const Package &package, const std::string &where);
 

@@ -103,6 +103,27 @@ struct CheckpointContents {
 /// The file of a checkpoint that holds the FP8 delayed-scaling state.
 constexpr const char *kFP8StateFile = "fp8_state.safetensors";
 
+/// What fp8_state.safetensors holds per quantized tensor id: its amax
+/// history (F32 [L], newest first) and its scale (F32 []).
+enum class FP8StateKind { AmaxHistory, Scale };
+
+/// The name of a tensor's state in fp8_state.safetensors:
+/// `amax_history.<id>` or `scale.<id>`.
+std::string fp8StateTensorName(FP8StateKind kind, const std::string &id);
+
+/// Opens `<checkpointDir>/fp8_state.safetensors`; a missing file is an
+/// error naming it (a run with delayed scaling cannot resume without it).
+Result<SafetensorsFile> openFP8State(const std::string &checkpointDir);
+
+/// The values of quantized tensor \p id's state of \p kind in \p file,
+/// which must have \p shape. A missing tensor or another shape is a
+/// one-line error naming the file and the tensor; for a history it adds
+/// \p lengthSetting, what sets this run's history length.
+Result<std::vector<double>>
+readFP8StateTensor(const SafetensorsFile &file, FP8StateKind kind,
+                   const std::string &id, const std::vector<int64_t> &shape,
+                   const std::string &lengthSetting);
+
 /// Writes `<dir>/checkpoint-<state.globalStep>/` atomically (see above),
 /// replacing an older one of the same step. Returns its path.
 Result<std::string> writeTrainingCheckpoint(const std::string &dir,

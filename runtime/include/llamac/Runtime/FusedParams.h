@@ -89,10 +89,30 @@ downloadFused(const package::Package &package, const std::string &role,
 /// The model's config.json as checkpoints hold it (the package's, indented).
 std::string checkpointConfig(const package::Package &package);
 
+/// The FP8 delayed-scaling state of an fp8 package (its "fp8_history" and
+/// "fp8_scale" buffers, read through \p read) as the CPU loop checkpoints it:
+/// per quantized tensor (a row of those buffers, `parts` naming it) its
+/// amax history and scale under fp8StateTensorName, F32, sorted by name.
+/// Empty for a package without that state.
+Result<std::vector<HostTensor>>
+downloadFP8State(const package::Package &package, const BufferReader &read);
+
+/// What the FP8 state buffers of \p package hold when it resumes from the
+/// checkpoint in \p checkpointDir: histories and scales from its
+/// fp8_state.safetensors; in column 0 of each "fp8_scale_inv" row 1 / scale
+/// (f32, as the scale update computes it), the other columns as the package
+/// initialises them; "fp8_amax" zero. One F32 tensor per buffer, named
+/// after it. Empty for a package without FP8 state. A missing file, a
+/// missing tensor or another history length is a one-line error naming the
+/// file.
+Result<std::vector<HostTensor>>
+restoreFP8State(const package::Package &package,
+                const std::string &checkpointDir);
+
 /// A training checkpoint of the package's state, as the CPU loop writes it:
 /// its checkpointConfig; the "param" buffers as the model and the AdamW
 /// moments as the optimizer state (`exp_avg.<name>`, then `exp_avg_sq.<name>`),
-/// all bf16 as they are held.
+/// all bf16 as they are held; an fp8 package's FP8 state (downloadFP8State).
 Result<CheckpointContents> packageCheckpoint(const package::Package &package,
                                              const BufferReader &read);
 

@@ -7,7 +7,8 @@
 // loop (tools/llamac/Train.cpp) offers, from the same runtime pieces: token
 // or text data with shuffling, gradient accumulation, clipping, schedules,
 // checkpoints in the same format (a checkpoint of either loop resumes in the
-// other), a clean stop on SIGINT/SIGTERM, progress and metrics (with MFU).
+// other; an fp8 package's hold its FP8 delayed-scaling state), a clean stop on
+// SIGINT/SIGTERM, progress and metrics (with MFU).
 //
 //===----------------------------------------------------------------------===//
 
