@@ -594,9 +594,17 @@ TEST_F(GpuTrainerTest, CpuFP8CheckpointResumesOnTheGpu) {
                 std::vector<double>(before.begin(), before.end() - 1));
     }
   }
-  for (const char *file : {"model.safetensors", "optimizer.safetensors"})
-    expectClose(path(std::string("gpu/checkpoint-3/") + file),
-                kTrainDir + "/cpu-fp8/checkpoint-3/" + file, 2e-2);
+  // The weights moved by lr-sized steps: within 2e-2 as in bf16. The moments
+  // hold step 3's gradient with weight about 1/3 (m = 0.1 (0.81 g1 + 0.9 g2
+  // + g3)); that gradient went through E5M2 (2 fraction bits), where an
+  // element that the two GEMMs' summation orders put on either side of a
+  // rounding boundary lands one FP8 step (up to 25%) apart, layer after
+  // layer (StepPackage.FP8StepsMatchTheCpuReference sees amaxes up to 16%
+  // apart). The H200 run measured moments up to 4.9% apart: bound 0.1.
+  expectClose(path("gpu/checkpoint-3/model.safetensors"),
+              kTrainDir + "/cpu-fp8/checkpoint-3/model.safetensors", 2e-2);
+  expectClose(path("gpu/checkpoint-3/optimizer.safetensors"),
+              kTrainDir + "/cpu-fp8/checkpoint-3/optimizer.safetensors", 0.1);
 }
 
 } // namespace
