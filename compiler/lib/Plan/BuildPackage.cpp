@@ -461,6 +461,43 @@ private:
       return std::move(error);
     return whole(xn);
   }
+  /// The start of a gated MLP's backward, shared by the bf16 and FP8
+  /// lowerings: dGU = SwiGLU'(gate_up) dOut, and the input of its GEMMs (x,
+  /// or RMSNorm(x) recomputed when the op has a norm, with that norm's
+  /// weight and rstd for the norm backward).
+  struct GatedMLPGradStart {
+    int dGU = -1;
+    Location in, normWeight;
+    int rstd = -1;
+  };
+  llvm::Expected<GatedMLPGradStart>
+  startGatedMLPGrad(GatedMLPGradOp op, Location x, int64_t width,
+                    int64_t hidden, const std::string &label) {
+    auto dOut = use(op.getGrad());
+    auto gateUp = use(op.getGateUp());
+    if (!dOut || !gateUp)
+      return llvm::joinErrors(dOut.takeError(), gateUp.takeError());
+    GatedMLPGradStart start;
+    start.dGU = scratch("dgate_up", ElementType::BF16, {tokens, 2 * width});
+    if (auto error =
+            launch(swigluBackwardKernel(tokens, width),
+                   {*dOut, *gateUp, whole(start.dGU)}, label + " (swiglu)"))
+      return std::move(error);
+    start.in = x;
+    if (!op.getNormWeight())
+      return start;
+    auto nw = use(op.getNormWeight());
+    if (!nw)
+      return nw.takeError();
+    start.normWeight = *nw;
+    start.rstd = scratch("rstd", ElementType::F32, {tokens});
+    auto xn = normalized(x, *nw, hidden, op.getEps()->convertToDouble(),
+                         start.rstd, label + " (recompute norm)");
+    if (!xn)
+      return xn.takeError();
+    start.in = *xn;
+    return start;
+  }
   Location fp8Scalar(int FP8State::*region, FP8Slot slot) const {
     uint64_t rowBytes = region == &FP8State::scaleInv ? 16 : 4;
     return {fp8States[slot.format].*region, uint64_t(slot.index) * rowBytes, 0};
@@ -1093,37 +1130,17 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     auto weightType = cast<RankedTensorType>(grad.getWeight().getType());
     int64_t width = weightType.getDimSize(0) / 2;
     hidden = weightType.getDimSize(1);
-    auto dOut = use(grad.getGrad());
     auto x = use(grad.getInput());
-    auto gateUp = use(grad.getGateUp());
     auto w = use(grad.getWeight());
-    if (!dOut || !x || !gateUp || !w)
-      return llvm::joinErrors(
-          llvm::joinErrors(dOut.takeError(), x.takeError()),
-          llvm::joinErrors(gateUp.takeError(), w.takeError()));
-    int dGU = scratch("dgate_up", ElementType::BF16, {tokens, 2 * width});
-    if (auto error = launch(swigluBackwardKernel(tokens, width),
-                            {*dOut, *gateUp, whole(dGU)}, label + " (swiglu)"))
-      return error;
-    Location in = *x;
-    int rstd = -1;
-    Location nwAt;
-    if (grad.getNormWeight()) {
-      auto nw = use(grad.getNormWeight());
-      if (!nw)
-        return nw.takeError();
-      nwAt = *nw;
-      rstd = scratch("rstd", ElementType::F32, {tokens});
-      int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
-      if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
-                                    grad.getEps()->convertToDouble(), rstd,
-                                    label + " (recompute norm)"))
-        return error;
-      in = whole(xn);
-    }
+    if (!x || !w)
+      return llvm::joinErrors(x.takeError(), w.takeError());
+    auto start = startGatedMLPGrad(grad, *x, width, hidden, label);
+    if (!start)
+      return start.takeError();
+    int dGU = start->dGU;
     Location weightGrad = define(grad.getWeightGrad(), "weight_grad");
-    linear(whole(dGU), in, weightGrad, 2 * width, hidden, tokens, true, false,
-           label + " (wgrad)");
+    linear(whole(dGU), start->in, weightGrad, 2 * width, hidden, tokens, true,
+           false, label + " (wgrad)");
     if (!grad.getNormWeight()) {
       Location dx = define(grad.getInputGrad(), "input_grad");
       linear(whole(dGU), *w, dx, tokens, hidden, 2 * width, false, false,
@@ -1134,7 +1151,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     linear(whole(dGU), *w, whole(dxn), tokens, hidden, 2 * width, false, false,
            label + " (dgrad)");
     return normBackward(&op, grad.getInputGrad(), grad.getNormWeightGrad(),
-                        whole(dxn), *x, nwAt, rstd, hidden, label);
+                        whole(dxn), *x, start->normWeight, start->rstd, hidden,
+                        label);
   }
 
   if (auto grad = dyn_cast<RopeAttentionGradOp>(op)) {
@@ -1770,31 +1788,14 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
   if (!slots)
     return slots.takeError();
   auto w = quantized(op, op.getWeight());
-  auto dOut = use(op.getGrad());
   auto x = use(op.getInput());
-  auto gateUp = use(op.getGateUp());
-  if (!w || !dOut || !x || !gateUp)
-    return llvm::joinErrors(
-        llvm::joinErrors(w.takeError(), dOut.takeError()),
-        llvm::joinErrors(x.takeError(), gateUp.takeError()));
-  int dGU = scratch("dgate_up", ElementType::BF16, {tokens, 2 * width});
-  if (auto error = launch(swigluBackwardKernel(tokens, width),
-                          {*dOut, *gateUp, whole(dGU)}, label + " (swiglu)"))
-    return error;
-  Location in = *x, nwAt;
-  int rstd = -1;
-  if (op.getNormWeight()) {
-    auto nw = use(op.getNormWeight());
-    if (!nw)
-      return nw.takeError();
-    nwAt = *nw;
-    rstd = scratch("rstd", ElementType::F32, {tokens});
-    auto xn = normalized(*x, *nw, hidden, op.getEps()->convertToDouble(), rstd,
-                         label + " (recompute norm)");
-    if (!xn)
-      return xn.takeError();
-    in = *xn;
-  }
+  if (!w || !x)
+    return llvm::joinErrors(w.takeError(), x.takeError());
+  auto start = startGatedMLPGrad(op, *x, width, hidden, label);
+  if (!start)
+    return start.takeError();
+  int dGU = start->dGU;
+  Location in = start->in;
   FP8Tensor input =
       fp8Tensor(in, tokens, hidden, {(*slots)[0]}, {}, label + ".xn");
   auto inT = fp8Rows(op, input, 0, tokens, true, label);
@@ -1829,7 +1830,7 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
   if (!op.getNormWeight())
     return llvm::Error::success();
   return normBackward(op, op.getInputGrad(), op.getNormWeightGrad(), dx, *x,
-                      nwAt, rstd, hidden, label);
+                      start->normWeight, start->rstd, hidden, label);
 }
 
 /// One fp8_scale_update launch per format, in place over its state.
