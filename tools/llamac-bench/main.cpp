@@ -87,6 +87,9 @@ std::string category(const std::string &function, const package::Step &step) {
   bool attention = step.label.find("attention") != std::string::npos;
   if (step.kind == package::Step::Kind::Gemm)
     return attention ? "attention GEMMs" : "linear-layer GEMMs";
+  if (step.kind == package::Step::Kind::Launch &&
+      step.launch.kernel.rfind("fp8_", 0) == 0)
+    return "FP8 casts and scaling";
   return attention ? "attention kernels" : "other kernels";
 }
 
