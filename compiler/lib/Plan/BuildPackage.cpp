@@ -515,6 +515,13 @@ private:
   llvm::Expected<FP8Operand> fp8Rows(Operation *op, FP8Tensor &t, int64_t first,
                                      int64_t count, bool transposed,
                                      const std::string &label);
+  llvm::Error fp8ForwardByBlock(Operation *op, const FP8Operand &a,
+                                FP8Tensor &w, Location out, int64_t columns,
+                                int64_t hidden, const std::string &label);
+  llvm::Error fp8BlockBackward(Operation *op, FP8Tensor &dY, FP8Tensor &w,
+                               int64_t first, const FP8Operand &inT,
+                               Location weightGrad, Location dx, int64_t hidden,
+                               bool accumulate, const std::string &label);
   llvm::Error fp8Gemm(Operation *op, const FP8Operand &a, const FP8Operand &b,
                       Location d, int64_t m, int64_t n, int64_t k,
                       bool accumulate, const std::string &label,
@@ -1634,6 +1641,57 @@ llvm::Error PackageBuilder::lowerFP8Matmul(MatmulOp op, std::string label) {
                  false, label, *addend);
 }
 
+/// out[:, block] = A W[block]ᵀ for each block of the weight `w` (one FP8
+/// GEMM per Hugging Face tensor, each with its own scale), into the block's
+/// columns of `out` ([tokens, columns]).
+llvm::Error PackageBuilder::fp8ForwardByBlock(Operation *op,
+                                              const FP8Operand &a, FP8Tensor &w,
+                                              Location out, int64_t columns,
+                                              int64_t hidden,
+                                              const std::string &label) {
+  int64_t first = 0;
+  for (int64_t rows : w.blockRows) {
+    auto b = fp8Rows(op, w, first, rows, false, label);
+    if (!b)
+      return b.takeError();
+    Location d = out;
+    d.offset += uint64_t(first) * 2;
+    if (rows != columns)
+      d.ld = columns;
+    if (auto error = fp8Gemm(op, a, *b, d, tokens, rows, hidden, false,
+                             label + " (GEMM)"))
+      return error;
+    first += rows;
+  }
+  return llvm::Error::success();
+}
+
+/// The GEMMs of one weight block W[first, first + rows) in a backward, with
+/// dY [tokens, rows] the block's quantized output gradient:
+///   dW[block] = dYᵀ in  (in: the quantized input, transposed as `inT`)
+///   dx (+)= dY W[block] (added to dx when `accumulate`).
+llvm::Error PackageBuilder::fp8BlockBackward(Operation *op, FP8Tensor &dY,
+                                             FP8Tensor &w, int64_t first,
+                                             const FP8Operand &inT,
+                                             Location weightGrad, Location dx,
+                                             int64_t hidden, bool accumulate,
+                                             const std::string &label) {
+  int64_t rows = dY.cols;
+  auto dYT = fp8Rows(op, dY, 0, tokens, true, label);
+  auto dYD = fp8Rows(op, dY, 0, tokens, false, label);
+  auto wT = fp8Rows(op, w, first, rows, true, label);
+  if (!dYT || !dYD || !wT)
+    return llvm::joinErrors(llvm::joinErrors(dYT.takeError(), dYD.takeError()),
+                            wT.takeError());
+  Location dW = weightGrad;
+  dW.offset += uint64_t(first * hidden) * 2;
+  if (auto error = fp8Gemm(op, *dYT, inT, dW, rows, hidden, tokens, false,
+                           label + " (wgrad)"))
+    return error;
+  return fp8Gemm(op, *dYD, *wT, dx, tokens, hidden, rows, accumulate,
+                 label + " (dgrad)");
+}
+
 llvm::Error PackageBuilder::lowerFP8NormMatmul(NormMatmulOp op,
                                                const std::string &label) {
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
@@ -1658,18 +1716,9 @@ llvm::Error PackageBuilder::lowerFP8NormMatmul(NormMatmulOp op,
     return a.takeError();
   int y = newBuffer("norm_matmul.y#" + std::to_string(buffers.size()),
                     "activation", ElementType::BF16, {tokens, width}, false);
-  // One GEMM per weight block, into its columns of y.
-  int64_t first = 0;
-  for (int64_t rows : (*w)->blockRows) {
-    auto b = fp8Rows(op, **w, first, rows, false, label);
-    if (!b)
-      return b.takeError();
-    Location d{y, uint64_t(first) * 2, rows == width ? 0 : width};
-    if (auto error = fp8Gemm(op, *a, *b, d, tokens, rows, hidden, false,
-                             label + " (GEMM)"))
-      return error;
-    first += rows;
-  }
+  if (auto error =
+          fp8ForwardByBlock(op, *a, **w, {y, 0, 0}, width, hidden, label))
+    return error;
   return sliceOutputs(op, op.getOutputs(), y, width);
 }
 
@@ -1708,22 +1757,10 @@ llvm::Error PackageBuilder::lowerFP8NormMatmulGrad(NormMatmulGradOp op,
   // dxn += dY_j W[r_j].
   int64_t first = 0;
   for (auto [j, grad] : llvm::enumerate(grads)) {
-    int64_t rows = grad->cols;
-    auto dYT = fp8Rows(op, *grad, 0, tokens, true, label);
-    auto dY = fp8Rows(op, *grad, 0, tokens, false, label);
-    auto wT = fp8Rows(op, **w, first, rows, true, label);
-    if (!dYT || !dY || !wT)
-      return llvm::joinErrors(llvm::joinErrors(dYT.takeError(), dY.takeError()),
-                              wT.takeError());
-    Location dW = weightGrad;
-    dW.offset += uint64_t(first * hidden) * 2;
-    if (auto error = fp8Gemm(op, *dYT, *inT, dW, rows, hidden, tokens, false,
-                             label + " (wgrad)"))
+    if (auto error = fp8BlockBackward(op, *grad, **w, first, *inT, weightGrad,
+                                      whole(dxn), hidden, j > 0, label))
       return error;
-    if (auto error = fp8Gemm(op, *dY, *wT, whole(dxn), tokens, hidden, rows,
-                             j > 0, label + " (dgrad)"))
-      return error;
-    first += rows;
+    first += grad->cols;
   }
   return normBackward(op, op.getInputGrad(), op.getNormWeightGrad(), whole(dxn),
                       *x, *nw, rstd, hidden, label);
@@ -1759,20 +1796,9 @@ llvm::Error PackageBuilder::lowerFP8GatedMLP(GatedMLPOp op,
   if (!a)
     return a.takeError();
   Location gateUp = define(op.getGateUp(), "gate_up");
-  int64_t first = 0;
-  for (int64_t rows : (*w)->blockRows) {
-    auto b = fp8Rows(op, **w, first, rows, false, label);
-    if (!b)
-      return b.takeError();
-    Location d = gateUp;
-    d.offset += uint64_t(first) * 2;
-    if (rows != 2 * width)
-      d.ld = 2 * width;
-    if (auto error = fp8Gemm(op, *a, *b, d, tokens, rows, hidden, false,
-                             label + " (GEMM)"))
-      return error;
-    first += rows;
-  }
+  if (auto error =
+          fp8ForwardByBlock(op, *a, **w, gateUp, 2 * width, hidden, label))
+    return error;
   Location out = define(op.getResult(), "swiglu");
   return launch(swigluForwardKernel(tokens, width), {gateUp, out},
                 label + " (swiglu)");
@@ -1812,19 +1838,8 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
         fp8Tensor({dGU, uint64_t(half * width) * 2, 2 * width}, tokens, width,
                   {(*slots)[1 + half]}, {}, label + (half ? ".dup" : ".dgate"));
     dH.bothCopies = true;
-    auto dHT = fp8Rows(op, dH, 0, tokens, true, label);
-    auto dHD = fp8Rows(op, dH, 0, tokens, false, label);
-    auto wT = fp8Rows(op, **w, half * width, width, true, label);
-    if (!dHT || !dHD || !wT)
-      return llvm::joinErrors(
-          llvm::joinErrors(dHT.takeError(), dHD.takeError()), wT.takeError());
-    Location dW = weightGrad;
-    dW.offset += uint64_t(half * width * hidden) * 2;
-    if (auto error = fp8Gemm(op, *dHT, *inT, dW, width, hidden, tokens, false,
-                             label + " (wgrad)"))
-      return error;
-    if (auto error = fp8Gemm(op, *dHD, *wT, dx, tokens, hidden, width, half > 0,
-                             label + " (dgrad)"))
+    if (auto error = fp8BlockBackward(op, dH, **w, half * width, *inT,
+                                      weightGrad, dx, hidden, half > 0, label))
       return error;
   }
   if (!op.getNormWeight())
