@@ -498,8 +498,11 @@ private:
     start.in = *xn;
     return start;
   }
+  /// The start of `slot`'s row of an FP8 state region (a row is 4 bytes, or
+  /// the scale inverses' 16: the region's bytes over its rows).
   Location fp8Scalar(int FP8State::*region, FP8Slot slot) const {
-    uint64_t rowBytes = region == &FP8State::scaleInv ? 16 : 4;
+    const package::Buffer &info = buffers[fp8States[slot.format].*region].info;
+    uint64_t rowBytes = info.bytes / uint64_t(info.shape.front());
     return {fp8States[slot.format].*region, uint64_t(slot.index) * rowBytes, 0};
   }
   static ElementType fp8Type(FP8Slot slot) {
