@@ -3,12 +3,15 @@
 // The FP8 kernels against the reference interpreter's emulation, which
 // GenerateFP8Reference wrote to FP8_DIR/reference.safetensors (see there):
 // - fp8_cast and fp8_cast_transpose (the transposed copy alone, or with the
-//   direct copy from the same read), E4M3 and E5M2, over a packed matrix and
-//   a strided column slice: every output byte of every copy decodes to
+//   direct copy from the same read), E4M3 and E5M2, over a packed matrix
+//   (fp8_cast_transpose's edge tiles cut in both directions), a strided
+//   column slice (edge tiles of one 16-column group) and a strided block of
+//   whole tiles: every output byte of every copy decodes to
 //   exactly reference::roundToFP8(f32(x * scale)) (the same zero sign; NaN
 //   where x is NaN), over zeros, infinities, NaN, subnormals, values past
 //   the maxima and ties; the amax is max |x| exactly over the cast elements
-//   only (NaN wins; a launch only raises it).
+//   only, none read outside the cast block (NaN wins; a launch only raises
+//   it).
 // - fp8_scale_update: after each of several steps, the histories and scales
 //   equal reference::fp8ScaleUpdate's bit for bit, scale_inv is 1 / scale
 //   in f32 and the amax is reset to 0.
@@ -55,10 +58,17 @@ bool sameValue(double got, double want) {
 /// Which copies a cast kernel writes.
 enum class Copies { Direct, Transposed, Both };
 
+/// Which block of x a cast kernel reads.
+enum class Block {
+  All,   ///< x, packed
+  Slice, ///< its first kFP8SliceCols columns, rows kFP8Cols apart
+  Tiles, ///< its first kFP8TileRows rows of kFP8TileCols columns
+};
+
 struct CastCase {
   const char *format;
   Copies copies;
-  bool slice; ///< the first kFP8SliceCols columns, rows kFP8Cols apart
+  Block block;
 };
 
 class FP8Cast : public ::testing::TestWithParam<CastCase> {};
@@ -78,21 +88,29 @@ TEST_P(FP8Cast, MatchesTheReferenceBitForBitWithExactAmax) {
   for (int64_t i = 0; i < N; ++i)
     xBits[i] = doubleToBF16(x[i]);
   float scale = e4m3 ? kFP8ScaleE4M3 : kFP8ScaleE5M2;
-  // The cast matrix: x, or its first columns (which hold the specials).
-  const int64_t cols = c.slice ? kFP8SliceCols : C, n = R * cols;
+  // The cast matrix: x, or its first rows and columns (which hold the
+  // specials).
+  const int64_t rows = c.block == Block::Tiles ? kFP8TileRows : R;
+  const int64_t cols = c.block == Block::All     ? C
+                       : c.block == Block::Slice ? kFP8SliceCols
+                                                 : kFP8TileCols;
+  const int64_t n = rows * cols;
   bool direct = c.copies != Copies::Transposed;
   bool transposed = c.copies != Copies::Direct;
 
+  // The copies with a tail of 4 KiB that no kernel may write.
+  const int64_t tail = 4096;
   DeviceBuffer in(device, N * 2, "x"), scaleBuffer(device, 4, "scale"),
-      directOut(device, n, "fp8 copy"), transposedOut(device, n, "fp8 copy^T"),
-      amax(device, 4, "amax");
+      directOut(device, n + tail, "fp8 copy"),
+      transposedOut(device, n + tail, "fp8 copy^T"), amax(device, 4, "amax");
   in.upload(xBits);
   scaleBuffer.upload(std::vector<float>{scale});
   directOut.fill(0x7F); // NaN in both formats: unwritten bytes show
   transposedOut.fill(0x7F);
   const char *kinds[] = {"cast_", "transpose_", "both_"};
+  const char *blocks[] = {"", "slice_", "tiles_"};
   std::string key =
-      kinds[int(c.copies)] + std::string(c.slice ? "slice_" : "") + c.format;
+      kinds[int(c.copies)] + std::string(blocks[int(c.block)]) + c.format;
   std::vector<CUdeviceptr> args = {in.address(), scaleBuffer.address()};
   if (direct)
     args.push_back(directOut.address());
@@ -102,20 +120,27 @@ TEST_P(FP8Cast, MatchesTheReferenceBitForBitWithExactAmax) {
 
   amax.fill(0);
   kernels.run(key, args);
-  std::vector<uint8_t> gotDirect = directOut.download<uint8_t>(n);
-  std::vector<uint8_t> gotTransposed = transposedOut.download<uint8_t>(n);
+  std::vector<uint8_t> gotDirect = directOut.download<uint8_t>(n + tail);
+  std::vector<uint8_t> gotTransposed =
+      transposedOut.download<uint8_t>(n + tail);
+  for (int64_t i = n; i < n + tail; ++i) {
+    ASSERT_EQ(gotDirect[i], 0x7F) << key << " writes past its copy, at " << i;
+    ASSERT_EQ(gotTransposed[i], 0x7F)
+        << key << " writes past its transposed copy, at " << i;
+  }
   float amaxAll = amax.download<float>(1)[0];
   EXPECT_TRUE(std::isnan(amaxAll))
       << "a NaN input must make the amax NaN, got " << amaxAll;
 
   int64_t mismatches = 0;
-  for (int64_t i = 0; i < R; ++i)
+  for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) {
       int64_t at = i * C + j;
       for (bool t : {false, true}) {
         if (!(t ? transposed : direct))
           continue;
-        uint8_t bits = t ? gotTransposed[j * R + i] : gotDirect[i * cols + j];
+        uint8_t bits =
+            t ? gotTransposed[j * rows + i] : gotDirect[i * cols + j];
         double value = decodeFP8(bits, e4m3);
         if (!sameValue(value, want[at]) && ++mismatches <= 10)
           ADD_FAILURE() << key << (t ? " transposed" : " direct") << ": x[" << i
@@ -127,16 +152,17 @@ TEST_P(FP8Cast, MatchesTheReferenceBitForBitWithExactAmax) {
   EXPECT_EQ(mismatches, 0) << "of " << n << " per copy";
 
   // Finite inputs only (the specials replaced by 1): the exact maximum; a
-  // launch into a larger amax leaves it. Outside a slice, bf16's largest
-  // value, which a read past the slice's columns would measure.
+  // launch into a larger amax leaves it. Outside the cast block, bf16's
+  // largest value, which a read past its rows or columns would measure.
   std::vector<uint16_t> finiteBits = xBits;
   double wantMax = 0;
   for (int64_t i = 0; i < N; ++i) {
-    if (i % C >= cols)
+    bool inside = i % C < cols && i / C < rows;
+    if (!inside)
       finiteBits[i] = doubleToBF16(0x1.FEp127);
     else if (!std::isfinite(x[i]))
       finiteBits[i] = doubleToBF16(1.0);
-    if (i % C < cols)
+    if (inside)
       wantMax = std::max(wantMax, std::abs(bf16(finiteBits[i])));
   }
   in.upload(finiteBits);
@@ -153,18 +179,19 @@ TEST_P(FP8Cast, MatchesTheReferenceBitForBitWithExactAmax) {
 
 std::vector<CastCase> castCases() {
   std::vector<CastCase> cases;
-  for (bool slice : {false, true})
+  for (Block block : {Block::All, Block::Slice, Block::Tiles})
     for (Copies copies : {Copies::Direct, Copies::Transposed, Copies::Both})
       for (const char *format : {"e4m3", "e5m2"})
-        cases.push_back({format, copies, slice});
+        cases.push_back({format, copies, block});
   return cases;
 }
 
-/// e4m3, e5m2_transpose, e4m3_both_slice, ...
+/// e4m3, e5m2_transpose, e4m3_both_slice, e5m2_both_tiles, ...
 std::string castCaseName(const ::testing::TestParamInfo<CastCase> &info) {
   static const char *const copies[] = {"", "_transpose", "_both"};
+  static const char *const blocks[] = {"", "_slice", "_tiles"};
   return std::string(info.param.format) + copies[int(info.param.copies)] +
-         (info.param.slice ? "_slice" : "");
+         blocks[int(info.param.block)];
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, FP8Cast, ::testing::ValuesIn(castCases()),

@@ -58,14 +58,16 @@ constexpr int64_t kClipElements = (1 << 20) + 40;
 /// Residual-gradient add.
 constexpr int64_t kAddElements = 8 * 12345;
 
-/// FP8 casts: a 96 x 1000 matrix (750 transpose tiles of 16 x 8: the last
-/// block partly idle; 12000 chunks of 8 for the flat cast) and, as a strided
-/// source, its first 496 columns (rows 1000 apart; 372 tiles, the second
-/// block partly idle), scaled by a factor that is not a power of two (so x *
-/// scale rounds in f32); the delayed-scaling update over 3 tensors with
-/// histories of 40 (two warps, the second partial) for 6 steps. Margin 1 for
-/// E5M2, 0 for E4M3.
-constexpr int64_t kFP8Rows = 96, kFP8Cols = 1000, kFP8SliceCols = 496;
+/// FP8 casts: a 272 x 1008 matrix (for fp8_cast_transpose's 128 x 128
+/// tiles a grid of 8 x 3 whose edge tiles hold 112 columns and 16 rows;
+/// 34272 chunks of 8 for the flat cast, the last block partly idle), as
+/// strided sources its first 400 columns (rows 1008 apart: edge tiles of 16
+/// columns) and its first 256 rows of 256 columns (whole tiles only, 2 x 2),
+/// scaled by a factor that is not a power of two (so x * scale rounds in
+/// f32); the delayed-scaling update over 3 tensors with histories of 40 (two
+/// warps, the second partial) for 6 steps. Margin 1 for E5M2, 0 for E4M3.
+constexpr int64_t kFP8Rows = 272, kFP8Cols = 1008, kFP8SliceCols = 400;
+constexpr int64_t kFP8TileRows = 256, kFP8TileCols = 256;
 constexpr float kFP8ScaleE4M3 = 1.2345f, kFP8ScaleE5M2 = 300.7f;
 constexpr int64_t kFP8Tensors = 3, kFP8History = 40, kFP8Steps = 6;
 constexpr int64_t kFP8MarginE5M2 = 1;

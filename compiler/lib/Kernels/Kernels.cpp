@@ -317,7 +317,7 @@ llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
   const char *kernel = "fp8_cast_transpose";
   if (llvm::Error error = checkSize(kernel, "row count", rows, 16))
     return std::move(error);
-  if (llvm::Error error = checkSize(kernel, "column count", cols, 8))
+  if (llvm::Error error = checkSize(kernel, "column count", cols, 16))
     return std::move(error);
   if (!ld)
     ld = cols;
@@ -325,73 +325,215 @@ llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
     return shapeError(kernel, "row stride " + str(ld) + " for " + str(cols) +
                                   " columns: must be at least that and a "
                                   "multiple of 8");
-  int64_t tiles = rows / 16 * (cols / 8);
-  // Rows 0..15 of the tile: load, widen, scale, and fold |x| into %mx<k>;
-  // with `direct`, convert each row's 8 elements into its direct row.
-  std::string tile, tileMax;
-  auto line = [&](const std::string &text) { tile += "      " + text + "\n"; };
-  if (direct) {
-    line("%dRow = arith.muli %r0, %cols : index");
-    line("%dBase = arith.addi %dRow, %c00 : index");
+  // Tiles of 128 x 128 (fp8_cast_transpose.mlir); the edge tiles' checks
+  // only where the matrix ends inside a tile.
+  constexpr int64_t kTile = 128;
+  int64_t rowTiles = (rows + kTile - 1) / kTile;
+  if (rowTiles > 65535)
+    return shapeError(kernel, "row count must be at most " +
+                                  str(65535 * kTile) + ", got " + str(rows));
+  bool rowEdge = rows % kTile != 0, colEdge = cols % kTile != 0;
+  std::string load, directCopy, transpose;
+  auto emit = [](std::string &text, const std::string &line) {
+    text += "    " + line + "\n";
+  };
+  // The i1 `name`: whether `row` (if rowEdge) and `col` (if colEdge) lie
+  // inside the matrix; empty where both always do.
+  auto inside = [&](std::string &text, const std::string &name,
+                    const std::string &row, const std::string &col) {
+    std::vector<std::string> checks;
+    if (rowEdge) {
+      emit(text, name + "_r = arith.cmpi ult, " + row + ", %rows : index");
+      checks.push_back(name + "_r");
+    }
+    if (colEdge) {
+      emit(text, name + "_c = arith.cmpi ult, " + col + ", %cols : index");
+      checks.push_back(name + "_c");
+    }
+    if (checks.size() < 2)
+      return checks.empty() ? std::string() : checks[0];
+    emit(text,
+         name + " = arith.andi " + checks[0] + ", " + checks[1] + " : i1");
+    return name;
+  };
+  auto constant = [&](std::string &text, const std::string &name,
+                      int64_t value) {
+    emit(text, name + " = arith.constant " + str(value) + " : index");
+  };
+
+  // 1. Load all 8 pieces (zeros outside the matrix), then convert each into
+  // its 8 bytes of the tile buffer (bytes outside the matrix are never read
+  // back).
+  for (int i = 0; i < 8; ++i) {
+    std::string n = std::to_string(i);
+    constant(load, "%lo" + n, i * 16 * ld);
+    emit(load, "%li" + n + " = arith.addi %lBase, %lo" + n + " : index");
+    constant(load, "%lro" + n, i * 16);
+    emit(load, "%lr" + n + " = arith.addi %lRow, %lro" + n + " : index");
+    std::string ok = inside(load, "%lok" + n, "%lr" + n, "%lCol");
+    auto read = [&](const std::string &result, const std::string &at) {
+      emit(load, result + " = vector.load %x[" + at +
+                     "] {alignment = 16} : memref<@NX@xbf16>, vector<8xbf16>");
+    };
+    if (ok.empty()) {
+      read("%l" + n, "%li" + n);
+      continue;
+    }
+    // Outside: a load of x's first elements (no branch, so that all 8 loads
+    // are in flight at once), replaced by zeros.
+    emit(load,
+         "%ls" + n + " = arith.select " + ok + ", %li" + n + ", %c0 : index");
+    read("%lv" + n, "%ls" + n);
+    emit(load, "%l" + n + " = arith.select " + ok + ", %lv" + n +
+                   ", %zeroX : vector<8xbf16>");
   }
+  std::string tileMax;
+  for (int i = 0; i < 8; ++i) {
+    std::string n = std::to_string(i);
+    emit(load, "%f" + n + " = arith.extf %l" + n +
+                   " : vector<8xbf16> to vector<8xf32>");
+    emit(load, "%fb" + n + " = arith.bitcast %f" + n +
+                   " : vector<8xf32> to vector<8xi32>");
+    emit(load,
+         "%ab" + n + " = arith.andi %fb" + n + ", %absMask : vector<8xi32>");
+    std::string folded = i ? "%mx" + n : "%ab0";
+    if (i)
+      emit(load, folded + " = arith.maxui " + tileMax + ", %ab" + n +
+                     " : vector<8xi32>");
+    tileMax = folded;
+    emit(load, "%y" + n + " = arith.mulf %f" + n + ", %vs : vector<8xf32>");
+    std::vector<std::string> values = extractAll("%y" + n, 8, load);
+    load += fp8Pack(values, format, "%q" + n);
+    // Tile row lr + 16 i: its chunks swizzled by i.
+    constant(load, "%lsw" + n, i);
+    emit(load, "%lx" + n + " = arith.xori %lChunk, %lsw" + n + " : index");
+    emit(load, "%lxa" + n + " = arith.muli %lx" + n + ", %c16 : index");
+    constant(load, "%lto" + n, i * 16 * kTile);
+    emit(load, "%lt0" + n + " = arith.addi %lTileBase, %lto" + n + " : index");
+    emit(load,
+         "%lt" + n + " = arith.addi %lt0" + n + ", %lxa" + n + " : index");
+    emit(load, "vector.store %q" + n + ", %tile[%lt" + n +
+                   "] {alignment = 8} : memref<16384xi8, "
+                   "#gpu.address_space<workgroup>>, vector<8xi8>");
+  }
+  emit(load, "%m = vector.reduction <maxui>, " + tileMax +
+                 " : vector<8xi32> into i32");
+
+  // 2. Thread tid copies the 16-byte chunk tid mod 8 of tile rows tid / 8 +
+  // 32 i (swizzled by tid / 128 + 2 i), i = 0..3, into direct.
+  if (direct) {
+    emit(directCopy, "%dr = arith.divui %tid, %c8 : index");
+    emit(directCopy, "%dj = arith.remui %tid, %c8 : index");
+    emit(directCopy, "%dHalf = arith.divui %tid, %c128 : index");
+    emit(directCopy, "%dc = arith.muli %dj, %c16 : index");
+    emit(directCopy, "%dCol = arith.addi %col0, %dc : index");
+    emit(directCopy, "%dRow = arith.addi %row0, %dr : index");
+    emit(directCopy, "%dRowStart = arith.muli %dRow, %cols : index");
+    emit(directCopy, "%dBase = arith.addi %dRowStart, %dCol : index");
+    emit(directCopy, "%dTileRow = arith.muli %dr, %c128 : index");
+    for (int i = 0; i < 4; ++i) {
+      std::string n = std::to_string(i);
+      constant(directCopy, "%dsw" + n, 2 * i);
+      emit(directCopy,
+           "%dsx" + n + " = arith.addi %dHalf, %dsw" + n + " : index");
+      emit(directCopy, "%dx" + n + " = arith.xori %dj, %dsx" + n + " : index");
+      emit(directCopy, "%dxa" + n + " = arith.muli %dx" + n + ", %c16 : index");
+      constant(directCopy, "%dto" + n, i * 32 * kTile);
+      emit(directCopy,
+           "%dt0" + n + " = arith.addi %dTileRow, %dto" + n + " : index");
+      emit(directCopy,
+           "%dt" + n + " = arith.addi %dt0" + n + ", %dxa" + n + " : index");
+      constant(directCopy, "%dro" + n, i * 32);
+      emit(directCopy,
+           "%dr" + n + " = arith.addi %dRow, %dro" + n + " : index");
+      constant(directCopy, "%doo" + n, i * 32 * cols);
+      emit(directCopy,
+           "%do" + n + " = arith.addi %dBase, %doo" + n + " : index");
+      std::string ok = inside(directCopy, "%dok" + n, "%dr" + n, "%dCol");
+      std::string indent = ok.empty() ? "" : "  ";
+      if (!ok.empty())
+        emit(directCopy, "scf.if " + ok + " {");
+      emit(directCopy, indent + "%dv" + n + " = vector.load %tile[%dt" + n +
+                           "] {alignment = 16} : memref<16384xi8, "
+                           "#gpu.address_space<workgroup>>, vector<16xi8>");
+      emit(directCopy, indent + "vector.store %dv" + n + ", %direct[%do" + n +
+                           "] {alignment = 16} : memref<@RC@xi8>, "
+                           "vector<16xi8>");
+      if (!ok.empty())
+        emit(directCopy, "}");
+    }
+  }
+
+  // 3. One 4-byte word per tile row, 4 x 4 byte transposes (two byte
+  // permutes per output word), 4 stores of 16 bytes.
+  emit(transpose, "%tRowIn = arith.addi %row0, %tRow : index");
+  std::string ok = inside(transpose, "%tok", "%tRowIn", "%tCol0");
+  std::string indent = ok.empty() ? "" : "  ";
+  if (!ok.empty())
+    emit(transpose, "scf.if " + ok + " {");
+  auto line = [&](const std::string &text) { emit(transpose, indent + text); };
+  auto shuffle = [&](const std::string &result, const std::string &a,
+                     const std::string &b, const char *mask, int width) {
+    std::string w = std::to_string(width);
+    line(result + " = vector.shuffle " + a + ", " + b + " " + mask +
+         " : vector<" + w + "xi8>, vector<" + w + "xi8>");
+  };
   for (int k = 0; k < 16; ++k) {
     std::string n = std::to_string(k);
-    line("%ck" + n + " = arith.constant " + str(k * ld) + " : index");
-    line("%i" + n + " = arith.addi %base, %ck" + n + " : index");
-    line("%l" + n + " = vector.load %x[%i" + n +
-         "] {alignment = 16} : memref<@NX@xbf16>, vector<8xbf16>");
-    line("%f" + n + " = arith.extf %l" + n +
-         " : vector<8xbf16> to vector<8xf32>");
-    line("%fb" + n + " = arith.bitcast %f" + n +
-         " : vector<8xf32> to vector<8xi32>");
-    line("%ab" + n + " = arith.andi %fb" + n + ", %absMask : vector<8xi32>");
-    std::string folded = k ? "%mx" + n : "%ab0";
-    if (k)
-      line(folded + " = arith.maxui " + tileMax + ", %ab" + n +
-           " : vector<8xi32>");
-    tileMax = folded;
-    line("%y" + n + " = arith.mulf %f" + n + ", %vs : vector<8xf32>");
-    if (!direct)
-      continue;
-    std::vector<std::string> row = extractAll("%y" + n, 8, tile);
-    tile += fp8Pack(row, format, "%d" + n);
-    line("%do" + n + " = arith.constant " + str(k * cols) + " : index");
-    line("%di" + n + " = arith.addi %dBase, %do" + n + " : index");
-    line("vector.store %d" + n + ", %direct[%di" + n +
-         "] {alignment = 8} : memref<@RC@xi8>, vector<8xi8>");
+    line("%to" + n + " = arith.constant " + str(k * kTile) + " : index");
+    line("%ti" + n + " = arith.addi %tIn, %to" + n + " : index");
+    line("%tw" + n + " = vector.load %tile[%ti" + n +
+         "] {alignment = 4} : memref<16384xi8, "
+         "#gpu.address_space<workgroup>>, vector<4xi8>");
   }
-  line("%tileMax = vector.reduction <maxui>, %mx15 : vector<8xi32> into i32");
-  // Column j of the tile: 16 consecutive elements of out row 8 h + j.
-  for (int j = 0; j < 8; ++j) {
-    std::string n = std::to_string(j);
-    std::vector<std::string> values;
-    for (int k = 0; k < 16; ++k) {
-      values.push_back("%e" + std::to_string(k) + "_" + n);
-      line(values.back() + " = vector.extract %y" + std::to_string(k) + "[" +
-           n + "] : f32 from vector<8xf32>");
+  // Word g of column j: bytes j of tile rows 4 g..4 g + 3.
+  for (int g = 0; g < 4; ++g) {
+    auto word = [&](int k) { return "%tw" + std::to_string(4 * g + k); };
+    std::string p = "%tp" + std::to_string(g);
+    shuffle(p + "lo01", word(0), word(1), "[0, 4, 1, 5]", 4);
+    shuffle(p + "hi01", word(0), word(1), "[2, 6, 3, 7]", 4);
+    shuffle(p + "lo23", word(2), word(3), "[0, 4, 1, 5]", 4);
+    shuffle(p + "hi23", word(2), word(3), "[2, 6, 3, 7]", 4);
+    for (int j = 0; j < 4; ++j) {
+      std::string half = j < 2 ? "lo" : "hi";
+      shuffle("%tg" + std::to_string(g) + "_" + std::to_string(j),
+              p + half + "01", p + half + "23",
+              j % 2 ? "[2, 3, 6, 7]" : "[0, 1, 4, 5]", 4);
     }
-    tile += fp8Pack(values, format, "%q" + n);
-    line("%oo" + n + " = arith.constant " + str(j * rows) + " : index");
-    line("%oi" + n + " = arith.addi %outBase, %oo" + n + " : index");
-    line("vector.store %q" + n + ", %out[%oi" + n +
+  }
+  for (int j = 0; j < 4; ++j) {
+    std::string n = std::to_string(j);
+    auto word = [&](int g) {
+      return "%tg" + std::to_string(g) + "_" + std::to_string(j);
+    };
+    shuffle("%th" + n + "a", word(0), word(1), "[0, 1, 2, 3, 4, 5, 6, 7]", 4);
+    shuffle("%th" + n + "b", word(2), word(3), "[0, 1, 2, 3, 4, 5, 6, 7]", 4);
+    shuffle("%tv" + n, "%th" + n + "a", "%th" + n + "b",
+            "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]", 8);
+    line("%too" + n + " = arith.constant " + str(j * rows) + " : index");
+    line("%toi" + n + " = arith.addi %tOut, %too" + n + " : index");
+    line("vector.store %tv" + n + ", %out[%toi" + n +
          "] {alignment = 16} : memref<@RC@xi8>, vector<16xi8>");
   }
+  if (!ok.empty())
+    emit(transpose, "}");
   return specialize(kernel,
                     "fp8_cast_transpose_r" + str(rows) + "_c" + str(cols) +
                         (ld != cols ? "_ld" + str(ld) : "") +
                         (direct ? "_both" : "") + fp8Suffix(format),
-                    {{"TILE", tile},
+                    {{"LOAD", load},
+                     {"DIRECT", directCopy},
+                     {"TRANSPOSE", transpose},
                      {"DIRECT_ARG", direct ? "%direct: memref<@RC@xi8>, " : ""},
                      {"R", str(rows)},
                      {"C", str(cols)},
                      {"LD", str(ld)},
                      {"NX", str((rows - 1) * ld + cols)},
                      {"RC", str(rows * cols)},
-                     {"CCH", str(cols / 8)},
-                     {"TILES", str(tiles)},
                      {"FORMAT", fp8TypeName(format)},
                      {"BLOCK_MAX", kBlockAmax}},
-                    dims(blocksFor(tiles, 256)), dims(256));
+                    dims(blocksFor(cols, kTile), unsigned(rowTiles)),
+                    dims(256));
 }
 
 llvm::Expected<KernelSpec> llamac::fp8ScaleUpdateKernel(int64_t tensors,

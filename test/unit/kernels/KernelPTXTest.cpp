@@ -249,6 +249,14 @@ std::vector<StepKernel> stepKernels() {
                                        /*direct=*/true);
        },
        true, true},
+      // Edge tiles in both directions (176 = 128 + 48 rows, 1008 = 7 x 128 +
+      // 112 columns), as the tiny model's gate/up weights have.
+      {"fp8_cast_transpose_edges_both_e5m2",
+       [] {
+         return fp8CastTransposeKernel(176, 1008, FP8Format::E5M2, 1024,
+                                       /*direct=*/true);
+       },
+       true, true},
       {"fp8_scale_update",
        [] { return fp8ScaleUpdateKernel(224, 1024, FP8Format::E4M3, 0); },
        false, false},
@@ -466,8 +474,10 @@ TEST(KernelPTX, FP8CastsUseSaturatingHardwareConversions) {
         fp8CastTransposeKernel(64, 256, format);
     ASSERT_TRUE(bool(cast)) << llvm::toString(cast.takeError());
     ASSERT_TRUE(bool(transpose)) << llvm::toString(transpose.takeError());
-    EXPECT_EQ(cast->grid.x, 32u);     // 2^16 / 8 per thread / 256
-    EXPECT_EQ(transpose->grid.x, 1u); // 4 x 32 tiles of 16 x 8
+    EXPECT_EQ(cast->grid.x, 32u); // 2^16 / 8 per thread / 256
+    // Tiles of 128 x 128: 2 along the columns, 1 (cut at 64) along the rows.
+    EXPECT_EQ(transpose->grid.x, 2u);
+    EXPECT_EQ(transpose->grid.y, 1u);
     llvm::Expected<std::string> ptx = compileKernels({*cast, *transpose});
     ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
     EXPECT_NE(ptx->find(cvt), std::string::npos) << *ptx;
@@ -490,28 +500,46 @@ size_t countOf(const std::string &text, const std::string &what) {
 }
 
 TEST(KernelPTX, FP8CastTransposeWritesBothCopiesFromOneRead) {
-  // A thread's tile of 16 rows x 8 columns: 16 loads of 16 bytes; 8 stores
-  // of 16 bytes (a column of the tile each) into the transposed copy, and
-  // with the direct output 16 of 8 bytes (a row each) into the direct one.
+  // Per thread of a 128 x 128 tile: 8 loads of 16 bytes (x is read once),
+  // each converted into 8 bytes of the workgroup tile; after the barrier 4
+  // stores of 16 bytes into the transposed copy (from 16 words of the tile,
+  // transposed with 32 byte permutes) and, with the direct output, 4 of 16
+  // bytes copied from the tile into the direct one. No global store is
+  // narrower than 16 bytes.
   for (bool direct : {false, true}) {
-    llvm::Expected<KernelSpec> kernel =
-        fp8CastTransposeKernel(64, 256, FP8Format::E4M3, 512, direct);
-    ASSERT_TRUE(bool(kernel)) << llvm::toString(kernel.takeError());
-    EXPECT_EQ(kernel->name, direct
-                                ? "fp8_cast_transpose_r64_c256_ld512_both_e4m3"
-                                : "fp8_cast_transpose_r64_c256_ld512_e4m3");
-    EXPECT_EQ(kernel->grid.x, 1u); // 4 x 32 tiles
-    llvm::Expected<std::string> ptx = compileKernels({*kernel});
-    ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
-    EXPECT_EQ(countOf(*ptx, "ld.global.v4.b32"), 16u) << *ptx;
-    EXPECT_EQ(countOf(*ptx, "st.global.v4.b32"), 8u) << *ptx;
-    // (8 bytes as 4 x 16 bits: the converted pairs.)
-    EXPECT_EQ(countOf(*ptx, "st.global.v4.b16") +
-                  countOf(*ptx, "st.global.v2.b32"),
-              direct ? 16u : 0u)
-        << *ptx;
-    // Arguments x, scale, [direct,] out, amax.
-    EXPECT_EQ(countOf(*ptx, ".param .u64"), direct ? 5u : 4u) << *ptx;
+    for (int64_t rows : {64, 256}) { // an edge tile, whole tiles
+      llvm::Expected<KernelSpec> kernel =
+          fp8CastTransposeKernel(rows, 256, FP8Format::E4M3, 512, direct);
+      ASSERT_TRUE(bool(kernel)) << llvm::toString(kernel.takeError());
+      EXPECT_EQ(kernel->name, "fp8_cast_transpose_r" + std::to_string(rows) +
+                                  "_c256_ld512" + (direct ? "_both" : "") +
+                                  "_e4m3");
+      EXPECT_EQ(kernel->grid.x, 2u);
+      EXPECT_EQ(kernel->grid.y, rows == 64 ? 1u : 2u);
+      EXPECT_EQ(kernel->block.x, 256u);
+      llvm::Expected<std::string> ptx = compileKernels({*kernel});
+      ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+      EXPECT_EQ(countOf(*ptx, "st.global.v4.b16") +
+                    countOf(*ptx, "st.global.v2") +
+                    countOf(*ptx, "st.global.b"),
+                0u)
+          << *ptx;
+      EXPECT_EQ(countOf(*ptx, "prmt.b32"), 32u) << *ptx;
+      EXPECT_EQ(countOf(*ptx, "ld.shared.b32"), 16u) << *ptx;
+      EXPECT_EQ(countOf(*ptx, "bar.sync"), 2u) << *ptx; // the tile, the amax
+      EXPECT_EQ(countOf(*ptx, "atom.global.max.s32"), 1u) << *ptx;
+      // (The edge tile's rows 64.. are known to lie outside, so their loads
+      // and stores fold away there.)
+      unsigned pieces = rows == 64 ? 4 : 8;
+      EXPECT_EQ(countOf(*ptx, "ld.global.v4.b32"), pieces) << *ptx;
+      // (8 bytes as 4 x 16 bits: the converted pairs.)
+      EXPECT_EQ(countOf(*ptx, "st.shared.v4.b16"), pieces) << *ptx;
+      EXPECT_EQ(countOf(*ptx, "st.global.v4.b32"),
+                4u + (direct ? pieces / 2 : 0u))
+          << *ptx;
+      // Arguments x, scale, [direct,] out, amax.
+      EXPECT_EQ(countOf(*ptx, ".param .u64"), direct ? 5u : 4u) << *ptx;
+    }
   }
 }
 
@@ -529,6 +557,20 @@ TEST(KernelPTX, RejectsBadFP8Shapes) {
   EXPECT_NE(message(fp8CastTransposeKernel(32, 12, FP8Format::E5M2))
                 .find("column count"),
             std::string::npos);
+  EXPECT_NE(message(fp8CastTransposeKernel(32, 24, FP8Format::E5M2))
+                .find("fp8_cast_transpose kernel: column count must be a "
+                      "positive multiple of 16, got 24"),
+            std::string::npos);
+  EXPECT_NE(message(fp8CastTransposeKernel(32, 64, FP8Format::E5M2, 60))
+                .find("row stride 60 for 64 columns"),
+            std::string::npos);
+  EXPECT_NE(message(fp8CastTransposeKernel(32, 64, FP8Format::E5M2, 68))
+                .find("multiple of 8"),
+            std::string::npos);
+  EXPECT_NE(
+      message(fp8CastTransposeKernel(int64_t(1) << 24, 64, FP8Format::E4M3))
+          .find("row count must be at most 8388480"),
+      std::string::npos);
   EXPECT_NE(message(fp8ScaleUpdateKernel(4, 2048, FP8Format::E4M3, 0))
                 .find("at most 1024"),
             std::string::npos);

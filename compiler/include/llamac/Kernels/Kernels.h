@@ -237,8 +237,11 @@ llvm::Expected<KernelSpec> fp8CastKernel(int64_t numel, FP8Format format,
 /// same read of x (Transformer Engine's cast_transpose). Args: x (bf16
 /// [rows, cols], rows `ld` elements apart; 0: packed), scale (f32 [1]),
 /// with `direct` direct (fp8 [rows, cols], packed), out (fp8 [cols, rows],
-/// packed), amax (f32 [1]). Grid [ceil(rows cols / 128 / 256)], block
-/// [256]. rows % 16 == 0, cols and ld % 8 == 0.
+/// packed), amax (f32 [1]). One 128 x 128 tile per block, staged through
+/// 16 KiB of workgroup memory so that every global access of a warp is a
+/// run of at least 128 bytes: grid [ceil(cols / 128), ceil(rows / 128)],
+/// block [256]. rows and cols % 16 == 0 (edge tiles in whole 16s), ld % 8
+/// == 0, rows <= 65535 * 128.
 llvm::Expected<KernelSpec> fp8CastTransposeKernel(int64_t rows, int64_t cols,
                                                   FP8Format format,
                                                   int64_t ld = 0,
