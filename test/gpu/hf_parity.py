@@ -18,12 +18,13 @@ Prints one line per case and "PARITY OK" or "PARITY FAILED" last.
 """
 import json
 import os
-import subprocess
 import sys
 
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
+
+from hf_common import hf_model, run_llamac, save_weights
 
 BATCH, SEQ, STEPS, ROWS = 8, 256, 20, 160
 LR = {"tiny": 1e-3}
@@ -45,17 +46,8 @@ def rows(vocab):
 def run_case(llamac_run, packages, configs, out_root, case):
     out = os.path.join(out_root, case)
     os.makedirs(out, exist_ok=True)
-    fields = json.load(open(os.path.join(configs, case, "config.json")))
-    config = LlamaConfig(**fields)
-    config._attn_implementation = "sdpa"
-    config.use_cache = False
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.train()
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
-             if not (config.tie_word_embeddings and k == "lm_head.weight")}
-    save_file(state, os.path.join(out, "model.safetensors"))
+    config, model = hf_model(os.path.join(configs, case, "config.json"))
+    save_weights(model, config, os.path.join(out, "model.safetensors"))
     data = rows(config.vocab_size)
     with open(os.path.join(out, "data.jsonl"), "w") as f:
         for row in data:
@@ -99,9 +91,7 @@ def run_case(llamac_run, packages, configs, out_root, case):
            "--data", os.path.join(out, "data.jsonl"), "--steps", str(STEPS),
            "--lr", str(lr), "--lr-schedule", "constant", "--weight-decay", "0.01",
            "--max-grad-norm", "0", "--dump-grads", dump, "--metrics", metrics]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode != 0:
-        print(f"{case}: llamac-run failed ({run.returncode}): {run.stderr.strip()}")
+    if run_llamac(case, cmd) is None:
         return False
     ours = [json.loads(line)["loss"] for line in open(metrics)]
     loss_err = max(abs(a - b) / abs(b) for a, b in zip(ours, hf_losses))
