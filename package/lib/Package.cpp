@@ -273,8 +273,11 @@ MemoryUse memoryUse(const Package &package) {
       use.gradients += b.bytes;
     else if (b.role == "exp_avg" || b.role == "exp_avg_sq")
       use.optimizerState += b.bytes;
+    else if (b.role == "fp8_weight_copy")
+      use.fp8WeightCopies += b.bytes;
   }
-  uint64_t persistent = use.weights + use.gradients + use.optimizerState;
+  uint64_t persistent =
+      use.weights + use.gradients + use.optimizerState + use.fp8WeightCopies;
   use.activations =
       package.arenaBytes > persistent ? package.arenaBytes - persistent : 0;
   use.workspace = kGemmWorkspaceBytes;

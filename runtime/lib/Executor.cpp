@@ -212,6 +212,12 @@ Result<std::vector<float>> Executor::profile(const std::string &name) {
   return milliseconds;
 }
 
+Status Executor::castFP8Weights() {
+  if (!plan.function(package::kFP8WeightCopiesFunction))
+    return {};
+  return run(package::kFP8WeightCopiesFunction, /*useGraph=*/false);
+}
+
 Status Executor::run(const std::string &name, bool useGraph) {
   const package::Function *function = plan.function(name);
   if (!function)

@@ -295,6 +295,17 @@ int main(int argc, char **argv) {
               fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
                                      FP8Format::E5M2, kFP8Cols,
                                      /*direct=*/true),
+              // @optimizer_step's fused AdamW and casts of a weight, and
+              // the cast of a packed weight of whole tiles it is checked
+              // against.
+              "adamw_e4m3",
+              adamwFP8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E4M3),
+              "adamw_tiles_e5m2",
+              adamwFP8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
+                                          FP8Format::E5M2),
+              "both_packed_tiles_e5m2",
+              fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
+                                     FP8Format::E5M2, 0, /*direct=*/true),
               "update_e4m3",
               fp8ScaleUpdateKernel(kFP8Tensors, kFP8History, FP8Format::E4M3,
                                    0),

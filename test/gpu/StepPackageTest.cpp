@@ -36,7 +36,8 @@ std::vector<double> bf16Values(const std::vector<uint16_t> &bits) {
   return values;
 }
 
-/// Weights and data from `inputs`, zero AdamW moments.
+/// Weights and data from `inputs`, zero AdamW moments, and (an fp8
+/// package) the FP8 weight copies cast from those weights.
 void uploadStart(Executor &e, const package::Package &package,
                  std::map<std::string, HostTensor> &inputs) {
   for (auto &[name, tensor] : inputs) {
@@ -48,6 +49,8 @@ void uploadStart(Executor &e, const package::Package &package,
       std::vector<uint8_t> zeros(buffer.bytes, 0);
       ASSERT_TRUE(e.upload(buffer.name, zeros.data(), zeros.size()).ok());
     }
+  Status cast = e.castFP8Weights();
+  ASSERT_TRUE(cast.ok()) << cast.error().message;
 }
 
 /// The step's hyperparameters, for optimizer step `step` at rate `lr`.

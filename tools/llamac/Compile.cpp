@@ -70,13 +70,18 @@ static int reportMemory(const package::Package &package, double gpuMemoryGiB) {
       "peak device memory of the step (batch {0} x seq {1}, {2}):\n"
       "  weights           {3,8:F2} GiB\n"
       "  gradients         {4,8:F2} GiB\n"
-      "  optimizer state   {5,8:F2} GiB  (AdamW's two moments)\n"
-      "  activations       {6,8:F2} GiB  (liveness plan at its peak)\n"
-      "  workspace         {7,8:F2} GiB  (cuBLASLt)\n"
-      "  total             {8,8:F2} GiB  of {9} GiB (--gpu-memory)\n",
+      "  optimizer state   {5,8:F2} GiB  (AdamW's two moments)\n",
       package.batch, package.seq, package.precision, gib(use.weights),
-      gib(use.gradients), gib(use.optimizerState), gib(use.activations),
-      gib(use.workspace), gib(use.total()), gpuMemoryGiB);
+      gib(use.gradients), gib(use.optimizerState));
+  if (use.fp8WeightCopies)
+    llvm::outs() << llvm::formatv("  fp8 weight copies {0,8:F2} GiB  (direct "
+                                  "and transposed, written by AdamW)\n",
+                                  gib(use.fp8WeightCopies));
+  llvm::outs() << llvm::formatv(
+      "  activations       {0,8:F2} GiB  (liveness plan at its peak)\n"
+      "  workspace         {1,8:F2} GiB  (cuBLASLt)\n"
+      "  total             {2,8:F2} GiB  of {3} GiB (--gpu-memory)\n",
+      gib(use.activations), gib(use.workspace), gib(use.total()), gpuMemoryGiB);
   if (gib(use.total()) > gpuMemoryGiB)
     return reportError(llvm::formatv(
         "--gpu-memory: the step needs {0:F2} GiB, more than the GPU's {1} "

@@ -80,8 +80,11 @@ int64_t elementBytes(ElementType type);
 /// as cuBLASLt's scale pointers must be 16-byte aligned; column 0 used),
 /// both from ones (`init_f32`), and
 /// "fp8_amax" ([tensors], this step's amaxes, zeroed by the scale update);
-/// and "fp8_copy" buffers, FP8 casts of GEMM operands placed by the memory
-/// plan like activations.
+/// "fp8_copy" buffers, FP8 casts of GEMM operands placed by the memory
+/// plan like activations; and (unless it accumulates gradients) per FP8
+/// weight (`param`) two persistent "fp8_weight_copy" buffers, "<param>.fp8"
+/// (the direct copy, [rows, cols]) and "<param>.fp8_t" (the transposed one,
+/// per block), which @optimizer_step and kFP8WeightCopiesFunction write.
 struct Buffer {
   std::string name;
   std::string role;
@@ -159,6 +162,16 @@ struct Function {
 constexpr const char *kForwardBackwardFunction = "forward_backward";
 constexpr const char *kOptimizerStepFunction = "optimizer_step";
 
+/// The function of an fp8 package with persistent FP8 weight copies
+/// ("fp8_weight_copy" buffers) that casts them from the weights and raises
+/// the weights' amaxes. The forward reads the copies without casting and
+/// @optimizer_step rewrites them from the weights it updates, so the runtime
+/// runs it once after uploading the weights and the FP8 state (a fresh run
+/// or a resumed one) and before the first @forward_backward. Each
+/// @forward_backward must be followed by @optimizer_step (or this) before
+/// the next one, as its scale update changes the scales the copies hold.
+constexpr const char *kFP8WeightCopiesFunction = "fp8_weight_copies";
+
 struct Package {
   std::string arch = "sm_90a";
   std::string compiler;   ///< llamac version that wrote it.
@@ -186,14 +199,16 @@ struct Package {
 constexpr uint64_t kGemmWorkspaceBytes = 32ull << 20;
 
 /// The step's device memory by what it holds, in bytes: weights, their
-/// gradients, AdamW's two moments, everything else in the arena (the
-/// activations and scratch of the liveness plan at its peak, inputs,
-/// padding), and the GEMM workspace.
+/// gradients, AdamW's two moments, the persistent FP8 weight copies (2
+/// bytes per FP8 parameter: direct and transposed), everything else in the
+/// arena (the activations and scratch of the liveness plan at its peak,
+/// inputs, padding), and the GEMM workspace.
 struct MemoryUse {
-  uint64_t weights = 0, gradients = 0, optimizerState = 0, activations = 0,
-           workspace = 0;
+  uint64_t weights = 0, gradients = 0, optimizerState = 0, fp8WeightCopies = 0,
+           activations = 0, workspace = 0;
   uint64_t total() const {
-    return weights + gradients + optimizerState + activations + workspace;
+    return weights + gradients + optimizerState + fp8WeightCopies +
+           activations + workspace;
   }
 };
 MemoryUse memoryUse(const Package &package);

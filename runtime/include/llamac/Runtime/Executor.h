@@ -39,6 +39,12 @@ public:
   /// `useGraph`; by graph replay afterwards) and waits for it.
   Status run(const std::string &function, bool useGraph = true);
 
+  /// Runs the package's kFP8WeightCopiesFunction (eagerly), if it has one:
+  /// once after the weights and the FP8 state are uploaded (fresh or
+  /// resumed) and before the first forward_backward, which reads the FP8
+  /// weight copies it writes. Packages without it: nothing.
+  Status castFP8Weights();
+
   /// Tunes each GEMM shape on its first run and keeps the choices in
   /// `path` (see BlasLt::useTuningFile); written after each first run.
   Status useTuningFile(const std::string &path);
