@@ -204,12 +204,37 @@ TEST(StepPackage, FP8StepsMatchTheCpuReference) {
   // A wrong scale, layout or operand misses by far more (and the losses
   // above would not match).
   constexpr double kFirstForward = 5e-2, kAfterFP8Rounding = 0.25;
-  int histories = 0, scales = 0;
+  // max |W| of each Hugging Face weight (a part of a fused parameter) as
+  // the device holds it now.
+  std::map<std::string, float> weightMax;
+  for (const package::Buffer &buffer : package->buffers) {
+    if (buffer.role != "param")
+      continue;
+    std::vector<uint16_t> bits(buffer.bytes / 2);
+    ASSERT_TRUE(e.download(buffer.name, bits.data(), buffer.bytes).ok());
+    int64_t cols = int64_t(bits.size()) / buffer.shape[0], row = 0;
+    for (size_t part = 0; part < buffer.parts.size(); ++part) {
+      float &max = weightMax[buffer.parts[part]];
+      for (int64_t i = row * cols; i < (row + buffer.partRows[part]) * cols;
+           ++i)
+        max = std::max(max, std::abs(bf16ToFloat(bits[i])));
+      row += buffer.partRows[part];
+    }
+  }
+  int histories = 0, scales = 0, weightAmaxes = 0;
   for (const package::Buffer &buffer : package->buffers) {
     if (buffer.role == "fp8_amax") {
-      // The scale update zeroed every amax for the next step.
-      for (float amax : download(buffer))
-        EXPECT_EQ(amax, 0.0f) << buffer.name;
+      // The scale update zeroed every amax for the next step; then
+      // optimizer_step, casting the weights it updated into their FP8
+      // copies, raised the weights' to max |W| of the new weights (what the
+      // next forward's casts would measure), exactly.
+      std::vector<float> amaxes = download(buffer);
+      for (size_t t = 0; t < buffer.parts.size(); ++t) {
+        auto weight = weightMax.find(buffer.parts[t]);
+        weightAmaxes += weight != weightMax.end();
+        EXPECT_EQ(amaxes[t], weight != weightMax.end() ? weight->second : 0.0f)
+            << buffer.parts[t];
+      }
     } else if (buffer.role == "fp8_history") {
       std::vector<float> got = download(buffer);
       int64_t length = buffer.shape[1];
@@ -258,8 +283,9 @@ TEST(StepPackage, FP8StepsMatchTheCpuReference) {
       }
     }
   }
-  // Every quantized tensor's state was compared.
+  // Every quantized tensor's state was compared; per layer 7 weights.
   EXPECT_EQ(histories, scales);
+  EXPECT_EQ(weightAmaxes, 2 * 7);
   EXPECT_EQ(size_t(histories) * 2, expected.size() - kFP8Steps);
 }
 
