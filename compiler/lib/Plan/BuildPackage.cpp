@@ -423,6 +423,12 @@ private:
     std::vector<FP8Slot> slots;
     bool bothCopies = false;
     int direct = -1, transposed = -1;
+    /// The transposed copy's shape: [cols, rows], or its blocks' elements.
+    std::vector<int64_t> transposedShape() const {
+      if (blockRows.size() == 1)
+        return {cols, rows};
+      return {rows * cols};
+    }
   };
   /// A K-major FP8 GEMM operand and its scale inverse.
   struct FP8Operand {
@@ -1469,12 +1475,9 @@ llvm::Error PackageBuilder::fp8Copy(FP8Tensor &t, bool transposed,
     touch(t.direct);
   }
   if (transposed) {
-    std::vector<int64_t> shape = t.blockRows.size() == 1
-                                     ? std::vector<int64_t>{t.cols, t.rows}
-                                     : std::vector<int64_t>{t.rows * t.cols};
     t.transposed =
         newBuffer(t.name + ".fp8_t#" + std::to_string(buffers.size()),
-                  "fp8_copy", type, shape, false);
+                  "fp8_copy", type, t.transposedShape(), false);
     touch(t.transposed);
   }
   return castBlocks(t, direct, transposed, label);
@@ -1701,11 +1704,8 @@ llvm::Error PackageBuilder::registerFP8Weight(Operation *op, FP8Tensor &t) {
                           " to different FP8 formats");
   t.direct = newBuffer(param + ".fp8", "fp8_weight_copy", type,
                        {t.rows, t.cols}, true);
-  std::vector<int64_t> shape = t.blockRows.size() == 1
-                                   ? std::vector<int64_t>{t.cols, t.rows}
-                                   : std::vector<int64_t>{t.rows * t.cols};
-  t.transposed =
-      newBuffer(param + ".fp8_t", "fp8_weight_copy", type, shape, true);
+  t.transposed = newBuffer(param + ".fp8_t", "fp8_weight_copy", type,
+                           t.transposedShape(), true);
   buffers[t.direct].info.param = buffers[t.transposed].info.param = param;
   fp8Weights[param] = t;
   return llvm::Error::success();
