@@ -13,9 +13,7 @@
 #            `python3 HF_BASELINE_PY hf <model>` in the same call, and a
 #            table of the step times and their ratio)
 # HF_BASELINE_PY is shared/bench/hf_baseline.py. Record the numbers, card and
-# date in bench/RESULTS.md. The packages are planned for GPU_MEMORY GiB
-# (default 141, the H200 these runs use): Llama 3 8B's fp8 step needs 80.8
-# GiB with its persistent FP8 weight copies, more than an 80 GiB card has.
+# date in bench/RESULTS.md.
 set -euo pipefail
 models=(llama2-7b:llama-2-7b llama3-8b:llama-3-8b)
 precisions=(bf16 fp8)
@@ -31,7 +29,6 @@ compile)
       rm -rf "${out:?}/$name-$precision"
       "$root/build/bin/llamac" compile \
         --config "$root/test/configs/$config.json" --batch 8 --seq 256 \
-        --gpu-memory "${GPU_MEMORY:-141}" \
         --precision "$precision" --emit package -o "$out/$name-$precision"
     done
   done
