@@ -276,8 +276,7 @@ MemoryUse memoryUse(const Package &package) {
     else if (b.role == "fp8_weight_copy")
       use.fp8WeightCopies += b.bytes;
   }
-  uint64_t persistent =
-      use.weights + use.gradients + use.optimizerState + use.fp8WeightCopies;
+  uint64_t persistent = use.weights + use.gradients + use.optimizerState;
   use.activations =
       package.arenaBytes > persistent ? package.arenaBytes - persistent : 0;
   use.workspace = kGemmWorkspaceBytes;

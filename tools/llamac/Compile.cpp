@@ -73,15 +73,18 @@ static int reportMemory(const package::Package &package, double gpuMemoryGiB) {
       "  optimizer state   {5,8:F2} GiB  (AdamW's two moments)\n",
       package.batch, package.seq, package.precision, gib(use.weights),
       gib(use.gradients), gib(use.optimizerState));
-  if (use.fp8WeightCopies)
-    llvm::outs() << llvm::formatv("  fp8 weight copies {0,8:F2} GiB  (direct "
-                                  "and transposed, written by AdamW)\n",
-                                  gib(use.fp8WeightCopies));
   llvm::outs() << llvm::formatv(
-      "  activations       {0,8:F2} GiB  (liveness plan at its peak)\n"
-      "  workspace         {1,8:F2} GiB  (cuBLASLt)\n"
-      "  total             {2,8:F2} GiB  of {3} GiB (--gpu-memory)\n",
-      gib(use.activations), gib(use.workspace), gib(use.total()), gpuMemoryGiB);
+      "  activations       {0,8:F2} GiB  (liveness plan at its peak)\n",
+      gib(use.activations));
+  if (use.fp8WeightCopies)
+    llvm::outs() << llvm::formatv(
+        "  fp8 weight copies {0,8:F2} GiB  (AdamW's for the next step; they "
+        "share the activations' arena)\n",
+        gib(use.fp8WeightCopies));
+  llvm::outs() << llvm::formatv(
+      "  workspace         {0,8:F2} GiB  (cuBLASLt)\n"
+      "  total             {1,8:F2} GiB  of {2} GiB (--gpu-memory)\n",
+      gib(use.workspace), gib(use.total()), gpuMemoryGiB);
   if (gib(use.total()) > gpuMemoryGiB)
     return reportError(llvm::formatv(
         "--gpu-memory: the step needs {0:F2} GiB, more than the GPU's {1} "

@@ -157,9 +157,14 @@ private:
   struct Logical {
     package::Buffer info;
     bool persistent = false;
+    /// Written after @forward_backward for the next step's to read: alive
+    /// until its last use in @forward_backward and again from
+    /// @optimizer_step on (the memory plan's carried range).
+    bool carried = false;
     int parent = -1;
     uint64_t innerOffset = 0;
     int64_t first = INT64_MAX, last = -1;
+    int64_t lastInForwardBackward = -1;
   };
 
   //--- Buffers and locations -------------------------------------------===//
@@ -196,6 +201,8 @@ private:
     Logical &root = buffers[rootOf(buffer)];
     root.first = std::min(root.first, opIndex);
     root.last = std::max(root.last, opIndex);
+    if (optimizerStart < 0)
+      root.lastInForwardBackward = opIndex;
   }
 
   Location whole(int buffer) {
@@ -567,6 +574,9 @@ private:
   std::vector<package::Function> functions;
   package::Function *current = nullptr;
   int64_t opIndex = 0;
+  /// The op index where @optimizer_step starts (-1 while lowering
+  /// @forward_backward).
+  int64_t optimizerStart = -1;
 
   // Flat regions (parents) and the parameter order within them.
   int paramsRegion = -1, gradsRegion = -1, expAvgRegion = -1,
@@ -1702,10 +1712,15 @@ llvm::Error PackageBuilder::registerFP8Weight(Operation *op, FP8Tensor &t) {
     if (fp8Type(slot) != type)
       return fail(op, "quantizes the blocks of " + param +
                           " to different FP8 formats");
+  // Each copy is dead between its last GEMM (the forward's for the direct
+  // copy, the dgrad for the transposed one) and @optimizer_step, so the
+  // plan lends that memory to activations: the copies cost no more at the
+  // step's peak than the forward's casts did.
   t.direct = newBuffer(param + ".fp8", "fp8_weight_copy", type,
-                       {t.rows, t.cols}, true);
+                       {t.rows, t.cols}, false);
   t.transposed = newBuffer(param + ".fp8_t", "fp8_weight_copy", type,
-                           t.transposedShape(), true);
+                           t.transposedShape(), false);
+  buffers[t.direct].carried = buffers[t.transposed].carried = true;
   buffers[t.direct].info.param = buffers[t.transposed].info.param = param;
   fp8Weights[param] = t;
   return llvm::Error::success();
@@ -2063,7 +2078,7 @@ llvm::Error PackageBuilder::build(ModuleOp module) {
   }
   if (auto error = updateFP8Scales())
     return error;
-  ++opIndex;
+  optimizerStart = ++opIndex;
   functions.push_back({std::string(kOptimizerStepName), {}});
   current = &functions.back();
   if (auto error = lowerOptimizer(optimizer))
@@ -2092,11 +2107,13 @@ llvm::Expected<package::Package> PackageBuilder::finish() {
     Logical &logical = buffers[i];
     if (logical.parent >= 0)
       continue;
-    if (logical.persistent || logical.last < 0) {
-      logical.first = 0;
-      logical.last = opIndex;
-    }
-    ranges.push_back({logical.info.bytes, logical.first, logical.last});
+    LiveRange range{logical.info.bytes, logical.first, logical.last};
+    if (logical.carried)
+      range = {logical.info.bytes, 0, logical.lastInForwardBackward,
+               optimizerStart};
+    else if (logical.persistent || logical.last < 0)
+      range = {logical.info.bytes, 0, opIndex};
+    ranges.push_back(range);
     roots.push_back(int(i));
   }
   MemoryPlan plan = planMemory(ranges);

@@ -341,6 +341,69 @@ TEST_P(FP8PackageTest, OptimizerStepUpdatesEachElementOnceAndRecastsWeights) {
   }
 }
 
+/// The arena bytes [begin, end) of every buffer a step names.
+std::vector<std::pair<int, std::pair<uint64_t, uint64_t>>>
+touchedBuffers(const package::Package &p, const Step &step) {
+  std::vector<package::Operand> operands = step.launch.args;
+  for (const package::Operand *o :
+       {&step.gemm.a, &step.gemm.b, &step.gemm.c, &step.gemm.d,
+        &step.gemm.scaleInvA, &step.gemm.scaleInvB, &step.memset.dst})
+    operands.push_back(*o);
+  std::vector<std::pair<int, std::pair<uint64_t, uint64_t>>> touched;
+  for (const package::Operand &o : operands)
+    if (o.buffer >= 0) {
+      const package::Buffer &b = p.buffers[o.buffer];
+      touched.push_back({o.buffer, {b.offset, b.offset + b.bytes}});
+    }
+  return touched;
+}
+
+TEST(FP8Package, WeightCopiesLendTheirMemoryOnlyWhileDead) {
+  // Each FP8 weight copy is alive from @optimizer_step (or
+  // fp8_weight_copies) to its last read in the next @forward_backward; no
+  // other buffer in its arena bytes may be touched in that time, and some
+  // activation does use them in between (the memory the plan lends).
+  llvm::Expected<package::Package> built = build(false, "delayed");
+  ASSERT_TRUE(bool(built)) << llvm::toString(built.takeError());
+  const package::Package &p = *built;
+  const package::Function &fb = *p.function(package::kForwardBackwardFunction);
+  int copies = 0, lent = 0;
+  for (size_t c = 0; c < p.buffers.size(); ++c) {
+    const package::Buffer &copy = p.buffers[c];
+    if (copy.role != "fp8_weight_copy")
+      continue;
+    ++copies;
+    auto clashes = [&](const Step &step) {
+      for (auto [index, range] : touchedBuffers(p, step))
+        if (size_t(index) != c && range.first < copy.offset + copy.bytes &&
+            copy.offset < range.second)
+          return true;
+      return false;
+    };
+    size_t lastRead = 0;
+    for (size_t i = 0; i < fb.steps.size(); ++i)
+      for (auto [index, range] : touchedBuffers(p, fb.steps[i]))
+        if (size_t(index) == c)
+          lastRead = i;
+    ASSERT_GT(lastRead, 0u) << copy.name << " is never read";
+    for (size_t i = 0; i <= lastRead; ++i)
+      EXPECT_FALSE(clashes(fb.steps[i]))
+          << copy.name << ": " << fb.steps[i].label << " (step " << i
+          << ") uses its memory before its last read at step " << lastRead;
+    bool used = false;
+    for (size_t i = lastRead + 1; i < fb.steps.size(); ++i)
+      used |= clashes(fb.steps[i]);
+    lent += used;
+    for (const char *name :
+         {package::kOptimizerStepFunction, package::kFP8WeightCopiesFunction})
+      for (const Step &step : p.function(name)->steps)
+        EXPECT_FALSE(clashes(step)) << copy.name << ": " << name << "'s "
+                                    << step.label << " uses its memory";
+  }
+  EXPECT_GT(copies, 0);
+  EXPECT_GT(lent, 0) << "no copy lends its memory to activations";
+}
+
 INSTANTIATE_TEST_SUITE_P(Accumulate, FP8PackageTest, ::testing::Bool());
 
 TEST(FP8Package, CurrentScalingIsRefused) {

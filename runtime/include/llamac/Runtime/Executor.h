@@ -57,6 +57,9 @@ private:
   Executor() = default;
   Status enqueue(const package::Function &function);
   Status enqueue(const package::Function &function, const package::Step &step);
+  /// Refuses @forward_backward while the FP8 weight copies are not
+  /// current, and tracks when they are (see kFP8WeightCopiesFunction).
+  Status checkWeightCopies(const std::string &function);
   Result<CUdeviceptr> resolve(const package::Operand &operand) const;
 
   std::shared_ptr<cuda::Device> device;
@@ -65,6 +68,7 @@ private:
   std::unique_ptr<cuda::BlasLt> blas;
   CUdeviceptr arena = 0;
   std::map<std::string, CUgraphExec> graphs;
+  bool weightCopiesCurrent = false;
 };
 
 } // namespace llamac
