@@ -143,6 +143,43 @@ TEST(StepPackage, PackedTrainStepMatchesTheCpuReference) {
   checkStep(PACKED_STEP_DIR);
 }
 
+/// The FP8 weight copies that @forward_backward reads are current only
+/// after fp8_weight_copies or @optimizer_step (the memory plan lends them to
+/// activations in between): the Executor refuses other orders.
+TEST(StepPackage, FP8ForwardBackwardNeedsCurrentWeightCopies) {
+  LLAMAC_REQUIRE_GPU(device);
+  Result<package::Package> package =
+      package::readPackage(FP8_STEP_DIR "/package");
+  ASSERT_TRUE(package.ok()) << package.error().message;
+  ASSERT_NE(package->function(package::kFP8WeightCopiesFunction), nullptr);
+  auto executor = Executor::create(device, *package);
+  ASSERT_TRUE(executor.ok()) << executor.error().message;
+  Executor &e = **executor;
+  std::map<std::string, HostTensor> inputs =
+      readAll(FP8_STEP_DIR "/inputs.safetensors");
+  auto refused = [&] {
+    Status run = e.run(package::kForwardBackwardFunction);
+    return !run.ok() &&
+           run.error().message.find("not current") != std::string::npos;
+  };
+  EXPECT_TRUE(refused()) << "before fp8_weight_copies";
+  uploadStart(e, *package, inputs); // ends with fp8_weight_copies
+  uploadHyperparameters(e, 1, kFP8Lr);
+  ASSERT_TRUE(e.run(package::kForwardBackwardFunction).ok());
+  EXPECT_TRUE(refused()) << "twice without optimizer_step";
+  ASSERT_TRUE(e.run(package::kOptimizerStepFunction).ok());
+  ASSERT_TRUE(e.run(package::kForwardBackwardFunction).ok());
+  ASSERT_TRUE(e.run(package::kOptimizerStepFunction).ok());
+  for (auto &[name, tensor] : inputs) {
+    int index = package->bufferIndex(name);
+    if (index < 0 || package->buffers[index].role != "param")
+      continue;
+    ASSERT_TRUE(e.upload(name, tensor.bytes.data(), tensor.bytes.size()).ok());
+    EXPECT_TRUE(refused()) << "after uploading " << name;
+    break;
+  }
+}
+
 /// The FP8 step (GenerateStepPackage --fp8: every linear layer's GEMMs in
 /// FP8 with delayed scaling) for kFP8Steps steps against the CPU
 /// reference's. Tolerances: both cast the same bf16 tensors with the same
