@@ -15,10 +15,10 @@ Transformer Engine's: margin 0, amax history 1024, max over the history). The sc
      in file order, 8 rows per step, each at most 256 tokens; AdamW at a constant lr of 1e-4, no
      weight decay, no clipping. DATA "python-stdlib" is real text that no step repeats: the
      source files of the Python standard library of the machine, in sorted order, in rows of
-     1,000 characters (python_corpus). A small file read several times over is memorised instead:
-     on data/tiny-stories.jsonl (200 stories, 4 passes) both runs fell to a loss of 0.2 and the
-     H200 run differed by up to 9.6% there (0.02 absolute), which measures memorisation noise
-     rather than FP8 training;
+     1,000 characters (python_corpus). A small file read several times over is memorised
+     instead: on data/tiny-stories.jsonl (200 stories, 4 passes) an H200 run agreed within 0.8%
+     while the rows were new, then the losses swung between 0.17 and 2.7 as the rows came round
+     again, and differed by up to 9.6% (bench/RESULTS.md, session 4);
   3. checks: both runs log steps 1..100 with finite losses; at every step |fp8 - bf16| / bf16 <=
      3%; the fp8 run's checkpoint at step 100 has finite weights and a finite FP8 state (amax
      histories, which hold each quantized tensor's amax of every step, and positive scales). An
