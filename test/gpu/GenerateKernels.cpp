@@ -83,6 +83,51 @@ Group group(std::string key, llvm::Expected<KernelSpec> spec, Rest &&...rest) {
   return g;
 }
 
+/// FP8KernelTest's kernels: per region of the source matrix (the whole
+/// matrix, a column slice, a block of whole tiles) and format, the cast
+/// (`cast_`), the transposed cast (`transpose_`) and both from one read
+/// (`both_`); then the two scale updates.
+Group fp8Group() {
+  struct Region {
+    const char *suffix;
+    int64_t rows, cols, ld;
+  };
+  const Region regions[] = {{"", kFP8Rows, kFP8Cols, 0},
+                            {"_slice", kFP8Rows, kFP8SliceCols, kFP8Cols},
+                            {"_tiles", kFP8TileRows, kFP8TileCols, kFP8Cols}};
+  Group g;
+  for (const Region &r : regions)
+    for (const char *kind : {"cast", "transpose", "both"})
+      for (auto [name, format] : {std::pair{"e4m3", FP8Format::E4M3},
+                                  std::pair{"e5m2", FP8Format::E5M2}}) {
+        std::string key = std::string(kind) + r.suffix + "_" + name;
+        if (std::string(kind) == "cast")
+          g.emplace_back(key, fp8CastKernel(r.rows * r.cols, format,
+                                            r.ld ? r.cols : 0, r.ld));
+        else
+          g.emplace_back(key, fp8CastTransposeKernel(
+                                  r.rows, r.cols, format, r.ld,
+                                  /*direct=*/std::string(kind) == "both"));
+      }
+  // @optimizer_step's fused AdamW and casts of a weight, and the cast of a
+  // packed weight of whole tiles it is checked against.
+  g.emplace_back("adamw_e4m3", adamwFP8CastTransposeKernel(kFP8Rows, kFP8Cols,
+                                                           FP8Format::E4M3));
+  g.emplace_back(
+      "adamw_tiles_e5m2",
+      adamwFP8CastTransposeKernel(kFP8TileRows, kFP8TileCols, FP8Format::E5M2));
+  g.emplace_back("both_packed_tiles_e5m2",
+                 fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
+                                        FP8Format::E5M2, 0, /*direct=*/true));
+  g.emplace_back("update_e4m3", fp8ScaleUpdateKernel(kFP8Tensors, kFP8History,
+                                                     FP8Format::E4M3, 0));
+  g.emplace_back("update_e5m2",
+                 fp8ScaleUpdateKernel(kFP8Tensors, kFP8History, FP8Format::E5M2,
+                                      kFP8MarginE5M2,
+                                      /*mostRecent=*/true));
+  return g;
+}
+
 /// The fused QKV rows of RopeHeadsKernelTest, and its padded rows of
 /// query heads only (rowStride 0: packed); with `positions`, RoPE positions
 /// come from position_ids.
@@ -242,75 +287,6 @@ int main(int argc, char **argv) {
                  group("norm_sq", globalNormSqKernel(kClipElements), "scale",
                        scaleBF16Kernel(kClipElements))) &&
       writeGroup(dir, "add", group("add", addBF16Kernel(kAddElements))) &&
-      writeGroup(
-          dir, "fp8",
-          group(
-              "cast_e4m3", fp8CastKernel(kFP8Rows * kFP8Cols, FP8Format::E4M3),
-              "cast_e5m2", fp8CastKernel(kFP8Rows * kFP8Cols, FP8Format::E5M2),
-              "transpose_e4m3",
-              fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E4M3),
-              "transpose_e5m2",
-              fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E5M2),
-              "both_e4m3",
-              fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E4M3, 0,
-                                     /*direct=*/true),
-              "both_e5m2",
-              fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E5M2, 0,
-                                     /*direct=*/true),
-              "cast_slice_e4m3",
-              fp8CastKernel(kFP8Rows * kFP8SliceCols, FP8Format::E4M3,
-                            kFP8SliceCols, kFP8Cols),
-              "cast_slice_e5m2",
-              fp8CastKernel(kFP8Rows * kFP8SliceCols, FP8Format::E5M2,
-                            kFP8SliceCols, kFP8Cols),
-              "transpose_slice_e4m3",
-              fp8CastTransposeKernel(kFP8Rows, kFP8SliceCols, FP8Format::E4M3,
-                                     kFP8Cols),
-              "transpose_slice_e5m2",
-              fp8CastTransposeKernel(kFP8Rows, kFP8SliceCols, FP8Format::E5M2,
-                                     kFP8Cols),
-              "both_slice_e4m3",
-              fp8CastTransposeKernel(kFP8Rows, kFP8SliceCols, FP8Format::E4M3,
-                                     kFP8Cols, /*direct=*/true),
-              "both_slice_e5m2",
-              fp8CastTransposeKernel(kFP8Rows, kFP8SliceCols, FP8Format::E5M2,
-                                     kFP8Cols, /*direct=*/true),
-              "cast_tiles_e4m3",
-              fp8CastKernel(kFP8TileRows * kFP8TileCols, FP8Format::E4M3,
-                            kFP8TileCols, kFP8Cols),
-              "cast_tiles_e5m2",
-              fp8CastKernel(kFP8TileRows * kFP8TileCols, FP8Format::E5M2,
-                            kFP8TileCols, kFP8Cols),
-              "transpose_tiles_e4m3",
-              fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
-                                     FP8Format::E4M3, kFP8Cols),
-              "transpose_tiles_e5m2",
-              fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
-                                     FP8Format::E5M2, kFP8Cols),
-              "both_tiles_e4m3",
-              fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
-                                     FP8Format::E4M3, kFP8Cols,
-                                     /*direct=*/true),
-              "both_tiles_e5m2",
-              fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
-                                     FP8Format::E5M2, kFP8Cols,
-                                     /*direct=*/true),
-              // @optimizer_step's fused AdamW and casts of a weight, and
-              // the cast of a packed weight of whole tiles it is checked
-              // against.
-              "adamw_e4m3",
-              adamwFP8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E4M3),
-              "adamw_tiles_e5m2",
-              adamwFP8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
-                                          FP8Format::E5M2),
-              "both_packed_tiles_e5m2",
-              fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
-                                     FP8Format::E5M2, 0, /*direct=*/true),
-              "update_e4m3",
-              fp8ScaleUpdateKernel(kFP8Tensors, kFP8History, FP8Format::E4M3,
-                                   0),
-              "update_e5m2",
-              fp8ScaleUpdateKernel(kFP8Tensors, kFP8History, FP8Format::E5M2,
-                                   kFP8MarginE5M2, /*mostRecent=*/true)));
+      writeGroup(dir, "fp8", fp8Group());
   return ok ? 0 : 1;
 }
