@@ -38,6 +38,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <thread>
 
@@ -73,6 +74,18 @@ protected:
     options.steps = 3;
     options.schedule = {LRScheduleKind::Linear, 1e-3, 0, 3};
     return options;
+  }
+
+  /// Trains "straight" to 4 steps, and "resumed" to 2 and then, from its
+  /// checkpoint, to 4; `options(name, steps)` sets each run.
+  void trainStraightAndResumed(
+      const std::function<GpuTrainOptions(const std::string &, int64_t)>
+          &options) {
+    ASSERT_EQ(trainOnGpu(options("straight", 4)), 0);
+    ASSERT_EQ(trainOnGpu(options("resumed", 2)), 0);
+    GpuTrainOptions resume = options("resumed", 4);
+    resume.resumePath = path("resumed");
+    ASSERT_EQ(trainOnGpu(resume), 0);
   }
 
   /// The fp8 run of the build's CPU loop (TRAIN_DIR/CMakeLists.txt: lr
@@ -202,11 +215,7 @@ TEST_F(GpuTrainerTest, FourStepsEqualTwoThenResumeToFour) {
     o.metricsPath = path(name + ".jsonl");
     return o;
   };
-  ASSERT_EQ(trainOnGpu(options("straight", 4)), 0);
-  ASSERT_EQ(trainOnGpu(options("resumed", 2)), 0);
-  GpuTrainOptions resume = options("resumed", 4);
-  resume.resumePath = path("resumed");
-  ASSERT_EQ(trainOnGpu(resume), 0);
+  ASSERT_NO_FATAL_FAILURE(trainStraightAndResumed(options));
 
   std::vector<MetricsRow> a = metrics(path("straight.jsonl")),
                           b = metrics(path("resumed.jsonl"));
@@ -409,11 +418,7 @@ TEST_F(GpuTrainerTest, FP8TwoStepsThenResumeToFourEqualFourSteps) {
     o.maxGradNorm = 0;
     return o;
   };
-  ASSERT_EQ(trainOnGpu(options("straight", 4)), 0);
-  ASSERT_EQ(trainOnGpu(options("resumed", 2)), 0);
-  GpuTrainOptions resume = options("resumed", 4);
-  resume.resumePath = path("resumed");
-  ASSERT_EQ(trainOnGpu(resume), 0);
+  ASSERT_NO_FATAL_FAILURE(trainStraightAndResumed(options));
 
   for (const char *file : {kFP8StateFile, "model.safetensors"})
     EXPECT_EQ(readBytes(path(std::string("resumed/checkpoint-4/") + file)),
