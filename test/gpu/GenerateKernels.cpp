@@ -83,6 +83,36 @@ Group group(std::string key, llvm::Expected<KernelSpec> spec, Rest &&...rest) {
   return g;
 }
 
+/// SoftmaxKernelTest's kernels: per case (sequence length, score type,
+/// packed sequences or not), the forward (`fwd_`) and the backward (`bwd_`).
+Group softmaxGroup() {
+  struct Case {
+    const char *name;
+    int64_t seq;
+    ScoreType type;
+    int64_t packedHeads;
+  };
+  const Case cases[] = {
+      {"f32", kSoftmaxSeqF32, ScoreType::F32, 0},
+      {"bf16", kSoftmaxSeqBF16, ScoreType::BF16, 0},
+      {"f32_s8", kSoftmaxSeqTiny, ScoreType::F32, 0},
+      {"f32_s32", kSoftmaxSeqShort, ScoreType::F32, 0},
+      {"f32_s256", kSoftmaxSeqStep, ScoreType::F32, 0},
+      {"f32_packed", kSoftmaxSeqF32, ScoreType::F32, kSoftmaxHeads},
+      {"bf16_packed", kSoftmaxSeqBF16, ScoreType::BF16, kSoftmaxHeads},
+      {"f32_s32_packed", kSoftmaxSeqShort, ScoreType::F32, kSoftmaxHeads}};
+  Group g;
+  for (const Case &c : cases) {
+    g.emplace_back(std::string("fwd_") + c.name,
+                   causalSoftmaxForwardKernel(kSoftmaxBlocks, c.seq, c.type,
+                                              c.packedHeads));
+    g.emplace_back(std::string("bwd_") + c.name,
+                   attentionSoftmaxBackwardKernel(kSoftmaxBlocks, c.seq, c.type,
+                                                  c.packedHeads));
+  }
+  return g;
+}
+
 /// FP8KernelTest's kernels: per region of the source matrix (the whole
 /// matrix, a column slice, a block of whole tiles) and format, the cast
 /// (`cast_`), the transposed cast (`transpose_`) and both from one read
@@ -225,57 +255,7 @@ int main(int argc, char **argv) {
                 ropeHeadsKernel(headsLayout(false, true),
                                 HeadsDirection::ToTokens,
                                 Rotation::Inverse))) &&
-      writeGroup(
-          dir, "softmax",
-          group("fwd_f32",
-                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqF32,
-                                           ScoreType::F32),
-                "bwd_f32",
-                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqF32,
-                                               ScoreType::F32),
-                "fwd_bf16",
-                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqBF16,
-                                           ScoreType::BF16),
-                "bwd_bf16",
-                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqBF16,
-                                               ScoreType::BF16),
-                "fwd_f32_s8",
-                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqTiny,
-                                           ScoreType::F32),
-                "bwd_f32_s8",
-                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqTiny,
-                                               ScoreType::F32),
-                "fwd_f32_s32",
-                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqShort,
-                                           ScoreType::F32),
-                "bwd_f32_s32",
-                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqShort,
-                                               ScoreType::F32),
-                "fwd_f32_s256",
-                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqStep,
-                                           ScoreType::F32),
-                "bwd_f32_s256",
-                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqStep,
-                                               ScoreType::F32),
-                "fwd_f32_packed",
-                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqF32,
-                                           ScoreType::F32, kSoftmaxHeads),
-                "bwd_f32_packed",
-                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqF32,
-                                               ScoreType::F32, kSoftmaxHeads),
-                "fwd_bf16_packed",
-                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqBF16,
-                                           ScoreType::BF16, kSoftmaxHeads),
-                "bwd_bf16_packed",
-                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqBF16,
-                                               ScoreType::BF16, kSoftmaxHeads),
-                "fwd_f32_s32_packed",
-                causalSoftmaxForwardKernel(kSoftmaxBlocks, kSoftmaxSeqShort,
-                                           ScoreType::F32, kSoftmaxHeads),
-                "bwd_f32_s32_packed",
-                attentionSoftmaxBackwardKernel(kSoftmaxBlocks, kSoftmaxSeqShort,
-                                               ScoreType::F32,
-                                               kSoftmaxHeads))) &&
+      writeGroup(dir, "softmax", softmaxGroup()) &&
       writeGroup(
           dir, "cross_entropy",
           group("count", countTargetsKernel(kLossRows, kLossSeq, kLossVocab),

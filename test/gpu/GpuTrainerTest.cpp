@@ -38,6 +38,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <thread>
 
@@ -71,6 +72,27 @@ protected:
     GpuTrainOptions options;
     options.packageDir = kTrainDir + "/b8";
     options.steps = 3;
+    options.schedule = {LRScheduleKind::Linear, 1e-3, 0, 3};
+    return options;
+  }
+
+  /// Trains "straight" to 4 steps, and "resumed" to 2 and then, from its
+  /// checkpoint, to 4; `options(name, steps)` sets each run.
+  void trainStraightAndResumed(
+      const std::function<GpuTrainOptions(const std::string &, int64_t)>
+          &options) {
+    ASSERT_EQ(trainOnGpu(options("straight", 4)), 0);
+    ASSERT_EQ(trainOnGpu(options("resumed", 2)), 0);
+    GpuTrainOptions resume = options("resumed", 4);
+    resume.resumePath = path("resumed");
+    ASSERT_EQ(trainOnGpu(resume), 0);
+  }
+
+  /// The fp8 run of the build's CPU loop (TRAIN_DIR/CMakeLists.txt: lr
+  /// 1e-3 linear over 3 steps) on the GPU, checkpointing every step into
+  /// "gpu".
+  GpuTrainOptions cpuFP8RunOptions() const {
+    GpuTrainOptions options = fp8Options("gpu", 3, 1e-3, 1);
     options.schedule = {LRScheduleKind::Linear, 1e-3, 0, 3};
     return options;
   }
@@ -193,11 +215,7 @@ TEST_F(GpuTrainerTest, FourStepsEqualTwoThenResumeToFour) {
     o.metricsPath = path(name + ".jsonl");
     return o;
   };
-  ASSERT_EQ(trainOnGpu(options("straight", 4)), 0);
-  ASSERT_EQ(trainOnGpu(options("resumed", 2)), 0);
-  GpuTrainOptions resume = options("resumed", 4);
-  resume.resumePath = path("resumed");
-  ASSERT_EQ(trainOnGpu(resume), 0);
+  ASSERT_NO_FATAL_FAILURE(trainStraightAndResumed(options));
 
   std::vector<MetricsRow> a = metrics(path("straight.jsonl")),
                           b = metrics(path("resumed.jsonl"));
@@ -352,6 +370,28 @@ fp8State(const std::string &checkpoint) {
   return values;
 }
 
+/// Whether `got` holds the tensors of `want` (which has some), each at its
+/// size; the failure names the first that differs.
+::testing::AssertionResult
+sameTensors(const std::map<std::string, std::vector<double>> &got,
+            const std::map<std::string, std::vector<double>> &want) {
+  if (want.empty())
+    return ::testing::AssertionFailure() << "no tensors to compare with";
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure()
+           << got.size() << " tensors, expected " << want.size();
+  for (const auto &[name, values] : want) {
+    auto found = got.find(name);
+    if (found == got.end())
+      return ::testing::AssertionFailure() << "no tensor " << name;
+    if (found->second.size() != values.size())
+      return ::testing::AssertionFailure()
+             << name << ": " << found->second.size() << " values, expected "
+             << values.size();
+  }
+  return ::testing::AssertionSuccess();
+}
+
 bool startsWith(const std::string &text, const std::string &prefix) {
   return text.rfind(prefix, 0) == 0;
 }
@@ -378,11 +418,7 @@ TEST_F(GpuTrainerTest, FP8TwoStepsThenResumeToFourEqualFourSteps) {
     o.maxGradNorm = 0;
     return o;
   };
-  ASSERT_EQ(trainOnGpu(options("straight", 4)), 0);
-  ASSERT_EQ(trainOnGpu(options("resumed", 2)), 0);
-  GpuTrainOptions resume = options("resumed", 4);
-  resume.resumePath = path("resumed");
-  ASSERT_EQ(trainOnGpu(resume), 0);
+  ASSERT_NO_FATAL_FAILURE(trainStraightAndResumed(options));
 
   for (const char *file : {kFP8StateFile, "model.safetensors"})
     EXPECT_EQ(readBytes(path(std::string("resumed/checkpoint-4/") + file)),
@@ -435,12 +471,9 @@ TEST_F(GpuTrainerTest, FP8ResumeContinuesTheRun) {
       fp8State(path("straight/checkpoint-4"));
   std::map<std::string, std::vector<double>> resumed =
       fp8State(path("resumed/checkpoint-4"));
-  ASSERT_FALSE(straight.empty());
-  ASSERT_EQ(resumed.size(), straight.size());
+  ASSERT_TRUE(sameTensors(resumed, straight));
   for (const auto &[name, want] : straight) {
-    ASSERT_EQ(resumed.count(name), 1u) << name;
     const std::vector<double> &got = resumed.at(name);
-    ASSERT_EQ(got.size(), want.size()) << name;
     bool history = startsWith(name, "amax_history.");
     for (size_t i = 0; i < want.size(); ++i) {
       if (history && i >= 2)
@@ -465,9 +498,7 @@ TEST_F(GpuTrainerTest, FP8ResumeContinuesTheRun) {
 TEST_F(GpuTrainerTest, FP8CheckpointsHoldTheCpuFormatAsTheDeviceHoldsIt) {
   LLAMAC_REQUIRE_GPU(device);
   // The CPU's fp8 run (3 steps, lr 1e-3 linear), from its start, on the GPU.
-  GpuTrainOptions options = fp8Options("gpu", 3, 1e-3, 1);
-  options.schedule = {LRScheduleKind::Linear, 1e-3, 0, 3};
-  ASSERT_EQ(trainOnGpu(options), 0);
+  ASSERT_EQ(trainOnGpu(cpuFP8RunOptions()), 0);
   std::vector<MetricsRow> cpuSteps =
                               metrics(kTrainDir + "/cpu-fp8-metrics.jsonl"),
                           gpuSteps = metrics(path("gpu.jsonl"));
@@ -487,13 +518,10 @@ TEST_F(GpuTrainerTest, FP8CheckpointsHoldTheCpuFormatAsTheDeviceHoldsIt) {
       fp8State(path("gpu/checkpoint-1"));
   std::map<std::string, std::vector<double>> cpu =
       fp8State(kTrainDir + "/cpu-fp8/checkpoint-2");
-  ASSERT_FALSE(cpu.empty());
-  ASSERT_EQ(mine.size(), cpu.size());
+  ASSERT_TRUE(sameTensors(mine, cpu));
   for (const auto &[name, theirs] : cpu) {
     SCOPED_TRACE(name);
-    ASSERT_EQ(mine.count(name), 1u);
     const std::vector<double> &values = mine.at(name);
-    ASSERT_EQ(values.size(), theirs.size());
     if (startsWith(name, "scale.")) {
       const std::string id = name.substr(6);
       std::vector<double> history = mine.at("amax_history." + id);
@@ -564,8 +592,7 @@ TEST_F(GpuTrainerTest, CpuFP8CheckpointResumesOnTheGpu) {
   std::vector<MetricsRow> cpu = metrics(kTrainDir + "/cpu-fp8-metrics.jsonl");
   ASSERT_EQ(cpu.size(), 3u);
   fs::copy_file(kTrainDir + "/cpu-fp8-metrics.jsonl", path("gpu.jsonl"));
-  GpuTrainOptions options = fp8Options("gpu", 3, 1e-3, 1);
-  options.schedule = {LRScheduleKind::Linear, 1e-3, 0, 3};
+  GpuTrainOptions options = cpuFP8RunOptions();
   options.resumePath = kTrainDir + "/cpu-fp8/checkpoint-2";
   ASSERT_EQ(trainOnGpu(options), 0);
   std::vector<MetricsRow> gpu = metrics(path("gpu.jsonl"));
@@ -581,13 +608,10 @@ TEST_F(GpuTrainerTest, CpuFP8CheckpointResumesOnTheGpu) {
       fp8State(kTrainDir + "/cpu-fp8/checkpoint-2");
   std::map<std::string, std::vector<double>> cpuNext =
       fp8State(kTrainDir + "/cpu-fp8/checkpoint-3");
-  ASSERT_FALSE(saved.empty());
-  ASSERT_EQ(resumed.size(), saved.size());
+  ASSERT_TRUE(sameTensors(resumed, saved));
   for (const auto &[name, before] : saved) {
     SCOPED_TRACE(name);
-    ASSERT_EQ(resumed.count(name), 1u);
     const std::vector<double> &values = resumed.at(name);
-    ASSERT_EQ(values.size(), before.size());
     expectRelative(values[0], cpuNext.at(name)[0], kFP8Step, "newest");
     if (startsWith(name, "amax_history.")) {
       EXPECT_EQ(std::vector<double>(values.begin() + 1, values.end()),

@@ -463,6 +463,30 @@ private:
       return fail(op, "expects " + what);
     return slots;
   }
+  /// What each fused FP8 op's lowering starts from: its slots
+  /// (fusedFP8Slots), its quantized weight, the location of its input and,
+  /// when `normWeight` is given, of that norm weight.
+  struct FP8FusedOperands {
+    SmallVector<FP8Slot> slots;
+    FP8Tensor *weight;
+    Location input, normWeight;
+  };
+  template <typename FusedOp>
+  llvm::Expected<FP8FusedOperands> fp8FusedOperands(FusedOp op, size_t count,
+                                                    const std::string &what,
+                                                    Value normWeight = {}) {
+    auto slots = fusedFP8Slots(op, count, what);
+    if (!slots)
+      return slots.takeError();
+    auto w = quantized(op, op.getWeight());
+    auto x = use(op.getInput());
+    auto nw =
+        normWeight ? use(normWeight) : llvm::Expected<Location>(Location());
+    if (!w || !x || !nw)
+      return llvm::joinErrors(llvm::joinErrors(w.takeError(), x.takeError()),
+                              nw.takeError());
+    return FP8FusedOperands{std::move(*slots), *w, *x, *nw};
+  }
   /// RMSNorm(x) weighted by `normWeight` into a fresh bf16 [tokens, hidden]
   /// buffer (`rstd` receives 1 / rms per row), for the FP8 lowerings that
   /// quantize the normalized input.
@@ -1819,28 +1843,25 @@ llvm::Error PackageBuilder::lowerFP8NormMatmul(NormMatmulOp op,
                                                const std::string &label) {
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
   int64_t width = weightType.getDimSize(0), hidden = weightType.getDimSize(1);
-  auto slots = fusedFP8Slots(op, 1, "one FP8 format, of its normalized input");
-  if (!slots)
-    return slots.takeError();
-  auto w = quantized(op, op.getWeight());
-  auto x = use(op.getInput());
-  auto nw = use(op.getNormWeight());
-  if (!w || !x || !nw)
-    return llvm::joinErrors(llvm::joinErrors(w.takeError(), x.takeError()),
-                            nw.takeError());
-  auto xn = normalized(*x, *nw, hidden, op.getEps().convertToDouble(),
+  auto operands = fp8FusedOperands(
+      op, 1, "one FP8 format, of its normalized input", op.getNormWeight());
+  if (!operands)
+    return operands.takeError();
+  auto xn = normalized(operands->input, operands->normWeight, hidden,
+                       op.getEps().convertToDouble(),
                        scratch("rstd", ElementType::F32, {tokens}),
                        label + " (norm)");
   if (!xn)
     return xn.takeError();
-  FP8Tensor in = fp8Tensor(*xn, tokens, hidden, *slots, {}, label + ".xn");
+  FP8Tensor in =
+      fp8Tensor(*xn, tokens, hidden, operands->slots, {}, label + ".xn");
   auto a = fp8Rows(op, in, 0, tokens, false, label);
   if (!a)
     return a.takeError();
   int y = newBuffer("norm_matmul.y#" + std::to_string(buffers.size()),
                     "activation", ElementType::BF16, {tokens, width}, false);
-  if (auto error =
-          fp8ForwardByBlock(op, *a, **w, {y, 0, 0}, width, hidden, label))
+  if (auto error = fp8ForwardByBlock(op, *a, *operands->weight, {y, 0, 0},
+                                     width, hidden, label))
     return error;
   return sliceOutputs(op, op.getOutputs(), y, width);
 }
@@ -1849,15 +1870,10 @@ llvm::Error PackageBuilder::lowerFP8NormMatmulGrad(NormMatmulGradOp op,
                                                    const std::string &label) {
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
   int64_t hidden = weightType.getDimSize(1);
-  auto slots = fusedFP8Slots(op, 1, "one FP8 format, of its normalized input");
-  if (!slots)
-    return slots.takeError();
-  auto w = quantized(op, op.getWeight());
-  auto x = use(op.getInput());
-  auto nw = use(op.getNormWeight());
-  if (!w || !x || !nw)
-    return llvm::joinErrors(llvm::joinErrors(w.takeError(), x.takeError()),
-                            nw.takeError());
+  auto operands = fp8FusedOperands(
+      op, 1, "one FP8 format, of its normalized input", op.getNormWeight());
+  if (!operands)
+    return operands.takeError();
   SmallVector<FP8Tensor *> grads;
   for (Value grad : op.getGrads()) {
     auto g = quantized(op, grad);
@@ -1866,11 +1882,13 @@ llvm::Error PackageBuilder::lowerFP8NormMatmulGrad(NormMatmulGradOp op,
     grads.push_back(*g);
   }
   int rstd = scratch("rstd", ElementType::F32, {tokens});
-  auto xn = normalized(*x, *nw, hidden, op.getEps().convertToDouble(), rstd,
+  auto xn = normalized(operands->input, operands->normWeight, hidden,
+                       op.getEps().convertToDouble(), rstd,
                        label + " (recompute norm)");
   if (!xn)
     return xn.takeError();
-  FP8Tensor in = fp8Tensor(*xn, tokens, hidden, *slots, {}, label + ".xn");
+  FP8Tensor in =
+      fp8Tensor(*xn, tokens, hidden, operands->slots, {}, label + ".xn");
   auto inT = fp8Rows(op, in, 0, tokens, true, label);
   if (!inT)
     return inT.takeError();
@@ -1880,13 +1898,15 @@ llvm::Error PackageBuilder::lowerFP8NormMatmulGrad(NormMatmulGradOp op,
   // dxn += dY_j W[r_j].
   int64_t first = 0;
   for (auto [j, grad] : llvm::enumerate(grads)) {
-    if (auto error = fp8BlockBackward(op, *grad, **w, first, *inT, weightGrad,
-                                      whole(dxn), hidden, j > 0, label))
+    if (auto error =
+            fp8BlockBackward(op, *grad, *operands->weight, first, *inT,
+                             weightGrad, whole(dxn), hidden, j > 0, label))
       return error;
     first += grad->cols;
   }
   return normBackward(op, op.getInputGrad(), op.getNormWeightGrad(), whole(dxn),
-                      *x, *nw, rstd, hidden, label);
+                      operands->input, operands->normWeight, rstd, hidden,
+                      label);
 }
 
 llvm::Error PackageBuilder::lowerFP8GatedMLP(GatedMLPOp op,
@@ -1894,33 +1914,27 @@ llvm::Error PackageBuilder::lowerFP8GatedMLP(GatedMLPOp op,
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
   int64_t width = weightType.getDimSize(0) / 2,
           hidden = weightType.getDimSize(1);
-  auto slots =
-      fusedFP8Slots(op, 1, "one FP8 format, of its (normalized) input");
-  if (!slots)
-    return slots.takeError();
-  auto w = quantized(op, op.getWeight());
-  auto x = use(op.getInput());
-  if (!w || !x)
-    return llvm::joinErrors(w.takeError(), x.takeError());
-  Location in = *x;
+  auto operands = fp8FusedOperands(
+      op, 1, "one FP8 format, of its (normalized) input", op.getNormWeight());
+  if (!operands)
+    return operands.takeError();
+  Location in = operands->input;
   if (op.getNormWeight()) {
-    auto nw = use(op.getNormWeight());
-    if (!nw)
-      return nw.takeError();
-    auto xn = normalized(*x, *nw, hidden, op.getEps()->convertToDouble(),
-                         scratch("rstd", ElementType::F32, {tokens}),
-                         label + " (norm)");
+    auto xn = normalized(
+        in, operands->normWeight, hidden, op.getEps()->convertToDouble(),
+        scratch("rstd", ElementType::F32, {tokens}), label + " (norm)");
     if (!xn)
       return xn.takeError();
     in = *xn;
   }
-  FP8Tensor input = fp8Tensor(in, tokens, hidden, *slots, {}, label + ".xn");
+  FP8Tensor input =
+      fp8Tensor(in, tokens, hidden, operands->slots, {}, label + ".xn");
   auto a = fp8Rows(op, input, 0, tokens, false, label);
   if (!a)
     return a.takeError();
   Location gateUp = define(op.getGateUp(), "gate_up");
-  if (auto error =
-          fp8ForwardByBlock(op, *a, **w, gateUp, 2 * width, hidden, label))
+  if (auto error = fp8ForwardByBlock(op, *a, *operands->weight, gateUp,
+                                     2 * width, hidden, label))
     return error;
   Location out = define(op.getResult(), "swiglu");
   return launch(swigluForwardKernel(tokens, width), {gateUp, out},
@@ -1932,21 +1946,18 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
   int64_t width = weightType.getDimSize(0) / 2,
           hidden = weightType.getDimSize(1);
-  auto slots = fusedFP8Slots(
+  auto operands = fp8FusedOperands(
       op, 3, "three FP8 formats: its input's and the gate and up gradients'");
-  if (!slots)
-    return slots.takeError();
-  auto w = quantized(op, op.getWeight());
-  auto x = use(op.getInput());
-  if (!w || !x)
-    return llvm::joinErrors(w.takeError(), x.takeError());
-  auto start = startGatedMLPGrad(op, *x, width, hidden, label);
+  if (!operands)
+    return operands.takeError();
+  const SmallVector<FP8Slot> &slots = operands->slots;
+  auto start = startGatedMLPGrad(op, operands->input, width, hidden, label);
   if (!start)
     return start.takeError();
   int dGU = start->dGU;
   Location in = start->in;
   FP8Tensor input =
-      fp8Tensor(in, tokens, hidden, {(*slots)[0]}, {}, label + ".xn");
+      fp8Tensor(in, tokens, hidden, {slots[0]}, {}, label + ".xn");
   auto inT = fp8Rows(op, input, 0, tokens, true, label);
   if (!inT)
     return inT.takeError();
@@ -1959,16 +1970,18 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
   for (int half = 0; half < 2; ++half) {
     FP8Tensor dH =
         fp8Tensor({dGU, uint64_t(half * width) * 2, 2 * width}, tokens, width,
-                  {(*slots)[1 + half]}, {}, label + (half ? ".dup" : ".dgate"));
+                  {slots[1 + half]}, {}, label + (half ? ".dup" : ".dgate"));
     dH.bothCopies = true;
-    if (auto error = fp8BlockBackward(op, dH, **w, half * width, *inT,
-                                      weightGrad, dx, hidden, half > 0, label))
+    if (auto error =
+            fp8BlockBackward(op, dH, *operands->weight, half * width, *inT,
+                             weightGrad, dx, hidden, half > 0, label))
       return error;
   }
   if (!op.getNormWeight())
     return llvm::Error::success();
-  return normBackward(op, op.getInputGrad(), op.getNormWeightGrad(), dx, *x,
-                      start->normWeight, start->rstd, hidden, label);
+  return normBackward(op, op.getInputGrad(), op.getNormWeightGrad(), dx,
+                      operands->input, start->normWeight, start->rstd, hidden,
+                      label);
 }
 
 /// One fp8_scale_update launch per format, in place over its state.
