@@ -326,7 +326,7 @@ def main():
         parser.error(f"missing {', '.join(missing)}" if missing else
                      f"unknown case {unknown[0]} (known: {', '.join(sorted(TOKENIZERS))})")
     # Every input before the first model is built.
-    inputs = [args.llamac_run, args.data]
+    inputs = [args.llamac_run] + ([] if args.data == "python-stdlib" else [args.data])
     for case in args.cases:
         inputs += [os.path.join(args.configs, case, "config.json"),
                    os.path.join(args.tokenizers, TOKENIZERS[case], "tokenizer.json")]
