@@ -17,6 +17,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <functional>
 #include <vector>
 
@@ -67,6 +68,15 @@ std::string propertiesOf(const std::string &report, const std::string &kernel) {
     return "";
   size_t end = report.find("ptxas info", at + 1);
   return report.substr(at, end == std::string::npos ? end : end - at);
+}
+
+/// The registers per thread that the ptxas report gives `kernel`, or -1.
+int registersOf(const std::string &report, const std::string &kernel) {
+  size_t at = report.find("Function properties for " + kernel + "\n");
+  if (at == std::string::npos)
+    return -1;
+  at = report.find("Used ", at);
+  return at == std::string::npos ? -1 : std::atoi(report.c_str() + at + 5);
 }
 
 /// One train-step kernel at Llama-3-8B-like sizes (4 sequences of 2048
@@ -583,6 +593,16 @@ TEST(KernelPTX, AdamWFP8CastTransposeUpdatesAndCastsFromOneRead) {
     // Arguments x, grad, exp_avg, exp_avg_sq, hyper, norm_sq, scale,
     // direct, out, amax.
     EXPECT_EQ(countOf(*ptx, ".param .u64"), 10u) << *ptx;
+    // A piece at a time, so that three blocks of 256 threads fit an SM's
+    // 65536 registers (at most 85 each; ptxas allots them in 8s): with all
+    // 32 loads in flight at once it took 202, and on an H200 ran 17% slower.
+    std::string report = assemble(*ptx);
+    int registers = registersOf(report, kernel->name);
+    EXPECT_GT(registers, 0) << report;
+    EXPECT_LE(registers, 80) << report;
+    EXPECT_NE(propertiesOf(report, kernel->name).find("0 bytes spill stores"),
+              std::string::npos)
+        << report;
   }
   // The flat AdamW's math, from the same generated lines: per element one
   // square root of v and two divisions (of it by sqrt(1 - beta2^t), and
