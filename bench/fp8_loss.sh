@@ -10,10 +10,12 @@
 #            (llamac compile --emit package for both models and both
 #            precisions into OUT_DIR/<case>-<precision>, with llamac-run,
 #            the scripts, configs and tokenizers copied beside them)
-#   GPU box: OUT_DIR/fp8_loss.sh run [WORK_DIR]
+#   GPU box: OUT_DIR/fp8_loss.sh run [WORK_DIR [FP8_LOSS_OPTIONS...]]
 #            (python3 fp8_loss.py over both cases; WORK_DIR, default a new
 #            temporary folder, keeps each case's metrics, logs and FP8
-#            state; it needs about 15 GB free while a case runs)
+#            state; it needs about 15 GB free while a case runs; options
+#            such as --lr 1e-4 --lr-schedule constant --warmup-steps 0 go to
+#            fp8_loss.py)
 set -euo pipefail
 cases=(llama2-7b-2layer:sp-bpe-32k llama3-8b-2layer:llama-3)
 
@@ -42,10 +44,10 @@ run)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 fp8_loss.py --llamac-run ./llamac-run --packages . \
     --configs configs --data python-stdlib --tokenizers tokenizers \
-    --work "$work" "${cases[@]%%:*}"
+    --work "$work" "${@:3}" "${cases[@]%%:*}"
   ;;
 *)
-  sed -n '2,15p' "$0"
+  sed -n '2,18p' "$0"
   exit 2
   ;;
 esac

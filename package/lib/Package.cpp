@@ -273,6 +273,8 @@ MemoryUse memoryUse(const Package &package) {
       use.gradients += b.bytes;
     else if (b.role == "exp_avg" || b.role == "exp_avg_sq")
       use.optimizerState += b.bytes;
+    else if (b.role == "fp8_weight_copy")
+      use.fp8WeightCopies += b.bytes;
   }
   uint64_t persistent = use.weights + use.gradients + use.optimizerState;
   use.activations =

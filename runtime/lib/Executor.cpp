@@ -92,6 +92,9 @@ Status Executor::upload(const std::string &name, const void *data,
   if (index < 0 || plan.buffers[index].bytes != bytes)
     return Error{"upload: no buffer '" + name + "' of " +
                  std::to_string(bytes) + " bytes in the package"};
+  const std::string &role = plan.buffers[index].role;
+  if (role == "param" || role.rfind("fp8_", 0) == 0)
+    weightCopiesCurrent = false;
   return device->copyToDevice(address(index), data, bytes);
 }
 
@@ -181,6 +184,8 @@ Result<std::vector<float>> Executor::profile(const std::string &name) {
   const package::Function *function = plan.function(name);
   if (!function)
     return Error{"the package has no function '" + name + "'"};
+  if (Status status = checkWeightCopies(name); !status)
+    return status.error();
   std::vector<CUevent> events;
   auto release = [&] {
     for (CUevent event : events)
@@ -212,10 +217,40 @@ Result<std::vector<float>> Executor::profile(const std::string &name) {
   return milliseconds;
 }
 
+Status Executor::castFP8Weights() {
+  if (!plan.function(package::kFP8WeightCopiesFunction))
+    return {};
+  return run(package::kFP8WeightCopiesFunction, /*useGraph=*/false);
+}
+
+/// In a package with kFP8WeightCopiesFunction, the FP8 weight copies are
+/// current after it or @optimizer_step and not after @forward_backward
+/// (whose dead copies the memory plan lends to activations) or an upload
+/// of weights or FP8 state; @forward_backward reads them.
+Status Executor::checkWeightCopies(const std::string &function) {
+  if (!plan.function(package::kFP8WeightCopiesFunction))
+    return {};
+  if (function == package::kForwardBackwardFunction) {
+    if (!weightCopiesCurrent)
+      return Error{function + ": the FP8 weight copies are not current (run " +
+                   package::kFP8WeightCopiesFunction +
+                   " after uploading weights or FP8 state, and " +
+                   package::kOptimizerStepFunction + " after each " +
+                   package::kForwardBackwardFunction + ")"};
+    weightCopiesCurrent = false;
+  } else if (function == package::kFP8WeightCopiesFunction ||
+             function == package::kOptimizerStepFunction) {
+    weightCopiesCurrent = true;
+  }
+  return {};
+}
+
 Status Executor::run(const std::string &name, bool useGraph) {
   const package::Function *function = plan.function(name);
   if (!function)
     return Error{"the package has no function '" + name + "'"};
+  if (Status status = checkWeightCopies(name); !status)
+    return status;
   if (!useGraph) {
     if (Status status = enqueue(*function); !status)
       return status;

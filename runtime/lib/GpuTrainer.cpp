@@ -10,7 +10,8 @@
 //      checkpoint, --weights or Hugging Face's random init) and the AdamW
 //      moments (the checkpoint's, or zeros) and, resuming an fp8 package,
 //      the FP8 delayed-scaling state (the checkpoint's fp8_state.safetensors,
-//      read in step 2);
+//      read in step 2), then the FP8 weight copies from the weights
+//      (fp8_weight_copies, which later @optimizer_step keeps up to date);
 //   4. per optimizer step: write the hyperparameters (with the tokens the
 //      step's loss counts), then per micro-batch upload the rows (packed
 //      into sequences, with their position_ids, when the package takes
@@ -254,6 +255,10 @@ int trainOnGpu(const GpuTrainOptions &options) {
                                    buffer.bytes.size());
         !s)
       return report(s.error().message);
+  // The FP8 weight copies the forward reads, with the (restored) scales;
+  // after the state's upload, which zeroes the amaxes this raises.
+  if (Status s = executor.castFP8Weights(); !s)
+    return report(s.error().message);
   if (package.accumulatesGradients)
     if (Status s = executor.run(package::kZeroGradsFunction); !s)
       return report(s.error().message);

@@ -139,6 +139,16 @@ Group fp8Group() {
                                   r.rows, r.cols, format, r.ld,
                                   /*direct=*/std::string(kind) == "both"));
       }
+  // @optimizer_step's fused AdamW and casts of a weight, and the cast of a
+  // packed weight of whole tiles it is checked against.
+  g.emplace_back("adamw_e4m3", adamwFP8CastTransposeKernel(kFP8Rows, kFP8Cols,
+                                                           FP8Format::E4M3));
+  g.emplace_back(
+      "adamw_tiles_e5m2",
+      adamwFP8CastTransposeKernel(kFP8TileRows, kFP8TileCols, FP8Format::E5M2));
+  g.emplace_back("both_packed_tiles_e5m2",
+                 fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
+                                        FP8Format::E5M2, 0, /*direct=*/true));
   g.emplace_back("update_e4m3", fp8ScaleUpdateKernel(kFP8Tensors, kFP8History,
                                                      FP8Format::E4M3, 0));
   g.emplace_back("update_e5m2",

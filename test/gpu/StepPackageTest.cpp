@@ -36,7 +36,8 @@ std::vector<double> bf16Values(const std::vector<uint16_t> &bits) {
   return values;
 }
 
-/// Weights and data from `inputs`, zero AdamW moments.
+/// Weights and data from `inputs`, zero AdamW moments, and (an fp8
+/// package) the FP8 weight copies cast from those weights.
 void uploadStart(Executor &e, const package::Package &package,
                  std::map<std::string, HostTensor> &inputs) {
   for (auto &[name, tensor] : inputs) {
@@ -48,6 +49,8 @@ void uploadStart(Executor &e, const package::Package &package,
       std::vector<uint8_t> zeros(buffer.bytes, 0);
       ASSERT_TRUE(e.upload(buffer.name, zeros.data(), zeros.size()).ok());
     }
+  Status cast = e.castFP8Weights();
+  ASSERT_TRUE(cast.ok()) << cast.error().message;
 }
 
 /// The step's hyperparameters, for optimizer step `step` at rate `lr`.
@@ -140,6 +143,43 @@ TEST(StepPackage, PackedTrainStepMatchesTheCpuReference) {
   checkStep(PACKED_STEP_DIR);
 }
 
+/// The FP8 weight copies that @forward_backward reads are current only
+/// after fp8_weight_copies or @optimizer_step (the memory plan lends them to
+/// activations in between): the Executor refuses other orders.
+TEST(StepPackage, FP8ForwardBackwardNeedsCurrentWeightCopies) {
+  LLAMAC_REQUIRE_GPU(device);
+  Result<package::Package> package =
+      package::readPackage(FP8_STEP_DIR "/package");
+  ASSERT_TRUE(package.ok()) << package.error().message;
+  ASSERT_NE(package->function(package::kFP8WeightCopiesFunction), nullptr);
+  auto executor = Executor::create(device, *package);
+  ASSERT_TRUE(executor.ok()) << executor.error().message;
+  Executor &e = **executor;
+  std::map<std::string, HostTensor> inputs =
+      readAll(FP8_STEP_DIR "/inputs.safetensors");
+  auto refused = [&] {
+    Status run = e.run(package::kForwardBackwardFunction);
+    return !run.ok() &&
+           run.error().message.find("not current") != std::string::npos;
+  };
+  EXPECT_TRUE(refused()) << "before fp8_weight_copies";
+  uploadStart(e, *package, inputs); // ends with fp8_weight_copies
+  uploadHyperparameters(e, 1, kFP8Lr);
+  ASSERT_TRUE(e.run(package::kForwardBackwardFunction).ok());
+  EXPECT_TRUE(refused()) << "twice without optimizer_step";
+  ASSERT_TRUE(e.run(package::kOptimizerStepFunction).ok());
+  ASSERT_TRUE(e.run(package::kForwardBackwardFunction).ok());
+  ASSERT_TRUE(e.run(package::kOptimizerStepFunction).ok());
+  for (auto &[name, tensor] : inputs) {
+    int index = package->bufferIndex(name);
+    if (index < 0 || package->buffers[index].role != "param")
+      continue;
+    ASSERT_TRUE(e.upload(name, tensor.bytes.data(), tensor.bytes.size()).ok());
+    EXPECT_TRUE(refused()) << "after uploading " << name;
+    break;
+  }
+}
+
 /// The FP8 step (GenerateStepPackage --fp8: every linear layer's GEMMs in
 /// FP8 with delayed scaling) for kFP8Steps steps against the CPU
 /// reference's. Tolerances: both cast the same bf16 tensors with the same
@@ -201,12 +241,37 @@ TEST(StepPackage, FP8StepsMatchTheCpuReference) {
   // A wrong scale, layout or operand misses by far more (and the losses
   // above would not match).
   constexpr double kFirstForward = 5e-2, kAfterFP8Rounding = 0.25;
-  int histories = 0, scales = 0;
+  // max |W| of each Hugging Face weight (a part of a fused parameter) as
+  // the device holds it now.
+  std::map<std::string, float> weightMax;
+  for (const package::Buffer &buffer : package->buffers) {
+    if (buffer.role != "param")
+      continue;
+    std::vector<uint16_t> bits(buffer.bytes / 2);
+    ASSERT_TRUE(e.download(buffer.name, bits.data(), buffer.bytes).ok());
+    int64_t cols = int64_t(bits.size()) / buffer.shape[0], row = 0;
+    for (size_t part = 0; part < buffer.parts.size(); ++part) {
+      float &max = weightMax[buffer.parts[part]];
+      for (int64_t i = row * cols; i < (row + buffer.partRows[part]) * cols;
+           ++i)
+        max = std::max(max, std::abs(bf16ToFloat(bits[i])));
+      row += buffer.partRows[part];
+    }
+  }
+  int histories = 0, scales = 0, weightAmaxes = 0;
   for (const package::Buffer &buffer : package->buffers) {
     if (buffer.role == "fp8_amax") {
-      // The scale update zeroed every amax for the next step.
-      for (float amax : download(buffer))
-        EXPECT_EQ(amax, 0.0f) << buffer.name;
+      // The scale update zeroed every amax for the next step; then
+      // optimizer_step, casting the weights it updated into their FP8
+      // copies, raised the weights' to max |W| of the new weights (what the
+      // next forward's casts would measure), exactly.
+      std::vector<float> amaxes = download(buffer);
+      for (size_t t = 0; t < buffer.parts.size(); ++t) {
+        auto weight = weightMax.find(buffer.parts[t]);
+        weightAmaxes += weight != weightMax.end();
+        EXPECT_EQ(amaxes[t], weight != weightMax.end() ? weight->second : 0.0f)
+            << buffer.parts[t];
+      }
     } else if (buffer.role == "fp8_history") {
       std::vector<float> got = download(buffer);
       int64_t length = buffer.shape[1];
@@ -255,8 +320,9 @@ TEST(StepPackage, FP8StepsMatchTheCpuReference) {
       }
     }
   }
-  // Every quantized tensor's state was compared.
+  // Every quantized tensor's state was compared; per layer 7 weights.
   EXPECT_EQ(histories, scales);
+  EXPECT_EQ(weightAmaxes, 2 * 7);
   EXPECT_EQ(size_t(histories) * 2, expected.size() - kFP8Steps);
 }
 

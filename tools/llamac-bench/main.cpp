@@ -152,6 +152,8 @@ int main(int argc, char **argv) {
     return fail(s.error().message);
   if (Status s = uploadTokens(executor, vocab); !s)
     return fail(s.error().message);
+  if (Status s = executor.castFP8Weights(); !s)
+    return fail(s.error().message);
 
   // The loop: graph replays, timed by events on the device.
   Result<CUevent> start = (*device)->createEvent();

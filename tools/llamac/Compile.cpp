@@ -70,12 +70,20 @@ static int reportMemory(const package::Package &package, double gpuMemoryGiB) {
       "peak device memory of the step (batch {0} x seq {1}, {2}):\n"
       "  weights           {3,8:F2} GiB\n"
       "  gradients         {4,8:F2} GiB\n"
-      "  optimizer state   {5,8:F2} GiB  (AdamW's two moments)\n"
-      "  activations       {6,8:F2} GiB  (liveness plan at its peak)\n"
-      "  workspace         {7,8:F2} GiB  (cuBLASLt)\n"
-      "  total             {8,8:F2} GiB  of {9} GiB (--gpu-memory)\n",
+      "  optimizer state   {5,8:F2} GiB  (AdamW's two moments)\n",
       package.batch, package.seq, package.precision, gib(use.weights),
-      gib(use.gradients), gib(use.optimizerState), gib(use.activations),
+      gib(use.gradients), gib(use.optimizerState));
+  llvm::outs() << llvm::formatv(
+      "  activations       {0,8:F2} GiB  (liveness plan at its peak)\n",
+      gib(use.activations));
+  if (use.fp8WeightCopies)
+    llvm::outs() << llvm::formatv(
+        "  fp8 weight copies {0,8:F2} GiB  (AdamW's for the next step; they "
+        "share the activations' arena)\n",
+        gib(use.fp8WeightCopies));
+  llvm::outs() << llvm::formatv(
+      "  workspace         {0,8:F2} GiB  (cuBLASLt)\n"
+      "  total             {1,8:F2} GiB  of {2} GiB (--gpu-memory)\n",
       gib(use.workspace), gib(use.total()), gpuMemoryGiB);
   if (gib(use.total()) > gpuMemoryGiB)
     return reportError(llvm::formatv(

@@ -136,8 +136,107 @@ const char *boolean(bool value) { return value ? "true" : "false"; }
 
 } // namespace
 
+namespace {
+
+/// MLIR lines of AdamW's per-step scalars (adamw.mlir's math), read from
+/// %hyper ([lr, beta1, beta2, eps, weight_decay, step, max_norm]) and
+/// %normsq (the gradients' sum of squares): the clip factor, the bias
+/// corrections and the decay, broadcast to the vector<8xf32>s that
+/// adamwUpdate reads. Names start with %aw_.
+constexpr const char *kAdamWPrelude = R"mlir(
+      %aw_c0 = arith.constant 0 : index
+      %aw_c1 = arith.constant 1 : index
+      %aw_c2 = arith.constant 2 : index
+      %aw_c3 = arith.constant 3 : index
+      %aw_c4 = arith.constant 4 : index
+      %aw_c5 = arith.constant 5 : index
+      %aw_c6 = arith.constant 6 : index
+      %aw_one = arith.constant 1.0 : f32
+      %aw_lr = memref.load %hyper[%aw_c0] : memref<8xf32>
+      %aw_beta1 = memref.load %hyper[%aw_c1] : memref<8xf32>
+      %aw_beta2 = memref.load %hyper[%aw_c2] : memref<8xf32>
+      %aw_eps = memref.load %hyper[%aw_c3] : memref<8xf32>
+      %aw_wd = memref.load %hyper[%aw_c4] : memref<8xf32>
+      %aw_step = memref.load %hyper[%aw_c5] : memref<8xf32>
+      %aw_maxNorm = memref.load %hyper[%aw_c6] : memref<8xf32>
+      %aw_sumsq = memref.load %normsq[%aw_c0] : memref<1xf32>
+      %aw_zero = arith.constant 0.0 : f32
+      %aw_tiny = arith.constant 1.0e-6 : f32
+      %aw_norm = math.sqrt %aw_sumsq : f32
+      %aw_normEps = arith.addf %aw_norm, %aw_tiny : f32
+      %aw_coef = arith.divf %aw_maxNorm, %aw_normEps : f32
+      %aw_clipped = arith.minimumf %aw_coef, %aw_one : f32
+      %aw_clipOn = arith.cmpf ogt, %aw_maxNorm, %aw_zero : f32
+      %aw_gscale = arith.select %aw_clipOn, %aw_clipped, %aw_one : f32
+      %aw_b1t = math.powf %aw_beta1, %aw_step : f32
+      %aw_b2t = math.powf %aw_beta2, %aw_step : f32
+      %aw_bc1 = arith.subf %aw_one, %aw_b1t : f32
+      %aw_bc2 = arith.subf %aw_one, %aw_b2t : f32
+      %aw_stepSize = arith.divf %aw_lr, %aw_bc1 : f32
+      %aw_bc2sqrt = math.sqrt %aw_bc2 : f32
+      %aw_lrwd = arith.mulf %aw_lr, %aw_wd : f32
+      %aw_decay = arith.subf %aw_one, %aw_lrwd : f32
+      %aw_omb1 = arith.subf %aw_one, %aw_beta1 : f32
+      %aw_omb2 = arith.subf %aw_one, %aw_beta2 : f32
+      %aw_vgscale = vector.broadcast %aw_gscale : f32 to vector<8xf32>
+      %aw_vb1 = vector.broadcast %aw_beta1 : f32 to vector<8xf32>
+      %aw_vb2 = vector.broadcast %aw_beta2 : f32 to vector<8xf32>
+      %aw_vomb1 = vector.broadcast %aw_omb1 : f32 to vector<8xf32>
+      %aw_vomb2 = vector.broadcast %aw_omb2 : f32 to vector<8xf32>
+      %aw_vbc2 = vector.broadcast %aw_bc2sqrt : f32 to vector<8xf32>
+      %aw_veps = vector.broadcast %aw_eps : f32 to vector<8xf32>
+      %aw_vss = vector.broadcast %aw_stepSize : f32 to vector<8xf32>
+      %aw_vdecay = vector.broadcast %aw_decay : f32 to vector<8xf32>
+)mlir";
+
+/// MLIR lines of AdamW's update of 8 elements (adamw.mlir's math, in f32
+/// after kAdamWPrelude) from the bf16 vectors `p`, `g`, `m`, `v`: the new
+/// parameter and moments rounded to bf16, %aw_po<n>, %aw_mo<n>, %aw_vo<n>.
+std::string adamwUpdate(const std::string &n, const std::string &p,
+                        const std::string &g, const std::string &m,
+                        const std::string &v) {
+  std::string text = R"mlir(
+      %aw_p# = arith.extf {p} : vector<8xbf16> to vector<8xf32>
+      %aw_graw# = arith.extf {g} : vector<8xbf16> to vector<8xf32>
+      %aw_g# = arith.mulf %aw_graw#, %aw_vgscale : vector<8xf32>
+      %aw_m0# = arith.extf {m} : vector<8xbf16> to vector<8xf32>
+      %aw_v0# = arith.extf {v} : vector<8xbf16> to vector<8xf32>
+      %aw_t1# = arith.mulf %aw_vb1, %aw_m0# : vector<8xf32>
+      %aw_t2# = arith.mulf %aw_vomb1, %aw_g# : vector<8xf32>
+      %aw_m1# = arith.addf %aw_t1#, %aw_t2# : vector<8xf32>
+      %aw_gg# = arith.mulf %aw_g#, %aw_g# : vector<8xf32>
+      %aw_t3# = arith.mulf %aw_vb2, %aw_v0# : vector<8xf32>
+      %aw_t4# = arith.mulf %aw_vomb2, %aw_gg# : vector<8xf32>
+      %aw_v1# = arith.addf %aw_t3#, %aw_t4# : vector<8xf32>
+      %aw_sq# = math.sqrt %aw_v1# : vector<8xf32>
+      %aw_d0# = arith.divf %aw_sq#, %aw_vbc2 : vector<8xf32>
+      %aw_denom# = arith.addf %aw_d0#, %aw_veps : vector<8xf32>
+      %aw_ratio# = arith.divf %aw_m1#, %aw_denom# : vector<8xf32>
+      %aw_upd# = arith.mulf %aw_vss, %aw_ratio# : vector<8xf32>
+      %aw_pd# = arith.mulf %aw_p#, %aw_vdecay : vector<8xf32>
+      %aw_p1# = arith.subf %aw_pd#, %aw_upd# : vector<8xf32>
+      %aw_po# = arith.truncf %aw_p1# : vector<8xf32> to vector<8xbf16>
+      %aw_mo# = arith.truncf %aw_m1# : vector<8xf32> to vector<8xbf16>
+      %aw_vo# = arith.truncf %aw_v1# : vector<8xf32> to vector<8xbf16>
+)mlir";
+  for (auto [key, value] :
+       {std::pair<const char *, const std::string &>{"{p}", p},
+        {"{g}", g},
+        {"{m}", m},
+        {"{v}", v},
+        {"#", n}})
+    for (size_t at = text.find(key); at != std::string::npos;
+         at = text.find(key, at + value.size()))
+      text.replace(at, std::strlen(key), value);
+  return text;
+}
+
+} // namespace
+
 llvm::Expected<KernelSpec> llamac::adamwKernel(int64_t numel) {
-  return elementwise("adamw", numel);
+  return elementwise("adamw", numel,
+                     {{"PRELUDE", kAdamWPrelude},
+                      {"UPDATE", adamwUpdate("", "%pv", "%gv", "%mv", "%vv")}});
 }
 
 llvm::Expected<KernelSpec> llamac::f32ToBF16Kernel(int64_t numel,
@@ -311,10 +410,11 @@ llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
                     dims(grid), dims(256));
 }
 
-llvm::Expected<KernelSpec>
-llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
-                               int64_t ld, bool direct) {
-  const char *kernel = "fp8_cast_transpose";
+/// fp8_cast_transpose, and with `adamw` its AdamW instance (direct, packed;
+/// fp8_cast_transpose.mlir), named `kernel` in errors.
+static llvm::Expected<KernelSpec>
+castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
+                    FP8Format format, int64_t ld, bool direct, bool adamw) {
   if (llvm::Error error = checkSize(kernel, "row count", rows, 16))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "column count", cols, 16))
@@ -361,36 +461,63 @@ llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
     emit(text, name + " = arith.constant " + str(value) + " : index");
   };
 
-  // 1. Load all 8 pieces (zeros outside the matrix), then convert each into
+  // 1. Load the 8 pieces (zeros outside the matrix), and convert each into
   // its 8 bytes of the tile buffer (bytes outside the matrix are never read
-  // back).
-  for (int i = 0; i < 8; ++i) {
+  // back). The AdamW instance loads the weight, its gradient and moments,
+  // updates them and stores them back (inside the matrix), and converts the
+  // new weight.
+  std::vector<std::pair<std::string, std::string>> sources{{"%x", "%l"}};
+  if (adamw)
+    sources = {{"%x", "%ap"},
+               {"%grad", "%ag"},
+               {"%expAvg", "%am"},
+               {"%expAvgSq", "%av"}};
+  std::vector<std::string> oks(8);
+  auto loadPiece = [&](int i) {
     std::string n = std::to_string(i);
     constant(load, "%lo" + n, i * 16 * ld);
     emit(load, "%li" + n + " = arith.addi %lBase, %lo" + n + " : index");
     constant(load, "%lro" + n, i * 16);
     emit(load, "%lr" + n + " = arith.addi %lRow, %lro" + n + " : index");
     std::string ok = inside(load, "%lok" + n, "%lr" + n, "%lCol");
-    auto read = [&](const std::string &result, const std::string &at) {
-      emit(load, result + " = vector.load %x[" + at +
-                     "] {alignment = 16} : memref<@NX@xbf16>, vector<8xbf16>");
-    };
-    if (ok.empty()) {
-      read("%l" + n, "%li" + n);
-      continue;
-    }
-    // Outside: a load of x's first elements (no branch, so that all 8 loads
+    oks[i] = ok;
+    // Outside: a load of the first elements (no branch, so that all loads
     // are in flight at once), replaced by zeros.
-    emit(load,
-         "%ls" + n + " = arith.select " + ok + ", %li" + n + ", %c0 : index");
-    read("%lv" + n, "%ls" + n);
-    emit(load, "%l" + n + " = arith.select " + ok + ", %lv" + n +
-                   ", %zeroX : vector<8xbf16>");
-  }
+    if (!ok.empty())
+      emit(load,
+           "%ls" + n + " = arith.select " + ok + ", %li" + n + ", %c0 : index");
+    for (const auto &[memref, result] : sources) {
+      std::string loaded = ok.empty() ? result + n : result + "v" + n;
+      emit(load, loaded + " = vector.load " + memref + "[" +
+                     (ok.empty() ? "%li" : "%ls") + n +
+                     "] {alignment = 16} : memref<@NX@xbf16>, vector<8xbf16>");
+      if (!ok.empty())
+        emit(load, result + n + " = arith.select " + ok + ", " + loaded +
+                       ", %zeroX : vector<8xbf16>");
+    }
+  };
   std::string tileMax;
-  for (int i = 0; i < 8; ++i) {
+  auto convertPiece = [&](int i) {
     std::string n = std::to_string(i);
-    emit(load, "%f" + n + " = arith.extf %l" + n +
+    std::string value = "%l" + n;
+    if (adamw) {
+      std::string piece = "_" + n;
+      load += adamwUpdate(piece, "%ap" + n, "%ag" + n, "%am" + n, "%av" + n);
+      std::string indent = oks[i].empty() ? "" : "  ";
+      if (!oks[i].empty())
+        emit(load, "scf.if " + oks[i] + " {");
+      for (auto [memref, result] : {std::pair{"%x", "%aw_po"},
+                                    {"%expAvg", "%aw_mo"},
+                                    {"%expAvgSq", "%aw_vo"}})
+        emit(load, indent + "vector.store " + result + piece + ", " + memref +
+                       "[%li" + n +
+                       "] {alignment = 16} : memref<@NX@xbf16>, "
+                       "vector<8xbf16>");
+      if (!oks[i].empty())
+        emit(load, "}");
+      value = "%aw_po" + piece;
+    }
+    emit(load, "%f" + n + " = arith.extf " + value +
                    " : vector<8xbf16> to vector<8xf32>");
     emit(load, "%fb" + n + " = arith.bitcast %f" + n +
                    " : vector<8xf32> to vector<8xi32>");
@@ -415,6 +542,18 @@ llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
     emit(load, "vector.store %q" + n + ", %tile[%lt" + n +
                    "] {alignment = 8} : memref<16384xi8, "
                    "#gpu.address_space<workgroup>>, vector<8xi8>");
+  };
+  // The cast alone loads all 8 pieces before converting them, so that its 8
+  // loads are in flight at once. AdamW's 32 loads held at once took 202
+  // registers (one block per SM: 37.1 ms for Llama 2 7B's weights on an
+  // H200); a piece at a time takes 71 (three blocks: 31.6 ms; two pieces at a
+  // time 33.3 ms, four 31.7 ms).
+  int group = adamw ? 1 : 8;
+  for (int first = 0; first < 8; first += group) {
+    for (int i = first; i < first + group; ++i)
+      loadPiece(i);
+    for (int i = first; i < first + group; ++i)
+      convertPiece(i);
   }
   emit(load, "%m = vector.reduction <maxui>, " + tileMax +
                  " : vector<8xi32> into i32");
@@ -517,23 +656,43 @@ llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
   }
   if (!ok.empty())
     emit(transpose, "}");
-  return specialize(kernel,
-                    "fp8_cast_transpose_r" + str(rows) + "_c" + str(cols) +
-                        (ld != cols ? "_ld" + str(ld) : "") +
-                        (direct ? "_both" : "") + fp8Suffix(format),
-                    {{"LOAD", load},
-                     {"DIRECT", directCopy},
-                     {"TRANSPOSE", transpose},
-                     {"DIRECT_ARG", direct ? "%direct: memref<@RC@xi8>, " : ""},
-                     {"R", str(rows)},
-                     {"C", str(cols)},
-                     {"LD", str(ld)},
-                     {"NX", str((rows - 1) * ld + cols)},
-                     {"RC", str(rows * cols)},
-                     {"FORMAT", fp8TypeName(format)},
-                     {"BLOCK_MAX", kBlockAmax}},
-                    dims(blocksFor(cols, kTile), unsigned(rowTiles)),
-                    dims(256));
+  return specialize(
+      "fp8_cast_transpose",
+      std::string(adamw ? "adamw_" : "") + "fp8_cast_transpose_r" + str(rows) +
+          "_c" + str(cols) + (ld != cols ? "_ld" + str(ld) : "") +
+          (direct && !adamw ? "_both" : "") + fp8Suffix(format),
+      {{"LOAD", load},
+       {"DIRECT", directCopy},
+       {"TRANSPOSE", transpose},
+       {"DIRECT_ARG", direct ? "%direct: memref<@RC@xi8>, " : ""},
+       {"ADAMW_ARGS", adamw ? "%grad: memref<@NX@xbf16>, %expAvg: "
+                              "memref<@NX@xbf16>, %expAvgSq: "
+                              "memref<@NX@xbf16>, %hyper: memref<8xf32>, "
+                              "%normsq: memref<1xf32>, "
+                            : ""},
+       {"PRELUDE", adamw ? kAdamWPrelude : ""},
+       {"R", str(rows)},
+       {"C", str(cols)},
+       {"LD", str(ld)},
+       {"NX", str((rows - 1) * ld + cols)},
+       {"RC", str(rows * cols)},
+       {"FORMAT", fp8TypeName(format)},
+       {"BLOCK_MAX", kBlockAmax}},
+      dims(blocksFor(cols, kTile), unsigned(rowTiles)), dims(256));
+}
+
+llvm::Expected<KernelSpec>
+llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
+                               int64_t ld, bool direct) {
+  return castTransposeKernel("fp8_cast_transpose", rows, cols, format, ld,
+                             direct, /*adamw=*/false);
+}
+
+llvm::Expected<KernelSpec>
+llamac::adamwFP8CastTransposeKernel(int64_t rows, int64_t cols,
+                                    FP8Format format) {
+  return castTransposeKernel("adamw_fp8_cast_transpose", rows, cols, format,
+                             cols, /*direct=*/true, /*adamw=*/true);
 }
 
 llvm::Expected<KernelSpec> llamac::fp8ScaleUpdateKernel(int64_t tensors,

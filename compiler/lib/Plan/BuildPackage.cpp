@@ -6,8 +6,9 @@
 // of a fused GEMM's output (q, k, v of the QKV projection) are read in place
 // and the gradients of those slices are written side by side into the one
 // buffer the fused backward GEMM reads. Parameters, gradients and moments
-// live in flat regions in one order, so clipping and AdamW are single
-// launches over all parameters. Activations get arena offsets from their
+// live in flat regions in one order, so clipping is a single launch over
+// all parameters, and so is AdamW but for the FP8 weights, whose AdamW is
+// fused with their FP8 casts. Activations get arena offsets from their
 // live ranges (MemoryPlan.h).
 //
 // A package that accumulates gradients (PackageOptions::accumulateGradients)
@@ -156,9 +157,14 @@ private:
   struct Logical {
     package::Buffer info;
     bool persistent = false;
+    /// Written after @forward_backward for the next step's to read: alive
+    /// until its last use in @forward_backward and again from
+    /// @optimizer_step on (the memory plan's carried range).
+    bool carried = false;
     int parent = -1;
     uint64_t innerOffset = 0;
     int64_t first = INT64_MAX, last = -1;
+    int64_t lastInForwardBackward = -1;
   };
 
   //--- Buffers and locations -------------------------------------------===//
@@ -195,6 +201,8 @@ private:
     Logical &root = buffers[rootOf(buffer)];
     root.first = std::min(root.first, opIndex);
     root.last = std::max(root.last, opIndex);
+    if (optimizerStart < 0)
+      root.lastInForwardBackward = opIndex;
   }
 
   Location whole(int buffer) {
@@ -422,6 +430,12 @@ private:
     std::vector<FP8Slot> slots;
     bool bothCopies = false;
     int direct = -1, transposed = -1;
+    /// The transposed copy's shape: [cols, rows], or its blocks' elements.
+    std::vector<int64_t> transposedShape() const {
+      if (blockRows.size() == 1)
+        return {cols, rows};
+      return {rows * cols};
+    }
   };
   /// A K-major FP8 GEMM operand and its scale inverse.
   struct FP8Operand {
@@ -539,6 +553,20 @@ private:
                       const std::string &name) const;
   llvm::Expected<FP8Tensor *> quantized(Operation *op, Value value);
   llvm::Error fp8Copy(FP8Tensor &t, bool transposed, const std::string &label);
+  llvm::Error castBlocks(const FP8Tensor &t, bool direct, bool transposed,
+                         const std::string &label,
+                         std::optional<uint64_t> adamwAt = std::nullopt);
+  bool persistentWeightCopies() const;
+  /// The step parameters by byte offset into the flat regions.
+  std::vector<std::pair<uint64_t, std::string>> paramsInFlatOrder() const {
+    std::vector<std::pair<uint64_t, std::string>> order;
+    for (const auto &entry : flatOffset)
+      order.emplace_back(entry.getValue(), entry.getKey().str());
+    llvm::sort(order);
+    return order;
+  }
+  llvm::Error registerFP8Weight(Operation *op, FP8Tensor &t);
+  llvm::Error lowerFP8WeightCopies();
   llvm::Expected<FP8Operand> fp8Rows(Operation *op, FP8Tensor &t, int64_t first,
                                      int64_t count, bool transposed,
                                      const std::string &label);
@@ -570,6 +598,9 @@ private:
   std::vector<package::Function> functions;
   package::Function *current = nullptr;
   int64_t opIndex = 0;
+  /// The op index where @optimizer_step starts (-1 while lowering
+  /// @forward_backward).
+  int64_t optimizerStart = -1;
 
   // Flat regions (parents) and the parameter order within them.
   int paramsRegion = -1, gradsRegion = -1, expAvgRegion = -1,
@@ -600,6 +631,9 @@ private:
   llvm::DenseMap<Value, FP8Tensor> fp8Tensors;
   /// The slot whose amax each amax result raises.
   llvm::DenseMap<Value, FP8Slot> fp8AmaxSlots;
+  /// The weights whose FP8 copies are persistent (persistentWeightCopies),
+  /// by step parameter name.
+  llvm::StringMap<FP8Tensor> fp8Weights;
 };
 
 //===----------------------------------------------------------------------===//
@@ -1317,10 +1351,15 @@ llvm::Error PackageBuilder::lower(Operation &op) {
 // x Wᵀ, W of x Wᵀ, dY of dY W), the transposed one where it reads its
 // transpose (W of dY W, dY and x of the wgrad dYᵀ x). A tensor that needs
 // both gets them from one pass over its source (fp8_cast_transpose with a
-// direct output). A parameter's copies are made where a GEMM first needs
-// them (it does not change during the step): a weight's both in the
-// forward, its transposed copy kept for the backward's dgrad (one byte per
-// parameter, planned like the activations); any other tensor's at its
+// direct output). A weight's two copies are persistent buffers (two bytes
+// per parameter) that the forward and the dgrad read without casting:
+// @optimizer_step writes them as it updates the weight (AdamW fused with
+// the casts of the new bf16 weight, adamw_fp8_cast_transpose, block by
+// block) and fp8_weight_copies before the first step; why that is the same
+// as casting at the next forward: persistentWeightCopies. A package that
+// accumulates gradients instead casts a weight where a GEMM first needs it
+// (the forward), its transposed copy kept for the backward's dgrad (planned
+// like the activations). Any other tensor is cast at its
 // llama.fp8_quantize, while its source still holds it. The GEMMs multiply the
 // copies with the scale inverses as cuBLASLt's scale pointers and write bf16; a
 // GEMM over a weight of several blocks is one GEMM per block: its rows of the
@@ -1470,14 +1509,23 @@ llvm::Error PackageBuilder::fp8Copy(FP8Tensor &t, bool transposed,
     touch(t.direct);
   }
   if (transposed) {
-    std::vector<int64_t> shape = t.blockRows.size() == 1
-                                     ? std::vector<int64_t>{t.cols, t.rows}
-                                     : std::vector<int64_t>{t.rows * t.cols};
     t.transposed =
         newBuffer(t.name + ".fp8_t#" + std::to_string(buffers.size()),
-                  "fp8_copy", type, shape, false);
+                  "fp8_copy", type, t.transposedShape(), false);
     touch(t.transposed);
   }
+  return castBlocks(t, direct, transposed, label);
+}
+
+/// Casts `t` block by block into its existing direct and/or transposed
+/// copies with the blocks' scales, raising their amaxes. With `adamwAt` (t
+/// a weight whose parameter starts `adamwAt` bytes into the flat regions),
+/// each block's launch is adamw_fp8_cast_transpose: AdamW over the block's
+/// elements first, then the casts of the updated weight.
+llvm::Error PackageBuilder::castBlocks(const FP8Tensor &t, bool direct,
+                                       bool transposed,
+                                       const std::string &label,
+                                       std::optional<uint64_t> adamwAt) {
   touch(t.source.buffer);
   int64_t ld = t.source.ld ? t.source.ld : t.cols, first = 0;
   for (auto [rows, slot] : llvm::zip_equal(t.blockRows, t.slots)) {
@@ -1487,15 +1535,24 @@ llvm::Error PackageBuilder::fp8Copy(FP8Tensor &t, bool transposed,
     // The copies of this block (the transposed one's blocks lie one after
     // the other, so both start at the block's first element).
     uint64_t at = uint64_t(first * t.cols);
-    std::vector<Location> args{from, fp8Scalar(&FP8State::scale, slot)};
+    std::vector<Location> args{from};
+    if (adamwAt) {
+      uint64_t block = *adamwAt + uint64_t(first * t.cols) * 2;
+      args = {whole(paramsRegion),   whole(gradsRegion), whole(expAvgRegion),
+              whole(expAvgSqRegion), whole(hyper),       whole(gradNorm)};
+      for (int region = 0; region < 4; ++region)
+        args[region].offset = block;
+    }
+    args.push_back(fp8Scalar(&FP8State::scale, slot));
     if (direct)
       args.push_back({t.direct, at, 0});
     if (transposed)
       args.push_back({t.transposed, at, 0});
     args.push_back(fp8Scalar(&FP8State::amax, slot));
     llvm::Expected<KernelSpec> kernel =
-        transposed ? fp8CastTransposeKernel(rows, t.cols, format, ld, direct)
-                   : fp8CastKernel(rows * t.cols, format, t.cols, ld);
+        adamwAt      ? adamwFP8CastTransposeKernel(rows, t.cols, format)
+        : transposed ? fp8CastTransposeKernel(rows, t.cols, format, ld, direct)
+                     : fp8CastKernel(rows * t.cols, format, t.cols, ld);
     std::string what = " (" + fp8States[slot.format].name +
                        (direct && transposed ? " copy and transposed copy of "
                         : transposed         ? " transposed copy of "
@@ -1633,17 +1690,80 @@ llvm::Error PackageBuilder::lowerFP8Quantize(FP8QuantizeOp op,
   FP8Tensor &t = fp8Tensors[op.getResult()] =
       fp8Tensor(*source, type.getDimSize(0), type.getDimSize(1), *slots,
                 op.getBlockRows(), fp8States[first.format].ids[first.index]);
-  // Both copies from one read where the GEMMs read both; a weight gets them
-  // at its first GEMM (the forward's), and its transposed copy then lives
-  // until the backward's dgrad reads it.
+  // Both copies from one read where the GEMMs read both; a weight's are
+  // persistent (persistentWeightCopies), or it gets them at its first GEMM
+  // (the forward's), and its transposed copy then lives until the
+  // backward's dgrad reads it.
   t.bothCopies = direct && transposed;
-  if (isa<BlockArgument>(op.getInput()))
+  if (isa<BlockArgument>(op.getInput())) {
+    if (persistentWeightCopies() && t.bothCopies &&
+        buffers[source->buffer].info.role == "param")
+      return registerFP8Weight(op, t);
     return llvm::Error::success();
+  }
   for (auto [wanted, isTransposed] :
        {std::pair{direct, false}, std::pair{transposed, true}})
     if (wanted)
       if (auto error = fp8Copy(t, isTransposed, label))
         return error;
+  return llvm::Error::success();
+}
+
+/// Whether the FP8 copies of the weights are persistent buffers that
+/// @optimizer_step writes (adamw_fp8_cast_transpose) and fp8_weight_copies
+/// writes before the first step, so that the forward reads them without
+/// casting. The casts use the scales the forward would have used: the scale
+/// update runs at the end of @forward_backward, before @optimizer_step, and
+/// nothing changes the scales or weights between @optimizer_step and the
+/// next forward; the amax rows they raise are the ones that update has just
+/// zeroed and the next one reads, raised by max |W| of the same weights. So
+/// the copies and the state are those of casting at the next forward. Not
+/// so with gradient accumulation: every micro-batch's @forward_backward
+/// updates the scales, and the next micro-batch must cast the unchanged
+/// weights again with the new scales; those packages cast in the forward.
+bool PackageBuilder::persistentWeightCopies() const {
+  return !options.accumulateGradients;
+}
+
+/// Gives the weight `t` (quantized by `op`; both copies) persistent FP8
+/// copies, which @optimizer_step and fp8_weight_copies write.
+llvm::Error PackageBuilder::registerFP8Weight(Operation *op, FP8Tensor &t) {
+  std::string param = buffers[t.source.buffer].info.param;
+  if (fp8Weights.count(param))
+    return fail(op, "quantizes the weight " + param + " a second time");
+  ElementType type = fp8Type(t.slots.front());
+  for (FP8Slot slot : t.slots)
+    if (fp8Type(slot) != type)
+      return fail(op, "quantizes the blocks of " + param +
+                          " to different FP8 formats");
+  // Each copy is dead between its last GEMM (the forward's for the direct
+  // copy, the dgrad for the transposed one) and @optimizer_step, so the
+  // plan lends that memory to activations: the copies cost no more at the
+  // step's peak than the forward's casts did.
+  t.direct = newBuffer(param + ".fp8", "fp8_weight_copy", type,
+                       {t.rows, t.cols}, false);
+  t.transposed = newBuffer(param + ".fp8_t", "fp8_weight_copy", type,
+                           t.transposedShape(), false);
+  buffers[t.direct].carried = buffers[t.transposed].carried = true;
+  buffers[t.direct].info.param = buffers[t.transposed].info.param = param;
+  fp8Weights[param] = t;
+  return llvm::Error::success();
+}
+
+/// fp8_weight_copies: every persistent FP8 weight copy cast from the bf16
+/// weights, raising the weights' amaxes; run once after the weights and
+/// the FP8 state are uploaded, before the first @forward_backward.
+llvm::Error PackageBuilder::lowerFP8WeightCopies() {
+  if (fp8Weights.empty())
+    return llvm::Error::success();
+  functions.push_back({package::kFP8WeightCopiesFunction, {}});
+  current = &functions.back();
+  for (auto &[offset, param] : paramsInFlatOrder()) {
+    auto weight = fp8Weights.find(param);
+    if (weight != fp8Weights.end())
+      if (auto error = castBlocks(weight->second, true, true, "fp8 weights"))
+        return error;
+  }
   return llvm::Error::success();
 }
 
@@ -1885,7 +2005,8 @@ llvm::Error PackageBuilder::updateFP8Scales() {
 }
 
 //===----------------------------------------------------------------------===//
-// @optimizer_step: clipping and AdamW over the flat regions
+// @optimizer_step: clipping and AdamW over the flat regions (the FP8
+// weights' AdamW fused with their casts)
 //===----------------------------------------------------------------------===//
 
 llvm::Error PackageBuilder::lowerOptimizer(func::FuncOp func) {
@@ -1909,10 +2030,38 @@ llvm::Error PackageBuilder::lowerOptimizer(func::FuncOp func) {
                           {whole(gradsRegion), sumSq, whole(hyper)},
                           "llama.global_norm"))
     return error;
-  return launch(adamwKernel(flatElements),
-                {whole(paramsRegion), whole(gradsRegion), whole(expAvgRegion),
-                 whole(expAvgSqRegion), whole(hyper), sumSq},
-                "llama.adamw (all parameters)");
+  // AdamW: a weight with persistent FP8 copies block by block, fused with
+  // its casts (adamw_fp8_cast_transpose); every run of adjacent other
+  // parameters (with the padding between them) by one flat launch.
+  uint64_t end = uint64_t(flatElements) * 2, runStart = 0;
+  auto flatRun = [&](uint64_t runEnd) -> llvm::Error {
+    if (runEnd == runStart)
+      return llvm::Error::success();
+    std::vector<Location> args{whole(paramsRegion), whole(gradsRegion),
+                               whole(expAvgRegion), whole(expAvgSqRegion)};
+    for (Location &region : args)
+      region.offset = runStart;
+    args.push_back(whole(hyper));
+    args.push_back(sumSq);
+    return launch(adamwKernel(int64_t(runEnd - runStart) / 2), std::move(args),
+                  runStart == 0 && runEnd == end
+                      ? "llama.adamw (all parameters)"
+                      : "llama.adamw (parameters at bytes " +
+                            std::to_string(runStart) + ".." +
+                            std::to_string(runEnd) + ")");
+  };
+  for (auto &[offset, param] : paramsInFlatOrder()) {
+    auto weight = fp8Weights.find(param);
+    if (weight == fp8Weights.end())
+      continue;
+    if (auto error = flatRun(offset))
+      return error;
+    const FP8Tensor &t = weight->second;
+    if (auto error = castBlocks(t, true, true, "llama.adamw", offset))
+      return error;
+    runStart = offset + align(uint64_t(t.rows * t.cols) * 2);
+  }
+  return flatRun(end);
 }
 
 //===----------------------------------------------------------------------===//
@@ -1942,7 +2091,7 @@ llvm::Error PackageBuilder::build(ModuleOp module) {
   }
   if (auto error = updateFP8Scales())
     return error;
-  ++opIndex;
+  optimizerStart = ++opIndex;
   functions.push_back({std::string(kOptimizerStepName), {}});
   current = &functions.back();
   if (auto error = lowerOptimizer(optimizer))
@@ -1956,6 +2105,8 @@ llvm::Error PackageBuilder::build(ModuleOp module) {
     current = &functions.back();
     memset(whole(gradsRegion), gradBytes, "zero gradients");
   }
+  if (auto error = lowerFP8WeightCopies())
+    return error;
   ++opIndex;
   return llvm::Error::success();
 }
@@ -1969,11 +2120,13 @@ llvm::Expected<package::Package> PackageBuilder::finish() {
     Logical &logical = buffers[i];
     if (logical.parent >= 0)
       continue;
-    if (logical.persistent || logical.last < 0) {
-      logical.first = 0;
-      logical.last = opIndex;
-    }
-    ranges.push_back({logical.info.bytes, logical.first, logical.last});
+    LiveRange range{logical.info.bytes, logical.first, logical.last};
+    if (logical.carried)
+      range = {logical.info.bytes, 0, logical.lastInForwardBackward,
+               optimizerStart};
+    else if (logical.persistent || logical.last < 0)
+      range = {logical.info.bytes, 0, opIndex};
+    ranges.push_back(range);
     roots.push_back(int(i));
   }
   MemoryPlan plan = planMemory(ranges);

@@ -9,6 +9,20 @@ using namespace llamac;
 
 static uint64_t align16(uint64_t bytes) { return (bytes + 15) / 16 * 16; }
 
+bool LiveRange::overlaps(const LiveRange &other) const {
+  auto intervals = [](const LiveRange &r) {
+    std::vector<std::pair<int64_t, int64_t>> list = {{r.first, r.last}};
+    if (r.carriedFrom >= 0)
+      list.push_back({r.carriedFrom, INT64_MAX});
+    return list;
+  };
+  for (auto [first, last] : intervals(*this))
+    for (auto [otherFirst, otherLast] : intervals(other))
+      if (otherFirst <= last && first <= otherLast)
+        return true;
+  return false;
+}
+
 MemoryPlan llamac::planMemory(const std::vector<LiveRange> &ranges) {
   std::vector<size_t> order(ranges.size());
   std::iota(order.begin(), order.end(), 0);
@@ -25,7 +39,7 @@ MemoryPlan llamac::planMemory(const std::vector<LiveRange> &ranges) {
     std::vector<std::pair<uint64_t, uint64_t>> busy;
     for (size_t other : placed) {
       const LiveRange &o = ranges[other];
-      if (o.first <= range.last && range.first <= o.last)
+      if (range.overlaps(o))
         busy.push_back(
             {plan.offsets[other], plan.offsets[other] + align16(o.bytes)});
     }

@@ -17,6 +17,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <functional>
 #include <vector>
 
@@ -67,6 +68,15 @@ std::string propertiesOf(const std::string &report, const std::string &kernel) {
     return "";
   size_t end = report.find("ptxas info", at + 1);
   return report.substr(at, end == std::string::npos ? end : end - at);
+}
+
+/// The registers per thread that the ptxas report gives `kernel`, or -1.
+int registersOf(const std::string &report, const std::string &kernel) {
+  size_t at = report.find("Function properties for " + kernel + "\n");
+  if (at == std::string::npos)
+    return -1;
+  at = report.find("Used ", at);
+  return at == std::string::npos ? -1 : std::atoi(report.c_str() + at + 5);
 }
 
 /// One train-step kernel at Llama-3-8B-like sizes (4 sequences of 2048
@@ -256,6 +266,16 @@ std::vector<StepKernel> stepKernels() {
          return fp8CastTransposeKernel(176, 1008, FP8Format::E5M2, 1024,
                                        /*direct=*/true);
        },
+       true, true},
+      // @optimizer_step's AdamW of an FP8 weight fused with its casts: a
+      // down_proj weight, and the tiny model's gate weight (edge tiles).
+      {"adamw_fp8_cast_transpose_e4m3",
+       [] {
+         return adamwFP8CastTransposeKernel(kHidden, kMlp, FP8Format::E4M3);
+       },
+       true, true},
+      {"adamw_fp8_cast_transpose_edges_e4m3",
+       [] { return adamwFP8CastTransposeKernel(176, 64, FP8Format::E4M3); },
        true, true},
       {"fp8_scale_update",
        [] { return fp8ScaleUpdateKernel(224, 1024, FP8Format::E4M3, 0); },
@@ -543,6 +563,61 @@ TEST(KernelPTX, FP8CastTransposeWritesBothCopiesFromOneRead) {
   }
 }
 
+TEST(KernelPTX, AdamWFP8CastTransposeUpdatesAndCastsFromOneRead) {
+  // fp8_cast_transpose_both's tile structure, each piece of the weight read
+  // with its gradient and moments (4 loads of 16 bytes), updated and stored
+  // back (3 stores of 16 bytes; AdamW's math as the flat kernel's: the same
+  // square roots and divisions per element), then cast.
+  for (int64_t rows : {64, 256}) { // an edge tile, whole tiles
+    llvm::Expected<KernelSpec> kernel =
+        adamwFP8CastTransposeKernel(rows, 256, FP8Format::E4M3);
+    ASSERT_TRUE(bool(kernel)) << llvm::toString(kernel.takeError());
+    EXPECT_EQ(kernel->name, "adamw_fp8_cast_transpose_r" +
+                                std::to_string(rows) + "_c256_e4m3");
+    EXPECT_EQ(kernel->grid.x, 2u);
+    EXPECT_EQ(kernel->grid.y, rows == 64 ? 1u : 2u);
+    EXPECT_EQ(kernel->block.x, 256u);
+    llvm::Expected<std::string> ptx = compileKernels({*kernel});
+    ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+    unsigned pieces = rows == 64 ? 4 : 8;
+    EXPECT_EQ(countOf(*ptx, "ld.global.v4.b32"), 4 * pieces) << *ptx;
+    EXPECT_EQ(countOf(*ptx, "st.global.v4.b32"), 3 * pieces + 4 + pieces / 2)
+        << *ptx;
+    EXPECT_EQ(countOf(*ptx, "st.global.v4.b16") +
+                  countOf(*ptx, "st.global.v2") + countOf(*ptx, "st.global.b"),
+              0u)
+        << *ptx;
+    EXPECT_EQ(countOf(*ptx, "prmt.b32"), 32u) << *ptx;
+    EXPECT_EQ(countOf(*ptx, "bar.sync"), 2u) << *ptx;
+    EXPECT_EQ(countOf(*ptx, "atom.global.max.s32"), 1u) << *ptx;
+    // Arguments x, grad, exp_avg, exp_avg_sq, hyper, norm_sq, scale,
+    // direct, out, amax.
+    EXPECT_EQ(countOf(*ptx, ".param .u64"), 10u) << *ptx;
+    // A piece at a time, so that three blocks of 256 threads fit an SM's
+    // 65536 registers (at most 85 each; ptxas allots them in 8s): with all
+    // 32 loads in flight at once it took 202, and on an H200 ran 17% slower.
+    std::string report = assemble(*ptx);
+    int registers = registersOf(report, kernel->name);
+    EXPECT_GT(registers, 0) << report;
+    EXPECT_LE(registers, 80) << report;
+    EXPECT_NE(propertiesOf(report, kernel->name).find("0 bytes spill stores"),
+              std::string::npos)
+        << report;
+  }
+  // The flat AdamW's math, from the same generated lines: per element one
+  // square root of v and two divisions (of it by sqrt(1 - beta2^t), and
+  // of m by the denominator).
+  llvm::Expected<KernelSpec> flat = adamwKernel(1 << 20);
+  llvm::Expected<KernelSpec> fused =
+      adamwFP8CastTransposeKernel(128, 128, FP8Format::E4M3);
+  ASSERT_TRUE(flat && fused);
+  for (const char *op : {"math.sqrt %aw_v1", "arith.divf %aw_sq",
+                         "arith.divf %aw_m1", "arith.truncf %aw_p1"}) {
+    EXPECT_EQ(countOf(flat->source, op), 1u) << op;
+    EXPECT_EQ(countOf(fused->source, op), 8u) << op;
+  }
+}
+
 TEST(KernelPTX, RejectsBadFP8Shapes) {
   auto message = [](llvm::Expected<KernelSpec> spec) {
     EXPECT_FALSE(bool(spec));
@@ -571,6 +646,10 @@ TEST(KernelPTX, RejectsBadFP8Shapes) {
       message(fp8CastTransposeKernel(int64_t(1) << 24, 64, FP8Format::E4M3))
           .find("row count must be at most 8388480"),
       std::string::npos);
+  EXPECT_NE(message(adamwFP8CastTransposeKernel(32, 24, FP8Format::E4M3))
+                .find("adamw_fp8_cast_transpose kernel: column count must be "
+                      "a positive multiple of 16, got 24"),
+            std::string::npos);
   EXPECT_NE(message(fp8ScaleUpdateKernel(4, 2048, FP8Format::E4M3, 0))
                 .find("at most 1024"),
             std::string::npos);

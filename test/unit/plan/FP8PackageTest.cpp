@@ -15,6 +15,7 @@
 
 #include "TinyPackage.h"
 
+#include <cctype>
 #include <map>
 #include <set>
 #include <tuple>
@@ -61,7 +62,8 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
   std::map<std::string, std::vector<std::string>> ids;
   std::set<std::string> allIds;
   for (const package::Buffer &b : p.buffers) {
-    if (b.role.rfind("fp8_", 0) != 0 || b.role == "fp8_copy")
+    if (b.role.rfind("fp8_", 0) != 0 || b.role == "fp8_copy" ||
+        b.role == "fp8_weight_copy")
       continue;
     std::string format = b.name.substr(b.name.find('.') + 1);
     EXPECT_EQ(b.name, b.role + "." + format);
@@ -93,21 +95,45 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
   // Casts: scale and amax of one tensor; what each wrote (one copy, or the
   // direct and the transposed copy from one read), by copy and byte offset,
   // with which tensor's row. No tensor is cast into the same copy twice.
+  // Without accumulation the weights' copies are persistent, cast by
+  // fp8_weight_copies (before the first step; rewritten by optimizer_step,
+  // checked below), and the forward casts no weight.
   const std::vector<Step> &steps = p.function("forward_backward")->steps;
+  const package::Function *weightCopies =
+      p.function(package::kFP8WeightCopiesFunction);
+  ASSERT_EQ(weightCopies == nullptr, accumulate);
+  // Each step, and whether it is fp8_weight_copies'.
+  std::vector<std::pair<const Step *, bool>> castSteps;
+  if (weightCopies)
+    for (const Step &step : weightCopies->steps)
+      castSteps.emplace_back(&step, true);
+  for (const Step &step : steps)
+    castSteps.emplace_back(&step, false);
   std::map<std::pair<int, uint64_t>, uint64_t> castRow;
   std::map<std::string, std::set<uint64_t>> raised;
   std::set<std::tuple<std::string, uint64_t, bool>> copiesMade;
   std::map<std::string, int> casts; // by kind
-  int gemms = 0, mixed = 0;
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const Step &step = steps[i];
+  int gemms = 0, mixed = 0, weightReads = 0;
+  for (auto [at, weightCopy] : castSteps) {
+    const Step &step = *at;
+    if (weightCopy) {
+      // fp8_weight_copies: both copies of a weight block, from the weight.
+      ASSERT_EQ(step.kind, Step::Kind::Launch) << step.label;
+      EXPECT_NE(step.launch.kernel.find("_both_"), std::string::npos);
+      EXPECT_EQ(target(step.launch.args[0]).role, "param") << step.label;
+    } else if (!accumulate && step.kind == Step::Kind::Launch &&
+               step.launch.kernel.rfind("fp8_cast", 0) == 0) {
+      EXPECT_NE(target(step.launch.args[0]).role, "param")
+          << step.label << ": the forward casts a weight";
+    }
     if (step.kind == Step::Kind::Launch &&
         step.launch.kernel.rfind("fp8_cast", 0) == 0) {
       const std::vector<package::Operand> &args = step.launch.args;
       bool both = step.launch.kernel.find("_both_") != std::string::npos;
       bool transposed = step.launch.kernel.rfind("fp8_cast_transpose", 0) == 0;
       ASSERT_EQ(args.size(), both ? 5u : 4u) << step.label;
-      ++casts[both ? "both" : transposed ? "transposed" : "direct"];
+      if (!weightCopy)
+        ++casts[both ? "both" : transposed ? "transposed" : "direct"];
       const package::Operand &scale = args[1], &amax = args.back();
       std::string format = formatOf(target(args[2]).type);
       EXPECT_NE(step.launch.kernel.find("_" + format), std::string::npos);
@@ -120,7 +146,9 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
               << step.label << ": makes a copy a cast made before";
         }
       for (size_t copy = 2; copy + 1 < args.size(); ++copy) {
-        EXPECT_EQ(target(args[copy]).role, "fp8_copy") << step.label;
+        EXPECT_EQ(target(args[copy]).role,
+                  weightCopy ? "fp8_weight_copy" : "fp8_copy")
+            << step.label;
         EXPECT_EQ(target(args[copy]).type, target(args[2]).type);
         castRow[{args[copy].buffer, args[copy].offset}] = scale.offset / 4;
       }
@@ -139,7 +167,13 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
     for (auto [operand, scaleInv, type] :
          {std::tuple{g.a, g.scaleInvA, g.type},
           std::tuple{g.b, g.scaleInvB, typeB}}) {
-      EXPECT_EQ(target(operand).role, "fp8_copy") << step.label;
+      // The forward's and the dgrad's weight operands (B) are persistent
+      // copies unless accumulating.
+      bool weight = target(operand).role == "fp8_weight_copy";
+      weightReads += weight;
+      EXPECT_EQ(weight || target(operand).role == "fp8_copy", true)
+          << step.label;
+      EXPECT_FALSE(weight && accumulate) << step.label;
       EXPECT_EQ(target(operand).type, type) << step.label;
       EXPECT_EQ(target(scaleInv).name, "fp8_scale_inv." + formatOf(type))
           << step.label;
@@ -158,17 +192,23 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
   }
   // Per layer: forward q, k, v, o, gate, up, down; their dgrad and wgrad.
   EXPECT_EQ(gemms, 2 * 21);
+  EXPECT_EQ(weightReads, accumulate ? 0 : 2 * 14);
   EXPECT_EQ(mixed, 2 * 14);
   for (auto &[format, rows] : raised)
     EXPECT_EQ(rows.size(), ids[format].size())
         << format << ": a tensor's amax is never measured";
-  // Per layer both copies from one read of the 7 weight blocks, the inputs
-  // of o_proj and down_proj and the 7 incoming gradients; only the direct
-  // copy of the normalized inputs of q/k/v and gate/up (forward), only the
-  // transposed one of their recomputation (backward).
+  // Per layer both copies from one read of the inputs of o_proj and
+  // down_proj, the 7 incoming gradients and (accumulating) the 7 weight
+  // blocks; only the direct copy of the normalized inputs of q/k/v and
+  // gate/up (forward), only the transposed one of their recomputation
+  // (backward).
   EXPECT_EQ(casts,
-            (std::map<std::string, int>{
-                {"both", 2 * 16}, {"direct", 2 * 2}, {"transposed", 2 * 2}}));
+            (std::map<std::string, int>{{"both", 2 * (accumulate ? 16 : 9)},
+                                        {"direct", 2 * 2},
+                                        {"transposed", 2 * 2}}));
+  if (weightCopies) {
+    EXPECT_EQ(weightCopies->steps.size(), 2u * 7);
+  }
 
   // One scale update per format, last, over that format's state.
   ASSERT_GE(steps.size(), 2u);
@@ -191,6 +231,177 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
     updates += step.kind == Step::Kind::Launch &&
                step.launch.kernel.rfind("fp8_scale_update", 0) == 0;
   EXPECT_EQ(updates, 2);
+}
+
+/// The number after `key` in a kernel's name ("_n", "_r", "_c").
+int64_t sizeIn(const std::string &kernel, const std::string &key) {
+  for (size_t at = kernel.find(key); at != std::string::npos;
+       at = kernel.find(key, at + 1))
+    if (at + key.size() < kernel.size() &&
+        std::isdigit((unsigned char)kernel[at + key.size()]))
+      return std::stoll(kernel.substr(at + key.size()));
+  ADD_FAILURE() << kernel << " has no size " << key;
+  return 0;
+}
+
+TEST_P(FP8PackageTest, OptimizerStepUpdatesEachElementOnceAndRecastsWeights) {
+  bool accumulate = GetParam();
+  llvm::Expected<package::Package> built = build(accumulate, "delayed");
+  ASSERT_TRUE(bool(built)) << llvm::toString(built.takeError());
+  const package::Package &p = *built;
+  auto address = [&](const package::Operand &operand) {
+    return p.buffers[operand.buffer].offset + operand.offset;
+  };
+  auto region = [&](const char *name) {
+    int index = p.bufferIndex(name);
+    EXPECT_GE(index, 0) << name;
+    return index;
+  };
+  int params = region("params");
+  const char *moments[] = {"grads", "exp_avg", "exp_avg_sq"};
+
+  // What fp8_weight_copies casts, by the weight block it reads: the
+  // operands of its copies, scale and amax.
+  using Casts = std::vector<uint64_t>;
+  std::map<uint64_t, Casts> weightCasts;
+  const package::Function *weightCopies =
+      p.function(package::kFP8WeightCopiesFunction);
+  ASSERT_EQ(weightCopies == nullptr, accumulate);
+  if (weightCopies)
+    for (const Step &step : weightCopies->steps) {
+      const std::vector<package::Operand> &args = step.launch.args;
+      ASSERT_EQ(args.size(), 5u) << step.label;
+      weightCasts[address(args[0])] = {address(args[1]), address(args[2]),
+                                       address(args[3]), address(args[4])};
+    }
+
+  // The ranges of the params region that AdamW updates, [start, end) in
+  // bytes from its start, by kind of launch; the fused launches' copies.
+  std::vector<std::tuple<uint64_t, uint64_t, bool>> updated;
+  std::map<uint64_t, Casts> fusedCasts;
+  for (const Step &step : p.function("optimizer_step")->steps) {
+    if (step.kind != Step::Kind::Launch ||
+        step.launch.kernel.find("adamw") == std::string::npos)
+      continue;
+    const std::string &kernel = step.launch.kernel;
+    const std::vector<package::Operand> &args = step.launch.args;
+    bool fused = kernel.rfind("adamw_fp8_cast_transpose_r", 0) == 0;
+    ASSERT_TRUE(fused || kernel.rfind("adamw_n", 0) == 0) << kernel;
+    ASSERT_EQ(args.size(), fused ? 10u : 6u) << step.label;
+    // Parameter, gradient and moments at the same place in their regions.
+    ASSERT_EQ(args[0].buffer, params) << step.label;
+    for (int m = 0; m < 3; ++m) {
+      EXPECT_EQ(args[1 + m].buffer, region(moments[m])) << step.label;
+      EXPECT_EQ(args[1 + m].offset, args[0].offset) << step.label;
+    }
+    EXPECT_EQ(test::target(p, args[4]).name, "hyperparameters") << step.label;
+    EXPECT_EQ(test::target(p, args[5]).name, "grad_norm_sq") << step.label;
+    int64_t elements = fused ? sizeIn(kernel, "_r") * sizeIn(kernel, "_c")
+                             : sizeIn(kernel, "_n");
+    updated.emplace_back(args[0].offset, args[0].offset + elements * 2, fused);
+    if (fused) {
+      EXPECT_EQ(test::target(p, args[6]).role, "fp8_scale") << step.label;
+      EXPECT_EQ(test::target(p, args[9]).role, "fp8_amax") << step.label;
+      for (int copy : {7, 8})
+        EXPECT_EQ(test::target(p, args[copy]).role, "fp8_weight_copy")
+            << step.label;
+      fusedCasts[address(args[0])] = {address(args[6]), address(args[7]),
+                                      address(args[8]), address(args[9])};
+    }
+  }
+  // Each element once: the ranges tile the region.
+  std::sort(updated.begin(), updated.end());
+  uint64_t covered = 0;
+  int fusedLaunches = 0, flatLaunches = 0;
+  for (auto [start, end, fused] : updated) {
+    EXPECT_EQ(start, covered) << "a gap or an overlap at byte " << start;
+    covered = std::max(covered, end);
+    (fused ? fusedLaunches : flatLaunches) += 1;
+  }
+  EXPECT_EQ(covered, p.buffers[params].bytes);
+  // Each FP8 weight block (7 per layer) fused with its casts, into the
+  // copies fp8_weight_copies writes, with the same scale and amax rows;
+  // the other parameters by flat runs between them: the embedding, and
+  // each layer's two norms (after its linear weights; the last layer's with
+  // the final norm and lm_head). Accumulating: one flat launch.
+  EXPECT_EQ(fusedCasts, weightCasts);
+  EXPECT_EQ(fusedLaunches, accumulate ? 0 : 2 * 7);
+  EXPECT_EQ(flatLaunches, accumulate ? 1 : 1 + 2);
+
+  // Which parameters the fused launches update: the FP8 weights, whole.
+  for (const package::Buffer &b : p.buffers) {
+    if (b.role != "param")
+      continue;
+    bool isFP8Weight = b.name.find("proj") != std::string::npos;
+    for (auto [start, end, fused] : updated) {
+      uint64_t from = b.offset - p.buffers[params].offset;
+      if (start < from + b.bytes && end > from)
+        EXPECT_EQ(fused, isFP8Weight && !accumulate) << b.name;
+    }
+  }
+}
+
+/// The arena bytes [begin, end) of every buffer a step names.
+std::vector<std::pair<int, std::pair<uint64_t, uint64_t>>>
+touchedBuffers(const package::Package &p, const Step &step) {
+  std::vector<package::Operand> operands = step.launch.args;
+  for (const package::Operand *o :
+       {&step.gemm.a, &step.gemm.b, &step.gemm.c, &step.gemm.d,
+        &step.gemm.scaleInvA, &step.gemm.scaleInvB, &step.memset.dst})
+    operands.push_back(*o);
+  std::vector<std::pair<int, std::pair<uint64_t, uint64_t>>> touched;
+  for (const package::Operand &o : operands)
+    if (o.buffer >= 0) {
+      const package::Buffer &b = p.buffers[o.buffer];
+      touched.push_back({o.buffer, {b.offset, b.offset + b.bytes}});
+    }
+  return touched;
+}
+
+TEST(FP8Package, WeightCopiesLendTheirMemoryOnlyWhileDead) {
+  // Each FP8 weight copy is alive from @optimizer_step (or
+  // fp8_weight_copies) to its last read in the next @forward_backward; no
+  // other buffer in its arena bytes may be touched in that time, and some
+  // activation does use them in between (the memory the plan lends).
+  llvm::Expected<package::Package> built = build(false, "delayed");
+  ASSERT_TRUE(bool(built)) << llvm::toString(built.takeError());
+  const package::Package &p = *built;
+  const package::Function &fb = *p.function(package::kForwardBackwardFunction);
+  int copies = 0, lent = 0;
+  for (size_t c = 0; c < p.buffers.size(); ++c) {
+    const package::Buffer &copy = p.buffers[c];
+    if (copy.role != "fp8_weight_copy")
+      continue;
+    ++copies;
+    auto clashes = [&](const Step &step) {
+      for (auto [index, range] : touchedBuffers(p, step))
+        if (size_t(index) != c && range.first < copy.offset + copy.bytes &&
+            copy.offset < range.second)
+          return true;
+      return false;
+    };
+    size_t lastRead = 0;
+    for (size_t i = 0; i < fb.steps.size(); ++i)
+      for (auto [index, range] : touchedBuffers(p, fb.steps[i]))
+        if (size_t(index) == c)
+          lastRead = i;
+    ASSERT_GT(lastRead, 0u) << copy.name << " is never read";
+    for (size_t i = 0; i <= lastRead; ++i)
+      EXPECT_FALSE(clashes(fb.steps[i]))
+          << copy.name << ": " << fb.steps[i].label << " (step " << i
+          << ") uses its memory before its last read at step " << lastRead;
+    bool used = false;
+    for (size_t i = lastRead + 1; i < fb.steps.size(); ++i)
+      used |= clashes(fb.steps[i]);
+    lent += used;
+    for (const char *name :
+         {package::kOptimizerStepFunction, package::kFP8WeightCopiesFunction})
+      for (const Step &step : p.function(name)->steps)
+        EXPECT_FALSE(clashes(step)) << copy.name << ": " << name << "'s "
+                                    << step.label << " uses its memory";
+  }
+  EXPECT_GT(copies, 0);
+  EXPECT_GT(lent, 0) << "no copy lends its memory to activations";
 }
 
 INSTANTIATE_TEST_SUITE_P(Accumulate, FP8PackageTest, ::testing::Bool());

@@ -247,6 +247,19 @@ llvm::Expected<KernelSpec> fp8CastTransposeKernel(int64_t rows, int64_t cols,
                                                   int64_t ld = 0,
                                                   bool direct = false);
 
+/// adamw_fp8_cast_transpose (fp8_cast_transpose.mlir's AdamW instance): one
+/// FP8 weight block's AdamW step fused with its casts, as @optimizer_step
+/// runs it. Updates x (the weight block, bf16 [rows, cols] packed), exp_avg
+/// and exp_avg_sq in place with adamwKernel's math from grad (all four laid
+/// out alike), hyper and norm_sq, then writes fp8CastTransposeKernel's
+/// direct and transposed copies of the new bf16 weight (the value stored)
+/// with scale[0] and raises amax with its max |x|. Args: x, grad, exp_avg,
+/// exp_avg_sq (bf16 [rows, cols]), hyper (f32 [8]), norm_sq (f32 [1]),
+/// scale (f32 [1]), direct (fp8 [rows, cols]), out (fp8 [cols, rows]), amax
+/// (f32 [1]). Launch and size limits as fp8CastTransposeKernel's.
+llvm::Expected<KernelSpec>
+adamwFP8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format);
+
 /// fp8_scale_update: Transformer Engine's delayed scaling for `tensors`
 /// tensors of `format` (llama.fp8_scale_update): each history row (length
 /// `historyLength`, newest first) rolls in amax[t]; a = max of the row (NaN

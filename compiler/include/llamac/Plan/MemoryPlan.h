@@ -10,10 +10,15 @@ namespace llamac {
 
 /// A buffer the step needs from step index `first` to `last` (inclusive).
 /// Buffers that live through the whole step (weights, optimizer state) have
-/// first = 0 and last = the final step.
+/// first = 0 and last = the final step. A buffer that the end of one step
+/// writes for the next one to read (first = 0) is also alive from
+/// `carriedFrom` to the end; -1: not carried.
 struct LiveRange {
   uint64_t bytes = 0;
   int64_t first = 0, last = 0;
+  int64_t carriedFrom = -1;
+  /// True when both are alive at some step index.
+  bool overlaps(const LiveRange &other) const;
 };
 
 struct MemoryPlan {

@@ -31,9 +31,18 @@
 // Reads x (@NX@ elements) and scale (f32 [1]); writes out (i8 [@C@ *
 // @R@]) and, where there is one, direct (i8 [@R@ * @C@]); raises amax (f32
 // [1] as i32) once per block. Arguments: x, scale, [direct,] out, amax.
+// The AdamW instances (names starting adamw_; always with direct) make
+// @optimizer_step's FP8 weight copies: x is a weight (packed) and step 1
+// first updates it in place with adamw.mlir's math (the same generated
+// lines: clip factor, f32 math, bf16 rounding of x, m and v) from grad,
+// exp_avg and exp_avg_sq (each @NX@ bf16 elements, laid out as x; the last
+// two updated in place), hyper and norm_sq (as adamw.mlir's), then casts
+// the new bf16 weight it stored, so the copies and the amax are those of
+// casting the updated weight. Arguments: x, grad, exp_avg, exp_avg_sq,
+// hyper, norm_sq, scale, direct, out, amax.
 // @R@ and @C@ % 16 == 0, @LD@ % 8 == 0.
 // Launch: grid [ceil(@C@ / 128), ceil(@R@ / 128)], block [256].
-  gpu.func @@KERNEL@(%x: memref<@NX@xbf16>, %scale: memref<1xf32>, @DIRECT_ARG@%out: memref<@RC@xi8>, %amax: memref<1xi32>)
+  gpu.func @@KERNEL@(%x: memref<@NX@xbf16>, @ADAMW_ARGS@%scale: memref<1xf32>, @DIRECT_ARG@%out: memref<@RC@xi8>, %amax: memref<1xi32>)
       workgroup(%maxes : memref<32xi32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64},
                 %tile : memref<16384xi8, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: 256, 1, 1>} {
@@ -51,6 +60,7 @@
     %absMask = arith.constant dense<2147483647> : vector<8xi32>
     %s = memref.load %scale[%c0] : memref<1xf32>
     %vs = vector.broadcast %s : f32 to vector<8xf32>
+@PRELUDE@
     %bx = gpu.block_id x
     %by = gpu.block_id y
     %tid = gpu.thread_id x

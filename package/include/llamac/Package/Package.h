@@ -80,8 +80,12 @@ int64_t elementBytes(ElementType type);
 /// as cuBLASLt's scale pointers must be 16-byte aligned; column 0 used),
 /// both from ones (`init_f32`), and
 /// "fp8_amax" ([tensors], this step's amaxes, zeroed by the scale update);
-/// and "fp8_copy" buffers, FP8 casts of GEMM operands placed by the memory
-/// plan like activations.
+/// "fp8_copy" buffers, FP8 casts of GEMM operands placed by the memory
+/// plan like activations; and (unless it accumulates gradients) per FP8
+/// weight (`param`) two "fp8_weight_copy" buffers carried between steps,
+/// "<param>.fp8" (the direct copy, [rows, cols]) and "<param>.fp8_t" (the
+/// transposed one, per block), which @optimizer_step and
+/// kFP8WeightCopiesFunction write.
 struct Buffer {
   std::string name;
   std::string role;
@@ -159,6 +163,18 @@ struct Function {
 constexpr const char *kForwardBackwardFunction = "forward_backward";
 constexpr const char *kOptimizerStepFunction = "optimizer_step";
 
+/// The function of an fp8 package with carried FP8 weight copies
+/// ("fp8_weight_copy" buffers) that casts them from the weights and raises
+/// the weights' amaxes. The forward reads the copies without casting and
+/// @optimizer_step rewrites them from the weights it updates, so the runtime
+/// runs it once after uploading the weights and the FP8 state (a fresh run
+/// or a resumed one) and before the first @forward_backward. Each
+/// @forward_backward must be followed by @optimizer_step (or this) before
+/// the next one: its scale update changes the scales the copies hold, and
+/// the memory plan lends each copy's memory to activations between its last
+/// GEMM and @optimizer_step (the Executor refuses the wrong order).
+constexpr const char *kFP8WeightCopiesFunction = "fp8_weight_copies";
+
 struct Package {
   std::string arch = "sm_90a";
   std::string compiler;   ///< llamac version that wrote it.
@@ -188,10 +204,14 @@ constexpr uint64_t kGemmWorkspaceBytes = 32ull << 20;
 /// The step's device memory by what it holds, in bytes: weights, their
 /// gradients, AdamW's two moments, everything else in the arena (the
 /// activations and scratch of the liveness plan at its peak, inputs,
-/// padding), and the GEMM workspace.
+/// padding, and the FP8 weight copies that AdamW writes for the next step,
+/// which share memory with activations between their last GEMM and AdamW),
+/// and the GEMM workspace. `fp8WeightCopies` (2 bytes per FP8 parameter:
+/// direct and transposed) is part of `activations`' arena, not added to
+/// the total.
 struct MemoryUse {
   uint64_t weights = 0, gradients = 0, optimizerState = 0, activations = 0,
-           workspace = 0;
+           workspace = 0, fp8WeightCopies = 0;
   uint64_t total() const {
     return weights + gradients + optimizerState + activations + workspace;
   }

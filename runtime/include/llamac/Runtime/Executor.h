@@ -39,6 +39,12 @@ public:
   /// `useGraph`; by graph replay afterwards) and waits for it.
   Status run(const std::string &function, bool useGraph = true);
 
+  /// Runs the package's kFP8WeightCopiesFunction (eagerly), if it has one:
+  /// once after the weights and the FP8 state are uploaded (fresh or
+  /// resumed) and before the first forward_backward, which reads the FP8
+  /// weight copies it writes. Packages without it: nothing.
+  Status castFP8Weights();
+
   /// Tunes each GEMM shape on its first run and keeps the choices in
   /// `path` (see BlasLt::useTuningFile); written after each first run.
   Status useTuningFile(const std::string &path);
@@ -51,6 +57,9 @@ private:
   Executor() = default;
   Status enqueue(const package::Function &function);
   Status enqueue(const package::Function &function, const package::Step &step);
+  /// Refuses @forward_backward while the FP8 weight copies are not
+  /// current, and tracks when they are (see kFP8WeightCopiesFunction).
+  Status checkWeightCopies(const std::string &function);
   Result<CUdeviceptr> resolve(const package::Operand &operand) const;
 
   std::shared_ptr<cuda::Device> device;
@@ -59,6 +68,7 @@ private:
   std::unique_ptr<cuda::BlasLt> blas;
   CUdeviceptr arena = 0;
   std::map<std::string, CUgraphExec> graphs;
+  bool weightCopiesCurrent = false;
 };
 
 } // namespace llamac
