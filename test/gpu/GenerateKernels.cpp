@@ -100,7 +100,9 @@ Group softmaxGroup() {
       {"f32_s256", kSoftmaxSeqStep, ScoreType::F32, 0},
       {"f32_packed", kSoftmaxSeqF32, ScoreType::F32, kSoftmaxHeads},
       {"bf16_packed", kSoftmaxSeqBF16, ScoreType::BF16, kSoftmaxHeads},
-      {"f32_s32_packed", kSoftmaxSeqShort, ScoreType::F32, kSoftmaxHeads}};
+      {"f32_s32_packed", kSoftmaxSeqShort, ScoreType::F32, kSoftmaxHeads},
+      {"bf16_s256", kSoftmaxSeqStep, ScoreType::BF16, 0},
+      {"bf16_s256_packed", kSoftmaxSeqStep, ScoreType::BF16, kSoftmaxHeads}};
   Group g;
   for (const Case &c : cases) {
     g.emplace_back(std::string("fwd_") + c.name,

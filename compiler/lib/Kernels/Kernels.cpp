@@ -1010,8 +1010,14 @@ static llvm::Expected<KernelSpec> softmaxKernel(llvm::StringRef kernel,
                 "    %start = arith.subi %q, %back : index"
           : "%start = arith.constant 0 : index";
   bool f32 = scoreType == ScoreType::F32;
+  // Rows of at most 256 columns are one warp's chunks: the forward holds
+  // them in registers (causal_softmax_fwd_warp.mlir; same launch).
+  llvm::StringRef templateName =
+      kernel == "causal_softmax_fwd" && seqLen <= 256
+          ? llvm::StringRef("causal_softmax_fwd_warp")
+          : kernel;
   // f32 -> f32 "conversions" are bitcasts, so one template serves both types.
-  return specialize(kernel,
+  return specialize(templateName,
                     (kernel + "_b" + str(blocks) + "_s" + str(seqLen) +
                      (f32 ? "_f32" : "_bf16") +
                      (packed ? "_packed_h" + str(packedHeads) : ""))
