@@ -5,8 +5,8 @@
 // double references: f32 scores at a sequence of 264 (a partial warp, 4
 // rows to a block), bf16 scores at 1040 (one row of 160 threads a block),
 // f32 scores at 8, 32 and 256 and bf16 scores at 256 (rows of one warp, 8
-// to a block; the forward then holds a row in registers:
-// causal_softmax_fwd_warp). Masked
+// to a block; both kernels then hold a row in registers: the _warp
+// templates). Masked
 // scores (and masked dP) are NaN and every output starts as 0xFF bytes, so
 // a kernel that lets masked inputs reach a result, or leaves an output
 // unwritten, fails; masked outputs must be exact zeros. The packed variants

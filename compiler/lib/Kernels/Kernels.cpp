@@ -1010,12 +1010,9 @@ static llvm::Expected<KernelSpec> softmaxKernel(llvm::StringRef kernel,
                 "    %start = arith.subi %q, %back : index"
           : "%start = arith.constant 0 : index";
   bool f32 = scoreType == ScoreType::F32;
-  // Rows of at most 256 columns are one warp's chunks: the forward holds
-  // them in registers (causal_softmax_fwd_warp.mlir; same launch).
-  llvm::StringRef templateName =
-      kernel == "causal_softmax_fwd" && seqLen <= 256
-          ? llvm::StringRef("causal_softmax_fwd_warp")
-          : kernel;
+  // Rows of at most 256 columns are one warp's chunks: the kernel holds
+  // them in registers (the _warp templates; same launch).
+  std::string templateName = (kernel + (seqLen <= 256 ? "_warp" : "")).str();
   // f32 -> f32 "conversions" are bitcasts, so one template serves both types.
   return specialize(templateName,
                     (kernel + "_b" + str(blocks) + "_s" + str(seqLen) +

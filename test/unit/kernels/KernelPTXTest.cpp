@@ -566,29 +566,35 @@ TEST(KernelPTX, FP8CastTransposeWritesBothCopiesFromOneRead) {
 
 TEST(KernelPTX, ShortSoftmaxRowsStayInRegisters) {
   // Rows of at most 256 columns: one warp per row reads each of its 16-byte
-  // (bf16) or 32-byte (f32) chunks of S once, with no shared memory or
-  // barrier; longer rows keep the general kernel (shared memory, S read
-  // twice).
-  for (auto [seq, type, loads] : {std::tuple{256, ScoreType::BF16, 1u},
-                                  {256, ScoreType::F32, 2u},
-                                  {32, ScoreType::F32, 2u}}) {
-    llvm::Expected<KernelSpec> kernel =
-        causalSoftmaxForwardKernel(8, seq, type);
-    ASSERT_TRUE(bool(kernel)) << llvm::toString(kernel.takeError());
-    EXPECT_EQ(kernel->block.x, 256u);
-    llvm::Expected<std::string> ptx = compileKernels({*kernel});
+  // (bf16) or 32-byte (f32) chunks of S (and, backward, of dP) once, with
+  // no shared memory or barrier; longer rows keep the general kernels
+  // (shared memory, the inputs read twice).
+  for (bool forward : {true, false}) {
+    auto make = [&](int64_t seq, ScoreType type) {
+      return forward ? causalSoftmaxForwardKernel(8, seq, type)
+                     : attentionSoftmaxBackwardKernel(8, seq, type);
+    };
+    for (auto [seq, type, chunkLoads] : {std::tuple{256, ScoreType::BF16, 1u},
+                                         {256, ScoreType::F32, 2u},
+                                         {32, ScoreType::F32, 2u}}) {
+      llvm::Expected<KernelSpec> kernel = make(seq, type);
+      ASSERT_TRUE(bool(kernel)) << llvm::toString(kernel.takeError());
+      EXPECT_EQ(kernel->block.x, 256u);
+      llvm::Expected<std::string> ptx = compileKernels({*kernel});
+      ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+      EXPECT_EQ(countOf(*ptx, "ld.global.v4.b32"),
+                chunkLoads * (forward ? 1 : 2))
+          << *ptx;
+      EXPECT_EQ(countOf(*ptx, "st.global.v4.b32"), 1u) << *ptx;
+      EXPECT_EQ(countOf(*ptx, "bar.sync"), 0u) << *ptx;
+      EXPECT_EQ(countOf(*ptx, ".shared"), 0u) << *ptx;
+    }
+    llvm::Expected<KernelSpec> longer = make(264, ScoreType::F32);
+    ASSERT_TRUE(bool(longer));
+    llvm::Expected<std::string> ptx = compileKernels({*longer});
     ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
-    EXPECT_EQ(countOf(*ptx, "ld.global.v4.b32"), loads) << *ptx;
-    EXPECT_EQ(countOf(*ptx, "st.global.v4.b32"), 1u) << *ptx;
-    EXPECT_EQ(countOf(*ptx, "bar.sync"), 0u) << *ptx;
-    EXPECT_EQ(countOf(*ptx, ".shared"), 0u) << *ptx;
+    EXPECT_GT(countOf(*ptx, "bar.sync"), 0u);
   }
-  llvm::Expected<KernelSpec> longer =
-      causalSoftmaxForwardKernel(8, 264, ScoreType::F32);
-  ASSERT_TRUE(bool(longer));
-  llvm::Expected<std::string> ptx = compileKernels({*longer});
-  ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
-  EXPECT_GT(countOf(*ptx, "bar.sync"), 0u);
 }
 
 TEST(KernelPTX, AdamWFP8CastTransposeUpdatesAndCastsFromOneRead) {
