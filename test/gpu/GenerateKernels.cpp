@@ -151,6 +151,15 @@ Group fp8Group() {
   g.emplace_back("both_packed_tiles_e5m2",
                  fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
                                         FP8Format::E5M2, 0, /*direct=*/true));
+  // Current scaling: the amax pass over the packed matrix and its column
+  // slice, and the scale from an amax.
+  g.emplace_back("amax", fp8AmaxKernel(kFP8Rows * kFP8Cols));
+  g.emplace_back("amax_slice", fp8AmaxKernel(kFP8Rows * kFP8SliceCols,
+                                             kFP8SliceCols, kFP8Cols));
+  g.emplace_back("current_scale_e4m3",
+                 fp8CurrentScaleKernel(FP8Format::E4M3, 0));
+  g.emplace_back("current_scale_e5m2",
+                 fp8CurrentScaleKernel(FP8Format::E5M2, kFP8MarginE5M2));
   g.emplace_back("update_e4m3", fp8ScaleUpdateKernel(kFP8Tensors, kFP8History,
                                                      FP8Format::E4M3, 0));
   g.emplace_back("update_e5m2",

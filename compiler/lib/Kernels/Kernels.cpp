@@ -363,10 +363,14 @@ constexpr const char *kBlockAmax = R"mlir(
 
 } // namespace
 
-llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
-                                                 FP8Format format, int64_t cols,
-                                                 int64_t ld) {
-  const char *kernel = "fp8_cast";
+/// The kernels that read `numel` bf16 elements of a flat buffer or of a
+/// column slice (`cols` of rows `ld` apart) in fp8_cast's grid-stride loop:
+/// fp8_cast and fp8_amax (template `kernel`, its name ending in `suffix`);
+/// `extra` are the template's other values.
+static llvm::Expected<KernelSpec> elementReader(const char *kernel,
+                                                const char *suffix,
+                                                int64_t numel, int64_t cols,
+                                                int64_t ld, Values extra) {
   if (llvm::Error error = checkSize(kernel, "element count", numel, 8))
     return std::move(error);
   bool strided = cols && ld != cols;
@@ -389,25 +393,36 @@ llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
              "      %srcStart = arith.muli %srcRow, %srcLd : index\n"
              "      %src = arith.addi %srcStart, %srcCol : index\n";
   int64_t rows = strided ? numel / cols : 1;
+  Values values = {{"N", str(numel)},
+                   {"NX", str(strided ? (rows - 1) * ld + cols : numel)},
+                   {"COLS", str(strided ? cols : numel)},
+                   {"LD", str(strided ? ld : numel)},
+                   {"SOURCE", source},
+                   {"CHUNKS", str(numel / 8)},
+                   {"STRIDE", str(int64_t(grid) * 256)},
+                   {"G", str(grid)},
+                   {"BLOCK_MAX", kBlockAmax}};
+  values.insert(values.end(), extra.begin(), extra.end());
+  return specialize(kernel,
+                    kernel + ("_n" + str(numel)) +
+                        (strided ? "_c" + str(cols) + "_ld" + str(ld) : "") +
+                        suffix,
+                    std::move(values), dims(grid), dims(256));
+}
+
+llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
+                                                 FP8Format format, int64_t cols,
+                                                 int64_t ld) {
   std::string convert;
   std::vector<std::string> values = extractAll("%y", 8, convert);
   convert += fp8Pack(values, format, "%q");
-  return specialize(kernel,
-                    "fp8_cast_n" + str(numel) +
-                        (strided ? "_c" + str(cols) + "_ld" + str(ld) : "") +
-                        fp8Suffix(format),
-                    {{"N", str(numel)},
-                     {"NX", str(strided ? (rows - 1) * ld + cols : numel)},
-                     {"COLS", str(strided ? cols : numel)},
-                     {"LD", str(strided ? ld : numel)},
-                     {"SOURCE", source},
-                     {"CHUNKS", str(numel / 8)},
-                     {"STRIDE", str(int64_t(grid) * 256)},
-                     {"G", str(grid)},
-                     {"FORMAT", fp8TypeName(format)},
-                     {"CONVERT", convert},
-                     {"BLOCK_MAX", kBlockAmax}},
-                    dims(grid), dims(256));
+  return elementReader("fp8_cast", fp8Suffix(format), numel, cols, ld,
+                       {{"FORMAT", fp8TypeName(format)}, {"CONVERT", convert}});
+}
+
+llvm::Expected<KernelSpec> llamac::fp8AmaxKernel(int64_t numel, int64_t cols,
+                                                 int64_t ld) {
+  return elementReader("fp8_amax", "", numel, cols, ld, {});
 }
 
 /// fp8_cast_transpose, and with `adamw` its AdamW instance (direct, packed;
@@ -693,6 +708,20 @@ llamac::adamwFP8CastTransposeKernel(int64_t rows, int64_t cols,
                                     FP8Format format) {
   return castTransposeKernel("adamw_fp8_cast_transpose", rows, cols, format,
                              cols, /*direct=*/true, /*adamw=*/true);
+}
+
+llvm::Expected<KernelSpec> llamac::fp8CurrentScaleKernel(FP8Format format,
+                                                         int64_t margin) {
+  if (margin < 0 || margin > 64)
+    return shapeError("fp8_current_scale",
+                      "margin must be in [0, 64], got " + str(margin));
+  return specialize("fp8_current_scale",
+                    std::string("fp8_current_scale") + fp8Suffix(format) +
+                        "_m" + str(margin),
+                    {{"FORMAT", fp8TypeName(format)},
+                     {"FMAX", f64Bits(fp8Largest(format))},
+                     {"MARGIN_SCALE", f64Bits(std::ldexp(1.0, -int(margin)))}},
+                    dims(1), dims(32));
 }
 
 llvm::Expected<KernelSpec> llamac::fp8ScaleUpdateKernel(int64_t tensors,

@@ -51,6 +51,7 @@
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/StringSet.h"
+#include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
 #include <optional>
@@ -407,14 +408,17 @@ private:
     int format = 0; ///< Index into fp8States.
     int64_t index = 0;
   };
-  /// The delayed-scaling state of one FP8 format: per quantized tensor an
-  /// amax history row, a scale, its inverse and this step's amax, in four
-  /// persistent buffers that one fp8_scale_update launch updates.
+  /// The scaling state of one FP8 format. Delayed scaling: per quantized
+  /// tensor an amax history row, a scale, its inverse and this step's amax,
+  /// in four persistent buffers that one fp8_scale_update launch updates.
+  /// Current scaling (`current`): no history; each cast first takes its
+  /// tensor's amax and scale (fp8_amax, fp8_current_scale) into its rows.
   struct FP8State {
     std::string name; ///< "e4m3" or "e5m2"
     std::vector<std::string> ids;
     int64_t historyLength = 0, margin = 0;
     std::string algo;
+    bool current = false;
     int history = -1, scale = -1, scaleInv = -1, amax = -1;
   };
   /// A bf16 tensor (`rows` x `cols` at `source`) quantized in row blocks,
@@ -444,6 +448,7 @@ private:
   };
 
   llvm::Error prepareFP8(func::FuncOp func);
+  llvm::Error prepareCurrentScaling(Block &body);
   llvm::Expected<SmallVector<FP8Slot>> fp8SlotsOf(Operation *op,
                                                   ValueRange scales,
                                                   ValueRange amaxes,
@@ -1409,14 +1414,20 @@ llvm::Error PackageBuilder::prepareFP8(func::FuncOp func) {
     fp8Slots[scale] = {format, int64_t(state.ids.size())};
     state.ids.push_back(id.str());
   }
+  if (fp8States[0].ids.empty() && fp8States[1].ids.empty())
+    if (auto error = prepareCurrentScaling(body))
+      return error;
   for (FP8State &state : fp8States) {
     if (state.ids.empty())
       continue;
     int64_t count = int64_t(state.ids.size());
+    // Current scaling's rows are rewritten before every use and are no
+    // checkpointed state: roles the runtime does not save.
+    std::string prefix = state.current ? "fp8_current_" : "fp8_";
     auto region = [&](const std::string &role, std::vector<int64_t> shape,
                       float init) {
-      int buffer = newBuffer(role + "." + state.name, role, ElementType::F32,
-                             std::move(shape), true);
+      int buffer = newBuffer(prefix + role + "." + state.name, prefix + role,
+                             ElementType::F32, std::move(shape), true);
       package::Buffer &info = buffers[buffer].info;
       info.parts = state.ids;
       info.partRows.assign(state.ids.size(), 1);
@@ -1424,12 +1435,64 @@ llvm::Error PackageBuilder::prepareFP8(func::FuncOp func) {
         info.initF32.assign(info.bytes / 4, init);
       return buffer;
     };
-    state.history = region("fp8_history", {count, state.historyLength}, 0);
-    state.scale = region("fp8_scale", {count}, 1);
+    if (!state.current)
+      state.history = region("history", {count, state.historyLength}, 0);
+    state.scale = region("scale", {count}, 1);
     // One 16-byte row per tensor: cuBLASLt's scale pointers must be
     // 16-byte aligned (only column 0 is used).
-    state.scaleInv = region("fp8_scale_inv", {count, 4}, 1);
-    state.amax = region("fp8_amax", {count}, 0);
+    state.scaleInv = region("scale_inv", {count, 4}, 1);
+    state.amax = region("amax", {count}, 0);
+  }
+  return llvm::Error::success();
+}
+
+/// Current scaling (the casts carry no scale, and no llama.fp8_scale_update
+/// exists): a row per quantized tensor of each format, by the amax its cast
+/// returns, named after the op and the tensor's index there.
+llvm::Error PackageBuilder::prepareCurrentScaling(Block &body) {
+  int64_t ordinal = 0;
+  for (Operation &op : body.without_terminator()) {
+    ValueRange scales, amaxes;
+    SmallVector<StringRef> formats;
+    int64_t margin = 0;
+    if (auto quantize = dyn_cast<FP8QuantizeOp>(op)) {
+      scales = quantize.getScales(), amaxes = quantize.getAmaxes();
+      formats.assign(amaxes.size(), quantize.getFormat());
+      margin = int64_t(quantize.getMargin());
+    } else {
+      auto formatsAttr = op.getAttrOfType<ArrayAttr>("fp8_formats");
+      if (!formatsAttr)
+        continue;
+      llvm::TypeSwitch<Operation *>(&op)
+          .Case<NormMatmulOp, NormMatmulGradOp, GatedMLPOp, GatedMLPGradOp>(
+              [&](auto fused) {
+                scales = fused.getFp8Scales(), amaxes = fused.getFp8Amaxes();
+                margin = int64_t(fused.getFp8Margin());
+              });
+      for (StringAttr format : formatsAttr.getAsRange<StringAttr>())
+        formats.push_back(format.getValue());
+    }
+    if (!scales.empty())
+      return fail(&op, "has an FP8 scale without the delayed-scaling update "
+                       "that computes it");
+    if (amaxes.size() != formats.size())
+      return fail(&op, "expects one amax per FP8 tensor");
+    for (auto [index, entry] : llvm::enumerate(llvm::zip(amaxes, formats))) {
+      auto [amax, formatName] = entry;
+      int format = formatName == "e4m3" ? 0 : formatName == "e5m2" ? 1 : -1;
+      if (format < 0)
+        return fail(&op, "unknown FP8 format '" + formatName + "'");
+      FP8State &state = fp8States[format];
+      if (!state.ids.empty() && state.margin != margin)
+        return fail(&op, "the casts of one format must share the margin");
+      state.current = true;
+      state.margin = margin;
+      fp8AmaxSlots[amax] = {format, int64_t(state.ids.size())};
+      state.ids.push_back(op.getName().stripDialect().str() + "#" +
+                          std::to_string(ordinal) + "." +
+                          std::to_string(index));
+    }
+    ++ordinal;
   }
   return llvm::Error::success();
 }
@@ -1446,12 +1509,22 @@ bool PackageBuilder::isFP8(Operation &op) const {
 llvm::Expected<SmallVector<PackageBuilder::FP8Slot>>
 PackageBuilder::fp8SlotsOf(Operation *op, ValueRange scales, ValueRange amaxes,
                            ArrayRef<StringRef> formats) {
-  if (scales.empty() && !formats.empty())
-    return fail(op, "FP8 current scaling (--fp8-scaling current) is not "
-                    "lowered by the GPU backend yet; use delayed scaling");
+  SmallVector<FP8Slot> slots;
+  if (scales.empty() && !formats.empty()) {
+    // Current scaling: the rows prepareCurrentScaling gave the amaxes.
+    for (Value amax : amaxes) {
+      auto found = fp8AmaxSlots.find(amax);
+      if (found == fp8AmaxSlots.end() ||
+          !fp8States[found->second.format].current)
+        return fail(op, "has an FP8 tensor without a scale");
+      slots.push_back(found->second);
+    }
+    if (slots.size() != formats.size())
+      return fail(op, "expects one amax per FP8 tensor");
+    return slots;
+  }
   if (scales.size() != formats.size() || amaxes.size() != formats.size())
     return fail(op, "expects one scale and one amax per FP8 tensor");
-  SmallVector<FP8Slot> slots;
   for (auto [scale, amax, format] : llvm::zip(scales, amaxes, formats)) {
     auto found = fp8Slots.find(scale);
     if (found == fp8Slots.end())
@@ -1542,6 +1615,22 @@ llvm::Error PackageBuilder::castBlocks(const FP8Tensor &t, bool direct,
               whole(expAvgSqRegion), whole(hyper),       whole(gradNorm)};
       for (int region = 0; region < 4; ++region)
         args[region].offset = block;
+    }
+    const FP8State &state = fp8States[slot.format];
+    std::string tensor = " (" + state.name + " " + state.ids[slot.index] + ")";
+    if (state.current) {
+      // This block's scale from its own amax: zeroed, raised from the
+      // block's elements, then turned into the scale the cast reads.
+      Location amax = fp8Scalar(&FP8State::amax, slot);
+      memset(amax, 4, label + " (zero amax" + tensor + ")");
+      if (auto error = launch(fp8AmaxKernel(rows * t.cols, t.cols, ld),
+                              {from, amax}, label + " (amax" + tensor + ")"))
+        return error;
+      if (auto error = launch(fp8CurrentScaleKernel(format, state.margin),
+                              {amax, fp8Scalar(&FP8State::scale, slot),
+                               fp8Scalar(&FP8State::scaleInv, slot)},
+                              label + " (scale" + tensor + ")"))
+        return error;
     }
     args.push_back(fp8Scalar(&FP8State::scale, slot));
     if (direct)
@@ -1721,8 +1810,11 @@ llvm::Error PackageBuilder::lowerFP8Quantize(FP8QuantizeOp op,
 /// so with gradient accumulation: every micro-batch's @forward_backward
 /// updates the scales, and the next micro-batch must cast the unchanged
 /// weights again with the new scales; those packages cast in the forward.
+/// Nor with current scaling, where a cast needs its tensor's amax first,
+/// which AdamW's blocks cannot know before all of them have run.
 bool PackageBuilder::persistentWeightCopies() const {
-  return !options.accumulateGradients;
+  return !options.accumulateGradients && !fp8States[0].current &&
+         !fp8States[1].current;
 }
 
 /// Gives the weight `t` (quantized by `op`; both copies) persistent FP8
@@ -1987,7 +2079,7 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
 /// One fp8_scale_update launch per format, in place over its state.
 llvm::Error PackageBuilder::updateFP8Scales() {
   for (const FP8State &state : fp8States) {
-    if (state.ids.empty())
+    if (state.ids.empty() || state.current)
       continue;
     int64_t count = int64_t(state.ids.size());
     if (auto error =

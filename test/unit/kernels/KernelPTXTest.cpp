@@ -246,6 +246,13 @@ std::vector<StepKernel> stepKernels() {
       {"fp8_cast_transpose_e5m2",
        [] { return fp8CastTransposeKernel(kRows, kMlp, FP8Format::E5M2); },
        true, true},
+      // Current scaling's amax pass (a whole tensor, a gradient half of the
+      // gate/up output) and its scale from that amax.
+      {"fp8_amax", [] { return fp8AmaxKernel(kRows * kHidden); }, true, false},
+      {"fp8_amax_slice",
+       [] { return fp8AmaxKernel(kRows * kMlp, kMlp, 2 * kMlp); }, true, false},
+      {"fp8_current_scale_e5m2",
+       [] { return fp8CurrentScaleKernel(FP8Format::E5M2, 1); }, false, false},
       // Both copies from one read: a weight, and a gradient half of the
       // gate/up GEMM's output.
       {"fp8_cast_transpose_both_e4m3",

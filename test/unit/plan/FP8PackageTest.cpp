@@ -406,11 +406,111 @@ TEST(FP8Package, WeightCopiesLendTheirMemoryOnlyWhileDead) {
 
 INSTANTIATE_TEST_SUITE_P(Accumulate, FP8PackageTest, ::testing::Bool());
 
-TEST(FP8Package, CurrentScalingIsRefused) {
-  llvm::Expected<package::Package> built = build(false, "current");
-  ASSERT_FALSE(bool(built));
-  EXPECT_NE(llvm::toString(built.takeError()).find("current scaling"),
-            std::string::npos);
+TEST_P(FP8PackageTest, CurrentScalingScalesEachCastFromItsOwnAmax) {
+  // Current scaling: no history and no scale update; every cast of a block
+  // is preceded, in the same function, by its amax row's zeroing, an
+  // fp8_amax over the same source, and an fp8_current_scale from that amax
+  // into the scale and inverse rows of the same tensor, which the cast and
+  // then the GEMMs reading its copies use. The weights are cast in the
+  // forward (no persistent copies: AdamW cannot know a weight's new amax
+  // before its last block), so optimizer_step is the flat AdamW alone.
+  bool accumulate = GetParam();
+  llvm::Expected<package::Package> built = build(accumulate, "current");
+  ASSERT_TRUE(bool(built)) << llvm::toString(built.takeError());
+  const package::Package &p = *built;
+  EXPECT_EQ(p.precision, "fp8");
+  auto target = [&](const package::Operand &operand) -> const auto & {
+    return p.buffers[operand.buffer];
+  };
+  std::map<std::string, size_t> rowsOf;
+  for (const package::Buffer &b : p.buffers) {
+    EXPECT_NE(b.role, "fp8_history") << b.name;
+    EXPECT_NE(b.role, "fp8_scale") << b.name;
+    EXPECT_NE(b.role, "fp8_weight_copy") << b.name;
+    if (b.role.rfind("fp8_current_", 0) == 0)
+      rowsOf[b.name] = b.parts.size();
+  }
+  // The same tensors as delayed scaling's rows, plus the backward's casts
+  // of the recomputed normalized inputs (which delayed scaling casts with
+  // the forward's row): 22 + 4 e4m3 and 14 e5m2 tensors.
+  EXPECT_EQ(rowsOf["fp8_current_amax.e4m3"], 26u);
+  EXPECT_EQ(rowsOf["fp8_current_scale.e4m3"], 26u);
+  EXPECT_EQ(rowsOf["fp8_current_scale_inv.e4m3"], 26u);
+  EXPECT_EQ(rowsOf["fp8_current_amax.e5m2"], 14u);
+  EXPECT_EQ(p.function(package::kFP8WeightCopiesFunction), nullptr);
+  for (const Step &step : p.function("optimizer_step")->steps)
+    if (step.kind == Step::Kind::Launch) {
+      EXPECT_EQ(step.launch.kernel.find("fp8"), std::string::npos)
+          << step.label;
+    }
+
+  using Row = std::pair<int, uint64_t>; // buffer, byte offset
+  auto row = [](const package::Operand &o) { return Row{o.buffer, o.offset}; };
+  std::set<Row> zeroed, measured; // amax rows
+  std::map<Row, Row> scaledFrom;  // scale row -> the amax row it came from
+  std::set<Row> inverses;         // scale-inverse rows written
+  std::map<Row, Row> copyScale;   // FP8 copy -> the scale row of its cast
+  int casts = 0, gemms = 0, weightCasts = 0;
+  for (const Step &step : p.function("forward_backward")->steps) {
+    if (step.kind == Step::Kind::Memset &&
+        target(step.memset.dst).role == "fp8_current_amax") {
+      EXPECT_EQ(step.memset.bytes, 4u);
+      zeroed.insert(row(step.memset.dst));
+      measured.erase(row(step.memset.dst));
+      continue;
+    }
+    if (step.kind == Step::Kind::Launch) {
+      const std::string &kernel = step.launch.kernel;
+      const std::vector<package::Operand> &args = step.launch.args;
+      EXPECT_EQ(kernel.rfind("fp8_scale_update", 0), std::string::npos);
+      if (kernel.rfind("fp8_amax", 0) == 0) {
+        ASSERT_EQ(args.size(), 2u);
+        EXPECT_TRUE(zeroed.count(row(args[1])))
+            << step.label << ": an amax not zeroed first";
+        measured.insert(row(args[1]));
+      } else if (kernel.rfind("fp8_current_scale", 0) == 0) {
+        ASSERT_EQ(args.size(), 3u);
+        EXPECT_TRUE(measured.count(row(args[0])))
+            << step.label << ": a scale from an amax not measured";
+        EXPECT_EQ(target(args[1]).role, "fp8_current_scale");
+        EXPECT_EQ(target(args[2]).role, "fp8_current_scale_inv");
+        // One tensor: the same row of each region.
+        EXPECT_EQ(args[1].offset, args[0].offset);
+        EXPECT_EQ(args[2].offset, 4 * args[0].offset);
+        scaledFrom[row(args[1])] = row(args[0]);
+        inverses.insert(row(args[2]));
+      } else if (kernel.rfind("fp8_cast", 0) == 0) {
+        ++casts;
+        weightCasts += target(args[0]).role == "param";
+        auto from = scaledFrom.find(row(args[1]));
+        ASSERT_NE(from, scaledFrom.end())
+            << step.label << ": casts with a scale not computed before";
+        EXPECT_EQ(from->second, row(args.back()))
+            << step.label << ": its scale came from another tensor's amax";
+        for (size_t copy = 2; copy + 1 < args.size(); ++copy)
+          copyScale[row(args[copy])] = row(args[1]);
+      }
+      continue;
+    }
+    if (step.kind != Step::Kind::Gemm || !isFP8(step.gemm.type))
+      continue;
+    ++gemms;
+    const package::Gemm &g = step.gemm;
+    for (auto [operand, scaleInv] :
+         {std::pair{g.a, g.scaleInvA}, std::pair{g.b, g.scaleInvB}}) {
+      auto cast = copyScale.find(row(operand));
+      ASSERT_NE(cast, copyScale.end())
+          << step.label << ": reads an FP8 copy no earlier cast wrote";
+      EXPECT_TRUE(inverses.count(row(scaleInv))) << step.label;
+      EXPECT_EQ(scaleInv.offset, 4 * cast->second.second)
+          << step.label << ": unscales with another tensor's scale";
+    }
+  }
+  EXPECT_EQ(gemms, 2 * 21);
+  // Per layer the 7 weight blocks (q, k, v, o, gate, up, down) are cast in
+  // the forward, one launch each.
+  EXPECT_EQ(weightCasts, 2 * 7);
+  EXPECT_GT(casts, weightCasts);
 }
 
 } // namespace

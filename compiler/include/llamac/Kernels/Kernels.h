@@ -260,6 +260,20 @@ llvm::Expected<KernelSpec> fp8CastTransposeKernel(int64_t rows, int64_t cols,
 llvm::Expected<KernelSpec>
 adamwFP8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format);
 
+/// fp8_amax: current scaling's amax pass, amax = max(amax, max |x|) over
+/// `numel` bf16 elements, as fp8_cast raises it (a column slice of `cols`
+/// of rows `ld` apart when cols != ld). Args: x, amax (f32 [1] as i32 bits).
+/// numel, cols and ld multiples of 8.
+llvm::Expected<KernelSpec> fp8AmaxKernel(int64_t numel, int64_t cols = 0,
+                                         int64_t ld = 0);
+
+/// fp8_current_scale: current scaling's scale from one tensor's amax,
+/// scale = f32(fp8_max / amax / 2^margin) when 0 < amax < inf, else 1 (the
+/// reference's llama.fp8_quantize without a scale); scale_inv = 1 / scale.
+/// Args: amax, scale, scale_inv (f32 [1] each). Grid [1], block [32].
+llvm::Expected<KernelSpec> fp8CurrentScaleKernel(FP8Format format,
+                                                 int64_t margin);
+
 /// fp8_scale_update: Transformer Engine's delayed scaling for `tensors`
 /// tensors of `format` (llama.fp8_scale_update): each history row (length
 /// `historyLength`, newest first) rolls in amax[t]; a = max of the row (NaN
