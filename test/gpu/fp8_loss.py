@@ -22,8 +22,8 @@ Transformer Engine's: margin 0, amax history 1024, max over the history). The sc
      after it 6.7% apart), and in the chaotic start of training from random weights that grows
      to 17% at step 3; later steps came within 3% and drifted out again (up to 8%).
      --fp8-calibration-passes N passes llamac-run's flag to the fp8 run. DATA "python-stdlib" is
-     real text that no step repeats: the source files of the Python standard library of the machine, in sorted order, in rows of
-     1,000 characters (python_corpus). A small file read several times over is memorised
+     real text that no step repeats: the source files of the Python standard library of the
+     machine, in sorted order, in rows of 1,000 characters (python_corpus). A small file read several times over is memorised
      instead: on data/tiny-stories.jsonl (200 stories, 4 passes) an H200 run agreed within 0.8%
      while the rows were new, then the losses swung between 0.17 and 2.7 as the rows came round
      again, and differed by up to 9.6% (bench/RESULTS.md, session 4). The bf16 package also
