@@ -240,7 +240,20 @@ int main(int argc, char **argv) {
               "dw_small", columnSumKernel(normBlocksSmall, kNormSmallHidden),
               "dw_acc_small",
               columnSumKernel(normBlocksSmall, kNormSmallHidden,
-                              /*accumulate=*/true))) &&
+                              /*accumulate=*/true),
+              // The FP8 forward's norm into its FP8 copy, and the cast of
+              // the bf16 norm it must equal.
+              "fwd_e4m3",
+              rmsNormFP8ForwardKernel(kNormRows, kNormHidden, kNormEps,
+                                      FP8Format::E4M3),
+              "cast_e4m3",
+              fp8CastKernel(kNormRows * kNormHidden, FP8Format::E4M3),
+              "fwd_small_e5m2",
+              rmsNormFP8ForwardKernel(kNormSmallRows, kNormSmallHidden,
+                                      kNormEps, FP8Format::E5M2),
+              "cast_small_e5m2",
+              fp8CastKernel(kNormSmallRows * kNormSmallHidden,
+                            FP8Format::E5M2))) &&
       writeGroup(dir, "swiglu",
                  group("fwd", swigluForwardKernel(kSwigluRows, kSwigluWidth),
                        "bwd",

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 using namespace llamac;
@@ -805,8 +806,11 @@ llamac::embeddingBackwardKernel(int64_t rows, int64_t vocab, int64_t hidden) {
   return embeddingKernel("embedding_bwd", rows, vocab, hidden);
 }
 
-llvm::Expected<KernelSpec>
-llamac::rmsNormForwardKernel(int64_t rows, int64_t hidden, double eps) {
+/// rms_norm_fwd, writing y in bf16, or with `format` its FP8 copy (and
+/// amax) instead.
+static llvm::Expected<KernelSpec>
+rmsNormForward(int64_t rows, int64_t hidden, double eps,
+               std::optional<FP8Format> format) {
   const char *kernel = "rms_norm_fwd";
   if (llvm::Error error = checkSize(kernel, "row count", rows))
     return std::move(error);
@@ -815,18 +819,74 @@ llamac::rmsNormForwardKernel(int64_t rows, int64_t hidden, double eps) {
   if (!(eps >= 0) || !std::isfinite(eps))
     return shapeError(kernel, "eps must be finite and non-negative");
   std::string epsBits = f32Bits(float(eps));
-  unsigned block = threadsFor(hidden / 8, 256);
+  // The FP8 instances reduce the amax over 8 warps (kBlockAmax).
+  unsigned block = format ? 256 : threadsFor(hidden / 8, 256);
+  // The output's values first: they hold @TH@, which the shape's fill in.
+  Values values;
+  if (!format) {
+    values.insert(values.end(),
+                  {{"OUTPUT_ARGS", "%y: memref<@TH@xbf16>"},
+                   {"AMAX_WORKGROUP", ""},
+                   {"OUTPUT_PRELUDE", ""},
+                   {"STORE", "      vector.store %yb, %y[%i] {alignment = 16} "
+                             ": memref<@TH@xbf16>, vector<8xbf16>\n"
+                             "      %next = arith.addi %acc, %zeroBits : "
+                             "vector<8xi32>"},
+                   {"BLOCK_MAX", ""}});
+  } else {
+    // fp8_cast's conversion of y and its amax bits (fp8_cast.mlir).
+    std::string store =
+        "      %yc = arith.extf %yb : vector<8xbf16> to "
+        "vector<8xf32>\n"
+        "      %ybits = arith.bitcast %yc : vector<8xf32> to "
+        "vector<8xi32>\n"
+        "      %yabs = arith.andi %ybits, %absMask : "
+        "vector<8xi32>\n"
+        "      %next = arith.maxui %acc, %yabs : vector<8xi32>\n"
+        "      %y = arith.mulf %yc, %vs : vector<8xf32>\n";
+    std::vector<std::string> lanes = extractAll("%y", 8, store);
+    store += fp8Pack(lanes, *format, "%q");
+    store += "      vector.store %q, %out[%i] {alignment = 8} : "
+             "memref<@TH@xi8>, vector<8xi8>";
+    values.insert(
+        values.end(),
+        {{"OUTPUT_ARGS", "%scale: memref<1xf32>, %out: memref<@TH@xi8>, "
+                         "%amax: memref<1xi32>"},
+         {"AMAX_WORKGROUP", ", %maxes : memref<32xi32, "
+                            "#gpu.address_space<workgroup>> {llvm.align = 16 "
+                            ": i64}"},
+         {"OUTPUT_PRELUDE",
+          "    %absMask = arith.constant dense<2147483647> : vector<8xi32>\n"
+          "    %s = memref.load %scale[%c0] : memref<1xf32>\n"
+          "    %vs = vector.broadcast %s : f32 to vector<8xf32>"},
+         {"STORE", store},
+         {"BLOCK_MAX", "    %m = vector.reduction <maxui>, %yMax : "
+                       "vector<8xi32> into i32\n" +
+                           std::string(kBlockAmax)}});
+  }
+  values.insert(values.end(), {{"T", str(rows)},
+                               {"H", str(hidden)},
+                               {"TH", str(rows * hidden)},
+                               {"EPS", epsBits},
+                               {"BLOCK", str(block)},
+                               {"WARPS", str(block / 32)},
+                               {"CHUNKS", str(hidden / 8)}});
   return specialize(kernel,
                     "rms_norm_fwd_t" + str(rows) + "_h" + str(hidden) + "_e" +
-                        epsBits.substr(2),
-                    {{"T", str(rows)},
-                     {"H", str(hidden)},
-                     {"TH", str(rows * hidden)},
-                     {"EPS", epsBits},
-                     {"BLOCK", str(block)},
-                     {"WARPS", str(block / 32)},
-                     {"CHUNKS", str(hidden / 8)}},
-                    dims(unsigned(rows)), dims(block));
+                        epsBits.substr(2) + (format ? fp8Suffix(*format) : ""),
+                    std::move(values), dims(unsigned(rows)), dims(block));
+}
+
+llvm::Expected<KernelSpec>
+llamac::rmsNormForwardKernel(int64_t rows, int64_t hidden, double eps) {
+  return rmsNormForward(rows, hidden, eps, std::nullopt);
+}
+
+llvm::Expected<KernelSpec> llamac::rmsNormFP8ForwardKernel(int64_t rows,
+                                                           int64_t hidden,
+                                                           double eps,
+                                                           FP8Format format) {
+  return rmsNormForward(rows, hidden, eps, format);
 }
 
 llvm::Expected<KernelSpec>

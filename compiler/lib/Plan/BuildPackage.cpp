@@ -504,6 +504,11 @@ private:
       return std::move(error);
     return whole(xn);
   }
+  llvm::Expected<FP8Operand> normalizedOperand(Operation *op, Location x,
+                                               Location normWeight,
+                                               int64_t hidden, double eps,
+                                               ArrayRef<FP8Slot> slots,
+                                               const std::string &label);
   /// The start of a gated MLP's backward, shared by the bf16 and FP8
   /// lowerings: dGU = SwiGLU'(gate_up) dOut, and the input of its GEMMs (x,
   /// or RMSNorm(x) recomputed when the op has a norm, with that norm's
@@ -1931,6 +1936,43 @@ llvm::Error PackageBuilder::fp8BlockBackward(Operation *op, FP8Tensor &dY,
                  label + " (dgrad)");
 }
 
+/// RMSNorm(x) as the forward GEMM's FP8 operand [tokens, hidden] (the
+/// direct copy of the normalized input, one block with `slots[0]`). With
+/// delayed scaling one launch writes it from x (rms_norm_fwd's FP8
+/// instance: the bits fp8_cast of the bf16 result would write, the same
+/// amax), so the bf16 result is neither written nor read back; current
+/// scaling needs that result's amax before the cast, so it normalizes into
+/// bf16 and casts as any tensor.
+llvm::Expected<PackageBuilder::FP8Operand> PackageBuilder::normalizedOperand(
+    Operation *op, Location x, Location normWeight, int64_t hidden, double eps,
+    ArrayRef<FP8Slot> slots, const std::string &label) {
+  int rstd = scratch("rstd", ElementType::F32, {tokens});
+  const FP8Slot &slot = slots.front();
+  const FP8State &state = fp8States[slot.format];
+  if (slots.size() != 1 || state.current) {
+    auto xn = normalized(x, normWeight, hidden, eps, rstd, label + " (norm)");
+    if (!xn)
+      return xn.takeError();
+    FP8Tensor in = fp8Tensor(*xn, tokens, hidden, slots, {}, label + ".xn");
+    return fp8Rows(op, in, 0, tokens, false, label);
+  }
+  int copy = newBuffer("xn.fp8#" + std::to_string(buffers.size()), "fp8_copy",
+                       fp8Type(slot), {tokens, hidden}, false);
+  touch(copy);
+  FP8Format format = slot.format ? FP8Format::E5M2 : FP8Format::E4M3;
+  if (auto error = launch(rmsNormFP8ForwardKernel(tokens, hidden, eps, format),
+                          {x,
+                           normWeight,
+                           fp8Scalar(&FP8State::scale, slot),
+                           {copy, 0, 0},
+                           fp8Scalar(&FP8State::amax, slot),
+                           whole(rstd)},
+                          label + " (norm into the " + state.name +
+                              " copy of " + state.ids[slot.index] + ")"))
+    return std::move(error);
+  return FP8Operand{{copy, 0, 0}, slot};
+}
+
 llvm::Error PackageBuilder::lowerFP8NormMatmul(NormMatmulOp op,
                                                const std::string &label) {
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
@@ -1939,15 +1981,9 @@ llvm::Error PackageBuilder::lowerFP8NormMatmul(NormMatmulOp op,
       op, 1, "one FP8 format, of its normalized input", op.getNormWeight());
   if (!operands)
     return operands.takeError();
-  auto xn = normalized(operands->input, operands->normWeight, hidden,
-                       op.getEps().convertToDouble(),
-                       scratch("rstd", ElementType::F32, {tokens}),
-                       label + " (norm)");
-  if (!xn)
-    return xn.takeError();
-  FP8Tensor in =
-      fp8Tensor(*xn, tokens, hidden, operands->slots, {}, label + ".xn");
-  auto a = fp8Rows(op, in, 0, tokens, false, label);
+  auto a =
+      normalizedOperand(op, operands->input, operands->normWeight, hidden,
+                        op.getEps().convertToDouble(), operands->slots, label);
   if (!a)
     return a.takeError();
   int y = newBuffer("norm_matmul.y#" + std::to_string(buffers.size()),
@@ -2010,18 +2046,13 @@ llvm::Error PackageBuilder::lowerFP8GatedMLP(GatedMLPOp op,
       op, 1, "one FP8 format, of its (normalized) input", op.getNormWeight());
   if (!operands)
     return operands.takeError();
-  Location in = operands->input;
-  if (op.getNormWeight()) {
-    auto xn = normalized(
-        in, operands->normWeight, hidden, op.getEps()->convertToDouble(),
-        scratch("rstd", ElementType::F32, {tokens}), label + " (norm)");
-    if (!xn)
-      return xn.takeError();
-    in = *xn;
-  }
-  FP8Tensor input =
-      fp8Tensor(in, tokens, hidden, operands->slots, {}, label + ".xn");
-  auto a = fp8Rows(op, input, 0, tokens, false, label);
+  FP8Tensor input = fp8Tensor(operands->input, tokens, hidden, operands->slots,
+                              {}, label + ".xn");
+  auto a = op.getNormWeight()
+               ? normalizedOperand(op, operands->input, operands->normWeight,
+                                   hidden, op.getEps()->convertToDouble(),
+                                   operands->slots, label)
+               : fp8Rows(op, input, 0, tokens, false, label);
   if (!a)
     return a.takeError();
   Location gateUp = define(op.getGateUp(), "gate_up");

@@ -128,6 +128,15 @@ std::vector<StepKernel> stepKernels() {
        true},
       {"rms_norm_fwd",
        [] { return rmsNormForwardKernel(kRows, kHidden, 1e-5); }, true, true},
+      // The FP8 forward's norm, straight into the FP8 copy (8-byte stores).
+      {"rms_norm_fwd_e4m3",
+       [] {
+         return rmsNormFP8ForwardKernel(kRows, kHidden, 1e-5, FP8Format::E4M3);
+       },
+       true, false},
+      {"rms_norm_fwd_h64_e4m3",
+       [] { return rmsNormFP8ForwardKernel(kRows, 64, 1e-5, FP8Format::E4M3); },
+       true, false},
       {"rms_norm_bwd",
        [] { return rmsNormBackwardKernel(kRows, kHidden, false); }, true, true},
       {"rms_norm_bwd_acc",

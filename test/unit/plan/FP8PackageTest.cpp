@@ -126,6 +126,24 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
       EXPECT_NE(target(step.launch.args[0]).role, "param")
           << step.label << ": the forward casts a weight";
     }
+    // The forward's norms write their FP8 copy themselves (arguments x, w,
+    // scale, copy, amax, rstd).
+    if (step.kind == Step::Kind::Launch &&
+        step.launch.kernel.rfind("rms_norm_fwd_", 0) == 0 &&
+        step.launch.kernel.find("_e4m3") != std::string::npos) {
+      const std::vector<package::Operand> &args = step.launch.args;
+      ASSERT_EQ(args.size(), 6u) << step.label;
+      ++casts["norm"];
+      EXPECT_EQ(target(args[2]).name, "fp8_scale.e4m3") << step.label;
+      EXPECT_EQ(target(args[4]).name, "fp8_amax.e4m3") << step.label;
+      EXPECT_EQ(args[2].offset, args[4].offset) << step.label;
+      EXPECT_EQ(target(args[3]).role, "fp8_copy") << step.label;
+      EXPECT_EQ(target(args[3]).type, ElementType::F8E4M3) << step.label;
+      EXPECT_TRUE(copiesMade.insert({"e4m3", args[2].offset, false}).second)
+          << step.label << ": makes a copy a cast made before";
+      castRow[{args[3].buffer, args[3].offset}] = args[2].offset / 4;
+      raised["e4m3"].insert(args[4].offset / 4);
+    }
     if (step.kind == Step::Kind::Launch &&
         step.launch.kernel.rfind("fp8_cast", 0) == 0) {
       const std::vector<package::Operand> &args = step.launch.args;
@@ -199,12 +217,12 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
         << format << ": a tensor's amax is never measured";
   // Per layer both copies from one read of the inputs of o_proj and
   // down_proj, the 7 incoming gradients and (accumulating) the 7 weight
-  // blocks; only the direct copy of the normalized inputs of q/k/v and
-  // gate/up (forward), only the transposed one of their recomputation
-  // (backward).
+  // blocks; the direct copy of the normalized inputs of q/k/v and gate/up
+  // by their norms (forward), only the transposed one of their
+  // recomputation (backward).
   EXPECT_EQ(casts,
             (std::map<std::string, int>{{"both", 2 * (accumulate ? 16 : 9)},
-                                        {"direct", 2 * 2},
+                                        {"norm", 2 * 2},
                                         {"transposed", 2 * 2}}));
   if (weightCopies) {
     EXPECT_EQ(weightCopies->steps.size(), 2u * 7);

@@ -218,6 +218,15 @@ llvm::Expected<KernelSpec> addBF16Kernel(int64_t numel);
 /// 448) and E5M2 (largest finite 57344).
 enum class FP8Format { E4M3, E5M2 };
 
+/// rms_norm_fwd_..._<format>: RMSNorm whose y goes straight into its FP8
+/// copy with a per-tensor scale, bit for bit what rms_norm_fwd and then
+/// fp8_cast would write, raising y's amax as fp8_cast does. Args: x, w,
+/// scale (f32 [1]), out (i8 [rows * hidden]), amax (f32 [1] as i32 bits),
+/// rstd (f32 [rows]). Grid [rows], block [256].
+llvm::Expected<KernelSpec> rmsNormFP8ForwardKernel(int64_t rows, int64_t hidden,
+                                                   double eps,
+                                                   FP8Format format);
+
 /// fp8_cast: out[i] = fp8(f32(x[i]) scale[0]) with PTX cvt.rn.satfinite
 /// (round to nearest even, saturating to the largest finite value, NaN kept:
 /// the reference interpreter's roundToFP8), and amax[0] = max(amax[0],
