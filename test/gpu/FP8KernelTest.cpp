@@ -15,6 +15,8 @@
 // - fp8_scale_update: after each of several steps, the histories and scales
 //   equal reference::fp8ScaleUpdate's bit for bit, scale_inv is 1 / scale
 //   in f32 and the amax is reset to 0.
+// - swiglu_fp8_cast_transpose: the bytes and amax of swiglu_fwd and then
+//   fp8_cast_transpose (both copies), edge tiles both ways.
 // - current scaling: fp8_amax gives the cast's amax (max |x| exactly over
 //   the block only, NaN wins, a launch only raises it); fp8_current_scale
 //   gives f32(fp8_max / amax / 2^margin), or 1 for an amax of 0, inf or NaN
@@ -202,6 +204,54 @@ std::string castCaseName(const ::testing::TestParamInfo<CastCase> &info) {
 
 INSTANTIATE_TEST_SUITE_P(Formats, FP8Cast, ::testing::ValuesIn(castCases()),
                          castCaseName);
+
+TEST(FP8SwiGLUCast, EqualsSwiGLUThenTheCast) {
+  // swiglu_fp8_cast_transpose over a gate/up output of kFP8Rows x 2
+  // kFP8Cols (edge tiles both ways) writes the bytes and amax that
+  // swiglu_fwd and then fp8_cast_transpose (both copies) write.
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "fp8");
+  ASSERT_TRUE(kernels.ok());
+  std::mt19937 rng(std::random_device{}());
+  std::vector<uint16_t> gu = randomBF16(R * 2 * C, rng, 4.0f);
+  gu[5] = doubleToBF16(3000.0); // h = 6000: saturates at the scale below
+  gu[C + 5] = doubleToBF16(2.0);
+  const int64_t n = R * C;
+  DeviceBuffer gateUp(device, R * 2 * C * 2, "gate_up"), h(device, n * 2, "h"),
+      scale(device, 4, "scale"), direct(device, n, "direct"),
+      transposed(device, n, "transposed"), amax(device, 4, "amax"),
+      fusedDirect(device, n, "fused direct"),
+      fusedTransposed(device, n, "fused transposed"),
+      fusedAmax(device, 4, "fused amax");
+  gateUp.upload(gu);
+  scale.upload(std::vector<float>{kFP8ScaleE4M3});
+  for (DeviceBuffer *b : {&direct, &transposed, &fusedDirect, &fusedTransposed})
+    b->fill(0x7F);
+  amax.fill(0);
+  fusedAmax.fill(0);
+  kernels.run("swiglu_fwd", {gateUp.address(), h.address()});
+  kernels.run("both_packed_e4m3",
+              {h.address(), scale.address(), direct.address(),
+               transposed.address(), amax.address()});
+  kernels.run("swiglu_e4m3", {gateUp.address(), gateUp.address() + C * 2,
+                              scale.address(), fusedDirect.address(),
+                              fusedTransposed.address(), fusedAmax.address()});
+  for (auto [want, got, what] :
+       {std::tuple{&direct, &fusedDirect, "direct"},
+        {&transposed, &fusedTransposed, "transposed"}}) {
+    std::vector<uint8_t> a = want->download<uint8_t>(n),
+                         b = got->download<uint8_t>(n);
+    int64_t mismatches = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (a[i] != b[i] && ++mismatches <= 5)
+        ADD_FAILURE() << what << " byte " << i << ": 0x" << std::hex
+                      << int(b[i]) << ", the cast's 0x" << int(a[i]);
+    EXPECT_EQ(mismatches, 0) << what << ", of " << n;
+  }
+  float wantAmax = amax.download<float>(1)[0];
+  EXPECT_GT(wantAmax, 1000.0f);
+  EXPECT_EQ(fusedAmax.download<float>(1)[0], wantAmax);
+}
 
 TEST(FP8CurrentScaling, AmaxIsTheBlocksMaximum) {
   LLAMAC_REQUIRE_GPU(device);

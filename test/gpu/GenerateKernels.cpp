@@ -151,6 +151,14 @@ Group fp8Group() {
   g.emplace_back("both_packed_tiles_e5m2",
                  fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
                                         FP8Format::E5M2, 0, /*direct=*/true));
+  // The FP8 forward's cast of SwiGLU as it computes it, and what it must
+  // equal: swiglu_fwd, then the cast of its output (edge tiles both ways).
+  g.emplace_back("swiglu_e4m3", swigluFP8CastTransposeKernel(kFP8Rows, kFP8Cols,
+                                                             FP8Format::E4M3));
+  g.emplace_back("swiglu_fwd", swigluForwardKernel(kFP8Rows, kFP8Cols));
+  g.emplace_back("both_packed_e4m3",
+                 fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E4M3, 0,
+                                        /*direct=*/true));
   // Current scaling: the amax pass over the packed matrix and its column
   // slice, and the scale from an amax.
   g.emplace_back("amax", fp8AmaxKernel(kFP8Rows * kFP8Cols));

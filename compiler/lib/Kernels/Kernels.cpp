@@ -139,6 +139,17 @@ const char *boolean(bool value) { return value ? "true" : "false"; }
 
 namespace {
 
+/// `text` with every occurrence of each key replaced by its value.
+std::string
+substitute(std::string text,
+           std::initializer_list<std::pair<const char *, std::string>> values) {
+  for (const auto &[key, value] : values)
+    for (size_t at = text.find(key); at != std::string::npos;
+         at = text.find(key, at + value.size()))
+      text.replace(at, std::strlen(key), value);
+  return text;
+}
+
 /// MLIR lines of AdamW's per-step scalars (adamw.mlir's math), read from
 /// %hyper ([lr, beta1, beta2, eps, weight_decay, step, max_norm]) and
 /// %normsq (the gradients' sum of squares): the clip factor, the bias
@@ -220,16 +231,29 @@ std::string adamwUpdate(const std::string &n, const std::string &p,
       %aw_mo# = arith.truncf %aw_m1# : vector<8xf32> to vector<8xbf16>
       %aw_vo# = arith.truncf %aw_v1# : vector<8xf32> to vector<8xbf16>
 )mlir";
-  for (auto [key, value] :
-       {std::pair<const char *, const std::string &>{"{p}", p},
-        {"{g}", g},
-        {"{m}", m},
-        {"{v}", v},
-        {"#", n}})
-    for (size_t at = text.find(key); at != std::string::npos;
-         at = text.find(key, at + value.size()))
-      text.replace(at, std::strlen(key), value);
-  return text;
+  return substitute(std::move(text),
+                    {{"{p}", p}, {"{g}", g}, {"{m}", m}, {"{v}", v}, {"#", n}});
+}
+
+/// MLIR lines of SwiGLU on 8 elements from the bf16 vectors `gate` and
+/// `up` (swiglu_fwd.mlir's math: h = bf16(bf16(silu(g)) u), silu(g) = g /
+/// (1 + exp(-g)) in f32), with %sw_one a vector<8xf32> of ones: the bf16
+/// result %sw_h<n>.
+std::string swigluMath(const std::string &n, const std::string &gate,
+                       const std::string &up) {
+  std::string text = R"mlir(
+      %sw_g# = arith.extf {g} : vector<8xbf16> to vector<8xf32>
+      %sw_u# = arith.extf {u} : vector<8xbf16> to vector<8xf32>
+      %sw_ng# = arith.negf %sw_g# : vector<8xf32>
+      %sw_e# = math.exp %sw_ng# : vector<8xf32>
+      %sw_den# = arith.addf %sw_one, %sw_e# : vector<8xf32>
+      %sw_silu# = arith.divf %sw_g#, %sw_den# : vector<8xf32>
+      %sw_sb# = arith.truncf %sw_silu# : vector<8xf32> to vector<8xbf16>
+      %sw_sf# = arith.extf %sw_sb# : vector<8xbf16> to vector<8xf32>
+      %sw_p# = arith.mulf %sw_sf#, %sw_u# : vector<8xf32>
+      %sw_h# = arith.truncf %sw_p# : vector<8xf32> to vector<8xbf16>
+)mlir";
+  return substitute(std::move(text), {{"{g}", gate}, {"{u}", up}, {"#", n}});
 }
 
 } // namespace
@@ -426,11 +450,20 @@ llvm::Expected<KernelSpec> llamac::fp8AmaxKernel(int64_t numel, int64_t cols,
   return elementReader("fp8_amax", "", numel, cols, ld, {});
 }
 
-/// fp8_cast_transpose, and with `adamw` its AdamW instance (direct, packed;
-/// fp8_cast_transpose.mlir), named `kernel` in errors.
+namespace {
+/// What an fp8_cast_transpose instance casts: x, the weight AdamW has just
+/// updated, or SwiGLU of a gate/up pair (fp8_cast_transpose.mlir).
+enum class CastSource { Tensor, AdamW, SwiGLU };
+} // namespace
+
+/// fp8_cast_transpose of `source` (AdamW: with direct, packed), named
+/// `kernel` in errors.
 static llvm::Expected<KernelSpec>
 castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
-                    FP8Format format, int64_t ld, bool direct, bool adamw) {
+                    FP8Format format, int64_t ld, bool direct,
+                    CastSource source) {
+  const bool adamw = source == CastSource::AdamW;
+  const bool swiglu = source == CastSource::SwiGLU;
   if (llvm::Error error = checkSize(kernel, "row count", rows, 16))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "column count", cols, 16))
@@ -488,6 +521,8 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
                {"%grad", "%ag"},
                {"%expAvg", "%am"},
                {"%expAvgSq", "%av"}};
+  if (swiglu) // x is the gate half, up the up half, rows ld apart
+    sources = {{"%x", "%sg"}, {"%up", "%su"}};
   std::vector<std::string> oks(8);
   auto loadPiece = [&](int i) {
     std::string n = std::to_string(i);
@@ -533,6 +568,10 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
         emit(load, "}");
       value = "%aw_po" + piece;
     }
+    if (swiglu) {
+      load += swigluMath("_" + n, "%sg" + n, "%su" + n);
+      value = "%sw_h_" + n;
+    }
     emit(load, "%f" + n + " = arith.extf " + value +
                    " : vector<8xbf16> to vector<8xf32>");
     emit(load, "%fb" + n + " = arith.bitcast %f" + n +
@@ -560,10 +599,10 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
                    "#gpu.address_space<workgroup>>, vector<8xi8>");
   };
   // The cast alone loads all 8 pieces before converting them, so that its 8
-  // loads are in flight at once. AdamW's 32 loads held at once took 202
-  // registers (one block per SM: 37.1 ms for Llama 2 7B's weights on an
-  // H200); a piece at a time takes 71 (three blocks: 31.6 ms; two pieces at a
-  // time 33.3 ms, four 31.7 ms).
+  // loads are in flight at once (SwiGLU's 16 too). AdamW's 32 loads held at
+  // once took 202 registers (one block per SM: 37.1 ms for Llama 2 7B's
+  // weights on an H200); a piece at a time takes 71 (three blocks: 31.6 ms;
+  // two pieces at a time 33.3 ms, four 31.7 ms).
   int group = adamw ? 1 : 8;
   for (int first = 0; first < 8; first += group) {
     for (int i = first; i < first + group; ++i)
@@ -674,19 +713,26 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
     emit(transpose, "}");
   return specialize(
       "fp8_cast_transpose",
-      std::string(adamw ? "adamw_" : "") + "fp8_cast_transpose_r" + str(rows) +
-          "_c" + str(cols) + (ld != cols ? "_ld" + str(ld) : "") +
+      std::string(adamw    ? "adamw_"
+                  : swiglu ? "swiglu_"
+                           : "") +
+          "fp8_cast_transpose_r" + str(rows) + "_c" + str(cols) +
+          (ld != cols ? "_ld" + str(ld) : "") +
           (direct && !adamw ? "_both" : "") + fp8Suffix(format),
       {{"LOAD", load},
        {"DIRECT", directCopy},
        {"TRANSPOSE", transpose},
        {"DIRECT_ARG", direct ? "%direct: memref<@RC@xi8>, " : ""},
-       {"ADAMW_ARGS", adamw ? "%grad: memref<@NX@xbf16>, %expAvg: "
-                              "memref<@NX@xbf16>, %expAvgSq: "
-                              "memref<@NX@xbf16>, %hyper: memref<8xf32>, "
-                              "%normsq: memref<1xf32>, "
+       {"EXTRA_ARGS", adamw    ? "%grad: memref<@NX@xbf16>, %expAvg: "
+                                 "memref<@NX@xbf16>, %expAvgSq: "
+                                 "memref<@NX@xbf16>, %hyper: memref<8xf32>, "
+                                 "%normsq: memref<1xf32>, "
+                      : swiglu ? "%up: memref<@NX@xbf16>, "
+                               : ""},
+       {"PRELUDE", adamw    ? kAdamWPrelude
+                   : swiglu ? "    %sw_one = arith.constant dense<1.0> : "
+                              "vector<8xf32>"
                             : ""},
-       {"PRELUDE", adamw ? kAdamWPrelude : ""},
        {"R", str(rows)},
        {"C", str(cols)},
        {"LD", str(ld)},
@@ -701,14 +747,21 @@ llvm::Expected<KernelSpec>
 llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
                                int64_t ld, bool direct) {
   return castTransposeKernel("fp8_cast_transpose", rows, cols, format, ld,
-                             direct, /*adamw=*/false);
+                             direct, CastSource::Tensor);
+}
+
+llvm::Expected<KernelSpec>
+llamac::swigluFP8CastTransposeKernel(int64_t rows, int64_t width,
+                                     FP8Format format) {
+  return castTransposeKernel("swiglu_fp8_cast_transpose", rows, width, format,
+                             2 * width, /*direct=*/true, CastSource::SwiGLU);
 }
 
 llvm::Expected<KernelSpec>
 llamac::adamwFP8CastTransposeKernel(int64_t rows, int64_t cols,
                                     FP8Format format) {
   return castTransposeKernel("adamw_fp8_cast_transpose", rows, cols, format,
-                             cols, /*direct=*/true, /*adamw=*/true);
+                             cols, /*direct=*/true, CastSource::AdamW);
 }
 
 llvm::Expected<KernelSpec> llamac::fp8CurrentScaleKernel(FP8Format format,
@@ -941,27 +994,30 @@ llvm::Expected<KernelSpec> llamac::columnSumKernel(int64_t rows, int64_t cols,
 
 /// Shared by swiglu_fwd and swiglu_bwd.
 static llvm::Expected<KernelSpec> swigluKernel(llvm::StringRef kernel,
-                                               int64_t rows, int64_t width) {
+                                               int64_t rows, int64_t width,
+                                               Values extra = {}) {
   if (llvm::Error error = checkSize(kernel, "row count", rows))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "width", width, 8))
     return std::move(error);
   int64_t total = rows * (width / 8);
+  Values values = {{"F", str(width)},
+                   {"F2", str(2 * width)},
+                   {"T", str(rows)},
+                   {"TF", str(rows * width)},
+                   {"TF2", str(2 * rows * width)},
+                   {"CHUNKS", str(width / 8)},
+                   {"TOTAL", str(total)}};
+  values.insert(values.end(), extra.begin(), extra.end());
   return specialize(kernel,
                     (kernel + "_t" + str(rows) + "_f" + str(width)).str(),
-                    {{"F", str(width)},
-                     {"F2", str(2 * width)},
-                     {"T", str(rows)},
-                     {"TF", str(rows * width)},
-                     {"TF2", str(2 * rows * width)},
-                     {"CHUNKS", str(width / 8)},
-                     {"TOTAL", str(total)}},
-                    dims(blocksFor(total, 256)), dims(256));
+                    std::move(values), dims(blocksFor(total, 256)), dims(256));
 }
 
 llvm::Expected<KernelSpec> llamac::swigluForwardKernel(int64_t rows,
                                                        int64_t width) {
-  return swigluKernel("swiglu_fwd", rows, width);
+  return swigluKernel("swiglu_fwd", rows, width,
+                      {{"SWIGLU", swigluMath("", "%gv", "%uv")}});
 }
 
 llvm::Expected<KernelSpec> llamac::swigluBackwardKernel(int64_t rows,

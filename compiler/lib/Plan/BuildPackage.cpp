@@ -433,6 +433,10 @@ private:
     std::vector<int64_t> blockRows;
     std::vector<FP8Slot> slots;
     bool bothCopies = false;
+    /// The tensor is SwiGLU of the gate/up GEMM output at `source` (the
+    /// gate half; rows source.ld apart, the up half `cols` on), never
+    /// written in bf16: its casts compute it (swiglu_fp8_cast_transpose).
+    bool swiglu = false;
     int direct = -1, transposed = -1;
     /// The transposed copy's shape: [cols, rows], or its blocks' elements.
     std::vector<int64_t> transposedShape() const {
@@ -639,6 +643,9 @@ private:
   FP8State fp8States[2];
   llvm::DenseMap<Value, FP8Slot> fp8Slots;
   llvm::DenseMap<Value, FP8Tensor> fp8Tensors;
+  /// FP8 SwiGLU outputs whose only reader is their cast: the gate/up output
+  /// they are computed from (lowerFP8GatedMLP, lowerFP8Quantize).
+  llvm::DenseMap<Value, Location> swigluSources;
   /// The slot whose amax each amax result raises.
   llvm::DenseMap<Value, FP8Slot> fp8AmaxSlots;
   /// The weights whose FP8 copies are persistent (persistentWeightCopies),
@@ -1614,6 +1621,11 @@ llvm::Error PackageBuilder::castBlocks(const FP8Tensor &t, bool direct,
     // the other, so both start at the block's first element).
     uint64_t at = uint64_t(first * t.cols);
     std::vector<Location> args{from};
+    if (t.swiglu) {
+      Location up = from;
+      up.offset += uint64_t(t.cols) * 2;
+      args.push_back(up);
+    }
     if (adamwAt) {
       uint64_t block = *adamwAt + uint64_t(first * t.cols) * 2;
       args = {whole(paramsRegion),   whole(gradsRegion), whole(expAvgRegion),
@@ -1645,6 +1657,7 @@ llvm::Error PackageBuilder::castBlocks(const FP8Tensor &t, bool direct,
     args.push_back(fp8Scalar(&FP8State::amax, slot));
     llvm::Expected<KernelSpec> kernel =
         adamwAt      ? adamwFP8CastTransposeKernel(rows, t.cols, format)
+        : t.swiglu   ? swigluFP8CastTransposeKernel(rows, t.cols, format)
         : transposed ? fp8CastTransposeKernel(rows, t.cols, format, ld, direct)
                      : fp8CastKernel(rows * t.cols, format, t.cols, ld);
     std::string what = " (" + fp8States[slot.format].name +
@@ -1757,7 +1770,10 @@ llvm::Error PackageBuilder::lowerFP8Quantize(FP8QuantizeOp op,
   auto type = cast<RankedTensorType>(op.getInput().getType());
   if (type.getRank() != 2 || !type.getElementType().isBF16())
     return fail(op, "quantizes a tensor that is not a bf16 matrix");
-  auto source = use(op.getInput());
+  auto swiglu = swigluSources.find(op.getInput());
+  auto source = swiglu != swigluSources.end()
+                    ? llvm::Expected<Location>(swiglu->second)
+                    : use(op.getInput());
   if (!source)
     return source.takeError();
   // Which copies the consumers read.
@@ -1789,6 +1805,10 @@ llvm::Error PackageBuilder::lowerFP8Quantize(FP8QuantizeOp op,
   // (the forward's), and its transposed copy then lives until the
   // backward's dgrad reads it.
   t.bothCopies = direct && transposed;
+  t.swiglu = swiglu != swigluSources.end();
+  if (t.swiglu && !t.bothCopies)
+    return fail(op, "casts a SwiGLU output for a GEMM that does not read both "
+                    "its copies");
   if (isa<BlockArgument>(op.getInput())) {
     if (persistentWeightCopies() && t.bothCopies &&
         buffers[source->buffer].info.role == "param")
@@ -2059,7 +2079,16 @@ llvm::Error PackageBuilder::lowerFP8GatedMLP(GatedMLPOp op,
   if (auto error = fp8ForwardByBlock(op, *a, *operands->weight, gateUp,
                                      2 * width, hidden, label))
     return error;
-  Location out = define(op.getResult(), "swiglu");
+  // An output that only its (delayed-scaling) cast reads is computed by
+  // that cast from gate_up and never written in bf16.
+  Value h = op.getResult();
+  auto cast = h.hasOneUse() ? dyn_cast<FP8QuantizeOp>(*h.user_begin())
+                            : FP8QuantizeOp();
+  if (cast && !cast.getScales().empty() && cast.getBlockRows().size() == 1) {
+    swigluSources[h] = gateUp;
+    return llvm::Error::success();
+  }
+  Location out = define(h, "swiglu");
   return launch(swigluForwardKernel(tokens, width), {gateUp, out},
                 label + " (swiglu)");
 }

@@ -284,6 +284,13 @@ std::vector<StepKernel> stepKernels() {
                                        /*direct=*/true);
        },
        true, true},
+      // The FP8 forward's SwiGLU output cast as it is computed from the
+      // gate/up GEMM's output.
+      {"swiglu_fp8_cast_transpose_e4m3",
+       [] {
+         return swigluFP8CastTransposeKernel(kRows, kMlp, FP8Format::E4M3);
+       },
+       true, true},
       // @optimizer_step's AdamW of an FP8 weight fused with its casts: a
       // down_proj weight, and the tiny model's gate weight (edge tiles).
       {"adamw_fp8_cast_transpose_e4m3",

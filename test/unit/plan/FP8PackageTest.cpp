@@ -45,6 +45,17 @@ std::string formatOf(ElementType type) {
   return type == ElementType::F8E4M3 ? "e4m3" : "e5m2";
 }
 
+/// The number after `key` in a kernel's name ("_n", "_r", "_c").
+int64_t sizeIn(const std::string &kernel, const std::string &key) {
+  for (size_t at = kernel.find(key); at != std::string::npos;
+       at = kernel.find(key, at + 1))
+    if (at + key.size() < kernel.size() &&
+        std::isdigit((unsigned char)kernel[at + key.size()]))
+      return std::stoll(kernel.substr(at + key.size()));
+  ADD_FAILURE() << kernel << " has no size " << key;
+  return 0;
+}
+
 class FP8PackageTest : public ::testing::TestWithParam<bool> {};
 
 TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
@@ -144,14 +155,30 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
       castRow[{args[3].buffer, args[3].offset}] = args[2].offset / 4;
       raised["e4m3"].insert(args[4].offset / 4);
     }
+    // The SwiGLU output's casts read the gate/up output's two halves (x and
+    // up, `width` elements apart) for the one source of the others.
+    bool swiglu = step.kind == Step::Kind::Launch &&
+                  step.launch.kernel.rfind("swiglu_fp8_cast_transpose", 0) == 0;
     if (step.kind == Step::Kind::Launch &&
-        step.launch.kernel.rfind("fp8_cast", 0) == 0) {
-      const std::vector<package::Operand> &args = step.launch.args;
+        (swiglu || step.launch.kernel.rfind("fp8_cast", 0) == 0)) {
+      std::vector<package::Operand> args = step.launch.args;
+      if (swiglu) {
+        ASSERT_EQ(args.size(), 6u) << step.label;
+        EXPECT_EQ(args[1].buffer, args[0].buffer) << step.label;
+        EXPECT_EQ(args[1].offset - args[0].offset,
+                  uint64_t(sizeIn(step.launch.kernel, "_c")) * 2)
+            << step.label;
+        args.erase(args.begin() + 1);
+      }
       bool both = step.launch.kernel.find("_both_") != std::string::npos;
-      bool transposed = step.launch.kernel.rfind("fp8_cast_transpose", 0) == 0;
+      bool transposed =
+          swiglu || step.launch.kernel.rfind("fp8_cast_transpose", 0) == 0;
       ASSERT_EQ(args.size(), both ? 5u : 4u) << step.label;
       if (!weightCopy)
-        ++casts[both ? "both" : transposed ? "transposed" : "direct"];
+        ++casts[swiglu       ? "swiglu"
+                : both       ? "both"
+                : transposed ? "transposed"
+                             : "direct"];
       const package::Operand &scale = args[1], &amax = args.back();
       std::string format = formatOf(target(args[2]).type);
       EXPECT_NE(step.launch.kernel.find("_" + format), std::string::npos);
@@ -215,13 +242,14 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
   for (auto &[format, rows] : raised)
     EXPECT_EQ(rows.size(), ids[format].size())
         << format << ": a tensor's amax is never measured";
-  // Per layer both copies from one read of the inputs of o_proj and
-  // down_proj, the 7 incoming gradients and (accumulating) the 7 weight
-  // blocks; the direct copy of the normalized inputs of q/k/v and gate/up
-  // by their norms (forward), only the transposed one of their
-  // recomputation (backward).
+  // Per layer both copies from one read of the input of o_proj, the 7
+  // incoming gradients and (accumulating) the 7 weight blocks, and of
+  // down_proj's input as SwiGLU computes it from the gate/up output; the
+  // direct copy of the normalized inputs of q/k/v and gate/up by their norms
+  // (forward), only the transposed one of their recomputation (backward).
   EXPECT_EQ(casts,
-            (std::map<std::string, int>{{"both", 2 * (accumulate ? 16 : 9)},
+            (std::map<std::string, int>{{"both", 2 * (accumulate ? 15 : 8)},
+                                        {"swiglu", 2},
                                         {"norm", 2 * 2},
                                         {"transposed", 2 * 2}}));
   if (weightCopies) {
@@ -249,17 +277,6 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
     updates += step.kind == Step::Kind::Launch &&
                step.launch.kernel.rfind("fp8_scale_update", 0) == 0;
   EXPECT_EQ(updates, 2);
-}
-
-/// The number after `key` in a kernel's name ("_n", "_r", "_c").
-int64_t sizeIn(const std::string &kernel, const std::string &key) {
-  for (size_t at = kernel.find(key); at != std::string::npos;
-       at = kernel.find(key, at + 1))
-    if (at + key.size() < kernel.size() &&
-        std::isdigit((unsigned char)kernel[at + key.size()]))
-      return std::stoll(kernel.substr(at + key.size()));
-  ADD_FAILURE() << kernel << " has no size " << key;
-  return 0;
 }
 
 TEST_P(FP8PackageTest, OptimizerStepUpdatesEachElementOnceAndRecastsWeights) {

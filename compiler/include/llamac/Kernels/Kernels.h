@@ -266,6 +266,15 @@ llvm::Expected<KernelSpec> fp8CastTransposeKernel(int64_t rows, int64_t cols,
 /// exp_avg_sq (bf16 [rows, cols]), hyper (f32 [8]), norm_sq (f32 [1]),
 /// scale (f32 [1]), direct (fp8 [rows, cols]), out (fp8 [cols, rows]), amax
 /// (f32 [1]). Launch and size limits as fp8CastTransposeKernel's.
+/// swiglu_fp8_cast_transpose: fp8_cast_transpose (both copies) of
+/// SwiGLU's output h [rows, width] computed from the gate/up GEMM's output
+/// as it is read (swiglu_fwd's math), so h is never written in bf16: the
+/// same bytes and amax as swiglu_fwd then fp8_cast_transpose. Args: gate
+/// (the gate/up output), up (the same buffer, width elements on), scale,
+/// direct, out, amax. rows and width multiples of 16.
+llvm::Expected<KernelSpec>
+swigluFP8CastTransposeKernel(int64_t rows, int64_t width, FP8Format format);
+
 llvm::Expected<KernelSpec>
 adamwFP8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format);
 
