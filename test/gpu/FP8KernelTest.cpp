@@ -16,7 +16,9 @@
 //   equal reference::fp8ScaleUpdate's bit for bit, scale_inv is 1 / scale
 //   in f32 and the amax is reset to 0.
 // - swiglu_fp8_cast_transpose: the bytes and amax of swiglu_fwd and then
-//   fp8_cast_transpose (both copies), edge tiles both ways.
+//   fp8_cast_transpose (both copies), edge tiles both ways; and
+//   swiglu_d{gate,up}_fp8_cast_transpose those of swiglu_bwd and then the
+//   cast of each half of its output.
 // - current scaling: fp8_amax gives the cast's amax (max |x| exactly over
 //   the block only, NaN wins, a launch only raises it); fp8_current_scale
 //   gives f32(fp8_max / amax / 2^margin), or 1 for an amax of 0, inf or NaN
@@ -251,6 +253,63 @@ TEST(FP8SwiGLUCast, EqualsSwiGLUThenTheCast) {
   float wantAmax = amax.download<float>(1)[0];
   EXPECT_GT(wantAmax, 1000.0f);
   EXPECT_EQ(fusedAmax.download<float>(1)[0], wantAmax);
+}
+
+TEST(FP8SwiGLUCast, GradientHalvesEqualSwiGLUBackwardThenTheCast) {
+  // swiglu_d{gate,up}_fp8_cast_transpose over dy [kFP8Rows, kFP8Cols] and
+  // a gate/up output of 2 kFP8Cols columns write the bytes and amax that
+  // swiglu_bwd and then fp8_cast_transpose (both copies) of each half of its
+  // output write.
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "fp8");
+  ASSERT_TRUE(kernels.ok());
+  std::mt19937 rng(std::random_device{}());
+  std::vector<uint16_t> gu = randomBF16(R * 2 * C, rng, 4.0f),
+                        dy = randomBF16(R * C, rng, 1e-3f);
+  const int64_t n = R * C;
+  DeviceBuffer gateUp(device, R * 2 * C * 2, "gate_up"),
+      dyBuffer(device, n * 2, "dy"), dgu(device, 2 * n * 2, "dgate_up"),
+      scale(device, 4, "scale");
+  gateUp.upload(gu);
+  dyBuffer.upload(dy);
+  scale.upload(std::vector<float>{kFP8ScaleE5M2});
+  kernels.run("swiglu_bwd",
+              {dyBuffer.address(), gateUp.address(), dgu.address()});
+  for (bool gateHalf : {true, false}) {
+    SCOPED_TRACE(gateHalf ? "gate half" : "up half");
+    DeviceBuffer direct(device, n, "direct"), transposed(device, n, "t"),
+        amax(device, 4, "amax"), fusedDirect(device, n, "fused direct"),
+        fusedTransposed(device, n, "fused t"), fusedAmax(device, 4, "amax'");
+    for (DeviceBuffer *b :
+         {&direct, &transposed, &fusedDirect, &fusedTransposed})
+      b->fill(0x7F);
+    amax.fill(0);
+    fusedAmax.fill(0);
+    kernels.run("both_half_e5m2",
+                {dgu.address() + (gateHalf ? 0 : C * 2), scale.address(),
+                 direct.address(), transposed.address(), amax.address()});
+    std::vector<CUdeviceptr> args = {dyBuffer.address(), gateUp.address()};
+    if (gateHalf)
+      args.push_back(gateUp.address() + C * 2);
+    args.insert(args.end(), {scale.address(), fusedDirect.address(),
+                             fusedTransposed.address(), fusedAmax.address()});
+    kernels.run(gateHalf ? "swiglu_dgate_e5m2" : "swiglu_dup_e5m2", args);
+    for (auto [want, got, what] :
+         {std::tuple{&direct, &fusedDirect, "direct"},
+          {&transposed, &fusedTransposed, "transposed"}}) {
+      std::vector<uint8_t> a = want->download<uint8_t>(n),
+                           b = got->download<uint8_t>(n);
+      int64_t mismatches = 0;
+      for (int64_t i = 0; i < n; ++i)
+        if (a[i] != b[i] && ++mismatches <= 5)
+          ADD_FAILURE() << what << " byte " << i << ": 0x" << std::hex
+                        << int(b[i]) << ", the cast's 0x" << int(a[i]);
+      EXPECT_EQ(mismatches, 0) << what << ", of " << n;
+    }
+    float wantAmax = amax.download<float>(1)[0];
+    EXPECT_GT(wantAmax, 0.0f);
+    EXPECT_EQ(fusedAmax.download<float>(1)[0], wantAmax);
+  }
 }
 
 TEST(FP8CurrentScaling, AmaxIsTheBlocksMaximum) {

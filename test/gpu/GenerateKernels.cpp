@@ -159,6 +159,18 @@ Group fp8Group() {
   g.emplace_back("both_packed_e4m3",
                  fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E4M3, 0,
                                         /*direct=*/true));
+  // The FP8 backward's casts of SwiGLU's gradient halves as they compute
+  // them, and what they must equal: swiglu_bwd, then the cast of each half.
+  g.emplace_back("swiglu_dgate_e5m2",
+                 swigluGradFP8CastTransposeKernel(kFP8Rows, kFP8Cols,
+                                                  FP8Format::E5M2, true));
+  g.emplace_back("swiglu_dup_e5m2",
+                 swigluGradFP8CastTransposeKernel(kFP8Rows, kFP8Cols,
+                                                  FP8Format::E5M2, false));
+  g.emplace_back("swiglu_bwd", swigluBackwardKernel(kFP8Rows, kFP8Cols));
+  g.emplace_back("both_half_e5m2",
+                 fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E5M2,
+                                        2 * kFP8Cols, /*direct=*/true));
   // Current scaling: the amax pass over the packed matrix and its column
   // slice, and the scale from an amax.
   g.emplace_back("amax", fp8AmaxKernel(kFP8Rows * kFP8Cols));

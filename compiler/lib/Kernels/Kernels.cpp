@@ -256,6 +256,38 @@ std::string swigluMath(const std::string &n, const std::string &gate,
   return substitute(std::move(text), {{"{g}", gate}, {"{u}", up}, {"#", n}});
 }
 
+/// MLIR lines of SwiGLU's backward on 8 elements from the bf16 vectors `dy`,
+/// `gate` and `up` (swiglu_bwd.mlir's math, s = sigmoid(gate) in f32:
+/// d gate = bf16(dy up s (1 + gate (1 - s))), d up = bf16(dy
+/// bf16(silu(gate)))), with %sgr_one a vector<8xf32> of ones: the bf16
+/// results %sgr_dgb<n> and %sgr_dub<n>.
+std::string swigluGradMath(const std::string &n, const std::string &dy,
+                           const std::string &gate, const std::string &up) {
+  std::string text = R"mlir(
+      %sgr_dy# = arith.extf {dy} : vector<8xbf16> to vector<8xf32>
+      %sgr_g# = arith.extf {g} : vector<8xbf16> to vector<8xf32>
+      %sgr_u# = arith.extf {u} : vector<8xbf16> to vector<8xf32>
+      %sgr_ng# = arith.negf %sgr_g# : vector<8xf32>
+      %sgr_e# = math.exp %sgr_ng# : vector<8xf32>
+      %sgr_den# = arith.addf %sgr_one, %sgr_e# : vector<8xf32>
+      %sgr_s# = arith.divf %sgr_one, %sgr_den# : vector<8xf32>
+      %sgr_silu# = arith.divf %sgr_g#, %sgr_den# : vector<8xf32>
+      %sgr_sb# = arith.truncf %sgr_silu# : vector<8xf32> to vector<8xbf16>
+      %sgr_sf# = arith.extf %sgr_sb# : vector<8xbf16> to vector<8xf32>
+      %sgr_dup# = arith.mulf %sgr_dy#, %sgr_sf# : vector<8xf32>
+      %sgr_oms# = arith.subf %sgr_one, %sgr_s# : vector<8xf32>
+      %sgr_gOms# = arith.mulf %sgr_g#, %sgr_oms# : vector<8xf32>
+      %sgr_factor# = arith.addf %sgr_one, %sgr_gOms# : vector<8xf32>
+      %sgr_dyu# = arith.mulf %sgr_dy#, %sgr_u# : vector<8xf32>
+      %sgr_dyus# = arith.mulf %sgr_dyu#, %sgr_s# : vector<8xf32>
+      %sgr_dgate# = arith.mulf %sgr_dyus#, %sgr_factor# : vector<8xf32>
+      %sgr_dgb# = arith.truncf %sgr_dgate# : vector<8xf32> to vector<8xbf16>
+      %sgr_dub# = arith.truncf %sgr_dup# : vector<8xf32> to vector<8xbf16>
+)mlir";
+  return substitute(std::move(text),
+                    {{"{dy}", dy}, {"{g}", gate}, {"{u}", up}, {"#", n}});
+}
+
 } // namespace
 
 llvm::Expected<KernelSpec> llamac::adamwKernel(int64_t numel) {
@@ -452,8 +484,9 @@ llvm::Expected<KernelSpec> llamac::fp8AmaxKernel(int64_t numel, int64_t cols,
 
 namespace {
 /// What an fp8_cast_transpose instance casts: x, the weight AdamW has just
-/// updated, or SwiGLU of a gate/up pair (fp8_cast_transpose.mlir).
-enum class CastSource { Tensor, AdamW, SwiGLU };
+/// updated, SwiGLU of a gate/up pair, or the gate or up half of SwiGLU's
+/// gradient (fp8_cast_transpose.mlir).
+enum class CastSource { Tensor, AdamW, SwiGLU, SwiGLUGradGate, SwiGLUGradUp };
 } // namespace
 
 /// fp8_cast_transpose of `source` (AdamW: with direct, packed), named
@@ -464,6 +497,8 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
                     CastSource source) {
   const bool adamw = source == CastSource::AdamW;
   const bool swiglu = source == CastSource::SwiGLU;
+  const bool swigluGrad = source == CastSource::SwiGLUGradGate ||
+                          source == CastSource::SwiGLUGradUp;
   if (llvm::Error error = checkSize(kernel, "row count", rows, 16))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "column count", cols, 16))
@@ -515,7 +550,14 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
   // back). The AdamW instance loads the weight, its gradient and moments,
   // updates them and stores them back (inside the matrix), and converts the
   // new weight.
-  std::vector<std::pair<std::string, std::string>> sources{{"%x", "%l"}};
+  // Each source: its memref, the prefix of its loaded pieces, and whether
+  // it is a half of a gate/up output whose rows lie 2 cols apart (SwiGLU's
+  // gradient, whose x, dy, is packed: those take indices of their own).
+  struct Source {
+    std::string memref, prefix;
+    bool gateUpHalf = false;
+  };
+  std::vector<Source> sources{{"%x", "%l"}};
   if (adamw)
     sources = {{"%x", "%ap"},
                {"%grad", "%ag"},
@@ -523,6 +565,17 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
                {"%expAvgSq", "%av"}};
   if (swiglu) // x is the gate half, up the up half, rows ld apart
     sources = {{"%x", "%sg"}, {"%up", "%su"}};
+  // SwiGLU's gradient: x is dy (packed), gate and up the halves of the
+  // gate/up output (rows 2 cols apart); the up half needs no up.
+  const int64_t gateNX = (rows - 1) * 2 * cols + cols;
+  if (swigluGrad) {
+    sources = {{"%x", "%gy"}, {"%gate", "%gg", true}};
+    if (source == CastSource::SwiGLUGradGate)
+      sources.push_back({"%up", "%gu", true});
+    constant(load, "%lld2", 2 * cols);
+    emit(load, "%lRowStart2 = arith.muli %lRow, %lld2 : index");
+    emit(load, "%lBase2 = arith.addi %lRowStart2, %lCol : index");
+  }
   std::vector<std::string> oks(8);
   auto loadPiece = [&](int i) {
     std::string n = std::to_string(i);
@@ -537,13 +590,26 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
     if (!ok.empty())
       emit(load,
            "%ls" + n + " = arith.select " + ok + ", %li" + n + ", %c0 : index");
-    for (const auto &[memref, result] : sources) {
-      std::string loaded = ok.empty() ? result + n : result + "v" + n;
-      emit(load, loaded + " = vector.load " + memref + "[" +
-                     (ok.empty() ? "%li" : "%ls") + n +
-                     "] {alignment = 16} : memref<@NX@xbf16>, vector<8xbf16>");
+    // This piece's index in the gate/up halves.
+    if (swigluGrad) {
+      constant(load, "%lo2_" + n, i * 16 * 2 * cols);
+      emit(load, "%li2_" + n + " = arith.addi %lBase2, %lo2_" + n + " : index");
       if (!ok.empty())
-        emit(load, result + n + " = arith.select " + ok + ", " + loaded +
+        emit(load, "%ls2_" + n + " = arith.select " + ok + ", %li2_" + n +
+                       ", %c0 : index");
+    }
+    for (const Source &from : sources) {
+      std::string index = (ok.empty() ? "%li" : "%ls") + n, size = "@NX@";
+      if (from.gateUpHalf) {
+        index = (ok.empty() ? "%li2_" : "%ls2_") + n;
+        size = str(gateNX);
+      }
+      std::string loaded = ok.empty() ? from.prefix + n : from.prefix + "v" + n;
+      emit(load, loaded + " = vector.load " + from.memref + "[" + index +
+                     "] {alignment = 16} : memref<" + size +
+                     "xbf16>, vector<8xbf16>");
+      if (!ok.empty())
+        emit(load, from.prefix + n + " = arith.select " + ok + ", " + loaded +
                        ", %zeroX : vector<8xbf16>");
     }
   };
@@ -572,6 +638,13 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
       load += swigluMath("_" + n, "%sg" + n, "%su" + n);
       value = "%sw_h_" + n;
     }
+    if (swigluGrad) {
+      bool gateHalf = source == CastSource::SwiGLUGradGate;
+      // The up half's math reads no up (its d gate is left unused).
+      load += swigluGradMath("_" + n, "%gy" + n, "%gg" + n,
+                             gateHalf ? "%gu" + n : "%zeroX");
+      value = (gateHalf ? "%sgr_dgb_" : "%sgr_dub_") + n;
+    }
     emit(load, "%f" + n + " = arith.extf " + value +
                    " : vector<8xbf16> to vector<8xf32>");
     emit(load, "%fb" + n + " = arith.bitcast %f" + n +
@@ -599,11 +672,13 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
                    "#gpu.address_space<workgroup>>, vector<8xi8>");
   };
   // The cast alone loads all 8 pieces before converting them, so that its 8
-  // loads are in flight at once (SwiGLU's 16 too). AdamW's 32 loads held at
-  // once took 202 registers (one block per SM: 37.1 ms for Llama 2 7B's
-  // weights on an H200); a piece at a time takes 71 (three blocks: 31.6 ms;
-  // two pieces at a time 33.3 ms, four 31.7 ms).
-  int group = adamw ? 1 : 8;
+  // loads are in flight at once. AdamW's 32 loads held at once took 202
+  // registers (one block per SM: 37.1 ms for Llama 2 7B's weights on an
+  // H200); a piece at a time takes 71 (three blocks: 31.6 ms; two pieces at a
+  // time 33.3 ms, four 31.7 ms). SwiGLU and its gradient (2 and 3 sources,
+  // and their math) two pieces at a time: 58 and 89 registers (101 and 147
+  // with all 8), two blocks or more per SM.
+  int group = adamw ? 1 : (swiglu || swigluGrad) ? 2 : 8;
   for (int first = 0; first < 8; first += group) {
     for (int i = first; i < first + group; ++i)
       loadPiece(i);
@@ -711,36 +786,46 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
   }
   if (!ok.empty())
     emit(transpose, "}");
-  return specialize(
-      "fp8_cast_transpose",
-      std::string(adamw    ? "adamw_"
-                  : swiglu ? "swiglu_"
-                           : "") +
-          "fp8_cast_transpose_r" + str(rows) + "_c" + str(cols) +
-          (ld != cols ? "_ld" + str(ld) : "") +
-          (direct && !adamw ? "_both" : "") + fp8Suffix(format),
-      {{"LOAD", load},
-       {"DIRECT", directCopy},
-       {"TRANSPOSE", transpose},
-       {"DIRECT_ARG", direct ? "%direct: memref<@RC@xi8>, " : ""},
-       {"EXTRA_ARGS", adamw    ? "%grad: memref<@NX@xbf16>, %expAvg: "
-                                 "memref<@NX@xbf16>, %expAvgSq: "
-                                 "memref<@NX@xbf16>, %hyper: memref<8xf32>, "
-                                 "%normsq: memref<1xf32>, "
-                      : swiglu ? "%up: memref<@NX@xbf16>, "
-                               : ""},
-       {"PRELUDE", adamw    ? kAdamWPrelude
-                   : swiglu ? "    %sw_one = arith.constant dense<1.0> : "
-                              "vector<8xf32>"
-                            : ""},
-       {"R", str(rows)},
-       {"C", str(cols)},
-       {"LD", str(ld)},
-       {"NX", str((rows - 1) * ld + cols)},
-       {"RC", str(rows * cols)},
-       {"FORMAT", fp8TypeName(format)},
-       {"BLOCK_MAX", kBlockAmax}},
-      dims(blocksFor(cols, kTile), unsigned(rowTiles)), dims(256));
+  const char *prefix = adamw                                  ? "adamw_"
+                       : swiglu                               ? "swiglu_"
+                       : source == CastSource::SwiGLUGradGate ? "swiglu_dgate_"
+                       : source == CastSource::SwiGLUGradUp   ? "swiglu_dup_"
+                                                              : "";
+  std::string extraArgs, prelude;
+  if (adamw) {
+    extraArgs = "%grad: memref<@NX@xbf16>, %expAvg: memref<@NX@xbf16>, "
+                "%expAvgSq: memref<@NX@xbf16>, %hyper: memref<8xf32>, "
+                "%normsq: memref<1xf32>, ";
+    prelude = kAdamWPrelude;
+  } else if (swiglu) {
+    extraArgs = "%up: memref<@NX@xbf16>, ";
+    prelude = "    %sw_one = arith.constant dense<1.0> : vector<8xf32>";
+  } else if (swigluGrad) {
+    std::string gateType = "memref<" + str(gateNX) + "xbf16>, ";
+    extraArgs = "%gate: " + gateType;
+    if (source == CastSource::SwiGLUGradGate)
+      extraArgs += "%up: " + gateType;
+    prelude = "    %sgr_one = arith.constant dense<1.0> : vector<8xf32>";
+  }
+  return specialize("fp8_cast_transpose",
+                    prefix + std::string("fp8_cast_transpose_r") + str(rows) +
+                        "_c" + str(cols) + (ld != cols ? "_ld" + str(ld) : "") +
+                        (direct && !adamw ? "_both" : "") + fp8Suffix(format),
+                    {{"LOAD", load},
+                     {"DIRECT", directCopy},
+                     {"TRANSPOSE", transpose},
+                     {"DIRECT_ARG", direct ? "%direct: memref<@RC@xi8>, " : ""},
+                     {"EXTRA_ARGS", extraArgs},
+                     {"PRELUDE", prelude},
+                     {"R", str(rows)},
+                     {"C", str(cols)},
+                     {"LD", str(ld)},
+                     {"NX", str((rows - 1) * ld + cols)},
+                     {"RC", str(rows * cols)},
+                     {"FORMAT", fp8TypeName(format)},
+                     {"BLOCK_MAX", kBlockAmax}},
+                    dims(blocksFor(cols, kTile), unsigned(rowTiles)),
+                    dims(256));
 }
 
 llvm::Expected<KernelSpec>
@@ -748,6 +833,16 @@ llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
                                int64_t ld, bool direct) {
   return castTransposeKernel("fp8_cast_transpose", rows, cols, format, ld,
                              direct, CastSource::Tensor);
+}
+
+llvm::Expected<KernelSpec>
+llamac::swigluGradFP8CastTransposeKernel(int64_t rows, int64_t width,
+                                         FP8Format format, bool gateHalf) {
+  return castTransposeKernel(gateHalf ? "swiglu_dgate_fp8_cast_transpose"
+                                      : "swiglu_dup_fp8_cast_transpose",
+                             rows, width, format, width, /*direct=*/true,
+                             gateHalf ? CastSource::SwiGLUGradGate
+                                      : CastSource::SwiGLUGradUp);
 }
 
 llvm::Expected<KernelSpec>
@@ -1022,7 +1117,9 @@ llvm::Expected<KernelSpec> llamac::swigluForwardKernel(int64_t rows,
 
 llvm::Expected<KernelSpec> llamac::swigluBackwardKernel(int64_t rows,
                                                         int64_t width) {
-  return swigluKernel("swiglu_bwd", rows, width);
+  return swigluKernel(
+      "swiglu_bwd", rows, width,
+      {{"SWIGLU_GRAD", swigluGradMath("", "%dv", "%gv", "%uv")}});
 }
 
 /// The POSITIONS_ARG of a kernel that reads the position_ids of `tokens`

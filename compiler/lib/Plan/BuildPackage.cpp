@@ -433,10 +433,15 @@ private:
     std::vector<int64_t> blockRows;
     std::vector<FP8Slot> slots;
     bool bothCopies = false;
-    /// The tensor is SwiGLU of the gate/up GEMM output at `source` (the
-    /// gate half; rows source.ld apart, the up half `cols` on), never
-    /// written in bf16: its casts compute it (swiglu_fp8_cast_transpose).
-    bool swiglu = false;
+    /// Tensors never written in bf16, which their casts compute as they read
+    /// their inputs: SwiGLU of the gate/up GEMM output at `source` (the gate
+    /// half; rows source.ld apart, the up half `cols` on;
+    /// swiglu_fp8_cast_transpose), or the gate or up half of SwiGLU's input
+    /// gradient from dy at `source` and the gate/up output at `gateUp`
+    /// (swiglu_d{gate,up}_fp8_cast_transpose).
+    enum class Computed { No, SwiGLU, SwiGLUGradGate, SwiGLUGradUp };
+    Computed computed = Computed::No;
+    Location gateUp;
     int direct = -1, transposed = -1;
     /// The transposed copy's shape: [cols, rows], or its blocks' elements.
     std::vector<int64_t> transposedShape() const {
@@ -518,23 +523,30 @@ private:
   /// or RMSNorm(x) recomputed when the op has a norm, with that norm's
   /// weight and rstd for the norm backward).
   struct GatedMLPGradStart {
-    int dGU = -1;
+    Location dOut, gateUp;
+    int dGU = -1; ///< Unless its computation was left to the FP8 casts.
     Location in, normWeight;
     int rstd = -1;
   };
-  llvm::Expected<GatedMLPGradStart>
-  startGatedMLPGrad(GatedMLPGradOp op, Location x, int64_t width,
-                    int64_t hidden, const std::string &label) {
+  llvm::Expected<GatedMLPGradStart> startGatedMLPGrad(GatedMLPGradOp op,
+                                                      Location x, int64_t width,
+                                                      int64_t hidden,
+                                                      const std::string &label,
+                                                      bool computeDGU = true) {
     auto dOut = use(op.getGrad());
     auto gateUp = use(op.getGateUp());
     if (!dOut || !gateUp)
       return llvm::joinErrors(dOut.takeError(), gateUp.takeError());
     GatedMLPGradStart start;
-    start.dGU = scratch("dgate_up", ElementType::BF16, {tokens, 2 * width});
-    if (auto error =
-            launch(swigluBackwardKernel(tokens, width),
-                   {*dOut, *gateUp, whole(start.dGU)}, label + " (swiglu)"))
-      return std::move(error);
+    start.dOut = *dOut;
+    start.gateUp = *gateUp;
+    if (computeDGU) {
+      start.dGU = scratch("dgate_up", ElementType::BF16, {tokens, 2 * width});
+      if (auto error =
+              launch(swigluBackwardKernel(tokens, width),
+                     {*dOut, *gateUp, whole(start.dGU)}, label + " (swiglu)"))
+        return std::move(error);
+    }
     start.in = x;
     if (!op.getNormWeight())
       return start;
@@ -1621,11 +1633,18 @@ llvm::Error PackageBuilder::castBlocks(const FP8Tensor &t, bool direct,
     // the other, so both start at the block's first element).
     uint64_t at = uint64_t(first * t.cols);
     std::vector<Location> args{from};
-    if (t.swiglu) {
-      Location up = from;
-      up.offset += uint64_t(t.cols) * 2;
+    // The computed tensors' other inputs: the up half after the gate half
+    // (SwiGLU), the gate/up output's halves (SwiGLU's gradient; the up
+    // half's needs no up).
+    using Computed = FP8Tensor::Computed;
+    Location up = t.computed == Computed::SwiGLU ? from : t.gateUp;
+    up.offset += uint64_t(t.cols) * 2;
+    if (t.computed == Computed::SwiGLUGradGate ||
+        t.computed == Computed::SwiGLUGradUp)
+      args.push_back(t.gateUp);
+    if (t.computed == Computed::SwiGLU ||
+        t.computed == Computed::SwiGLUGradGate)
       args.push_back(up);
-    }
     if (adamwAt) {
       uint64_t block = *adamwAt + uint64_t(first * t.cols) * 2;
       args = {whole(paramsRegion),   whole(gradsRegion), whole(expAvgRegion),
@@ -1656,8 +1675,12 @@ llvm::Error PackageBuilder::castBlocks(const FP8Tensor &t, bool direct,
       args.push_back({t.transposed, at, 0});
     args.push_back(fp8Scalar(&FP8State::amax, slot));
     llvm::Expected<KernelSpec> kernel =
-        adamwAt      ? adamwFP8CastTransposeKernel(rows, t.cols, format)
-        : t.swiglu   ? swigluFP8CastTransposeKernel(rows, t.cols, format)
+        adamwAt ? adamwFP8CastTransposeKernel(rows, t.cols, format)
+        : t.computed == Computed::SwiGLU
+            ? swigluFP8CastTransposeKernel(rows, t.cols, format)
+        : t.computed != Computed::No
+            ? swigluGradFP8CastTransposeKernel(
+                  rows, t.cols, format, t.computed == Computed::SwiGLUGradGate)
         : transposed ? fp8CastTransposeKernel(rows, t.cols, format, ld, direct)
                      : fp8CastKernel(rows * t.cols, format, t.cols, ld);
     std::string what = " (" + fp8States[slot.format].name +
@@ -1805,8 +1828,9 @@ llvm::Error PackageBuilder::lowerFP8Quantize(FP8QuantizeOp op,
   // (the forward's), and its transposed copy then lives until the
   // backward's dgrad reads it.
   t.bothCopies = direct && transposed;
-  t.swiglu = swiglu != swigluSources.end();
-  if (t.swiglu && !t.bothCopies)
+  if (swiglu != swigluSources.end())
+    t.computed = FP8Tensor::Computed::SwiGLU;
+  if (t.computed != FP8Tensor::Computed::No && !t.bothCopies)
     return fail(op, "casts a SwiGLU output for a GEMM that does not read both "
                     "its copies");
   if (isa<BlockArgument>(op.getInput())) {
@@ -2103,7 +2127,13 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
   if (!operands)
     return operands.takeError();
   const SmallVector<FP8Slot> &slots = operands->slots;
-  auto start = startGatedMLPGrad(op, operands->input, width, hidden, label);
+  // With delayed scaling the gradient's halves are never written in bf16:
+  // their casts compute them from dOut and gate_up. Current scaling needs
+  // each half's amax before its cast, so it writes them.
+  bool computedHalves = !fp8States[slots[1].format].current &&
+                        !fp8States[slots[2].format].current;
+  auto start = startGatedMLPGrad(op, operands->input, width, hidden, label,
+                                 /*computeDGU=*/!computedHalves);
   if (!start)
     return start.takeError();
   int dGU = start->dGU;
@@ -2120,9 +2150,17 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
   // The gate and up halves of dGU, each quantized as a tensor of its own:
   // dW[half] = dHᵀ in and dx += dH W[half].
   for (int half = 0; half < 2; ++half) {
+    std::string name = label + (half ? ".dup" : ".dgate");
     FP8Tensor dH =
-        fp8Tensor({dGU, uint64_t(half * width) * 2, 2 * width}, tokens, width,
-                  {slots[1 + half]}, {}, label + (half ? ".dup" : ".dgate"));
+        computedHalves
+            ? fp8Tensor(start->dOut, tokens, width, {slots[1 + half]}, {}, name)
+            : fp8Tensor({dGU, uint64_t(half * width) * 2, 2 * width}, tokens,
+                        width, {slots[1 + half]}, {}, name);
+    if (computedHalves) {
+      dH.computed = half ? FP8Tensor::Computed::SwiGLUGradUp
+                         : FP8Tensor::Computed::SwiGLUGradGate;
+      dH.gateUp = start->gateUp;
+    }
     dH.bothCopies = true;
     if (auto error =
             fp8BlockBackward(op, dH, *operands->weight, half * width, *inT,

@@ -286,6 +286,20 @@ std::vector<StepKernel> stepKernels() {
        true, true},
       // The FP8 forward's SwiGLU output cast as it is computed from the
       // gate/up GEMM's output.
+      // The FP8 backward's casts of SwiGLU's input gradient halves as they
+      // are computed from dy and the gate/up output.
+      {"swiglu_dgate_fp8_cast_transpose_e5m2",
+       [] {
+         return swigluGradFP8CastTransposeKernel(kRows, kMlp, FP8Format::E5M2,
+                                                 /*gateHalf=*/true);
+       },
+       true, true},
+      {"swiglu_dup_fp8_cast_transpose_e5m2",
+       [] {
+         return swigluGradFP8CastTransposeKernel(kRows, kMlp, FP8Format::E5M2,
+                                                 /*gateHalf=*/false);
+       },
+       true, true},
       {"swiglu_fp8_cast_transpose_e4m3",
        [] {
          return swigluFP8CastTransposeKernel(kRows, kMlp, FP8Format::E4M3);

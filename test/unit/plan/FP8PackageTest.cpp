@@ -155,27 +155,44 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
       castRow[{args[3].buffer, args[3].offset}] = args[2].offset / 4;
       raised["e4m3"].insert(args[4].offset / 4);
     }
-    // The SwiGLU output's casts read the gate/up output's two halves (x and
-    // up, `width` elements apart) for the one source of the others.
+    // The casts that compute their tensor read more: SwiGLU's output's, the
+    // gate/up output's two halves (x, and up `width` elements on); its
+    // gradient halves', dy (x) and the gate/up output (gate, and for the
+    // gate half up `width` on). Checked, then left out like the source.
+    const std::string &kernel = step.launch.kernel;
     bool swiglu = step.kind == Step::Kind::Launch &&
-                  step.launch.kernel.rfind("swiglu_fp8_cast_transpose", 0) == 0;
+                  kernel.rfind("swiglu_fp8_cast_transpose", 0) == 0;
+    bool swigluGrad =
+        step.kind == Step::Kind::Launch &&
+        (kernel.rfind("swiglu_dgate_fp8_cast_transpose", 0) == 0 ||
+         kernel.rfind("swiglu_dup_fp8_cast_transpose", 0) == 0);
     if (step.kind == Step::Kind::Launch &&
-        (swiglu || step.launch.kernel.rfind("fp8_cast", 0) == 0)) {
+        (swiglu || swigluGrad || kernel.rfind("fp8_cast", 0) == 0)) {
       std::vector<package::Operand> args = step.launch.args;
+      uint64_t halfBytes = uint64_t(sizeIn(kernel, "_c")) * 2;
       if (swiglu) {
         ASSERT_EQ(args.size(), 6u) << step.label;
         EXPECT_EQ(args[1].buffer, args[0].buffer) << step.label;
-        EXPECT_EQ(args[1].offset - args[0].offset,
-                  uint64_t(sizeIn(step.launch.kernel, "_c")) * 2)
-            << step.label;
+        EXPECT_EQ(args[1].offset - args[0].offset, halfBytes) << step.label;
         args.erase(args.begin() + 1);
+      }
+      if (swigluGrad) {
+        bool gateHalf = kernel.rfind("swiglu_dgate", 0) == 0;
+        ASSERT_EQ(args.size(), gateHalf ? 7u : 6u) << step.label;
+        EXPECT_NE(args[1].buffer, args[0].buffer) << step.label;
+        if (gateHalf) {
+          EXPECT_EQ(args[2].buffer, args[1].buffer) << step.label;
+          EXPECT_EQ(args[2].offset - args[1].offset, halfBytes) << step.label;
+        }
+        args.erase(args.begin() + 1, args.begin() + (gateHalf ? 3 : 2));
       }
       bool both = step.launch.kernel.find("_both_") != std::string::npos;
       bool transposed =
-          swiglu || step.launch.kernel.rfind("fp8_cast_transpose", 0) == 0;
+          swiglu || swigluGrad || kernel.rfind("fp8_cast_transpose", 0) == 0;
       ASSERT_EQ(args.size(), both ? 5u : 4u) << step.label;
       if (!weightCopy)
         ++casts[swiglu       ? "swiglu"
+                : swigluGrad ? "swiglu gradient"
                 : both       ? "both"
                 : transposed ? "transposed"
                              : "direct"];
@@ -242,14 +259,17 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
   for (auto &[format, rows] : raised)
     EXPECT_EQ(rows.size(), ids[format].size())
         << format << ": a tensor's amax is never measured";
-  // Per layer both copies from one read of the input of o_proj, the 7
-  // incoming gradients and (accumulating) the 7 weight blocks, and of
-  // down_proj's input as SwiGLU computes it from the gate/up output; the
-  // direct copy of the normalized inputs of q/k/v and gate/up by their norms
-  // (forward), only the transposed one of their recomputation (backward).
+  // Per layer both copies from one read of the input of o_proj, the 5
+  // incoming gradients of q, k, v, o and down, and (accumulating) the 7
+  // weight blocks; of down_proj's input as SwiGLU computes it from the
+  // gate/up output, and of the gate and up gradients as SwiGLU's backward
+  // computes them; the direct copy of the normalized inputs of q/k/v and
+  // gate/up by their norms (forward), only the transposed one of their
+  // recomputation (backward).
   EXPECT_EQ(casts,
-            (std::map<std::string, int>{{"both", 2 * (accumulate ? 15 : 8)},
+            (std::map<std::string, int>{{"both", 2 * (accumulate ? 13 : 6)},
                                         {"swiglu", 2},
+                                        {"swiglu gradient", 2 * 2},
                                         {"norm", 2 * 2},
                                         {"transposed", 2 * 2}}));
   if (weightCopies) {

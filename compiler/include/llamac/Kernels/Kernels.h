@@ -275,6 +275,19 @@ llvm::Expected<KernelSpec> fp8CastTransposeKernel(int64_t rows, int64_t cols,
 llvm::Expected<KernelSpec>
 swigluFP8CastTransposeKernel(int64_t rows, int64_t width, FP8Format format);
 
+/// swiglu_d{gate,up}_fp8_cast_transpose: fp8_cast_transpose (both copies)
+/// of the gate (`gateHalf`) or up half of SwiGLU's input gradient [rows,
+/// width], computed from dy and the gate/up output as they are read
+/// (swiglu_bwd's math), so that gradient is never written in bf16: the same
+/// bytes and amax as swiglu_bwd then fp8_cast_transpose of that half. Args:
+/// dy ([rows, width]), gate (the gate/up output), [up (the same buffer,
+/// width elements on): gate half only,] scale, direct, out, amax. rows and
+/// width multiples of 16.
+llvm::Expected<KernelSpec> swigluGradFP8CastTransposeKernel(int64_t rows,
+                                                            int64_t width,
+                                                            FP8Format format,
+                                                            bool gateHalf);
+
 llvm::Expected<KernelSpec>
 adamwFP8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format);
 
