@@ -238,18 +238,8 @@ TEST(FP8SwiGLUCast, EqualsSwiGLUThenTheCast) {
   kernels.run("swiglu_e4m3", {gateUp.address(), gateUp.address() + C * 2,
                               scale.address(), fusedDirect.address(),
                               fusedTransposed.address(), fusedAmax.address()});
-  for (auto [want, got, what] :
-       {std::tuple{&direct, &fusedDirect, "direct"},
-        {&transposed, &fusedTransposed, "transposed"}}) {
-    std::vector<uint8_t> a = want->download<uint8_t>(n),
-                         b = got->download<uint8_t>(n);
-    int64_t mismatches = 0;
-    for (int64_t i = 0; i < n; ++i)
-      if (a[i] != b[i] && ++mismatches <= 5)
-        ADD_FAILURE() << what << " byte " << i << ": 0x" << std::hex
-                      << int(b[i]) << ", the cast's 0x" << int(a[i]);
-    EXPECT_EQ(mismatches, 0) << what << ", of " << n;
-  }
+  expectSameBytes(direct, fusedDirect, n, "direct");
+  expectSameBytes(transposed, fusedTransposed, n, "transposed");
   float wantAmax = amax.download<float>(1)[0];
   EXPECT_GT(wantAmax, 1000.0f);
   EXPECT_EQ(fusedAmax.download<float>(1)[0], wantAmax);
@@ -294,18 +284,8 @@ TEST(FP8SwiGLUCast, GradientHalvesEqualSwiGLUBackwardThenTheCast) {
     args.insert(args.end(), {scale.address(), fusedDirect.address(),
                              fusedTransposed.address(), fusedAmax.address()});
     kernels.run(gateHalf ? "swiglu_dgate_e5m2" : "swiglu_dup_e5m2", args);
-    for (auto [want, got, what] :
-         {std::tuple{&direct, &fusedDirect, "direct"},
-          {&transposed, &fusedTransposed, "transposed"}}) {
-      std::vector<uint8_t> a = want->download<uint8_t>(n),
-                           b = got->download<uint8_t>(n);
-      int64_t mismatches = 0;
-      for (int64_t i = 0; i < n; ++i)
-        if (a[i] != b[i] && ++mismatches <= 5)
-          ADD_FAILURE() << what << " byte " << i << ": 0x" << std::hex
-                        << int(b[i]) << ", the cast's 0x" << int(a[i]);
-      EXPECT_EQ(mismatches, 0) << what << ", of " << n;
-    }
+    expectSameBytes(direct, fusedDirect, n, "direct");
+    expectSameBytes(transposed, fusedTransposed, n, "transposed");
     float wantAmax = amax.download<float>(1)[0];
     EXPECT_GT(wantAmax, 0.0f);
     EXPECT_EQ(fusedAmax.download<float>(1)[0], wantAmax);
