@@ -495,6 +495,33 @@ TEST_F(GpuTrainerTest, FP8CalibrationPassesAsTheCpuLoop) {
   }
 }
 
+TEST_F(GpuTrainerTest, FP8CurrentScalingTrainsAsTheCpuLoop) {
+  LLAMAC_REQUIRE_GPU(device);
+  // The current-scaling package of the build's CPU run (TRAIN_DIR:
+  // cpu-fp8-current, 3 steps, lr 1e-3 linear): each step's loss within 1e-2
+  // (FP8 rounding of bf16 noise, as StepPackage.FP8*), the weights within
+  // 2e-2 after 3 steps (lr-sized moves, as in bf16), and like the CPU's, the
+  // checkpoints hold no FP8 state (there is none to carry).
+  GpuTrainOptions options = cpuFP8RunOptions();
+  options.packageDir = kTrainDir + "/fp8-current-b8";
+  ASSERT_EQ(trainOnGpu(options), 0);
+  std::vector<MetricsRow> cpu =
+      metrics(kTrainDir + "/cpu-fp8-current-metrics.jsonl");
+  std::vector<MetricsRow> gpu = metrics(path("gpu.jsonl"));
+  ASSERT_EQ(cpu.size(), 3u);
+  ASSERT_EQ(gpu.size(), 3u);
+  for (size_t i = 0; i < 3; ++i)
+    expectRelative(gpu[i].loss, cpu[i].loss, 1e-2,
+                   "loss of step " + std::to_string(i + 1));
+  for (const char *dir : {"gpu/checkpoint-3", "gpu/checkpoint-1"})
+    EXPECT_FALSE(fs::exists(path(dir) + "/" + kFP8StateFile)) << dir;
+  EXPECT_FALSE(
+      fs::exists(kTrainDir + "/cpu-fp8-current/checkpoint-3/" + kFP8StateFile));
+  expectClose(path("gpu/checkpoint-3/model.safetensors"),
+              kTrainDir + "/cpu-fp8-current/checkpoint-3/model.safetensors",
+              2e-2);
+}
+
 TEST_F(GpuTrainerTest, FP8ResumeContinuesTheRun) {
   LLAMAC_REQUIRE_GPU(device);
   // Training (lr 1e-3, clipped): 4 steps straight, and its checkpoint-2
