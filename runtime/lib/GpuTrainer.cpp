@@ -13,10 +13,11 @@
 //      read in step 2), then the FP8 weight copies from the weights
 //      (fp8_weight_copies, which later @optimizer_step keeps up to date);
 //   4. per optimizer step: write the hyperparameters (with the tokens the
-//      step's loss counts), then per micro-batch upload the rows (packed
-//      into sequences, with their position_ids, when the package takes
-//      them: `--pack`) and run
-//      @forward_backward, which adds the micro-batch's share of the mean-loss
+//      step's loss counts); before the first step of a fresh fp8 run, the
+//      calibration passes (--fp8-calibration-passes); then per micro-batch
+//      upload the rows (packed into sequences, with their position_ids,
+//      when the package takes them: `--pack`) and run @forward_backward,
+//      which adds the micro-batch's share of the mean-loss
 //      gradient into the gradient region; run @optimizer_step (clipping,
 //      AdamW, and zeroing the gradients of an accumulating package); then
 //      progress, metrics, periodic checkpoints and a clean stop on a signal;
@@ -200,6 +201,10 @@ int trainOnGpu(const GpuTrainOptions &options) {
                   options.packageDir +
                   " does not add gradients over micro-batches (compile it "
                   "with llamac compile --accumulate-grads)");
+  if (options.fp8CalibrationPasses > 0 &&
+      package.bufferIndex("fp8_history.e4m3") < 0)
+    return report("--fp8-calibration-passes: " + options.packageDir +
+                  " is no fp8 package with delayed scaling");
   const int64_t batchSize = package.batch, seq = package.seq;
   // A package compiled with --pack takes each token's position in its row.
   const bool packed = package.bufferIndex("position_ids") >= 0;
@@ -320,19 +325,44 @@ int trainOnGpu(const GpuTrainOptions &options) {
         package::packHyperparameters(hyper);
     Status s = executor.upload("hyperparameters", slots.data(),
                                slots.size() * sizeof(float));
+    auto forwardBackward = [&](const Batch &batch) {
+      Status done = executor.upload("input_ids", batch.inputIds.data(),
+                                    batch.inputIds.size() * 4);
+      if (done)
+        done = executor.upload("labels", batch.labels.data(),
+                               batch.labels.size() * 4);
+      if (done && packed)
+        done = executor.upload("position_ids", batch.positionIds.data(),
+                               batch.positionIds.size() * 4);
+      if (done)
+        done = executor.run("forward_backward");
+      return done;
+    };
+
+    // 4b'. FP8 calibration of a fresh run (as the CPU loop's): passes over
+    // step 1's batch that fill the amax histories, so that step 1 is scaled
+    // from them. Each scale update changes the scales, so the weights' FP8
+    // copies are made again before every pass and before step 1; an
+    // accumulating package's gradients are zeroed after.
+    if (stepIndex == 1 && resumedFrom.empty() && package.precision == "fp8" &&
+        options.fp8CalibrationPasses > 0) {
+      for (int64_t pass = 0; s && pass < options.fp8CalibrationPasses; ++pass)
+        for (const Batch &batch : microBatches) {
+          if (s)
+            s = executor.castFP8Weights();
+          if (s)
+            s = forwardBackward(batch);
+        }
+      if (s)
+        s = executor.castFP8Weights();
+      if (s && package.accumulatesGradients)
+        s = executor.run(package::kZeroGradsFunction);
+    }
+
     double lossSum = 0;
     for (const Batch &batch : microBatches) {
       if (s)
-        s = executor.upload("input_ids", batch.inputIds.data(),
-                            batch.inputIds.size() * 4);
-      if (s)
-        s = executor.upload("labels", batch.labels.data(),
-                            batch.labels.size() * 4);
-      if (s && packed)
-        s = executor.upload("position_ids", batch.positionIds.data(),
-                            batch.positionIds.size() * 4);
-      if (s)
-        s = executor.run("forward_backward");
+        s = forwardBackward(batch);
       float stats[4] = {};
       if (s)
         s = executor.download("loss_stats", stats, sizeof(stats));

@@ -15,6 +15,14 @@
 // - fp8_scale_update: after each of several steps, the histories and scales
 //   equal reference::fp8ScaleUpdate's bit for bit, scale_inv is 1 / scale
 //   in f32 and the amax is reset to 0.
+// - swiglu_fp8_cast_transpose: the bytes and amax of swiglu_fwd and then
+//   fp8_cast_transpose (both copies), edge tiles both ways; and
+//   swiglu_d{gate,up}_fp8_cast_transpose those of swiglu_bwd and then the
+//   cast of each half of its output.
+// - current scaling: fp8_amax gives the cast's amax (max |x| exactly over
+//   the block only, NaN wins, a launch only raises it); fp8_current_scale
+//   gives f32(fp8_max / amax / 2^margin), or 1 for an amax of 0, inf or NaN
+//   (the reference's llama.fp8_quantize without a scale), and 1 / scale.
 //
 //===----------------------------------------------------------------------===//
 
@@ -22,7 +30,9 @@
 #include "GpuKernelShapes.h"
 #include "KernelTestUtil.h"
 
+#include <cmath>
 #include <limits>
+#include <tuple>
 
 using namespace llamac;
 using namespace llamac::test;
@@ -196,6 +206,167 @@ std::string castCaseName(const ::testing::TestParamInfo<CastCase> &info) {
 
 INSTANTIATE_TEST_SUITE_P(Formats, FP8Cast, ::testing::ValuesIn(castCases()),
                          castCaseName);
+
+TEST(FP8SwiGLUCast, EqualsSwiGLUThenTheCast) {
+  // swiglu_fp8_cast_transpose over a gate/up output of kFP8Rows x 2
+  // kFP8Cols (edge tiles both ways) writes the bytes and amax that
+  // swiglu_fwd and then fp8_cast_transpose (both copies) write.
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "fp8");
+  ASSERT_TRUE(kernels.ok());
+  std::mt19937 rng(std::random_device{}());
+  std::vector<uint16_t> gu = randomBF16(R * 2 * C, rng, 4.0f);
+  gu[5] = doubleToBF16(3000.0); // h = 6000: saturates at the scale below
+  gu[C + 5] = doubleToBF16(2.0);
+  const int64_t n = R * C;
+  DeviceBuffer gateUp(device, R * 2 * C * 2, "gate_up"), h(device, n * 2, "h"),
+      scale(device, 4, "scale"), direct(device, n, "direct"),
+      transposed(device, n, "transposed"), amax(device, 4, "amax"),
+      fusedDirect(device, n, "fused direct"),
+      fusedTransposed(device, n, "fused transposed"),
+      fusedAmax(device, 4, "fused amax");
+  gateUp.upload(gu);
+  scale.upload(std::vector<float>{kFP8ScaleE4M3});
+  for (DeviceBuffer *b : {&direct, &transposed, &fusedDirect, &fusedTransposed})
+    b->fill(0x7F);
+  amax.fill(0);
+  fusedAmax.fill(0);
+  kernels.run("swiglu_fwd", {gateUp.address(), h.address()});
+  kernels.run("both_packed_e4m3",
+              {h.address(), scale.address(), direct.address(),
+               transposed.address(), amax.address()});
+  kernels.run("swiglu_e4m3", {gateUp.address(), gateUp.address() + C * 2,
+                              scale.address(), fusedDirect.address(),
+                              fusedTransposed.address(), fusedAmax.address()});
+  expectSameBytes(direct, fusedDirect, n, "direct");
+  expectSameBytes(transposed, fusedTransposed, n, "transposed");
+  float wantAmax = amax.download<float>(1)[0];
+  EXPECT_GT(wantAmax, 1000.0f);
+  EXPECT_EQ(fusedAmax.download<float>(1)[0], wantAmax);
+}
+
+TEST(FP8SwiGLUCast, GradientHalvesEqualSwiGLUBackwardThenTheCast) {
+  // swiglu_d{gate,up}_fp8_cast_transpose over dy [kFP8Rows, kFP8Cols] and
+  // a gate/up output of 2 kFP8Cols columns write the bytes and amax that
+  // swiglu_bwd and then fp8_cast_transpose (both copies) of each half of its
+  // output write.
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "fp8");
+  ASSERT_TRUE(kernels.ok());
+  std::mt19937 rng(std::random_device{}());
+  std::vector<uint16_t> gu = randomBF16(R * 2 * C, rng, 4.0f),
+                        dy = randomBF16(R * C, rng, 1e-3f);
+  const int64_t n = R * C;
+  DeviceBuffer gateUp(device, R * 2 * C * 2, "gate_up"),
+      dyBuffer(device, n * 2, "dy"), dgu(device, 2 * n * 2, "dgate_up"),
+      scale(device, 4, "scale");
+  gateUp.upload(gu);
+  dyBuffer.upload(dy);
+  scale.upload(std::vector<float>{kFP8ScaleE5M2});
+  kernels.run("swiglu_bwd",
+              {dyBuffer.address(), gateUp.address(), dgu.address()});
+  for (bool gateHalf : {true, false}) {
+    SCOPED_TRACE(gateHalf ? "gate half" : "up half");
+    DeviceBuffer direct(device, n, "direct"), transposed(device, n, "t"),
+        amax(device, 4, "amax"), fusedDirect(device, n, "fused direct"),
+        fusedTransposed(device, n, "fused t"), fusedAmax(device, 4, "amax'");
+    for (DeviceBuffer *b :
+         {&direct, &transposed, &fusedDirect, &fusedTransposed})
+      b->fill(0x7F);
+    amax.fill(0);
+    fusedAmax.fill(0);
+    kernels.run("both_half_e5m2",
+                {dgu.address() + (gateHalf ? 0 : C * 2), scale.address(),
+                 direct.address(), transposed.address(), amax.address()});
+    std::vector<CUdeviceptr> args = {dyBuffer.address(), gateUp.address()};
+    if (gateHalf)
+      args.push_back(gateUp.address() + C * 2);
+    args.insert(args.end(), {scale.address(), fusedDirect.address(),
+                             fusedTransposed.address(), fusedAmax.address()});
+    kernels.run(gateHalf ? "swiglu_dgate_e5m2" : "swiglu_dup_e5m2", args);
+    expectSameBytes(direct, fusedDirect, n, "direct");
+    expectSameBytes(transposed, fusedTransposed, n, "transposed");
+    float wantAmax = amax.download<float>(1)[0];
+    EXPECT_GT(wantAmax, 0.0f);
+    EXPECT_EQ(fusedAmax.download<float>(1)[0], wantAmax);
+  }
+}
+
+TEST(FP8CurrentScaling, AmaxIsTheBlocksMaximum) {
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "fp8");
+  ASSERT_TRUE(kernels.ok());
+  auto reference = readReference();
+  const std::vector<double> &x = reference["x"];
+  ASSERT_EQ(x.size(), size_t(N));
+  for (bool slice : {false, true}) {
+    SCOPED_TRACE(slice ? "column slice" : "packed");
+    const int64_t cols = slice ? kFP8SliceCols : C;
+    std::vector<uint16_t> bits(N);
+    for (int64_t i = 0; i < N; ++i)
+      bits[i] = doubleToBF16(x[i]);
+    DeviceBuffer in(device, N * 2, "x"), amax(device, 4, "amax");
+    const std::string key = slice ? "amax_slice" : "amax";
+    // x holds NaN among its first columns: the amax is NaN.
+    in.upload(bits);
+    amax.fill(0);
+    kernels.run(key, {in.address(), amax.address()});
+    EXPECT_TRUE(std::isnan(amax.download<float>(1)[0]));
+    // Finite values inside the block, bf16's largest outside it.
+    double wantMax = 0;
+    for (int64_t i = 0; i < N; ++i) {
+      if (i % C >= cols)
+        bits[i] = doubleToBF16(0x1.FEp127);
+      else if (!std::isfinite(x[i]))
+        bits[i] = doubleToBF16(1.0);
+      if (i % C < cols)
+        wantMax = std::max(wantMax, std::abs(bf16(bits[i])));
+    }
+    in.upload(bits);
+    amax.fill(0);
+    kernels.run(key, {in.address(), amax.address()});
+    EXPECT_EQ(double(amax.download<float>(1)[0]), wantMax);
+    const float larger = std::numeric_limits<float>::max();
+    amax.upload(std::vector<float>{larger});
+    kernels.run(key, {in.address(), amax.address()});
+    EXPECT_EQ(amax.download<float>(1)[0], larger);
+  }
+}
+
+TEST(FP8CurrentScaling, ScaleFromTheAmax) {
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "fp8");
+  ASSERT_TRUE(kernels.ok());
+  const float inf = std::numeric_limits<float>::infinity();
+  const float amaxes[] = {
+      0.0f,  inf,      std::numeric_limits<float>::quiet_NaN(),
+      1.0f,  448.0f,   3.0e-5f,
+      1e30f, 57344.5f, std::numeric_limits<float>::denorm_min()};
+  for (auto [format, fmax, margin] :
+       {std::tuple{"e4m3", 448.0, int64_t(0)},
+        std::tuple{"e5m2", 57344.0, int64_t(kFP8MarginE5M2)}}) {
+    SCOPED_TRACE(format);
+    for (float a : amaxes) {
+      SCOPED_TRACE("amax " + std::to_string(a));
+      DeviceBuffer amax(device, 4, "amax"), scale(device, 4, "scale"),
+          scaleInv(device, 16, "scale_inv");
+      amax.upload(std::vector<float>{a});
+      scale.fill(0xFF);
+      scaleInv.fill(0xFF);
+      kernels.run(std::string("current_scale_") + format,
+                  {amax.address(), scale.address(), scaleInv.address()});
+      // The reference's rule, in f64 then rounded to f32 (the denormal
+      // amax's quotient overflows f32 to inf, its inverse 0).
+      float want = a > 0 && std::isfinite(a)
+                       ? float(fmax / double(a) / std::ldexp(1.0, int(margin)))
+                       : 1.0f;
+      EXPECT_EQ(scale.download<float>(1)[0], want);
+      std::vector<float> inverse = scaleInv.download<float>(4);
+      EXPECT_EQ(inverse[0], 1.0f / want);
+      EXPECT_TRUE(std::isnan(inverse[1])) << "writes past its row's first";
+    }
+  }
+}
 
 TEST(FP8ScaleUpdate, FollowsTheReferenceOverSteps) {
   LLAMAC_REQUIRE_GPU(device);

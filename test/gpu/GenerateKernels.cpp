@@ -100,7 +100,9 @@ Group softmaxGroup() {
       {"f32_s256", kSoftmaxSeqStep, ScoreType::F32, 0},
       {"f32_packed", kSoftmaxSeqF32, ScoreType::F32, kSoftmaxHeads},
       {"bf16_packed", kSoftmaxSeqBF16, ScoreType::BF16, kSoftmaxHeads},
-      {"f32_s32_packed", kSoftmaxSeqShort, ScoreType::F32, kSoftmaxHeads}};
+      {"f32_s32_packed", kSoftmaxSeqShort, ScoreType::F32, kSoftmaxHeads},
+      {"bf16_s256", kSoftmaxSeqStep, ScoreType::BF16, 0},
+      {"bf16_s256_packed", kSoftmaxSeqStep, ScoreType::BF16, kSoftmaxHeads}};
   Group g;
   for (const Case &c : cases) {
     g.emplace_back(std::string("fwd_") + c.name,
@@ -149,6 +151,35 @@ Group fp8Group() {
   g.emplace_back("both_packed_tiles_e5m2",
                  fp8CastTransposeKernel(kFP8TileRows, kFP8TileCols,
                                         FP8Format::E5M2, 0, /*direct=*/true));
+  // The FP8 forward's cast of SwiGLU as it computes it, and what it must
+  // equal: swiglu_fwd, then the cast of its output (edge tiles both ways).
+  g.emplace_back("swiglu_e4m3", swigluFP8CastTransposeKernel(kFP8Rows, kFP8Cols,
+                                                             FP8Format::E4M3));
+  g.emplace_back("swiglu_fwd", swigluForwardKernel(kFP8Rows, kFP8Cols));
+  g.emplace_back("both_packed_e4m3",
+                 fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E4M3, 0,
+                                        /*direct=*/true));
+  // The FP8 backward's casts of SwiGLU's gradient halves as they compute
+  // them, and what they must equal: swiglu_bwd, then the cast of each half.
+  g.emplace_back("swiglu_dgate_e5m2",
+                 swigluGradFP8CastTransposeKernel(kFP8Rows, kFP8Cols,
+                                                  FP8Format::E5M2, true));
+  g.emplace_back("swiglu_dup_e5m2",
+                 swigluGradFP8CastTransposeKernel(kFP8Rows, kFP8Cols,
+                                                  FP8Format::E5M2, false));
+  g.emplace_back("swiglu_bwd", swigluBackwardKernel(kFP8Rows, kFP8Cols));
+  g.emplace_back("both_half_e5m2",
+                 fp8CastTransposeKernel(kFP8Rows, kFP8Cols, FP8Format::E5M2,
+                                        2 * kFP8Cols, /*direct=*/true));
+  // Current scaling: the amax pass over the packed matrix and its column
+  // slice, and the scale from an amax.
+  g.emplace_back("amax", fp8AmaxKernel(kFP8Rows * kFP8Cols));
+  g.emplace_back("amax_slice", fp8AmaxKernel(kFP8Rows * kFP8SliceCols,
+                                             kFP8SliceCols, kFP8Cols));
+  g.emplace_back("current_scale_e4m3",
+                 fp8CurrentScaleKernel(FP8Format::E4M3, 0));
+  g.emplace_back("current_scale_e5m2",
+                 fp8CurrentScaleKernel(FP8Format::E5M2, kFP8MarginE5M2));
   g.emplace_back("update_e4m3", fp8ScaleUpdateKernel(kFP8Tensors, kFP8History,
                                                      FP8Format::E4M3, 0));
   g.emplace_back("update_e5m2",
@@ -229,7 +260,20 @@ int main(int argc, char **argv) {
               "dw_small", columnSumKernel(normBlocksSmall, kNormSmallHidden),
               "dw_acc_small",
               columnSumKernel(normBlocksSmall, kNormSmallHidden,
-                              /*accumulate=*/true))) &&
+                              /*accumulate=*/true),
+              // The FP8 forward's norm into its FP8 copy, and the cast of
+              // the bf16 norm it must equal.
+              "fwd_e4m3",
+              rmsNormFP8ForwardKernel(kNormRows, kNormHidden, kNormEps,
+                                      FP8Format::E4M3),
+              "cast_e4m3",
+              fp8CastKernel(kNormRows * kNormHidden, FP8Format::E4M3),
+              "fwd_small_e5m2",
+              rmsNormFP8ForwardKernel(kNormSmallRows, kNormSmallHidden,
+                                      kNormEps, FP8Format::E5M2),
+              "cast_small_e5m2",
+              fp8CastKernel(kNormSmallRows * kNormSmallHidden,
+                            FP8Format::E5M2))) &&
       writeGroup(dir, "swiglu",
                  group("fwd", swigluForwardKernel(kSwigluRows, kSwigluWidth),
                        "bwd",

@@ -9,7 +9,8 @@
 // OUT/expected.safetensors, named by the package's buffer names. With
 // --packed the step takes packed sequences (position_ids; GpuStepShapes.h
 // says which data rows each holds). With --fp8 the step is the FP8 one
-// (delayed scaling, test::kFP8AmaxHistory entries of history) and the
+// (delayed scaling, test::kFP8AmaxHistory entries of history; with
+// --fp8-current, current scaling) and the
 // reference runs test::kFP8Steps steps of it, carrying the weights, AdamW
 // moments and FP8 state: it records each step's loss ("loss.<step>") and
 // the FP8 state after the last ("fp8_amax_history:<id>", "fp8_scale:<id>").
@@ -147,12 +148,14 @@ static int writeStep(const std::string &out, mlir::ModuleOp module,
   return 0;
 }
 
-/// --fp8: test::kFP8Steps steps of the FP8 train step on the reference.
-static int generateFP8(const std::string &out) {
+/// --fp8 (or --fp8-current: current scaling, no FP8 state):
+/// test::kFP8Steps steps of the FP8 train step on the reference.
+static int generateFP8(const std::string &out, const std::string &scaling) {
   LlamaConfig config = stepTestConfig();
   StepShape shape{test::kStepBatch, test::kStepSeq, Precision::BF16, false};
   mlir::llama::TrainStepPipelineOptions pipeline;
   pipeline.fp8 = true;
+  pipeline.fp8Scaling = scaling;
   pipeline.fp8AmaxHistory = test::kFP8AmaxHistory;
   mlir::MLIRContext context;
   mlir::OwningOpRef<mlir::ModuleOp> module =
@@ -276,11 +279,13 @@ static int generateFP8(const std::string &out) {
 int main(int argc, char **argv) {
   bool packed = argc == 3 && llvm::StringRef(argv[2]) == "--packed";
   bool fp8 = argc == 3 && llvm::StringRef(argv[2]) == "--fp8";
-  if (argc != 2 && !packed && !fp8)
-    return fail("usage: GenerateStepPackage OUTPUT_DIR [--packed | --fp8]");
+  bool fp8Current = argc == 3 && llvm::StringRef(argv[2]) == "--fp8-current";
+  if (argc != 2 && !packed && !fp8 && !fp8Current)
+    return fail("usage: GenerateStepPackage OUTPUT_DIR [--packed | --fp8 | "
+                "--fp8-current]");
   std::string out = argv[1];
-  if (fp8)
-    return generateFP8(out);
+  if (fp8 || fp8Current)
+    return generateFP8(out, fp8 ? "delayed" : "current");
   LlamaConfig config = stepTestConfig();
   StepShape shape{test::kStepBatch, test::kStepSeq, Precision::BF16, packed};
 

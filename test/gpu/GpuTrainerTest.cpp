@@ -396,6 +396,11 @@ bool startsWith(const std::string &text, const std::string &prefix) {
   return text.rfind(prefix, 0) == 0;
 }
 
+bool endsWith(const std::string &text, const std::string &suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 /// Relative closeness of two FP8 amaxes or scales of runs whose tensors
 /// differ by bf16 noise: within one E5M2 step (2 fraction bits: 0.25), the
 /// bound StepPackage.FP8StepsMatchTheCpuReference explains.
@@ -448,6 +453,73 @@ TEST_F(GpuTrainerTest, FP8TwoStepsThenResumeToFourEqualFourSteps) {
     for (size_t i = 0; i < 16; ++i)
       EXPECT_EQ(values[i] > 0, i < 4) << name << "[" << i << "]";
   }
+}
+
+TEST_F(GpuTrainerTest, FP8CalibrationPassesAsTheCpuLoop) {
+  LLAMAC_REQUIRE_GPU(device);
+  // Two calibration passes over step 1's batch, then step 1, as the CPU
+  // loop's run of the build (TRAIN_DIR/cpu-fp8-calibrated): three amaxes per
+  // history, newest first. The weights' (all three of the unchanged weights)
+  // are the CPU's exactly; the others, and the scales, within kFP8Step (the
+  // file header's bounds), and the loss within 1e-2.
+  GpuTrainOptions options = fp8Options("gpu", 1, 1e-3, 1);
+  options.schedule = {LRScheduleKind::Linear, 1e-3, 0, 1};
+  options.fp8CalibrationPasses = 2;
+  ASSERT_EQ(trainOnGpu(options), 0);
+  std::vector<MetricsRow> cpu =
+      metrics(kTrainDir + "/cpu-fp8-calibrated-metrics.jsonl");
+  std::vector<MetricsRow> gpu = metrics(path("gpu.jsonl"));
+  ASSERT_EQ(cpu.size(), 1u);
+  ASSERT_EQ(gpu.size(), 1u);
+  expectRelative(gpu[0].loss, cpu[0].loss, 1e-2, "loss of step 1");
+  std::map<std::string, std::vector<double>> got =
+      fp8State(path("gpu/checkpoint-1"));
+  std::map<std::string, std::vector<double>> want =
+      fp8State(kTrainDir + "/cpu-fp8-calibrated/checkpoint-1");
+  ASSERT_TRUE(sameTensors(got, want));
+  for (const auto &[name, values] : want) {
+    SCOPED_TRACE(name);
+    const std::vector<double> &mine = got.at(name);
+    if (startsWith(name, "scale.")) {
+      expectRelative(mine[0], values[0], kFP8Step, "scale");
+      continue;
+    }
+    for (size_t i = 0; i < values.size(); ++i) {
+      EXPECT_EQ(values[i] > 0, i < 3) << "CPU [" << i << "]";
+      if (endsWith(name, ".weight"))
+        EXPECT_EQ(mine[i], values[i]) << "[" << i << "]";
+      else
+        expectRelative(mine[i], values[i], kFP8Step,
+                       "[" + std::to_string(i) + "]");
+    }
+  }
+}
+
+TEST_F(GpuTrainerTest, FP8CurrentScalingTrainsAsTheCpuLoop) {
+  LLAMAC_REQUIRE_GPU(device);
+  // The current-scaling package of the build's CPU run (TRAIN_DIR:
+  // cpu-fp8-current, 3 steps, lr 1e-3 linear): each step's loss within 1e-2
+  // (FP8 rounding of bf16 noise, as StepPackage.FP8*), the weights within
+  // 2e-2 after 3 steps (lr-sized moves, as in bf16), and like the CPU's, the
+  // checkpoints hold no FP8 state (there is none to carry).
+  GpuTrainOptions options = cpuFP8RunOptions();
+  options.packageDir = kTrainDir + "/fp8-current-b8";
+  ASSERT_EQ(trainOnGpu(options), 0);
+  std::vector<MetricsRow> cpu =
+      metrics(kTrainDir + "/cpu-fp8-current-metrics.jsonl");
+  std::vector<MetricsRow> gpu = metrics(path("gpu.jsonl"));
+  ASSERT_EQ(cpu.size(), 3u);
+  ASSERT_EQ(gpu.size(), 3u);
+  for (size_t i = 0; i < 3; ++i)
+    expectRelative(gpu[i].loss, cpu[i].loss, 1e-2,
+                   "loss of step " + std::to_string(i + 1));
+  for (const char *dir : {"gpu/checkpoint-3", "gpu/checkpoint-1"})
+    EXPECT_FALSE(fs::exists(path(dir) + "/" + kFP8StateFile)) << dir;
+  EXPECT_FALSE(
+      fs::exists(kTrainDir + "/cpu-fp8-current/checkpoint-3/" + kFP8StateFile));
+  expectClose(path("gpu/checkpoint-3/model.safetensors"),
+              kTrainDir + "/cpu-fp8-current/checkpoint-3/model.safetensors",
+              2e-2);
 }
 
 TEST_F(GpuTrainerTest, FP8ResumeContinuesTheRun) {

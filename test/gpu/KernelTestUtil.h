@@ -103,6 +103,21 @@ private:
   std::string what;
 };
 
+/// Expects the first `n` bytes of `got` to be those of `want` (a fused
+/// kernel's output against the unfused kernels'), naming the first
+/// mismatches; `what` names the output.
+inline void expectSameBytes(const DeviceBuffer &want, const DeviceBuffer &got,
+                            int64_t n, const std::string &what) {
+  std::vector<uint8_t> a = want.download<uint8_t>(n),
+                       b = got.download<uint8_t>(n);
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (a[i] != b[i] && ++mismatches <= 5)
+      ADD_FAILURE() << what << " byte " << i << ": 0x" << std::hex << int(b[i])
+                    << ", the unfused kernels' 0x" << int(a[i]);
+  EXPECT_EQ(mismatches, 0) << what << ", of " << n;
+}
+
 /// A group of generated kernels and the launch shape of each, by key.
 class KernelGroup {
 public:

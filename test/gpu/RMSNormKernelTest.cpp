@@ -6,7 +6,9 @@
 // batches) against the interpreter's rms_norm_grad with normed rounded as
 // the forward rounds it. Shapes: 600 rows of 2400 (rows wider than a block,
 // blocks of the backward taking two rows) and 72 rows of 200 (a partial
-// warp). Bounds are derived next to each check.
+// warp). Bounds are derived next to each check. The FP8 instance of the
+// forward must write, bit for bit, what rms_norm_fwd then fp8_cast write
+// (copy, amax; and the same rstd).
 //
 //===----------------------------------------------------------------------===//
 
@@ -195,6 +197,56 @@ void checkRMSNorm(std::shared_ptr<cuda::Device> device, int64_t T, int64_t H,
     sumCheck.exact(bf16(summed[i]), roundBF16(want));
   }
   sumCheck.expectExactFraction(0.97);
+}
+
+/// The FP8 forward (`fused`) against rms_norm_fwd (`forward`) then
+/// fp8_cast (`cast`) with the same scale: the same bytes, amax and rstd.
+void checkFP8Forward(std::shared_ptr<cuda::Device> device, int64_t T, int64_t H,
+                     const char *forward, const char *cast, const char *fused,
+                     float scale) {
+  KernelGroup kernels(device, "rms_norm");
+  ASSERT_TRUE(kernels.ok());
+  std::mt19937 rng(std::random_device{}());
+  std::vector<uint16_t> x = randomBF16(T * H, rng);
+  for (int64_t i = 0; i < H; ++i) // a row far larger: the amax is there
+    x[3 * H + i] = floatToBF16(bf16ToFloat(x[3 * H + i]) * 100.0f);
+  std::vector<uint16_t> w(H);
+  for (int64_t i = 0; i < H; ++i)
+    w[i] = floatToBF16(1.0f + 0.1f * randomValues(1, rng)[0]);
+  DeviceBuffer xBuffer(device, T * H * 2, "x"), wBuffer(device, H * 2, "w"),
+      y(device, T * H * 2, "y"), rstd(device, T * 4, "rstd"),
+      fusedRstd(device, T * 4, "fused rstd"), scaleBuffer(device, 4, "scale"),
+      copy(device, T * H, "fp8 copy"), fusedCopy(device, T * H, "fused copy"),
+      amax(device, 4, "amax"), fusedAmax(device, 4, "fused amax");
+  xBuffer.upload(x);
+  wBuffer.upload(w);
+  scaleBuffer.upload(std::vector<float>{scale});
+  for (DeviceBuffer *b : {&copy, &fusedCopy, &rstd, &fusedRstd})
+    b->fill(0xFF);
+  amax.fill(0);
+  fusedAmax.fill(0);
+  kernels.run(forward, {xBuffer.address(), wBuffer.address(), y.address(),
+                        rstd.address()});
+  kernels.run(cast, {y.address(), scaleBuffer.address(), copy.address(),
+                     amax.address()});
+  kernels.run(fused,
+              {xBuffer.address(), wBuffer.address(), scaleBuffer.address(),
+               fusedCopy.address(), fusedAmax.address(), fusedRstd.address()});
+  expectSameBytes(copy, fusedCopy, T * H, fused);
+  float wantAmax = amax.download<float>(1)[0];
+  EXPECT_GT(wantAmax, 0.0f);
+  EXPECT_EQ(fusedAmax.download<float>(1)[0], wantAmax);
+  EXPECT_EQ(fusedRstd.download<float>(T), rstd.download<float>(T));
+}
+
+TEST(RMSNormKernel, FP8ForwardEqualsNormThenCast) {
+  LLAMAC_REQUIRE_GPU(device);
+  checkFP8Forward(device, kNormRows, kNormHidden, "fwd", "cast_e4m3",
+                  "fwd_e4m3", 3.0f);
+  // A block of 256 threads over rows of 25 chunks (idle warps), E5M2 with
+  // a scale that saturates the large row.
+  checkFP8Forward(device, kNormSmallRows, kNormSmallHidden, "fwd_small",
+                  "cast_small_e5m2", "fwd_small_e5m2", 5000.0f);
 }
 
 TEST(RMSNormKernel, WideRowsMatchReference) {

@@ -4,7 +4,9 @@
 // from S, lse and dP) over [batch * heads, seq, seq] score blocks against
 // double references: f32 scores at a sequence of 264 (a partial warp, 4
 // rows to a block), bf16 scores at 1040 (one row of 160 threads a block),
-// f32 scores at 8, 32 and 256 (rows of one warp, 8 to a block). Masked
+// f32 scores at 8, 32 and 256 and bf16 scores at 256 (rows of one warp, 8
+// to a block; both kernels then hold a row in registers: the _warp
+// templates). Masked
 // scores (and masked dP) are NaN and every output starts as 0xFF bytes, so
 // a kernel that lets masked inputs reach a result, or leaves an output
 // unwritten, fails; masked outputs must be exact zeros. The packed variants
@@ -251,6 +253,15 @@ TEST(SoftmaxKernel, F32ScoresShortRows) {
 
 TEST(SoftmaxKernel, F32ScoresStepSequence) {
   checkSoftmax(true, kSoftmaxSeqStep, 8, "fwd_f32_s256", "bwd_f32_s256");
+}
+
+TEST(SoftmaxKernel, BF16ScoresStepSequence) {
+  checkSoftmax(false, kSoftmaxSeqStep, 8, "fwd_bf16_s256", "bwd_bf16_s256");
+}
+
+TEST(SoftmaxKernel, PackedRowsBF16ScoresStepSequence) {
+  checkSoftmax(false, kSoftmaxSeqStep, 8, "fwd_bf16_s256_packed",
+               "bwd_bf16_s256_packed", /*packed=*/true);
 }
 
 TEST(SoftmaxKernel, PackedRowsF32Scores) {

@@ -180,6 +180,49 @@ TEST(StepPackage, FP8ForwardBackwardNeedsCurrentWeightCopies) {
   }
 }
 
+/// kFP8Steps steps of the FP8 step package in `dir` (read into `package`)
+/// on a new executor, each step's loss within 1e-2 of the CPU reference's
+/// (FP8StepsMatchTheCpuReference says why); the executor, or null after a
+/// failure.
+std::unique_ptr<Executor> runFP8Steps(std::shared_ptr<cuda::Device> device,
+                                      const std::string &dir,
+                                      Result<package::Package> &package) {
+  package = package::readPackage(dir + "/package");
+  if (!package.ok()) {
+    ADD_FAILURE() << package.error().message;
+    return nullptr;
+  }
+  auto executor = Executor::create(device, *package);
+  if (!executor.ok()) {
+    ADD_FAILURE() << executor.error().message;
+    return nullptr;
+  }
+  Executor &e = **executor;
+  std::map<std::string, HostTensor> inputs =
+      readAll(dir + "/inputs.safetensors");
+  std::map<std::string, HostTensor> expected =
+      readAll(dir + "/expected.safetensors");
+  EXPECT_FALSE(inputs.empty());
+  uploadStart(e, *package, inputs);
+  for (int step = 1; step <= kFP8Steps; ++step) {
+    uploadHyperparameters(e, step, kFP8Lr);
+    for (const char *function : {"forward_backward", "optimizer_step"}) {
+      Status run = e.run(function);
+      if (!run.ok()) {
+        ADD_FAILURE() << function << ": " << run.error().message;
+        return nullptr;
+      }
+      if (std::string(function) != "forward_backward")
+        continue;
+      double loss = stepLoss(e);
+      double want = expected["loss." + std::to_string(step)].toDouble()[0];
+      EXPECT_LE(std::abs(loss - want) / want, 1e-2)
+          << "step " << step << ": GPU loss " << loss << ", CPU " << want;
+    }
+  }
+  return std::move(*executor);
+}
+
 /// The FP8 step (GenerateStepPackage --fp8: every linear layer's GEMMs in
 /// FP8 with delayed scaling) for kFP8Steps steps against the CPU
 /// reference's. Tolerances: both cast the same bf16 tensors with the same
@@ -194,32 +237,14 @@ TEST(StepPackage, FP8ForwardBackwardNeedsCurrentWeightCopies) {
 /// weights' amaxes of step 1 come from the same bf16 weights: exact.
 TEST(StepPackage, FP8StepsMatchTheCpuReference) {
   LLAMAC_REQUIRE_GPU(device);
-  Result<package::Package> package =
-      package::readPackage(FP8_STEP_DIR "/package");
-  ASSERT_TRUE(package.ok()) << package.error().message;
+  Result<package::Package> package = Error{"not read"};
+  std::unique_ptr<Executor> executor =
+      runFP8Steps(device, FP8_STEP_DIR, package);
+  ASSERT_TRUE(executor);
+  Executor &e = *executor;
   EXPECT_EQ(package->precision, "fp8");
-  auto executor = Executor::create(device, *package);
-  ASSERT_TRUE(executor.ok()) << executor.error().message;
-  Executor &e = **executor;
-  std::map<std::string, HostTensor> inputs =
-      readAll(FP8_STEP_DIR "/inputs.safetensors");
   std::map<std::string, HostTensor> expected =
       readAll(FP8_STEP_DIR "/expected.safetensors");
-  ASSERT_FALSE(inputs.empty());
-  uploadStart(e, *package, inputs);
-  for (int step = 1; step <= kFP8Steps; ++step) {
-    uploadHyperparameters(e, step, kFP8Lr);
-    for (const char *function : {"forward_backward", "optimizer_step"}) {
-      Status run = e.run(function);
-      ASSERT_TRUE(run.ok()) << run.error().message;
-      if (std::string(function) != "forward_backward")
-        continue;
-      double loss = stepLoss(e);
-      double want = expected["loss." + std::to_string(step)].toDouble()[0];
-      EXPECT_LE(std::abs(loss - want) / want, 1e-2)
-          << "step " << step << ": GPU loss " << loss << ", CPU " << want;
-    }
-  }
 
   auto download = [&](const package::Buffer &buffer) {
     std::vector<float> values(buffer.bytes / 4);
@@ -324,6 +349,49 @@ TEST(StepPackage, FP8StepsMatchTheCpuReference) {
   EXPECT_EQ(histories, scales);
   EXPECT_EQ(weightAmaxes, 2 * 7);
   EXPECT_EQ(size_t(histories) * 2, expected.size() - kFP8Steps);
+}
+
+TEST(StepPackage, FP8CurrentScalingStepsMatchTheCpuReference) {
+  // Current scaling: each cast first measures its block's amax and derives
+  // its scale on the GPU. The losses follow the reference's within the
+  // delayed-scaling steps' bound (the same FP8 rounding effects), and every
+  // tensor's scale row is the rule applied to its amax row: fp8_max / amax
+  // (e4m3 448, e5m2 57344; margin 0), f32 in f64 arithmetic, its inverse
+  // beside it.
+  LLAMAC_REQUIRE_GPU(device);
+  Result<package::Package> package = Error{"not read"};
+  std::unique_ptr<Executor> executor =
+      runFP8Steps(device, FP8_CURRENT_STEP_DIR, package);
+  ASSERT_TRUE(executor);
+  Executor &e = *executor;
+  EXPECT_EQ(package->function(package::kFP8WeightCopiesFunction), nullptr);
+  std::map<std::string, std::vector<float>> state;
+  for (const package::Buffer &buffer : package->buffers)
+    if (buffer.role.rfind("fp8_current_", 0) == 0) {
+      std::vector<float> values(buffer.bytes / 4);
+      ASSERT_TRUE(e.download(buffer.name, values.data(), buffer.bytes).ok());
+      state[buffer.name] = std::move(values);
+    }
+  int rows = 0;
+  for (auto [format, fmax] :
+       {std::pair{"e4m3", 448.0}, std::pair{"e5m2", 57344.0}}) {
+    const std::vector<float> &amax =
+        state[std::string("fp8_current_amax.") + format];
+    const std::vector<float> &scale =
+        state[std::string("fp8_current_scale.") + format];
+    const std::vector<float> &inverse =
+        state[std::string("fp8_current_scale_inv.") + format];
+    ASSERT_EQ(scale.size(), amax.size()) << format;
+    ASSERT_EQ(inverse.size(), 4 * amax.size()) << format;
+    for (size_t t = 0; t < amax.size(); ++t, ++rows) {
+      ASSERT_TRUE(std::isfinite(amax[t]) && amax[t] > 0)
+          << format << " row " << t << ": amax " << amax[t];
+      EXPECT_EQ(scale[t], float(fmax / double(amax[t])))
+          << format << " row " << t;
+      EXPECT_EQ(inverse[4 * t], 1.0f / scale[t]) << format << " row " << t;
+    }
+  }
+  EXPECT_GT(rows, 0);
 }
 
 } // namespace

@@ -20,9 +20,10 @@ Transformer Engine's: margin 0, amax history 1024, max over the history). The sc
      cast with the initial scale 1 (delayed scaling has no amax yet; E5M2's smallest value is
      2^-16 against gradients of about 1e-8), so Adam's first, sign-like step differs (the loss
      after it 6.7% apart), and in the chaotic start of training from random weights that grows
-     to 17% at step 3; later steps came within 3% and drifted out again (up to 8%). DATA "python-stdlib" is real text that no step repeats: the
-     source files of the Python standard library of the machine, in sorted order, in rows of
-     1,000 characters (python_corpus). A small file read several times over is memorised
+     to 17% at step 3; later steps came within 3% and drifted out again (up to 8%).
+     --fp8-calibration-passes N passes llamac-run's flag to the fp8 run. DATA "python-stdlib" is
+     real text that no step repeats: the source files of the Python standard library of the
+     machine, in sorted order, in rows of 1,000 characters (python_corpus). A small file read several times over is memorised
      instead: on data/tiny-stories.jsonl (200 stories, 4 passes) an H200 run agreed within 0.8%
      while the rows were new, then the losses swung between 0.17 and 2.7 as the rows came round
      again, and differed by up to 9.6% (bench/RESULTS.md, session 4). The bf16 package also
@@ -223,7 +224,8 @@ def run_case(args, case):
                    "--weight-decay", "0", "--max-grad-norm", "0",
                    "--metrics", metrics[run_name]]
             if precision == "fp8":
-                cmd += ["--save", saved, "--save-every", str(STEPS)]
+                cmd += ["--save", saved, "--save-every", str(STEPS),
+                        "--fp8-calibration-passes", str(args.fp8_calibration_passes)]
             run = run_llamac(case, cmd)
             if run is None:
                 return False
@@ -250,7 +252,8 @@ def run_case(args, case):
             for name in files:
                 if name in ("model.safetensors", "optimizer.safetensors"):
                     os.remove(os.path.join(root, name))
-    print(f"{case}: lr {args.lr:g} ({args.lr_schedule}, {args.warmup_steps} warmup steps): "
+    print(f"{case}: lr {args.lr:g} ({args.lr_schedule}, {args.warmup_steps} warmup steps, "
+          f"{args.fp8_calibration_passes} fp8 calibration passes): "
           f"loss {span(bf16)} (bf16) vs {span(fp8)} (fp8) over {STEPS} steps; max rel "
           f"diff {worst:.2e} at step {worst_step} (limit {TOLERANCE:.0e}; bf16 against a "
           f"second bf16 run: {drift:.2e} at step {drift_step}); FP8 state of "
@@ -330,6 +333,7 @@ def main():
     parser.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"),
                         default=LR_SCHEDULE)
     parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS)
+    parser.add_argument("--fp8-calibration-passes", type=int, default=0)
     parser.add_argument("cases", nargs="*", default=sorted(TOKENIZERS))
     args = parser.parse_args()
     if args.self_test:

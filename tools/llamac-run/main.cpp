@@ -8,6 +8,7 @@
 //              [--shuffle] [--pad-to-longest]
 //              [--save DIR] [--save-every N] [--keep N] [--resume DIR]
 //              [--no-save-on-interrupt] [--dump-grads FILE] [--metrics FILE]
+//              [--fp8-calibration-passes N]
 //
 // Links no LLVM: it runs on a GPU machine that has only the CUDA driver and
 // cuBLASLt. The flags mean what they mean for `llamac train`; text rows use
@@ -66,6 +67,12 @@ int main(int argc, char **argv) {
       {"--grad-accum",
        [&](auto v) {
          return parse(v, options.gradAccum) && options.gradAccum >= 1;
+       }},
+      {"--fp8-calibration-passes",
+       [&](auto v) {
+         return parse(v, options.fp8CalibrationPasses) &&
+                options.fp8CalibrationPasses >= 0 &&
+                options.fp8CalibrationPasses <= 8;
        }},
       {"--save-every",
        [&](auto v) {

@@ -69,6 +69,10 @@ struct TrainOptions {
   // The fusions, as CompileOptions (the train step's pipeline options).
   bool fuseGatedMLP = true, fuseNormLinear = true, fuseRopeAttention = true;
   FP8Options fp8;
+  /// Delayed scaling from a fresh state: forward-and-backward passes over
+  /// step 1's batch that only fill the amax histories, so that step 1's
+  /// casts are scaled from its own tensors' amaxes rather than 1.
+  int64_t fp8CalibrationPasses = 0;
 
   // Optimizer step: micro-batches per step, clipping, schedule.
   int64_t gradAccum = 1;

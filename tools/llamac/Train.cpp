@@ -8,9 +8,11 @@
 //   3. load the weights (or initialize them as Hugging Face does) and zero
 //      the AdamW moments -- or take both, the FP8 scaling state, and the
 //      step and data position, from the checkpoint --resume names;
-//   4. per optimizer step: --grad-accum micro-batches through
-//      forward_backward, their gradients weighted by each one's share of the
-//      counted tokens (the Hugging Face Trainer's num_items_in_batch);
+//   4. per optimizer step (before the first of a fresh fp8 run, the
+//      --fp8-calibration-passes over its batch): --grad-accum micro-batches
+//      through forward_backward, their gradients weighted by each one's
+//      share of the counted tokens (the Hugging Face Trainer's
+//      num_items_in_batch);
 //      optimizer_step with the scheduled learning rate (clipping inside);
 //      progress, metrics, periodic checkpoints; a clean stop on SIGINT or
 //      SIGTERM;
@@ -768,6 +770,23 @@ int llamac::runTrain(const TrainOptions &options) {
     auto [microBatches, counted, tokens] =
         takeStepBatches(rows, sampler, options.gradAccum, shape.batch,
                         shape.seq, shape.packed, options.padToLongest);
+
+    // 4a'. FP8 calibration of a fresh run: delayed scaling has no amax
+    // before step 1, whose casts would use the initial scales of 1 (E5M2's
+    // smallest value, 2^-16, is far above the per-element gradients of a
+    // mean loss), so passes over step 1's batch fill the histories first;
+    // their losses and gradients are dropped.
+    if (stepIndex == 1 && resumedFrom.empty())
+      for (int64_t pass = 0; pass < options.fp8CalibrationPasses; ++pass)
+        for (const Batch &batch : microBatches) {
+          llvm::Expected<mlir::func::FuncOp> func =
+              steps.forwardBackward(batch.seq);
+          if (!func)
+            return reportError(llvm::toString(func.takeError()));
+          if (llvm::Error error =
+                  runForwardBackward(*func, state, batch).takeError())
+            return reportError(llvm::toString(std::move(error)));
+        }
 
     // 4b. Forward and backward per micro-batch: the window's loss is the
     // sum over its counted tokens divided by their number, so micro-batch i

@@ -38,6 +38,7 @@ GpuTrainOptions llamac::runtimeOptions(const TrainOptions &options) {
   gpu.maxGradNorm = options.maxGradNorm;
   gpu.seed = options.seed;
   gpu.gradAccum = options.gradAccum;
+  gpu.fp8CalibrationPasses = options.fp8CalibrationPasses;
   gpu.saveEvery = options.saveEvery;
   gpu.keep = options.keep;
   gpu.saveOnInterrupt = options.saveOnInterrupt;

@@ -159,6 +159,13 @@ static cl::opt<std::string> device("device", cl::desc("cpu"), cl::init("cpu"),
 static cl::opt<uint64_t> seed("seed", cl::desc("Seed of the random init"),
                               cl::init(0), cl::sub(trainCommand),
                               cl::cat(trainCategory));
+static cl::opt<int64_t> fp8CalibrationPasses(
+    "fp8-calibration-passes",
+    cl::desc("--precision fp8, delayed scaling: before step 1 of a fresh "
+             "run, forward and backward over its batch this many times, "
+             "keeping only the amaxes, so that step 1 is scaled from them "
+             "(default 0: scales start at 1, as Transformer Engine's)"),
+    cl::init(0), cl::sub(trainCommand), cl::cat(trainCategory));
 static cl::opt<std::string>
     savePath("save",
              cl::desc("Write a Hugging Face checkpoint to this directory"),
@@ -348,6 +355,14 @@ static int trainMain() {
   options.savePath = savePath;
   options.dumpGradsPath = dumpGradsPath;
   options.metricsPath = metricsPath;
+  if (fp8CalibrationPasses.getNumOccurrences() &&
+      (!options.fp8.enabled || options.fp8.scaling != "delayed"))
+    return reportError("--fp8-calibration-passes: needs --precision fp8 with "
+                       "delayed scaling");
+  if (fp8CalibrationPasses < 0 || fp8CalibrationPasses > 8)
+    return reportError("--fp8-calibration-passes: must be in [0, 8], got " +
+                       Twine(fp8CalibrationPasses));
+  options.fp8CalibrationPasses = fp8CalibrationPasses;
   options.steps = steps;
   options.lr = lr;
   options.weightDecay = weightDecay;

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 using namespace llamac;
@@ -138,6 +139,17 @@ const char *boolean(bool value) { return value ? "true" : "false"; }
 
 namespace {
 
+/// `text` with every occurrence of each key replaced by its value.
+std::string
+substitute(std::string text,
+           std::initializer_list<std::pair<const char *, std::string>> values) {
+  for (const auto &[key, value] : values)
+    for (size_t at = text.find(key); at != std::string::npos;
+         at = text.find(key, at + value.size()))
+      text.replace(at, std::strlen(key), value);
+  return text;
+}
+
 /// MLIR lines of AdamW's per-step scalars (adamw.mlir's math), read from
 /// %hyper ([lr, beta1, beta2, eps, weight_decay, step, max_norm]) and
 /// %normsq (the gradients' sum of squares): the clip factor, the bias
@@ -219,16 +231,61 @@ std::string adamwUpdate(const std::string &n, const std::string &p,
       %aw_mo# = arith.truncf %aw_m1# : vector<8xf32> to vector<8xbf16>
       %aw_vo# = arith.truncf %aw_v1# : vector<8xf32> to vector<8xbf16>
 )mlir";
-  for (auto [key, value] :
-       {std::pair<const char *, const std::string &>{"{p}", p},
-        {"{g}", g},
-        {"{m}", m},
-        {"{v}", v},
-        {"#", n}})
-    for (size_t at = text.find(key); at != std::string::npos;
-         at = text.find(key, at + value.size()))
-      text.replace(at, std::strlen(key), value);
-  return text;
+  return substitute(std::move(text),
+                    {{"{p}", p}, {"{g}", g}, {"{m}", m}, {"{v}", v}, {"#", n}});
+}
+
+/// MLIR lines of SwiGLU on 8 elements from the bf16 vectors `gate` and
+/// `up` (swiglu_fwd.mlir's math: h = bf16(bf16(silu(g)) u), silu(g) = g /
+/// (1 + exp(-g)) in f32), with %sw_one a vector<8xf32> of ones: the bf16
+/// result %sw_h<n>.
+std::string swigluMath(const std::string &n, const std::string &gate,
+                       const std::string &up) {
+  std::string text = R"mlir(
+      %sw_g# = arith.extf {g} : vector<8xbf16> to vector<8xf32>
+      %sw_u# = arith.extf {u} : vector<8xbf16> to vector<8xf32>
+      %sw_ng# = arith.negf %sw_g# : vector<8xf32>
+      %sw_e# = math.exp %sw_ng# : vector<8xf32>
+      %sw_den# = arith.addf %sw_one, %sw_e# : vector<8xf32>
+      %sw_silu# = arith.divf %sw_g#, %sw_den# : vector<8xf32>
+      %sw_sb# = arith.truncf %sw_silu# : vector<8xf32> to vector<8xbf16>
+      %sw_sf# = arith.extf %sw_sb# : vector<8xbf16> to vector<8xf32>
+      %sw_p# = arith.mulf %sw_sf#, %sw_u# : vector<8xf32>
+      %sw_h# = arith.truncf %sw_p# : vector<8xf32> to vector<8xbf16>
+)mlir";
+  return substitute(std::move(text), {{"{g}", gate}, {"{u}", up}, {"#", n}});
+}
+
+/// MLIR lines of SwiGLU's backward on 8 elements from the bf16 vectors `dy`,
+/// `gate` and `up` (swiglu_bwd.mlir's math, s = sigmoid(gate) in f32:
+/// d gate = bf16(dy up s (1 + gate (1 - s))), d up = bf16(dy
+/// bf16(silu(gate)))), with %sgr_one a vector<8xf32> of ones: the bf16
+/// results %sgr_dgb<n> and %sgr_dub<n>.
+std::string swigluGradMath(const std::string &n, const std::string &dy,
+                           const std::string &gate, const std::string &up) {
+  std::string text = R"mlir(
+      %sgr_dy# = arith.extf {dy} : vector<8xbf16> to vector<8xf32>
+      %sgr_g# = arith.extf {g} : vector<8xbf16> to vector<8xf32>
+      %sgr_u# = arith.extf {u} : vector<8xbf16> to vector<8xf32>
+      %sgr_ng# = arith.negf %sgr_g# : vector<8xf32>
+      %sgr_e# = math.exp %sgr_ng# : vector<8xf32>
+      %sgr_den# = arith.addf %sgr_one, %sgr_e# : vector<8xf32>
+      %sgr_s# = arith.divf %sgr_one, %sgr_den# : vector<8xf32>
+      %sgr_silu# = arith.divf %sgr_g#, %sgr_den# : vector<8xf32>
+      %sgr_sb# = arith.truncf %sgr_silu# : vector<8xf32> to vector<8xbf16>
+      %sgr_sf# = arith.extf %sgr_sb# : vector<8xbf16> to vector<8xf32>
+      %sgr_dup# = arith.mulf %sgr_dy#, %sgr_sf# : vector<8xf32>
+      %sgr_oms# = arith.subf %sgr_one, %sgr_s# : vector<8xf32>
+      %sgr_gOms# = arith.mulf %sgr_g#, %sgr_oms# : vector<8xf32>
+      %sgr_factor# = arith.addf %sgr_one, %sgr_gOms# : vector<8xf32>
+      %sgr_dyu# = arith.mulf %sgr_dy#, %sgr_u# : vector<8xf32>
+      %sgr_dyus# = arith.mulf %sgr_dyu#, %sgr_s# : vector<8xf32>
+      %sgr_dgate# = arith.mulf %sgr_dyus#, %sgr_factor# : vector<8xf32>
+      %sgr_dgb# = arith.truncf %sgr_dgate# : vector<8xf32> to vector<8xbf16>
+      %sgr_dub# = arith.truncf %sgr_dup# : vector<8xf32> to vector<8xbf16>
+)mlir";
+  return substitute(std::move(text),
+                    {{"{dy}", dy}, {"{g}", gate}, {"{u}", up}, {"#", n}});
 }
 
 } // namespace
@@ -363,10 +420,14 @@ constexpr const char *kBlockAmax = R"mlir(
 
 } // namespace
 
-llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
-                                                 FP8Format format, int64_t cols,
-                                                 int64_t ld) {
-  const char *kernel = "fp8_cast";
+/// The kernels that read `numel` bf16 elements of a flat buffer or of a
+/// column slice (`cols` of rows `ld` apart) in fp8_cast's grid-stride loop:
+/// fp8_cast and fp8_amax (template `kernel`, its name ending in `suffix`);
+/// `extra` are the template's other values.
+static llvm::Expected<KernelSpec> elementReader(const char *kernel,
+                                                const char *suffix,
+                                                int64_t numel, int64_t cols,
+                                                int64_t ld, Values extra) {
   if (llvm::Error error = checkSize(kernel, "element count", numel, 8))
     return std::move(error);
   bool strided = cols && ld != cols;
@@ -389,32 +450,55 @@ llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
              "      %srcStart = arith.muli %srcRow, %srcLd : index\n"
              "      %src = arith.addi %srcStart, %srcCol : index\n";
   int64_t rows = strided ? numel / cols : 1;
+  Values values = {{"N", str(numel)},
+                   {"NX", str(strided ? (rows - 1) * ld + cols : numel)},
+                   {"COLS", str(strided ? cols : numel)},
+                   {"LD", str(strided ? ld : numel)},
+                   {"SOURCE", source},
+                   {"CHUNKS", str(numel / 8)},
+                   {"STRIDE", str(int64_t(grid) * 256)},
+                   {"G", str(grid)},
+                   {"BLOCK_MAX", kBlockAmax}};
+  values.insert(values.end(), extra.begin(), extra.end());
+  return specialize(kernel,
+                    kernel + ("_n" + str(numel)) +
+                        (strided ? "_c" + str(cols) + "_ld" + str(ld) : "") +
+                        suffix,
+                    std::move(values), dims(grid), dims(256));
+}
+
+llvm::Expected<KernelSpec> llamac::fp8CastKernel(int64_t numel,
+                                                 FP8Format format, int64_t cols,
+                                                 int64_t ld) {
   std::string convert;
   std::vector<std::string> values = extractAll("%y", 8, convert);
   convert += fp8Pack(values, format, "%q");
-  return specialize(kernel,
-                    "fp8_cast_n" + str(numel) +
-                        (strided ? "_c" + str(cols) + "_ld" + str(ld) : "") +
-                        fp8Suffix(format),
-                    {{"N", str(numel)},
-                     {"NX", str(strided ? (rows - 1) * ld + cols : numel)},
-                     {"COLS", str(strided ? cols : numel)},
-                     {"LD", str(strided ? ld : numel)},
-                     {"SOURCE", source},
-                     {"CHUNKS", str(numel / 8)},
-                     {"STRIDE", str(int64_t(grid) * 256)},
-                     {"G", str(grid)},
-                     {"FORMAT", fp8TypeName(format)},
-                     {"CONVERT", convert},
-                     {"BLOCK_MAX", kBlockAmax}},
-                    dims(grid), dims(256));
+  return elementReader("fp8_cast", fp8Suffix(format), numel, cols, ld,
+                       {{"FORMAT", fp8TypeName(format)}, {"CONVERT", convert}});
 }
 
-/// fp8_cast_transpose, and with `adamw` its AdamW instance (direct, packed;
-/// fp8_cast_transpose.mlir), named `kernel` in errors.
+llvm::Expected<KernelSpec> llamac::fp8AmaxKernel(int64_t numel, int64_t cols,
+                                                 int64_t ld) {
+  return elementReader("fp8_amax", "", numel, cols, ld, {});
+}
+
+namespace {
+/// What an fp8_cast_transpose instance casts: x, the weight AdamW has just
+/// updated, SwiGLU of a gate/up pair, or the gate or up half of SwiGLU's
+/// gradient (fp8_cast_transpose.mlir).
+enum class CastSource { Tensor, AdamW, SwiGLU, SwiGLUGradGate, SwiGLUGradUp };
+} // namespace
+
+/// fp8_cast_transpose of `source` (AdamW: with direct, packed), named
+/// `kernel` in errors.
 static llvm::Expected<KernelSpec>
 castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
-                    FP8Format format, int64_t ld, bool direct, bool adamw) {
+                    FP8Format format, int64_t ld, bool direct,
+                    CastSource source) {
+  const bool adamw = source == CastSource::AdamW;
+  const bool swiglu = source == CastSource::SwiGLU;
+  const bool swigluGrad = source == CastSource::SwiGLUGradGate ||
+                          source == CastSource::SwiGLUGradUp;
   if (llvm::Error error = checkSize(kernel, "row count", rows, 16))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "column count", cols, 16))
@@ -466,12 +550,32 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
   // back). The AdamW instance loads the weight, its gradient and moments,
   // updates them and stores them back (inside the matrix), and converts the
   // new weight.
-  std::vector<std::pair<std::string, std::string>> sources{{"%x", "%l"}};
+  // Each source: its memref, the prefix of its loaded pieces, and whether
+  // it is a half of a gate/up output whose rows lie 2 cols apart (SwiGLU's
+  // gradient, whose x, dy, is packed: those take indices of their own).
+  struct Source {
+    std::string memref, prefix;
+    bool gateUpHalf = false;
+  };
+  std::vector<Source> sources{{"%x", "%l"}};
   if (adamw)
     sources = {{"%x", "%ap"},
                {"%grad", "%ag"},
                {"%expAvg", "%am"},
                {"%expAvgSq", "%av"}};
+  if (swiglu) // x is the gate half, up the up half, rows ld apart
+    sources = {{"%x", "%sg"}, {"%up", "%su"}};
+  // SwiGLU's gradient: x is dy (packed), gate and up the halves of the
+  // gate/up output (rows 2 cols apart); the up half needs no up.
+  const int64_t gateNX = (rows - 1) * 2 * cols + cols;
+  if (swigluGrad) {
+    sources = {{"%x", "%gy"}, {"%gate", "%gg", true}};
+    if (source == CastSource::SwiGLUGradGate)
+      sources.push_back({"%up", "%gu", true});
+    constant(load, "%lld2", 2 * cols);
+    emit(load, "%lRowStart2 = arith.muli %lRow, %lld2 : index");
+    emit(load, "%lBase2 = arith.addi %lRowStart2, %lCol : index");
+  }
   std::vector<std::string> oks(8);
   auto loadPiece = [&](int i) {
     std::string n = std::to_string(i);
@@ -486,13 +590,26 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
     if (!ok.empty())
       emit(load,
            "%ls" + n + " = arith.select " + ok + ", %li" + n + ", %c0 : index");
-    for (const auto &[memref, result] : sources) {
-      std::string loaded = ok.empty() ? result + n : result + "v" + n;
-      emit(load, loaded + " = vector.load " + memref + "[" +
-                     (ok.empty() ? "%li" : "%ls") + n +
-                     "] {alignment = 16} : memref<@NX@xbf16>, vector<8xbf16>");
+    // This piece's index in the gate/up halves.
+    if (swigluGrad) {
+      constant(load, "%lo2_" + n, i * 16 * 2 * cols);
+      emit(load, "%li2_" + n + " = arith.addi %lBase2, %lo2_" + n + " : index");
       if (!ok.empty())
-        emit(load, result + n + " = arith.select " + ok + ", " + loaded +
+        emit(load, "%ls2_" + n + " = arith.select " + ok + ", %li2_" + n +
+                       ", %c0 : index");
+    }
+    for (const Source &from : sources) {
+      std::string index = (ok.empty() ? "%li" : "%ls") + n, size = "@NX@";
+      if (from.gateUpHalf) {
+        index = (ok.empty() ? "%li2_" : "%ls2_") + n;
+        size = str(gateNX);
+      }
+      std::string loaded = ok.empty() ? from.prefix + n : from.prefix + "v" + n;
+      emit(load, loaded + " = vector.load " + from.memref + "[" + index +
+                     "] {alignment = 16} : memref<" + size +
+                     "xbf16>, vector<8xbf16>");
+      if (!ok.empty())
+        emit(load, from.prefix + n + " = arith.select " + ok + ", " + loaded +
                        ", %zeroX : vector<8xbf16>");
     }
   };
@@ -516,6 +633,17 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
       if (!oks[i].empty())
         emit(load, "}");
       value = "%aw_po" + piece;
+    }
+    if (swiglu) {
+      load += swigluMath("_" + n, "%sg" + n, "%su" + n);
+      value = "%sw_h_" + n;
+    }
+    if (swigluGrad) {
+      bool gateHalf = source == CastSource::SwiGLUGradGate;
+      // The up half's math reads no up (its d gate is left unused).
+      load += swigluGradMath("_" + n, "%gy" + n, "%gg" + n,
+                             gateHalf ? "%gu" + n : "%zeroX");
+      value = (gateHalf ? "%sgr_dgb_" : "%sgr_dub_") + n;
     }
     emit(load, "%f" + n + " = arith.extf " + value +
                    " : vector<8xbf16> to vector<8xf32>");
@@ -547,8 +675,10 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
   // loads are in flight at once. AdamW's 32 loads held at once took 202
   // registers (one block per SM: 37.1 ms for Llama 2 7B's weights on an
   // H200); a piece at a time takes 71 (three blocks: 31.6 ms; two pieces at a
-  // time 33.3 ms, four 31.7 ms).
-  int group = adamw ? 1 : 8;
+  // time 33.3 ms, four 31.7 ms). SwiGLU and its gradient (2 and 3 sources,
+  // and their math) two pieces at a time: 58 and 89 registers (101 and 147
+  // with all 8), two blocks or more per SM.
+  int group = adamw ? 1 : (swiglu || swigluGrad) ? 2 : 8;
   for (int first = 0; first < 8; first += group) {
     for (int i = first; i < first + group; ++i)
       loadPiece(i);
@@ -656,43 +786,91 @@ castTransposeKernel(const char *kernel, int64_t rows, int64_t cols,
   }
   if (!ok.empty())
     emit(transpose, "}");
-  return specialize(
-      "fp8_cast_transpose",
-      std::string(adamw ? "adamw_" : "") + "fp8_cast_transpose_r" + str(rows) +
-          "_c" + str(cols) + (ld != cols ? "_ld" + str(ld) : "") +
-          (direct && !adamw ? "_both" : "") + fp8Suffix(format),
-      {{"LOAD", load},
-       {"DIRECT", directCopy},
-       {"TRANSPOSE", transpose},
-       {"DIRECT_ARG", direct ? "%direct: memref<@RC@xi8>, " : ""},
-       {"ADAMW_ARGS", adamw ? "%grad: memref<@NX@xbf16>, %expAvg: "
-                              "memref<@NX@xbf16>, %expAvgSq: "
-                              "memref<@NX@xbf16>, %hyper: memref<8xf32>, "
-                              "%normsq: memref<1xf32>, "
-                            : ""},
-       {"PRELUDE", adamw ? kAdamWPrelude : ""},
-       {"R", str(rows)},
-       {"C", str(cols)},
-       {"LD", str(ld)},
-       {"NX", str((rows - 1) * ld + cols)},
-       {"RC", str(rows * cols)},
-       {"FORMAT", fp8TypeName(format)},
-       {"BLOCK_MAX", kBlockAmax}},
-      dims(blocksFor(cols, kTile), unsigned(rowTiles)), dims(256));
+  const char *prefix = adamw                                  ? "adamw_"
+                       : swiglu                               ? "swiglu_"
+                       : source == CastSource::SwiGLUGradGate ? "swiglu_dgate_"
+                       : source == CastSource::SwiGLUGradUp   ? "swiglu_dup_"
+                                                              : "";
+  std::string extraArgs, prelude;
+  if (adamw) {
+    extraArgs = "%grad: memref<@NX@xbf16>, %expAvg: memref<@NX@xbf16>, "
+                "%expAvgSq: memref<@NX@xbf16>, %hyper: memref<8xf32>, "
+                "%normsq: memref<1xf32>, ";
+    prelude = kAdamWPrelude;
+  } else if (swiglu) {
+    extraArgs = "%up: memref<@NX@xbf16>, ";
+    prelude = "    %sw_one = arith.constant dense<1.0> : vector<8xf32>";
+  } else if (swigluGrad) {
+    std::string gateType = "memref<" + str(gateNX) + "xbf16>, ";
+    extraArgs = "%gate: " + gateType;
+    if (source == CastSource::SwiGLUGradGate)
+      extraArgs += "%up: " + gateType;
+    prelude = "    %sgr_one = arith.constant dense<1.0> : vector<8xf32>";
+  }
+  return specialize("fp8_cast_transpose",
+                    prefix + std::string("fp8_cast_transpose_r") + str(rows) +
+                        "_c" + str(cols) + (ld != cols ? "_ld" + str(ld) : "") +
+                        (direct && !adamw ? "_both" : "") + fp8Suffix(format),
+                    {{"LOAD", load},
+                     {"DIRECT", directCopy},
+                     {"TRANSPOSE", transpose},
+                     {"DIRECT_ARG", direct ? "%direct: memref<@RC@xi8>, " : ""},
+                     {"EXTRA_ARGS", extraArgs},
+                     {"PRELUDE", prelude},
+                     {"R", str(rows)},
+                     {"C", str(cols)},
+                     {"LD", str(ld)},
+                     {"NX", str((rows - 1) * ld + cols)},
+                     {"RC", str(rows * cols)},
+                     {"FORMAT", fp8TypeName(format)},
+                     {"BLOCK_MAX", kBlockAmax}},
+                    dims(blocksFor(cols, kTile), unsigned(rowTiles)),
+                    dims(256));
 }
 
 llvm::Expected<KernelSpec>
 llamac::fp8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format,
                                int64_t ld, bool direct) {
   return castTransposeKernel("fp8_cast_transpose", rows, cols, format, ld,
-                             direct, /*adamw=*/false);
+                             direct, CastSource::Tensor);
+}
+
+llvm::Expected<KernelSpec>
+llamac::swigluGradFP8CastTransposeKernel(int64_t rows, int64_t width,
+                                         FP8Format format, bool gateHalf) {
+  return castTransposeKernel(gateHalf ? "swiglu_dgate_fp8_cast_transpose"
+                                      : "swiglu_dup_fp8_cast_transpose",
+                             rows, width, format, width, /*direct=*/true,
+                             gateHalf ? CastSource::SwiGLUGradGate
+                                      : CastSource::SwiGLUGradUp);
+}
+
+llvm::Expected<KernelSpec>
+llamac::swigluFP8CastTransposeKernel(int64_t rows, int64_t width,
+                                     FP8Format format) {
+  return castTransposeKernel("swiglu_fp8_cast_transpose", rows, width, format,
+                             2 * width, /*direct=*/true, CastSource::SwiGLU);
 }
 
 llvm::Expected<KernelSpec>
 llamac::adamwFP8CastTransposeKernel(int64_t rows, int64_t cols,
                                     FP8Format format) {
   return castTransposeKernel("adamw_fp8_cast_transpose", rows, cols, format,
-                             cols, /*direct=*/true, /*adamw=*/true);
+                             cols, /*direct=*/true, CastSource::AdamW);
+}
+
+llvm::Expected<KernelSpec> llamac::fp8CurrentScaleKernel(FP8Format format,
+                                                         int64_t margin) {
+  if (margin < 0 || margin > 64)
+    return shapeError("fp8_current_scale",
+                      "margin must be in [0, 64], got " + str(margin));
+  return specialize("fp8_current_scale",
+                    std::string("fp8_current_scale") + fp8Suffix(format) +
+                        "_m" + str(margin),
+                    {{"FORMAT", fp8TypeName(format)},
+                     {"FMAX", f64Bits(fp8Largest(format))},
+                     {"MARGIN_SCALE", f64Bits(std::ldexp(1.0, -int(margin)))}},
+                    dims(1), dims(32));
 }
 
 llvm::Expected<KernelSpec> llamac::fp8ScaleUpdateKernel(int64_t tensors,
@@ -776,8 +954,11 @@ llamac::embeddingBackwardKernel(int64_t rows, int64_t vocab, int64_t hidden) {
   return embeddingKernel("embedding_bwd", rows, vocab, hidden);
 }
 
-llvm::Expected<KernelSpec>
-llamac::rmsNormForwardKernel(int64_t rows, int64_t hidden, double eps) {
+/// rms_norm_fwd, writing y in bf16, or with `format` its FP8 copy (and
+/// amax) instead.
+static llvm::Expected<KernelSpec>
+rmsNormForward(int64_t rows, int64_t hidden, double eps,
+               std::optional<FP8Format> format) {
   const char *kernel = "rms_norm_fwd";
   if (llvm::Error error = checkSize(kernel, "row count", rows))
     return std::move(error);
@@ -786,18 +967,74 @@ llamac::rmsNormForwardKernel(int64_t rows, int64_t hidden, double eps) {
   if (!(eps >= 0) || !std::isfinite(eps))
     return shapeError(kernel, "eps must be finite and non-negative");
   std::string epsBits = f32Bits(float(eps));
-  unsigned block = threadsFor(hidden / 8, 256);
+  // The FP8 instances reduce the amax over 8 warps (kBlockAmax).
+  unsigned block = format ? 256 : threadsFor(hidden / 8, 256);
+  // The output's values first: they hold @TH@, which the shape's fill in.
+  Values values;
+  if (!format) {
+    values.insert(values.end(),
+                  {{"OUTPUT_ARGS", "%y: memref<@TH@xbf16>"},
+                   {"AMAX_WORKGROUP", ""},
+                   {"OUTPUT_PRELUDE", ""},
+                   {"STORE", "      vector.store %yb, %y[%i] {alignment = 16} "
+                             ": memref<@TH@xbf16>, vector<8xbf16>\n"
+                             "      %next = arith.addi %acc, %zeroBits : "
+                             "vector<8xi32>"},
+                   {"BLOCK_MAX", ""}});
+  } else {
+    // fp8_cast's conversion of y and its amax bits (fp8_cast.mlir).
+    std::string store =
+        "      %yc = arith.extf %yb : vector<8xbf16> to "
+        "vector<8xf32>\n"
+        "      %ybits = arith.bitcast %yc : vector<8xf32> to "
+        "vector<8xi32>\n"
+        "      %yabs = arith.andi %ybits, %absMask : "
+        "vector<8xi32>\n"
+        "      %next = arith.maxui %acc, %yabs : vector<8xi32>\n"
+        "      %y = arith.mulf %yc, %vs : vector<8xf32>\n";
+    std::vector<std::string> lanes = extractAll("%y", 8, store);
+    store += fp8Pack(lanes, *format, "%q");
+    store += "      vector.store %q, %out[%i] {alignment = 8} : "
+             "memref<@TH@xi8>, vector<8xi8>";
+    values.insert(
+        values.end(),
+        {{"OUTPUT_ARGS", "%scale: memref<1xf32>, %out: memref<@TH@xi8>, "
+                         "%amax: memref<1xi32>"},
+         {"AMAX_WORKGROUP", ", %maxes : memref<32xi32, "
+                            "#gpu.address_space<workgroup>> {llvm.align = 16 "
+                            ": i64}"},
+         {"OUTPUT_PRELUDE",
+          "    %absMask = arith.constant dense<2147483647> : vector<8xi32>\n"
+          "    %s = memref.load %scale[%c0] : memref<1xf32>\n"
+          "    %vs = vector.broadcast %s : f32 to vector<8xf32>"},
+         {"STORE", store},
+         {"BLOCK_MAX", "    %m = vector.reduction <maxui>, %yMax : "
+                       "vector<8xi32> into i32\n" +
+                           std::string(kBlockAmax)}});
+  }
+  values.insert(values.end(), {{"T", str(rows)},
+                               {"H", str(hidden)},
+                               {"TH", str(rows * hidden)},
+                               {"EPS", epsBits},
+                               {"BLOCK", str(block)},
+                               {"WARPS", str(block / 32)},
+                               {"CHUNKS", str(hidden / 8)}});
   return specialize(kernel,
                     "rms_norm_fwd_t" + str(rows) + "_h" + str(hidden) + "_e" +
-                        epsBits.substr(2),
-                    {{"T", str(rows)},
-                     {"H", str(hidden)},
-                     {"TH", str(rows * hidden)},
-                     {"EPS", epsBits},
-                     {"BLOCK", str(block)},
-                     {"WARPS", str(block / 32)},
-                     {"CHUNKS", str(hidden / 8)}},
-                    dims(unsigned(rows)), dims(block));
+                        epsBits.substr(2) + (format ? fp8Suffix(*format) : ""),
+                    std::move(values), dims(unsigned(rows)), dims(block));
+}
+
+llvm::Expected<KernelSpec>
+llamac::rmsNormForwardKernel(int64_t rows, int64_t hidden, double eps) {
+  return rmsNormForward(rows, hidden, eps, std::nullopt);
+}
+
+llvm::Expected<KernelSpec> llamac::rmsNormFP8ForwardKernel(int64_t rows,
+                                                           int64_t hidden,
+                                                           double eps,
+                                                           FP8Format format) {
+  return rmsNormForward(rows, hidden, eps, format);
 }
 
 llvm::Expected<KernelSpec>
@@ -852,32 +1089,37 @@ llvm::Expected<KernelSpec> llamac::columnSumKernel(int64_t rows, int64_t cols,
 
 /// Shared by swiglu_fwd and swiglu_bwd.
 static llvm::Expected<KernelSpec> swigluKernel(llvm::StringRef kernel,
-                                               int64_t rows, int64_t width) {
+                                               int64_t rows, int64_t width,
+                                               Values extra = {}) {
   if (llvm::Error error = checkSize(kernel, "row count", rows))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "width", width, 8))
     return std::move(error);
   int64_t total = rows * (width / 8);
+  Values values = {{"F", str(width)},
+                   {"F2", str(2 * width)},
+                   {"T", str(rows)},
+                   {"TF", str(rows * width)},
+                   {"TF2", str(2 * rows * width)},
+                   {"CHUNKS", str(width / 8)},
+                   {"TOTAL", str(total)}};
+  values.insert(values.end(), extra.begin(), extra.end());
   return specialize(kernel,
                     (kernel + "_t" + str(rows) + "_f" + str(width)).str(),
-                    {{"F", str(width)},
-                     {"F2", str(2 * width)},
-                     {"T", str(rows)},
-                     {"TF", str(rows * width)},
-                     {"TF2", str(2 * rows * width)},
-                     {"CHUNKS", str(width / 8)},
-                     {"TOTAL", str(total)}},
-                    dims(blocksFor(total, 256)), dims(256));
+                    std::move(values), dims(blocksFor(total, 256)), dims(256));
 }
 
 llvm::Expected<KernelSpec> llamac::swigluForwardKernel(int64_t rows,
                                                        int64_t width) {
-  return swigluKernel("swiglu_fwd", rows, width);
+  return swigluKernel("swiglu_fwd", rows, width,
+                      {{"SWIGLU", swigluMath("", "%gv", "%uv")}});
 }
 
 llvm::Expected<KernelSpec> llamac::swigluBackwardKernel(int64_t rows,
                                                         int64_t width) {
-  return swigluKernel("swiglu_bwd", rows, width);
+  return swigluKernel(
+      "swiglu_bwd", rows, width,
+      {{"SWIGLU_GRAD", swigluGradMath("", "%dv", "%gv", "%uv")}});
 }
 
 /// The POSITIONS_ARG of a kernel that reads the position_ids of `tokens`
@@ -1010,8 +1252,11 @@ static llvm::Expected<KernelSpec> softmaxKernel(llvm::StringRef kernel,
                 "    %start = arith.subi %q, %back : index"
           : "%start = arith.constant 0 : index";
   bool f32 = scoreType == ScoreType::F32;
+  // Rows of at most 256 columns are one warp's chunks: the kernel holds
+  // them in registers (the _warp templates; same launch).
+  std::string templateName = (kernel + (seqLen <= 256 ? "_warp" : "")).str();
   // f32 -> f32 "conversions" are bitcasts, so one template serves both types.
-  return specialize(kernel,
+  return specialize(templateName,
                     (kernel + "_b" + str(blocks) + "_s" + str(seqLen) +
                      (f32 ? "_f32" : "_bf16") +
                      (packed ? "_packed_h" + str(packedHeads) : ""))

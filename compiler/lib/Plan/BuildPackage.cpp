@@ -51,6 +51,7 @@
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/StringSet.h"
+#include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
 #include <optional>
@@ -407,14 +408,17 @@ private:
     int format = 0; ///< Index into fp8States.
     int64_t index = 0;
   };
-  /// The delayed-scaling state of one FP8 format: per quantized tensor an
-  /// amax history row, a scale, its inverse and this step's amax, in four
-  /// persistent buffers that one fp8_scale_update launch updates.
+  /// The scaling state of one FP8 format. Delayed scaling: per quantized
+  /// tensor an amax history row, a scale, its inverse and this step's amax,
+  /// in four persistent buffers that one fp8_scale_update launch updates.
+  /// Current scaling (`current`): no history; each cast first takes its
+  /// tensor's amax and scale (fp8_amax, fp8_current_scale) into its rows.
   struct FP8State {
     std::string name; ///< "e4m3" or "e5m2"
     std::vector<std::string> ids;
     int64_t historyLength = 0, margin = 0;
     std::string algo;
+    bool current = false;
     int history = -1, scale = -1, scaleInv = -1, amax = -1;
   };
   /// A bf16 tensor (`rows` x `cols` at `source`) quantized in row blocks,
@@ -429,6 +433,15 @@ private:
     std::vector<int64_t> blockRows;
     std::vector<FP8Slot> slots;
     bool bothCopies = false;
+    /// Tensors never written in bf16, which their casts compute as they read
+    /// their inputs: SwiGLU of the gate/up GEMM output at `source` (the gate
+    /// half; rows source.ld apart, the up half `cols` on;
+    /// swiglu_fp8_cast_transpose), or the gate or up half of SwiGLU's input
+    /// gradient from dy at `source` and the gate/up output at `gateUp`
+    /// (swiglu_d{gate,up}_fp8_cast_transpose).
+    enum class Computed { No, SwiGLU, SwiGLUGradGate, SwiGLUGradUp };
+    Computed computed = Computed::No;
+    Location gateUp;
     int direct = -1, transposed = -1;
     /// The transposed copy's shape: [cols, rows], or its blocks' elements.
     std::vector<int64_t> transposedShape() const {
@@ -444,6 +457,7 @@ private:
   };
 
   llvm::Error prepareFP8(func::FuncOp func);
+  llvm::Error prepareCurrentScaling(Block &body);
   llvm::Expected<SmallVector<FP8Slot>> fp8SlotsOf(Operation *op,
                                                   ValueRange scales,
                                                   ValueRange amaxes,
@@ -499,28 +513,40 @@ private:
       return std::move(error);
     return whole(xn);
   }
+  llvm::Expected<FP8Operand> normalizedOperand(Operation *op, Location x,
+                                               Location normWeight,
+                                               int64_t hidden, double eps,
+                                               ArrayRef<FP8Slot> slots,
+                                               const std::string &label);
   /// The start of a gated MLP's backward, shared by the bf16 and FP8
   /// lowerings: dGU = SwiGLU'(gate_up) dOut, and the input of its GEMMs (x,
   /// or RMSNorm(x) recomputed when the op has a norm, with that norm's
   /// weight and rstd for the norm backward).
   struct GatedMLPGradStart {
-    int dGU = -1;
+    Location dOut, gateUp;
+    int dGU = -1; ///< Unless its computation was left to the FP8 casts.
     Location in, normWeight;
     int rstd = -1;
   };
-  llvm::Expected<GatedMLPGradStart>
-  startGatedMLPGrad(GatedMLPGradOp op, Location x, int64_t width,
-                    int64_t hidden, const std::string &label) {
+  llvm::Expected<GatedMLPGradStart> startGatedMLPGrad(GatedMLPGradOp op,
+                                                      Location x, int64_t width,
+                                                      int64_t hidden,
+                                                      const std::string &label,
+                                                      bool computeDGU = true) {
     auto dOut = use(op.getGrad());
     auto gateUp = use(op.getGateUp());
     if (!dOut || !gateUp)
       return llvm::joinErrors(dOut.takeError(), gateUp.takeError());
     GatedMLPGradStart start;
-    start.dGU = scratch("dgate_up", ElementType::BF16, {tokens, 2 * width});
-    if (auto error =
-            launch(swigluBackwardKernel(tokens, width),
-                   {*dOut, *gateUp, whole(start.dGU)}, label + " (swiglu)"))
-      return std::move(error);
+    start.dOut = *dOut;
+    start.gateUp = *gateUp;
+    if (computeDGU) {
+      start.dGU = scratch("dgate_up", ElementType::BF16, {tokens, 2 * width});
+      if (auto error =
+              launch(swigluBackwardKernel(tokens, width),
+                     {*dOut, *gateUp, whole(start.dGU)}, label + " (swiglu)"))
+        return std::move(error);
+    }
     start.in = x;
     if (!op.getNormWeight())
       return start;
@@ -629,6 +655,9 @@ private:
   FP8State fp8States[2];
   llvm::DenseMap<Value, FP8Slot> fp8Slots;
   llvm::DenseMap<Value, FP8Tensor> fp8Tensors;
+  /// FP8 SwiGLU outputs whose only reader is their cast: the gate/up output
+  /// they are computed from (lowerFP8GatedMLP, lowerFP8Quantize).
+  llvm::DenseMap<Value, Location> swigluSources;
   /// The slot whose amax each amax result raises.
   llvm::DenseMap<Value, FP8Slot> fp8AmaxSlots;
   /// The weights whose FP8 copies are persistent (persistentWeightCopies),
@@ -1409,14 +1438,20 @@ llvm::Error PackageBuilder::prepareFP8(func::FuncOp func) {
     fp8Slots[scale] = {format, int64_t(state.ids.size())};
     state.ids.push_back(id.str());
   }
+  if (fp8States[0].ids.empty() && fp8States[1].ids.empty())
+    if (auto error = prepareCurrentScaling(body))
+      return error;
   for (FP8State &state : fp8States) {
     if (state.ids.empty())
       continue;
     int64_t count = int64_t(state.ids.size());
+    // Current scaling's rows are rewritten before every use and are no
+    // checkpointed state: roles the runtime does not save.
+    std::string prefix = state.current ? "fp8_current_" : "fp8_";
     auto region = [&](const std::string &role, std::vector<int64_t> shape,
                       float init) {
-      int buffer = newBuffer(role + "." + state.name, role, ElementType::F32,
-                             std::move(shape), true);
+      int buffer = newBuffer(prefix + role + "." + state.name, prefix + role,
+                             ElementType::F32, std::move(shape), true);
       package::Buffer &info = buffers[buffer].info;
       info.parts = state.ids;
       info.partRows.assign(state.ids.size(), 1);
@@ -1424,12 +1459,64 @@ llvm::Error PackageBuilder::prepareFP8(func::FuncOp func) {
         info.initF32.assign(info.bytes / 4, init);
       return buffer;
     };
-    state.history = region("fp8_history", {count, state.historyLength}, 0);
-    state.scale = region("fp8_scale", {count}, 1);
+    if (!state.current)
+      state.history = region("history", {count, state.historyLength}, 0);
+    state.scale = region("scale", {count}, 1);
     // One 16-byte row per tensor: cuBLASLt's scale pointers must be
     // 16-byte aligned (only column 0 is used).
-    state.scaleInv = region("fp8_scale_inv", {count, 4}, 1);
-    state.amax = region("fp8_amax", {count}, 0);
+    state.scaleInv = region("scale_inv", {count, 4}, 1);
+    state.amax = region("amax", {count}, 0);
+  }
+  return llvm::Error::success();
+}
+
+/// Current scaling (the casts carry no scale, and no llama.fp8_scale_update
+/// exists): a row per quantized tensor of each format, by the amax its cast
+/// returns, named after the op and the tensor's index there.
+llvm::Error PackageBuilder::prepareCurrentScaling(Block &body) {
+  int64_t ordinal = 0;
+  for (Operation &op : body.without_terminator()) {
+    ValueRange scales, amaxes;
+    SmallVector<StringRef> formats;
+    int64_t margin = 0;
+    if (auto quantize = dyn_cast<FP8QuantizeOp>(op)) {
+      scales = quantize.getScales(), amaxes = quantize.getAmaxes();
+      formats.assign(amaxes.size(), quantize.getFormat());
+      margin = int64_t(quantize.getMargin());
+    } else {
+      auto formatsAttr = op.getAttrOfType<ArrayAttr>("fp8_formats");
+      if (!formatsAttr)
+        continue;
+      llvm::TypeSwitch<Operation *>(&op)
+          .Case<NormMatmulOp, NormMatmulGradOp, GatedMLPOp, GatedMLPGradOp>(
+              [&](auto fused) {
+                scales = fused.getFp8Scales(), amaxes = fused.getFp8Amaxes();
+                margin = int64_t(fused.getFp8Margin());
+              });
+      for (StringAttr format : formatsAttr.getAsRange<StringAttr>())
+        formats.push_back(format.getValue());
+    }
+    if (!scales.empty())
+      return fail(&op, "has an FP8 scale without the delayed-scaling update "
+                       "that computes it");
+    if (amaxes.size() != formats.size())
+      return fail(&op, "expects one amax per FP8 tensor");
+    for (auto [index, entry] : llvm::enumerate(llvm::zip(amaxes, formats))) {
+      auto [amax, formatName] = entry;
+      int format = formatName == "e4m3" ? 0 : formatName == "e5m2" ? 1 : -1;
+      if (format < 0)
+        return fail(&op, "unknown FP8 format '" + formatName + "'");
+      FP8State &state = fp8States[format];
+      if (!state.ids.empty() && state.margin != margin)
+        return fail(&op, "the casts of one format must share the margin");
+      state.current = true;
+      state.margin = margin;
+      fp8AmaxSlots[amax] = {format, int64_t(state.ids.size())};
+      state.ids.push_back(op.getName().stripDialect().str() + "#" +
+                          std::to_string(ordinal) + "." +
+                          std::to_string(index));
+    }
+    ++ordinal;
   }
   return llvm::Error::success();
 }
@@ -1446,12 +1533,22 @@ bool PackageBuilder::isFP8(Operation &op) const {
 llvm::Expected<SmallVector<PackageBuilder::FP8Slot>>
 PackageBuilder::fp8SlotsOf(Operation *op, ValueRange scales, ValueRange amaxes,
                            ArrayRef<StringRef> formats) {
-  if (scales.empty() && !formats.empty())
-    return fail(op, "FP8 current scaling (--fp8-scaling current) is not "
-                    "lowered by the GPU backend yet; use delayed scaling");
+  SmallVector<FP8Slot> slots;
+  if (scales.empty() && !formats.empty()) {
+    // Current scaling: the rows prepareCurrentScaling gave the amaxes.
+    for (Value amax : amaxes) {
+      auto found = fp8AmaxSlots.find(amax);
+      if (found == fp8AmaxSlots.end() ||
+          !fp8States[found->second.format].current)
+        return fail(op, "has an FP8 tensor without a scale");
+      slots.push_back(found->second);
+    }
+    if (slots.size() != formats.size())
+      return fail(op, "expects one amax per FP8 tensor");
+    return slots;
+  }
   if (scales.size() != formats.size() || amaxes.size() != formats.size())
     return fail(op, "expects one scale and one amax per FP8 tensor");
-  SmallVector<FP8Slot> slots;
   for (auto [scale, amax, format] : llvm::zip(scales, amaxes, formats)) {
     auto found = fp8Slots.find(scale);
     if (found == fp8Slots.end())
@@ -1536,12 +1633,40 @@ llvm::Error PackageBuilder::castBlocks(const FP8Tensor &t, bool direct,
     // the other, so both start at the block's first element).
     uint64_t at = uint64_t(first * t.cols);
     std::vector<Location> args{from};
+    // The computed tensors' other inputs: the up half after the gate half
+    // (SwiGLU), the gate/up output's halves (SwiGLU's gradient; the up
+    // half's needs no up).
+    using Computed = FP8Tensor::Computed;
+    Location up = t.computed == Computed::SwiGLU ? from : t.gateUp;
+    up.offset += uint64_t(t.cols) * 2;
+    if (t.computed == Computed::SwiGLUGradGate ||
+        t.computed == Computed::SwiGLUGradUp)
+      args.push_back(t.gateUp);
+    if (t.computed == Computed::SwiGLU ||
+        t.computed == Computed::SwiGLUGradGate)
+      args.push_back(up);
     if (adamwAt) {
       uint64_t block = *adamwAt + uint64_t(first * t.cols) * 2;
       args = {whole(paramsRegion),   whole(gradsRegion), whole(expAvgRegion),
               whole(expAvgSqRegion), whole(hyper),       whole(gradNorm)};
       for (int region = 0; region < 4; ++region)
         args[region].offset = block;
+    }
+    const FP8State &state = fp8States[slot.format];
+    std::string tensor = " (" + state.name + " " + state.ids[slot.index] + ")";
+    if (state.current) {
+      // This block's scale from its own amax: zeroed, raised from the
+      // block's elements, then turned into the scale the cast reads.
+      Location amax = fp8Scalar(&FP8State::amax, slot);
+      memset(amax, 4, label + " (zero amax" + tensor + ")");
+      if (auto error = launch(fp8AmaxKernel(rows * t.cols, t.cols, ld),
+                              {from, amax}, label + " (amax" + tensor + ")"))
+        return error;
+      if (auto error = launch(fp8CurrentScaleKernel(format, state.margin),
+                              {amax, fp8Scalar(&FP8State::scale, slot),
+                               fp8Scalar(&FP8State::scaleInv, slot)},
+                              label + " (scale" + tensor + ")"))
+        return error;
     }
     args.push_back(fp8Scalar(&FP8State::scale, slot));
     if (direct)
@@ -1550,7 +1675,12 @@ llvm::Error PackageBuilder::castBlocks(const FP8Tensor &t, bool direct,
       args.push_back({t.transposed, at, 0});
     args.push_back(fp8Scalar(&FP8State::amax, slot));
     llvm::Expected<KernelSpec> kernel =
-        adamwAt      ? adamwFP8CastTransposeKernel(rows, t.cols, format)
+        adamwAt ? adamwFP8CastTransposeKernel(rows, t.cols, format)
+        : t.computed == Computed::SwiGLU
+            ? swigluFP8CastTransposeKernel(rows, t.cols, format)
+        : t.computed != Computed::No
+            ? swigluGradFP8CastTransposeKernel(
+                  rows, t.cols, format, t.computed == Computed::SwiGLUGradGate)
         : transposed ? fp8CastTransposeKernel(rows, t.cols, format, ld, direct)
                      : fp8CastKernel(rows * t.cols, format, t.cols, ld);
     std::string what = " (" + fp8States[slot.format].name +
@@ -1663,7 +1793,10 @@ llvm::Error PackageBuilder::lowerFP8Quantize(FP8QuantizeOp op,
   auto type = cast<RankedTensorType>(op.getInput().getType());
   if (type.getRank() != 2 || !type.getElementType().isBF16())
     return fail(op, "quantizes a tensor that is not a bf16 matrix");
-  auto source = use(op.getInput());
+  auto swiglu = swigluSources.find(op.getInput());
+  auto source = swiglu != swigluSources.end()
+                    ? llvm::Expected<Location>(swiglu->second)
+                    : use(op.getInput());
   if (!source)
     return source.takeError();
   // Which copies the consumers read.
@@ -1695,6 +1828,11 @@ llvm::Error PackageBuilder::lowerFP8Quantize(FP8QuantizeOp op,
   // (the forward's), and its transposed copy then lives until the
   // backward's dgrad reads it.
   t.bothCopies = direct && transposed;
+  if (swiglu != swigluSources.end())
+    t.computed = FP8Tensor::Computed::SwiGLU;
+  if (t.computed != FP8Tensor::Computed::No && !t.bothCopies)
+    return fail(op, "casts a SwiGLU output for a GEMM that does not read both "
+                    "its copies");
   if (isa<BlockArgument>(op.getInput())) {
     if (persistentWeightCopies() && t.bothCopies &&
         buffers[source->buffer].info.role == "param")
@@ -1721,8 +1859,11 @@ llvm::Error PackageBuilder::lowerFP8Quantize(FP8QuantizeOp op,
 /// so with gradient accumulation: every micro-batch's @forward_backward
 /// updates the scales, and the next micro-batch must cast the unchanged
 /// weights again with the new scales; those packages cast in the forward.
+/// Nor with current scaling, where a cast needs its tensor's amax first,
+/// which AdamW's blocks cannot know before all of them have run.
 bool PackageBuilder::persistentWeightCopies() const {
-  return !options.accumulateGradients;
+  return !options.accumulateGradients && !fp8States[0].current &&
+         !fp8States[1].current;
 }
 
 /// Gives the weight `t` (quantized by `op`; both copies) persistent FP8
@@ -1839,6 +1980,43 @@ llvm::Error PackageBuilder::fp8BlockBackward(Operation *op, FP8Tensor &dY,
                  label + " (dgrad)");
 }
 
+/// RMSNorm(x) as the forward GEMM's FP8 operand [tokens, hidden] (the
+/// direct copy of the normalized input, one block with `slots[0]`). With
+/// delayed scaling one launch writes it from x (rms_norm_fwd's FP8
+/// instance: the bits fp8_cast of the bf16 result would write, the same
+/// amax), so the bf16 result is neither written nor read back; current
+/// scaling needs that result's amax before the cast, so it normalizes into
+/// bf16 and casts as any tensor.
+llvm::Expected<PackageBuilder::FP8Operand> PackageBuilder::normalizedOperand(
+    Operation *op, Location x, Location normWeight, int64_t hidden, double eps,
+    ArrayRef<FP8Slot> slots, const std::string &label) {
+  int rstd = scratch("rstd", ElementType::F32, {tokens});
+  const FP8Slot &slot = slots.front();
+  const FP8State &state = fp8States[slot.format];
+  if (slots.size() != 1 || state.current) {
+    auto xn = normalized(x, normWeight, hidden, eps, rstd, label + " (norm)");
+    if (!xn)
+      return xn.takeError();
+    FP8Tensor in = fp8Tensor(*xn, tokens, hidden, slots, {}, label + ".xn");
+    return fp8Rows(op, in, 0, tokens, false, label);
+  }
+  int copy = newBuffer("xn.fp8#" + std::to_string(buffers.size()), "fp8_copy",
+                       fp8Type(slot), {tokens, hidden}, false);
+  touch(copy);
+  FP8Format format = slot.format ? FP8Format::E5M2 : FP8Format::E4M3;
+  if (auto error = launch(rmsNormFP8ForwardKernel(tokens, hidden, eps, format),
+                          {x,
+                           normWeight,
+                           fp8Scalar(&FP8State::scale, slot),
+                           {copy, 0, 0},
+                           fp8Scalar(&FP8State::amax, slot),
+                           whole(rstd)},
+                          label + " (norm into the " + state.name +
+                              " copy of " + state.ids[slot.index] + ")"))
+    return std::move(error);
+  return FP8Operand{{copy, 0, 0}, slot};
+}
+
 llvm::Error PackageBuilder::lowerFP8NormMatmul(NormMatmulOp op,
                                                const std::string &label) {
   auto weightType = cast<RankedTensorType>(op.getWeight().getType());
@@ -1847,15 +2025,9 @@ llvm::Error PackageBuilder::lowerFP8NormMatmul(NormMatmulOp op,
       op, 1, "one FP8 format, of its normalized input", op.getNormWeight());
   if (!operands)
     return operands.takeError();
-  auto xn = normalized(operands->input, operands->normWeight, hidden,
-                       op.getEps().convertToDouble(),
-                       scratch("rstd", ElementType::F32, {tokens}),
-                       label + " (norm)");
-  if (!xn)
-    return xn.takeError();
-  FP8Tensor in =
-      fp8Tensor(*xn, tokens, hidden, operands->slots, {}, label + ".xn");
-  auto a = fp8Rows(op, in, 0, tokens, false, label);
+  auto a =
+      normalizedOperand(op, operands->input, operands->normWeight, hidden,
+                        op.getEps().convertToDouble(), operands->slots, label);
   if (!a)
     return a.takeError();
   int y = newBuffer("norm_matmul.y#" + std::to_string(buffers.size()),
@@ -1918,25 +2090,29 @@ llvm::Error PackageBuilder::lowerFP8GatedMLP(GatedMLPOp op,
       op, 1, "one FP8 format, of its (normalized) input", op.getNormWeight());
   if (!operands)
     return operands.takeError();
-  Location in = operands->input;
-  if (op.getNormWeight()) {
-    auto xn = normalized(
-        in, operands->normWeight, hidden, op.getEps()->convertToDouble(),
-        scratch("rstd", ElementType::F32, {tokens}), label + " (norm)");
-    if (!xn)
-      return xn.takeError();
-    in = *xn;
-  }
-  FP8Tensor input =
-      fp8Tensor(in, tokens, hidden, operands->slots, {}, label + ".xn");
-  auto a = fp8Rows(op, input, 0, tokens, false, label);
+  FP8Tensor input = fp8Tensor(operands->input, tokens, hidden, operands->slots,
+                              {}, label + ".xn");
+  auto a = op.getNormWeight()
+               ? normalizedOperand(op, operands->input, operands->normWeight,
+                                   hidden, op.getEps()->convertToDouble(),
+                                   operands->slots, label)
+               : fp8Rows(op, input, 0, tokens, false, label);
   if (!a)
     return a.takeError();
   Location gateUp = define(op.getGateUp(), "gate_up");
   if (auto error = fp8ForwardByBlock(op, *a, *operands->weight, gateUp,
                                      2 * width, hidden, label))
     return error;
-  Location out = define(op.getResult(), "swiglu");
+  // An output that only its (delayed-scaling) cast reads is computed by
+  // that cast from gate_up and never written in bf16.
+  Value h = op.getResult();
+  auto cast = h.hasOneUse() ? dyn_cast<FP8QuantizeOp>(*h.user_begin())
+                            : FP8QuantizeOp();
+  if (cast && !cast.getScales().empty() && cast.getBlockRows().size() == 1) {
+    swigluSources[h] = gateUp;
+    return llvm::Error::success();
+  }
+  Location out = define(h, "swiglu");
   return launch(swigluForwardKernel(tokens, width), {gateUp, out},
                 label + " (swiglu)");
 }
@@ -1951,7 +2127,13 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
   if (!operands)
     return operands.takeError();
   const SmallVector<FP8Slot> &slots = operands->slots;
-  auto start = startGatedMLPGrad(op, operands->input, width, hidden, label);
+  // With delayed scaling the gradient's halves are never written in bf16:
+  // their casts compute them from dOut and gate_up. Current scaling needs
+  // each half's amax before its cast, so it writes them.
+  bool computedHalves = !fp8States[slots[1].format].current &&
+                        !fp8States[slots[2].format].current;
+  auto start = startGatedMLPGrad(op, operands->input, width, hidden, label,
+                                 /*computeDGU=*/!computedHalves);
   if (!start)
     return start.takeError();
   int dGU = start->dGU;
@@ -1968,9 +2150,17 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
   // The gate and up halves of dGU, each quantized as a tensor of its own:
   // dW[half] = dHᵀ in and dx += dH W[half].
   for (int half = 0; half < 2; ++half) {
+    std::string name = label + (half ? ".dup" : ".dgate");
     FP8Tensor dH =
-        fp8Tensor({dGU, uint64_t(half * width) * 2, 2 * width}, tokens, width,
-                  {slots[1 + half]}, {}, label + (half ? ".dup" : ".dgate"));
+        computedHalves
+            ? fp8Tensor(start->dOut, tokens, width, {slots[1 + half]}, {}, name)
+            : fp8Tensor({dGU, uint64_t(half * width) * 2, 2 * width}, tokens,
+                        width, {slots[1 + half]}, {}, name);
+    if (computedHalves) {
+      dH.computed = half ? FP8Tensor::Computed::SwiGLUGradUp
+                         : FP8Tensor::Computed::SwiGLUGradGate;
+      dH.gateUp = start->gateUp;
+    }
     dH.bothCopies = true;
     if (auto error =
             fp8BlockBackward(op, dH, *operands->weight, half * width, *inT,
@@ -1987,7 +2177,7 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
 /// One fp8_scale_update launch per format, in place over its state.
 llvm::Error PackageBuilder::updateFP8Scales() {
   for (const FP8State &state : fp8States) {
-    if (state.ids.empty())
+    if (state.ids.empty() || state.current)
       continue;
     int64_t count = int64_t(state.ids.size());
     if (auto error =

@@ -19,6 +19,7 @@
 
 #include <cstdlib>
 #include <functional>
+#include <tuple>
 #include <vector>
 
 using namespace llamac;
@@ -127,6 +128,15 @@ std::vector<StepKernel> stepKernels() {
        true},
       {"rms_norm_fwd",
        [] { return rmsNormForwardKernel(kRows, kHidden, 1e-5); }, true, true},
+      // The FP8 forward's norm, straight into the FP8 copy (8-byte stores).
+      {"rms_norm_fwd_e4m3",
+       [] {
+         return rmsNormFP8ForwardKernel(kRows, kHidden, 1e-5, FP8Format::E4M3);
+       },
+       true, false},
+      {"rms_norm_fwd_h64_e4m3",
+       [] { return rmsNormFP8ForwardKernel(kRows, 64, 1e-5, FP8Format::E4M3); },
+       true, false},
       {"rms_norm_bwd",
        [] { return rmsNormBackwardKernel(kRows, kHidden, false); }, true, true},
       {"rms_norm_bwd_acc",
@@ -245,6 +255,13 @@ std::vector<StepKernel> stepKernels() {
       {"fp8_cast_transpose_e5m2",
        [] { return fp8CastTransposeKernel(kRows, kMlp, FP8Format::E5M2); },
        true, true},
+      // Current scaling's amax pass (a whole tensor, a gradient half of the
+      // gate/up output) and its scale from that amax.
+      {"fp8_amax", [] { return fp8AmaxKernel(kRows * kHidden); }, true, false},
+      {"fp8_amax_slice",
+       [] { return fp8AmaxKernel(kRows * kMlp, kMlp, 2 * kMlp); }, true, false},
+      {"fp8_current_scale_e5m2",
+       [] { return fp8CurrentScaleKernel(FP8Format::E5M2, 1); }, false, false},
       // Both copies from one read: a weight, and a gradient half of the
       // gate/up GEMM's output.
       {"fp8_cast_transpose_both_e4m3",
@@ -265,6 +282,27 @@ std::vector<StepKernel> stepKernels() {
        [] {
          return fp8CastTransposeKernel(176, 1008, FP8Format::E5M2, 1024,
                                        /*direct=*/true);
+       },
+       true, true},
+      // The FP8 forward's SwiGLU output cast as it is computed from the
+      // gate/up GEMM's output.
+      // The FP8 backward's casts of SwiGLU's input gradient halves as they
+      // are computed from dy and the gate/up output.
+      {"swiglu_dgate_fp8_cast_transpose_e5m2",
+       [] {
+         return swigluGradFP8CastTransposeKernel(kRows, kMlp, FP8Format::E5M2,
+                                                 /*gateHalf=*/true);
+       },
+       true, true},
+      {"swiglu_dup_fp8_cast_transpose_e5m2",
+       [] {
+         return swigluGradFP8CastTransposeKernel(kRows, kMlp, FP8Format::E5M2,
+                                                 /*gateHalf=*/false);
+       },
+       true, true},
+      {"swiglu_fp8_cast_transpose_e4m3",
+       [] {
+         return swigluFP8CastTransposeKernel(kRows, kMlp, FP8Format::E4M3);
        },
        true, true},
       // @optimizer_step's AdamW of an FP8 weight fused with its casts: a
@@ -560,6 +598,39 @@ TEST(KernelPTX, FP8CastTransposeWritesBothCopiesFromOneRead) {
       // Arguments x, scale, [direct,] out, amax.
       EXPECT_EQ(countOf(*ptx, ".param .u64"), direct ? 5u : 4u) << *ptx;
     }
+  }
+}
+
+TEST(KernelPTX, ShortSoftmaxRowsStayInRegisters) {
+  // Rows of at most 256 columns: one warp per row reads each of its 16-byte
+  // (bf16) or 32-byte (f32) chunks of S (and, backward, of dP) once, with
+  // no shared memory or barrier; longer rows keep the general kernels
+  // (shared memory, the inputs read twice).
+  for (bool forward : {true, false}) {
+    auto make = [&](int64_t seq, ScoreType type) {
+      return forward ? causalSoftmaxForwardKernel(8, seq, type)
+                     : attentionSoftmaxBackwardKernel(8, seq, type);
+    };
+    for (auto [seq, type, chunkLoads] : {std::tuple{256, ScoreType::BF16, 1u},
+                                         {256, ScoreType::F32, 2u},
+                                         {32, ScoreType::F32, 2u}}) {
+      llvm::Expected<KernelSpec> kernel = make(seq, type);
+      ASSERT_TRUE(bool(kernel)) << llvm::toString(kernel.takeError());
+      EXPECT_EQ(kernel->block.x, 256u);
+      llvm::Expected<std::string> ptx = compileKernels({*kernel});
+      ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+      EXPECT_EQ(countOf(*ptx, "ld.global.v4.b32"),
+                chunkLoads * (forward ? 1 : 2))
+          << *ptx;
+      EXPECT_EQ(countOf(*ptx, "st.global.v4.b32"), 1u) << *ptx;
+      EXPECT_EQ(countOf(*ptx, "bar.sync"), 0u) << *ptx;
+      EXPECT_EQ(countOf(*ptx, ".shared"), 0u) << *ptx;
+    }
+    llvm::Expected<KernelSpec> longer = make(264, ScoreType::F32);
+    ASSERT_TRUE(bool(longer));
+    llvm::Expected<std::string> ptx = compileKernels({*longer});
+    ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+    EXPECT_GT(countOf(*ptx, "bar.sync"), 0u);
   }
 }
 

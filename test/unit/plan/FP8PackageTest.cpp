@@ -45,6 +45,17 @@ std::string formatOf(ElementType type) {
   return type == ElementType::F8E4M3 ? "e4m3" : "e5m2";
 }
 
+/// The number after `key` in a kernel's name ("_n", "_r", "_c").
+int64_t sizeIn(const std::string &kernel, const std::string &key) {
+  for (size_t at = kernel.find(key); at != std::string::npos;
+       at = kernel.find(key, at + 1))
+    if (at + key.size() < kernel.size() &&
+        std::isdigit((unsigned char)kernel[at + key.size()]))
+      return std::stoll(kernel.substr(at + key.size()));
+  ADD_FAILURE() << kernel << " has no size " << key;
+  return 0;
+}
+
 class FP8PackageTest : public ::testing::TestWithParam<bool> {};
 
 TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
@@ -126,14 +137,65 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
       EXPECT_NE(target(step.launch.args[0]).role, "param")
           << step.label << ": the forward casts a weight";
     }
+    // The forward's norms write their FP8 copy themselves (arguments x, w,
+    // scale, copy, amax, rstd).
     if (step.kind == Step::Kind::Launch &&
-        step.launch.kernel.rfind("fp8_cast", 0) == 0) {
+        step.launch.kernel.rfind("rms_norm_fwd_", 0) == 0 &&
+        step.launch.kernel.find("_e4m3") != std::string::npos) {
       const std::vector<package::Operand> &args = step.launch.args;
+      ASSERT_EQ(args.size(), 6u) << step.label;
+      ++casts["norm"];
+      EXPECT_EQ(target(args[2]).name, "fp8_scale.e4m3") << step.label;
+      EXPECT_EQ(target(args[4]).name, "fp8_amax.e4m3") << step.label;
+      EXPECT_EQ(args[2].offset, args[4].offset) << step.label;
+      EXPECT_EQ(target(args[3]).role, "fp8_copy") << step.label;
+      EXPECT_EQ(target(args[3]).type, ElementType::F8E4M3) << step.label;
+      EXPECT_TRUE(copiesMade.insert({"e4m3", args[2].offset, false}).second)
+          << step.label << ": makes a copy a cast made before";
+      castRow[{args[3].buffer, args[3].offset}] = args[2].offset / 4;
+      raised["e4m3"].insert(args[4].offset / 4);
+    }
+    // The casts that compute their tensor read more: SwiGLU's output's, the
+    // gate/up output's two halves (x, and up `width` elements on); its
+    // gradient halves', dy (x) and the gate/up output (gate, and for the
+    // gate half up `width` on). Checked, then left out like the source.
+    const std::string &kernel = step.launch.kernel;
+    bool swiglu = step.kind == Step::Kind::Launch &&
+                  kernel.rfind("swiglu_fp8_cast_transpose", 0) == 0;
+    bool swigluGrad =
+        step.kind == Step::Kind::Launch &&
+        (kernel.rfind("swiglu_dgate_fp8_cast_transpose", 0) == 0 ||
+         kernel.rfind("swiglu_dup_fp8_cast_transpose", 0) == 0);
+    if (step.kind == Step::Kind::Launch &&
+        (swiglu || swigluGrad || kernel.rfind("fp8_cast", 0) == 0)) {
+      std::vector<package::Operand> args = step.launch.args;
+      uint64_t halfBytes = uint64_t(sizeIn(kernel, "_c")) * 2;
+      if (swiglu) {
+        ASSERT_EQ(args.size(), 6u) << step.label;
+        EXPECT_EQ(args[1].buffer, args[0].buffer) << step.label;
+        EXPECT_EQ(args[1].offset - args[0].offset, halfBytes) << step.label;
+        args.erase(args.begin() + 1);
+      }
+      if (swigluGrad) {
+        bool gateHalf = kernel.rfind("swiglu_dgate", 0) == 0;
+        ASSERT_EQ(args.size(), gateHalf ? 7u : 6u) << step.label;
+        EXPECT_NE(args[1].buffer, args[0].buffer) << step.label;
+        if (gateHalf) {
+          EXPECT_EQ(args[2].buffer, args[1].buffer) << step.label;
+          EXPECT_EQ(args[2].offset - args[1].offset, halfBytes) << step.label;
+        }
+        args.erase(args.begin() + 1, args.begin() + (gateHalf ? 3 : 2));
+      }
       bool both = step.launch.kernel.find("_both_") != std::string::npos;
-      bool transposed = step.launch.kernel.rfind("fp8_cast_transpose", 0) == 0;
+      bool transposed =
+          swiglu || swigluGrad || kernel.rfind("fp8_cast_transpose", 0) == 0;
       ASSERT_EQ(args.size(), both ? 5u : 4u) << step.label;
       if (!weightCopy)
-        ++casts[both ? "both" : transposed ? "transposed" : "direct"];
+        ++casts[swiglu       ? "swiglu"
+                : swigluGrad ? "swiglu gradient"
+                : both       ? "both"
+                : transposed ? "transposed"
+                             : "direct"];
       const package::Operand &scale = args[1], &amax = args.back();
       std::string format = formatOf(target(args[2]).type);
       EXPECT_NE(step.launch.kernel.find("_" + format), std::string::npos);
@@ -197,14 +259,18 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
   for (auto &[format, rows] : raised)
     EXPECT_EQ(rows.size(), ids[format].size())
         << format << ": a tensor's amax is never measured";
-  // Per layer both copies from one read of the inputs of o_proj and
-  // down_proj, the 7 incoming gradients and (accumulating) the 7 weight
-  // blocks; only the direct copy of the normalized inputs of q/k/v and
-  // gate/up (forward), only the transposed one of their recomputation
-  // (backward).
+  // Per layer both copies from one read of the input of o_proj, the 5
+  // incoming gradients of q, k, v, o and down, and (accumulating) the 7
+  // weight blocks; of down_proj's input as SwiGLU computes it from the
+  // gate/up output, and of the gate and up gradients as SwiGLU's backward
+  // computes them; the direct copy of the normalized inputs of q/k/v and
+  // gate/up by their norms (forward), only the transposed one of their
+  // recomputation (backward).
   EXPECT_EQ(casts,
-            (std::map<std::string, int>{{"both", 2 * (accumulate ? 16 : 9)},
-                                        {"direct", 2 * 2},
+            (std::map<std::string, int>{{"both", 2 * (accumulate ? 13 : 6)},
+                                        {"swiglu", 2},
+                                        {"swiglu gradient", 2 * 2},
+                                        {"norm", 2 * 2},
                                         {"transposed", 2 * 2}}));
   if (weightCopies) {
     EXPECT_EQ(weightCopies->steps.size(), 2u * 7);
@@ -231,17 +297,6 @@ TEST_P(FP8PackageTest, GemmsReadCastsOfTheirTensorsScales) {
     updates += step.kind == Step::Kind::Launch &&
                step.launch.kernel.rfind("fp8_scale_update", 0) == 0;
   EXPECT_EQ(updates, 2);
-}
-
-/// The number after `key` in a kernel's name ("_n", "_r", "_c").
-int64_t sizeIn(const std::string &kernel, const std::string &key) {
-  for (size_t at = kernel.find(key); at != std::string::npos;
-       at = kernel.find(key, at + 1))
-    if (at + key.size() < kernel.size() &&
-        std::isdigit((unsigned char)kernel[at + key.size()]))
-      return std::stoll(kernel.substr(at + key.size()));
-  ADD_FAILURE() << kernel << " has no size " << key;
-  return 0;
 }
 
 TEST_P(FP8PackageTest, OptimizerStepUpdatesEachElementOnceAndRecastsWeights) {
@@ -406,11 +461,111 @@ TEST(FP8Package, WeightCopiesLendTheirMemoryOnlyWhileDead) {
 
 INSTANTIATE_TEST_SUITE_P(Accumulate, FP8PackageTest, ::testing::Bool());
 
-TEST(FP8Package, CurrentScalingIsRefused) {
-  llvm::Expected<package::Package> built = build(false, "current");
-  ASSERT_FALSE(bool(built));
-  EXPECT_NE(llvm::toString(built.takeError()).find("current scaling"),
-            std::string::npos);
+TEST_P(FP8PackageTest, CurrentScalingScalesEachCastFromItsOwnAmax) {
+  // Current scaling: no history and no scale update; every cast of a block
+  // is preceded, in the same function, by its amax row's zeroing, an
+  // fp8_amax over the same source, and an fp8_current_scale from that amax
+  // into the scale and inverse rows of the same tensor, which the cast and
+  // then the GEMMs reading its copies use. The weights are cast in the
+  // forward (no persistent copies: AdamW cannot know a weight's new amax
+  // before its last block), so optimizer_step is the flat AdamW alone.
+  bool accumulate = GetParam();
+  llvm::Expected<package::Package> built = build(accumulate, "current");
+  ASSERT_TRUE(bool(built)) << llvm::toString(built.takeError());
+  const package::Package &p = *built;
+  EXPECT_EQ(p.precision, "fp8");
+  auto target = [&](const package::Operand &operand) -> const auto & {
+    return p.buffers[operand.buffer];
+  };
+  std::map<std::string, size_t> rowsOf;
+  for (const package::Buffer &b : p.buffers) {
+    EXPECT_NE(b.role, "fp8_history") << b.name;
+    EXPECT_NE(b.role, "fp8_scale") << b.name;
+    EXPECT_NE(b.role, "fp8_weight_copy") << b.name;
+    if (b.role.rfind("fp8_current_", 0) == 0)
+      rowsOf[b.name] = b.parts.size();
+  }
+  // The same tensors as delayed scaling's rows, plus the backward's casts
+  // of the recomputed normalized inputs (which delayed scaling casts with
+  // the forward's row): 22 + 4 e4m3 and 14 e5m2 tensors.
+  EXPECT_EQ(rowsOf["fp8_current_amax.e4m3"], 26u);
+  EXPECT_EQ(rowsOf["fp8_current_scale.e4m3"], 26u);
+  EXPECT_EQ(rowsOf["fp8_current_scale_inv.e4m3"], 26u);
+  EXPECT_EQ(rowsOf["fp8_current_amax.e5m2"], 14u);
+  EXPECT_EQ(p.function(package::kFP8WeightCopiesFunction), nullptr);
+  for (const Step &step : p.function("optimizer_step")->steps)
+    if (step.kind == Step::Kind::Launch) {
+      EXPECT_EQ(step.launch.kernel.find("fp8"), std::string::npos)
+          << step.label;
+    }
+
+  using Row = std::pair<int, uint64_t>; // buffer, byte offset
+  auto row = [](const package::Operand &o) { return Row{o.buffer, o.offset}; };
+  std::set<Row> zeroed, measured; // amax rows
+  std::map<Row, Row> scaledFrom;  // scale row -> the amax row it came from
+  std::set<Row> inverses;         // scale-inverse rows written
+  std::map<Row, Row> copyScale;   // FP8 copy -> the scale row of its cast
+  int casts = 0, gemms = 0, weightCasts = 0;
+  for (const Step &step : p.function("forward_backward")->steps) {
+    if (step.kind == Step::Kind::Memset &&
+        target(step.memset.dst).role == "fp8_current_amax") {
+      EXPECT_EQ(step.memset.bytes, 4u);
+      zeroed.insert(row(step.memset.dst));
+      measured.erase(row(step.memset.dst));
+      continue;
+    }
+    if (step.kind == Step::Kind::Launch) {
+      const std::string &kernel = step.launch.kernel;
+      const std::vector<package::Operand> &args = step.launch.args;
+      EXPECT_EQ(kernel.rfind("fp8_scale_update", 0), std::string::npos);
+      if (kernel.rfind("fp8_amax", 0) == 0) {
+        ASSERT_EQ(args.size(), 2u);
+        EXPECT_TRUE(zeroed.count(row(args[1])))
+            << step.label << ": an amax not zeroed first";
+        measured.insert(row(args[1]));
+      } else if (kernel.rfind("fp8_current_scale", 0) == 0) {
+        ASSERT_EQ(args.size(), 3u);
+        EXPECT_TRUE(measured.count(row(args[0])))
+            << step.label << ": a scale from an amax not measured";
+        EXPECT_EQ(target(args[1]).role, "fp8_current_scale");
+        EXPECT_EQ(target(args[2]).role, "fp8_current_scale_inv");
+        // One tensor: the same row of each region.
+        EXPECT_EQ(args[1].offset, args[0].offset);
+        EXPECT_EQ(args[2].offset, 4 * args[0].offset);
+        scaledFrom[row(args[1])] = row(args[0]);
+        inverses.insert(row(args[2]));
+      } else if (kernel.rfind("fp8_cast", 0) == 0) {
+        ++casts;
+        weightCasts += target(args[0]).role == "param";
+        auto from = scaledFrom.find(row(args[1]));
+        ASSERT_NE(from, scaledFrom.end())
+            << step.label << ": casts with a scale not computed before";
+        EXPECT_EQ(from->second, row(args.back()))
+            << step.label << ": its scale came from another tensor's amax";
+        for (size_t copy = 2; copy + 1 < args.size(); ++copy)
+          copyScale[row(args[copy])] = row(args[1]);
+      }
+      continue;
+    }
+    if (step.kind != Step::Kind::Gemm || !isFP8(step.gemm.type))
+      continue;
+    ++gemms;
+    const package::Gemm &g = step.gemm;
+    for (auto [operand, scaleInv] :
+         {std::pair{g.a, g.scaleInvA}, std::pair{g.b, g.scaleInvB}}) {
+      auto cast = copyScale.find(row(operand));
+      ASSERT_NE(cast, copyScale.end())
+          << step.label << ": reads an FP8 copy no earlier cast wrote";
+      EXPECT_TRUE(inverses.count(row(scaleInv))) << step.label;
+      EXPECT_EQ(scaleInv.offset, 4 * cast->second.second)
+          << step.label << ": unscales with another tensor's scale";
+    }
+  }
+  EXPECT_EQ(gemms, 2 * 21);
+  // Per layer the 7 weight blocks (q, k, v, o, gate, up, down) are cast in
+  // the forward, one launch each.
+  EXPECT_EQ(weightCasts, 2 * 7);
+  EXPECT_GT(casts, weightCasts);
 }
 
 } // namespace

@@ -876,6 +876,90 @@ TEST_F(TrainTest, FP8DelayedScalingStateIsCarriedAcrossSteps) {
   EXPECT_TRUE(recent[2] != base[2] || recent[3] != base[3]);
 }
 
+TEST_F(TrainTest, FP8CalibrationScalesTheFirstStep) {
+  // Delayed scaling starts at scale 1, where step 1's small E5M2 gradients
+  // (a mean loss's over 512 tokens and 256 classes; E5M2's smallest value is
+  // 2^-16) round to zero. Two calibration passes over step 1's batch fill
+  // the histories first: step 1's gradients then follow bf16's more closely,
+  // and the histories hold the two passes' amaxes before step 1's.
+  auto firstStep = [&](const std::string &tag, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"train",
+                                     "--steps=1",
+                                     "--seq=64",
+                                     "--batch=8",
+                                     "--save-every=1",
+                                     "--save=" + path(tag),
+                                     "--dump-grads=" + path(tag + ".grads")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    EXPECT_EQ(run(args), 0) << readFile(path("stderr"));
+    return tensors(tag + ".grads");
+  };
+  std::map<std::string, std::vector<double>> bf16 =
+      firstStep("bf16", {"--precision=bf16"});
+  std::map<std::string, std::vector<double>> plain =
+      firstStep("plain", {"--precision=fp8", "--fp8-amax-history=8"});
+  std::map<std::string, std::vector<double>> calibrated =
+      firstStep("calibrated", {"--precision=fp8", "--fp8-amax-history=8",
+                               "--fp8-calibration-passes=2"});
+  ASSERT_FALSE(bf16.empty());
+  ASSERT_EQ(plain.size(), bf16.size());
+  ASSERT_EQ(calibrated.size(), bf16.size());
+  // Against bf16, over all layer weights' gradients: the relative Frobenius
+  // error, and the share of elements that FP8 zeroed (Adam's first step,
+  // about lr sign(g), leaves those weights where they are). Measured: 10.6%
+  // and 4.6% at scale 1, 7.7% and none calibrated.
+  auto compare = [&](std::map<std::string, std::vector<double>> &fp8) {
+    double diff = 0, norm = 0, zeroed = 0, nonzero = 0;
+    for (const auto &[name, want] : bf16) {
+      if (name.find(".layers.") == std::string::npos)
+        continue;
+      const std::vector<double> &got = fp8[name];
+      EXPECT_EQ(got.size(), want.size()) << name;
+      for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
+        diff += (got[i] - want[i]) * (got[i] - want[i]);
+        norm += want[i] * want[i];
+        nonzero += want[i] != 0;
+        zeroed += want[i] != 0 && got[i] == 0;
+      }
+    }
+    return std::pair{std::sqrt(diff / norm), zeroed / nonzero};
+  };
+  auto [plainError, plainZeroed] = compare(plain);
+  auto [calibratedError, calibratedZeroed] = compare(calibrated);
+  EXPECT_GT(plainZeroed, 0.01);
+  EXPECT_LT(calibratedZeroed, 1e-3);
+  EXPECT_LT(calibratedError, 0.8 * plainError)
+      << "calibrated " << calibratedError << ", plain " << plainError;
+
+  const std::string weight = "amax_history.model.layers.0.mlp.down_proj.weight";
+  const std::string grad =
+      "amax_history.model.layers.0.mlp.down_proj.grad_output";
+  for (const auto &[tag, filled] : {std::pair{"plain", 1}, {"calibrated", 3}}) {
+    SCOPED_TRACE(tag);
+    std::map<std::string, std::vector<double>> state =
+        tensors(std::string(tag) + "/checkpoint-1/fp8_state.safetensors");
+    for (const std::string &name : {weight, grad}) {
+      ASSERT_EQ(state[name].size(), 8u) << name;
+      for (int i = 0; i < 8; ++i)
+        EXPECT_EQ(state[name][i] > 0, i < filled) << name << "[" << i << "]";
+    }
+  }
+
+  // Only for a fresh fp8 run with delayed scaling.
+  for (std::vector<std::string> bad :
+       {std::vector<std::string>{"--precision=bf16",
+                                 "--fp8-calibration-passes=1"},
+        {"--precision=fp8", "--fp8-scaling=current",
+         "--fp8-calibration-passes=1"},
+        {"--precision=fp8", "--fp8-calibration-passes=9"}}) {
+    bad.insert(bad.begin(), {"train", "--steps=1", "--seq=16", "--batch=2"});
+    EXPECT_EQ(run(bad), 2);
+    std::string message = readFile(path("stderr"));
+    EXPECT_EQ(message.rfind("llamac: error: --fp8-calibration-passes: ", 0), 0u)
+        << message;
+  }
+}
+
 TEST_F(TrainTest, FP8ResumeIsBitExact) {
   // The built-in model with every fusion and FP8 delayed scaling: 4 steps
   // straight, checkpointing at 2, against the checkpoint of step 2 resumed

@@ -218,6 +218,15 @@ llvm::Expected<KernelSpec> addBF16Kernel(int64_t numel);
 /// 448) and E5M2 (largest finite 57344).
 enum class FP8Format { E4M3, E5M2 };
 
+/// rms_norm_fwd_..._<format>: RMSNorm whose y goes straight into its FP8
+/// copy with a per-tensor scale, bit for bit what rms_norm_fwd and then
+/// fp8_cast would write, raising y's amax as fp8_cast does. Args: x, w,
+/// scale (f32 [1]), out (i8 [rows * hidden]), amax (f32 [1] as i32 bits),
+/// rstd (f32 [rows]). Grid [rows], block [256].
+llvm::Expected<KernelSpec> rmsNormFP8ForwardKernel(int64_t rows, int64_t hidden,
+                                                   double eps,
+                                                   FP8Format format);
+
 /// fp8_cast: out[i] = fp8(f32(x[i]) scale[0]) with PTX cvt.rn.satfinite
 /// (round to nearest even, saturating to the largest finite value, NaN kept:
 /// the reference interpreter's roundToFP8), and amax[0] = max(amax[0],
@@ -257,8 +266,44 @@ llvm::Expected<KernelSpec> fp8CastTransposeKernel(int64_t rows, int64_t cols,
 /// exp_avg_sq (bf16 [rows, cols]), hyper (f32 [8]), norm_sq (f32 [1]),
 /// scale (f32 [1]), direct (fp8 [rows, cols]), out (fp8 [cols, rows]), amax
 /// (f32 [1]). Launch and size limits as fp8CastTransposeKernel's.
+/// swiglu_fp8_cast_transpose: fp8_cast_transpose (both copies) of
+/// SwiGLU's output h [rows, width] computed from the gate/up GEMM's output
+/// as it is read (swiglu_fwd's math), so h is never written in bf16: the
+/// same bytes and amax as swiglu_fwd then fp8_cast_transpose. Args: gate
+/// (the gate/up output), up (the same buffer, width elements on), scale,
+/// direct, out, amax. rows and width multiples of 16.
+llvm::Expected<KernelSpec>
+swigluFP8CastTransposeKernel(int64_t rows, int64_t width, FP8Format format);
+
+/// swiglu_d{gate,up}_fp8_cast_transpose: fp8_cast_transpose (both copies)
+/// of the gate (`gateHalf`) or up half of SwiGLU's input gradient [rows,
+/// width], computed from dy and the gate/up output as they are read
+/// (swiglu_bwd's math), so that gradient is never written in bf16: the same
+/// bytes and amax as swiglu_bwd then fp8_cast_transpose of that half. Args:
+/// dy ([rows, width]), gate (the gate/up output), [up (the same buffer,
+/// width elements on): gate half only,] scale, direct, out, amax. rows and
+/// width multiples of 16.
+llvm::Expected<KernelSpec> swigluGradFP8CastTransposeKernel(int64_t rows,
+                                                            int64_t width,
+                                                            FP8Format format,
+                                                            bool gateHalf);
+
 llvm::Expected<KernelSpec>
 adamwFP8CastTransposeKernel(int64_t rows, int64_t cols, FP8Format format);
+
+/// fp8_amax: current scaling's amax pass, amax = max(amax, max |x|) over
+/// `numel` bf16 elements, as fp8_cast raises it (a column slice of `cols`
+/// of rows `ld` apart when cols != ld). Args: x, amax (f32 [1] as i32 bits).
+/// numel, cols and ld multiples of 8.
+llvm::Expected<KernelSpec> fp8AmaxKernel(int64_t numel, int64_t cols = 0,
+                                         int64_t ld = 0);
+
+/// fp8_current_scale: current scaling's scale from one tensor's amax,
+/// scale = f32(fp8_max / amax / 2^margin) when 0 < amax < inf, else 1 (the
+/// reference's llama.fp8_quantize without a scale); scale_inv = 1 / scale.
+/// Args: amax, scale, scale_inv (f32 [1] each). Grid [1], block [32].
+llvm::Expected<KernelSpec> fp8CurrentScaleKernel(FP8Format format,
+                                                 int64_t margin);
 
 /// fp8_scale_update: Transformer Engine's delayed scaling for `tensors`
 /// tensors of `format` (llama.fp8_scale_update): each history row (length

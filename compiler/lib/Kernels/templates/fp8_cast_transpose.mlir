@@ -40,9 +40,16 @@
 // the new bf16 weight it stored, so the copies and the amax are those of
 // casting the updated weight. Arguments: x, grad, exp_avg, exp_avg_sq,
 // hyper, norm_sq, scale, direct, out, amax.
+// The SwiGLU instances (names starting swiglu_; always with direct) cast
+// the FP8 forward's SwiGLU output without it being written in bf16: x is
+// the gate half of the gate/up GEMM's output and up its up half (the same
+// buffer, @C@ elements on; rows @LD@ = 2 @C@ apart), and each piece is
+// h = swiglu_fwd.mlir's bf16(bf16(silu(gate)) up) (the same generated
+// lines) before it is cast: the bytes and amax of casting swiglu_fwd's
+// output. Arguments: x, up, scale, direct, out, amax.
 // @R@ and @C@ % 16 == 0, @LD@ % 8 == 0.
 // Launch: grid [ceil(@C@ / 128), ceil(@R@ / 128)], block [256].
-  gpu.func @@KERNEL@(%x: memref<@NX@xbf16>, @ADAMW_ARGS@%scale: memref<1xf32>, @DIRECT_ARG@%out: memref<@RC@xi8>, %amax: memref<1xi32>)
+  gpu.func @@KERNEL@(%x: memref<@NX@xbf16>, @EXTRA_ARGS@%scale: memref<1xf32>, @DIRECT_ARG@%out: memref<@RC@xi8>, %amax: memref<1xi32>)
       workgroup(%maxes : memref<32xi32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64},
                 %tile : memref<16384xi8, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: 256, 1, 1>} {

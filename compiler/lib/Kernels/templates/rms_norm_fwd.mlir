@@ -2,14 +2,21 @@
 //   rstd = rsqrt(sum(x^2) / @H@ + eps)      (f32; eps = @EPS@ as f32 bits)
 //   normed = bf16(x rstd);  y = bf16(w normed)
 // Reads x ([@T@, @H@]) and w ([@H@]); writes y ([@T@, @H@]) and rstd (f32
-// [@T@], for the backward). One block of @BLOCK@ threads per row; thread k
-// owns the 8-element chunks k, k + @BLOCK@, ... (16-byte accesses): it sums
-// their squares, the block reduces the sums (shuffles, then one f32 per warp
-// in shared memory), and the thread reads its chunks again (from L1/L2) to
-// write y. @H@ must be a multiple of 8.
+// [@T@], for the backward). The FP8 instances (names ending in the format)
+// write no y but its FP8 copy with a per-tensor scale, exactly
+// what fp8_cast of y would write, and raise y's amax as fp8_cast does:
+//   out[i] = fp8(f32(y[i]) * scale[0]);  amax[0] = max(amax[0], max |y|)
+// (arguments x, w, scale (f32 [1]), out (i8 [@T@ * @H@]), amax (f32 [1] as
+// i32 bits), rstd), so that an FP8 GEMM's normalized input is not written
+// and read back in bf16.
+// One block of @BLOCK@ threads per row; thread k owns the 8-element chunks
+// k, k + @BLOCK@, ... (16-byte accesses): it sums their squares, the block
+// reduces the sums (shuffles, then one f32 per warp in shared memory), and
+// the thread reads its chunks again (from L1/L2) to write y. @H@ must be a
+// multiple of 8.
 // Launch: grid [@T@], block [@BLOCK@].
-  gpu.func @@KERNEL@(%x: memref<@TH@xbf16>, %w: memref<@H@xbf16>, %y: memref<@TH@xbf16>, %rstd: memref<@T@xf32>)
-      workgroup(%sums : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
+  gpu.func @@KERNEL@(%x: memref<@TH@xbf16>, %w: memref<@H@xbf16>, @OUTPUT_ARGS@, %rstd: memref<@T@xf32>)
+      workgroup(%sums : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}@AMAX_WORKGROUP@) kernel
       attributes {known_block_size = array<i32: @BLOCK@, 1, 1>} {
     %c0 = arith.constant 0 : index
     %c1 = arith.constant 1 : index
@@ -27,6 +34,7 @@
     %i32 = arith.constant 32 : i32
     %zero = arith.constant 0.0 : f32
     %zeros = arith.constant dense<0.0> : vector<8xf32>
+    %zeroBits = arith.constant dense<0> : vector<8xi32>
     %width = arith.constant @H@.0 : f32
     %eps = arith.constant @EPS@ : f32
     %t = gpu.block_id x
@@ -71,7 +79,8 @@
       memref.store %r, %rstd[%t] : memref<@T@xf32>
     }
     %rv = vector.broadcast %r : f32 to vector<8xf32>
-    scf.for %c = %tid to %chunks step %block {
+@OUTPUT_PRELUDE@
+    %yMax = scf.for %c = %tid to %chunks step %block iter_args(%acc = %zeroBits) -> (vector<8xi32>) {
       %off = arith.muli %c, %c8 : index
       %i = arith.addi %rowBase, %off : index
       %xv = vector.load %x[%i] {alignment = 16} : memref<@TH@xbf16>, vector<8xbf16>
@@ -83,7 +92,9 @@
       %nf = arith.extf %nb : vector<8xbf16> to vector<8xf32>
       %yf = arith.mulf %wf, %nf : vector<8xf32>
       %yb = arith.truncf %yf : vector<8xf32> to vector<8xbf16>
-      vector.store %yb, %y[%i] {alignment = 16} : memref<@TH@xbf16>, vector<8xbf16>
+@STORE@
+      scf.yield %next : vector<8xi32>
     }
+@BLOCK_MAX@
     gpu.return
   }

@@ -4,7 +4,8 @@
 //   dgu[t, @F@ + j] = bf16(dy bf16(silu(gate)))             (d up)
 // d up uses silu's bf16-rounded output (computed exactly as swiglu_fwd does)
 // as transformers' autograd does; d gate is rounded once (the interpreter's
-// swiglu_grad).
+// swiglu_grad). The math (SWIGLU_GRAD) is Kernels.cpp's swigluGradMath,
+// which the FP8 backward's swiglu_grad_*_fp8_cast_transpose shares.
 // Reads dout (bf16 [@T@, @F@]) and gu (bf16 [@T@, 2*@F@]); writes dgu (bf16
 // [@T@, 2*@F@]), which may alias gu (each thread reads its elements before
 // it writes them). 16 bytes per access; each thread owns 8 consecutive
@@ -17,7 +18,7 @@
     %total = arith.constant @TOTAL@ : index
     %f = arith.constant @F@ : index
     %f2 = arith.constant @F2@ : index
-    %one = arith.constant dense<1.0> : vector<8xf32>
+    %sgr_one = arith.constant dense<1.0> : vector<8xf32>
     %bid = gpu.block_id x
     %bdim = gpu.block_dim x
     %tid = gpu.thread_id x
@@ -36,27 +37,9 @@
       %dv = vector.load %dout[%di] {alignment = 16} : memref<@TF@xbf16>, vector<8xbf16>
       %gv = vector.load %gu[%gi] {alignment = 16} : memref<@TF2@xbf16>, vector<8xbf16>
       %uv = vector.load %gu[%ui] {alignment = 16} : memref<@TF2@xbf16>, vector<8xbf16>
-      %dy = arith.extf %dv : vector<8xbf16> to vector<8xf32>
-      %g = arith.extf %gv : vector<8xbf16> to vector<8xf32>
-      %u = arith.extf %uv : vector<8xbf16> to vector<8xf32>
-      %ng = arith.negf %g : vector<8xf32>
-      %e = math.exp %ng : vector<8xf32>
-      %den = arith.addf %one, %e : vector<8xf32>
-      %s = arith.divf %one, %den : vector<8xf32>
-      %silu = arith.divf %g, %den : vector<8xf32>
-      %sb = arith.truncf %silu : vector<8xf32> to vector<8xbf16>
-      %sf = arith.extf %sb : vector<8xbf16> to vector<8xf32>
-      %dup = arith.mulf %dy, %sf : vector<8xf32>
-      %oms = arith.subf %one, %s : vector<8xf32>
-      %gOms = arith.mulf %g, %oms : vector<8xf32>
-      %factor = arith.addf %one, %gOms : vector<8xf32>
-      %dyu = arith.mulf %dy, %u : vector<8xf32>
-      %dyus = arith.mulf %dyu, %s : vector<8xf32>
-      %dgate = arith.mulf %dyus, %factor : vector<8xf32>
-      %dgb = arith.truncf %dgate : vector<8xf32> to vector<8xbf16>
-      %dub = arith.truncf %dup : vector<8xf32> to vector<8xbf16>
-      vector.store %dgb, %dgu[%gi] {alignment = 16} : memref<@TF2@xbf16>, vector<8xbf16>
-      vector.store %dub, %dgu[%ui] {alignment = 16} : memref<@TF2@xbf16>, vector<8xbf16>
+@SWIGLU_GRAD@
+      vector.store %sgr_dgb, %dgu[%gi] {alignment = 16} : memref<@TF2@xbf16>, vector<8xbf16>
+      vector.store %sgr_dub, %dgu[%ui] {alignment = 16} : memref<@TF2@xbf16>, vector<8xbf16>
     }
     gpu.return
   }

@@ -2,7 +2,9 @@
 // gate = gu[t, 0:@F@] and up = gu[t, @F@:2*@F@] (row stride 2*@F@),
 //   out[t, j] = bf16(bf16(silu(gate[t, j])) * up[t, j]),
 //   silu(g) = g / (1 + exp(-g)) in f32,
-// rounding silu's output to bf16 first as transformers' act_fn(gate) * up.
+// rounding silu's output to bf16 first as transformers' act_fn(gate) * up
+// (SWIGLU: Kernels.cpp's swigluMath, which the cast of the FP8 forward's
+// swiglu_fp8_cast_transpose shares).
 // Reads gu (bf16 [@T@, 2*@F@]); writes out (bf16 [@T@, @F@]); 16 bytes per
 // access. Each thread owns 8 consecutive columns of one row (@F@ must be a
 // multiple of 8). Launch: grid [ceil(@T@ * @F@ / 8 / 256)], block [256].
@@ -13,7 +15,7 @@
     %total = arith.constant @TOTAL@ : index
     %f = arith.constant @F@ : index
     %f2 = arith.constant @F2@ : index
-    %one = arith.constant dense<1.0> : vector<8xf32>
+    %sw_one = arith.constant dense<1.0> : vector<8xf32>
     %bid = gpu.block_id x
     %bdim = gpu.block_dim x
     %tid = gpu.thread_id x
@@ -31,17 +33,8 @@
       %oi = arith.addi %rowOut, %col : index
       %gv = vector.load %gu[%gi] {alignment = 16} : memref<@TF2@xbf16>, vector<8xbf16>
       %uv = vector.load %gu[%ui] {alignment = 16} : memref<@TF2@xbf16>, vector<8xbf16>
-      %g = arith.extf %gv : vector<8xbf16> to vector<8xf32>
-      %u = arith.extf %uv : vector<8xbf16> to vector<8xf32>
-      %ng = arith.negf %g : vector<8xf32>
-      %e = math.exp %ng : vector<8xf32>
-      %den = arith.addf %one, %e : vector<8xf32>
-      %silu = arith.divf %g, %den : vector<8xf32>
-      %sb = arith.truncf %silu : vector<8xf32> to vector<8xbf16>
-      %sf = arith.extf %sb : vector<8xbf16> to vector<8xf32>
-      %prod = arith.mulf %sf, %u : vector<8xf32>
-      %o = arith.truncf %prod : vector<8xf32> to vector<8xbf16>
-      vector.store %o, %out[%oi] {alignment = 16} : memref<@TF@xbf16>, vector<8xbf16>
+@SWIGLU@
+      vector.store %sw_h, %out[%oi] {alignment = 16} : memref<@TF@xbf16>, vector<8xbf16>
     }
     gpu.return
   }

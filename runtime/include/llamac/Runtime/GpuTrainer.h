@@ -42,6 +42,10 @@ struct GpuTrainOptions {
   /// Micro-batches of the package's batch per optimizer step; more than one
   /// needs a package that accumulates gradients.
   int64_t gradAccum = 1;
+  /// An fp8 package from a fresh FP8 state: forward-and-backward passes over
+  /// step 1's batch that only fill the amax histories before step 1 (as the
+  /// CPU loop's --fp8-calibration-passes).
+  int64_t fp8CalibrationPasses = 0;
   /// Checkpoints under savePath every saveEvery steps (0: none), keeping the
   /// newest `keep` (0: all); one on SIGINT/SIGTERM unless !saveOnInterrupt.
   int64_t saveEvery = 0, keep = 0;

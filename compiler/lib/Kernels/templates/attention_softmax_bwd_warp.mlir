@@ -1,0 +1,97 @@
+// attention_softmax_bwd for rows of at most 256 columns (@SEQ@): the same
+// dS (attention_softmax_bwd.mlir says what it is) from one warp per row
+// that holds the whole row in registers, lane k its 8-column chunk k, so
+// that S and dP are read once and with no shared memory or barrier:
+//   P = exp(S - lse) on the row's unmasked columns     (f32, in registers)
+//   D = sum of P dP over them                           (a warp sum)
+//   dS = bf16(P (dP - D)) there, 0 exactly elsewhere
+// The general kernel reduces D across warps in shared memory and reads S
+// and dP again to write dS; at 256 columns a row is one warp's chunks.
+// Chunks wholly outside the window s <= j <= i are not read (the window
+// start s as in causal_softmax_fwd: WINDOW_START, POSITIONS_ARG); lanes k
+// >= @CHUNKS@ have no chunk.
+// Reads S (@STYPE@ [@R@, @SEQ@]), lse (f32 [@R@]), dP (@STYPE@ [@R@,
+// @SEQ@]) and positions when given; writes dS (bf16 [@R@, @SEQ@]; not
+// aliasing S or dP).
+// @SEQ@ must be a multiple of 8 and at most 256, @R@ a multiple of 8.
+// Launch: grid [@R@ / 8], block [256] (8 rows a block).
+  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %lse: memref<@R@xf32>, %dp: memref<@RS@x@STYPE@>, %ds: memref<@RS@xbf16>@POSITIONS_ARG@) kernel
+      attributes {known_block_size = array<i32: 256, 1, 1>} {
+    %c0 = arith.constant 0 : index
+    %c8 = arith.constant 8 : index
+    %c32 = arith.constant 32 : index
+    %chunks = arith.constant @CHUNKS@ : index
+    %seq = arith.constant @SEQ@ : index
+    %i1 = arith.constant 1 : i32
+    %i2 = arith.constant 2 : i32
+    %i4 = arith.constant 4 : i32
+    %i8 = arith.constant 8 : i32
+    %i16 = arith.constant 16 : i32
+    %i32 = arith.constant 32 : i32
+    %zerosv = arith.constant dense<0.0> : vector<8xf32>
+    %lanes = arith.constant dense<[0, 1, 2, 3, 4, 5, 6, 7]> : vector<8xindex>
+    %bid = gpu.block_id x
+    %t = gpu.thread_id x
+    %slot = arith.divui %t, %c32 : index
+    %lane = arith.remui %t, %c32 : index
+    %firstRow = arith.muli %bid, %c8 : index
+    %r = arith.addi %firstRow, %slot : index
+    %q = arith.remui %r, %seq : index
+    %rowBase = arith.muli %r, %seq : index
+    @WINDOW_START@
+    // Lane k's chunk: columns 8 k .. 8 k + 7; read only when it holds a
+    // column of the window (chunks start / 8 .. q / 8).
+    %off = arith.muli %lane, %c8 : index
+    %i = arith.addi %rowBase, %off : index
+    %mine = arith.cmpi ult, %lane, %chunks : index
+    %first = arith.divui %start, %c8 : index
+    %q8 = arith.divui %q, %c8 : index
+    %afterStart = arith.cmpi uge, %lane, %first : index
+    %upToQuery = arith.cmpi ule, %lane, %q8 : index
+    %live = arith.andi %afterStart, %upToQuery : i1
+    %read:2 = scf.if %live -> (vector<8xf32>, vector<8xf32>) {
+      %lseRow = memref.load %lse[%r] : memref<@R@xf32>
+      %lsev = vector.broadcast %lseRow : f32 to vector<8xf32>
+      %sv = vector.load %s[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
+      %dpv = vector.load %dp[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
+      %sf = @SCONV@ %sv : vector<8x@STYPE@> to vector<8xf32>
+      %dpf = @SCONV@ %dpv : vector<8x@STYPE@> to vector<8xf32>
+      %d = arith.subf %sf, %lsev : vector<8xf32>
+      %pf = math.exp %d : vector<8xf32>
+      scf.yield %pf, %dpf : vector<8xf32>, vector<8xf32>
+    } else {
+      scf.yield %zerosv, %zerosv : vector<8xf32>, vector<8xf32>
+    }
+    %qv = vector.broadcast %q : index to vector<8xindex>
+    %startv = vector.broadcast %start : index to vector<8xindex>
+    %offv = vector.broadcast %off : index to vector<8xindex>
+    %cols = arith.addi %offv, %lanes : vector<8xindex>
+    %past = arith.cmpi ule, %cols, %qv : vector<8xindex>
+    %inside = arith.cmpi uge, %cols, %startv : vector<8xindex>
+    %keep = arith.andi %past, %inside : vector<8xi1>
+    // Masked entries may be NaN: selected away before any sum.
+    %pk = arith.select %keep, %read#0, %zerosv : vector<8xi1>, vector<8xf32>
+    %dpk = arith.select %keep, %read#1, %zerosv : vector<8xi1>, vector<8xf32>
+    %prod = arith.mulf %pk, %dpk : vector<8xf32>
+    %s0 = vector.reduction <add>, %prod : vector<8xf32> into f32
+    %o1, %v1 = gpu.shuffle xor %s0, %i16, %i32 : f32
+    %s1 = arith.addf %s0, %o1 : f32
+    %o2, %v2 = gpu.shuffle xor %s1, %i8, %i32 : f32
+    %s2 = arith.addf %s1, %o2 : f32
+    %o3, %v3 = gpu.shuffle xor %s2, %i4, %i32 : f32
+    %s3 = arith.addf %s2, %o3 : f32
+    %o4, %v4 = gpu.shuffle xor %s3, %i2, %i32 : f32
+    %s4 = arith.addf %s3, %o4 : f32
+    %o5, %v5 = gpu.shuffle xor %s4, %i1, %i32 : f32
+    %total = arith.addf %s4, %o5 : f32
+    %dv = vector.broadcast %total : f32 to vector<8xf32>
+    %diff = arith.subf %dpk, %dv : vector<8xf32>
+    %dsf = arith.mulf %pk, %diff : vector<8xf32>
+    // +0 where masked (P (dP - D) there would be -0 for D > 0).
+    %dsk = arith.select %keep, %dsf, %zerosv : vector<8xi1>, vector<8xf32>
+    %dsb = arith.truncf %dsk : vector<8xf32> to vector<8xbf16>
+    scf.if %mine {
+      vector.store %dsb, %ds[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
+    }
+    gpu.return
+  }
