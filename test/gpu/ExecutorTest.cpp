@@ -64,7 +64,7 @@ package::Package gemmThenAdamW() {
   Step adamw;
   adamw.label = "adamw";
   adamw.launch.kernel = "adamw_n" + std::to_string(kAdamWElements);
-  adamw.launch.grid[0] = unsigned((kAdamWElements / 8 + 255) / 256);
+  adamw.launch.grid[0] = unsigned((kAdamWElements / 8 / 4 + 255) / 256);
   adamw.launch.block[0] = 256;
   adamw.launch.args = {{param, 0, 0}, {grad, 0, 0},  {m, 0, 0},
                        {v, 0, 0},     {hyper, 0, 0}, {normSq, 0, 0}};
