@@ -8,7 +8,7 @@
 #            (llamac compile --emit package for both models and both
 #            precisions into OUT_DIR/<model>-<precision>, with llamac-bench
 #            and llamac-run copied beside them)
-#   GPU box: OUT_DIR/gpu_step.sh run HF_BASELINE_PY [--breakdown]
+#   GPU box: OUT_DIR/gpu_step.sh run HF_BASELINE_PY [--breakdown or --tune]
 #            (llamac-bench on each package, then
 #            `python3 HF_BASELINE_PY hf <model>` in the same call, and a
 #            table of the step times and their ratio)
@@ -35,7 +35,7 @@ compile)
   cp "$root/build/bin/llamac-bench" "$root/build/bin/llamac-run" "$0" "$out/"
   ;;
 run)
-  baseline=${2:?usage: gpu_step.sh run HF_BASELINE_PY [--breakdown]}
+  baseline=${2:?usage: gpu_step.sh run HF_BASELINE_PY [--breakdown or --tune]}
   cd "$(dirname "$0")"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   rows=()
@@ -53,7 +53,7 @@ run)
     "llamac ms" ratio
   for row in "${rows[@]}"; do
     read -r name precision theirs ours <<<"$row"
-    printf '%-10s %-9s %12s %12s %7.3f\n' "$name" "$precision" "$theirs" \
+    printf '%-10s %-9s %12.1f %12.1f %7.3f\n' "$name" "$precision" "$theirs" \
       "$ours" "$(python3 -c "print($ours / $theirs)")"
   done
   ;;

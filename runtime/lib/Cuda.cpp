@@ -3,13 +3,13 @@
 #include "llamac/Runtime/Cuda.h"
 
 #include "llamac/Package/Package.h"
+#include "llamac/Runtime/GemmTuning.h"
 #include "llamac/Runtime/Safetensors.h"
 
 #include <nlohmann/json.hpp>
 
 #include <dlfcn.h>
 
-#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -505,6 +505,38 @@ Status setFP8Attributes(const BlasLtApi &api, cublasLtMatmulDesc_t operation,
   return {};
 }
 
+/// The heuristic's first `count` algorithms for the GEMM described by
+/// `desc` that it marks usable, in its order; fails when there is none.
+/// Creates `desc`'s preference (the workspace limit).
+Result<std::vector<cublasLtMatmulAlgo_t>>
+heuristicAlgorithms(const BlasLtApi &api, cublasLtHandle_t handle,
+                    GemmDescriptors &desc, size_t workspaceBytes, int count,
+                    const std::string &what) {
+  auto fail = [&](cublasStatus_t status, const char *call) {
+    return Error{"cuBLASLt error in " + std::string(call) + " for " + what +
+                 ": " + api.cublasLtGetStatusString(status)};
+  };
+  if (cublasStatus_t s = api.cublasLtMatmulPreferenceCreate(&desc.preference))
+    return fail(s, "cublasLtMatmulPreferenceCreate");
+  api.cublasLtMatmulPreferenceSetAttribute(
+      desc.preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+      &workspaceBytes, sizeof(workspaceBytes));
+  std::vector<cublasLtMatmulHeuristicResult_t> results(
+      static_cast<size_t>(count));
+  int found = 0;
+  cublasStatus_t s = api.cublasLtMatmulAlgoGetHeuristic(
+      handle, desc.operation, desc.a, desc.b, desc.d, desc.d, desc.preference,
+      count, results.data(), &found);
+  std::vector<cublasLtMatmulAlgo_t> algorithms;
+  for (int i = 0; !s && i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS)
+      algorithms.push_back(results[i].algo);
+  if (algorithms.empty())
+    return fail(s ? s : CUBLAS_STATUS_NOT_SUPPORTED,
+                "cublasLtMatmulAlgoGetHeuristic");
+  return algorithms;
+}
+
 } // namespace
 
 Result<std::unique_ptr<BlasLt>> BlasLt::create(std::shared_ptr<Device> device) {
@@ -593,24 +625,38 @@ Status BlasLt::run(const Gemm &gemm, const std::string &what) {
       std::to_string(ldOut) + ":" + std::to_string(gemm.batch) + "," +
       std::to_string(gemm.strideA) + "," + std::to_string(gemm.strideB) + "," +
       std::to_string(gemm.strideD) + ":" + std::to_string(gemm.beta != 0);
-  auto cached = algorithms.find(key);
-  if (cached == algorithms.end()) {
-    if ((s = api->cublasLtMatmulPreferenceCreate(&desc.preference)))
-      return fail(s, "cublasLtMatmulPreferenceCreate");
-    api->cublasLtMatmulPreferenceSetAttribute(
-        desc.preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-        &workspaceBytes, sizeof(workspaceBytes));
-    // Timing runs the GEMM several times: only where that leaves D as one
-    // run would (D not among its own inputs).
-    bool repeatable = gemm.beta == 0 || (gemm.c && gemm.c != gemm.d);
-    Result<cublasLtMatmulAlgo_t> algorithm =
-        tune(gemm, desc.operation, desc.a, desc.b, desc.d, desc.preference,
-             tuningPath.empty() || !repeatable ? 1 : kTuningCandidates, what);
-    if (!algorithm)
-      return algorithm.error();
-    cached = algorithms.emplace(key, *algorithm).first;
+  if (tuningRound) {
+    // Tuning (Executor::tuneGemms) re-runs whole functions, so every GEMM
+    // runs once per run as in training, also one that adds into its own
+    // output: its candidates can all be timed.
+    auto list = candidates.find(key);
+    if (list == candidates.end()) {
+      Result<std::vector<cublasLtMatmulAlgo_t>> found = heuristicAlgorithms(
+          *api, handle, desc, workspaceBytes, kGemmTuningCandidates, what);
+      if (!found)
+        return found.error();
+      list = candidates.emplace(key, std::move(*found)).first;
+    }
+    int candidate = gemmTuningCandidate(*tuningRound, int(list->second.size()));
+    s = matmul(gemm, desc.operation, desc.a, desc.b, desc.d,
+               list->second[candidate]);
+    if (s != CUBLAS_STATUS_SUCCESS && candidate != 0) {
+      candidate = 0;
+      s = matmul(gemm, desc.operation, desc.a, desc.b, desc.d, list->second[0]);
+    }
+    last = {key, candidate};
+  } else {
+    auto cached = algorithms.find(key);
+    if (cached == algorithms.end()) {
+      Result<std::vector<cublasLtMatmulAlgo_t>> found =
+          heuristicAlgorithms(*api, handle, desc, workspaceBytes, 1, what);
+      if (!found)
+        return found.error();
+      cached = algorithms.emplace(key, found->front()).first;
+    }
+    s = matmul(gemm, desc.operation, desc.a, desc.b, desc.d, cached->second);
+    last = {key, -1};
   }
-  s = matmul(gemm, desc.operation, desc.a, desc.b, desc.d, cached->second);
   if (s != CUBLAS_STATUS_SUCCESS)
     return fail(s, "cublasLtMatmul");
   return {};
@@ -629,88 +675,52 @@ cublasStatus_t BlasLt::matmul(const Gemm &gemm, cublasLtMatmulDesc_t operation,
       reinterpret_cast<void *>(workspace), workspaceBytes, device->stream());
 }
 
-Result<cublasLtMatmulAlgo_t>
-BlasLt::tune(const Gemm &gemm, cublasLtMatmulDesc_t operation,
-             cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
-             cublasLtMatrixLayout_t d, cublasLtMatmulPreference_t preference,
-             int candidates, const std::string &what) {
-  std::vector<cublasLtMatmulHeuristicResult_t> results(
-      static_cast<size_t>(candidates));
-  int found = 0;
-  cublasStatus_t s = api->cublasLtMatmulAlgoGetHeuristic(
-      handle, operation, a, b, d, d, preference, candidates, results.data(),
-      &found);
-  if (s || found == 0)
-    return Error{
-        "cuBLASLt error in cublasLtMatmulAlgoGetHeuristic for " + what + ": " +
-        api->cublasLtGetStatusString(s ? s : CUBLAS_STATUS_NOT_SUPPORTED)};
-  if (found == 1)
-    return results[0].algo;
-  // Each candidate once to warm up, then kTimedRuns runs between events.
-  constexpr int kTimedRuns = 3;
-  Result<CUevent> start = device->createEvent(), end = device->createEvent();
-  if (!start || !end)
-    return Error{"cannot create the events that time GEMM candidates"};
-  cublasLtMatmulAlgo_t best = results[0].algo;
-  float bestMs = INFINITY;
-  for (int i = 0; i < found; ++i) {
-    if (results[i].state != CUBLAS_STATUS_SUCCESS ||
-        matmul(gemm, operation, a, b, d, results[i].algo) !=
-            CUBLAS_STATUS_SUCCESS)
-      continue;
-    bool ran = device->record(*start).ok();
-    for (int r = 0; ran && r < kTimedRuns; ++r)
-      ran = matmul(gemm, operation, a, b, d, results[i].algo) ==
-            CUBLAS_STATUS_SUCCESS;
-    Result<float> ms = ran && device->record(*end).ok()
-                           ? device->elapsedMs(*start, *end)
-                           : Result<float>(Error{"not timed"});
-    if (ms && *ms < bestMs)
-      bestMs = *ms, best = results[i].algo;
-  }
-  device->destroyEvent(*start);
-  device->destroyEvent(*end);
-  tuned = true;
-  return best;
+Status BlasLt::choose(const std::string &key, int candidate) {
+  auto list = candidates.find(key);
+  if (list == candidates.end() || candidate < 0 ||
+      candidate >= int(list->second.size()))
+    return Error{"GEMM " + key + ": no tuning candidate " +
+                 std::to_string(candidate)};
+  algorithms[key] = list->second[candidate];
+  return {};
 }
 
-Status BlasLt::useTuningFile(const std::string &path) {
+Result<bool> BlasLt::useTuningFile(const std::string &path) {
   tuningPath = path;
   tuningIdentity = device->name() + ", cuBLASLt " +
                    std::to_string(api->cublasLtGetVersion());
   std::ifstream in(path);
   if (!in)
-    return {}; // tuned on first use
+    return false; // not tuned yet
   nlohmann::json file = nlohmann::json::parse(in, nullptr, false);
   if (!file.is_object() || !file.contains("algorithms") ||
       !file["algorithms"].is_object())
     return Error{path + ": not a GEMM tuning file (delete it to tune again)"};
   if (file.value("identity", "") != tuningIdentity)
-    return {}; // another GPU or cuBLASLt: tune again, then overwrite
+    return false; // another GPU or cuBLASLt: tune again, then overwrite
   for (auto &[key, words] : file["algorithms"].items()) {
     cublasLtMatmulAlgo_t algorithm = {};
-    if (!words.is_array() || words.size() != std::size(algorithm.data))
+    bool valid = words.is_array() && words.size() == std::size(algorithm.data);
+    for (size_t i = 0; valid && i < words.size(); ++i)
+      if ((valid = words[i].is_number_unsigned()))
+        algorithm.data[i] = words[i].get<uint64_t>();
+    if (!valid)
       return Error{path + ": algorithms." + key +
                    ": expected 8 integers (delete the file to tune again)"};
-    for (size_t i = 0; i < words.size(); ++i)
-      algorithm.data[i] = words[i].get<uint64_t>();
     algorithms[key] = algorithm;
   }
-  return {};
+  return true;
 }
 
 Status BlasLt::saveTuning() {
-  if (tuningPath.empty() || !tuned)
+  if (tuningPath.empty())
     return {};
   nlohmann::json entries = nlohmann::json::object();
   for (const auto &[key, algorithm] : algorithms)
     entries[key] = std::vector<uint64_t>(std::begin(algorithm.data),
                                          std::end(algorithm.data));
   nlohmann::json file = {{"identity", tuningIdentity}, {"algorithms", entries}};
-  if (Status s = writeFileAtomic(tuningPath, file.dump(1) + "\n"); !s)
-    return s;
-  tuned = false;
-  return {};
+  return writeFileAtomic(tuningPath, file.dump(1) + "\n");
 }
 
 } // namespace llamac::cuda

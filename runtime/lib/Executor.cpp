@@ -3,7 +3,6 @@
 #include "llamac/Runtime/Executor.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <cstdlib>
 
 namespace llamac {
@@ -176,16 +175,24 @@ Status Executor::enqueue(const package::Function &function,
   return {};
 }
 
-Status Executor::useTuningFile(const std::string &path) {
+Result<bool> Executor::useTuningFile(const std::string &path) {
   return blas->useTuningFile(path);
 }
 
 Result<std::vector<float>> Executor::profile(const std::string &name) {
+  return timeSteps(name, nullptr);
+}
+
+Result<std::vector<float>>
+Executor::timeSteps(const std::string &name,
+                    std::vector<cuda::BlasLt::LastRun> *gemms) {
   const package::Function *function = plan.function(name);
   if (!function)
     return Error{"the package has no function '" + name + "'"};
   if (Status status = checkWeightCopies(name); !status)
     return status.error();
+  if (gemms)
+    gemms->assign(function->steps.size(), {});
   std::vector<CUevent> events;
   auto release = [&] {
     for (CUevent event : events)
@@ -201,8 +208,12 @@ Result<std::vector<float>> Executor::profile(const std::string &name) {
     }
     events.push_back(*event);
     status = device->record(*event);
-    if (status && i < function->steps.size())
-      status = enqueue(*function, function->steps[i]);
+    if (!status || i == function->steps.size())
+      continue;
+    const package::Step &step = function->steps[i];
+    status = enqueue(*function, step);
+    if (status && gemms && step.kind == package::Step::Kind::Gemm)
+      (*gemms)[i] = blas->lastRun();
   }
   for (size_t i = 1; status && i < events.size(); ++i) {
     Result<float> ms = device->elapsedMs(events[i - 1], events[i]);
@@ -215,6 +226,60 @@ Result<std::vector<float>> Executor::profile(const std::string &name) {
   if (!status)
     return status.error();
   return milliseconds;
+}
+
+Result<std::vector<GemmChoice>>
+Executor::tuneGemms(const std::vector<std::string> &functions, int sweeps) {
+  if (!graphs.empty())
+    return Error{"GEMM tuning: " + graphs.begin()->first +
+                 " already runs as a CUDA graph with its GEMM algorithms "
+                 "fixed in it (tune before any function's first graph run)"};
+  if (sweeps < 1)
+    return Error{"GEMM tuning: sweeps must be at least 1, got " +
+                 std::to_string(sweeps)};
+  for (const std::string &name : functions)
+    if (!plan.function(name))
+      return Error{"the package has no function '" + name + "'"};
+  std::vector<GemmTiming> timings;
+  auto runRounds = [&]() -> Status {
+    // Untimed: the heuristic queries and each candidate's first launch
+    // (module loading) would count against the rounds that make them.
+    for (int round : gemmTuningRounds(1)) {
+      blas->setTuningRound(round);
+      for (const std::string &name : functions)
+        if (Status status = run(name, /*useGraph=*/false); !status)
+          return status;
+    }
+    std::vector<int> rounds = gemmTuningRounds(sweeps);
+    for (int pass = 0; pass < int(rounds.size()); ++pass) {
+      blas->setTuningRound(rounds[pass]);
+      for (const std::string &name : functions) {
+        std::vector<cuda::BlasLt::LastRun> gemms;
+        Result<std::vector<float>> ms = timeSteps(name, &gemms);
+        if (!ms)
+          return ms.error();
+        const package::Function &function = *plan.function(name);
+        for (size_t i = 0; i < ms->size(); ++i)
+          if (function.steps[i].kind == package::Step::Kind::Gemm)
+            timings.push_back({gemms[i].key, function.steps[i].label, pass,
+                               gemms[i].candidate, (*ms)[i]});
+      }
+    }
+    return {};
+  };
+  Status ran = runRounds();
+  blas->setTuningRound(std::nullopt);
+  if (!ran)
+    return Error{"GEMM tuning: " + ran.error().message};
+  Result<std::vector<GemmChoice>> choices = chooseGemmAlgorithms(timings);
+  if (!choices)
+    return choices.error();
+  for (const GemmChoice &choice : *choices)
+    if (Status status = blas->choose(choice.key, choice.chosen); !status)
+      return status.error();
+  if (Status saved = blas->saveTuning(); !saved)
+    return saved.error();
+  return choices;
 }
 
 Status Executor::castFP8Weights() {
@@ -264,11 +329,6 @@ Status Executor::run(const std::string &name, bool useGraph) {
       return status;
     if (Status status = device->synchronize(name); !status)
       return status;
-    // A tuning file that cannot be written costs the next run the tuning
-    // again, not this one its result.
-    if (Status saved = blas->saveTuning(); !saved)
-      std::fprintf(stderr, "llamac: warning: %s\n",
-                   saved.error().message.c_str());
     if (Status status = device->beginCapture(); !status)
       return status;
     Status recorded = enqueue(*function);

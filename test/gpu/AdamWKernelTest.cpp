@@ -110,40 +110,47 @@ TEST(AdamWKernel, MatchesTorchFormula) {
   auto module = cuda::Module::load(
       device, readFile(std::string(KERNEL_DIR) + "/adamw.ptx"), "adamw.ptx");
   ASSERT_TRUE(module.ok()) << module.error().message;
-  std::vector<std::vector<uint16_t>> state = randomState(n);
-
-  std::vector<CUdeviceptr> buffers;
-  for (const std::vector<uint16_t> &host : state) {
-    auto pointer = device->allocate(n * 2, "adamw state");
-    ASSERT_TRUE(pointer.ok()) << pointer.error().message;
-    ASSERT_TRUE(device->copyToDevice(*pointer, host.data(), n * 2).ok());
-    buffers.push_back(*pointer);
-  }
-  auto hyperBuffer = device->allocate(sizeof(hyper), "hyperparameters");
-  ASSERT_TRUE(hyperBuffer.ok());
-  ASSERT_TRUE(device->copyToDevice(*hyperBuffer, hyper, sizeof(hyper)).ok());
-  buffers.push_back(*hyperBuffer);
-  auto normBuffer = device->allocate(sizeof(normSq), "gradient norm");
-  ASSERT_TRUE(normBuffer.ok());
-  ASSERT_TRUE(device->copyToDevice(*normBuffer, &normSq, sizeof(normSq)).ok());
-  buffers.push_back(*normBuffer);
-
-  std::vector<void *> args;
-  for (CUdeviceptr &buffer : buffers)
-    args.push_back(&buffer);
-  const unsigned block = 256, perThread = 8;
-  unsigned grid = unsigned((n / perThread + block - 1) / block);
-  Status launched =
-      module->launch("adamw_n" + std::to_string(n), grid, block, 0, args);
-  ASSERT_TRUE(launched.ok()) << launched.error().message;
-  std::vector<std::vector<uint16_t>> updated(3, std::vector<uint16_t>(n));
-  for (int t = 0; t < 3; ++t)
+  // The kernel loops over pieces of 8 elements a grid's threads apart: the
+  // grid adamwKernel plans (4 pieces per thread), one piece per thread, and
+  // 7 blocks (many pieces, the last round ragged) must all update every
+  // element once.
+  const unsigned block = 256;
+  for (unsigned grid : {unsigned((n / 8 / 4 + block - 1) / block),
+                        unsigned((n / 8 + block - 1) / block), 7u}) {
+    SCOPED_TRACE("grid " + std::to_string(grid));
+    std::vector<std::vector<uint16_t>> state = randomState(n);
+    std::vector<CUdeviceptr> buffers;
+    for (const std::vector<uint16_t> &host : state) {
+      auto pointer = device->allocate(n * 2, "adamw state");
+      ASSERT_TRUE(pointer.ok()) << pointer.error().message;
+      ASSERT_TRUE(device->copyToDevice(*pointer, host.data(), n * 2).ok());
+      buffers.push_back(*pointer);
+    }
+    auto hyperBuffer = device->allocate(sizeof(hyper), "hyperparameters");
+    ASSERT_TRUE(hyperBuffer.ok());
+    ASSERT_TRUE(device->copyToDevice(*hyperBuffer, hyper, sizeof(hyper)).ok());
+    buffers.push_back(*hyperBuffer);
+    auto normBuffer = device->allocate(sizeof(normSq), "gradient norm");
+    ASSERT_TRUE(normBuffer.ok());
     ASSERT_TRUE(
-        device->copyToHost(updated[t].data(), buffers[t ? t + 1 : 0], n * 2)
-            .ok());
-  expectAdamW(state, updated);
-  for (CUdeviceptr buffer : buffers)
-    EXPECT_TRUE(device->free(buffer).ok());
+        device->copyToDevice(*normBuffer, &normSq, sizeof(normSq)).ok());
+    buffers.push_back(*normBuffer);
+
+    std::vector<void *> args;
+    for (CUdeviceptr &buffer : buffers)
+      args.push_back(&buffer);
+    Status launched =
+        module->launch("adamw_n" + std::to_string(n), grid, block, 0, args);
+    ASSERT_TRUE(launched.ok()) << launched.error().message;
+    std::vector<std::vector<uint16_t>> updated(3, std::vector<uint16_t>(n));
+    for (int t = 0; t < 3; ++t)
+      ASSERT_TRUE(
+          device->copyToHost(updated[t].data(), buffers[t ? t + 1 : 0], n * 2)
+              .ok());
+    expectAdamW(state, updated);
+    for (CUdeviceptr buffer : buffers)
+      EXPECT_TRUE(device->free(buffer).ok());
+  }
 }
 
 /// adamw_fp8_cast_transpose over a weight of kFP8Rows x kFP8Cols (edge

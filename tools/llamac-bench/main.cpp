@@ -6,14 +6,21 @@
 // Times the compiled train step of a package on the GPU the way a fine-tune
 // runs it (CUDA Graph replay of @forward_backward then @optimizer_step), on
 // random weights (normal, std 0.02) and random tokens, so that no checkpoint
-// or data file is needed. GEMMs use cuBLASLt's heuristic, or with --tune
-// the fastest of its candidates timed per shape (kept in
-// DIR/gemm-tuning.json; on an H200 this was no faster, see
-// bench/RESULTS.md). `--breakdown` then runs each
-// function once more eagerly with an event between steps and prints where the
-// time goes: GEMMs of the linear layers, attention, the other kernels, the
-// optimizer, by op. The last line is `RESULT {json}` for scripts. LLVM-free,
-// like llamac-run.
+// or data file is needed. GEMMs use cuBLASLt's heuristic choice. With
+// --tune they use the algorithms in DIR/gemm-tuning.json when it was made
+// on this GPU with this cuBLASLt; otherwise they are tuned inside the step
+// first (Executor::tuneGemms: each of the heuristic's first 8 candidates
+// timed where it runs, in eager runs of both functions with an event
+// between steps; the optimizer steps this takes only move the random
+// weights), the choices are written to that file, and a table shows per
+// GEMM shape its calls per step, the heuristic's and the chosen
+// candidate's milliseconds per step, and the predicted saving
+// (`tuned_saving_ms` in the RESULT line; null when the file was read).
+// Delete the file to tune again. `--breakdown` then runs each function once
+// more eagerly with an event between steps and prints where the time goes:
+// GEMMs of the linear layers, attention, the other kernels, the optimizer,
+// by op. The last line is `RESULT {json}` for scripts. LLVM-free, like
+// llamac-run.
 //
 //===----------------------------------------------------------------------===//
 
@@ -80,6 +87,42 @@ Status uploadTokens(Executor &executor, int64_t vocab) {
   return {};
 }
 
+/// Uploads @optimizer_step's hyperparameters for train step `step`.
+Status uploadHyperparameters(Executor &executor, int64_t step,
+                             double maxGradNorm) {
+  float hyper[8] = {
+      1e-5f, 0.9f, 0.999f, 1e-8f, 0.0f, float(step), float(maxGradNorm), 0};
+  return executor.upload("hyperparameters", hyper, sizeof(hyper));
+}
+
+/// Tunes the GEMMs in the step, writing `file`, and prints what it chose per
+/// GEMM shape (slowest first); returns the predicted saving per step.
+Result<double> tuneInStep(Executor &executor, const std::string &file) {
+  Result<std::vector<GemmChoice>> tuned =
+      executor.tuneGemms({"forward_backward", "optimizer_step"});
+  if (!tuned)
+    return tuned.error();
+  std::vector<GemmChoice> choices = std::move(*tuned);
+  std::sort(choices.begin(), choices.end(),
+            [](auto &x, auto &y) { return x.heuristicMs > y.heuristicMs; });
+  std::printf("GEMMs tuned in the step, written to %s (ms per step):\n"
+              "  %-18s %5s %10s %10s %9s  %s\n",
+              file.c_str(), "shape", "calls", "heuristic", "chosen",
+              "candidate", "first step");
+  double saving = 0;
+  for (const GemmChoice &choice : choices) {
+    std::string of = std::to_string(choice.chosen) + " of " +
+                     std::to_string(choice.candidates);
+    std::printf("  %-18s %5d %10.3f %10.3f %9s  %s\n",
+                choice.key.substr(0, choice.key.find(':')).c_str(),
+                choice.calls, choice.heuristicMs, choice.chosenMs, of.c_str(),
+                choice.label.c_str());
+    saving += choice.heuristicMs - choice.chosenMs;
+  }
+  std::printf("predicted saving: %.2f ms per step\n\n", saving);
+  return saving;
+}
+
 /// Where a step's time is counted in the breakdown.
 std::string category(const std::string &function, const package::Step &step) {
   if (function != "forward_backward")
@@ -144,16 +187,31 @@ int main(int argc, char **argv) {
   if (!created)
     return fail(created.error().message);
   Executor &executor = **created;
-  if (tune)
-    if (Status s = executor.useTuningFile(packageDir + "/" + kGemmTuningFile);
-        !s)
-      return fail(s.error().message);
   if (Status s = initialize(executor); !s)
     return fail(s.error().message);
   if (Status s = uploadTokens(executor, vocab); !s)
     return fail(s.error().message);
   if (Status s = executor.castFP8Weights(); !s)
     return fail(s.error().message);
+  // Before the first graph run, which fixes the GEMMs' algorithms.
+  std::string gemms = "by heuristic";
+  json tunedSaving = nullptr;
+  if (tune) {
+    std::string file = packageDir + "/" + kGemmTuningFile;
+    Result<bool> loaded = executor.useTuningFile(file);
+    if (!loaded)
+      return fail(loaded.error().message);
+    gemms = "tuned (" + file + ")";
+    if (!*loaded) {
+      if (Status s = uploadHyperparameters(executor, 1, maxGradNorm); !s)
+        return fail(s.error().message);
+      Result<double> saving = tuneInStep(executor, file);
+      if (!saving)
+        return fail(saving.error().message);
+      tunedSaving = *saving;
+      gemms = "tuned in the step";
+    }
+  }
 
   // The loop: graph replays, timed by events on the device.
   Result<CUevent> start = (*device)->createEvent();
@@ -162,9 +220,7 @@ int main(int argc, char **argv) {
     return fail("cannot create timing events");
   std::vector<float> stepMs;
   for (int64_t step = 1; step <= steps; ++step) {
-    float hyper[8] = {
-        1e-5f, 0.9f, 0.999f, 1e-8f, 0.0f, float(step), float(maxGradNorm), 0};
-    Status s = executor.upload("hyperparameters", hyper, sizeof(hyper));
+    Status s = uploadHyperparameters(executor, step, maxGradNorm);
     if (s)
       s = (*device)->record(*start);
     if (s)
@@ -189,11 +245,12 @@ int main(int argc, char **argv) {
   std::printf("%s on %s: step %.2f ms (median of %zu), mean %.2f ms, arena "
               "%.1f GiB, max_grad_norm %g, GEMMs %s\n",
               packageDir.c_str(), (*device)->name().c_str(), median,
-              stepMs.size(), mean, arenaGiB, maxGradNorm,
-              tune ? "tuned" : "by heuristic");
+              stepMs.size(), mean, arenaGiB, maxGradNorm, gemms.c_str());
   json result = {{"package", packageDir}, {"device", (*device)->name()},
                  {"step_ms", median},     {"mean_step_ms", mean},
                  {"arena_gib", arenaGiB}, {"max_grad_norm", maxGradNorm}};
+  if (tune)
+    result["tuned_saving_ms"] = tunedSaving;
 
   if (breakdown) {
     std::map<std::string, double> byCategory, byOp;

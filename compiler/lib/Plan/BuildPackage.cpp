@@ -513,6 +513,43 @@ private:
       return std::move(error);
     return whole(xn);
   }
+  /// A bf16 forward's RMSNorm of `input` by `normWeight`, kept for the
+  /// backward (see normForBackward).
+  struct SavedNorm {
+    int xn = -1, rstd = -1;
+  };
+  llvm::DenseMap<std::pair<Value, Value>, SavedNorm> savedNorms;
+  /// The forward's fused RMSNorm: xn = RMSNorm(input) and its rstd into
+  /// scratch buffers, remembered for the op's backward.
+  llvm::Expected<Location> normForward(Value input, Value normWeight,
+                                       Location x, Location nw, int64_t hidden,
+                                       double eps, const std::string &label) {
+    SavedNorm saved{scratch("xn", ElementType::BF16, {tokens, hidden}),
+                    scratch("rstd", ElementType::F32, {tokens})};
+    if (auto error = lowerRmsNorm(x, nw, whole(saved.xn), tokens, hidden, eps,
+                                  saved.rstd, label + " (norm)"))
+      return std::move(error);
+    savedNorms[{input, normWeight}] = saved;
+    return whole(saved.xn);
+  }
+  /// The normalized input and rstd that a fused op's backward needs: the
+  /// forward's, when normForward kept them (their buffers then live until
+  /// here: 4 bytes per token and hidden unit per norm, against a kernel
+  /// that rereads x and rewrites xn), else recomputed into `rstd`'s buffer.
+  llvm::Expected<Location> normForBackward(Value input, Value normWeight,
+                                           Location x, Location nw,
+                                           int64_t hidden, double eps,
+                                           int &rstd,
+                                           const std::string &label) {
+    auto saved = savedNorms.find({input, normWeight});
+    if (saved != savedNorms.end()) {
+      rstd = saved->second.rstd;
+      touch(rstd);
+      return whole(saved->second.xn);
+    }
+    rstd = scratch("rstd", ElementType::F32, {tokens});
+    return normalized(x, nw, hidden, eps, rstd, label + " (recompute norm)");
+  }
   llvm::Expected<FP8Operand> normalizedOperand(Operation *op, Location x,
                                                Location normWeight,
                                                int64_t hidden, double eps,
@@ -554,9 +591,9 @@ private:
     if (!nw)
       return nw.takeError();
     start.normWeight = *nw;
-    start.rstd = scratch("rstd", ElementType::F32, {tokens});
-    auto xn = normalized(x, *nw, hidden, op.getEps()->convertToDouble(),
-                         start.rstd, label + " (recompute norm)");
+    auto xn =
+        normForBackward(op.getInput(), op.getNormWeight(), x, *nw, hidden,
+                        op.getEps()->convertToDouble(), start.rstd, label);
     if (!xn)
       return xn.takeError();
     start.in = *xn;
@@ -1030,15 +1067,13 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     if (!x || !nw || !w)
       return llvm::joinErrors(llvm::joinErrors(x.takeError(), nw.takeError()),
                               w.takeError());
-    int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
-    if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
-                                  fused.getEps().convertToDouble(),
-                                  scratch("rstd", ElementType::F32, {tokens}),
-                                  label + " (norm)"))
-      return error;
+    auto xn = normForward(fused.getInput(), fused.getNormWeight(), *x, *nw,
+                          hidden, fused.getEps().convertToDouble(), label);
+    if (!xn)
+      return xn.takeError();
     int y = newBuffer("norm_matmul.y#" + std::to_string(buffers.size()),
                       "activation", ElementType::BF16, {tokens, width}, false);
-    linear(whole(xn), *w, whole(y), tokens, width, hidden, false, true,
+    linear(*xn, *w, whole(y), tokens, width, hidden, false, true,
            label + " (GEMM)");
     return sliceOutputs(&op, fused.getOutputs(), y, width);
   }
@@ -1056,13 +1091,11 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       auto nw = use(mlp.getNormWeight());
       if (!nw)
         return nw.takeError();
-      int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
-      if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
-                                    mlp.getEps()->convertToDouble(),
-                                    scratch("rstd", ElementType::F32, {tokens}),
-                                    label + " (norm)"))
-        return error;
-      in = whole(xn);
+      auto xn = normForward(mlp.getInput(), mlp.getNormWeight(), *x, *nw,
+                            hidden, mlp.getEps()->convertToDouble(), label);
+      if (!xn)
+        return xn.takeError();
+      in = *xn;
     }
     Location gateUp = define(mlp.getGateUp(), "gate_up");
     linear(in, *w, gateUp, tokens, 2 * width, hidden, false, true,
@@ -1207,14 +1240,14 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       column += cast<RankedTensorType>(g.getType()).getDimSize(1);
     }
     Location dY{first->buffer, first->offset, width};
-    int rstd = scratch("rstd", ElementType::F32, {tokens});
-    int xn = scratch("xn", ElementType::BF16, {tokens, hidden});
-    if (auto error = lowerRmsNorm(*x, *nw, whole(xn), tokens, hidden,
-                                  grad.getEps().convertToDouble(), rstd,
-                                  label + " (recompute norm)"))
-      return error;
+    int rstd = -1;
+    auto xn =
+        normForBackward(grad.getInput(), grad.getNormWeight(), *x, *nw, hidden,
+                        grad.getEps().convertToDouble(), rstd, label);
+    if (!xn)
+      return xn.takeError();
     Location weightGrad = define(grad.getWeightGrad(), "weight_grad");
-    linear(dY, whole(xn), weightGrad, width, hidden, tokens, true, false,
+    linear(dY, *xn, weightGrad, width, hidden, tokens, true, false,
            label + " (wgrad)");
     int dxn = scratch("dxn", ElementType::BF16, {tokens, hidden});
     linear(dY, *w, whole(dxn), tokens, hidden, width, false, false,

@@ -142,10 +142,11 @@ struct Gemm {
   CUdeviceptr scaleInvA = 0, scaleInvB = 0;
 };
 
-/// cuBLASLt with one handle and workspace. Each GEMM shape gets an
-/// algorithm once: the heuristic's first, or, with a tuning file, the
-/// fastest of the heuristic's candidates timed on the GEMM's own buffers,
-/// remembered in the file for later runs on the same GPU and cuBLASLt.
+/// cuBLASLt with one handle and workspace. Each GEMM shape (its key: the
+/// shape "MxNxK", then transposes, types, leading dimensions, batch and
+/// whether it adds to C) gets an algorithm once: the heuristic's first, or
+/// the one chosen by tuning (Executor::tuneGemms) or read from a tuning
+/// file for this GPU and cuBLASLt.
 class BlasLt {
 public:
   static Result<std::unique_ptr<BlasLt>> create(std::shared_ptr<Device> device);
@@ -154,25 +155,36 @@ public:
   /// Runs `gemm` on the device's stream; `what` names it in errors.
   Status run(const Gemm &gemm, const std::string &what);
 
-  /// Tunes every new GEMM shape and keeps the choices in `path` (JSON),
-  /// reading the choices already there when they were made on this GPU
-  /// with this cuBLASLt. Only GEMMs that may run more than once with the
-  /// same result are timed (not those that add into their own output).
-  Status useTuningFile(const std::string &path);
-  /// Writes the tuning file (atomically) when shapes were tuned since.
+  /// The GEMM the last run was, and which of its tuning candidates ran (-1
+  /// outside tuning rounds: its chosen algorithm).
+  struct LastRun {
+    std::string key;
+    int candidate = -1;
+  };
+  const LastRun &lastRun() const { return last; }
+
+  /// Starts tuning round `round`: from now on every GEMM runs its candidate
+  /// gemmTuningCandidate(round, count) (GemmTuning.h) of the heuristic's first
+  /// kGemmTuningCandidates (asked for on the key's first run in a round);
+  /// one the GPU refuses runs candidate 0 instead (and says so in
+  /// lastRun). std::nullopt ends tuning: each GEMM runs its chosen
+  /// algorithm again.
+  void setTuningRound(std::optional<int> round) { tuningRound = round; }
+  /// Makes `candidate` of the key's tuning candidates its algorithm.
+  Status choose(const std::string &key, int candidate);
+
+  /// Reads the choices in the tuning file `path` (JSON: identity and
+  /// algorithms per key) when it exists and was made on this GPU with this
+  /// cuBLASLt: true then. False when there is none yet or it was made
+  /// elsewhere: saveTuning writes `path` then. Fails on a file that is not a
+  /// tuning file.
+  Result<bool> useTuningFile(const std::string &path);
+  /// Writes every key's chosen algorithm to the tuning file (atomically),
+  /// if there is one.
   Status saveTuning();
 
 private:
   BlasLt() = default;
-  /// Heuristic algorithms tried per shape when tuning.
-  static constexpr int kTuningCandidates = 8;
-  /// The fastest of the heuristic's first `candidates` algorithms for
-  /// `gemm`, timed on its buffers (the first one when `candidates` is 1).
-  Result<cublasLtMatmulAlgo_t>
-  tune(const Gemm &gemm, cublasLtMatmulDesc_t operation,
-       cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
-       cublasLtMatrixLayout_t d, cublasLtMatmulPreference_t preference,
-       int candidates, const std::string &what);
   cublasStatus_t matmul(const Gemm &gemm, cublasLtMatmulDesc_t operation,
                         cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
                         cublasLtMatrixLayout_t d,
@@ -180,13 +192,17 @@ private:
 
   std::shared_ptr<Device> device;
   const BlasLtApi *api = nullptr;
-  /// The chosen algorithm per GEMM shape.
+  /// The chosen algorithm per GEMM key.
   std::map<std::string, cublasLtMatmulAlgo_t> algorithms;
+  /// The heuristic's usable candidates per GEMM key, in its order; only
+  /// for keys run in a tuning round.
+  std::map<std::string, std::vector<cublasLtMatmulAlgo_t>> candidates;
+  std::optional<int> tuningRound;
+  LastRun last;
   cublasLtHandle_t handle = nullptr;
   CUdeviceptr workspace = 0;
   size_t workspaceBytes = 0;
   std::string tuningPath, tuningIdentity;
-  bool tuned = false;
 };
 
 } // namespace llamac::cuda

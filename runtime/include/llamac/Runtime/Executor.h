@@ -12,9 +12,11 @@
 
 #include "llamac/Package/Package.h"
 #include "llamac/Runtime/Cuda.h"
+#include "llamac/Runtime/GemmTuning.h"
 
 #include <map>
 #include <memory>
+#include <vector>
 
 namespace llamac {
 
@@ -45,9 +47,27 @@ public:
   /// weight copies it writes. Packages without it: nothing.
   Status castFP8Weights();
 
-  /// Tunes each GEMM shape on its first run and keeps the choices in
-  /// `path` (see BlasLt::useTuningFile); written after each first run.
-  Status useTuningFile(const std::string &path);
+  /// Reads the GEMM algorithms chosen for this GPU and cuBLASLt in the
+  /// tuning file `path`: true when it had them, false when there is none
+  /// yet or it was made elsewhere (tuneGemms writes it then). See
+  /// BlasLt::useTuningFile.
+  Result<bool> useTuningFile(const std::string &path);
+
+  /// Chooses each GEMM's algorithm inside the step: runs `functions` in
+  /// order, eagerly with an event between steps, once per tuning round
+  /// (gemmTuningRounds(sweeps), after one untimed sweep that makes every
+  /// heuristic query and first launch), each GEMM with that round's
+  /// candidate, and keeps per GEMM key the candidate with the least time
+  /// per run (chooseGemmAlgorithms). Writes the tuning file when one is set
+  /// (useTuningFile). Returns the choices.
+  ///
+  /// The functions run (sweeps + 1) * kGemmTuningCandidates times, with all
+  /// their effects: @forward_backward can be re-run, @optimizer_step
+  /// updates the weights each time (harmless on llamac-bench's random
+  /// weights; not for a fine-tune's). Refused once any function was
+  /// captured in a CUDA graph: its GEMMs' algorithms are fixed in it.
+  Result<std::vector<GemmChoice>>
+  tuneGemms(const std::vector<std::string> &functions, int sweeps = 2);
 
   /// Runs `function` eagerly with an event between steps and returns each
   /// step's milliseconds, in order (for breakdowns; slower than a replay).
@@ -56,6 +76,11 @@ public:
 private:
   Executor() = default;
   Status enqueue(const package::Function &function);
+  /// profile(), also recording for each GEMM step which key and candidate
+  /// ran (at its index in `gemms`) when `gemms` is given.
+  Result<std::vector<float>>
+  timeSteps(const std::string &function,
+            std::vector<cuda::BlasLt::LastRun> *gemms);
   Status enqueue(const package::Function &function, const package::Step &step);
   /// Refuses @forward_backward while the FP8 weight copies are not
   /// current, and tracks when they are (see kFP8WeightCopiesFunction).
