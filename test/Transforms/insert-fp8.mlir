@@ -1,5 +1,6 @@
 // RUN: llamac-opt %s --llama-autodiff "--llama-insert-fp8=amax-history=16 margin=1 amax-compute-algo=most_recent" -split-input-file -verify-diagnostics | FileCheck %s
 // RUN: llamac-opt %s --llama-autodiff "--llama-insert-fp8=scaling=current" -split-input-file -verify-diagnostics | FileCheck %s --check-prefix=CURRENT
+// RUN: llamac-opt %s --llama-autodiff "--llama-insert-fp8=lm-head=true" -split-input-file -verify-diagnostics | FileCheck %s --check-prefix=LMHEAD
 
 // One linear layer feeding lm_head. The layer's forward, dgrad and wgrad
 // GEMMs read FP8-quantized operands: the weight (E4M3) once for forward and
@@ -47,6 +48,24 @@
 // CURRENT-NOT: llama.fp8_quantize
 // CURRENT-NOT: llama.fp8_scale_update
 // CURRENT: return
+// lm-head=true: lm_head's three GEMMs read FP8 operands as any layer's, its
+// tensors named after lm_head.weight.
+// LMHEAD-LABEL: func.func @linear_then_lm_head
+// LMHEAD-SAME: %[[W2:[a-z0-9]+]]: tensor<16x6xf32> {llama.param = "lm_head.weight"},
+// LMHEAD-SAME: {llama.fp8_amax_history = "lm_head.input"}
+// LMHEAD-SAME: {llama.fp8_amax_history = "lm_head.weight"}
+// LMHEAD-SAME: {llama.fp8_amax_history = "lm_head.grad_output"}
+// LMHEAD: %[[W2Q:[a-z0-9_]+]], %{{.*}} = llama.fp8_quantize %[[W2]] scale(%{{.*}}) {format = "e4m3"}
+// LMHEAD: %[[H:[0-9]+]] = llama.matmul
+// LMHEAD: %[[HQ:[a-z0-9_]+]], %{{.*}} = llama.fp8_quantize %[[H]] scale(%{{.*}}) {format = "e4m3"}
+// LMHEAD: %[[LOGITS:[0-9]+]] = llama.matmul %[[HQ]], %[[W2Q]] {transpose_rhs = true}
+// LMHEAD: %[[DLOGITS:[0-9]+]] = llama.cross_entropy_grad %{{.*}}, %[[LOGITS]]
+// LMHEAD: %[[DLQ:[a-z0-9_]+]], %{{.*}} = llama.fp8_quantize %[[DLOGITS]] scale(%{{.*}}) {format = "e5m2"}
+// LMHEAD: llama.matmul %[[DLQ]], %[[W2Q]] :
+// LMHEAD: llama.matmul %[[DLQ]], %[[HQ]] {transpose_lhs = true}
+// LMHEAD-COUNT-6: llama.fp8_scale_update
+// LMHEAD-NOT: llama.fp8_scale_update
+// LMHEAD: return
 func.func @linear_then_lm_head(%x: tensor<4x8xf32>,
                %w1: tensor<6x8xf32> {llama.param = "model.layers.0.mlp.up_proj.weight"},
                %w2: tensor<16x6xf32> {llama.param = "lm_head.weight"},

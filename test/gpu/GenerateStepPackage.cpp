@@ -148,15 +148,18 @@ static int writeStep(const std::string &out, mlir::ModuleOp module,
   return 0;
 }
 
-/// --fp8 (or --fp8-current: current scaling, no FP8 state):
-/// test::kFP8Steps steps of the FP8 train step on the reference.
-static int generateFP8(const std::string &out, const std::string &scaling) {
+/// --fp8 (or --fp8-current: current scaling, no FP8 state; --fp8-lm-head:
+/// delayed scaling with the lm_head GEMMs in FP8 too): test::kFP8Steps
+/// steps of the FP8 train step on the reference.
+static int generateFP8(const std::string &out, const std::string &scaling,
+                       bool lmHead) {
   LlamaConfig config = stepTestConfig();
   StepShape shape{test::kStepBatch, test::kStepSeq, Precision::BF16, false};
   mlir::llama::TrainStepPipelineOptions pipeline;
   pipeline.fp8 = true;
   pipeline.fp8Scaling = scaling;
   pipeline.fp8AmaxHistory = test::kFP8AmaxHistory;
+  pipeline.fp8LmHead = lmHead;
   mlir::MLIRContext context;
   mlir::OwningOpRef<mlir::ModuleOp> module =
       buildStep(context, config, shape, pipeline);
@@ -280,12 +283,13 @@ int main(int argc, char **argv) {
   bool packed = argc == 3 && llvm::StringRef(argv[2]) == "--packed";
   bool fp8 = argc == 3 && llvm::StringRef(argv[2]) == "--fp8";
   bool fp8Current = argc == 3 && llvm::StringRef(argv[2]) == "--fp8-current";
-  if (argc != 2 && !packed && !fp8 && !fp8Current)
+  bool fp8LmHead = argc == 3 && llvm::StringRef(argv[2]) == "--fp8-lm-head";
+  if (argc != 2 && !packed && !fp8 && !fp8Current && !fp8LmHead)
     return fail("usage: GenerateStepPackage OUTPUT_DIR [--packed | --fp8 | "
-                "--fp8-current]");
+                "--fp8-current | --fp8-lm-head]");
   std::string out = argv[1];
-  if (fp8 || fp8Current)
-    return generateFP8(out, fp8 ? "delayed" : "current");
+  if (fp8 || fp8Current || fp8LmHead)
+    return generateFP8(out, fp8Current ? "current" : "delayed", fp8LmHead);
   LlamaConfig config = stepTestConfig();
   StepShape shape{test::kStepBatch, test::kStepSeq, Precision::BF16, packed};
 

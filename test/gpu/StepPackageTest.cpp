@@ -235,16 +235,16 @@ std::unique_ptr<Executor> runFP8Steps(std::shared_ptr<cuda::Device> device,
 /// full bf16 noise propagated through the layers (gradients through all of
 /// them), so amaxes and the scales derived from them agree to 5e-2. The
 /// weights' amaxes of step 1 come from the same bf16 weights: exact.
-TEST(StepPackage, FP8StepsMatchTheCpuReference) {
-  LLAMAC_REQUIRE_GPU(device);
+/// `fp8Weights`: how many Hugging Face weights have FP8 copies.
+void checkFP8Steps(std::shared_ptr<cuda::Device> device, const std::string &dir,
+                   int fp8Weights) {
   Result<package::Package> package = Error{"not read"};
-  std::unique_ptr<Executor> executor =
-      runFP8Steps(device, FP8_STEP_DIR, package);
+  std::unique_ptr<Executor> executor = runFP8Steps(device, dir, package);
   ASSERT_TRUE(executor);
   Executor &e = *executor;
   EXPECT_EQ(package->precision, "fp8");
   std::map<std::string, HostTensor> expected =
-      readAll(FP8_STEP_DIR "/expected.safetensors");
+      readAll(dir + "/expected.safetensors");
 
   auto download = [&](const package::Buffer &buffer) {
     std::vector<float> values(buffer.bytes / 4);
@@ -345,10 +345,22 @@ TEST(StepPackage, FP8StepsMatchTheCpuReference) {
       }
     }
   }
-  // Every quantized tensor's state was compared; per layer 7 weights.
+  // Every quantized tensor's state was compared.
   EXPECT_EQ(histories, scales);
-  EXPECT_EQ(weightAmaxes, 2 * 7);
+  EXPECT_EQ(weightAmaxes, fp8Weights);
   EXPECT_EQ(size_t(histories) * 2, expected.size() - kFP8Steps);
+}
+
+TEST(StepPackage, FP8StepsMatchTheCpuReference) {
+  LLAMAC_REQUIRE_GPU(device);
+  checkFP8Steps(device, FP8_STEP_DIR, 2 * 7); // 7 weights per layer
+}
+
+/// --fp8-lm-head: lm_head's GEMMs in FP8 too (its weight, input and logit
+/// gradient quantized), to the same bounds.
+TEST(StepPackage, FP8LmHeadStepsMatchTheCpuReference) {
+  LLAMAC_REQUIRE_GPU(device);
+  checkFP8Steps(device, FP8_LM_HEAD_STEP_DIR, 2 * 7 + 1);
 }
 
 TEST(StepPackage, FP8CurrentScalingStepsMatchTheCpuReference) {

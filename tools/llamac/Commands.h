@@ -32,6 +32,7 @@ struct FP8Options {
   std::string scaling = "delayed"; // or "current"
   int64_t margin = 0, amaxHistory = 1024;
   std::string amaxComputeAlgo = "max"; // or "most_recent"
+  bool lmHead = false;                 // --fp8-lm-head
 };
 
 struct CompileOptions {
@@ -111,6 +112,7 @@ mlir::llama::TrainStepPipelineOptions fusionPipeline(const Options &options) {
   pipeline.fp8Margin = options.fp8.margin;
   pipeline.fp8AmaxHistory = options.fp8.amaxHistory;
   pipeline.fp8AmaxComputeAlgo = options.fp8.amaxComputeAlgo;
+  pipeline.fp8LmHead = options.fp8.lmHead;
   return pipeline;
 }
 

@@ -91,7 +91,8 @@ llamac::cachedStepPackage(const LlamaConfig &config, const StepShape &shape,
       (pipeline.fp8 ? "fp8 " + pipeline.fp8Scaling + " margin " +
                           std::to_string(pipeline.fp8Margin) + " history " +
                           std::to_string(pipeline.fp8AmaxHistory) + " " +
-                          pipeline.fp8AmaxComputeAlgo
+                          pipeline.fp8AmaxComputeAlgo +
+                          (pipeline.fp8LmHead ? " lm_head" : "")
                     : "");
   llvm::SHA256 sha;
   sha.update(key);

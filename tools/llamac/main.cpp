@@ -72,6 +72,12 @@ static cl::opt<std::string>
                 cl::init("max"), cl::sub(compileCommand), cl::sub(trainCommand),
                 cl::cat(modelCategory));
 static cl::opt<bool>
+    fp8LmHead("fp8-lm-head",
+              cl::desc("--precision fp8: the lm_head GEMMs in FP8 too (by "
+                       "default they stay bf16, as in Transformer Engine)"),
+              cl::init(false), cl::sub(compileCommand), cl::sub(trainCommand),
+              cl::cat(modelCategory));
+static cl::opt<bool>
     pack("pack",
          cl::desc("Pack data rows end to end into each sequence; attention "
                   "stays within a row and positions restart at 0 (the step "
@@ -272,7 +278,7 @@ static int readStepShape(StepShape &shape, FP8Options &fp8) {
     return reportError("--precision: unknown precision '" + precision +
                        "' (supported: fp32, bf16, fp8)");
   for (cl::Option *option : std::initializer_list<cl::Option *>{
-           &fp8Scaling, &fp8Margin, &fp8AmaxHistory, &fp8AmaxAlgo})
+           &fp8Scaling, &fp8Margin, &fp8AmaxHistory, &fp8AmaxAlgo, &fp8LmHead})
     if (option->getNumOccurrences() && !fp8.enabled)
       return reportError("--" + option->ArgStr + ": needs --precision fp8");
   if (fp8Scaling != "delayed" && fp8Scaling != "current")
@@ -291,6 +297,7 @@ static int readStepShape(StepShape &shape, FP8Options &fp8) {
   fp8.margin = fp8Margin;
   fp8.amaxHistory = fp8AmaxHistory;
   fp8.amaxComputeAlgo = fp8AmaxAlgo;
+  fp8.lmHead = fp8LmHead;
   shape.batch = batch;
   shape.seq = seqLen;
   shape.packed = pack;

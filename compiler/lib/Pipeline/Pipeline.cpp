@@ -32,6 +32,7 @@ void mlir::llama::buildTrainStepPipeline(
     fp8.margin = options.fp8Margin;
     fp8.amaxHistory = options.fp8AmaxHistory;
     fp8.amaxComputeAlgo = options.fp8AmaxComputeAlgo;
+    fp8.lmHead = options.fp8LmHead;
     funcPm.addPass(createLlamaInsertFP8Pass(fp8));
   }
   // llama-adamw works on the module: it adds @optimizer_step beside the

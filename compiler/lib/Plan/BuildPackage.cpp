@@ -837,19 +837,22 @@ llvm::Error PackageBuilder::prepareForwardBackward(func::FuncOp func) {
     int64_t width = 0;
     for (Value grad : op.getGrads())
       width += cast<RankedTensorType>(grad.getType()).getDimSize(1);
+    // Under FP8 the op reads the cotangents quantized: their bf16 sources
+    // sit side by side.
+    auto source = [](Value grad) {
+      auto quantize = grad.getDefiningOp<FP8QuantizeOp>();
+      return quantize ? quantize.getInput() : grad;
+    };
     // The loss turns the logits into their gradient in place: that buffer is
     // already the [T, N] matrix the backward GEMMs read.
     if (op.getGrads().size() == 1 &&
-        op.getGrads()[0].getDefiningOp<CrossEntropyGradOp>())
+        source(op.getGrads()[0]).getDefiningOp<CrossEntropyGradOp>())
       return;
     int dY = newBuffer("norm_matmul_grad.dY#" + std::to_string(buffers.size()),
                        "activation", ElementType::BF16, {tokens, width}, false);
     int64_t column = 0;
     for (Value grad : op.getGrads()) {
-      // Under FP8 the op reads the cotangents quantized: their bf16 sources
-      // sit side by side.
-      if (auto quantize = grad.getDefiningOp<FP8QuantizeOp>())
-        grad = quantize.getInput();
+      grad = source(grad);
       if (!grad.hasOneUse() || locations.count(grad)) {
         error = fail(op, "a cotangent it reads has other users");
         return;

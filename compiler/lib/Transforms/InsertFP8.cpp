@@ -15,7 +15,8 @@
 // `<layer>.input`, `<layer>.grad_output`), so fused and unfused steps carry
 // the same state. With delayed scaling each quantized tensor gets an amax
 // history and a scale as new arguments, and their llama.fp8_scale_update as
-// new results. The lm_head GEMMs stay in the working precision.
+// new results. The lm_head GEMMs stay in the working precision unless the
+// lm-head option asks for them.
 //
 //===----------------------------------------------------------------------===//
 
@@ -79,7 +80,7 @@ public:
         gradients.insert(op.result_begin(), op.result_end());
       if (isa<MatmulOp, NormMatmulOp, GatedMLPOp, NormMatmulGradOp,
               GatedMLPGradOp>(op) &&
-          !isLmHead(&op))
+          (options.lmHead || !isLmHead(&op)))
         gemmOps.push_back(&op);
     }
     for (Operation *op : gemmOps) {
@@ -100,8 +101,9 @@ public:
 private:
   bool delayed() const { return options.scaling == "delayed"; }
 
-  /// The lm_head GEMMs stay in the working precision: the forward one
-  /// feeds the loss, the backward ones read the logit gradient.
+  /// The lm_head GEMMs stay in the working precision (unless
+  /// options.lmHead): the forward one feeds the loss, the backward ones read
+  /// the logit gradient.
   static bool isLmHead(Operation *op) {
     for (Operation *user : op->getUsers())
       if (isa<CrossEntropyOp>(user))
@@ -454,6 +456,7 @@ struct LlamaInsertFP8Pass
     options.margin = margin;
     options.amaxHistory = amaxHistory;
     options.amaxComputeAlgo = amaxComputeAlgo;
+    options.lmHead = lmHead;
     Inserter(func, options).run();
   }
 };

@@ -28,6 +28,8 @@ struct TrainStepPipelineOptions {
   int64_t fp8Margin = 0;
   int64_t fp8AmaxHistory = 1024;
   std::string fp8AmaxComputeAlgo = "max";
+  /// `--fp8-lm-head`: the lm_head GEMMs in FP8 too.
+  bool fp8LmHead = false;
 };
 
 /// Adds the passes that turn the forward function into the whole train step.

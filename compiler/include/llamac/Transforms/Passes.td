@@ -144,7 +144,8 @@ def LlamaInsertFP8 : Pass<"llama-insert-fp8", "::mlir::func::FuncOp"> {
 
     Left in the working precision, as TE does: the lm_head GEMMs (the
     matmul or norm_matmul feeding `llama.cross_entropy`, and those reading
-    the logit gradient): the loss is most sensitive to them. The attention
+    the logit gradient): the loss is most sensitive to them. `lm-head=true`
+    quantizes them too (to measure what keeping them costs and saves). The attention
     products (`q kᵀ`, `P v` and their backward) are inside `llama.attention`
     / `llama.rope_attention` and never quantized: their inputs feed or come
     from the softmax.
@@ -171,7 +172,9 @@ def LlamaInsertFP8 : Pass<"llama-insert-fp8", "::mlir::func::FuncOp"> {
     Option<"amaxHistory", "amax-history", "int64_t", "1024",
            "Length of the amax history (delayed scaling)">,
     Option<"amaxComputeAlgo", "amax-compute-algo", "std::string", "\"max\"",
-           "max (over the history) or most_recent">
+           "max (over the history) or most_recent">,
+    Option<"lmHead", "lm-head", "bool", "false",
+           "Quantize the lm_head GEMMs too">
   ];
 }
 
