@@ -44,8 +44,11 @@ run)
     theirs=$(python3 "$baseline" hf "$name" |
       sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p')
     for precision in "${precisions[@]}"; do
-      ours=$(./llamac-bench --package "$name-$precision" --steps 15 ${3:-} |
-        tee /dev/stderr | sed -n 's/^RESULT .*"step_ms":\([0-9.]*\).*/\1/p')
+      # Printed whole, then parsed (tee /dev/stderr would reopen, and so
+      # truncate, a log file that stdout and stderr are redirected to).
+      report=$(./llamac-bench --package "$name-$precision" --steps 15 ${3:-})
+      echo "$report"
+      ours=$(sed -n 's/^RESULT .*"step_ms":\([0-9.]*\).*/\1/p' <<<"$report")
       rows+=("$name $precision $theirs $ours")
     done
   done
