@@ -502,8 +502,7 @@ private:
     return FP8FusedOperands{std::move(*slots), *w, *x, *nw};
   }
   /// RMSNorm(x) weighted by `normWeight` into a fresh bf16 [tokens, hidden]
-  /// buffer (`rstd` receives 1 / rms per row), for the FP8 lowerings that
-  /// quantize the normalized input.
+  /// buffer (`rstd` receives 1 / rms per row).
   llvm::Expected<Location> normalized(Location x, Location normWeight,
                                       int64_t hidden, double eps, int rstd,
                                       const std::string &label) {
@@ -524,13 +523,11 @@ private:
   llvm::Expected<Location> normForward(Value input, Value normWeight,
                                        Location x, Location nw, int64_t hidden,
                                        double eps, const std::string &label) {
-    SavedNorm saved{scratch("xn", ElementType::BF16, {tokens, hidden}),
-                    scratch("rstd", ElementType::F32, {tokens})};
-    if (auto error = lowerRmsNorm(x, nw, whole(saved.xn), tokens, hidden, eps,
-                                  saved.rstd, label + " (norm)"))
-      return std::move(error);
-    savedNorms[{input, normWeight}] = saved;
-    return whole(saved.xn);
+    int rstd = scratch("rstd", ElementType::F32, {tokens});
+    auto xn = normalized(x, nw, hidden, eps, rstd, label + " (norm)");
+    if (xn)
+      savedNorms[{input, normWeight}] = {xn->buffer, rstd};
+    return xn;
   }
   /// The normalized input and rstd that a fused op's backward needs: the
   /// forward's, when normForward kept them (their buffers then live until
@@ -557,8 +554,8 @@ private:
                                                const std::string &label);
   /// The start of a gated MLP's backward, shared by the bf16 and FP8
   /// lowerings: dGU = SwiGLU'(gate_up) dOut, and the input of its GEMMs (x,
-  /// or RMSNorm(x) recomputed when the op has a norm, with that norm's
-  /// weight and rstd for the norm backward).
+  /// or RMSNorm(x) when the op has a norm (normForBackward), with that
+  /// norm's weight and rstd for the norm backward).
   struct GatedMLPGradStart {
     Location dOut, gateUp;
     int dGU = -1; ///< Unless its computation was left to the FP8 casts.
