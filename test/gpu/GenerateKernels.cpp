@@ -233,18 +233,25 @@ int main(int argc, char **argv) {
   unsigned normBlocks = normBackward ? normBackward->grid.x : 1;
   unsigned normBlocksSmall = normBackwardSmall ? normBackwardSmall->grid.x : 1;
   bool ok =
-      writeGroup(dir, "embedding",
-                 group("fwd",
-                       embeddingForwardKernel(kEmbeddingRows, kEmbeddingVocab,
-                                              kEmbeddingHidden),
-                       "bwd",
-                       embeddingBackwardKernel(kEmbeddingRows, kEmbeddingVocab,
-                                               kEmbeddingHidden),
-                       "to_bf16",
-                       f32ToBF16Kernel(kEmbeddingVocab * kEmbeddingHidden),
-                       "to_bf16_acc",
-                       f32ToBF16Kernel(kEmbeddingVocab * kEmbeddingHidden,
-                                       /*accumulate=*/true))) &&
+      writeGroup(
+          dir, "embedding",
+          group("fwd",
+                embeddingForwardKernel(kEmbeddingRows, kEmbeddingVocab,
+                                       kEmbeddingHidden),
+                "bwd",
+                embeddingBackwardKernel(kEmbeddingRows, kEmbeddingVocab,
+                                        kEmbeddingHidden),
+                "bwd_acc",
+                embeddingBackwardKernel(kEmbeddingRows, kEmbeddingVocab,
+                                        kEmbeddingHidden,
+                                        /*accumulate=*/true),
+                "bwd_long",
+                embeddingBackwardKernel(kEmbeddingLongRows, kEmbeddingVocab,
+                                        kEmbeddingLongHidden),
+                "bwd_long_acc",
+                embeddingBackwardKernel(kEmbeddingLongRows, kEmbeddingVocab,
+                                        kEmbeddingLongHidden,
+                                        /*accumulate=*/true))) &&
       writeGroup(
           dir, "rms_norm",
           group(

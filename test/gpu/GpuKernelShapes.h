@@ -14,11 +14,15 @@ constexpr int64_t kAdamWElements = (1 << 20) + 8 * 37;
 // edge cases each kernel has (rows wider than a block, partial warps,
 // several sequences, GQA, ignored labels).
 
-/// 3 sequences of 37 tokens; hidden 2400 = 300 chunks of 8, more than a
-/// block's 256 threads and not a multiple of them; a vocabulary of 50 so
-/// that ids repeat and the backward's atomics collide.
+/// 3 sequences of 37 tokens (a row mask of 4 words, the last partial);
+/// hidden 2400 = 300 chunks of 8, more than a block's 256 threads and not a
+/// multiple of them (the backward splits a repeated id's row between two
+/// blocks); a vocabulary of 50 so that ids repeat. The backward also runs on
+/// 1000 rows of 512 (64 chunks: 2 warps, each building 16 of the 32 mask
+/// words; one block a row).
 constexpr int64_t kEmbeddingRows = 3 * 37, kEmbeddingVocab = 50;
 constexpr int64_t kEmbeddingHidden = 2400;
+constexpr int64_t kEmbeddingLongRows = 1000, kEmbeddingLongHidden = 512;
 
 /// 600 rows (more than the backward's 512 blocks: some take two rows) of
 /// 2400; and 72 rows of 200 (25 chunks: one partial warp).

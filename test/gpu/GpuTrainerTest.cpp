@@ -21,7 +21,7 @@
 // f32-accumulated GEMM; CPU against GPU) differ by a few of those per
 // element, which per tensor is well under 2e-2 (the bound against
 // HF) and for a loss, an average over hundreds of tokens, under 1e-2. The
-// GPU's f32 atomics (loss sum, embedding gradient) make even a repeated run
+// GPU's f32 atomics (loss sum, gradient norm) make even a repeated run
 // differ in the last bits, so "the same run" is compared within 5e-3.
 //
 //===----------------------------------------------------------------------===//
@@ -412,7 +412,7 @@ TEST_F(GpuTrainerTest, FP8TwoStepsThenResumeToFourEqualFourSteps) {
   // drawn, so each step's casts, FP8 GEMMs and amaxes depend only on its
   // batch and the FP8 state, and repeat bit for bit (an amax is a maximum,
   // which atomics take in any order; the GEMMs are cuBLASLt's; the f32
-  // atomic sums, of the embedding gradient and the loss, reach neither).
+  // atomic sums, of the loss and the gradient norm, reach neither).
   // So a resume that restores the histories, scales and scale inverses
   // exactly gives the straight run's state bit for bit; one that restarted
   // them (zero histories, unit scales) would quantize steps 3 and 4

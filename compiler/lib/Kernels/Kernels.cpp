@@ -304,13 +304,6 @@ llvm::Expected<KernelSpec> llamac::adamwKernel(int64_t numel) {
                     dims(blocksFor((numel / 8 + 3) / 4, 256)), dims(256));
 }
 
-llvm::Expected<KernelSpec> llamac::f32ToBF16Kernel(int64_t numel,
-                                                   bool accumulate) {
-  return elementwise("f32_to_bf16", numel,
-                     {{"ACCUMULATE", boolean(accumulate)}},
-                     accumulate ? "_acc" : "");
-}
-
 llvm::Expected<KernelSpec> llamac::scaleBF16Kernel(int64_t numel) {
   return elementwise("scale_bf16", numel);
 }
@@ -926,10 +919,19 @@ llvm::Expected<KernelSpec> llamac::globalNormSqKernel(int64_t numel) {
                     dims(grid), dims(256));
 }
 
-/// Shared by embedding_fwd and embedding_bwd.
+/// The block of embedding_fwd and embedding_bwd: a thread per chunk of 8
+/// elements of a row, at most 256.
+static unsigned embeddingBlock(int64_t hidden) {
+  return threadsFor(hidden / 8, 256);
+}
+
+/// Shared by embedding_fwd and embedding_bwd: `extra` sets further
+/// placeholders and `suffix` ends the kernel's name.
 static llvm::Expected<KernelSpec> embeddingKernel(llvm::StringRef kernel,
                                                   int64_t rows, int64_t vocab,
-                                                  int64_t hidden) {
+                                                  int64_t hidden,
+                                                  Values extra = {},
+                                                  llvm::StringRef suffix = "") {
   if (llvm::Error error = checkSize(kernel, "row count", rows))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "hidden size", hidden, 8))
@@ -937,19 +939,19 @@ static llvm::Expected<KernelSpec> embeddingKernel(llvm::StringRef kernel,
   if (vocab <= 0 || vocab > INT32_MAX)
     return shapeError(kernel, "vocabulary size must be in [1, 2^31), got " +
                                   str(vocab));
-  unsigned block = threadsFor(hidden / 8, 256);
-  return specialize(
-      kernel,
-      (kernel + "_t" + str(rows) + "_v" + str(vocab) + "_h" + str(hidden))
-          .str(),
-      {{"T", str(rows)},
-       {"V", str(vocab)},
-       {"H", str(hidden)},
-       {"VH", str(vocab * hidden)},
-       {"TH", str(rows * hidden)},
-       {"BLOCK", str(block)},
-       {"CHUNKS", str(hidden / 8)}},
-      dims(unsigned(rows)), dims(block));
+  unsigned block = embeddingBlock(hidden);
+  extra.insert(extra.end(), {{"T", str(rows)},
+                             {"V", str(vocab)},
+                             {"H", str(hidden)},
+                             {"VH", str(vocab * hidden)},
+                             {"TH", str(rows * hidden)},
+                             {"BLOCK", str(block)},
+                             {"CHUNKS", str(hidden / 8)}});
+  return specialize(kernel,
+                    (kernel + "_t" + str(rows) + "_v" + str(vocab) + "_h" +
+                     str(hidden) + suffix)
+                        .str(),
+                    std::move(extra), dims(unsigned(rows)), dims(block));
 }
 
 llvm::Expected<KernelSpec>
@@ -957,9 +959,28 @@ llamac::embeddingForwardKernel(int64_t rows, int64_t vocab, int64_t hidden) {
   return embeddingKernel("embedding_fwd", rows, vocab, hidden);
 }
 
-llvm::Expected<KernelSpec>
-llamac::embeddingBackwardKernel(int64_t rows, int64_t vocab, int64_t hidden) {
-  return embeddingKernel("embedding_bwd", rows, vocab, hidden);
+llvm::Expected<KernelSpec> llamac::embeddingBackwardKernel(int64_t rows,
+                                                           int64_t vocab,
+                                                           int64_t hidden,
+                                                           bool accumulate) {
+  const char *kernel = "embedding_bwd";
+  // The row mask (a bit a row) and three words per warp live in static
+  // shared memory: at most 48 KiB, 12288 words, of which up to 24 are the
+  // warps'.
+  constexpr int64_t kMaxRows = (12288 - 3 * 8) * 32;
+  if (rows > kMaxRows)
+    return shapeError(kernel, "row count must be at most " + str(kMaxRows) +
+                                  ", got " + str(rows));
+  // Up to as many blocks share a frequent id's row as a thread of one
+  // block would have chunks of it.
+  unsigned block = embeddingBlock(hidden);
+  return embeddingKernel(kernel, rows, vocab, hidden,
+                         {{"W", str((rows + 31) / 32)},
+                          {"TLAST", str(rows - 1)},
+                          {"WARPS", str(block / 32)},
+                          {"PARTS", str((hidden / 8 + block - 1) / block)},
+                          {"ACCUMULATE", boolean(accumulate)}},
+                         accumulate ? "_acc" : "");
 }
 
 /// rms_norm_fwd, writing y in bf16, or with `format` its FP8 copy (and

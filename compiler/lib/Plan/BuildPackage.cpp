@@ -1204,15 +1204,13 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     auto dOut = use(grad.getGrad());
     if (!ids || !dOut)
       return llvm::joinErrors(ids.takeError(), dOut.takeError());
-    int accumulator =
-        scratch("embedding_grad.f32", ElementType::F32, {vocab, hidden});
-    memset(whole(accumulator), uint64_t(vocab * hidden) * 4, label + " (zero)");
-    if (auto error = launch(embeddingBackwardKernel(tokens, vocab, hidden),
-                            {*ids, *dOut, whole(accumulator)}, label))
-      return error;
+    // The kernel writes only the rows of ids that occur.
     Location out = define(grad.getResult(), "embedding_grad");
-    return launch(f32ToBF16Kernel(vocab * hidden, accumulatesInto(out)),
-                  {whole(accumulator), out}, label + " (round)");
+    bool accumulate = accumulatesInto(out);
+    if (!accumulate)
+      memset(out, uint64_t(vocab * hidden) * 2, label + " (zero)");
+    return launch(embeddingBackwardKernel(tokens, vocab, hidden, accumulate),
+                  {*ids, *dOut, out}, label);
   }
 
   if (auto grad = dyn_cast<NormMatmulGradOp>(op)) {

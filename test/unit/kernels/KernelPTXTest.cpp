@@ -124,8 +124,16 @@ std::vector<StepKernel> stepKernels() {
        true},
       {"embedding_bwd",
        [] { return embeddingBackwardKernel(kRows, kVocab, kHidden); }, true,
-       false},
-      {"f32_to_bf16", [] { return f32ToBF16Kernel(kVocab * kHidden); }, true,
+       true},
+      {"embedding_bwd_acc",
+       [] {
+         return embeddingBackwardKernel(kRows, kVocab, kHidden,
+                                        /*accumulate=*/true);
+       },
+       true, true},
+      // The most rows the shared row mask allows.
+      {"embedding_bwd_max_rows",
+       [] { return embeddingBackwardKernel(392448, kVocab, kHidden); }, true,
        true},
       {"rms_norm_fwd",
        [] { return rmsNormForwardKernel(kRows, kHidden, 1e-5); }, true, true},
@@ -477,6 +485,13 @@ TEST(KernelPTX, LaunchShapesFollowTheSizes) {
   EXPECT_EQ(norm2->grid.x, 1u);
   EXPECT_EQ(globalNormSqKernel(int64_t(1) << 30)->grid.x, 1024u);
   EXPECT_EQ(addBF16Kernel(8 * 257)->grid.x, 2u);
+
+  auto embedding = embeddingBackwardKernel(kRows, kVocab, kHidden);
+  ASSERT_TRUE(bool(embedding));
+  EXPECT_EQ(embedding->grid.x, unsigned(kRows));
+  EXPECT_EQ(embedding->block.x, 256u);
+  EXPECT_NE(embedding->name,
+            embeddingBackwardKernel(kRows, kVocab, kHidden, true)->name);
 }
 
 TEST(KernelPTX, RejectsBadStepShapes) {
@@ -501,6 +516,9 @@ TEST(KernelPTX, RejectsBadStepShapes) {
   EXPECT_NE(message(swigluForwardKernel(4, 0)).find("width"),
             std::string::npos);
   EXPECT_NE(message(embeddingForwardKernel(4, 0, 64)).find("vocabulary"),
+            std::string::npos);
+  EXPECT_NE(message(embeddingBackwardKernel(392449, kVocab, 64))
+                .find("row count must be at most 392448"),
             std::string::npos);
   auto heads = [&](const HeadsLayout &layout) {
     return message(

@@ -58,7 +58,7 @@ TEST_P(AccumulateGradientsTest, EveryGradientWriteAdds) {
   EXPECT_EQ(gradientGemms(summing, 1), gemms + (tied ? 1 : 0));
 
   // Kernels writing gradients: the accumulating variants (the norm weights'
-  // column sums and the embedding table's rounding), and no add kernel (the
+  // column sums and the embedding table's gradient), and no add kernel (the
   // plain tied package adds the table's two gradients into its slot).
   auto gradientKernels = [](const package::Package &p) {
     std::vector<std::string> kernels;
@@ -75,7 +75,7 @@ TEST_P(AccumulateGradientsTest, EveryGradientWriteAdds) {
   for (const std::string &kernel : summingKernels) {
     EXPECT_EQ(kernel.substr(kernel.size() - 4), "_acc") << kernel;
     norms += kernel.rfind("column_sum_", 0) == 0;
-    embeddings += kernel.rfind("f32_to_bf16_", 0) == 0;
+    embeddings += kernel.rfind("embedding_bwd_", 0) == 0;
   }
   // Two per layer and the final norm; the embedding table once.
   EXPECT_EQ(norms, 2 * tinyLlamaConfig().numLayers + 1);
@@ -84,10 +84,35 @@ TEST_P(AccumulateGradientsTest, EveryGradientWriteAdds) {
   for (const std::string &kernel : plainKernels) {
     EXPECT_NE(kernel.substr(kernel.size() - 4), "_acc") << kernel;
     plainAdds += kernel.rfind("add_bf16_", 0) == 0;
-    plainEmbeddings += kernel.rfind("f32_to_bf16_", 0) == 0;
+    plainEmbeddings += kernel.rfind("embedding_bwd_", 0) == 0;
   }
   EXPECT_EQ(plainAdds, tied ? 1 : 0);
   EXPECT_EQ(plainEmbeddings, tied ? 0 : 1);
+
+  // The embedding kernel writes only the rows of the ids that occur: a plain
+  // package zeroes its output (vocab x hidden bf16) right before it, a
+  // summing one adds into the slot as it is.
+  LlamaConfig config = tinyLlamaConfig();
+  for (const package::Package *p : {&plain, &summing}) {
+    const std::vector<Step> &steps = p->function("forward_backward")->steps;
+    int launches = 0;
+    for (size_t i = 1; i < steps.size(); ++i) {
+      const Step &step = steps[i];
+      if (step.kind != Step::Kind::Launch ||
+          step.launch.kernel.rfind("embedding_bwd_", 0) != 0)
+        continue;
+      ++launches;
+      const package::Operand &out = step.launch.args.back();
+      const Step &before = steps[i - 1];
+      bool zeroed = before.kind == Step::Kind::Memset &&
+                    before.memset.dst.buffer == out.buffer &&
+                    before.memset.dst.offset == out.offset &&
+                    before.memset.bytes ==
+                        uint64_t(config.vocabSize * config.hiddenSize) * 2;
+      EXPECT_EQ(zeroed, !p->accumulatesGradients) << before.label;
+    }
+    EXPECT_EQ(launches, 1);
+  }
 
   // The loss divides by the host's count (hyperparameters, third argument).
   for (const package::Package *p : {&plain, &summing})

@@ -58,19 +58,16 @@ llvm::Expected<KernelSpec> adamwKernel(int64_t numel);
 llvm::Expected<KernelSpec> embeddingForwardKernel(int64_t rows, int64_t vocab,
                                                   int64_t hidden);
 
-/// embedding_bwd: dtable[ids[t], :] += dout[t, :] with f32 atomics (ids
-/// outside [0, vocab) add nothing). Args: ids (i32 [rows]), dout (bf16
-/// [rows, hidden]), dtable (f32 [vocab, hidden], zeroed by the plan, then
-/// rounded with f32ToBF16Kernel). Launch as embeddingForwardKernel.
+/// embedding_bwd: for each id v in [0, vocab) among ids, dtable[v, :] =
+/// bf16(the f32 sum, from 0.0 in increasing t, of dout[t, :] over the rows t
+/// with ids[t] == v), or with `accumulate` bf16(f32(dtable[v, :]) + that
+/// sum); deterministic. Rows of dtable whose id does not occur are not
+/// touched (the plan zeroes dtable first unless it accumulates). Args: ids (i32
+/// [rows]), dout (bf16 [rows, hidden]), dtable (bf16 [vocab, hidden]). Launch
+/// as embeddingForwardKernel; rows <= 392448 (a bit per row in shared memory).
 llvm::Expected<KernelSpec> embeddingBackwardKernel(int64_t rows, int64_t vocab,
-                                                   int64_t hidden);
-
-/// f32_to_bf16: out = bf16(in), round to nearest even; with `accumulate`,
-/// out = bf16(f32(out) + in) (a gradient summed over micro-batches). Args:
-/// in (f32 [numel]), out (bf16 [numel]). Grid [ceil(numel / 2048)], block
-/// [256]. numel % 8 == 0.
-llvm::Expected<KernelSpec> f32ToBF16Kernel(int64_t numel,
-                                           bool accumulate = false);
+                                                   int64_t hidden,
+                                                   bool accumulate = false);
 
 /// rms_norm_fwd: rstd = rsqrt(mean(x^2) + eps) (f32), y = bf16(w bf16(x
 /// rstd)). Args: x (bf16 [rows, hidden]), w (bf16 [hidden]), y (bf16 [rows,
