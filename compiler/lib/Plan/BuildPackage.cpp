@@ -24,15 +24,13 @@
 // kernel moves q, k, v from the QKV GEMM's token rows to a head-major
 // layout, applying RoPE; there the query heads of one KV group are one
 // block of rows, so each product is one GEMM batched over (sequence, KV
-// head): S = scale Q Kᵀ (f32), causal_softmax_fwd makes P (bf16) and each
-// row's log-sum-exp lse (f32), O = P V, and O goes back to token rows for
-// o_proj. P and lse are activations kept for the backward: P costs
-// batch · heads · seq² bf16 per layer (1 GiB over Llama 2 7B's 32 layers at
-// batch 8, seq 256), which the memory report counts with the activations.
-// The backward recomputes only S (f32), computes dP = dO Vᵀ (f32) and
-// dV = Pᵀ dO from the saved P, then attention_softmax_bwd makes dS from S,
-// lse and dP (P = exp(S - lse) in f32) over the saved P, which dQ and dK
-// read. The sums over a group's query heads in dK and dV are part of their
+// head): S = scale Q Kᵀ (f32), causal_softmax_fwd makes P (bf16), O = P V,
+// and O goes back to token rows for o_proj. P is an activation kept for the
+// backward: batch · heads · seq² bf16 per layer (1 GiB over Llama 2 7B's 32
+// layers at batch 8, seq 256), which the memory report counts with the
+// activations. The backward computes dP = dO Vᵀ (f32) and dV = Pᵀ dO from
+// the saved P, then attention_softmax_bwd turns that P into dS in place,
+// which dQ and dK read: no scores GEMM and no f32 S in the backward. The sums over a group's query heads in dK and dV are part of their
 // GEMMs. With packed sequences the RoPE and softmax kernels also read the
 // position_ids input: the GEMMs still compute whole [seq, seq] blocks and
 // the softmax masks the keys of other data rows.
@@ -669,10 +667,9 @@ private:
   llvm::StringMap<uint64_t> flatOffset; ///< bytes, by step parameter name
   int hyper = -1, lossStats = -1, gradNorm = -1;
   /// What each rope_attention keeps for its gradient: the head-major buffer
-  /// of rotated q, k and v, the probabilities P (bf16) and the rows'
-  /// log-sum-exp (f32).
+  /// of rotated q, k and v, and the probabilities P (bf16).
   struct SavedAttention {
-    int headMajor, probabilities, lse;
+    int headMajor, probabilities;
   };
   /// The saved buffers of each rope_attention, by query value.
   llvm::DenseMap<Value, SavedAttention> savedAttention;
@@ -1126,9 +1123,7 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     int probabilities = newBuffer(
         "probabilities#" + std::to_string(buffers.size()), "activation",
         ElementType::BF16, {blocks, a.seq, a.seq}, false);
-    int lse = newBuffer("lse#" + std::to_string(buffers.size()), "activation",
-                        ElementType::F32, {blocks, a.seq}, false);
-    savedAttention[attention.getQuery()] = {headMajor, probabilities, lse};
+    savedAttention[attention.getQuery()] = {headMajor, probabilities};
     int freqs = freqTable(attention.getFrequencies());
     if (auto error = launch(
             ropeHeadsKernel(headsLayout(a, q->ld, a.kvHeads, a.kvHeads,
@@ -1142,8 +1137,7 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     if (auto error = launch(
             causalSoftmaxForwardKernel(blocks, a.seq, ScoreType::F32,
                                        positions->has_value() ? a.heads : 0),
-            withPositions({whole(scores), whole(probabilities), whole(lse)},
-                          *positions),
+            withPositions({whole(scores), whole(probabilities)}, *positions),
             label + " (softmax)"))
       return error;
     // O[b, group g] = P V[b, g], head-major, then back to token rows.
@@ -1303,8 +1297,6 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     if (auto error = checkQKVSlices(&op, dq, dk, dv, a))
       return error;
     int64_t blocks = a.batch * a.heads, rows = a.group * a.seq;
-    int scores = scratch("scores", ElementType::F32, {blocks, a.seq, a.seq});
-    attentionScores(&op, headMajor, scores, label + " (recompute)");
     int freqs = freqTable(grad.getFrequencies());
     int dOutHeads = scratch("attention_heads_grad", ElementType::BF16,
                             {tokens * a.heads * a.dim});
@@ -1337,16 +1329,15 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     dV.b = operand(whole(dOutHeads));
     dV.d = operand({gradHeads, a.valueRegion, a.dim});
     gemm(dV, label + " (dV)");
-    // dS = P (dP - rowsum(P dP)) with P = exp(S - lse) in f32 (as flash
-    // attention recomputes it), written over the bf16 P that the dV GEMM
-    // has read.
+    // dS = P (dP - rowsum(P dP)) from the saved bf16 P, written over it
+    // once the dV GEMM has read it.
     if (auto error = launch(
             attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
                                            positions->has_value() ? a.heads
                                                                   : 0),
-            withPositions({whole(scores), whole(saved.lse),
-                           whole(dProbabilities), whole(saved.probabilities)},
-                          *positions),
+            withPositions(
+                {whole(saved.probabilities), whole(dProbabilities)},
+                *positions),
             label + " (softmax backward)"))
       return error;
     // dQ[b, group g] = scale dS K[b, g].

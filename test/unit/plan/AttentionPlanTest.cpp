@@ -1,11 +1,12 @@
 //===- AttentionPlanTest.cpp - The attention forward and backward plan ----===//
 //
 // On the tiny model's package (batch 2 x seq 32, 4 heads): each
-// rope_attention's softmax writes P (bf16) and lse (f32) into activations
-// that stay untouched by every other step until its gradient's softmax
-// backward, which reads the recomputed scores S, that lse and dP (two f32
-// scratch buffers) and writes dS over that P; the dV GEMM reads P before,
-// the dQ and dK GEMMs read dS after. The backward recomputes no softmax.
+// rope_attention's softmax writes P (bf16) into an activation that stays
+// untouched by every other step until its gradient's softmax backward,
+// which reads it and dP (an f32 scratch buffer) and writes dS over it; the
+// dV GEMM reads P before, the dQ and dK GEMMs read dS after. The backward
+// recomputes neither the scores nor the softmax: its only attention GEMMs
+// are dP, dV, dQ and dK.
 // What the kernels compute is checked on the GPU (test/gpu).
 //
 //===----------------------------------------------------------------------===//
@@ -59,49 +60,41 @@ TEST(AttentionPlan, BackwardReusesTheForwardsProbabilities) {
       continue;
     const package::Launch &launch = steps[i].launch;
     if (startsWith(launch.kernel, "causal_softmax_fwd_")) {
-      ASSERT_EQ(launch.args.size(), 3u) << launch.kernel;
+      ASSERT_EQ(launch.args.size(), 2u) << launch.kernel;
       const package::Buffer &P = target(p, launch.args[1]);
-      const package::Buffer &lse = target(p, launch.args[2]);
       EXPECT_EQ(P.role, "activation");
       EXPECT_EQ(P.type, package::ElementType::BF16);
       EXPECT_EQ(P.bytes, blocks * seq * seq * 2);
-      EXPECT_EQ(lse.role, "activation");
-      EXPECT_EQ(lse.type, package::ElementType::F32);
-      EXPECT_EQ(lse.bytes, blocks * seq * 4);
       EXPECT_TRUE(forwardOf.emplace(launch.args[1].buffer, i).second);
       continue;
     }
     if (!startsWith(launch.kernel, "attention_softmax_bwd_"))
       continue;
     ++backwards;
-    ASSERT_EQ(launch.args.size(), 4u) << launch.kernel;
-    auto found = forwardOf.find(launch.args[3].buffer);
+    ASSERT_EQ(launch.args.size(), 2u) << launch.kernel;
+    auto found = forwardOf.find(launch.args[0].buffer);
     ASSERT_NE(found, forwardOf.end()) << "dS is not written over a forward P";
     const package::Launch &forward = steps[found->second].launch;
-    EXPECT_EQ(launch.args[1].buffer, forward.args[2].buffer) << "lse";
-    const package::Buffer &S = target(p, launch.args[0]);
-    const package::Buffer &dP = target(p, launch.args[2]);
-    EXPECT_EQ(S.role, "scratch");
+    const package::Buffer &P = p.buffers[forward.args[1].buffer];
+    const package::Buffer &dP = target(p, launch.args[1]);
     EXPECT_EQ(dP.role, "scratch");
-    EXPECT_EQ(S.bytes, blocks * seq * seq * 4);
+    EXPECT_EQ(dP.type, package::ElementType::F32);
     EXPECT_EQ(dP.bytes, blocks * seq * seq * 4);
-    EXPECT_FALSE(overlap(S, dP));
+    EXPECT_FALSE(overlap(P, dP));
 
-    // Between the two softmaxes nothing else touches P's or lse's bytes.
-    for (int saved : {forward.args[1].buffer, forward.args[2].buffer})
-      for (size_t k = found->second + 1; k < i; ++k)
-        for (const package::Operand &operand : operandsOf(steps[k]))
-          if (operand.buffer >= 0 && operand.buffer != saved &&
-              operand.buffer != forward.args[1].buffer)
-            EXPECT_FALSE(overlap(p.buffers[saved], target(p, operand)))
-                << steps[k].label << " touches " << p.buffers[saved].name;
+    // Between the two softmaxes nothing else touches P's bytes.
+    for (size_t k = found->second + 1; k < i; ++k)
+      for (const package::Operand &operand : operandsOf(steps[k]))
+        if (operand.buffer >= 0 && operand.buffer != forward.args[1].buffer)
+          EXPECT_FALSE(overlap(P, target(p, operand)))
+              << steps[k].label << " touches " << P.name;
 
     // dV reads P before; dQ and dK read dS after, from the same buffer.
     int dv = 0, dqk = 0;
     for (size_t k = found->second + 1; k < steps.size(); ++k) {
       if (steps[k].kind != Step::Kind::Gemm)
         continue;
-      bool reads = steps[k].gemm.a.buffer == launch.args[3].buffer;
+      bool reads = steps[k].gemm.a.buffer == launch.args[0].buffer;
       if (endsWith(steps[k].label, "(dV)") && reads)
         dv += k < i;
       if ((endsWith(steps[k].label, "(dQ)") ||
@@ -112,9 +105,14 @@ TEST(AttentionPlan, BackwardReusesTheForwardsProbabilities) {
     EXPECT_EQ(dv, 1);
     EXPECT_EQ(dqk, 2);
   }
-  // One forward softmax per layer, none recomputed in the backward.
+  // One forward softmax and one scores GEMM per layer: the backward
+  // recomputes neither.
   EXPECT_EQ(forwardOf.size(), size_t(config.numLayers));
   EXPECT_EQ(backwards, size_t(config.numLayers));
+  size_t scoreGemms = 0;
+  for (const Step &s : steps)
+    scoreGemms += s.kind == Step::Kind::Gemm && endsWith(s.label, "(scores)");
+  EXPECT_EQ(scoreGemms, size_t(config.numLayers));
 }
 
 } // namespace

@@ -145,31 +145,28 @@ enum class ScoreType { F32, BF16 };
 
 /// causal_softmax_fwd: for each of the blocks * seqLen rows (query i = row
 /// mod seqLen), P[r, j] = bf16(softmax_{s <= j' <= i}(S[r, :])[j]) for
-/// s <= j <= i and exactly 0 for the other j, and lse[r] = m + log(l) (f32;
-/// m the row's max over the window, l = sum exp(S - m)), from which the
-/// backward recomputes P = exp(S - lse); S is already scaled, masked S may
-/// hold anything. s = 0 (causal) unless `packedHeads` > 0: then rows are
-/// packed sequences of packedHeads heads each and s = i - min(max(pos, 0),
-/// i) with pos = positions[(row / (packedHeads seqLen)) seqLen + i] (the
-/// query's position in its data row). Args: S (scoreType [blocks seqLen,
-/// seqLen]), P (bf16, same shape), lse (f32 [blocks seqLen]), when packed
-/// positions (i32 [blocks / packedHeads seqLen]). A row has `threads` =
-/// min(256, seqLen / 8 rounded up to a warp) threads and a block 256 /
-/// threads rows: grid [rows / (256 / threads)], block [(256 / threads)
-/// threads]. seqLen % 8 == 0 (and so the rows divide into blocks). `blocks`
-/// is batch * num_heads.
+/// s <= j <= i and exactly 0 for the other j (f32 math); S is already
+/// scaled, masked S may hold anything. s = 0 (causal) unless `packedHeads`
+/// > 0: then rows are packed sequences of packedHeads heads each and s = i -
+/// min(max(pos, 0), i) with pos = positions[(row / (packedHeads seqLen))
+/// seqLen + i] (the query's position in its data row). Args: S (scoreType
+/// [blocks seqLen, seqLen]), P (bf16, same shape), when packed positions
+/// (i32 [blocks / packedHeads seqLen]). A row has `threads` = min(256,
+/// seqLen / 8 rounded up to a warp) threads and a block 256 / threads rows:
+/// grid [rows / (256 / threads)], block [(256 / threads) threads].
+/// seqLen % 8 == 0 (and so the rows divide into blocks). `blocks` is
+/// batch * num_heads.
 llvm::Expected<KernelSpec> causalSoftmaxForwardKernel(int64_t blocks,
                                                       int64_t seqLen,
                                                       ScoreType scoreType,
                                                       int64_t packedHeads = 0);
 
-/// attention_softmax_bwd: P = exp(S - lse) (f32), D = sum_{s <= j <= i}
-/// P[r, j] dP[r, j] (f32), dS[r, j] = bf16(P (dP - D)) for s <= j <= i,
-/// exactly 0 for the other j, with the window start s of
-/// causalSoftmaxForwardKernel. Args: S (scoreType [blocks seqLen, seqLen]),
-/// lse (f32 [blocks seqLen], the forward's), dP (scoreType, S's shape), dS
-/// (bf16, S's shape; aliases neither S nor dP), when packed positions.
-/// Launch as causalSoftmaxForwardKernel.
+/// attention_softmax_bwd, in place over the forward's P: D = sum_{s <= j <=
+/// i} P[r, j] dP[r, j] (f32), dS[r, j] = bf16(P (dP - D)) for s <= j <= i,
+/// with the window start s of causalSoftmaxForwardKernel; the other j are
+/// neither read nor written (P is exactly 0 there, as dS must be). Args: P
+/// (bf16 [blocks seqLen, seqLen], the forward's; becomes dS), dP (scoreType,
+/// P's shape), when packed positions. Launch as causalSoftmaxForwardKernel.
 llvm::Expected<KernelSpec>
 attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
                                ScoreType scoreType, int64_t packedHeads = 0);

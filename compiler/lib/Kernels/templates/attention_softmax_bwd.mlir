@@ -1,33 +1,30 @@
 // Backward of the causal softmax, row by row, over @R@ rows of @SEQ@ columns
 // (layout and mask s <= j <= i as causal_softmax_fwd: row r holds query
 // i = r mod @SEQ@; s = 0, or from positions for packed sequences, which
-// are then the fifth argument, as there). It recomputes the probabilities
-// in f32 from the scores S (of type @STYPE@, recomputed by the scores GEMM)
-// and the forward's lse, and takes dP = dO V^T (of type @STYPE@):
-//   P[r, j] = exp(S[r, j] - lse[r])                     (f32)
+// are then the third argument, as there). From the forward's bf16 P and
+// dP = dO V^T (of type @STYPE@):
 //   D = sum_{s <= j <= i} P[r, j] dP[r, j]              (f32)
-//   dS[r, j] = bf16(P[r, j] (dP[r, j] - D))  for s <= j <= i,  0 exactly for
-//   the other j.
-// P in f32 keeps dS free of the rounding of the forward's bf16 P. D is
-// summed here from P and dP (the softmax's own rowsum), not from dO and O.
-// The scale of the scores is left to the dQ and dK GEMMs' alpha. Masked
-// entries of S and dP do not reach the result (they may hold anything, NaN
-// too).
-// Reads S (@STYPE@ [@R@, @SEQ@]), lse (f32 [@R@]), dP (@STYPE@ [@R@,
-// @SEQ@]) and positions when given; writes dS (bf16 [@R@, @SEQ@]; it must
-// not alias S or dP: the plan writes it over the forward's bf16 P, which the
-// dV GEMM has read).
+//   dS[r, j] = bf16(P[r, j] (dP[r, j] - D))  for s <= j <= i,
+// written over P in place; for the other j, P is exactly 0 (the forward
+// wrote it), and so is dS: those chunks are neither read nor written.
+// Reading the saved P spares the backward a scores GEMM and an f32 S;
+// P's bf16 rounding adds one bf16 unit of relative error to each dS, as
+// dS's own rounding does, and dP stays f32 (dP - D cancels). D is summed
+// here from P and dP (the softmax's own rowsum), not from dO and O. The
+// scale of the scores is left to the dQ and dK GEMMs' alpha. Masked
+// entries of dP do not reach the result (they may hold anything, NaN too).
+// Reads P (bf16 [@R@, @SEQ@]), dP (@STYPE@ [@R@, @SEQ@]) and positions
+// when given; writes dS over P (which the dV GEMM has read).
 // Each block of @ROWS@ x @BLOCK@ threads holds @ROWS@ rows: thread t works
 // on row block_id @ROWS@ + t / @BLOCK@ as its thread k = t mod @BLOCK@ (a
 // row's threads are whole warps). Thread k sums the 8-column chunks
 // s / 8 + k, s / 8 + k + @BLOCK@, ... up to the chunk of i; the row's
 // threads reduce D (shuffles, then one f32 per warp in shared memory at
-// (row in block) @WARPS@ + (warp in row), so rows never mix), and thread k
-// writes chunks k, k + @BLOCK@, ... of the whole row (reading S and dP
-// there again).
+// (row in block) @WARPS@ + (warp in row), so rows never mix), and after
+// the barrier thread k reads the same chunks again to write their dS.
 // @SEQ@ must be a multiple of 8 and @R@ a multiple of @ROWS@.
 // Launch: grid [@R@ / @ROWS@], block [@ROWS@ x @BLOCK@].
-  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %lse: memref<@R@xf32>, %dp: memref<@RS@x@STYPE@>, %ds: memref<@RS@xbf16>@POSITIONS_ARG@)
+  gpu.func @@KERNEL@(%p: memref<@RS@xbf16>, %dp: memref<@RS@x@STYPE@>@POSITIONS_ARG@)
       workgroup(%sums : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: @THREADS@, 1, 1>} {
     %c0 = arith.constant 0 : index
@@ -36,7 +33,6 @@
     %c32 = arith.constant 32 : index
     %block = arith.constant @BLOCK@ : index
     %warps = arith.constant @WARPS@ : index
-    %chunks = arith.constant @CHUNKS@ : index
     %seq = arith.constant @SEQ@ : index
     %rows = arith.constant @ROWS@ : index
     %i1 = arith.constant 1 : i32
@@ -47,7 +43,6 @@
     %i32 = arith.constant 32 : i32
     %zero = arith.constant 0.0 : f32
     %zerosv = arith.constant dense<0.0> : vector<8xf32>
-    %zerosb = arith.constant dense<0.0> : vector<8xbf16>
     %lanes = arith.constant dense<[0, 1, 2, 3, 4, 5, 6, 7]> : vector<8xindex>
     %bid = gpu.block_id x
     %t = gpu.thread_id x
@@ -63,18 +58,14 @@
     %live = arith.addi %q8, %c1 : index
     %qv = vector.broadcast %q : index to vector<8xindex>
     %startv = vector.broadcast %start : index to vector<8xindex>
-    %lseRow = memref.load %lse[%r] : memref<@R@xf32>
-    %lsev = vector.broadcast %lseRow : f32 to vector<8xf32>
     %mine = arith.addi %first, %tid : index
     %dots = scf.for %c = %mine to %live step %block iter_args(%acc = %zerosv) -> (vector<8xf32>) {
       %off = arith.muli %c, %c8 : index
       %i = arith.addi %rowBase, %off : index
-      %sv = vector.load %s[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
+      %pv = vector.load %p[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
       %dpv = vector.load %dp[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
-      %sf = @SCONV@ %sv : vector<8x@STYPE@> to vector<8xf32>
+      %pf = arith.extf %pv : vector<8xbf16> to vector<8xf32>
       %dpf = @SCONV@ %dpv : vector<8x@STYPE@> to vector<8xf32>
-      %d = arith.subf %sf, %lsev : vector<8xf32>
-      %pf = math.exp %d : vector<8xf32>
       %offv = vector.broadcast %off : index to vector<8xindex>
       %cols = arith.addi %offv, %lanes : vector<8xindex>
       %past = arith.cmpi ule, %cols, %qv : vector<8xindex>
@@ -112,33 +103,24 @@
       scf.yield %next : f32
     }
     %dv = vector.broadcast %total : f32 to vector<8xf32>
-    scf.for %c = %tid to %chunks step %block {
+    scf.for %c = %mine to %live step %block {
       %off = arith.muli %c, %c8 : index
       %i = arith.addi %rowBase, %off : index
-      %before = arith.cmpi ult, %c, %live : index
-      %after = arith.cmpi uge, %c, %first : index
-      %touches = arith.andi %before, %after : i1
-      %out = scf.if %touches -> (vector<8xbf16>) {
-        %sv = vector.load %s[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
-        %dpv = vector.load %dp[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
-        %sf = @SCONV@ %sv : vector<8x@STYPE@> to vector<8xf32>
-        %dpf = @SCONV@ %dpv : vector<8x@STYPE@> to vector<8xf32>
-        %d = arith.subf %sf, %lsev : vector<8xf32>
-        %pf = math.exp %d : vector<8xf32>
-        %offv = vector.broadcast %off : index to vector<8xindex>
-        %cols = arith.addi %offv, %lanes : vector<8xindex>
-        %past = arith.cmpi ule, %cols, %qv : vector<8xindex>
-        %inside = arith.cmpi uge, %cols, %startv : vector<8xindex>
-        %keep = arith.andi %past, %inside : vector<8xi1>
-        %diff = arith.subf %dpf, %dv : vector<8xf32>
-        %dsf = arith.mulf %pf, %diff : vector<8xf32>
-        %dsk = arith.select %keep, %dsf, %zerosv : vector<8xi1>, vector<8xf32>
-        %dsb = arith.truncf %dsk : vector<8xf32> to vector<8xbf16>
-        scf.yield %dsb : vector<8xbf16>
-      } else {
-        scf.yield %zerosb : vector<8xbf16>
-      }
-      vector.store %out, %ds[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
+      %pv = vector.load %p[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
+      %dpv = vector.load %dp[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
+      %pf = arith.extf %pv : vector<8xbf16> to vector<8xf32>
+      %dpf = @SCONV@ %dpv : vector<8x@STYPE@> to vector<8xf32>
+      %offv = vector.broadcast %off : index to vector<8xindex>
+      %cols = arith.addi %offv, %lanes : vector<8xindex>
+      %past = arith.cmpi ule, %cols, %qv : vector<8xindex>
+      %inside = arith.cmpi uge, %cols, %startv : vector<8xindex>
+      %keep = arith.andi %past, %inside : vector<8xi1>
+      %diff = arith.subf %dpf, %dv : vector<8xf32>
+      %dsf = arith.mulf %pf, %diff : vector<8xf32>
+      // +0 where masked (P (dP - D) there would be -0 for D > 0).
+      %dsk = arith.select %keep, %dsf, %zerosv : vector<8xi1>, vector<8xf32>
+      %dsb = arith.truncf %dsk : vector<8xf32> to vector<8xbf16>
+      vector.store %dsb, %p[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
     }
     gpu.return
   }

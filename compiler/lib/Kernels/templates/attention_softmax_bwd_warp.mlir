@@ -1,26 +1,23 @@
 // attention_softmax_bwd for rows of at most 256 columns (@SEQ@): the same
 // dS (attention_softmax_bwd.mlir says what it is) from one warp per row
 // that holds the whole row in registers, lane k its 8-column chunk k, so
-// that S and dP are read once and with no shared memory or barrier:
-//   P = exp(S - lse) on the row's unmasked columns     (f32, in registers)
-//   D = sum of P dP over them                           (a warp sum)
-//   dS = bf16(P (dP - D)) there, 0 exactly elsewhere
-// The general kernel reduces D across warps in shared memory and reads S
+// that P and dP are read once and with no shared memory or barrier:
+//   D = sum of P dP over the row's unmasked columns   (a warp sum)
+//   dS = bf16(P (dP - D)) there, written over P
+// The general kernel reduces D across warps in shared memory and reads P
 // and dP again to write dS; at 256 columns a row is one warp's chunks.
-// Chunks wholly outside the window s <= j <= i are not read (the window
-// start s as in causal_softmax_fwd: WINDOW_START, POSITIONS_ARG); lanes k
-// >= @CHUNKS@ have no chunk.
-// Reads S (@STYPE@ [@R@, @SEQ@]), lse (f32 [@R@]), dP (@STYPE@ [@R@,
-// @SEQ@]) and positions when given; writes dS (bf16 [@R@, @SEQ@]; not
-// aliasing S or dP).
+// Chunks wholly outside the window s <= j <= i are neither read nor
+// written (the window start s as in causal_softmax_fwd: WINDOW_START,
+// POSITIONS_ARG): P is already exactly 0 there, and so is dS.
+// Reads P (bf16 [@R@, @SEQ@]), dP (@STYPE@ [@R@, @SEQ@]) and positions
+// when given; writes dS over P.
 // @SEQ@ must be a multiple of 8 and at most 256, @R@ a multiple of 8.
 // Launch: grid [@R@ / 8], block [256] (8 rows a block).
-  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %lse: memref<@R@xf32>, %dp: memref<@RS@x@STYPE@>, %ds: memref<@RS@xbf16>@POSITIONS_ARG@) kernel
+  gpu.func @@KERNEL@(%p: memref<@RS@xbf16>, %dp: memref<@RS@x@STYPE@>@POSITIONS_ARG@) kernel
       attributes {known_block_size = array<i32: 256, 1, 1>} {
     %c0 = arith.constant 0 : index
     %c8 = arith.constant 8 : index
     %c32 = arith.constant 32 : index
-    %chunks = arith.constant @CHUNKS@ : index
     %seq = arith.constant @SEQ@ : index
     %i1 = arith.constant 1 : i32
     %i2 = arith.constant 2 : i32
@@ -39,25 +36,20 @@
     %q = arith.remui %r, %seq : index
     %rowBase = arith.muli %r, %seq : index
     @WINDOW_START@
-    // Lane k's chunk: columns 8 k .. 8 k + 7; read only when it holds a
-    // column of the window (chunks start / 8 .. q / 8).
+    // Lane k's chunk: columns 8 k .. 8 k + 7; read and written only when
+    // it holds a column of the window (chunks start / 8 .. q / 8).
     %off = arith.muli %lane, %c8 : index
     %i = arith.addi %rowBase, %off : index
-    %mine = arith.cmpi ult, %lane, %chunks : index
     %first = arith.divui %start, %c8 : index
     %q8 = arith.divui %q, %c8 : index
     %afterStart = arith.cmpi uge, %lane, %first : index
     %upToQuery = arith.cmpi ule, %lane, %q8 : index
     %live = arith.andi %afterStart, %upToQuery : i1
     %read:2 = scf.if %live -> (vector<8xf32>, vector<8xf32>) {
-      %lseRow = memref.load %lse[%r] : memref<@R@xf32>
-      %lsev = vector.broadcast %lseRow : f32 to vector<8xf32>
-      %sv = vector.load %s[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
+      %pv = vector.load %p[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
       %dpv = vector.load %dp[%i] {alignment = 16} : memref<@RS@x@STYPE@>, vector<8x@STYPE@>
-      %sf = @SCONV@ %sv : vector<8x@STYPE@> to vector<8xf32>
+      %pf = arith.extf %pv : vector<8xbf16> to vector<8xf32>
       %dpf = @SCONV@ %dpv : vector<8x@STYPE@> to vector<8xf32>
-      %d = arith.subf %sf, %lsev : vector<8xf32>
-      %pf = math.exp %d : vector<8xf32>
       scf.yield %pf, %dpf : vector<8xf32>, vector<8xf32>
     } else {
       scf.yield %zerosv, %zerosv : vector<8xf32>, vector<8xf32>
@@ -69,7 +61,7 @@
     %past = arith.cmpi ule, %cols, %qv : vector<8xindex>
     %inside = arith.cmpi uge, %cols, %startv : vector<8xindex>
     %keep = arith.andi %past, %inside : vector<8xi1>
-    // Masked entries may be NaN: selected away before any sum.
+    // Masked dP may be NaN: selected away before any sum.
     %pk = arith.select %keep, %read#0, %zerosv : vector<8xi1>, vector<8xf32>
     %dpk = arith.select %keep, %read#1, %zerosv : vector<8xi1>, vector<8xf32>
     %prod = arith.mulf %pk, %dpk : vector<8xf32>
@@ -90,8 +82,8 @@
     // +0 where masked (P (dP - D) there would be -0 for D > 0).
     %dsk = arith.select %keep, %dsf, %zerosv : vector<8xi1>, vector<8xf32>
     %dsb = arith.truncf %dsk : vector<8xf32> to vector<8xbf16>
-    scf.if %mine {
-      vector.store %dsb, %ds[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
+    scf.if %live {
+      vector.store %dsb, %p[%i] {alignment = 16} : memref<@RS@xbf16>, vector<8xbf16>
     }
     gpu.return
   }

@@ -4,31 +4,29 @@
 // GEMM's alpha) and of type @STYPE@; with the mask s <= j <= i,
 //   m = max_{s <= j <= i} S[r, j],  l = sum_{s <= j <= i} exp(S[r, j] - m)
 //   P[r, j] = bf16(exp(S[r, j] - m) / l)   (f32 math),  P[r, j] = 0 exactly
-//   for the other j,
-//   lse[r] = m + log(l)                    (f32),
-// so that the backward recomputes the f32 probabilities as exp(S - lse).
+//   for the other j.
+// The backward reads these P (attention_softmax_bwd).
 // The window start s is 0 (the causal mask), or, for packed sequences,
 // s = i - min(max(pos, 0), i) with pos = positions[(r / (@SEQ@ heads)) @SEQ@
 // + i] (positions: i32, the step's position_ids; a data row starts where
-// its position is 0), which the kernel then takes as a fourth argument:
+// its position is 0), which the kernel then takes as a third argument:
 // the POSITIONS_ARG placeholder declares it (or nothing), and the
 // WINDOW_START placeholder computes %start (Kernels.cpp writes both).
 // Masked scores do not reach the result (they may hold anything, NaN too).
 // Reads S (@STYPE@ [@R@, @SEQ@]) and positions when given; writes P (bf16
-// [@R@, @SEQ@], for the P V and dV GEMMs) and lse (f32 [@R@]).
+// [@R@, @SEQ@], for the P V and dV GEMMs and the softmax backward).
 // Each block of @ROWS@ x @BLOCK@ threads holds @ROWS@ rows: thread t works
 // on row block_id @ROWS@ + t / @BLOCK@ as its thread k = t mod @BLOCK@ (a
 // row's threads are whole warps). Thread k owns the 8-column chunks
 // s / 8 + k, s / 8 + k + @BLOCK@, ... up to the chunk of i. It keeps a
 // running (max, sum of exp) over its unmasked columns, the row's threads
 // merge the pairs (shuffles, then one pair per warp in shared memory at
-// (row in block) @WARPS@ + (warp in row), so rows never mix), thread 0 of
-// the row writes lse, and each thread reads its chunks again to write P
-// (thread k writes chunks k, k + @BLOCK@, ... of the whole row, zeros
-// outside the window).
+// (row in block) @WARPS@ + (warp in row), so rows never mix), and each
+// thread reads its chunks again to write P (thread k writes chunks k,
+// k + @BLOCK@, ... of the whole row, zeros outside the window).
 // @SEQ@ must be a multiple of 8 and @R@ a multiple of @ROWS@.
 // Launch: grid [@R@ / @ROWS@], block [@ROWS@ x @BLOCK@].
-  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %p: memref<@RS@xbf16>, %lse: memref<@R@xf32>@POSITIONS_ARG@)
+  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %p: memref<@RS@xbf16>@POSITIONS_ARG@)
       workgroup(%maxes : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64},
                 %sums : memref<32xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: @THREADS@, 1, 1>} {
@@ -172,12 +170,6 @@
       %lb = arith.mulf %lk, %eb : f32
       %ln = arith.addf %la, %lb : f32
       scf.yield %mn, %ln : f32, f32
-    }
-    %rowLeader = arith.cmpi eq, %tid, %c0 : index
-    scf.if %rowLeader {
-      %logl = math.log %row#1 : f32
-      %lseValue = arith.addf %row#0, %logl : f32
-      memref.store %lseValue, %lse[%r] : memref<@R@xf32>
     }
     %inv = arith.divf %one, %row#1 : f32
     %mv = vector.broadcast %row#0 : f32 to vector<8xf32>

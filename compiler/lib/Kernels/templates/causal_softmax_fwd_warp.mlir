@@ -1,11 +1,11 @@
 // causal_softmax_fwd for rows of at most 256 columns (@SEQ@): the same
-// results (P, lse; causal_softmax_fwd.mlir says what they are) from one
+// result (P; causal_softmax_fwd.mlir says what it is) from one
 // warp per row that holds the whole row in registers, lane k its 8-column
 // chunk k, so that S is read once and with no shared memory or barrier:
 //   m = max over the row's unmasked columns   (a warp max: 5 shuffles)
 //   e = exp(S - m) on them, 0 elsewhere        (f32, in registers)
 //   l = sum of e                               (a warp sum: 5 shuffles)
-//   P = bf16(e / l), lse = m + log(l)          (lane 0 writes lse)
+//   P = bf16(e / l)
 // The general kernel merges (max, sum of exp) pairs with an exp per merge,
 // in shared memory across warps, and reads S again to write P; at 256
 // columns a row is one warp's worth of chunks and that work is wasted.
@@ -13,10 +13,10 @@
 // start s as in causal_softmax_fwd: WINDOW_START, POSITIONS_ARG); lanes k
 // >= @CHUNKS@ have no chunk.
 // Reads S (@STYPE@ [@R@, @SEQ@]) and positions when given; writes P (bf16
-// [@R@, @SEQ@]) and lse (f32 [@R@]).
+// [@R@, @SEQ@]).
 // @SEQ@ must be a multiple of 8 and at most 256, @R@ a multiple of 8.
 // Launch: grid [@R@ / 8], block [256] (8 rows a block).
-  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %p: memref<@RS@xbf16>, %lse: memref<@R@xf32>@POSITIONS_ARG@) kernel
+  gpu.func @@KERNEL@(%s: memref<@RS@x@STYPE@>, %p: memref<@RS@xbf16>@POSITIONS_ARG@) kernel
       attributes {known_block_size = array<i32: 256, 1, 1>} {
     %c0 = arith.constant 0 : index
     %c8 = arith.constant 8 : index
@@ -95,12 +95,6 @@
     %l4 = arith.addf %l3, %lo3 : f32
     %lo4, %lv4 = gpu.shuffle xor %l4, %i1, %i32 : f32
     %l = arith.addf %l4, %lo4 : f32
-    %leader = arith.cmpi eq, %lane, %c0 : index
-    scf.if %leader {
-      %logl = math.log %l : f32
-      %lseValue = arith.addf %m, %logl : f32
-      memref.store %lseValue, %lse[%r] : memref<@R@xf32>
-    }
     %inv = arith.divf %one, %l : f32
     %invv = vector.broadcast %inv : f32 to vector<8xf32>
     %pf = arith.mulf %ek, %invv : vector<8xf32>
