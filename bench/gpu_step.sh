@@ -41,8 +41,10 @@ run)
   rows=()
   for entry in "${models[@]}"; do
     name=${entry%%:*}
-    theirs=$(python3 "$baseline" hf "$name" |
-      sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p')
+    # Printed as it comes, so that a call cut short keeps HF's number.
+    hf=$(python3 "$baseline" hf "$name")
+    grep '^RESULT' <<<"$hf"
+    theirs=$(sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p' <<<"$hf")
     for precision in "${precisions[@]}"; do
       # Printed whole, then parsed (tee /dev/stderr would reopen, and so
       # truncate, a log file that stdout and stderr are redirected to).
