@@ -9,10 +9,10 @@
 // templates). Masked
 // scores (and masked dP) are NaN and P starts as 0xFF bytes, so a kernel
 // that lets masked inputs reach a result, or leaves an output unwritten,
-// fails; masked outputs must be exact zeros (the backward leaves P's). The packed variants
-// read position_ids and keep each query within its data row (the window
-// i - pos <= j <= i), with rows whose boundaries fall inside 8-column
-// chunks.
+// fails; masked outputs must be exact zeros (the backward leaves P's). The
+// packed variants read position_ids and keep each query within its data row
+// (the window i - pos <= j <= i), with rows whose boundaries fall inside
+// 8-column chunks.
 //
 //===----------------------------------------------------------------------===//
 

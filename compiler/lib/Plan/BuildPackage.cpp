@@ -30,8 +30,9 @@
 // layers at batch 8, seq 256), which the memory report counts with the
 // activations. The backward computes dP = dO Vᵀ (f32) and dV = Pᵀ dO from
 // the saved P, then attention_softmax_bwd turns that P into dS in place,
-// which dQ and dK read: no scores GEMM and no f32 S in the backward. The sums over a group's query heads in dK and dV are part of their
-// GEMMs. With packed sequences the RoPE and softmax kernels also read the
+// which dQ and dK read: no scores GEMM and no f32 S in the backward. The
+// sums over a group's query heads in dK and dV are part of their GEMMs.
+// With packed sequences the RoPE and softmax kernels also read the
 // position_ids input: the GEMMs still compute whole [seq, seq] blocks and
 // the softmax masks the keys of other data rows.
 //
@@ -1335,9 +1336,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
             attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
                                            positions->has_value() ? a.heads
                                                                   : 0),
-            withPositions(
-                {whole(saved.probabilities), whole(dProbabilities)},
-                *positions),
+            withPositions({whole(saved.probabilities), whole(dProbabilities)},
+                          *positions),
             label + " (softmax backward)"))
       return error;
     // dQ[b, group g] = scale dS K[b, g].
