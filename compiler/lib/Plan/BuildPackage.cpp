@@ -1375,11 +1375,10 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       return llvm::joinErrors(llvm::joinErrors(dy.takeError(), x.takeError()),
                               w.takeError());
     int rstd = scratch("rstd", ElementType::F32, {tokens});
-    int normed = scratch("xn", ElementType::BF16, {tokens, hidden});
-    if (auto error = lowerRmsNorm(*x, *w, whole(normed), tokens, hidden,
-                                  grad.getEps().convertToDouble(), rstd,
-                                  label + " (recompute)"))
-      return error;
+    auto normed = normalized(*x, *w, hidden, grad.getEps().convertToDouble(),
+                             rstd, label + " (recompute)");
+    if (!normed)
+      return normed.takeError();
     return normBackward(&op, grad.getInputGrad(), grad.getWeightGrad(), *dy, *x,
                         *w, rstd, hidden, label);
   }
@@ -2075,10 +2074,10 @@ llvm::Error PackageBuilder::lowerFP8NormMatmulGrad(NormMatmulGradOp op,
       return g.takeError();
     grads.push_back(*g);
   }
-  int rstd = scratch("rstd", ElementType::F32, {tokens});
-  auto xn = normalized(operands->input, operands->normWeight, hidden,
-                       op.getEps().convertToDouble(), rstd,
-                       label + " (recompute norm)");
+  int rstd = -1;
+  auto xn = normForBackward(op.getInput(), op.getNormWeight(), operands->input,
+                            operands->normWeight, hidden,
+                            op.getEps().convertToDouble(), rstd, label);
   if (!xn)
     return xn.takeError();
   FP8Tensor in =
