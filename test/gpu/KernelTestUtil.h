@@ -118,6 +118,16 @@ inline void expectSameBytes(const DeviceBuffer &want, const DeviceBuffer &got,
   EXPECT_EQ(mismatches, 0) << what << ", of " << n;
 }
 
+/// Expects the f32 amax a fused kernel raised (`got`) to equal the unfused
+/// kernels' (`want`), which must exceed `above` (the input holds values
+/// that large, so a zero amax cannot pass).
+inline void expectSameAmax(const DeviceBuffer &want, const DeviceBuffer &got,
+                           float above) {
+  float wantAmax = want.download<float>(1)[0];
+  EXPECT_GT(wantAmax, above);
+  EXPECT_EQ(got.download<float>(1)[0], wantAmax);
+}
+
 /// A group of generated kernels and the launch shape of each, by key.
 class KernelGroup {
 public:
