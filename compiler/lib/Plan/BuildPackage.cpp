@@ -2172,11 +2172,11 @@ llvm::Error PackageBuilder::lowerFP8GatedMLPGrad(GatedMLPGradOp op,
   // dW[half] = dHᵀ in and dx += dH W[half].
   for (int half = 0; half < 2; ++half) {
     std::string name = label + (half ? ".dup" : ".dgate");
+    Location source =
+        computedHalves ? start->dOut
+                       : Location{dGU, uint64_t(half * width) * 2, 2 * width};
     FP8Tensor dH =
-        computedHalves
-            ? fp8Tensor(start->dOut, tokens, width, {slots[1 + half]}, {}, name)
-            : fp8Tensor({dGU, uint64_t(half * width) * 2, 2 * width}, tokens,
-                        width, {slots[1 + half]}, {}, name);
+        fp8Tensor(source, tokens, width, {slots[1 + half]}, {}, name);
     if (computedHalves) {
       dH.computed = half ? FP8Tensor::Computed::SwiGLUGradUp
                          : FP8Tensor::Computed::SwiGLUGradGate;
