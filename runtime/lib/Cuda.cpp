@@ -43,6 +43,7 @@ struct DriverApi {
   X(cuModuleUnload)                                                            \
   X(cuModuleGetFunction)                                                       \
   X(cuFuncGetParamInfo)                                                        \
+  X(cuFuncSetAttribute)                                                        \
   X(cuLaunchKernel)                                                            \
   X(cuStreamBeginCapture)                                                      \
   X(cuStreamEndCapture)                                                        \
@@ -412,6 +413,16 @@ Status Module::launch(const std::string &kernel, unsigned gridX,
     return Error{"launch of kernel " + kernel + ": " +
                  std::to_string(args.size()) +
                  " arguments do not match its parameters"};
+  // Past 48 KiB a kernel must opt in to its dynamic shared memory.
+  if (sharedBytes > 48 * 1024)
+    if (Status s = device->check(
+            device->api().cuFuncSetAttribute(
+                *function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                int(sharedBytes)),
+            "shared memory of " + std::to_string(sharedBytes) +
+                " bytes for kernel " + kernel);
+        !s)
+      return s;
   return device->check(device->api().cuLaunchKernel(
                            *function, gridX, gridY, 1, blockX, 1, 1,
                            sharedBytes, device->stream(), args.data(), nullptr),

@@ -18,6 +18,7 @@
 #include "llvm/Support/Path.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -111,6 +112,37 @@ Group softmaxGroup() {
     g.emplace_back(std::string("bwd_") + c.name,
                    attentionSoftmaxBackwardKernel(kSoftmaxBlocks, c.seq, c.type,
                                                   c.packedHeads));
+  }
+  return g;
+}
+
+/// The shape of flash case `c` (FlashAttentionKernelTest): q, k and v
+/// regions packed one after the other, softmax scale 1 / sqrt(dim).
+FlashShape flashShape(const FlashCase &c) {
+  FlashShape s;
+  s.batch = c.batch, s.heads = c.heads, s.kvHeads = c.kvHeads, s.seq = c.seq;
+  s.dim = c.dim, s.packed = c.packed;
+  int64_t tokens = c.batch * c.seq;
+  s.keyRegion = tokens * c.heads * c.dim;
+  s.valueRegion = s.keyRegion + tokens * c.kvHeads * c.dim;
+  s.scale = float(1.0 / std::sqrt(double(c.dim)));
+  return s;
+}
+
+/// FlashAttentionKernelTest's kernels: per case the forward (`fwd_`), the
+/// backward (`bwd_`) and delta from token rows of stride heads * dim + 8
+/// (`dot_`).
+Group flashGroup() {
+  Group g;
+  for (const FlashCase &c : kFlashCases) {
+    FlashShape s = flashShape(c);
+    int64_t ld = c.heads * c.dim + 8;
+    g.emplace_back(std::string("fwd_") + c.name,
+                   flashAttentionForwardKernel(s));
+    g.emplace_back(std::string("bwd_") + c.name,
+                   flashAttentionBackwardKernel(s));
+    g.emplace_back(std::string("dot_") + c.name,
+                   attentionRowDotKernel(s, ld, ld));
   }
   return g;
 }
@@ -307,6 +339,7 @@ int main(int argc, char **argv) {
                                 HeadsDirection::ToTokens,
                                 Rotation::Inverse))) &&
       writeGroup(dir, "softmax", softmaxGroup()) &&
+      writeGroup(dir, "flash", flashGroup()) &&
       writeGroup(
           dir, "cross_entropy",
           group("count", countTargetsKernel(kLossRows, kLossSeq, kLossVocab),

@@ -8,7 +8,9 @@
 // compares. Writes OUT/package/, OUT/inputs.safetensors and
 // OUT/expected.safetensors, named by the package's buffer names. With
 // --packed the step takes packed sequences (position_ids; GpuStepShapes.h
-// says which data rows each holds). With --fp8 the step is the FP8 one
+// says which data rows each holds). --flash and --flash-packed are those
+// steps at test::kFlashStepSeq, where attention is the flash kernels. With
+// --fp8 the step is the FP8 one
 // (delayed scaling, test::kFP8AmaxHistory entries of history; with
 // --fp8-current, current scaling) and the
 // reference runs test::kFP8Steps steps of it, carrying the weights, AdamW
@@ -103,10 +105,12 @@ static bool stepInput(mlir::func::FuncOp func, unsigned i, int64_t vocab,
       func.getArgAttrOfType<mlir::StringAttr>(i, mlir::llama::kInputAttr);
   if (!input)
     return false;
+  int64_t seq = int64_t(tensor.data.size()) / test::kStepBatch;
   if (input.getValue() == "position_ids")
-    test::fillPositions(tensor.data);
+    test::fillPositions(tensor.data, seq);
   else
-    test::fillBatch(input.getValue() == "labels", vocab, tensor.data, packed);
+    test::fillBatch(input.getValue() == "labels", vocab, tensor.data, packed,
+                    seq);
   inputs.push_back(
       HostTensor::fromDouble(input.str(), DType::I32, dims, tensor.data));
   return true;
@@ -280,18 +284,22 @@ static int generateFP8(const std::string &out, const std::string &scaling,
 }
 
 int main(int argc, char **argv) {
-  bool packed = argc == 3 && llvm::StringRef(argv[2]) == "--packed";
-  bool fp8 = argc == 3 && llvm::StringRef(argv[2]) == "--fp8";
-  bool fp8Current = argc == 3 && llvm::StringRef(argv[2]) == "--fp8-current";
-  bool fp8LmHead = argc == 3 && llvm::StringRef(argv[2]) == "--fp8-lm-head";
-  if (argc != 2 && !packed && !fp8 && !fp8Current && !fp8LmHead)
-    return fail("usage: GenerateStepPackage OUTPUT_DIR [--packed | --fp8 | "
-                "--fp8-current | --fp8-lm-head]");
+  llvm::StringRef flag = argc == 3 ? argv[2] : "";
+  bool flash = flag == "--flash" || flag == "--flash-packed";
+  bool packed = flag == "--packed" || flag == "--flash-packed";
+  bool fp8 = flag == "--fp8";
+  bool fp8Current = flag == "--fp8-current";
+  bool fp8LmHead = flag == "--fp8-lm-head";
+  if (argc != 2 && !packed && !flash && !fp8 && !fp8Current && !fp8LmHead)
+    return fail("usage: GenerateStepPackage OUTPUT_DIR [--packed | --flash | "
+                "--flash-packed | --fp8 | --fp8-current | --fp8-lm-head]");
   std::string out = argv[1];
   if (fp8 || fp8Current || fp8LmHead)
     return generateFP8(out, fp8Current ? "current" : "delayed", fp8LmHead);
   LlamaConfig config = stepTestConfig();
-  StepShape shape{test::kStepBatch, test::kStepSeq, Precision::BF16, packed};
+  StepShape shape{test::kStepBatch,
+                  flash ? test::kFlashStepSeq : test::kStepSeq, Precision::BF16,
+                  packed};
 
   mlir::MLIRContext context;
   mlir::OwningOpRef<mlir::ModuleOp> module =

@@ -52,6 +52,22 @@ constexpr int64_t kSoftmaxSeqF32 = 264, kSoftmaxSeqBF16 = 1040;
 constexpr int64_t kSoftmaxSeqTiny = 8, kSoftmaxSeqShort = 32,
                   kSoftmaxSeqStep = 256;
 
+/// Flash attention cases: name, batch, heads, kv heads, sequence, head_dim,
+/// packed. MHA at head_dim 128 over 3 query tiles (diagonal, full and
+/// skipped tiles); GQA (2 query heads a KV head) at 64 over 4 tiles; packed
+/// data rows at 128 whose boundaries fall inside tiles; MQA at 32 in one
+/// tile; head_dim 16.
+struct FlashCase {
+  const char *name;
+  int64_t batch, heads, kvHeads, seq, dim;
+  bool packed;
+};
+constexpr FlashCase kFlashCases[] = {{"mha", 2, 3, 3, 192, 128, false},
+                                     {"gqa", 2, 4, 2, 256, 64, false},
+                                     {"packed", 2, 3, 3, 192, 128, true},
+                                     {"mqa", 3, 2, 1, 64, 32, false},
+                                     {"d16", 1, 2, 2, 128, 16, true}};
+
 /// 3 sequences of 45 tokens; vocabulary 8800 = 1100 chunks, more than the
 /// block's 1024 threads.
 constexpr int64_t kLossSeq = 45, kLossRows = 3 * kLossSeq, kLossVocab = 8800;

@@ -15,6 +15,10 @@
 namespace llamac::test {
 
 constexpr int64_t kStepBatch = 4, kStepSeq = 32;
+/// The flash-attention variants of the step (GenerateStepPackage --flash,
+/// --flash-packed): two 64-row tiles a sequence, so the kernels take the
+/// diagonal, full and skipped tiles.
+constexpr int64_t kFlashStepSeq = 128;
 
 /// The FP8 step (GenerateStepPackage --fp8): delayed scaling with this many
 /// amax history entries, run for kFP8Steps steps.
@@ -52,16 +56,17 @@ inline std::vector<int64_t> packedRows(int64_t b) {
   return rows[b];
 }
 
-/// position_ids of the packed step: 0, 1, ... within each data row and
-/// within the padding, as llamac's packer lays them out.
-inline void fillPositions(std::vector<double> &out) {
+/// position_ids of the packed step of sequence length `seq`: 0, 1, ...
+/// within each data row and within the rest of the sequence, as llamac's
+/// packer lays them out.
+inline void fillPositions(std::vector<double> &out, int64_t seq) {
   for (int64_t b = 0; b < kStepBatch; ++b) {
     int64_t s = 0;
     for (int64_t length : packedRows(b))
       for (int64_t p = 0; p < length; ++p)
-        out[b * kStepSeq + s++] = double(p);
-    for (int64_t p = 0; s < kStepSeq; ++p)
-      out[b * kStepSeq + s++] = double(p);
+        out[b * seq + s++] = double(p);
+    for (int64_t p = 0; s < seq; ++p)
+      out[b * seq + s++] = double(p);
   }
 }
 
@@ -70,18 +75,18 @@ inline void fillPositions(std::vector<double> &out) {
 /// also masks the label of the first token of every data row (the
 /// packer's separator), so no token predicts across a row boundary.
 inline void fillBatch(bool labels, int64_t vocab, std::vector<double> &out,
-                      bool packed = false) {
-  std::vector<double> positions(kStepBatch * kStepSeq);
-  fillPositions(positions);
+                      bool packed, int64_t seq) {
+  std::vector<double> positions(kStepBatch * seq);
+  fillPositions(positions, seq);
   for (int64_t b = 0; b < kStepBatch; ++b)
-    for (int64_t s = 0; s < kStepSeq; ++s) {
+    for (int64_t s = 0; s < seq; ++s) {
       int64_t token = (b * 977 + s * 131 + (s * s) % 17) % vocab;
       bool padded = b == 1 && s >= 20;
       bool masked = labels && ((b == 2 && s < 10) ||
-                               (packed && positions[b * kStepSeq + s] == 0));
-      out[b * kStepSeq + s] = padded   ? (labels ? -100 : 0)
-                              : masked ? -100
-                                       : double(token);
+                               (packed && positions[b * seq + s] == 0));
+      out[b * seq + s] = padded   ? (labels ? -100 : 0)
+                         : masked ? -100
+                                  : double(token);
     }
 }
 

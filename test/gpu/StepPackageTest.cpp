@@ -143,6 +143,19 @@ TEST(StepPackage, PackedTrainStepMatchesTheCpuReference) {
   checkStep(PACKED_STEP_DIR);
 }
 
+/// The same steps at a sequence length where attention is the flash
+/// kernels.
+TEST(StepPackage, FlashAttentionTrainStepMatchesTheCpuReference) {
+  checkStep(FLASH_STEP_DIR);
+}
+
+TEST(StepPackage, PackedFlashAttentionTrainStepMatchesTheCpuReference) {
+  std::map<std::string, HostTensor> inputs =
+      readAll(FLASH_PACKED_STEP_DIR "/inputs.safetensors");
+  ASSERT_TRUE(inputs.count("position_ids"));
+  checkStep(FLASH_PACKED_STEP_DIR);
+}
+
 /// The FP8 weight copies that @forward_backward reads are current only
 /// after fp8_weight_copies or @optimizer_step (the memory plan lends them to
 /// activations in between): the Executor refuses other orders.

@@ -110,6 +110,17 @@ AttentionShape attentionShape(Operation *op, int64_t tokens) {
   return a;
 }
 
+/// The flash kernels' view of `a`, with the op's softmax scale.
+FlashShape flashShape(const AttentionShape &a, float scale, bool packed) {
+  FlashShape f;
+  f.batch = a.batch, f.heads = a.heads, f.kvHeads = a.kvHeads;
+  f.seq = a.seq, f.dim = a.dim;
+  f.keyRegion = int64_t(a.keyRegion / 2),
+  f.valueRegion = int64_t(a.valueRegion / 2);
+  f.scale = scale, f.packed = packed;
+  return f;
+}
+
 /// A GEMM batched over the (sequence, KV head) pairs of the head-major
 /// layout: per pair, A has `strideA` elements, B `strideB`, D `strideD`.
 package::Gemm groupGemm(const AttentionShape &a, int64_t m, int64_t n,
@@ -669,8 +680,11 @@ private:
   int hyper = -1, lossStats = -1, gradNorm = -1;
   /// What each rope_attention keeps for its gradient: the head-major buffer
   /// of rotated q, k and v, and the probabilities P (bf16).
+  /// What a rope_attention keeps for its gradient: q, k and v head-major,
+  /// and either P (the GEMM path) or lse and the output (flash attention).
   struct SavedAttention {
-    int headMajor, probabilities;
+    int headMajor, probabilities = -1, lse = -1;
+    Location out;
   };
   /// The saved buffers of each rope_attention, by query value.
   llvm::DenseMap<Value, SavedAttention> savedAttention;
@@ -1121,10 +1135,6 @@ llvm::Error PackageBuilder::lower(Operation &op) {
         "qkv_heads#" + std::to_string(buffers.size()), "activation",
         ElementType::BF16, {tokens * (a.heads + 2 * a.kvHeads) * a.dim}, false);
     int64_t blocks = a.batch * a.heads;
-    int probabilities = newBuffer(
-        "probabilities#" + std::to_string(buffers.size()), "activation",
-        ElementType::BF16, {blocks, a.seq, a.seq}, false);
-    savedAttention[attention.getQuery()] = {headMajor, probabilities};
     int freqs = freqTable(attention.getFrequencies());
     if (auto error = launch(
             ropeHeadsKernel(headsLayout(a, q->ld, a.kvHeads, a.kvHeads,
@@ -1133,6 +1143,33 @@ llvm::Error PackageBuilder::lower(Operation &op) {
             withPositions({*q, whole(headMajor), whole(freqs)}, *positions),
             label + " (rope)"))
       return error;
+    int outHeads = scratch("attention_heads", ElementType::BF16,
+                           {tokens * a.heads * a.dim});
+    if (flashAttentionSupports(a.dim, a.seq, options.ptx.chip)) {
+      // Flash attention: O and lse from one kernel, no S or P in memory.
+      int lse =
+          newBuffer("attention_lse#" + std::to_string(buffers.size()),
+                    "activation", ElementType::F32, {blocks, a.seq}, false);
+      float scale =
+          float(cast<FloatAttr>(op.getAttr("scale")).getValueAsDouble());
+      if (auto error = launch(
+              flashAttentionForwardKernel(
+                  flashShape(a, scale, positions->has_value())),
+              withPositions({whole(headMajor), whole(outHeads), whole(lse)},
+                            *positions),
+              label + " (flash attention)"))
+        return error;
+      Location out = define(attention.getResult(), "attention");
+      savedAttention[attention.getQuery()] = {headMajor, -1, lse, out};
+      return launch(ropeHeadsKernel(headsLayout(a, out.ld, 0, 0),
+                                    HeadsDirection::ToTokens, Rotation::None),
+                    {out, whole(outHeads), whole(freqs)},
+                    label + " (to tokens)");
+    }
+    int probabilities = newBuffer(
+        "probabilities#" + std::to_string(buffers.size()), "activation",
+        ElementType::BF16, {blocks, a.seq, a.seq}, false);
+    savedAttention[attention.getQuery()] = {headMajor, probabilities};
     int scores = scratch("scores", ElementType::F32, {blocks, a.seq, a.seq});
     attentionScores(&op, headMajor, scores, label);
     if (auto error = launch(
@@ -1143,8 +1180,6 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       return error;
     // O[b, group g] = P V[b, g], head-major, then back to token rows.
     int64_t rows = a.group * a.seq;
-    int outHeads = scratch("attention_heads", ElementType::BF16,
-                           {tokens * a.heads * a.dim});
     package::Gemm g = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
                                 a.seq * a.dim, rows * a.dim);
     g.a = operand(whole(probabilities));
@@ -1310,53 +1345,86 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     // The gradients of the rotated q, k and v, head-major like them.
     int gradHeads = scratch("qkv_heads_grad", ElementType::BF16,
                             {tokens * (a.heads + 2 * a.kvHeads) * a.dim});
-    // dP = dO V[b, g]ᵀ (f32).
-    int dProbabilities =
-        scratch("probabilities_grad", ElementType::F32, {blocks, a.seq, a.seq});
-    package::Gemm dP = groupGemm(a, rows, a.seq, a.dim, rows * a.dim,
-                                 a.seq * a.dim, rows * a.seq);
-    dP.transposeB = true;
-    dP.outType = ElementType::F32;
-    dP.a = operand(whole(dOutHeads));
-    dP.b = operand({headMajor, a.valueRegion, a.dim});
-    dP.d = operand(whole(dProbabilities));
-    gemm(dP, label + " (dP)");
-    // dV[b, g] = P[b, group g]ᵀ dO[b, group g] from the forward's P: the
-    // sum over the group's query heads is part of the product.
-    package::Gemm dV = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
-                                 rows * a.dim, a.seq * a.dim);
-    dV.transposeA = true;
-    dV.a = operand(whole(saved.probabilities));
-    dV.b = operand(whole(dOutHeads));
-    dV.d = operand({gradHeads, a.valueRegion, a.dim});
-    gemm(dV, label + " (dV)");
-    // dS = P (dP - rowsum(P dP)) from the saved bf16 P, written over it
-    // once the dV GEMM has read it.
-    if (auto error = launch(
-            attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
-                                           positions->has_value() ? a.heads
-                                                                  : 0),
-            withPositions({whole(saved.probabilities), whole(dProbabilities)},
-                          *positions),
-            label + " (softmax backward)"))
-      return error;
-    // dQ[b, group g] = scale dS K[b, g].
-    package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
-                                 a.seq * a.dim, rows * a.dim);
-    dQ.alpha = scale;
-    dQ.a = operand(whole(saved.probabilities));
-    dQ.b = operand({headMajor, a.keyRegion, a.dim});
-    dQ.d = operand(whole(gradHeads));
-    gemm(dQ, label + " (dQ)");
-    // dK[b, g] = scale dS[b, group g]ᵀ Q[b, group g].
-    package::Gemm dK = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
-                                 rows * a.dim, a.seq * a.dim);
-    dK.transposeA = true;
-    dK.alpha = scale;
-    dK.a = operand(whole(saved.probabilities));
-    dK.b = operand({headMajor, 0, a.dim});
-    dK.d = operand({gradHeads, a.keyRegion, a.dim});
-    gemm(dK, label + " (dK)");
+    if (saved.lse >= 0) {
+      // Flash attention: delta = rowsum(O dO), then dK, dV and dSᵀ from one
+      // kernel; dQ[b, group g] = scale dS K[b, g] from dSᵀ.
+      FlashShape shape = flashShape(a, scale, positions->has_value());
+      Location out = saved.out;
+      touch(out.buffer);
+      int delta = scratch("attention_delta", ElementType::F32, {blocks, a.seq});
+      int64_t width = a.heads * a.dim;
+      if (auto error =
+              launch(attentionRowDotKernel(shape, out.ld ? out.ld : width,
+                                           dOut->ld ? dOut->ld : width),
+                     {out, *dOut, whole(delta)}, label + " (delta)"))
+        return error;
+      int scoresGrad =
+          scratch("scores_grad", ElementType::BF16, {blocks, a.seq, a.seq});
+      if (auto error =
+              launch(flashAttentionBackwardKernel(shape),
+                     withPositions({whole(headMajor), whole(dOutHeads),
+                                    whole(saved.lse), whole(delta),
+                                    whole(gradHeads), whole(scoresGrad)},
+                                   *positions),
+                     label + " (flash attention backward)"))
+        return error;
+      package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
+                                   a.seq * a.dim, rows * a.dim);
+      dQ.transposeA = true;
+      dQ.alpha = scale;
+      dQ.a = operand(whole(scoresGrad));
+      dQ.b = operand({headMajor, a.keyRegion, a.dim});
+      dQ.d = operand(whole(gradHeads));
+      gemm(dQ, label + " (dQ)");
+    } else {
+      // dP = dO V[b, g]ᵀ (f32).
+      int dProbabilities = scratch("probabilities_grad", ElementType::F32,
+                                   {blocks, a.seq, a.seq});
+      package::Gemm dP = groupGemm(a, rows, a.seq, a.dim, rows * a.dim,
+                                   a.seq * a.dim, rows * a.seq);
+      dP.transposeB = true;
+      dP.outType = ElementType::F32;
+      dP.a = operand(whole(dOutHeads));
+      dP.b = operand({headMajor, a.valueRegion, a.dim});
+      dP.d = operand(whole(dProbabilities));
+      gemm(dP, label + " (dP)");
+      // dV[b, g] = P[b, group g]ᵀ dO[b, group g] from the forward's P: the
+      // sum over the group's query heads is part of the product.
+      package::Gemm dV = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
+                                   rows * a.dim, a.seq * a.dim);
+      dV.transposeA = true;
+      dV.a = operand(whole(saved.probabilities));
+      dV.b = operand(whole(dOutHeads));
+      dV.d = operand({gradHeads, a.valueRegion, a.dim});
+      gemm(dV, label + " (dV)");
+      // dS = P (dP - rowsum(P dP)) from the saved bf16 P, written over it
+      // once the dV GEMM has read it.
+      if (auto error = launch(
+              attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
+                                             positions->has_value() ? a.heads
+                                                                    : 0),
+              withPositions({whole(saved.probabilities), whole(dProbabilities)},
+                            *positions),
+              label + " (softmax backward)"))
+        return error;
+      // dQ[b, group g] = scale dS K[b, g].
+      package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
+                                   a.seq * a.dim, rows * a.dim);
+      dQ.alpha = scale;
+      dQ.a = operand(whole(saved.probabilities));
+      dQ.b = operand({headMajor, a.keyRegion, a.dim});
+      dQ.d = operand(whole(gradHeads));
+      gemm(dQ, label + " (dQ)");
+      // dK[b, g] = scale dS[b, group g]ᵀ Q[b, group g].
+      package::Gemm dK = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
+                                   rows * a.dim, a.seq * a.dim);
+      dK.transposeA = true;
+      dK.alpha = scale;
+      dK.a = operand(whole(saved.probabilities));
+      dK.b = operand({headMajor, 0, a.dim});
+      dK.d = operand({gradHeads, a.keyRegion, a.dim});
+      gemm(dK, label + " (dK)");
+    }
     // Back to token rows, rotating the q and k gradients back.
     return launch(
         ropeHeadsKernel(

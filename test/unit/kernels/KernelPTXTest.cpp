@@ -763,4 +763,97 @@ TEST(KernelPTX, RejectsBadShapesAndUnknownTemplates) {
             std::string::npos);
 }
 
+/// Llama 2 7B's attention at batch 2: 32 heads of 128, the q, k and v
+/// regions one after the other.
+FlashShape llama2Attention(int64_t seq, bool packed = false) {
+  FlashShape s;
+  s.batch = 2, s.heads = 32, s.kvHeads = 32, s.seq = seq, s.dim = 128;
+  s.keyRegion = s.batch * seq * s.heads * s.dim;
+  s.valueRegion = 2 * s.keyRegion;
+  s.scale = 0.08838835f;
+  s.packed = packed;
+  return s;
+}
+
+TEST(KernelPTX, FlashAttentionRunsOnTensorCores) {
+  FlashShape shape = llama2Attention(256);
+  auto forward = flashAttentionForwardKernel(shape);
+  auto backward = flashAttentionBackwardKernel(shape);
+  auto delta = attentionRowDotKernel(shape, 4096, 12288);
+  ASSERT_TRUE(forward && backward && delta);
+  // One block of 4 warps per 64-row tile: query tiles of every (sequence,
+  // head) forward, key tiles of every (sequence, KV head) backward.
+  EXPECT_EQ(forward->grid.x, 4u);
+  EXPECT_EQ(forward->grid.y, 64u);
+  EXPECT_EQ(backward->grid.x, 4u);
+  EXPECT_EQ(backward->grid.y, 64u);
+  EXPECT_EQ(forward->block.x, 128u);
+  EXPECT_EQ(backward->block.x, 128u);
+  // Rows of 128 bf16 padded by 16 bytes: two K, V pairs forward; K, V and
+  // two slots of Q, dO and 3 x 64 f32 statistics backward.
+  EXPECT_EQ(forward->sharedBytes, 4u * 64 * 272);
+  EXPECT_EQ(backward->sharedBytes, 6u * 64 * 272 + 2 * 3 * 64 * 4);
+  // Two rows of 128 (16 lanes each) a warp, 8 a block.
+  EXPECT_EQ(delta->grid.x, 2u * 256 * 32 / 8);
+
+  llvm::Expected<std::string> ptx =
+      compileKernels({*forward, *backward, *delta});
+  ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
+  for (const char *instruction :
+       {"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+        "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
+        "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
+        "cp.async.cg.shared.global", "ex2.approx.ftz.f32"})
+    EXPECT_NE(ptx->find(instruction), std::string::npos) << instruction;
+  // bf16 pairs leave in 4-byte stores.
+  EXPECT_EQ(ptx->find("st.global.b16"), std::string::npos);
+  std::string report = assemble(*ptx);
+  // Three forward blocks fit an SM's 64K registers.
+  EXPECT_LE(registersOf(report, forward->name), 168) << report;
+  EXPECT_NE(propertiesOf(report, forward->name).find("0 bytes spill stores"),
+            std::string::npos)
+      << report;
+  // The backward holds dK and dV (128 f32 a thread) beside a tile's S, P,
+  // dP and dS in 255 registers; ptxas spills at most a few words.
+  std::string properties = propertiesOf(report, backward->name);
+  size_t stack = properties.find(" bytes stack frame");
+  ASSERT_NE(stack, std::string::npos) << report;
+  size_t digits = properties.find_last_not_of("0123456789", stack - 1) + 1;
+  EXPECT_LE(std::atoi(properties.c_str() + digits), 16) << report;
+}
+
+TEST(KernelPTX, FlashAttentionNeedsTilesThatFit) {
+  EXPECT_TRUE(flashAttentionSupports(128, 256, "sm_90a"));
+  EXPECT_TRUE(flashAttentionSupports(128, 4096, "sm_80"));
+  EXPECT_TRUE(flashAttentionSupports(64, 256, "sm_86"));
+  // The backward's 105 KiB of shared memory at head_dim 128 is more than a
+  // block of sm_86 or sm_89 has.
+  EXPECT_FALSE(flashAttentionSupports(128, 256, "sm_86"));
+  EXPECT_FALSE(flashAttentionSupports(128, 256, "sm_89"));
+  EXPECT_FALSE(flashAttentionSupports(96, 256, "sm_90a"));
+  EXPECT_FALSE(flashAttentionSupports(128, 100, "sm_90a"));
+
+  auto message = [](llvm::Expected<KernelSpec> spec) {
+    EXPECT_FALSE(bool(spec));
+    return spec ? std::string() : llvm::toString(spec.takeError());
+  };
+  FlashShape shape = llama2Attention(100);
+  EXPECT_NE(message(flashAttentionForwardKernel(shape))
+                .find("flash_attention_fwd kernel: head_dim 128 and seq_len "
+                      "100 need head_dim 16, 32, 64 or 128 and seq_len a "
+                      "multiple of 64"),
+            std::string::npos);
+  shape = llama2Attention(256);
+  shape.kvHeads = 5;
+  EXPECT_NE(message(flashAttentionBackwardKernel(shape)).find("kv heads 5"),
+            std::string::npos);
+  shape = llama2Attention(256);
+  shape.batch = 4096;
+  EXPECT_NE(message(flashAttentionForwardKernel(shape)).find("65535"),
+            std::string::npos);
+  EXPECT_NE(message(attentionRowDotKernel(llama2Attention(256), 4000, 4096))
+                .find("attention_row_dot kernel: row strides 4000 and 4096"),
+            std::string::npos);
+}
+
 } // namespace

@@ -171,6 +171,61 @@ llvm::Expected<KernelSpec>
 attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
                                ScoreType scoreType, int64_t packedHeads = 0);
 
+/// The geometry of fused (flash) causal attention over the head-major
+/// buffer that rope_heads writes: per sequence b, the query heads' rows
+/// ([batch, heads, seq, dim]) from element 0, the key heads' from
+/// `keyRegion` and the value heads' from `valueRegion` ([batch, kvHeads,
+/// seq, dim] each). Query head h reads KV head h / (heads / kvHeads).
+/// `scale` multiplies Q Kᵀ; `packed`: windows from position ids, as in
+/// causalSoftmaxForwardKernel.
+struct FlashShape {
+  int64_t batch = 0, heads = 0, kvHeads = 0, seq = 0, dim = 0;
+  int64_t keyRegion = 0, valueRegion = 0;
+  float scale = 1.0f;
+  bool packed = false;
+};
+
+/// Whether the flash attention kernels take head_dim `dim` and sequence
+/// length `seq`: dim 16, 32, 64 or 128, seq a multiple of 64.
+bool flashAttentionShapeSupported(int64_t dim, int64_t seq);
+
+/// Whether a train step for target `chip` (sm_90a, sm_90, sm_89, sm_86,
+/// sm_80) can use them: the shape is supported and the backward's shared
+/// memory fits one of its blocks (at head_dim 128 not on sm_86 or sm_89).
+bool flashAttentionSupports(int64_t dim, int64_t seq, llvm::StringRef chip);
+
+/// flash_attention_fwd (compiler/lib/Kernels/Attention.cpp says how): for
+/// query row i of head h, O[i] = sum_j softmax_j(scale q_i · k_j) v_j over
+/// the window s <= j <= i, and lse[i] = log2(sum_j 2^(x_j)) with x_j = scale
+/// log2(e) q_i · k_j (its max taken out before the sum): the backward's P is
+/// 2^(x - lse). Args: qkv (bf16, the head-major buffer), O (bf16 [batch,
+/// heads, seq, dim]), lse (f32 [batch, heads, seq]), when packed positions
+/// (i32 [batch seq]). Grid [seq / 64, batch heads], block [128], dynamic
+/// shared memory `sharedBytes` (a 64-row query tile and two 64-row key and
+/// value tiles).
+llvm::Expected<KernelSpec> flashAttentionForwardKernel(const FlashShape &shape);
+
+/// attention_row_dot: delta[b, h, i] = sum_d O[t, h dim + d] dO[t, h dim +
+/// d] (f32) for token t = b seq + i, the D of the softmax backward. Args: O
+/// (bf16 [batch seq, ldOut], the attention's output in token rows), dO (bf16
+/// [batch seq, ldGrad]), delta (f32 [batch, heads, seq]). dim / 8 lanes a
+/// row: grid [batch seq heads / (128 / (dim / 8))], block [128].
+llvm::Expected<KernelSpec> attentionRowDotKernel(const FlashShape &shape,
+                                                 int64_t ldOut, int64_t ldGrad);
+
+/// flash_attention_bwd: per KV head and 64-key block, recomputes P = 2^(x -
+/// lse) tile by tile over the later query tiles of every query head of its
+/// group, and with dP = dO Vᵀ and dS = P (dP - delta): dV = sum Pᵀ dO and
+/// dK = scale sum dSᵀ Q into the gradient buffer's key and value regions
+/// (the query region is not touched), and dSᵀ in bf16 to dS ([batch,
+/// kvHeads, seq keys, heads / kvHeads, seq queries], zeros outside the
+/// windows) for the GEMM dQ = scale dS K. Args: qkv, dO (bf16 [batch, heads,
+/// seq, dim]), lse, delta, the gradient (qkv's layout), dS, when packed
+/// positions. Grid [seq / 64, batch kvHeads], block [128], dynamic shared
+/// memory `sharedBytes`.
+llvm::Expected<KernelSpec>
+flashAttentionBackwardKernel(const FlashShape &shape);
+
 /// count_targets: the number of rows with a target under the shifted loss
 /// (row t: not last in its sequence and labels[t + 1] in [0, vocab)), and
 /// stats = [0, count, n ? 1 / n : 0, 0] with n = count, or with `hostCount`

@@ -1,0 +1,309 @@
+//===- FlashAttentionKernelTest.cpp - Fused causal attention --------------===//
+//
+// flash_attention_fwd, attention_row_dot and flash_attention_bwd on the
+// kFlashCases shapes (MHA, GQA, MQA, packed data rows; head_dim 16 to 128)
+// against a double reference from the same bf16 inputs. Outputs start as
+// 0xFF bytes (NaN), so an element left unwritten fails; the backward's dS
+// must be exact zeros outside the windows (the dQ GEMM reads all of it) and
+// must leave the gradient's query region alone. The backward runs on the
+// forward's lse and the row-dot kernel's delta, as in a train step.
+//
+// Bounds, with u = 2^-8 (bf16) and the reference exact: the kernels round P
+// and dS to bf16 as GEMM operands (u each, relative) and every output to
+// bf16 (u); f32 sums, exp2 and log2 add relative errors near 2^-22, covered
+// by the 5% slack on the rounding terms and the absolute 1e-6 floors.
+//
+//===----------------------------------------------------------------------===//
+
+#include "GpuKernelShapes.h"
+#include "KernelTestUtil.h"
+
+#include <algorithm>
+#include <cmath>
+
+using namespace llamac;
+using namespace llamac::test;
+
+namespace {
+
+/// Everything a case's reference needs, in double from the bf16 inputs.
+struct Problem {
+  FlashCase c;
+  int64_t tokens, group, keyRegion, valueRegion;
+  double scale;
+  std::vector<uint16_t> qkv, dOut; // head-major
+  std::vector<int32_t> positions;  // empty unless packed
+
+  explicit Problem(const FlashCase &c, std::mt19937 &rng)
+      : c(c), tokens(c.batch * c.seq), group(c.heads / c.kvHeads) {
+    keyRegion = tokens * c.heads * c.dim;
+    valueRegion = keyRegion + tokens * c.kvHeads * c.dim;
+    scale = double(float(1.0 / std::sqrt(double(c.dim))));
+    // Queries at twice the keys' spread: scores of standard deviation 2,
+    // peaked enough that the running max changes across key blocks.
+    qkv = randomBF16(valueRegion + tokens * c.kvHeads * c.dim, rng);
+    std::vector<uint16_t> queries = randomBF16(keyRegion, rng, 2.0f);
+    std::copy(queries.begin(), queries.end(), qkv.begin());
+    dOut = randomBF16(tokens * c.heads * c.dim, rng);
+    if (c.packed)
+      // Data rows of seq / 3 + 5, 1, 70 tokens, then the rest, per
+      // sequence: boundaries inside 64-row tiles and a one-token row.
+      for (int64_t b = 0; b < c.batch; ++b) {
+        const int64_t lengths[] = {c.seq / 3 + 5, 1, 70};
+        int64_t used = 0;
+        for (int64_t length : lengths)
+          for (int64_t p = 0; p < length && used < c.seq; ++p, ++used)
+            positions.push_back(int32_t(p));
+        for (int64_t p = 0; used < c.seq; ++p, ++used)
+          positions.push_back(int32_t(p));
+      }
+  }
+
+  double q(int64_t b, int64_t h, int64_t i, int64_t d) const {
+    return bf16(qkv[((b * c.heads + h) * c.seq + i) * c.dim + d]);
+  }
+  double k(int64_t b, int64_t g, int64_t j, int64_t d) const {
+    return bf16(qkv[keyRegion + ((b * c.kvHeads + g) * c.seq + j) * c.dim + d]);
+  }
+  double v(int64_t b, int64_t g, int64_t j, int64_t d) const {
+    return bf16(
+        qkv[valueRegion + ((b * c.kvHeads + g) * c.seq + j) * c.dim + d]);
+  }
+  double dO(int64_t b, int64_t h, int64_t i, int64_t d) const {
+    return bf16(dOut[((b * c.heads + h) * c.seq + i) * c.dim + d]);
+  }
+  int64_t start(int64_t b, int64_t i) const {
+    if (positions.empty())
+      return 0;
+    return i - std::clamp<int64_t>(positions[b * c.seq + i], 0, i);
+  }
+};
+
+/// The reference softmax row of query i of head h: P over the window.
+std::vector<double> probabilities(const Problem &p, int64_t b, int64_t h,
+                                  int64_t i, double *lse2) {
+  int64_t g = h / p.group, first = p.start(b, i);
+  std::vector<double> x(p.c.seq, 0.0), probs(p.c.seq, 0.0);
+  double m = -INFINITY;
+  for (int64_t j = first; j <= i; ++j) {
+    double dot = 0;
+    for (int64_t d = 0; d < p.c.dim; ++d)
+      dot += p.q(b, h, i, d) * p.k(b, g, j, d);
+    x[j] = p.scale * dot;
+    m = std::max(m, x[j]);
+  }
+  double sum = 0;
+  for (int64_t j = first; j <= i; ++j)
+    sum += std::exp(x[j] - m);
+  for (int64_t j = first; j <= i; ++j)
+    probs[j] = std::exp(x[j] - m) / sum;
+  *lse2 = (m + std::log(sum)) / std::log(2.0);
+  return probs;
+}
+
+} // namespace
+
+namespace llamac::test {
+/// Names a case in gtest's messages.
+void PrintTo(const FlashCase &c, std::ostream *os) { *os << c.name; }
+} // namespace llamac::test
+
+namespace {
+
+class FlashAttentionKernelTest : public ::testing::TestWithParam<FlashCase> {};
+
+TEST_P(FlashAttentionKernelTest, MatchesReference) {
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "flash");
+  ASSERT_TRUE(kernels.ok());
+  const FlashCase &c = GetParam();
+  std::mt19937 rng(std::random_device{}());
+  Problem p(c, rng);
+  const int64_t rows = c.batch * c.heads * c.seq, width = c.heads * c.dim;
+  const int64_t ld = width + 8; // token rows of the row-dot kernel
+  const int64_t dsCount = c.batch * c.heads * c.seq * c.seq;
+  const std::string fwd = std::string("fwd_") + c.name,
+                    bwd = std::string("bwd_") + c.name,
+                    dot = std::string("dot_") + c.name;
+
+  DeviceBuffer qkv(device, p.qkv.size() * 2, "qkv");
+  DeviceBuffer out(device, rows * c.dim * 2, "O");
+  DeviceBuffer lse(device, rows * 4, "lse");
+  DeviceBuffer positions(device, std::max<size_t>(p.positions.size(), 1) * 4,
+                         "positions");
+  qkv.upload(p.qkv);
+  out.fill(0xFF);
+  lse.fill(0xFF);
+  auto withPositions = [&](std::vector<CUdeviceptr> args) {
+    if (c.packed) {
+      positions.upload(p.positions);
+      args.push_back(positions.address());
+    }
+    return args;
+  };
+  kernels.run(fwd,
+              withPositions({qkv.address(), out.address(), lse.address()}));
+  std::vector<uint16_t> gotOut = out.download<uint16_t>(rows * c.dim);
+  std::vector<float> gotLse = lse.download<float>(rows);
+
+  // Forward, and the reference P, O and dP kept for the backward.
+  Checker outCheck("O"), lseCheck("lse");
+  std::vector<std::vector<double>> refP(rows);
+  std::vector<double> refOut(rows * c.dim);
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t i = 0; i < c.seq; ++i) {
+        int64_t row = (b * c.heads + h) * c.seq + i, g = h / p.group;
+        double lse2;
+        refP[row] = probabilities(p, b, h, i, &lse2);
+        lseCheck.near(gotLse[row], lse2,
+                      1e-5 * (1 + std::abs(lse2)) + 4 * c.seq * kF32Unit, row);
+        for (int64_t d = 0; d < c.dim; ++d) {
+          double o = 0, spread = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            o += refP[row][j] * p.v(b, g, j, d);
+            spread += refP[row][j] * std::abs(p.v(b, g, j, d));
+          }
+          refOut[row * c.dim + d] = o;
+          outCheck.near(bf16(gotOut[row * c.dim + d]), o,
+                        kBF16Unit * (std::abs(o) + 1.05 * spread) + 1e-6,
+                        row * c.dim + d);
+        }
+      }
+  outCheck.expectExactFraction(0.0);
+  lseCheck.expectExactFraction(0.0);
+
+  // delta from token rows of stride ld (the kernel's O and the dO).
+  std::vector<uint16_t> outRows(c.batch * c.seq * ld, 0),
+      gradRows(c.batch * c.seq * ld, 0);
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t i = 0; i < c.seq; ++i)
+        for (int64_t d = 0; d < c.dim; ++d) {
+          int64_t at = (b * c.seq + i) * ld + h * c.dim + d,
+                  from = ((b * c.heads + h) * c.seq + i) * c.dim + d;
+          outRows[at] = gotOut[from];
+          gradRows[at] = p.dOut[from];
+        }
+  DeviceBuffer outTokens(device, outRows.size() * 2, "O rows");
+  DeviceBuffer gradTokens(device, gradRows.size() * 2, "dO rows");
+  DeviceBuffer delta(device, rows * 4, "delta");
+  outTokens.upload(outRows);
+  gradTokens.upload(gradRows);
+  delta.fill(0xFF);
+  kernels.run(dot,
+              {outTokens.address(), gradTokens.address(), delta.address()});
+  std::vector<float> gotDelta = delta.download<float>(rows);
+  Checker deltaCheck("delta");
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t i = 0; i < c.seq; ++i) {
+        int64_t row = (b * c.heads + h) * c.seq + i;
+        double want = 0, magnitude = 0;
+        for (int64_t d = 0; d < c.dim; ++d) {
+          double term = bf16(gotOut[row * c.dim + d]) * p.dO(b, h, i, d);
+          want += term;
+          magnitude += std::abs(term);
+        }
+        deltaCheck.near(gotDelta[row], want,
+                        (c.dim + 8) * kF32Unit * magnitude + 1e-30, row);
+      }
+  deltaCheck.expectExactFraction(0.0);
+
+  // Backward on the kernels' lse and delta.
+  DeviceBuffer dOut(device, p.dOut.size() * 2, "dO");
+  DeviceBuffer grad(device, p.qkv.size() * 2, "qkv gradient");
+  DeviceBuffer ds(device, dsCount * 2, "dS");
+  dOut.upload(p.dOut);
+  grad.fill(0xFF);
+  ds.fill(0xFF);
+  kernels.run(bwd,
+              withPositions({qkv.address(), dOut.address(), lse.address(),
+                             delta.address(), grad.address(), ds.address()}));
+  std::vector<uint16_t> gotGrad = grad.download<uint16_t>(p.qkv.size());
+  std::vector<uint16_t> gotDs = ds.download<uint16_t>(dsCount);
+
+  // Per query row: the reference dS, and the bound on the kernel's dS
+  // before its bf16 rounding, from delta's error (O was rounded to bf16:
+  // |O' - O| <= u |O| + the forward's bound) and P's (lse's error, 1e-5).
+  std::vector<std::vector<double>> refDs(rows), dsError(rows);
+  Checker dsCheck("dS");
+  int64_t maskedWrong = 0;
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t i = 0; i < c.seq; ++i) {
+        int64_t row = (b * c.heads + h) * c.seq + i, g = h / p.group;
+        int64_t member = h % p.group;
+        std::vector<double> dP(c.seq, 0.0);
+        double d = 0, deltaError = 0;
+        for (int64_t j = p.start(b, i); j <= i; ++j) {
+          for (int64_t e = 0; e < c.dim; ++e)
+            dP[j] += p.dO(b, h, i, e) * p.v(b, g, j, e);
+          d += refP[row][j] * dP[j];
+        }
+        for (int64_t e = 0; e < c.dim; ++e)
+          deltaError += 3 * kBF16Unit * std::abs(refOut[row * c.dim + e]) *
+                        std::abs(p.dO(b, h, i, e));
+        refDs[row].assign(c.seq, 0.0);
+        dsError[row].assign(c.seq, 0.0);
+        for (int64_t j = 0; j < c.seq; ++j) {
+          int64_t at =
+              (((b * c.kvHeads + g) * c.seq + j) * p.group + member) * c.seq +
+              i;
+          double got = bf16(gotDs[at]);
+          if (j < p.start(b, i) || j > i) {
+            maskedWrong += gotDs[at] != 0;
+            continue;
+          }
+          double pj = refP[row][j], want = pj * (dP[j] - d);
+          refDs[row][j] = want;
+          dsError[row][j] =
+              pj * (deltaError + 1e-5 * std::abs(dP[j] - d)) + 1e-30;
+          dsCheck.near(got, want,
+                       kBF16Unit * std::abs(want) + 1.05 * dsError[row][j], at);
+        }
+      }
+  dsCheck.expectExactFraction(0.0);
+  EXPECT_EQ(maskedWrong, 0) << "dS outside the windows not exactly +0";
+
+  // dV[j] = sum_i P[i, j] dO[i] and dK[j] = scale sum_i dS[i, j] q[i] over
+  // the group's query heads.
+  Checker dvCheck("dV"), dkCheck("dK");
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t g = 0; g < c.kvHeads; ++g)
+      for (int64_t j = 0; j < c.seq; ++j)
+        for (int64_t e = 0; e < c.dim; ++e) {
+          double dv = 0, dvSpread = 0, dk = 0, dkSpread = 0;
+          for (int64_t h = g * p.group; h < (g + 1) * p.group; ++h)
+            for (int64_t i = j; i < c.seq; ++i) {
+              int64_t row = (b * c.heads + h) * c.seq + i;
+              dv += refP[row][j] * p.dO(b, h, i, e);
+              dvSpread += refP[row][j] * std::abs(p.dO(b, h, i, e));
+              dk += refDs[row][j] * p.q(b, h, i, e);
+              dkSpread +=
+                  (kBF16Unit * std::abs(refDs[row][j]) + dsError[row][j]) *
+                  std::abs(p.q(b, h, i, e));
+            }
+          dk *= p.scale;
+          int64_t at = ((b * c.kvHeads + g) * c.seq + j) * c.dim + e;
+          dvCheck.near(bf16(gotGrad[p.valueRegion + at]), dv,
+                       kBF16Unit * (std::abs(dv) + 1.05 * dvSpread) + 1e-6, at);
+          dkCheck.near(
+              bf16(gotGrad[p.keyRegion + at]), dk,
+              kBF16Unit * std::abs(dk) + 1.05 * p.scale * dkSpread + 1e-6, at);
+        }
+  dvCheck.expectExactFraction(0.0);
+  dkCheck.expectExactFraction(0.0);
+  int64_t queryTouched = 0;
+  for (int64_t i = 0; i < p.keyRegion; ++i)
+    queryTouched += gotGrad[i] != 0xFFFF;
+  EXPECT_EQ(queryTouched, 0) << "the query region was written";
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, FlashAttentionKernelTest,
+                         ::testing::ValuesIn(kFlashCases),
+                         [](const ::testing::TestParamInfo<FlashCase> &info) {
+                           return std::string(info.param.name);
+                         });
+
+} // namespace
