@@ -5,8 +5,11 @@
 // against a double reference from the same bf16 inputs. Outputs start as
 // 0xFF bytes (NaN), so an element left unwritten fails; the backward's dS
 // must be exact zeros outside the windows (the dQ GEMM reads all of it) and
-// must leave the gradient's query region alone. The backward runs on the
-// forward's lse and the row-dot kernel's delta, as in a train step.
+// must leave the gradient's query region alone. O and dO are token rows
+// wider than the heads, as a step's fused projections are: O's extra
+// columns must stay unwritten, dO's are NaN and must not be read. The
+// backward runs on the forward's lse and the row-dot kernel's delta, as in
+// a train step.
 //
 // Bounds, with u = 2^-8 (bf16) and the reference exact: the kernels round P
 // and dS to bf16 as GEMM operands (u each, relative) and every output to
@@ -120,14 +123,20 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
   std::mt19937 rng(std::random_device{}());
   Problem p(c, rng);
   const int64_t rows = c.batch * c.heads * c.seq, width = c.heads * c.dim;
-  const int64_t ld = width + 8; // token rows of the row-dot kernel
+  // O and dO are token rows with columns past the heads that no kernel may
+  // touch.
+  const int64_t ldOut = width + kFlashOutPad, ldGrad = width + kFlashGradPad;
+  const int64_t tokens = c.batch * c.seq;
+  auto tokenRow = [&](int64_t ld, int64_t b, int64_t h, int64_t i) {
+    return (b * c.seq + i) * ld + h * c.dim;
+  };
   const int64_t dsCount = c.batch * c.heads * c.seq * c.seq;
   const std::string fwd = std::string("fwd_") + c.name,
                     bwd = std::string("bwd_") + c.name,
                     dot = std::string("dot_") + c.name;
 
   DeviceBuffer qkv(device, p.qkv.size() * 2, "qkv");
-  DeviceBuffer out(device, rows * c.dim * 2, "O");
+  DeviceBuffer out(device, tokens * ldOut * 2, "O rows");
   DeviceBuffer lse(device, rows * 4, "lse");
   DeviceBuffer positions(device, std::max<size_t>(p.positions.size(), 1) * 4,
                          "positions");
@@ -143,7 +152,20 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
   };
   kernels.run(fwd,
               withPositions({qkv.address(), out.address(), lse.address()}));
-  std::vector<uint16_t> gotOut = out.download<uint16_t>(rows * c.dim);
+  // The kernel's O, head-major ([batch, heads, seq, dim]) for the checks.
+  std::vector<uint16_t> outRows = out.download<uint16_t>(tokens * ldOut);
+  std::vector<uint16_t> gotOut(rows * c.dim);
+  int64_t padWritten = 0;
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t col = width; col < ldOut; ++col)
+      padWritten += outRows[t * ldOut + col] != 0xFFFF;
+  EXPECT_EQ(padWritten, 0) << "O written past the heads";
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t i = 0; i < c.seq; ++i)
+        for (int64_t d = 0; d < c.dim; ++d)
+          gotOut[((b * c.heads + h) * c.seq + i) * c.dim + d] =
+              outRows[tokenRow(ldOut, b, h, i) + d];
   std::vector<float> gotLse = lse.download<float>(rows);
 
   // Forward, and the reference P, O and dP kept for the backward.
@@ -173,26 +195,20 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
   outCheck.expectExactFraction(0.0);
   lseCheck.expectExactFraction(0.0);
 
-  // delta from token rows of stride ld (the kernel's O and the dO).
-  std::vector<uint16_t> outRows(c.batch * c.seq * ld, 0),
-      gradRows(c.batch * c.seq * ld, 0);
+  // delta from the kernel's O and dO, both token rows; dO's columns past
+  // the heads are NaN.
+  std::vector<uint16_t> gradRows(tokens * ldGrad, 0xFFFF);
   for (int64_t b = 0; b < c.batch; ++b)
     for (int64_t h = 0; h < c.heads; ++h)
       for (int64_t i = 0; i < c.seq; ++i)
-        for (int64_t d = 0; d < c.dim; ++d) {
-          int64_t at = (b * c.seq + i) * ld + h * c.dim + d,
-                  from = ((b * c.heads + h) * c.seq + i) * c.dim + d;
-          outRows[at] = gotOut[from];
-          gradRows[at] = p.dOut[from];
-        }
-  DeviceBuffer outTokens(device, outRows.size() * 2, "O rows");
-  DeviceBuffer gradTokens(device, gradRows.size() * 2, "dO rows");
+        for (int64_t d = 0; d < c.dim; ++d)
+          gradRows[tokenRow(ldGrad, b, h, i) + d] =
+              p.dOut[((b * c.heads + h) * c.seq + i) * c.dim + d];
+  DeviceBuffer dOut(device, gradRows.size() * 2, "dO rows");
   DeviceBuffer delta(device, rows * 4, "delta");
-  outTokens.upload(outRows);
-  gradTokens.upload(gradRows);
+  dOut.upload(gradRows);
   delta.fill(0xFF);
-  kernels.run(dot,
-              {outTokens.address(), gradTokens.address(), delta.address()});
+  kernels.run(dot, {out.address(), dOut.address(), delta.address()});
   std::vector<float> gotDelta = delta.download<float>(rows);
   Checker deltaCheck("delta");
   for (int64_t b = 0; b < c.batch; ++b)
@@ -211,10 +227,8 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
   deltaCheck.expectExactFraction(0.0);
 
   // Backward on the kernels' lse and delta.
-  DeviceBuffer dOut(device, p.dOut.size() * 2, "dO");
   DeviceBuffer grad(device, p.qkv.size() * 2, "qkv gradient");
   DeviceBuffer ds(device, dsCount * 2, "dS");
-  dOut.upload(p.dOut);
   grad.fill(0xFF);
   ds.fill(0xFF);
   kernels.run(bwd,

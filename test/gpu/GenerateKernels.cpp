@@ -117,7 +117,8 @@ Group softmaxGroup() {
 }
 
 /// The shape of flash case `c` (FlashAttentionKernelTest): q, k and v
-/// regions packed one after the other, softmax scale 1 / sqrt(dim).
+/// regions packed one after the other, softmax scale 1 / sqrt(dim), O and dO
+/// in token rows of kFlashOutPad and kFlashGradPad elements past the heads.
 FlashShape flashShape(const FlashCase &c) {
   FlashShape s;
   s.batch = c.batch, s.heads = c.heads, s.kvHeads = c.kvHeads, s.seq = c.seq;
@@ -125,24 +126,23 @@ FlashShape flashShape(const FlashCase &c) {
   int64_t tokens = c.batch * c.seq;
   s.keyRegion = tokens * c.heads * c.dim;
   s.valueRegion = s.keyRegion + tokens * c.kvHeads * c.dim;
+  s.outStride = c.heads * c.dim + kFlashOutPad;
+  s.gradStride = c.heads * c.dim + kFlashGradPad;
   s.scale = float(1.0 / std::sqrt(double(c.dim)));
   return s;
 }
 
 /// FlashAttentionKernelTest's kernels: per case the forward (`fwd_`), the
-/// backward (`bwd_`) and delta from token rows of stride heads * dim + 8
-/// (`dot_`).
+/// backward (`bwd_`) and delta (`dot_`).
 Group flashGroup() {
   Group g;
   for (const FlashCase &c : kFlashCases) {
     FlashShape s = flashShape(c);
-    int64_t ld = c.heads * c.dim + 8;
     g.emplace_back(std::string("fwd_") + c.name,
                    flashAttentionForwardKernel(s));
     g.emplace_back(std::string("bwd_") + c.name,
                    flashAttentionBackwardKernel(s));
-    g.emplace_back(std::string("dot_") + c.name,
-                   attentionRowDotKernel(s, ld, ld));
+    g.emplace_back(std::string("dot_") + c.name, attentionRowDotKernel(s));
   }
   return g;
 }

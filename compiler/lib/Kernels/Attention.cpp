@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 using namespace llamac;
@@ -262,15 +263,25 @@ private:
 
 std::string str(int64_t value) { return std::to_string(value); }
 
+std::string memrefType(int64_t elements, const char *type) {
+  return "memref<" + str(elements) + "x" + type + ">";
+}
+
 llvm::Error attentionError(llvm::StringRef kernel, const llvm::Twine &message) {
   return llvm::createStringError(llvm::Twine(kernel) + " kernel: " + message);
 }
 
+/// Which of O and dO a kernel reads or writes.
+struct Rows {
+  bool out, grad;
+};
+
 /// The shapes a fused attention kernel supports: `dim` 16, 32, 64 or 128
 /// (a power of two so that a row's chunks split evenly among lanes; at most
-/// 128 so that a warp's accumulators fit its registers) and `seq` a multiple
-/// of the 64-row tile.
-llvm::Error checkShape(llvm::StringRef kernel, const FlashShape &s) {
+/// 128 so that a warp's accumulators fit its registers), `seq` a multiple
+/// of the 64-row tile, and row strides of the token rows it uses that hold
+/// the heads in whole 16-byte chunks.
+llvm::Error checkShape(llvm::StringRef kernel, const FlashShape &s, Rows rows) {
   if (!flashAttentionShapeSupported(s.dim, s.seq))
     return attentionError(kernel, "head_dim " + str(s.dim) + " and seq_len " +
                                       str(s.seq) +
@@ -280,6 +291,15 @@ llvm::Error checkShape(llvm::StringRef kernel, const FlashShape &s) {
     return attentionError(kernel, "batch " + str(s.batch) + ", heads " +
                                       str(s.heads) + " over kv heads " +
                                       str(s.kvHeads) + " are not valid");
+  int64_t width = s.heads * s.dim;
+  for (auto [used, stride, what] : {std::tuple(rows.out, s.outStride, "O"),
+                                    std::tuple(rows.grad, s.gradStride, "dO")})
+    if (used && (stride < width || stride % 8))
+      return attentionError(kernel, llvm::Twine(what) + " row stride " +
+                                        str(stride) +
+                                        " must be a multiple of 8 of at "
+                                        "least " +
+                                        str(width));
   // The grid's y dimension counts (sequence, head) pairs.
   if (s.batch * s.heads > 65535)
     return attentionError(kernel, "batch * heads " + str(s.batch * s.heads) +
@@ -288,7 +308,7 @@ llvm::Error checkShape(llvm::StringRef kernel, const FlashShape &s) {
 }
 
 /// The suffix of a kernel's name that says everything its code depends on.
-std::string shapeName(const FlashShape &s) {
+std::string shapeName(const FlashShape &s, Rows rows) {
   float scale = s.scale;
   uint32_t bits;
   std::memcpy(&bits, &scale, sizeof(bits));
@@ -296,7 +316,9 @@ std::string shapeName(const FlashShape &s) {
   std::snprintf(hex, sizeof(hex), "%08X", bits);
   return "_b" + str(s.batch) + "_h" + str(s.heads) + "_kv" + str(s.kvHeads) +
          "_s" + str(s.seq) + "_d" + str(s.dim) + "_x" + hex +
-         (s.packed ? "_packed" : "");
+         (s.packed ? "_packed" : "") +
+         (rows.out ? "_o" + str(s.outStride) : "") +
+         (rows.grad ? "_g" + str(s.gradStride) : "");
 }
 
 /// Tile geometry shared by both kernels.
@@ -317,12 +339,12 @@ struct Lanes {
   /// fragment of rows 0..15 (and for a transposed B of 16 rows by 16
   /// columns), `rowsB` for two B fragments of rows 0..15 untransposed.
   std::string rowsA, rowsB;
-  /// Offsets of this thread's 16-byte chunks in a tile's cp.async: shared
-  /// (i32) and, for a source of row stride dim elements, global (i64).
-  std::string copyShared, copyGlobal;
+  /// This thread's first 16-byte chunk of a tile's cp.async: its row and
+  /// chunk in the row (index), and its offset in shared memory (i32).
+  std::string copyRow, copyChunk, copyShared;
 };
 
-Lanes lanes(Body &b, const Geometry &geo, int64_t dim) {
+Lanes lanes(Body &b, const Geometry &geo) {
   Lanes l;
   l.tid = b.let("tid", "gpu.thread_id x");
   l.warp = b.div(l.tid, b.index(32));
@@ -338,12 +360,10 @@ Lanes lanes(Body &b, const Geometry &geo, int64_t dim) {
   std::string colB = b.rem(b.div(l.lane, b.index(8)), b.index(2));
   l.rowsB = b.toI32(
       b.add(b.mul(rowB, b.index(geo.rowBytes)), b.mul(colB, b.index(16))));
-  std::string copyRow = b.div(l.tid, b.index(geo.chunks));
-  std::string copyChunk = b.rem(l.tid, b.index(geo.chunks));
-  l.copyShared = b.toI32(b.add(b.mul(copyRow, b.index(geo.rowBytes)),
-                               b.mul(copyChunk, b.index(16))));
-  l.copyGlobal = b.toI64(
-      b.add(b.mul(copyRow, b.index(dim * 2)), b.mul(copyChunk, b.index(16))));
+  l.copyRow = b.div(l.tid, b.index(geo.chunks));
+  l.copyChunk = b.rem(l.tid, b.index(geo.chunks));
+  l.copyShared = b.toI32(b.add(b.mul(l.copyRow, b.index(geo.rowBytes)),
+                               b.mul(l.copyChunk, b.index(16))));
   return l;
 }
 
@@ -356,18 +376,37 @@ std::string rowBytes(Body &b, int64_t region, const std::string &row,
 }
 
 /// cp.async of a 64 x dim bf16 tile whose first row is `src` + `srcBytes`
-/// (i64; rows dim elements apart) into shared `dst` + `dstBytes` (i32).
-void copyTile(Body &b, const Geometry &geo, const Lanes &l, int64_t dim,
+/// (i64; rows `stride` elements apart) into shared `dst` + `dstBytes` (i32).
+void copyTile(Body &b, const Geometry &geo, const Lanes &l, int64_t stride,
               const std::string &dst, const std::string &dstBytes,
               const std::string &src, const std::string &srcBytes) {
   std::string d0 = b.add(dstBytes, l.copyShared, "i32");
-  std::string s0 = b.add(srcBytes, l.copyGlobal, "i64");
+  std::string s0 = b.add(srcBytes,
+                         b.toI64(b.add(b.mul(l.copyRow, b.index(stride * 2)),
+                                       b.mul(l.copyChunk, b.index(16)))),
+                         "i64");
   int64_t rowsPerPass = kThreads / geo.chunks;
   for (int64_t pass = 0; pass < kTile / rowsPerPass; ++pass) {
     std::string d = b.add(d0, b.i32(pass * rowsPerPass * geo.rowBytes), "i32");
-    std::string s = b.add(s0, b.i64(pass * rowsPerPass * dim * 2), "i64");
+    std::string s = b.add(s0, b.i64(pass * rowsPerPass * stride * 2), "i64");
     b.copy16(dst, d, src, s);
   }
+}
+
+/// The memref type of O or dO: token rows of `stride` elements, the last
+/// one only as long as the heads.
+std::string rowsType(const FlashShape &s, int64_t stride) {
+  return memrefType((s.batch * s.seq - 1) * stride + s.heads * s.dim, "bf16");
+}
+
+/// The element offset in O or dO (token rows of `stride`) of query position
+/// `q` of head `head` of sequence `sequence` (all index).
+std::string rowStart(Body &b, const FlashShape &s, int64_t stride,
+                     const std::string &sequence, const std::string &head,
+                     const std::string &q) {
+  return b.add(
+      b.mul(b.add(b.mul(sequence, b.index(s.seq)), q), b.index(stride)),
+      b.mul(head, b.index(s.dim)));
 }
 
 /// acc[first + i] += W X on tensor cores, for W 16 rows by 64 columns held
@@ -448,21 +487,16 @@ std::string windowStart(Body &b, const FlashShape &s, const std::string &q,
   return b.let("w", "arith.subi " + q + ", " + back + " : index");
 }
 
-std::string memrefType(int64_t elements, const char *type) {
-  return "memref<" + str(elements) + "x" + type + ">";
-}
-
 /// What both flash kernels derive from their shape: counts and the memref
-/// types of the head-major buffer, of per-head rows ([batch, heads, seq,
-/// dim]), of per-row statistics and of the positions.
+/// types of the head-major buffer, of per-row statistics and of the
+/// positions.
 struct Sizes {
   int64_t tokens, group, queryBlocks;
-  std::string qkvType, headsType, rowType, posType;
+  std::string qkvType, rowType, posType;
   explicit Sizes(const FlashShape &s)
       : tokens(s.batch * s.seq), group(s.heads / s.kvHeads),
         queryBlocks(s.seq / kTile),
         qkvType(memrefType(tokens * (s.heads + 2 * s.kvHeads) * s.dim, "bf16")),
-        headsType(memrefType(tokens * s.heads * s.dim, "bf16")),
         rowType(memrefType(s.batch * s.heads * s.seq, "f32")),
         posType(memrefType(tokens, "i32")) {}
 };
@@ -513,19 +547,20 @@ bool llamac::flashAttentionSupports(int64_t dim, int64_t seq,
 llvm::Expected<KernelSpec>
 llamac::flashAttentionForwardKernel(const FlashShape &s) {
   const char *kernel = "flash_attention_fwd";
-  if (llvm::Error error = checkShape(kernel, s))
+  if (llvm::Error error = checkShape(kernel, s, {true, false}))
     return std::move(error);
   Geometry geo(s.dim);
   Sizes z(s);
   int64_t group = z.group, queryBlocks = z.queryBlocks;
-  const std::string &qkvType = z.qkvType, &outType = z.headsType,
-                    &lseType = z.rowType, &posType = z.posType;
+  const std::string &qkvType = z.qkvType, &lseType = z.rowType,
+                    &posType = z.posType;
+  std::string outType = rowsType(s, s.outStride);
   std::string signature = "%qkv: " + qkvType + ", %out: " + outType +
                           ", %lse: " + lseType +
                           (s.packed ? ", %positions: " + posType : "");
 
   Body b;
-  Lanes l = lanes(b, geo, s.dim);
+  Lanes l = lanes(b, geo);
   std::string smem = b.sharedBase();
   std::string qkv = b.globalPointer("%qkv", qkvType);
   // Block (x, y): query block nq - 1 - x (the longest rows start first) of
@@ -698,31 +733,33 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
     b.line("scf.if " + b.cmp("eq", l.pair, b.index(0)) + " {");
     b.line("memref.store " + lse + ", %lse[" + row + "] : " + lseType);
     b.line("}");
-    std::string rowStart =
-        b.add(b.mul(row, b.index(s.dim)), b.mul(l.pair, b.index(2)));
+    std::string first = b.add(rowStart(b, s, s.outStride, seqIndex,
+                                       b.rem(bh, b.index(s.heads)), q[half]),
+                              b.mul(l.pair, b.index(2)));
     for (int64_t nt = 0; nt < outTiles; ++nt) {
       std::string v = b.pair(b.fmul(r[nt * 4 + 2 * half], inverse[half]),
                              b.fmul(r[nt * 4 + 2 * half + 1], inverse[half]));
-      b.storePair(v, "%out", b.add(rowStart, b.index(8 * nt)), outType);
+      b.storePair(v, "%out", b.add(first, b.index(8 * nt)), outType);
     }
   }
   LaunchDims grid;
   grid.x = unsigned(queryBlocks);
   grid.y = unsigned(s.batch * s.heads);
-  return finish(kernel + shapeName(s), signature, b, grid,
+  return finish(kernel + shapeName(s, {true, false}), signature, b, grid,
                 unsigned(2 * pairBytes));
 }
 
 llvm::Expected<KernelSpec>
 llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   const char *kernel = "flash_attention_bwd";
-  if (llvm::Error error = checkShape(kernel, s))
+  if (llvm::Error error = checkShape(kernel, s, {false, true}))
     return std::move(error);
   Geometry geo(s.dim);
   Sizes z(s);
   int64_t group = z.group, queryBlocks = z.queryBlocks;
-  const std::string &qkvType = z.qkvType, &headsType = z.headsType,
-                    &rowType = z.rowType, &posType = z.posType;
+  const std::string &qkvType = z.qkvType, &rowType = z.rowType,
+                    &posType = z.posType;
+  std::string headsType = rowsType(s, s.gradStride);
   std::string dsType = memrefType(s.batch * s.heads * s.seq * s.seq, "bf16");
   std::string signature = "%qkv: " + qkvType + ", %dout: " + headsType +
                           ", %lse: " + rowType + ", %delta: " + rowType +
@@ -730,7 +767,7 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
                           (s.packed ? ", %positions: " + posType : "");
 
   Body b;
-  Lanes l = lanes(b, geo, s.dim);
+  Lanes l = lanes(b, geo);
   std::string smem = b.sharedBase();
   std::string qkv = b.globalPointer("%qkv", qkvType);
   std::string dout = b.globalPointer("%dout", headsType);
@@ -763,14 +800,14 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
       b.let("n", "arith.subi " + b.index(queryBlocks) + ", " + kb + " : index");
   std::string count = b.mul(tiles, b.index(group));
   struct Tile {
-    std::string member, qb, row, slot;
+    std::string member, qb, head, row, slot;
   };
   auto tileAt = [&](const std::string &t) {
     Tile tile;
     tile.member = b.div(t, tiles);
     tile.qb = b.add(kb, b.rem(t, tiles));
-    std::string bh = b.add(b.mul(seqIndex, b.index(s.heads)),
-                           b.add(b.mul(kvHead, b.index(group)), tile.member));
+    tile.head = b.add(b.mul(kvHead, b.index(group)), tile.member);
+    std::string bh = b.add(b.mul(seqIndex, b.index(s.heads)), tile.head);
     tile.row = b.add(b.mul(bh, b.index(s.seq)), b.mul(tile.qb, b.index(kTile)));
     tile.slot = b.add(
         b.i32(slotsAt),
@@ -780,9 +817,11 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   auto loadTile = [&](const std::string &t) {
     Tile tile = tileAt(t);
     copyTile(b, geo, l, s.dim, smem, tile.slot, qkv, bytes(0, tile.row));
-    copyTile(b, geo, l, s.dim, smem,
+    std::string gradFirst = rowStart(b, s, s.gradStride, seqIndex, tile.head,
+                                     b.mul(tile.qb, b.index(kTile)));
+    copyTile(b, geo, l, s.gradStride, smem,
              b.add(tile.slot, b.i32(geo.tileBytes), "i32"), dout,
-             bytes(0, tile.row));
+             b.toI64(b.mul(gradFirst, b.index(2))));
     // Lanes 0..15 copy lse, 16..31 delta, 32..47 positions: 16 bytes each.
     std::string chunk = b.rem(l.tid, b.index(16));
     std::string part = b.div(l.tid, b.index(16));
@@ -997,25 +1036,19 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   LaunchDims grid;
   grid.x = unsigned(queryBlocks);
   grid.y = unsigned(s.batch * s.kvHeads);
-  return finish(kernel + shapeName(s), signature, b, grid,
+  return finish(kernel + shapeName(s, {false, true}), signature, b, grid,
                 unsigned(backwardSharedBytes(s.dim)));
 }
 
-llvm::Expected<KernelSpec> llamac::attentionRowDotKernel(const FlashShape &s,
-                                                         int64_t ldOut,
-                                                         int64_t ldGrad) {
+llvm::Expected<KernelSpec> llamac::attentionRowDotKernel(const FlashShape &s) {
   const char *kernel = "attention_row_dot";
-  if (llvm::Error error = checkShape(kernel, s))
+  if (llvm::Error error = checkShape(kernel, s, {true, true}))
     return std::move(error);
-  int64_t width = s.heads * s.dim;
-  if (ldOut < width || ldGrad < width || ldOut % 8 || ldGrad % 8)
-    return attentionError(
-        kernel, "row strides " + str(ldOut) + " and " + str(ldGrad) +
-                    " must be multiples of 8 of at least " + str(width));
+  int64_t ldOut = s.outStride, ldGrad = s.gradStride;
   int64_t tokens = s.batch * s.seq, rows = tokens * s.heads;
   int64_t lanesPerRow = s.dim / 8, rowsPerBlock = kThreads / lanesPerRow;
-  std::string outType = memrefType(tokens * ldOut, "bf16");
-  std::string gradType = memrefType(tokens * ldGrad, "bf16");
+  std::string outType = rowsType(s, ldOut);
+  std::string gradType = rowsType(s, ldGrad);
   std::string deltaType = memrefType(rows, "f32");
   std::string signature =
       "%o: " + outType + ", %dout: " + gradType + ", %delta: " + deltaType;
@@ -1071,6 +1104,5 @@ llvm::Expected<KernelSpec> llamac::attentionRowDotKernel(const FlashShape &s,
   b.line("}");
   LaunchDims grid;
   grid.x = unsigned((rows + rowsPerBlock - 1) / rowsPerBlock);
-  return finish(kernel + shapeName(s) + "_ld" + str(ldOut) + "_" + str(ldGrad),
-                signature, b, grid, 0);
+  return finish(kernel + shapeName(s, {true, true}), signature, b, grid, 0);
 }

@@ -1143,28 +1143,22 @@ llvm::Error PackageBuilder::lower(Operation &op) {
             withPositions({*q, whole(headMajor), whole(freqs)}, *positions),
             label + " (rope)"))
       return error;
-    int outHeads = scratch("attention_heads", ElementType::BF16,
-                           {tokens * a.heads * a.dim});
     if (flashAttentionSupports(a.dim, a.seq, options.ptx.chip)) {
-      // Flash attention: O and lse from one kernel, no S or P in memory.
+      // Flash attention: O, in token rows, and lse from one kernel; no S or
+      // P in memory.
       int lse =
           newBuffer("attention_lse#" + std::to_string(buffers.size()),
                     "activation", ElementType::F32, {blocks, a.seq}, false);
-      float scale =
-          float(cast<FloatAttr>(op.getAttr("scale")).getValueAsDouble());
-      if (auto error = launch(
-              flashAttentionForwardKernel(
-                  flashShape(a, scale, positions->has_value())),
-              withPositions({whole(headMajor), whole(outHeads), whole(lse)},
-                            *positions),
-              label + " (flash attention)"))
-        return error;
       Location out = define(attention.getResult(), "attention");
+      FlashShape shape =
+          flashShape(a, float(attention.getScale().convertToDouble()),
+                     positions->has_value());
+      shape.outStride = out.ld ? out.ld : a.heads * a.dim;
       savedAttention[attention.getQuery()] = {headMajor, -1, lse, out};
-      return launch(ropeHeadsKernel(headsLayout(a, out.ld, 0, 0),
-                                    HeadsDirection::ToTokens, Rotation::None),
-                    {out, whole(outHeads), whole(freqs)},
-                    label + " (to tokens)");
+      return launch(
+          flashAttentionForwardKernel(shape),
+          withPositions({whole(headMajor), out, whole(lse)}, *positions),
+          label + " (flash attention)");
     }
     int probabilities = newBuffer(
         "probabilities#" + std::to_string(buffers.size()), "activation",
@@ -1180,6 +1174,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       return error;
     // O[b, group g] = P V[b, g], head-major, then back to token rows.
     int64_t rows = a.group * a.seq;
+    int outHeads = scratch("attention_heads", ElementType::BF16,
+                           {tokens * a.heads * a.dim});
     package::Gemm g = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
                                 a.seq * a.dim, rows * a.dim);
     g.a = operand(whole(probabilities));
@@ -1334,39 +1330,31 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       return error;
     int64_t blocks = a.batch * a.heads, rows = a.group * a.seq;
     int freqs = freqTable(grad.getFrequencies());
-    int dOutHeads = scratch("attention_heads_grad", ElementType::BF16,
-                            {tokens * a.heads * a.dim});
-    if (auto error =
-            launch(ropeHeadsKernel(headsLayout(a, dOut->ld, 0, 0),
-                                   HeadsDirection::ToHeads, Rotation::None),
-                   {*dOut, whole(dOutHeads), whole(freqs)},
-                   label + " (gradient to heads)"))
-      return error;
     // The gradients of the rotated q, k and v, head-major like them.
     int gradHeads = scratch("qkv_heads_grad", ElementType::BF16,
                             {tokens * (a.heads + 2 * a.kvHeads) * a.dim});
     if (saved.lse >= 0) {
-      // Flash attention: delta = rowsum(O dO), then dK, dV and dSᵀ from one
-      // kernel; dQ[b, group g] = scale dS K[b, g] from dSᵀ.
+      // Flash attention, from O and dO in token rows: delta = rowsum(O dO),
+      // then dK, dV and dSᵀ from one kernel; dQ[b, group g] = scale dS K[b,
+      // g] from dSᵀ.
       FlashShape shape = flashShape(a, scale, positions->has_value());
       Location out = saved.out;
       touch(out.buffer);
-      int delta = scratch("attention_delta", ElementType::F32, {blocks, a.seq});
       int64_t width = a.heads * a.dim;
-      if (auto error =
-              launch(attentionRowDotKernel(shape, out.ld ? out.ld : width,
-                                           dOut->ld ? dOut->ld : width),
-                     {out, *dOut, whole(delta)}, label + " (delta)"))
+      shape.outStride = out.ld ? out.ld : width;
+      shape.gradStride = dOut->ld ? dOut->ld : width;
+      int delta = scratch("attention_delta", ElementType::F32, {blocks, a.seq});
+      if (auto error = launch(attentionRowDotKernel(shape),
+                              {out, *dOut, whole(delta)}, label + " (delta)"))
         return error;
       int scoresGrad =
           scratch("scores_grad", ElementType::BF16, {blocks, a.seq, a.seq});
-      if (auto error =
-              launch(flashAttentionBackwardKernel(shape),
-                     withPositions({whole(headMajor), whole(dOutHeads),
-                                    whole(saved.lse), whole(delta),
-                                    whole(gradHeads), whole(scoresGrad)},
-                                   *positions),
-                     label + " (flash attention backward)"))
+      if (auto error = launch(
+              flashAttentionBackwardKernel(shape),
+              withPositions({whole(headMajor), *dOut, whole(saved.lse),
+                             whole(delta), whole(gradHeads), whole(scoresGrad)},
+                            *positions),
+              label + " (flash attention backward)"))
         return error;
       package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
                                    a.seq * a.dim, rows * a.dim);
@@ -1377,6 +1365,14 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       dQ.d = operand(whole(gradHeads));
       gemm(dQ, label + " (dQ)");
     } else {
+      int dOutHeads = scratch("attention_heads_grad", ElementType::BF16,
+                              {tokens * a.heads * a.dim});
+      if (auto error =
+              launch(ropeHeadsKernel(headsLayout(a, dOut->ld, 0, 0),
+                                     HeadsDirection::ToHeads, Rotation::None),
+                     {*dOut, whole(dOutHeads), whole(freqs)},
+                     label + " (gradient to heads)"))
+        return error;
       // dP = dO V[b, g]ᵀ (f32).
       int dProbabilities = scratch("probabilities_grad", ElementType::F32,
                                    {blocks, a.seq, a.seq});

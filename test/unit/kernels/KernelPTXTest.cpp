@@ -772,6 +772,8 @@ FlashShape llama2Attention(int64_t seq, bool packed = false) {
   s.valueRegion = 2 * s.keyRegion;
   s.scale = 0.08838835f;
   s.packed = packed;
+  // O alone; dO a slice of the gradient of the fused q, k, v projection.
+  s.outStride = 4096, s.gradStride = 12288;
   return s;
 }
 
@@ -779,7 +781,7 @@ TEST(KernelPTX, FlashAttentionRunsOnTensorCores) {
   FlashShape shape = llama2Attention(256);
   auto forward = flashAttentionForwardKernel(shape);
   auto backward = flashAttentionBackwardKernel(shape);
-  auto delta = attentionRowDotKernel(shape, 4096, 12288);
+  auto delta = attentionRowDotKernel(shape);
   ASSERT_TRUE(forward && backward && delta);
   // One block of 4 warps per 64-row tile: query tiles of every (sequence,
   // head) forward, key tiles of every (sequence, KV head) backward.
@@ -851,9 +853,19 @@ TEST(KernelPTX, FlashAttentionNeedsTilesThatFit) {
   shape.batch = 4096;
   EXPECT_NE(message(flashAttentionForwardKernel(shape)).find("65535"),
             std::string::npos);
-  EXPECT_NE(message(attentionRowDotKernel(llama2Attention(256), 4000, 4096))
-                .find("attention_row_dot kernel: row strides 4000 and 4096"),
+  shape = llama2Attention(256);
+  shape.outStride = 4000;
+  EXPECT_NE(message(attentionRowDotKernel(shape))
+                .find("attention_row_dot kernel: O row stride 4000 must be a "
+                      "multiple of 8 of at least 4096"),
             std::string::npos);
+  // The backward reads no O, the forward no dO.
+  EXPECT_TRUE(bool(flashAttentionBackwardKernel(shape)));
+  shape = llama2Attention(256);
+  shape.gradStride = 4100;
+  EXPECT_NE(message(flashAttentionBackwardKernel(shape)).find("dO row stride"),
+            std::string::npos);
+  EXPECT_TRUE(bool(flashAttentionForwardKernel(shape)));
 }
 
 } // namespace

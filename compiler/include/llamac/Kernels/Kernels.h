@@ -177,10 +177,14 @@ attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
 /// `keyRegion` and the value heads' from `valueRegion` ([batch, kvHeads,
 /// seq, dim] each). Query head h reads KV head h / (heads / kvHeads).
 /// `scale` multiplies Q Kᵀ; `packed`: windows from position ids, as in
-/// causalSoftmaxForwardKernel.
+/// causalSoftmaxForwardKernel. The attention's output O and its gradient
+/// dO are token rows ([batch seq, stride], head h at columns h dim ..) of
+/// `outStride` and `gradStride` elements (multiples of 8, at least heads
+/// dim).
 struct FlashShape {
   int64_t batch = 0, heads = 0, kvHeads = 0, seq = 0, dim = 0;
   int64_t keyRegion = 0, valueRegion = 0;
+  int64_t outStride = 0, gradStride = 0;
   float scale = 1.0f;
   bool packed = false;
 };
@@ -198,20 +202,19 @@ bool flashAttentionSupports(int64_t dim, int64_t seq, llvm::StringRef chip);
 /// query row i of head h, O[i] = sum_j softmax_j(scale q_i · k_j) v_j over
 /// the window s <= j <= i, and lse[i] = log2(sum_j 2^(x_j)) with x_j = scale
 /// log2(e) q_i · k_j (its max taken out before the sum): the backward's P is
-/// 2^(x - lse). Args: qkv (bf16, the head-major buffer), O (bf16 [batch,
-/// heads, seq, dim]), lse (f32 [batch, heads, seq]), when packed positions
+/// 2^(x - lse). Args: qkv (bf16, the head-major buffer), O (bf16, see
+/// outStride), lse (f32 [batch, heads, seq]), when packed positions
 /// (i32 [batch seq]). Grid [seq / 64, batch heads], block [128], dynamic
-/// shared memory `sharedBytes` (a 64-row query tile and two 64-row key and
-/// value tiles).
+/// shared memory `sharedBytes` (two 64-row key and value tiles, the query
+/// tile passing through the second).
 llvm::Expected<KernelSpec> flashAttentionForwardKernel(const FlashShape &shape);
 
 /// attention_row_dot: delta[b, h, i] = sum_d O[t, h dim + d] dO[t, h dim +
-/// d] (f32) for token t = b seq + i, the D of the softmax backward. Args: O
-/// (bf16 [batch seq, ldOut], the attention's output in token rows), dO (bf16
-/// [batch seq, ldGrad]), delta (f32 [batch, heads, seq]). dim / 8 lanes a
-/// row: grid [batch seq heads / (128 / (dim / 8))], block [128].
-llvm::Expected<KernelSpec> attentionRowDotKernel(const FlashShape &shape,
-                                                 int64_t ldOut, int64_t ldGrad);
+/// d] (f32) for token t = b seq + i, the D of the softmax backward. Args: O,
+/// dO (bf16 token rows, see FlashShape), delta (f32 [batch, heads, seq]).
+/// dim / 8 lanes a row: grid [batch seq heads / (128 / (dim / 8))], block
+/// [128].
+llvm::Expected<KernelSpec> attentionRowDotKernel(const FlashShape &shape);
 
 /// flash_attention_bwd: per KV head and 64-key block, recomputes P = 2^(x -
 /// lse) tile by tile over the later query tiles of every query head of its
@@ -219,8 +222,8 @@ llvm::Expected<KernelSpec> attentionRowDotKernel(const FlashShape &shape,
 /// dK = scale sum dSᵀ Q into the gradient buffer's key and value regions
 /// (the query region is not touched), and dSᵀ in bf16 to dS ([batch,
 /// kvHeads, seq keys, heads / kvHeads, seq queries], zeros outside the
-/// windows) for the GEMM dQ = scale dS K. Args: qkv, dO (bf16 [batch, heads,
-/// seq, dim]), lse, delta, the gradient (qkv's layout), dS, when packed
+/// windows) for the GEMM dQ = scale dS K. Args: qkv, dO (bf16, see
+/// gradStride), lse, delta, the gradient (qkv's layout), dS, when packed
 /// positions. Grid [seq / 64, batch kvHeads], block [128], dynamic shared
 /// memory `sharedBytes`.
 llvm::Expected<KernelSpec>
