@@ -1,13 +1,15 @@
 //===- FlashAttentionKernelTest.cpp - Fused causal attention --------------===//
 //
-// flash_attention_fwd, attention_row_dot and flash_attention_bwd on the
-// kFlashCases shapes (MHA, GQA, MQA, packed data rows; head_dim 16 to 128)
-// against a double reference from the same bf16 inputs. Outputs start as
-// 0xFF bytes (NaN), so an element left unwritten fails; the backward's dS
-// must be exact zeros outside the windows (the dQ GEMM reads all of it) and
-// must leave the gradient's query region alone. O and dO are token rows
-// wider than the heads, as a step's fused projections are: O's extra
-// columns must stay unwritten, dO's are NaN and must not be read. The
+// flash_attention_fwd, attention_row_dot, flash_attention_bwd and
+// flash_attention_dq on the kFlashCases shapes (MHA, GQA, MQA, packed data
+// rows; head_dim 16 to 128) against a double reference from the same bf16
+// inputs. Outputs start as 0xFF bytes (NaN), so an element left unwritten
+// fails. The backward's dS must be exact zeros outside the windows in the
+// tiles it writes (those on and below the diagonal, which
+// flash_attention_dq reads), and the backward must leave the gradient's
+// query region alone for dQ, which must write nothing else. O and dO are
+// token rows wider than the heads, as a step's fused projections are: O's
+// extra columns must stay unwritten, dO's are NaN and must not be read. The
 // backward runs on the forward's lse and the row-dot kernel's delta, as in
 // a train step.
 //
@@ -133,7 +135,8 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
   const int64_t dsCount = c.batch * c.heads * c.seq * c.seq;
   const std::string fwd = std::string("fwd_") + c.name,
                     bwd = std::string("bwd_") + c.name,
-                    dot = std::string("dot_") + c.name;
+                    dot = std::string("dot_") + c.name,
+                    dq = std::string("dq_") + c.name;
 
   DeviceBuffer qkv(device, p.qkv.size() * 2, "qkv");
   DeviceBuffer out(device, tokens * ldOut * 2, "O rows");
@@ -265,6 +268,9 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
               (((b * c.kvHeads + g) * c.seq + j) * p.group + member) * c.seq +
               i;
           double got = bf16(gotDs[at]);
+          // The backward writes the tiles on and below the diagonal.
+          if (j / 64 > i / 64)
+            continue;
           if (j < p.start(b, i) || j > i) {
             maskedWrong += gotDs[at] != 0;
             continue;
@@ -312,6 +318,34 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
   for (int64_t i = 0; i < p.keyRegion; ++i)
     queryTouched += gotGrad[i] != 0xFFFF;
   EXPECT_EQ(queryTouched, 0) << "the query region was written";
+
+  // dQ[i] = scale sum_j dS[i, j] k[j] from the backward's dSᵀ tiles, into
+  // the query region alone.
+  kernels.run(dq, {qkv.address(), ds.address(), grad.address()});
+  std::vector<uint16_t> withDq = grad.download<uint16_t>(p.qkv.size());
+  Checker dqCheck("dQ");
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t i = 0; i < c.seq; ++i)
+        for (int64_t e = 0; e < c.dim; ++e) {
+          int64_t row = (b * c.heads + h) * c.seq + i, g = h / p.group;
+          double want = 0, spread = 0;
+          for (int64_t j = 0; j <= i; ++j) {
+            want += refDs[row][j] * p.k(b, g, j, e);
+            spread += (kBF16Unit * std::abs(refDs[row][j]) + dsError[row][j]) *
+                      std::abs(p.k(b, g, j, e));
+          }
+          want *= p.scale;
+          dqCheck.near(bf16(withDq[row * c.dim + e]), want,
+                       kBF16Unit * std::abs(want) + 1.05 * p.scale * spread +
+                           1e-6,
+                       row * c.dim + e);
+        }
+  dqCheck.expectExactFraction(0.0);
+  int64_t othersTouched = 0;
+  for (size_t i = size_t(p.keyRegion); i < withDq.size(); ++i)
+    othersTouched += withDq[i] != gotGrad[i];
+  EXPECT_EQ(othersTouched, 0) << "dQ wrote past the query region";
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, FlashAttentionKernelTest,

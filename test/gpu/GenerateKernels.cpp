@@ -133,7 +133,7 @@ FlashShape flashShape(const FlashCase &c) {
 }
 
 /// FlashAttentionKernelTest's kernels: per case the forward (`fwd_`), the
-/// backward (`bwd_`) and delta (`dot_`).
+/// backward (`bwd_`), delta (`dot_`) and dQ (`dq_`).
 Group flashGroup() {
   Group g;
   for (const FlashCase &c : kFlashCases) {
@@ -143,6 +143,7 @@ Group flashGroup() {
     g.emplace_back(std::string("bwd_") + c.name,
                    flashAttentionBackwardKernel(s));
     g.emplace_back(std::string("dot_") + c.name, attentionRowDotKernel(s));
+    g.emplace_back(std::string("dq_") + c.name, flashAttentionDqKernel(s));
   }
   return g;
 }

@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <tuple>
 #include <vector>
 
@@ -409,24 +410,17 @@ std::string rowStart(Body &b, const FlashShape &s, int64_t stride,
       b.mul(head, b.index(s.dim)));
 }
 
-/// acc[first + i] += W X on tensor cores, for W 16 rows by 64 columns held
-/// as C fragments (w[half][2 nt + e] at row g + 8 half, column 8 nt + 2 pair
-/// + e), rounded to bf16 A fragments, and X the 64 x dim tile at shared
-/// `tileAt` (transposed ldmatrix: X's rows are the k dimension).
+/// acc[first + i] += W X on tensor cores, for W 16 rows by 64 columns whose
+/// A fragment for columns 16 kk .. 16 kk + 15 is `wAt(kk)`, and X the 64 x
+/// dim tile at shared `tileAt` (transposed ldmatrix: X's rows are the k
+/// dimension).
 void accumulateProduct(Body &b, const Geometry &geo, const Lanes &l,
                        const std::string &smem, int64_t dim,
                        std::vector<Frag> &acc, int64_t first,
-                       const std::array<std::vector<std::string>, 2> &w,
+                       const std::function<Frag(int64_t)> &wAt,
                        const std::string &tileAt) {
   for (int64_t kk = 0; kk < 4; ++kk) {
-    // Columns 16 kk .. 16 kk + 15: C fragments 2 kk and 2 kk + 1.
-    auto v = [&](int half, int64_t nt, int e) {
-      return w[half][size_t(2 * nt + e)];
-    };
-    Frag a = {b.pack(v(0, 2 * kk, 0), v(0, 2 * kk, 1)),
-              b.pack(v(1, 2 * kk, 0), v(1, 2 * kk, 1)),
-              b.pack(v(0, 2 * kk + 1, 0), v(0, 2 * kk + 1, 1)),
-              b.pack(v(1, 2 * kk + 1, 0), v(1, 2 * kk + 1, 1))};
+    Frag a = wAt(kk);
     for (int64_t pt = 0; pt < dim / 16; ++pt) {
       Frag x = b.ldmatrix(smem,
                           b.add(b.add(tileAt, l.rowsA, "i32"),
@@ -436,6 +430,28 @@ void accumulateProduct(Body &b, const Geometry &geo, const Lanes &l,
       acc[first + 2 * pt + 1] = b.mma(a, x[2], x[3], acc[first + 2 * pt + 1]);
     }
   }
+}
+
+/// The same for W held as C fragments (w[half][2 nt + e] at row g + 8 half,
+/// column 8 nt + 2 pair + e), rounded to bf16 A fragments: columns 16 kk ..
+/// 16 kk + 15 are C fragments 2 kk and 2 kk + 1.
+void accumulateProduct(Body &b, const Geometry &geo, const Lanes &l,
+                       const std::string &smem, int64_t dim,
+                       std::vector<Frag> &acc, int64_t first,
+                       const std::array<std::vector<std::string>, 2> &w,
+                       const std::string &tileAt) {
+  auto v = [&](int half, int64_t nt, int e) {
+    return w[half][size_t(2 * nt + e)];
+  };
+  accumulateProduct(
+      b, geo, l, smem, dim, acc, first,
+      [&](int64_t kk) {
+        return Frag{b.pack(v(0, 2 * kk, 0), v(0, 2 * kk, 1)),
+                    b.pack(v(1, 2 * kk, 0), v(1, 2 * kk, 1)),
+                    b.pack(v(0, 2 * kk + 1, 0), v(0, 2 * kk + 1, 1)),
+                    b.pack(v(1, 2 * kk + 1, 0), v(1, 2 * kk + 1, 1))};
+      },
+      tileAt);
 }
 
 /// `prefix`, an scf.for over [0, count) carrying `carried` (f32 values,
@@ -461,6 +477,31 @@ Loop openLoop(Body &b, const std::string &count,
          loop.induction + " = " + b.index(0) + " to " + count + " step " +
          b.index(1) + " iter_args(" + args + ") -> (" + types + ") {");
   return loop;
+}
+
+/// openLoop for a tile loop: each iteration waits for its tiles (all
+/// cp.async groups) and for every warp to be done with the previous ones,
+/// then starts `load` of the next iteration's tiles into the other buffers.
+Loop openPipelinedLoop(Body &b, const std::string &count,
+                       const std::vector<std::string> &carried,
+                       const std::function<void(const std::string &)> &load) {
+  Loop loop = openLoop(b, count, carried);
+  b.line("nvvm.cp.async.wait.group 0");
+  b.line("gpu.barrier");
+  std::string next = b.add(loop.induction, b.index(1));
+  b.line("scf.if " + b.cmp("ult", next, count) + " {");
+  load(next);
+  b.line("nvvm.cp.async.commit.group");
+  b.line("}");
+  return loop;
+}
+
+/// The values of `fragments`, in order.
+std::vector<std::string> flatten(const std::vector<Frag> &fragments) {
+  std::vector<std::string> values;
+  for (const Frag &f : fragments)
+    values.insert(values.end(), f.begin(), f.end());
+  return values;
 }
 
 void closeLoop(Body &b, const std::vector<std::string> &yielded) {
@@ -636,15 +677,8 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
   std::vector<std::string> carried(outTiles * 4, zero);
   carried.insert(carried.end(), {lowest, lowest, zero, zero});
   std::string blocks = b.add(qb, b.index(1));
-  Loop loop = openLoop(b, blocks, carried);
+  Loop loop = openPipelinedLoop(b, blocks, carried, loadBlock);
   std::string j = loop.induction;
-  b.line("nvvm.cp.async.wait.group 0");
-  b.line("gpu.barrier");
-  std::string next = b.add(j, b.index(1));
-  b.line("scf.if " + b.cmp("ult", next, blocks) + " {");
-  loadBlock(next);
-  b.line("nvvm.cp.async.commit.group");
-  b.line("}");
   std::string keyAt = keyShared(j);
   std::string valueAt = b.add(keyAt, b.i32(geo.tileBytes), "i32");
 
@@ -714,9 +748,7 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
     for (int i = 0; i < 4; ++i)
       out[nt][i] = b.fmul(in[nt * 4 + i], alpha[i / 2]);
   accumulateProduct(b, geo, l, smem, s.dim, out, 0, probs, valueAt);
-  std::vector<std::string> yielded;
-  for (const Frag &f : out)
-    yielded.insert(yielded.end(), f.begin(), f.end());
+  std::vector<std::string> yielded = flatten(out);
   yielded.insert(yielded.end(), {maxNew[0], maxNew[1], sumNew[0], sumNew[1]});
   closeLoop(b, yielded);
 
@@ -850,28 +882,6 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   loadTile(b.index(0));
   b.line("nvvm.cp.async.commit.group");
 
-  // The query blocks before the key block see none of its keys: their dS
-  // is zero, written here for the dQ GEMM that reads all of dS.
-  {
-    std::string chunksPerRun = b.mul(kb, b.index(kTile / 8));
-    std::string total = b.mul(chunksPerRun, b.index(kTile * group));
-    std::string iv = b.fresh("z");
-    b.line("scf.for " + iv + " = " + l.tid + " to " + total + " step " +
-           b.index(kThreads) + " {");
-    std::string chunk = b.rem(iv, chunksPerRun);
-    std::string rest = b.div(iv, chunksPerRun);
-    std::string member = b.rem(rest, b.index(group));
-    std::string row = b.add(keyRow, b.div(rest, b.index(group)));
-    std::string at =
-        b.add(b.mul(row, b.index(group * s.seq)),
-              b.add(b.mul(member, b.index(s.seq)), b.mul(chunk, b.index(8))));
-    std::string zeros =
-        b.let("zv", "arith.constant dense<0.0> : vector<8xbf16>");
-    b.line("vector.store " + zeros + ", %ds[" + at +
-           "] {alignment = 16} : " + dsType + ", vector<8xbf16>");
-    b.line("}");
-  }
-
   // This thread's two keys (rows g and g + 8 of the warp's 16).
   std::array<std::string, 2> key;
   for (int half = 0; half < 2; ++half)
@@ -884,23 +894,15 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   // Carried: dV, then dK (dim / 8 C fragments each).
   int64_t outTiles = s.dim / 8;
   std::string zero = b.f32(0.0f);
-  Loop loop = openLoop(b, count, std::vector<std::string>(outTiles * 8, zero));
+  Loop loop = openPipelinedLoop(
+      b, count, std::vector<std::string>(outTiles * 8, zero), loadTile);
   std::string t = loop.induction;
-  b.line("nvvm.cp.async.wait.group 0");
-  b.line("gpu.barrier");
-  std::string next = b.add(t, b.index(1));
-  b.line("scf.if " + b.cmp("ult", next, count) + " {");
-  loadTile(next);
-  b.line("nvvm.cp.async.commit.group");
-  b.line("}");
   Tile tile = tileAt(t);
   std::string queryAt = tile.slot;
   std::string doutAt = b.add(tile.slot, b.i32(geo.tileBytes), "i32");
   std::string statsAt = b.add(tile.slot, b.i32(2 * geo.tileBytes), "i32");
   std::string valueAt = b.i32(geo.tileBytes);
 
-  // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for the warp's 16 keys and the tile's 64
-  // queries: 8 C fragments each.
   // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for the warp's 16 keys and the tile's 64
   // queries: 8 C fragments each.
   auto keysTimesTile = [&](const std::string &keysAt,
@@ -1011,10 +1013,7 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
                              dscores[half][size_t(2 * nt + 1)]);
       b.storePair(v, "%ds", b.add(dsRow[half], b.index(8 * nt)), dsType);
     }
-  std::vector<std::string> yielded;
-  for (const Frag &f : acc)
-    yielded.insert(yielded.end(), f.begin(), f.end());
-  closeLoop(b, yielded);
+  closeLoop(b, flatten(acc));
 
   // dV, and dK times the softmax scale, to the gradient's key and value
   // regions.
@@ -1105,4 +1104,109 @@ llvm::Expected<KernelSpec> llamac::attentionRowDotKernel(const FlashShape &s) {
   LaunchDims grid;
   grid.x = unsigned((rows + rowsPerBlock - 1) / rowsPerBlock);
   return finish(kernel + shapeName(s, {true, true}), signature, b, grid, 0);
+}
+
+llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
+  const char *kernel = "flash_attention_dq";
+  if (llvm::Error error = checkShape(kernel, s, {false, false}))
+    return std::move(error);
+  Geometry geo(s.dim), scoreGeo(kTile);
+  Sizes z(s);
+  int64_t group = z.group, queryBlocks = z.queryBlocks;
+  const std::string &qkvType = z.qkvType;
+  std::string dsType = memrefType(s.batch * s.heads * s.seq * s.seq, "bf16");
+  std::string signature =
+      "%qkv: " + qkvType + ", %ds: " + dsType + ", %grad: " + qkvType;
+
+  Body b;
+  // Lanes of the K tiles (head_dim wide) and of the dSᵀ tiles (64 wide).
+  Lanes l = lanes(b, geo), sl = lanes(b, scoreGeo);
+  std::string smem = b.sharedBase();
+  std::string qkv = b.globalPointer("%qkv", qkvType);
+  std::string ds = b.globalPointer("%ds", dsType);
+  // Block (x, y): query block nq - 1 - x of (sequence, head) y.
+  std::string bx = b.let("bid", "gpu.block_id x");
+  std::string bh = b.let("bid", "gpu.block_id y");
+  std::string qb = b.let("qb", "arith.subi " + b.index(queryBlocks - 1) + ", " +
+                                   bx + " : index");
+  std::string seqIndex = b.div(bh, b.index(s.heads));
+  std::string head = b.rem(bh, b.index(s.heads));
+  std::string member = b.rem(head, b.index(group));
+  std::string bg =
+      b.add(b.mul(seqIndex, b.index(s.kvHeads)), b.div(head, b.index(group)));
+  std::string firstQuery = b.mul(qb, b.index(kTile));
+  // Key block j: K rows bg seq + 64 j of the key region, and the dSᵀ tile
+  // of its keys and this block's queries (rows group seq apart).
+  std::string keySrc =
+      rowBytes(b, s.keyRegion, b.mul(bg, b.index(s.seq)), s.dim);
+  std::string scoreSrc = b.toI64(
+      b.mul(b.add(b.mul(b.mul(bg, b.index(s.seq)), b.index(group * s.seq)),
+                  b.add(b.mul(member, b.index(s.seq)), firstQuery)),
+            b.index(2)));
+
+  // Shared memory: two slots of (dSᵀ tile, K tile); block j uses j % 2.
+  int64_t slotBytes = scoreGeo.tileBytes + geo.tileBytes;
+  auto slotAt = [&](const std::string &j) {
+    return b.mul(b.toI32(b.rem(j, b.index(2))), b.i32(slotBytes), "i32");
+  };
+  auto loadBlock = [&](const std::string &j) {
+    std::string at = slotAt(j), j64 = b.toI64(j);
+    copyTile(b, scoreGeo, sl, group * s.seq, smem, at, ds,
+             b.add(scoreSrc,
+                   b.mul(j64, b.i64(kTile * group * s.seq * 2), "i64"), "i64"));
+    copyTile(b, geo, l, s.dim, smem,
+             b.add(at, b.i32(scoreGeo.tileBytes), "i32"), qkv,
+             b.add(keySrc, b.mul(j64, b.i64(kTile * s.dim * 2), "i64"), "i64"));
+  };
+  loadBlock(b.index(0));
+  b.line("nvvm.cp.async.commit.group");
+
+  int64_t outTiles = s.dim / 8;
+  std::string zero = b.f32(0.0f);
+  std::string blocks = b.add(qb, b.index(1));
+  Loop loop = openPipelinedLoop(
+      b, blocks, std::vector<std::string>(outTiles * 4, zero), loadBlock);
+  std::string j = loop.induction;
+  std::string scoresAt = slotAt(j);
+  std::string keyAt = b.add(scoresAt, b.i32(scoreGeo.tileBytes), "i32");
+  // dQ += dS K for the warp's 16 queries: dS's A fragments from the dSᵀ
+  // tile (rows are keys) by transposed ldmatrix, at the warp's 16 columns.
+  std::vector<Frag> acc(outTiles);
+  for (int64_t i = 0; i < outTiles; ++i)
+    for (int c = 0; c < 4; ++c)
+      acc[i][c] = loop.inside[i * 4 + c];
+  std::string warpColumns = b.mul(b.toI32(l.warp), b.i32(32), "i32");
+  accumulateProduct(
+      b, geo, l, smem, s.dim, acc, 0,
+      [&](int64_t kk) {
+        return b.ldmatrix(
+            smem,
+            b.add(b.add(scoresAt, sl.rowsB, "i32"),
+                  b.add(warpColumns, b.i32(16 * kk * scoreGeo.rowBytes), "i32"),
+                  "i32"),
+            true);
+      },
+      keyAt);
+  closeLoop(b, flatten(acc));
+
+  // dQ times the softmax scale to the gradient's query region.
+  std::string scale = b.f32(s.scale);
+  const std::vector<std::string> &r = loop.results;
+  for (int half = 0; half < 2; ++half) {
+    std::string q = b.add(b.add(firstQuery, b.mul(l.warp, b.index(16))),
+                          b.add(l.group, b.index(8 * half)));
+    std::string within =
+        b.add(b.mul(b.add(b.mul(bh, b.index(s.seq)), q), b.index(s.dim)),
+              b.mul(l.pair, b.index(2)));
+    for (int64_t nt = 0; nt < outTiles; ++nt) {
+      int64_t k = nt * 4 + 2 * half;
+      std::string dq = b.pair(b.fmul(r[k], scale), b.fmul(r[k + 1], scale));
+      b.storePair(dq, "%grad", b.add(within, b.index(8 * nt)), qkvType);
+    }
+  }
+  LaunchDims grid;
+  grid.x = unsigned(queryBlocks);
+  grid.y = unsigned(s.batch * s.heads);
+  return finish(kernel + shapeName(s, {false, false}), signature, b, grid,
+                unsigned(2 * slotBytes));
 }

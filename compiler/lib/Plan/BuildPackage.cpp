@@ -1335,8 +1335,8 @@ llvm::Error PackageBuilder::lower(Operation &op) {
                             {tokens * (a.heads + 2 * a.kvHeads) * a.dim});
     if (saved.lse >= 0) {
       // Flash attention, from O and dO in token rows: delta = rowsum(O dO),
-      // then dK, dV and dSᵀ from one kernel; dQ[b, group g] = scale dS K[b,
-      // g] from dSᵀ.
+      // then dK, dV and dSᵀ from one kernel, and dQ = scale dS K from dSᵀ's
+      // tiles on or below the diagonal.
       FlashShape shape = flashShape(a, scale, positions->has_value());
       Location out = saved.out;
       touch(out.buffer);
@@ -1356,14 +1356,11 @@ llvm::Error PackageBuilder::lower(Operation &op) {
                             *positions),
               label + " (flash attention backward)"))
         return error;
-      package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
-                                   a.seq * a.dim, rows * a.dim);
-      dQ.transposeA = true;
-      dQ.alpha = scale;
-      dQ.a = operand(whole(scoresGrad));
-      dQ.b = operand({headMajor, a.keyRegion, a.dim});
-      dQ.d = operand(whole(gradHeads));
-      gemm(dQ, label + " (dQ)");
+      if (auto error =
+              launch(flashAttentionDqKernel(shape),
+                     {whole(headMajor), whole(scoresGrad), whole(gradHeads)},
+                     label + " (dQ)"))
+        return error;
     } else {
       int dOutHeads = scratch("attention_heads_grad", ElementType::BF16,
                               {tokens * a.heads * a.dim});

@@ -782,7 +782,8 @@ TEST(KernelPTX, FlashAttentionRunsOnTensorCores) {
   auto forward = flashAttentionForwardKernel(shape);
   auto backward = flashAttentionBackwardKernel(shape);
   auto delta = attentionRowDotKernel(shape);
-  ASSERT_TRUE(forward && backward && delta);
+  auto dq = flashAttentionDqKernel(shape);
+  ASSERT_TRUE(forward && backward && delta && dq);
   // One block of 4 warps per 64-row tile: query tiles of every (sequence,
   // head) forward, key tiles of every (sequence, KV head) backward.
   EXPECT_EQ(forward->grid.x, 4u);
@@ -795,11 +796,16 @@ TEST(KernelPTX, FlashAttentionRunsOnTensorCores) {
   // two slots of Q, dO and 3 x 64 f32 statistics backward.
   EXPECT_EQ(forward->sharedBytes, 4u * 64 * 272);
   EXPECT_EQ(backward->sharedBytes, 6u * 64 * 272 + 2 * 3 * 64 * 4);
+  // dQ per query tile, from two slots of a dSᵀ tile (64 + 8 bf16 a row) and
+  // a K tile.
+  EXPECT_EQ(dq->grid.x, 4u);
+  EXPECT_EQ(dq->grid.y, 64u);
+  EXPECT_EQ(dq->sharedBytes, 2u * (64 * 144 + 64 * 272));
   // Two rows of 128 (16 lanes each) a warp, 8 a block.
   EXPECT_EQ(delta->grid.x, 2u * 256 * 32 / 8);
 
   llvm::Expected<std::string> ptx =
-      compileKernels({*forward, *backward, *delta});
+      compileKernels({*forward, *backward, *delta, *dq});
   ASSERT_TRUE(bool(ptx)) << llvm::toString(ptx.takeError());
   for (const char *instruction :
        {"mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
@@ -812,9 +818,10 @@ TEST(KernelPTX, FlashAttentionRunsOnTensorCores) {
   std::string report = assemble(*ptx);
   // Three forward blocks fit an SM's 64K registers.
   EXPECT_LE(registersOf(report, forward->name), 168) << report;
-  EXPECT_NE(propertiesOf(report, forward->name).find("0 bytes spill stores"),
-            std::string::npos)
-      << report;
+  for (const KernelSpec *kernel : {&*forward, &*dq})
+    EXPECT_NE(propertiesOf(report, kernel->name).find("0 bytes spill stores"),
+              std::string::npos)
+        << report;
   // The backward holds dK and dV (128 f32 a thread) beside a tile's S, P,
   // dP and dS in 255 registers; ptxas spills at most a few words.
   std::string properties = propertiesOf(report, backward->name);

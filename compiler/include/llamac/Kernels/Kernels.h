@@ -221,13 +221,22 @@ llvm::Expected<KernelSpec> attentionRowDotKernel(const FlashShape &shape);
 /// group, and with dP = dO Vᵀ and dS = P (dP - delta): dV = sum Pᵀ dO and
 /// dK = scale sum dSᵀ Q into the gradient buffer's key and value regions
 /// (the query region is not touched), and dSᵀ in bf16 to dS ([batch,
-/// kvHeads, seq keys, heads / kvHeads, seq queries], zeros outside the
-/// windows) for the GEMM dQ = scale dS K. Args: qkv, dO (bf16, see
+/// kvHeads, seq keys, heads / kvHeads, seq queries]; the tiles of a query
+/// block before the key block are not written, the others hold zeros
+/// outside the windows) for flash_attention_dq. Args: qkv, dO (bf16, see
 /// gradStride), lse, delta, the gradient (qkv's layout), dS, when packed
 /// positions. Grid [seq / 64, batch kvHeads], block [128], dynamic shared
 /// memory `sharedBytes`.
 llvm::Expected<KernelSpec>
 flashAttentionBackwardKernel(const FlashShape &shape);
+
+/// flash_attention_dq: dQ[i] = scale sum_j dS[i, j] k_j for query row i of
+/// every head, over the key blocks up to its own (the dSᵀ tiles that
+/// flash_attention_bwd wrote), into the query region of the Q and K
+/// gradient (head-major, qkv's layout; the other regions are not touched).
+/// Args: qkv, dS, the gradient. Grid [seq / 64, batch heads], block [128],
+/// dynamic shared memory `sharedBytes` (two dSᵀ and K tiles).
+llvm::Expected<KernelSpec> flashAttentionDqKernel(const FlashShape &shape);
 
 /// count_targets: the number of rows with a target under the shifted loss
 /// (row t: not last in its sequence and labels[t + 1] in [0, vocab)), and
