@@ -862,8 +862,6 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
 
   // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for the warp's 16 keys and the tile's 64
   // queries: 8 C fragments each.
-  // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for the warp's 16 keys and the tile's 64
-  // queries: 8 C fragments each.
   auto keysTimesTile = [&](const std::string &keysAt,
                            const std::string &tileAt) {
     std::vector<Frag> acc(8, Frag{zero, zero, zero, zero});
