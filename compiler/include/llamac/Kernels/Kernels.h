@@ -201,8 +201,8 @@ bool flashAttentionSupports(int64_t dim, int64_t seq, llvm::StringRef chip);
 /// 2^(x - lse). Args: qkv (bf16, the head-major buffer), O (bf16 [batch,
 /// heads, seq, dim]), lse (f32 [batch, heads, seq]), when packed positions
 /// (i32 [batch seq]). Grid [seq / 64, batch heads], block [128], dynamic
-/// shared memory `sharedBytes` (a 64-row query tile and two 64-row key and
-/// value tiles).
+/// shared memory `sharedBytes` (two 64-row key and value tiles, the query
+/// tile passing through the second).
 llvm::Expected<KernelSpec> flashAttentionForwardKernel(const FlashShape &shape);
 
 /// attention_row_dot: delta[b, h, i] = sum_d O[t, h dim + d] dO[t, h dim +
