@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <tuple>
 #include <vector>
 
@@ -463,6 +464,31 @@ Loop openLoop(Body &b, const std::string &count,
   return loop;
 }
 
+/// openLoop for a tile loop: each iteration waits for its tiles (all
+/// cp.async groups) and for every warp to be done with the previous ones,
+/// then starts `load` of the next iteration's tiles into the other buffers.
+Loop openPipelinedLoop(Body &b, const std::string &count,
+                       const std::vector<std::string> &carried,
+                       const std::function<void(const std::string &)> &load) {
+  Loop loop = openLoop(b, count, carried);
+  b.line("nvvm.cp.async.wait.group 0");
+  b.line("gpu.barrier");
+  std::string next = b.add(loop.induction, b.index(1));
+  b.line("scf.if " + b.cmp("ult", next, count) + " {");
+  load(next);
+  b.line("nvvm.cp.async.commit.group");
+  b.line("}");
+  return loop;
+}
+
+/// The values of `fragments`, in order.
+std::vector<std::string> flatten(const std::vector<Frag> &fragments) {
+  std::vector<std::string> values;
+  for (const Frag &f : fragments)
+    values.insert(values.end(), f.begin(), f.end());
+  return values;
+}
+
 void closeLoop(Body &b, const std::vector<std::string> &yielded) {
   std::string values, types;
   for (size_t i = 0; i < yielded.size(); ++i) {
@@ -636,15 +662,8 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
   std::vector<std::string> carried(outTiles * 4, zero);
   carried.insert(carried.end(), {lowest, lowest, zero, zero});
   std::string blocks = b.add(qb, b.index(1));
-  Loop loop = openLoop(b, blocks, carried);
+  Loop loop = openPipelinedLoop(b, blocks, carried, loadBlock);
   std::string j = loop.induction;
-  b.line("nvvm.cp.async.wait.group 0");
-  b.line("gpu.barrier");
-  std::string next = b.add(j, b.index(1));
-  b.line("scf.if " + b.cmp("ult", next, blocks) + " {");
-  loadBlock(next);
-  b.line("nvvm.cp.async.commit.group");
-  b.line("}");
   std::string keyAt = keyShared(j);
   std::string valueAt = b.add(keyAt, b.i32(geo.tileBytes), "i32");
 
@@ -714,9 +733,7 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
     for (int i = 0; i < 4; ++i)
       out[nt][i] = b.fmul(in[nt * 4 + i], alpha[i / 2]);
   accumulateProduct(b, geo, l, smem, s.dim, out, 0, probs, valueAt);
-  std::vector<std::string> yielded;
-  for (const Frag &f : out)
-    yielded.insert(yielded.end(), f.begin(), f.end());
+  std::vector<std::string> yielded = flatten(out);
   yielded.insert(yielded.end(), {maxNew[0], maxNew[1], sumNew[0], sumNew[1]});
   closeLoop(b, yielded);
 
@@ -884,23 +901,15 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   // Carried: dV, then dK (dim / 8 C fragments each).
   int64_t outTiles = s.dim / 8;
   std::string zero = b.f32(0.0f);
-  Loop loop = openLoop(b, count, std::vector<std::string>(outTiles * 8, zero));
+  Loop loop = openPipelinedLoop(
+      b, count, std::vector<std::string>(outTiles * 8, zero), loadTile);
   std::string t = loop.induction;
-  b.line("nvvm.cp.async.wait.group 0");
-  b.line("gpu.barrier");
-  std::string next = b.add(t, b.index(1));
-  b.line("scf.if " + b.cmp("ult", next, count) + " {");
-  loadTile(next);
-  b.line("nvvm.cp.async.commit.group");
-  b.line("}");
   Tile tile = tileAt(t);
   std::string queryAt = tile.slot;
   std::string doutAt = b.add(tile.slot, b.i32(geo.tileBytes), "i32");
   std::string statsAt = b.add(tile.slot, b.i32(2 * geo.tileBytes), "i32");
   std::string valueAt = b.i32(geo.tileBytes);
 
-  // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for the warp's 16 keys and the tile's 64
-  // queries: 8 C fragments each.
   // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for the warp's 16 keys and the tile's 64
   // queries: 8 C fragments each.
   auto keysTimesTile = [&](const std::string &keysAt,
@@ -1011,10 +1020,7 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
                              dscores[half][size_t(2 * nt + 1)]);
       b.storePair(v, "%ds", b.add(dsRow[half], b.index(8 * nt)), dsType);
     }
-  std::vector<std::string> yielded;
-  for (const Frag &f : acc)
-    yielded.insert(yielded.end(), f.begin(), f.end());
-  closeLoop(b, yielded);
+  closeLoop(b, flatten(acc));
 
   // dV, and dK times the softmax scale, to the gradient's key and value
   // regions.
