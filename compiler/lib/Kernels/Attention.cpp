@@ -1064,12 +1064,12 @@ llvm::Expected<KernelSpec> llamac::attentionRowDotKernel(const FlashShape &s) {
   std::string column = b.add(b.mul(head, b.index(s.dim)), b.mul(c, b.index(8)));
   std::string inside = b.cmp("ult", r, b.index(rows));
   std::string products = b.let("dot", "scf.if " + inside + " -> (f32) {");
-  std::string o = b.let("v", "vector.load %o[" +
-                                 b.add(b.mul(token, b.index(ldOut)), column) +
-                                 "] : " + outType + ", vector<8xbf16>");
-  std::string g = b.let("v", "vector.load %dout[" +
-                                 b.add(b.mul(token, b.index(ldGrad)), column) +
-                                 "] : " + gradType + ", vector<8xbf16>");
+  std::string o = b.let(
+      "v", "vector.load %o[" + b.add(b.mul(token, b.index(ldOut)), column) +
+               "] {alignment = 16} : " + outType + ", vector<8xbf16>");
+  std::string g = b.let(
+      "v", "vector.load %dout[" + b.add(b.mul(token, b.index(ldGrad)), column) +
+               "] {alignment = 16} : " + gradType + ", vector<8xbf16>");
   std::string of =
       b.let("v", "arith.extf " + o + " : vector<8xbf16> to vector<8xf32>");
   std::string gf =

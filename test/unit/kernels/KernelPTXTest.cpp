@@ -813,8 +813,10 @@ TEST(KernelPTX, FlashAttentionRunsOnTensorCores) {
         "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
         "cp.async.cg.shared.global", "ex2.approx.ftz.f32"})
     EXPECT_NE(ptx->find(instruction), std::string::npos) << instruction;
-  // bf16 pairs leave in 4-byte stores.
+  // bf16 pairs leave in 4-byte stores; the row dot reads 16-byte chunks.
   EXPECT_EQ(ptx->find("st.global.b16"), std::string::npos);
+  EXPECT_EQ(ptx->find("ld.global.b16"), std::string::npos);
+  EXPECT_NE(ptx->find("ld.global.v4.b32"), std::string::npos);
   std::string report = assemble(*ptx);
   // Three forward blocks fit an SM's 64K registers.
   EXPECT_LE(registersOf(report, forward->name), 168) << report;
