@@ -7,16 +7,21 @@
 // fails. The backward's dS must be exact zeros outside the windows in the
 // tiles it writes (those on and below the diagonal, which
 // flash_attention_dq reads), and the backward must leave the gradient's
-// query region alone for dQ, which must write nothing else. O and dO are
-// token rows wider than the heads, as a step's fused projections are: O's
-// extra columns must stay unwritten, dO's are NaN and must not be read. The
-// backward runs on the forward's lse and the row-dot kernel's delta, as in
-// a train step.
+// query columns alone for dQ, which must write nothing else. q, k, v and
+// their gradient, O and dO are token rows wider than their heads, as a
+// step's fused projections are: the extra columns must stay unwritten, and
+// where they are read from they are NaN. dK and dQ leave rotated back by
+// RoPE (Llama's frequencies; positions in the sequence, or packed the
+// position ids). The backward runs on the forward's lse and the row-dot
+// kernel's delta, as in a train step.
 //
 // Bounds, with u = 2^-8 (bf16) and the reference exact: the kernels round P
 // and dS to bf16 as GEMM operands (u each, relative) and every output to
 // bf16 (u); f32 sums, exp2 and log2 add relative errors near 2^-22, covered
-// by the 5% slack on the rounding terms and the absolute 1e-6 floors.
+// by the 5% slack on the rounding terms and the absolute 1e-6 floors. The
+// inverse rotation y1 = x1 c - x2 s of outputs x within b1, b2 of the
+// reference adds |c| b1 + |s| b2, its bf16 cos and sin and products (2u +
+// 4 f32 ulps on |x1 c| + |x2 s|, as RopeHeadsKernelTest) and its rounding.
 //
 //===----------------------------------------------------------------------===//
 
@@ -25,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 using namespace llamac;
 using namespace llamac::test;
@@ -34,22 +40,36 @@ namespace {
 /// Everything a case's reference needs, in double from the bf16 inputs.
 struct Problem {
   FlashCase c;
-  int64_t tokens, group, keyRegion, valueRegion;
+  int64_t tokens, group, width, ld, ldGrad;
   double scale;
-  std::vector<uint16_t> qkv, dOut; // head-major
-  std::vector<int32_t> positions;  // empty unless packed
+  std::vector<uint16_t> qkv;      // token rows of ld, NaN past the heads
+  std::vector<uint16_t> dOut;     // head-major
+  std::vector<float> freqs;       // RoPE's, [dim / 2]
+  std::vector<int32_t> positions; // empty unless packed
 
   explicit Problem(const FlashCase &c, std::mt19937 &rng)
-      : c(c), tokens(c.batch * c.seq), group(c.heads / c.kvHeads) {
-    keyRegion = tokens * c.heads * c.dim;
-    valueRegion = keyRegion + tokens * c.kvHeads * c.dim;
+      : c(c), tokens(c.batch * c.seq), group(c.heads / c.kvHeads),
+        width((c.heads + 2 * c.kvHeads) * c.dim), ld(width + kFlashQkvPad),
+        ldGrad(width + kFlashQkvGradPad) {
     scale = double(float(1.0 / std::sqrt(double(c.dim))));
     // Queries at twice the keys' spread: scores of standard deviation 2,
     // peaked enough that the running max changes across key blocks.
-    qkv = randomBF16(valueRegion + tokens * c.kvHeads * c.dim, rng);
-    std::vector<uint16_t> queries = randomBF16(keyRegion, rng, 2.0f);
-    std::copy(queries.begin(), queries.end(), qkv.begin());
+    int64_t queryWidth = c.heads * c.dim;
+    std::vector<uint16_t> queries = randomBF16(tokens * queryWidth, rng, 2.0f);
+    std::vector<uint16_t> keysValues =
+        randomBF16(tokens * (width - queryWidth), rng);
+    qkv.assign(tokens * ld, 0xFFFF);
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::copy_n(queries.begin() + t * queryWidth, queryWidth,
+                  qkv.begin() + t * ld);
+      std::copy_n(keysValues.begin() + t * (width - queryWidth),
+                  width - queryWidth, qkv.begin() + t * ld + queryWidth);
+    }
     dOut = randomBF16(tokens * c.heads * c.dim, rng);
+    // transformers' inv_freq for theta 10000, in f32.
+    for (int64_t i = 0; i < c.dim / 2; ++i)
+      freqs.push_back(
+          float(1.0 / std::pow(10000.0, double(2 * i) / double(c.dim))));
     if (c.packed)
       // Data rows of seq / 3 + 5, 1, 70 tokens, then the rest, per
       // sequence: boundaries inside 64-row tiles and a one-token row.
@@ -64,15 +84,20 @@ struct Problem {
       }
   }
 
+  /// Element `d` of head column block `head` (q heads, then k, then v) of
+  /// token row (b, i), in rows of `stride`.
+  int64_t at(int64_t stride, int64_t b, int64_t i, int64_t head,
+             int64_t d) const {
+    return (b * c.seq + i) * stride + head * c.dim + d;
+  }
   double q(int64_t b, int64_t h, int64_t i, int64_t d) const {
-    return bf16(qkv[((b * c.heads + h) * c.seq + i) * c.dim + d]);
+    return bf16(qkv[at(ld, b, i, h, d)]);
   }
   double k(int64_t b, int64_t g, int64_t j, int64_t d) const {
-    return bf16(qkv[keyRegion + ((b * c.kvHeads + g) * c.seq + j) * c.dim + d]);
+    return bf16(qkv[at(ld, b, j, c.heads + g, d)]);
   }
   double v(int64_t b, int64_t g, int64_t j, int64_t d) const {
-    return bf16(
-        qkv[valueRegion + ((b * c.kvHeads + g) * c.seq + j) * c.dim + d]);
+    return bf16(qkv[at(ld, b, j, c.heads + c.kvHeads + g, d)]);
   }
   double dO(int64_t b, int64_t h, int64_t i, int64_t d) const {
     return bf16(dOut[((b * c.heads + h) * c.seq + i) * c.dim + d]);
@@ -81,6 +106,39 @@ struct Problem {
     if (positions.empty())
       return 0;
     return i - std::clamp<int64_t>(positions[b * c.seq + i], 0, i);
+  }
+  /// The RoPE position of token row (b, i).
+  int64_t ropePosition(int64_t b, int64_t i) const {
+    return positions.empty() ? i : positions[b * c.seq + i];
+  }
+
+  /// Checks `got(d)`, a gradient row at token row (b, i) rotated back by
+  /// the kernel, against `want` (the reference before the rotation, within
+  /// `bound` a column, its bf16 rounding included).
+  void checkRotated(Checker &check, int64_t b, int64_t i,
+                    const std::vector<double> &want,
+                    const std::vector<double> &bound,
+                    const std::function<double(int64_t)> &got,
+                    int64_t where) const {
+    const double products = 1.05 * (2 * kBF16Unit + 4 * kF32Unit);
+    int64_t half = c.dim / 2;
+    for (int64_t d = 0; d < half; ++d) {
+      double angle = double(float(ropePosition(b, i)) * freqs[d]);
+      double cs = std::cos(angle), sn = -std::sin(angle);
+      double x1 = want[d], x2 = want[d + half];
+      double y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+      double mixed = std::abs(cs) + std::abs(sn);
+      check.near(got(d), y1,
+                 kBF16Unit * std::abs(y1) +
+                     products * (std::abs(x1 * cs) + std::abs(x2 * sn)) +
+                     mixed * std::max(bound[d], bound[d + half]),
+                 where + d);
+      check.near(got(d + half), y2,
+                 kBF16Unit * std::abs(y2) +
+                     products * (std::abs(x2 * cs) + std::abs(x1 * sn)) +
+                     mixed * std::max(bound[d], bound[d + half]),
+                 where + d + half);
+    }
   }
 };
 
@@ -138,7 +196,7 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
                     dot = std::string("dot_") + c.name,
                     dq = std::string("dq_") + c.name;
 
-  DeviceBuffer qkv(device, p.qkv.size() * 2, "qkv");
+  DeviceBuffer qkv(device, p.qkv.size() * 2, "qkv rows");
   DeviceBuffer out(device, tokens * ldOut * 2, "O rows");
   DeviceBuffer lse(device, rows * 4, "lse");
   DeviceBuffer positions(device, std::max<size_t>(p.positions.size(), 1) * 4,
@@ -230,14 +288,17 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
   deltaCheck.expectExactFraction(0.0);
 
   // Backward on the kernels' lse and delta.
-  DeviceBuffer grad(device, p.qkv.size() * 2, "qkv gradient");
+  const int64_t gradCount = tokens * p.ldGrad;
+  DeviceBuffer grad(device, gradCount * 2, "qkv gradient rows");
   DeviceBuffer ds(device, dsCount * 2, "dS");
+  DeviceBuffer freqs(device, p.freqs.size() * 4, "freqs");
   grad.fill(0xFF);
   ds.fill(0xFF);
-  kernels.run(bwd,
-              withPositions({qkv.address(), dOut.address(), lse.address(),
-                             delta.address(), grad.address(), ds.address()}));
-  std::vector<uint16_t> gotGrad = grad.download<uint16_t>(p.qkv.size());
+  freqs.upload(p.freqs);
+  kernels.run(bwd, withPositions({qkv.address(), dOut.address(), lse.address(),
+                                  delta.address(), grad.address(), ds.address(),
+                                  freqs.address()}));
+  std::vector<uint16_t> gotGrad = grad.download<uint16_t>(gradCount);
   std::vector<uint16_t> gotDs = ds.download<uint16_t>(dsCount);
 
   // Per query row: the reference dS, and the bound on the kernel's dS
@@ -287,65 +348,81 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
   EXPECT_EQ(maskedWrong, 0) << "dS outside the windows not exactly +0";
 
   // dV[j] = sum_i P[i, j] dO[i] and dK[j] = scale sum_i dS[i, j] q[i] over
-  // the group's query heads.
+  // the group's query heads, dK rotated back, in the key and value columns.
   Checker dvCheck("dV"), dkCheck("dK");
   for (int64_t b = 0; b < c.batch; ++b)
     for (int64_t g = 0; g < c.kvHeads; ++g)
-      for (int64_t j = 0; j < c.seq; ++j)
+      for (int64_t j = 0; j < c.seq; ++j) {
+        std::vector<double> dk(c.dim, 0.0), dkBound(c.dim);
         for (int64_t e = 0; e < c.dim; ++e) {
-          double dv = 0, dvSpread = 0, dk = 0, dkSpread = 0;
+          double dv = 0, dvSpread = 0, dkSpread = 0;
           for (int64_t h = g * p.group; h < (g + 1) * p.group; ++h)
             for (int64_t i = j; i < c.seq; ++i) {
               int64_t row = (b * c.heads + h) * c.seq + i;
               dv += refP[row][j] * p.dO(b, h, i, e);
               dvSpread += refP[row][j] * std::abs(p.dO(b, h, i, e));
-              dk += refDs[row][j] * p.q(b, h, i, e);
+              dk[e] += refDs[row][j] * p.q(b, h, i, e);
               dkSpread +=
                   (kBF16Unit * std::abs(refDs[row][j]) + dsError[row][j]) *
                   std::abs(p.q(b, h, i, e));
             }
-          dk *= p.scale;
-          int64_t at = ((b * c.kvHeads + g) * c.seq + j) * c.dim + e;
-          dvCheck.near(bf16(gotGrad[p.valueRegion + at]), dv,
+          dk[e] *= p.scale;
+          dkBound[e] =
+              kBF16Unit * std::abs(dk[e]) + 1.05 * p.scale * dkSpread + 1e-6;
+          int64_t at = p.at(p.ldGrad, b, j, c.heads + c.kvHeads + g, e);
+          dvCheck.near(bf16(gotGrad[at]), dv,
                        kBF16Unit * (std::abs(dv) + 1.05 * dvSpread) + 1e-6, at);
-          dkCheck.near(
-              bf16(gotGrad[p.keyRegion + at]), dk,
-              kBF16Unit * std::abs(dk) + 1.05 * p.scale * dkSpread + 1e-6, at);
         }
+        int64_t first = p.at(p.ldGrad, b, j, c.heads + g, 0);
+        p.checkRotated(
+            dkCheck, b, j, dk, dkBound,
+            [&](int64_t e) { return bf16(gotGrad[first + e]); }, first);
+      }
   dvCheck.expectExactFraction(0.0);
   dkCheck.expectExactFraction(0.0);
-  int64_t queryTouched = 0;
-  for (int64_t i = 0; i < p.keyRegion; ++i)
-    queryTouched += gotGrad[i] != 0xFFFF;
-  EXPECT_EQ(queryTouched, 0) << "the query region was written";
+  // Token t's columns [0, heads dim) are the query heads', [width, ldGrad)
+  // padding.
+  auto isKeyOrValue = [&](int64_t i) {
+    int64_t column = i % p.ldGrad;
+    return column >= c.heads * c.dim && column < p.width;
+  };
+  int64_t othersTouched = 0;
+  for (int64_t i = 0; i < gradCount; ++i)
+    othersTouched += !isKeyOrValue(i) && gotGrad[i] != 0xFFFF;
+  EXPECT_EQ(othersTouched, 0) << "the backward wrote a query or pad column";
 
-  // dQ[i] = scale sum_j dS[i, j] k[j] from the backward's dSᵀ tiles, into
-  // the query region alone.
-  kernels.run(dq, {qkv.address(), ds.address(), grad.address()});
-  std::vector<uint16_t> withDq = grad.download<uint16_t>(p.qkv.size());
+  // dQ[i] = scale sum_j dS[i, j] k[j] from the backward's dSᵀ tiles, rotated
+  // back, into the query columns alone.
+  kernels.run(dq, withPositions({qkv.address(), ds.address(), grad.address(),
+                                 freqs.address()}));
+  std::vector<uint16_t> withDq = grad.download<uint16_t>(gradCount);
   Checker dqCheck("dQ");
   for (int64_t b = 0; b < c.batch; ++b)
     for (int64_t h = 0; h < c.heads; ++h)
-      for (int64_t i = 0; i < c.seq; ++i)
+      for (int64_t i = 0; i < c.seq; ++i) {
+        int64_t row = (b * c.heads + h) * c.seq + i, g = h / p.group;
+        std::vector<double> want(c.dim, 0.0), bound(c.dim);
         for (int64_t e = 0; e < c.dim; ++e) {
-          int64_t row = (b * c.heads + h) * c.seq + i, g = h / p.group;
-          double want = 0, spread = 0;
+          double spread = 0;
           for (int64_t j = 0; j <= i; ++j) {
-            want += refDs[row][j] * p.k(b, g, j, e);
+            want[e] += refDs[row][j] * p.k(b, g, j, e);
             spread += (kBF16Unit * std::abs(refDs[row][j]) + dsError[row][j]) *
                       std::abs(p.k(b, g, j, e));
           }
-          want *= p.scale;
-          dqCheck.near(bf16(withDq[row * c.dim + e]), want,
-                       kBF16Unit * std::abs(want) + 1.05 * p.scale * spread +
-                           1e-6,
-                       row * c.dim + e);
+          want[e] *= p.scale;
+          bound[e] =
+              kBF16Unit * std::abs(want[e]) + 1.05 * p.scale * spread + 1e-6;
         }
+        int64_t first = p.at(p.ldGrad, b, i, h, 0);
+        p.checkRotated(
+            dqCheck, b, i, want, bound,
+            [&](int64_t e) { return bf16(withDq[first + e]); }, first);
+      }
   dqCheck.expectExactFraction(0.0);
-  int64_t othersTouched = 0;
-  for (size_t i = size_t(p.keyRegion); i < withDq.size(); ++i)
-    othersTouched += withDq[i] != gotGrad[i];
-  EXPECT_EQ(othersTouched, 0) << "dQ wrote past the query region";
+  int64_t beyondQuery = 0;
+  for (int64_t i = 0; i < gradCount; ++i)
+    beyondQuery += i % p.ldGrad >= c.heads * c.dim && withDq[i] != gotGrad[i];
+  EXPECT_EQ(beyondQuery, 0) << "dQ wrote past the query columns";
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, FlashAttentionKernelTest,

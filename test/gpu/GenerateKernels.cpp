@@ -116,16 +116,17 @@ Group softmaxGroup() {
   return g;
 }
 
-/// The shape of flash case `c` (FlashAttentionKernelTest): q, k and v
-/// regions packed one after the other, softmax scale 1 / sqrt(dim), O and dO
-/// in token rows of kFlashOutPad and kFlashGradPad elements past the heads.
+/// The shape of flash case `c` (FlashAttentionKernelTest): softmax scale 1
+/// / sqrt(dim); q, k and v, their gradient, O and dO in token rows of
+/// kFlashQkvPad, kFlashQkvGradPad, kFlashOutPad and kFlashGradPad elements
+/// past their heads.
 FlashShape flashShape(const FlashCase &c) {
   FlashShape s;
   s.batch = c.batch, s.heads = c.heads, s.kvHeads = c.kvHeads, s.seq = c.seq;
   s.dim = c.dim, s.packed = c.packed;
-  int64_t tokens = c.batch * c.seq;
-  s.keyRegion = tokens * c.heads * c.dim;
-  s.valueRegion = s.keyRegion + tokens * c.kvHeads * c.dim;
+  int64_t qkvWidth = (c.heads + 2 * c.kvHeads) * c.dim;
+  s.qkvStride = qkvWidth + kFlashQkvPad;
+  s.qkvGradStride = qkvWidth + kFlashQkvGradPad;
   s.outStride = c.heads * c.dim + kFlashOutPad;
   s.gradStride = c.heads * c.dim + kFlashGradPad;
   s.scale = float(1.0 / std::sqrt(double(c.dim)));
@@ -337,8 +338,13 @@ int main(int argc, char **argv) {
                                 HeadsDirection::ToHeads, Rotation::Forward),
                 "to_tokens_inverse_pos",
                 ropeHeadsKernel(headsLayout(false, true),
-                                HeadsDirection::ToTokens,
-                                Rotation::Inverse))) &&
+                                HeadsDirection::ToTokens, Rotation::Inverse),
+                "in_place",
+                ropeHeadsKernel(headsLayout(false), HeadsDirection::InPlace,
+                                Rotation::Forward),
+                "in_place_pos",
+                ropeHeadsKernel(headsLayout(false, true),
+                                HeadsDirection::InPlace, Rotation::Forward))) &&
       writeGroup(dir, "softmax", softmaxGroup()) &&
       writeGroup(dir, "flash", flashGroup()) &&
       writeGroup(

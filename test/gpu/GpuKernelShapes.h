@@ -62,8 +62,10 @@ struct FlashCase {
   int64_t batch, heads, kvHeads, seq, dim;
   bool packed;
 };
-/// O and dO are token rows this many elements wider than the heads.
+/// O and dO, and the fused q, k, v rows and their gradient's, are token
+/// rows this many elements wider than their heads.
 constexpr int64_t kFlashOutPad = 8, kFlashGradPad = 24;
+constexpr int64_t kFlashQkvPad = 16, kFlashQkvGradPad = 8;
 constexpr FlashCase kFlashCases[] = {{"mha", 2, 3, 3, 192, 128, false},
                                      {"gqa", 2, 4, 2, 256, 64, false},
                                      {"packed", 2, 3, 3, 192, 128, true},

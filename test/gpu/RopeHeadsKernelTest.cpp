@@ -7,7 +7,8 @@
 // without rotation it is a plain copy (the attention output and its
 // gradient, here with padded token rows). The packed variants take each
 // row's RoPE position from position_ids (data rows of 77 tokens packed end
-// to end), while the row still goes to its place in its sequence. The
+// to end), while the row still goes to its place in its sequence. In place,
+// q and k are rotated where they are, as flash attention reads them. The
 // reference follows transformers: the angle is one f32 product, cos and sin
 // are rounded to bf16, and so is each product before the sum. Outputs are
 // poisoned first.
@@ -130,6 +131,58 @@ TEST(RopeHeadsKernel, PackedRowsRotateByTheirPositions) {
 
 TEST(RopeHeadsKernel, PackedRowsInverse) {
   checkMove("to_tokens_inverse_pos", false, -1, /*packed=*/true);
+}
+
+/// Runs `key` (in place) and `toHeads` on the same rows: the query and key
+/// heads must come out of `key` as `toHeads` writes them head-major (the
+/// same rotation, bit for bit; checkMove checks that one against the
+/// reference), and the value heads must be left alone.
+void checkInPlace(const std::string &key, const std::string &toHeads,
+                  bool packed) {
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "rope_heads");
+  ASSERT_TRUE(kernels.ok());
+  std::mt19937 rng(std::random_device{}());
+  std::vector<uint16_t> source = randomBF16(T * LD, rng);
+  std::vector<int32_t> positions(T);
+  for (int64_t t = 0; t < T; ++t)
+    positions[t] = int32_t(positionOf(t, packed));
+  DeviceBuffer tokens(device, T * LD * 2, "tokens"),
+      heads(device, T * LD * 2, "heads"), freqBuffer(device, Half * 4, "freqs"),
+      positionBuffer(device, T * 4, "positions");
+  tokens.upload(source);
+  heads.fill(0xFF);
+  freqBuffer.upload(inverseFrequencies());
+  positionBuffer.upload(positions);
+  auto run = [&](const std::string &name, std::vector<CUdeviceptr> args) {
+    if (packed)
+      args.push_back(positionBuffer.address());
+    kernels.run(name, args);
+  };
+  run(toHeads, {tokens.address(), heads.address(), freqBuffer.address()});
+  std::vector<uint16_t> want = heads.download<uint16_t>(T * LD);
+  run(key, {tokens.address(), freqBuffer.address()});
+  std::vector<uint16_t> got = tokens.download<uint16_t>(T * LD);
+  int64_t wrong = 0, touched = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < Heads; ++h)
+      for (int64_t i = 0; i < D; ++i) {
+        int64_t at = t * LD + h * D + i;
+        if (h < Q + KV)
+          wrong += got[at] != want[headMajor(t, h, i)];
+        else
+          touched += got[at] != source[at];
+      }
+  EXPECT_EQ(wrong, 0) << "q or k not rotated as " << toHeads << " does";
+  EXPECT_EQ(touched, 0) << "value heads written";
+}
+
+TEST(RopeHeadsKernel, RotatesQueryAndKeyHeadsInPlace) {
+  checkInPlace("in_place", "to_heads", false);
+}
+
+TEST(RopeHeadsKernel, PackedRowsRotateInPlace) {
+  checkInPlace("in_place_pos", "to_heads_pos", true);
 }
 
 TEST(RopeHeadsKernel, CopiesQueryHeadsBothWaysWithPaddedRows) {

@@ -139,6 +139,12 @@ public:
     return v;
   }
 
+  /// `a` rounded to bf16 and back.
+  std::string roundBF16(const std::string &a) {
+    std::string r = let("h", "arith.truncf " + a + " : f32 to bf16");
+    return let("f", "arith.extf " + r + " : bf16 to f32");
+  }
+
   /// Two f32 rounded to bf16 and packed into an i32, `low` in the low half.
   std::string pack(const std::string &low, const std::string &high) {
     std::string v = let("v", "vector.from_elements " + low + ", " + high +
@@ -272,9 +278,10 @@ llvm::Error attentionError(llvm::StringRef kernel, const llvm::Twine &message) {
   return llvm::createStringError(llvm::Twine(kernel) + " kernel: " + message);
 }
 
-/// Which of O and dO a kernel reads or writes.
+/// Which token rows a kernel reads or writes: O, dO, the fused q, k, v and
+/// their gradient.
 struct Rows {
-  bool out, grad;
+  bool out, grad, qkv, qkvGrad;
 };
 
 /// The shapes a fused attention kernel supports: `dim` 16, 32, 64 or 128
@@ -292,15 +299,18 @@ llvm::Error checkShape(llvm::StringRef kernel, const FlashShape &s, Rows rows) {
     return attentionError(kernel, "batch " + str(s.batch) + ", heads " +
                                       str(s.heads) + " over kv heads " +
                                       str(s.kvHeads) + " are not valid");
-  int64_t width = s.heads * s.dim;
-  for (auto [used, stride, what] : {std::tuple(rows.out, s.outStride, "O"),
-                                    std::tuple(rows.grad, s.gradStride, "dO")})
-    if (used && (stride < width || stride % 8))
+  int64_t width = s.heads * s.dim, qkvWidth = (s.heads + 2 * s.kvHeads) * s.dim;
+  for (auto [used, stride, wide, what] :
+       {std::tuple(rows.out, s.outStride, width, "O"),
+        std::tuple(rows.grad, s.gradStride, width, "dO"),
+        std::tuple(rows.qkv, s.qkvStride, qkvWidth, "qkv"),
+        std::tuple(rows.qkvGrad, s.qkvGradStride, qkvWidth, "qkv gradient")})
+    if (used && (stride < wide || stride % 8))
       return attentionError(kernel, llvm::Twine(what) + " row stride " +
                                         str(stride) +
                                         " must be a multiple of 8 of at "
                                         "least " +
-                                        str(width));
+                                        str(wide));
   // The grid's y dimension counts (sequence, head) pairs.
   if (s.batch * s.heads > 65535)
     return attentionError(kernel, "batch * heads " + str(s.batch * s.heads) +
@@ -319,7 +329,9 @@ std::string shapeName(const FlashShape &s, Rows rows) {
          "_s" + str(s.seq) + "_d" + str(s.dim) + "_x" + hex +
          (s.packed ? "_packed" : "") +
          (rows.out ? "_o" + str(s.outStride) : "") +
-         (rows.grad ? "_g" + str(s.gradStride) : "");
+         (rows.grad ? "_g" + str(s.gradStride) : "") +
+         (rows.qkv ? "_r" + str(s.qkvStride) : "") +
+         (rows.qkvGrad ? "_dr" + str(s.qkvGradStride) : "");
 }
 
 /// Tile geometry shared by both kernels.
@@ -368,14 +380,6 @@ Lanes lanes(Body &b, const Geometry &geo) {
   return l;
 }
 
-/// The byte offset (i64) of row `row` (index) of the rows of `dim` bf16
-/// elements that start at element `region`.
-std::string rowBytes(Body &b, int64_t region, const std::string &row,
-                     int64_t dim) {
-  return b.toI64(
-      b.mul(b.add(b.index(region), b.mul(row, b.index(dim))), b.index(2)));
-}
-
 /// cp.async of a 64 x dim bf16 tile whose first row is `src` + `srcBytes`
 /// (i64; rows `stride` elements apart) into shared `dst` + `dstBytes` (i32).
 void copyTile(Body &b, const Geometry &geo, const Lanes &l, int64_t stride,
@@ -394,20 +398,91 @@ void copyTile(Body &b, const Geometry &geo, const Lanes &l, int64_t stride,
   }
 }
 
-/// The memref type of O or dO: token rows of `stride` elements, the last
-/// one only as long as the heads.
+/// The memref type of token rows of `stride` elements, the last one only
+/// `width` long: O and dO (`width` heads dim) or the fused q, k, v and their
+/// gradient.
+std::string rowsType(const FlashShape &s, int64_t stride, int64_t width) {
+  return memrefType((s.batch * s.seq - 1) * stride + width, "bf16");
+}
 std::string rowsType(const FlashShape &s, int64_t stride) {
-  return memrefType((s.batch * s.seq - 1) * stride + s.heads * s.dim, "bf16");
+  return rowsType(s, stride, s.heads * s.dim);
+}
+std::string qkvRowsType(const FlashShape &s, int64_t stride) {
+  return rowsType(s, stride, (s.heads + 2 * s.kvHeads) * s.dim);
 }
 
-/// The element offset in O or dO (token rows of `stride`) of query position
-/// `q` of head `head` of sequence `sequence` (all index).
-std::string rowStart(Body &b, const FlashShape &s, int64_t stride,
-                     const std::string &sequence, const std::string &head,
-                     const std::string &q) {
+/// The element offset in token rows of `stride` of position `position` of
+/// sequence `sequence`, at column `column` (all index).
+std::string rowElement(Body &b, const FlashShape &s, int64_t stride,
+                       const std::string &sequence, const std::string &position,
+                       const std::string &column) {
   return b.add(
-      b.mul(b.add(b.mul(sequence, b.index(s.seq)), q), b.index(stride)),
-      b.mul(head, b.index(s.dim)));
+      b.mul(b.add(b.mul(sequence, b.index(s.seq)), position), b.index(stride)),
+      column);
+}
+/// The same as a byte offset (i64).
+std::string rowByte(Body &b, const FlashShape &s, int64_t stride,
+                    const std::string &sequence, const std::string &position,
+                    const std::string &column) {
+  return b.toI64(
+      b.mul(rowElement(b, s, stride, sequence, position, column), b.index(2)));
+}
+
+/// The first column (index) of query head `head`, key head `kvHead` and
+/// value head `kvHead` in the fused q, k, v rows.
+std::string queryColumn(Body &b, const FlashShape &s, const std::string &head) {
+  return b.mul(head, b.index(s.dim));
+}
+std::string keyColumn(Body &b, const FlashShape &s, const std::string &kvHead) {
+  return b.add(b.index(s.heads * s.dim), b.mul(kvHead, b.index(s.dim)));
+}
+std::string valueColumn(Body &b, const FlashShape &s,
+                        const std::string &kvHead) {
+  return b.add(b.index((s.heads + s.kvHeads) * s.dim),
+               b.mul(kvHead, b.index(s.dim)));
+}
+
+/// The RoPE position (f32) of position `p` (index) of sequence `sequence`:
+/// p, or with packed sequences the token's position id (rope_heads' rule).
+std::string ropePosition(Body &b, const FlashShape &s,
+                         const std::string &posType,
+                         const std::string &sequence, const std::string &p) {
+  if (!s.packed)
+    return b.let("f", "arith.uitofp " + b.toI32(p) + " : i32 to f32");
+  std::string token = b.add(b.mul(sequence, b.index(s.seq)), p);
+  std::string id =
+      b.let("pos", "memref.load %positions[" + token + "] : " + posType);
+  return b.let("f", "arith.sitofp " + id + " : i32 to f32");
+}
+
+/// One thread's part of a gradient row rotated back by RoPE, as rope_heads'
+/// Rotation::Inverse does: values[2 nt + e] (f32, bf16 values) is column 8
+/// nt + 2 pair + e of the row, so columns i and i + dim / 2 (C fragments nt
+/// and nt + dim / 16) are in the same thread. At angle a = position
+/// freqs[i], with c = bf16(cos a) and s = bf16(-sin a):
+///   y[i]           = bf16(bf16(x[i] c) - bf16(x[i + dim/2] s))
+///   y[i + dim / 2] = bf16(bf16(x[i + dim/2] c) + bf16(x[i] s)).
+void rotateBack(Body &b, const FlashShape &s, const Lanes &l,
+                const std::string &position, std::vector<std::string> &values) {
+  std::string freqsType = memrefType(s.dim / 2, "f32");
+  int64_t half = s.dim / 16;
+  for (int64_t nt = 0; nt < half; ++nt)
+    for (int e = 0; e < 2; ++e) {
+      std::string i = b.add(b.mul(l.pair, b.index(2)), b.index(8 * nt + e));
+      std::string freq =
+          b.let("f", "memref.load %freqs[" + i + "] : " + freqsType);
+      std::string angle = b.fmul(position, freq);
+      std::string c = b.roundBF16(b.let("f", "math.cos " + angle + " : f32"));
+      std::string sine = b.let("f", "math.sin " + angle + " : f32");
+      std::string sn = b.roundBF16(b.let("f", "arith.negf " + sine + " : f32"));
+      std::string &x1 = values[size_t(2 * nt + e)];
+      std::string &x2 = values[size_t(2 * (nt + half) + e)];
+      std::string y1 =
+          b.fsub(b.roundBF16(b.fmul(x1, c)), b.roundBF16(b.fmul(x2, sn)));
+      std::string y2 =
+          b.fadd(b.roundBF16(b.fmul(x2, c)), b.roundBF16(b.fmul(x1, sn)));
+      x1 = y1, x2 = y2;
+    }
 }
 
 /// acc[first + i] += W X on tensor cores, for W 16 rows by 64 columns whose
@@ -528,17 +603,18 @@ std::string windowStart(Body &b, const FlashShape &s, const std::string &q,
   return b.let("w", "arith.subi " + q + ", " + back + " : index");
 }
 
-/// What both flash kernels derive from their shape: counts and the memref
-/// types of the head-major buffer, of per-row statistics and of the
-/// positions.
+/// What the flash kernels derive from their shape: counts and the memref
+/// types of the q, k, v rows and their gradient's, of per-row statistics,
+/// of RoPE frequencies and of the positions.
 struct Sizes {
   int64_t tokens, group, queryBlocks;
-  std::string qkvType, rowType, posType;
+  std::string qkvType, qkvGradType, rowType, freqsType, posType;
   explicit Sizes(const FlashShape &s)
       : tokens(s.batch * s.seq), group(s.heads / s.kvHeads),
-        queryBlocks(s.seq / kTile),
-        qkvType(memrefType(tokens * (s.heads + 2 * s.kvHeads) * s.dim, "bf16")),
+        queryBlocks(s.seq / kTile), qkvType(qkvRowsType(s, s.qkvStride)),
+        qkvGradType(qkvRowsType(s, s.qkvGradStride)),
         rowType(memrefType(s.batch * s.heads * s.seq, "f32")),
+        freqsType(memrefType(s.dim / 2, "f32")),
         posType(memrefType(tokens, "i32")) {}
 };
 
@@ -588,7 +664,7 @@ bool llamac::flashAttentionSupports(int64_t dim, int64_t seq,
 llvm::Expected<KernelSpec>
 llamac::flashAttentionForwardKernel(const FlashShape &s) {
   const char *kernel = "flash_attention_fwd";
-  if (llvm::Error error = checkShape(kernel, s, {true, false}))
+  if (llvm::Error error = checkShape(kernel, s, {true, false, true, false}))
     return std::move(error);
   Geometry geo(s.dim);
   Sizes z(s);
@@ -611,19 +687,18 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
   std::string qb = b.let("qb", "arith.subi " + b.index(queryBlocks - 1) + ", " +
                                    bx + " : index");
   std::string seqIndex = b.div(bh, b.index(s.heads));
-  std::string bg = b.add(b.mul(seqIndex, b.index(s.kvHeads)),
-                         b.div(b.rem(bh, b.index(s.heads)), b.index(group)));
+  std::string head = b.rem(bh, b.index(s.heads));
+  std::string kvHead = b.div(head, b.index(group));
   std::string firstQuery = b.mul(qb, b.index(kTile));
-  // Element offsets of the query tile and of key/value block 0.
-  std::string queryRow = b.add(b.mul(bh, b.index(s.seq)), firstQuery);
-  std::string keyRow = b.mul(bg, b.index(s.seq));
-  auto bytes = [&](int64_t region, const std::string &row) {
-    return rowBytes(b, region, row, s.dim);
-  };
-  std::string querySrc = bytes(0, queryRow);
-  std::string keySrc = bytes(s.keyRegion, keyRow);
-  std::string valueSrc = bytes(s.valueRegion, keyRow);
-  int64_t blockBytes = kTile * s.dim * 2;
+  // Byte offsets of the query tile and of key/value block 0.
+  int64_t ld = s.qkvStride;
+  std::string querySrc =
+      rowByte(b, s, ld, seqIndex, firstQuery, queryColumn(b, s, head));
+  std::string keySrc =
+      rowByte(b, s, ld, seqIndex, b.index(0), keyColumn(b, s, kvHead));
+  std::string valueSrc =
+      rowByte(b, s, ld, seqIndex, b.index(0), valueColumn(b, s, kvHead));
+  int64_t blockBytes = kTile * ld * 2;
 
   // Shared memory: two (K, V) pairs; block j uses pair j % 2. The query
   // tile first goes where block 1's keys will, and is in registers before
@@ -636,11 +711,11 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
   auto loadBlock = [&](const std::string &j) {
     std::string at = keyShared(j);
     std::string offset = b.mul(b.toI64(j), b.i64(blockBytes), "i64");
-    copyTile(b, geo, l, s.dim, smem, at, qkv, b.add(keySrc, offset, "i64"));
-    copyTile(b, geo, l, s.dim, smem, b.add(at, b.i32(geo.tileBytes), "i32"),
-             qkv, b.add(valueSrc, offset, "i64"));
+    copyTile(b, geo, l, ld, smem, at, qkv, b.add(keySrc, offset, "i64"));
+    copyTile(b, geo, l, ld, smem, b.add(at, b.i32(geo.tileBytes), "i32"), qkv,
+             b.add(valueSrc, offset, "i64"));
   };
-  copyTile(b, geo, l, s.dim, smem, b.i32(pairBytes), qkv, querySrc);
+  copyTile(b, geo, l, ld, smem, b.i32(pairBytes), qkv, querySrc);
   b.line("nvvm.cp.async.commit.group");
   loadBlock(b.index(0));
   b.line("nvvm.cp.async.commit.group");
@@ -765,9 +840,9 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
     b.line("scf.if " + b.cmp("eq", l.pair, b.index(0)) + " {");
     b.line("memref.store " + lse + ", %lse[" + row + "] : " + lseType);
     b.line("}");
-    std::string first = b.add(rowStart(b, s, s.outStride, seqIndex,
-                                       b.rem(bh, b.index(s.heads)), q[half]),
-                              b.mul(l.pair, b.index(2)));
+    std::string first =
+        rowElement(b, s, s.outStride, seqIndex, q[half],
+                   b.add(queryColumn(b, s, head), b.mul(l.pair, b.index(2))));
     for (int64_t nt = 0; nt < outTiles; ++nt) {
       std::string v = b.pair(b.fmul(r[nt * 4 + 2 * half], inverse[half]),
                              b.fmul(r[nt * 4 + 2 * half + 1], inverse[half]));
@@ -777,26 +852,27 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
   LaunchDims grid;
   grid.x = unsigned(queryBlocks);
   grid.y = unsigned(s.batch * s.heads);
-  return finish(kernel + shapeName(s, {true, false}), signature, b, grid,
-                unsigned(2 * pairBytes));
+  return finish(kernel + shapeName(s, {true, false, true, false}), signature, b,
+                grid, unsigned(2 * pairBytes));
 }
 
 llvm::Expected<KernelSpec>
 llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   const char *kernel = "flash_attention_bwd";
-  if (llvm::Error error = checkShape(kernel, s, {false, true}))
+  Rows rows{false, true, true, true};
+  if (llvm::Error error = checkShape(kernel, s, rows))
     return std::move(error);
   Geometry geo(s.dim);
   Sizes z(s);
   int64_t group = z.group, queryBlocks = z.queryBlocks;
-  const std::string &qkvType = z.qkvType, &rowType = z.rowType,
-                    &posType = z.posType;
+  const std::string &qkvType = z.qkvType, &gradType = z.qkvGradType,
+                    &rowType = z.rowType, &posType = z.posType;
   std::string headsType = rowsType(s, s.gradStride);
   std::string dsType = memrefType(s.batch * s.heads * s.seq * s.seq, "bf16");
-  std::string signature = "%qkv: " + qkvType + ", %dout: " + headsType +
-                          ", %lse: " + rowType + ", %delta: " + rowType +
-                          ", %grad: " + qkvType + ", %ds: " + dsType +
-                          (s.packed ? ", %positions: " + posType : "");
+  std::string signature =
+      "%qkv: " + qkvType + ", %dout: " + headsType + ", %lse: " + rowType +
+      ", %delta: " + rowType + ", %grad: " + gradType + ", %ds: " + dsType +
+      ", %freqs: " + z.freqsType + (s.packed ? ", %positions: " + posType : "");
 
   Body b;
   Lanes l = lanes(b, geo);
@@ -813,19 +889,17 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   std::string seqIndex = b.div(bg, b.index(s.kvHeads));
   std::string kvHead = b.rem(bg, b.index(s.kvHeads));
   std::string firstKey = b.mul(kb, b.index(kTile));
-  std::string keyRow = b.add(b.mul(bg, b.index(s.seq)), firstKey);
-  auto bytes = [&](int64_t region, const std::string &row) {
-    return rowBytes(b, region, row, s.dim);
-  };
+  int64_t ld = s.qkvStride;
 
   // Shared memory: K and V of the block, then two slots of (Q, dO, lse,
   // delta, positions) for the query tiles; tile t uses slot t % 2.
   int64_t rowStats = 3 * kTile * 4;
   int64_t slotBytes = 2 * geo.tileBytes + rowStats;
   int64_t slotsAt = 2 * geo.tileBytes;
-  copyTile(b, geo, l, s.dim, smem, b.i32(0), qkv, bytes(s.keyRegion, keyRow));
-  copyTile(b, geo, l, s.dim, smem, b.i32(geo.tileBytes), qkv,
-           bytes(s.valueRegion, keyRow));
+  copyTile(b, geo, l, ld, smem, b.i32(0), qkv,
+           rowByte(b, s, ld, seqIndex, firstKey, keyColumn(b, s, kvHead)));
+  copyTile(b, geo, l, ld, smem, b.i32(geo.tileBytes), qkv,
+           rowByte(b, s, ld, seqIndex, firstKey, valueColumn(b, s, kvHead)));
 
   // Tile t: query head kvHead group + t / tiles, query block kb + t % tiles.
   std::string tiles =
@@ -848,12 +922,13 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   };
   auto loadTile = [&](const std::string &t) {
     Tile tile = tileAt(t);
-    copyTile(b, geo, l, s.dim, smem, tile.slot, qkv, bytes(0, tile.row));
-    std::string gradFirst = rowStart(b, s, s.gradStride, seqIndex, tile.head,
-                                     b.mul(tile.qb, b.index(kTile)));
+    std::string firstQuery = b.mul(tile.qb, b.index(kTile));
+    std::string column = queryColumn(b, s, tile.head);
+    copyTile(b, geo, l, ld, smem, tile.slot, qkv,
+             rowByte(b, s, ld, seqIndex, firstQuery, column));
     copyTile(b, geo, l, s.gradStride, smem,
              b.add(tile.slot, b.i32(geo.tileBytes), "i32"), dout,
-             b.toI64(b.mul(gradFirst, b.index(2))));
+             rowByte(b, s, s.gradStride, seqIndex, firstQuery, column));
     // Lanes 0..15 copy lse, 16..31 delta, 32..47 positions: 16 bytes each.
     std::string chunk = b.rem(l.tid, b.index(16));
     std::string part = b.div(l.tid, b.index(16));
@@ -1015,33 +1090,39 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
     }
   closeLoop(b, flatten(acc));
 
-  // dV, and dK times the softmax scale, to the gradient's key and value
-  // regions.
+  // dV, and dK times the softmax scale rotated back, to the gradient's key
+  // and value columns.
   std::string scale = b.f32(s.scale);
   const std::vector<std::string> &r = loop.results;
+  std::string pairColumn = b.mul(l.pair, b.index(2));
   for (int half = 0; half < 2; ++half) {
-    std::string row = b.add(b.mul(bg, b.index(s.seq)), key[half]);
-    std::string within =
-        b.add(b.mul(row, b.index(s.dim)), b.mul(l.pair, b.index(2)));
+    std::string dvAt = rowElement(b, s, s.qkvGradStride, seqIndex, key[half],
+                                  b.add(valueColumn(b, s, kvHead), pairColumn));
+    std::string dkAt = rowElement(b, s, s.qkvGradStride, seqIndex, key[half],
+                                  b.add(keyColumn(b, s, kvHead), pairColumn));
+    std::vector<std::string> dk;
     for (int64_t nt = 0; nt < outTiles; ++nt) {
-      std::string col = b.add(within, b.index(8 * nt));
       std::string dv = b.pair(r[nt * 4 + 2 * half], r[nt * 4 + 2 * half + 1]);
-      b.storePair(dv, "%grad", b.add(col, b.index(s.valueRegion)), qkvType);
+      b.storePair(dv, "%grad", b.add(dvAt, b.index(8 * nt)), gradType);
       int64_t k = (outTiles + nt) * 4 + 2 * half;
-      std::string dk = b.pair(b.fmul(r[k], scale), b.fmul(r[k + 1], scale));
-      b.storePair(dk, "%grad", b.add(col, b.index(s.keyRegion)), qkvType);
+      dk.push_back(b.roundBF16(b.fmul(r[k], scale)));
+      dk.push_back(b.roundBF16(b.fmul(r[k + 1], scale)));
     }
+    rotateBack(b, s, l, ropePosition(b, s, posType, seqIndex, key[half]), dk);
+    for (int64_t nt = 0; nt < outTiles; ++nt)
+      b.storePair(b.pair(dk[size_t(2 * nt)], dk[size_t(2 * nt + 1)]), "%grad",
+                  b.add(dkAt, b.index(8 * nt)), gradType);
   }
   LaunchDims grid;
   grid.x = unsigned(queryBlocks);
   grid.y = unsigned(s.batch * s.kvHeads);
-  return finish(kernel + shapeName(s, {false, true}), signature, b, grid,
+  return finish(kernel + shapeName(s, rows), signature, b, grid,
                 unsigned(backwardSharedBytes(s.dim)));
 }
 
 llvm::Expected<KernelSpec> llamac::attentionRowDotKernel(const FlashShape &s) {
   const char *kernel = "attention_row_dot";
-  if (llvm::Error error = checkShape(kernel, s, {true, true}))
+  if (llvm::Error error = checkShape(kernel, s, {true, true, false, false}))
     return std::move(error);
   int64_t ldOut = s.outStride, ldGrad = s.gradStride;
   int64_t tokens = s.batch * s.seq, rows = tokens * s.heads;
@@ -1103,20 +1184,23 @@ llvm::Expected<KernelSpec> llamac::attentionRowDotKernel(const FlashShape &s) {
   b.line("}");
   LaunchDims grid;
   grid.x = unsigned((rows + rowsPerBlock - 1) / rowsPerBlock);
-  return finish(kernel + shapeName(s, {true, true}), signature, b, grid, 0);
+  return finish(kernel + shapeName(s, {true, true, false, false}), signature, b,
+                grid, 0);
 }
 
 llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
   const char *kernel = "flash_attention_dq";
-  if (llvm::Error error = checkShape(kernel, s, {false, false}))
+  Rows rows{false, false, true, true};
+  if (llvm::Error error = checkShape(kernel, s, rows))
     return std::move(error);
   Geometry geo(s.dim), scoreGeo(kTile);
   Sizes z(s);
   int64_t group = z.group, queryBlocks = z.queryBlocks;
-  const std::string &qkvType = z.qkvType;
+  const std::string &qkvType = z.qkvType, &gradType = z.qkvGradType;
   std::string dsType = memrefType(s.batch * s.heads * s.seq * s.seq, "bf16");
-  std::string signature =
-      "%qkv: " + qkvType + ", %ds: " + dsType + ", %grad: " + qkvType;
+  std::string signature = "%qkv: " + qkvType + ", %ds: " + dsType +
+                          ", %grad: " + gradType + ", %freqs: " + z.freqsType +
+                          (s.packed ? ", %positions: " + z.posType : "");
 
   Body b;
   // Lanes of the K tiles (head_dim wide) and of the dSᵀ tiles (64 wide).
@@ -1132,13 +1216,14 @@ llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
   std::string seqIndex = b.div(bh, b.index(s.heads));
   std::string head = b.rem(bh, b.index(s.heads));
   std::string member = b.rem(head, b.index(group));
-  std::string bg =
-      b.add(b.mul(seqIndex, b.index(s.kvHeads)), b.div(head, b.index(group)));
+  std::string kvHead = b.div(head, b.index(group));
+  std::string bg = b.add(b.mul(seqIndex, b.index(s.kvHeads)), kvHead);
   std::string firstQuery = b.mul(qb, b.index(kTile));
-  // Key block j: K rows bg seq + 64 j of the key region, and the dSᵀ tile
-  // of its keys and this block's queries (rows group seq apart).
+  // Key block j: K rows 64 j .. of the sequence's KV head, and the dSᵀ
+  // tile of its keys and this block's queries (rows group seq apart).
+  int64_t ld = s.qkvStride;
   std::string keySrc =
-      rowBytes(b, s.keyRegion, b.mul(bg, b.index(s.seq)), s.dim);
+      rowByte(b, s, ld, seqIndex, b.index(0), keyColumn(b, s, kvHead));
   std::string scoreSrc = b.toI64(
       b.mul(b.add(b.mul(b.mul(bg, b.index(s.seq)), b.index(group * s.seq)),
                   b.add(b.mul(member, b.index(s.seq)), firstQuery)),
@@ -1154,9 +1239,9 @@ llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
     copyTile(b, scoreGeo, sl, group * s.seq, smem, at, ds,
              b.add(scoreSrc,
                    b.mul(j64, b.i64(kTile * group * s.seq * 2), "i64"), "i64"));
-    copyTile(b, geo, l, s.dim, smem,
-             b.add(at, b.i32(scoreGeo.tileBytes), "i32"), qkv,
-             b.add(keySrc, b.mul(j64, b.i64(kTile * s.dim * 2), "i64"), "i64"));
+    copyTile(b, geo, l, ld, smem, b.add(at, b.i32(scoreGeo.tileBytes), "i32"),
+             qkv,
+             b.add(keySrc, b.mul(j64, b.i64(kTile * ld * 2), "i64"), "i64"));
   };
   loadBlock(b.index(0));
   b.line("nvvm.cp.async.commit.group");
@@ -1189,24 +1274,30 @@ llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
       keyAt);
   closeLoop(b, flatten(acc));
 
-  // dQ times the softmax scale to the gradient's query region.
+  // dQ times the softmax scale, rotated back, to the gradient's query
+  // columns.
   std::string scale = b.f32(s.scale);
   const std::vector<std::string> &r = loop.results;
   for (int half = 0; half < 2; ++half) {
     std::string q = b.add(b.add(firstQuery, b.mul(l.warp, b.index(16))),
                           b.add(l.group, b.index(8 * half)));
-    std::string within =
-        b.add(b.mul(b.add(b.mul(bh, b.index(s.seq)), q), b.index(s.dim)),
-              b.mul(l.pair, b.index(2)));
+    std::string at =
+        rowElement(b, s, s.qkvGradStride, seqIndex, q,
+                   b.add(queryColumn(b, s, head), b.mul(l.pair, b.index(2))));
+    std::vector<std::string> dq;
     for (int64_t nt = 0; nt < outTiles; ++nt) {
       int64_t k = nt * 4 + 2 * half;
-      std::string dq = b.pair(b.fmul(r[k], scale), b.fmul(r[k + 1], scale));
-      b.storePair(dq, "%grad", b.add(within, b.index(8 * nt)), qkvType);
+      dq.push_back(b.roundBF16(b.fmul(r[k], scale)));
+      dq.push_back(b.roundBF16(b.fmul(r[k + 1], scale)));
     }
+    rotateBack(b, s, l, ropePosition(b, s, z.posType, seqIndex, q), dq);
+    for (int64_t nt = 0; nt < outTiles; ++nt)
+      b.storePair(b.pair(dq[size_t(2 * nt)], dq[size_t(2 * nt + 1)]), "%grad",
+                  b.add(at, b.index(8 * nt)), gradType);
   }
   LaunchDims grid;
   grid.x = unsigned(queryBlocks);
   grid.y = unsigned(s.batch * s.heads);
-  return finish(kernel + shapeName(s, {false, false}), signature, b, grid,
+  return finish(kernel + shapeName(s, rows), signature, b, grid,
                 unsigned(2 * slotBytes));
 }

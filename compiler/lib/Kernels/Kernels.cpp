@@ -1182,15 +1182,26 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
                       "heads extend beyond the row stride " + str(l.rowStride));
   if (l.positions && rotation == Rotation::None)
     return shapeError(kernel, "positions without a rotation");
+  bool inPlace = direction == HeadsDirection::InPlace;
+  if (inPlace && rotation == Rotation::None)
+    return shapeError(kernel, "in place without a rotation");
   int64_t half = l.headDim / 2;
-  int64_t items = heads * (half / 8);
-  unsigned block = threadsFor(items, 256);
-  bool toHeads = direction == HeadsDirection::ToHeads;
   int64_t rotated =
       rotation == Rotation::None ? 0 : l.numQueryHeads + l.numKeyHeads;
+  // In place, only the rotated heads are items.
+  int64_t items = (inPlace ? rotated : heads) * (half / 8);
+  unsigned block = threadsFor(items, 256);
+  bool toHeads = direction == HeadsDirection::ToHeads;
   const char *rotationName = rotation == Rotation::None      ? ""
                              : rotation == Rotation::Forward ? "_rope"
                                                              : "_ropeinv";
+  const char *directionName = inPlace   ? "in_place"
+                              : toHeads ? "to_heads"
+                                        : "to_tokens";
+  // Head-major elements are %hi1 and %hi2; token-major %ti1 and %ti2.
+  bool headsFirst = direction == HeadsDirection::ToTokens;
+  std::string tokensSize = str(l.rows * l.rowStride),
+              headsSize = str(l.rows * heads * l.headDim);
   // %pf = float(the RoPE position): positions[t] (signed), or p = t mod SEQ.
   std::string position =
       l.positions ? "%pi = memref.load %positions[%t] : memref<" + str(l.rows) +
@@ -1199,17 +1210,16 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
                     "    %pf = arith.uitofp %pi : i32 to f32";
   return specialize(
       kernel,
-      std::string(toHeads ? "to_heads" : "to_tokens") + "_t" + str(l.rows) +
-          "_s" + str(l.seqLen) + "_ld" + str(l.rowStride) + "_d" +
-          str(l.headDim) + "_q" + str(l.numQueryHeads) + "k" +
-          str(l.numKeyHeads) + "v" + str(l.numValueHeads) + rotationName +
-          (l.positions ? "_pos" : ""),
-      {{"POSITIONS_ARG", positionsArgument(l.positions, l.rows)},
+      directionName + std::string("_t") + str(l.rows) + "_s" + str(l.seqLen) +
+          "_ld" + str(l.rowStride) + "_d" + str(l.headDim) + "_q" +
+          str(l.numQueryHeads) + "k" + str(l.numKeyHeads) + "v" +
+          str(l.numValueHeads) + rotationName + (l.positions ? "_pos" : ""),
+      {{"HEADS_ARG", inPlace ? "" : ", %heads: memref<" + headsSize + "xbf16>"},
+       {"POSITIONS_ARG", positionsArgument(l.positions, l.rows)},
        {"POSITION", position},
        {"T", str(l.rows)},
        {"LD", str(l.rowStride)},
-       {"TLD", str(l.rows * l.rowStride)},
-       {"HM", str(l.rows * heads * l.headDim)},
+       {"TLD", tokensSize},
        {"REGION", str(l.rows * l.headDim)},
        {"D", str(l.headDim)},
        {"HALF", str(half)},
@@ -1224,14 +1234,12 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
        {"NQK", str(l.numQueryHeads + l.numKeyHeads)},
        {"NROT", str(rotated)},
        {"SIGN", rotation == Rotation::Inverse ? "-1.0" : "1.0"},
-       {"SRC", toHeads ? "%tokens" : "%heads"},
-       {"SRCI", toHeads ? "%ti" : "%hi"},
-       {"SRCN",
-        str(toHeads ? l.rows * l.rowStride : l.rows * heads * l.headDim)},
+       {"SRC", headsFirst ? "%heads" : "%tokens"},
+       {"SRCI", headsFirst ? "%hi" : "%ti"},
+       {"SRCN", headsFirst ? headsSize : tokensSize},
        {"DST", toHeads ? "%heads" : "%tokens"},
        {"DSTI", toHeads ? "%hi" : "%ti"},
-       {"DSTN",
-        str(toHeads ? l.rows * heads * l.headDim : l.rows * l.rowStride)},
+       {"DSTN", toHeads ? headsSize : tokensSize},
        {"BLOCK", str(block)}},
       dims(unsigned(l.rows)), dims(block));
 }

@@ -115,8 +115,6 @@ FlashShape flashShape(const AttentionShape &a, float scale, bool packed) {
   FlashShape f;
   f.batch = a.batch, f.heads = a.heads, f.kvHeads = a.kvHeads;
   f.seq = a.seq, f.dim = a.dim;
-  f.keyRegion = int64_t(a.keyRegion / 2),
-  f.valueRegion = int64_t(a.valueRegion / 2);
   f.scale = scale, f.packed = packed;
   return f;
 }
@@ -678,12 +676,12 @@ private:
   int64_t flatElements = 0;
   llvm::StringMap<uint64_t> flatOffset; ///< bytes, by step parameter name
   int hyper = -1, lossStats = -1, gradNorm = -1;
-  /// What each rope_attention keeps for its gradient: the head-major buffer
-  /// of rotated q, k and v, and the probabilities P (bf16).
-  /// What a rope_attention keeps for its gradient: q, k and v head-major,
-  /// and either P (the GEMM path) or lse and the output (flash attention).
+  /// What a rope_attention keeps for its gradient: the rotated q, k and v,
+  /// and either P (the GEMM path, q, k and v head-major) or lse and the
+  /// output (flash attention, q, k and v in the QKV projection's rows).
   struct SavedAttention {
-    int headMajor, probabilities = -1, lse = -1;
+    Location qkv;
+    int probabilities = -1, lse = -1;
     Location out;
   };
   /// The saved buffers of each rope_attention, by query value.
@@ -1129,23 +1127,24 @@ llvm::Error PackageBuilder::lower(Operation &op) {
     AttentionShape a = attentionShape(&op, tokens);
     if (auto error = checkQKVSlices(&op, *q, *k, *v, a))
       return error;
-    // q, k, v move to the head-major layout (q and k rotated): every
-    // attention GEMM is then one call batched over (sequence, KV head).
-    int headMajor = newBuffer(
-        "qkv_heads#" + std::to_string(buffers.size()), "activation",
-        ElementType::BF16, {tokens * (a.heads + 2 * a.kvHeads) * a.dim}, false);
     int64_t blocks = a.batch * a.heads;
     int freqs = freqTable(attention.getFrequencies());
-    if (auto error = launch(
-            ropeHeadsKernel(headsLayout(a, q->ld, a.kvHeads, a.kvHeads,
-                                        positions->has_value()),
-                            HeadsDirection::ToHeads, Rotation::Forward),
-            withPositions({*q, whole(headMajor), whole(freqs)}, *positions),
-            label + " (rope)"))
-      return error;
     if (flashAttentionSupports(a.dim, a.seq, options.ptx.chip)) {
-      // Flash attention: O, in token rows, and lse from one kernel; no S or
-      // P in memory.
+      // Flash attention reads q, k and v in the QKV projection's rows, q and
+      // k rotated there, and so does its gradient; it writes O, in token
+      // rows, and lse. No S or P in memory.
+      for (Value value :
+           {attention.getQuery(), attention.getKey(), attention.getValue()})
+        for (Operation *user : value.getUsers())
+          if (!isa<RopeAttentionOp, RopeAttentionGradOp>(user))
+            return fail(&op, "rotates q and k in place, so they must have no "
+                             "reader but the attention and its gradient");
+      if (auto error = launch(
+              ropeHeadsKernel(
+                  headsLayout(a, q->ld, a.kvHeads, 0, positions->has_value()),
+                  HeadsDirection::InPlace, Rotation::Forward),
+              withPositions({*q, whole(freqs)}, *positions), label + " (rope)"))
+        return error;
       int lse =
           newBuffer("attention_lse#" + std::to_string(buffers.size()),
                     "activation", ElementType::F32, {blocks, a.seq}, false);
@@ -1153,17 +1152,29 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       FlashShape shape =
           flashShape(a, float(attention.getScale().convertToDouble()),
                      positions->has_value());
+      shape.qkvStride = q->ld;
       shape.outStride = out.ld ? out.ld : a.heads * a.dim;
-      savedAttention[attention.getQuery()] = {headMajor, -1, lse, out};
-      return launch(
-          flashAttentionForwardKernel(shape),
-          withPositions({whole(headMajor), out, whole(lse)}, *positions),
-          label + " (flash attention)");
+      savedAttention[attention.getQuery()] = {*q, -1, lse, out};
+      return launch(flashAttentionForwardKernel(shape),
+                    withPositions({*q, out, whole(lse)}, *positions),
+                    label + " (flash attention)");
     }
+    // q, k, v move to the head-major layout (q and k rotated): every
+    // attention GEMM is then one call batched over (sequence, KV head).
+    int headMajor = newBuffer(
+        "qkv_heads#" + std::to_string(buffers.size()), "activation",
+        ElementType::BF16, {tokens * (a.heads + 2 * a.kvHeads) * a.dim}, false);
+    if (auto error = launch(
+            ropeHeadsKernel(headsLayout(a, q->ld, a.kvHeads, a.kvHeads,
+                                        positions->has_value()),
+                            HeadsDirection::ToHeads, Rotation::Forward),
+            withPositions({*q, whole(headMajor), whole(freqs)}, *positions),
+            label + " (rope)"))
+      return error;
     int probabilities = newBuffer(
         "probabilities#" + std::to_string(buffers.size()), "activation",
         ElementType::BF16, {blocks, a.seq, a.seq}, false);
-    savedAttention[attention.getQuery()] = {headMajor, probabilities};
+    savedAttention[attention.getQuery()] = {whole(headMajor), probabilities};
     int scores = scratch("scores", ElementType::F32, {blocks, a.seq, a.seq});
     attentionScores(&op, headMajor, scores, label);
     if (auto error = launch(
@@ -1316,11 +1327,10 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       return llvm::joinErrors(dOut.takeError(), positions.takeError());
     auto found = savedAttention.find(grad.getQuery());
     if (found == savedAttention.end())
-      return fail(&op, "expects q, k and v moved to the head-major layout, "
-                       "and the probabilities, by its rope_attention");
+      return fail(&op, "expects the rotated q, k and v, and the "
+                       "probabilities or lse, saved by its rope_attention");
     const SavedAttention saved = found->second;
-    int headMajor = saved.headMajor;
-    touch(headMajor);
+    touch(saved.qkv.buffer);
     AttentionShape a = attentionShape(&op, tokens);
     float scale = float(grad.getScale().convertToDouble());
     Location dq = define(grad.getQueryGrad(), "query_grad");
@@ -1330,17 +1340,17 @@ llvm::Error PackageBuilder::lower(Operation &op) {
       return error;
     int64_t blocks = a.batch * a.heads, rows = a.group * a.seq;
     int freqs = freqTable(grad.getFrequencies());
-    // The gradients of the rotated q, k and v, head-major like them.
-    int gradHeads = scratch("qkv_heads_grad", ElementType::BF16,
-                            {tokens * (a.heads + 2 * a.kvHeads) * a.dim});
     if (saved.lse >= 0) {
       // Flash attention, from O and dO in token rows: delta = rowsum(O dO),
       // then dK, dV and dSᵀ from one kernel, and dQ = scale dS K from dSᵀ's
-      // tiles on or below the diagonal.
+      // tiles on or below the diagonal; both write the gradients of q, k
+      // and v into their rows, dQ and dK rotated back.
       FlashShape shape = flashShape(a, scale, positions->has_value());
       Location out = saved.out;
       touch(out.buffer);
       int64_t width = a.heads * a.dim;
+      shape.qkvStride = saved.qkv.ld;
+      shape.qkvGradStride = dq.ld;
       shape.outStride = out.ld ? out.ld : width;
       shape.gradStride = dOut->ld ? dOut->ld : width;
       int delta = scratch("attention_delta", ElementType::F32, {blocks, a.seq});
@@ -1351,73 +1361,76 @@ llvm::Error PackageBuilder::lower(Operation &op) {
           scratch("scores_grad", ElementType::BF16, {blocks, a.seq, a.seq});
       if (auto error = launch(
               flashAttentionBackwardKernel(shape),
-              withPositions({whole(headMajor), *dOut, whole(saved.lse),
-                             whole(delta), whole(gradHeads), whole(scoresGrad)},
+              withPositions({saved.qkv, *dOut, whole(saved.lse), whole(delta),
+                             dq, whole(scoresGrad), whole(freqs)},
                             *positions),
               label + " (flash attention backward)"))
         return error;
-      if (auto error =
-              launch(flashAttentionDqKernel(shape),
-                     {whole(headMajor), whole(scoresGrad), whole(gradHeads)},
-                     label + " (dQ)"))
-        return error;
-    } else {
-      int dOutHeads = scratch("attention_heads_grad", ElementType::BF16,
-                              {tokens * a.heads * a.dim});
-      if (auto error =
-              launch(ropeHeadsKernel(headsLayout(a, dOut->ld, 0, 0),
-                                     HeadsDirection::ToHeads, Rotation::None),
-                     {*dOut, whole(dOutHeads), whole(freqs)},
-                     label + " (gradient to heads)"))
-        return error;
-      // dP = dO V[b, g]ᵀ (f32).
-      int dProbabilities = scratch("probabilities_grad", ElementType::F32,
-                                   {blocks, a.seq, a.seq});
-      package::Gemm dP = groupGemm(a, rows, a.seq, a.dim, rows * a.dim,
-                                   a.seq * a.dim, rows * a.seq);
-      dP.transposeB = true;
-      dP.outType = ElementType::F32;
-      dP.a = operand(whole(dOutHeads));
-      dP.b = operand({headMajor, a.valueRegion, a.dim});
-      dP.d = operand(whole(dProbabilities));
-      gemm(dP, label + " (dP)");
-      // dV[b, g] = P[b, group g]ᵀ dO[b, group g] from the forward's P: the
-      // sum over the group's query heads is part of the product.
-      package::Gemm dV = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
-                                   rows * a.dim, a.seq * a.dim);
-      dV.transposeA = true;
-      dV.a = operand(whole(saved.probabilities));
-      dV.b = operand(whole(dOutHeads));
-      dV.d = operand({gradHeads, a.valueRegion, a.dim});
-      gemm(dV, label + " (dV)");
-      // dS = P (dP - rowsum(P dP)) from the saved bf16 P, written over it
-      // once the dV GEMM has read it.
-      if (auto error = launch(
-              attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
-                                             positions->has_value() ? a.heads
-                                                                    : 0),
-              withPositions({whole(saved.probabilities), whole(dProbabilities)},
-                            *positions),
-              label + " (softmax backward)"))
-        return error;
-      // dQ[b, group g] = scale dS K[b, g].
-      package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
-                                   a.seq * a.dim, rows * a.dim);
-      dQ.alpha = scale;
-      dQ.a = operand(whole(saved.probabilities));
-      dQ.b = operand({headMajor, a.keyRegion, a.dim});
-      dQ.d = operand(whole(gradHeads));
-      gemm(dQ, label + " (dQ)");
-      // dK[b, g] = scale dS[b, group g]ᵀ Q[b, group g].
-      package::Gemm dK = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
-                                   rows * a.dim, a.seq * a.dim);
-      dK.transposeA = true;
-      dK.alpha = scale;
-      dK.a = operand(whole(saved.probabilities));
-      dK.b = operand({headMajor, 0, a.dim});
-      dK.d = operand({gradHeads, a.keyRegion, a.dim});
-      gemm(dK, label + " (dK)");
+      return launch(
+          flashAttentionDqKernel(shape),
+          withPositions({saved.qkv, whole(scoresGrad), dq, whole(freqs)},
+                        *positions),
+          label + " (dQ)");
     }
+    int headMajor = saved.qkv.buffer;
+    // The gradients of the rotated q, k and v, head-major like them.
+    int gradHeads = scratch("qkv_heads_grad", ElementType::BF16,
+                            {tokens * (a.heads + 2 * a.kvHeads) * a.dim});
+    int dOutHeads = scratch("attention_heads_grad", ElementType::BF16,
+                            {tokens * a.heads * a.dim});
+    if (auto error =
+            launch(ropeHeadsKernel(headsLayout(a, dOut->ld, 0, 0),
+                                   HeadsDirection::ToHeads, Rotation::None),
+                   {*dOut, whole(dOutHeads), whole(freqs)},
+                   label + " (gradient to heads)"))
+      return error;
+    // dP = dO V[b, g]ᵀ (f32).
+    int dProbabilities =
+        scratch("probabilities_grad", ElementType::F32, {blocks, a.seq, a.seq});
+    package::Gemm dP = groupGemm(a, rows, a.seq, a.dim, rows * a.dim,
+                                 a.seq * a.dim, rows * a.seq);
+    dP.transposeB = true;
+    dP.outType = ElementType::F32;
+    dP.a = operand(whole(dOutHeads));
+    dP.b = operand({headMajor, a.valueRegion, a.dim});
+    dP.d = operand(whole(dProbabilities));
+    gemm(dP, label + " (dP)");
+    // dV[b, g] = P[b, group g]ᵀ dO[b, group g] from the forward's P: the
+    // sum over the group's query heads is part of the product.
+    package::Gemm dV = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
+                                 rows * a.dim, a.seq * a.dim);
+    dV.transposeA = true;
+    dV.a = operand(whole(saved.probabilities));
+    dV.b = operand(whole(dOutHeads));
+    dV.d = operand({gradHeads, a.valueRegion, a.dim});
+    gemm(dV, label + " (dV)");
+    // dS = P (dP - rowsum(P dP)) from the saved bf16 P, written over it
+    // once the dV GEMM has read it.
+    if (auto error = launch(
+            attentionSoftmaxBackwardKernel(blocks, a.seq, ScoreType::F32,
+                                           positions->has_value() ? a.heads
+                                                                  : 0),
+            withPositions({whole(saved.probabilities), whole(dProbabilities)},
+                          *positions),
+            label + " (softmax backward)"))
+      return error;
+    // dQ[b, group g] = scale dS K[b, g].
+    package::Gemm dQ = groupGemm(a, rows, a.dim, a.seq, rows * a.seq,
+                                 a.seq * a.dim, rows * a.dim);
+    dQ.alpha = scale;
+    dQ.a = operand(whole(saved.probabilities));
+    dQ.b = operand({headMajor, a.keyRegion, a.dim});
+    dQ.d = operand(whole(gradHeads));
+    gemm(dQ, label + " (dQ)");
+    // dK[b, g] = scale dS[b, group g]ᵀ Q[b, group g].
+    package::Gemm dK = groupGemm(a, a.seq, a.dim, rows, rows * a.seq,
+                                 rows * a.dim, a.seq * a.dim);
+    dK.transposeA = true;
+    dK.alpha = scale;
+    dK.a = operand(whole(saved.probabilities));
+    dK.b = operand({headMajor, 0, a.dim});
+    dK.d = operand({gradHeads, a.keyRegion, a.dim});
+    gemm(dK, label + " (dK)");
     // Back to token rows, rotating the q and k gradients back.
     return launch(
         ropeHeadsKernel(

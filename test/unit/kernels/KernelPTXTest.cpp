@@ -188,6 +188,18 @@ std::vector<StepKernel> stepKernels() {
                                 Rotation::Inverse);
        },
        true, true},
+      {"rope_in_place",
+       [] {
+         return ropeHeadsKernel(stepHeads(), HeadsDirection::InPlace,
+                                Rotation::Forward);
+       },
+       true, true},
+      {"rope_in_place_packed",
+       [] {
+         return ropeHeadsKernel(stepHeads(true), HeadsDirection::InPlace,
+                                Rotation::Forward);
+       },
+       true, true},
       {"causal_softmax_fwd_f32",
        [] {
          return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32);
@@ -432,6 +444,13 @@ TEST(KernelPTX, LaunchShapesFollowTheSizes) {
                             Rotation::None)
                 ->block.x,
             256u); // 32 heads * 8 chunks
+  // In place, only the 40 query and key heads are items: 320.
+  auto inPlace =
+      ropeHeadsKernel(stepHeads(), HeadsDirection::InPlace, Rotation::Forward);
+  ASSERT_TRUE(bool(inPlace));
+  EXPECT_EQ(inPlace->block.x, 256u);
+  EXPECT_NE(inPlace->name, rope->name);
+  EXPECT_EQ(inPlace->source.find("%heads: memref"), std::string::npos);
 
   // A row gets min(256, seq / 8 rounded up to a warp) threads, a block as
   // many rows as fit in 256 threads.
@@ -540,6 +559,10 @@ TEST(KernelPTX, RejectsBadStepShapes) {
       message(ropeHeadsKernel(layout, HeadsDirection::ToTokens, Rotation::None))
           .find("positions without a rotation"),
       std::string::npos);
+  EXPECT_NE(message(ropeHeadsKernel(stepHeads(), HeadsDirection::InPlace,
+                                    Rotation::None))
+                .find("in place without a rotation"),
+            std::string::npos);
 }
 
 TEST(KernelPTX, FP8CastsUseSaturatingHardwareConversions) {
@@ -763,16 +786,15 @@ TEST(KernelPTX, RejectsBadShapesAndUnknownTemplates) {
             std::string::npos);
 }
 
-/// Llama 2 7B's attention at batch 2: 32 heads of 128, the q, k and v
-/// regions one after the other.
+/// Llama 2 7B's attention at batch 2: 32 heads of 128 in the fused q, k, v
+/// projection's rows.
 FlashShape llama2Attention(int64_t seq, bool packed = false) {
   FlashShape s;
   s.batch = 2, s.heads = 32, s.kvHeads = 32, s.seq = seq, s.dim = 128;
-  s.keyRegion = s.batch * seq * s.heads * s.dim;
-  s.valueRegion = 2 * s.keyRegion;
   s.scale = 0.08838835f;
   s.packed = packed;
   // O alone; dO a slice of the gradient of the fused q, k, v projection.
+  s.qkvStride = 12288, s.qkvGradStride = 12288;
   s.outStride = 4096, s.gradStride = 12288;
   return s;
 }
@@ -818,18 +840,20 @@ TEST(KernelPTX, FlashAttentionRunsOnTensorCores) {
   EXPECT_EQ(ptx->find("ld.global.b16"), std::string::npos);
   EXPECT_NE(ptx->find("ld.global.v4.b32"), std::string::npos);
   std::string report = assemble(*ptx);
-  // Three forward blocks fit an SM's 64K registers.
+  // Three forward or dQ blocks fit an SM's 64K registers.
   EXPECT_LE(registersOf(report, forward->name), 168) << report;
+  EXPECT_LE(registersOf(report, dq->name), 168) << report;
   for (const KernelSpec *kernel : {&*forward, &*dq})
     EXPECT_NE(propertiesOf(report, kernel->name).find("0 bytes spill stores"),
               std::string::npos)
         << report;
   // The backward holds dK and dV (128 f32 a thread) beside a tile's S, P,
-  // dP and dS in 255 registers; ptxas spills at most a few words.
+  // dP and dS in 255 registers; ptxas spills at most a few words. (The
+  // stack frame also holds sinf's and cosf's reduction of huge angles.)
   std::string properties = propertiesOf(report, backward->name);
-  size_t stack = properties.find(" bytes stack frame");
-  ASSERT_NE(stack, std::string::npos) << report;
-  size_t digits = properties.find_last_not_of("0123456789", stack - 1) + 1;
+  size_t spills = properties.find(" bytes spill stores");
+  ASSERT_NE(spills, std::string::npos) << report;
+  size_t digits = properties.find_last_not_of("0123456789", spills - 1) + 1;
   EXPECT_LE(std::atoi(properties.c_str() + digits), 16) << report;
 }
 
@@ -873,6 +897,21 @@ TEST(KernelPTX, FlashAttentionNeedsTilesThatFit) {
   shape = llama2Attention(256);
   shape.gradStride = 4100;
   EXPECT_NE(message(flashAttentionBackwardKernel(shape)).find("dO row stride"),
+            std::string::npos);
+  EXPECT_TRUE(bool(flashAttentionForwardKernel(shape)));
+  // q, k and v (3 x 32 heads of 128) need rows of at least 12288.
+  shape = llama2Attention(256);
+  shape.qkvStride = 8192;
+  EXPECT_NE(message(flashAttentionForwardKernel(shape))
+                .find("flash_attention_fwd kernel: qkv row stride 8192 must "
+                      "be a multiple of 8 of at least 12288"),
+            std::string::npos);
+  EXPECT_TRUE(bool(attentionRowDotKernel(shape)));
+  shape = llama2Attention(256);
+  shape.qkvGradStride = 12292;
+  EXPECT_NE(message(flashAttentionDqKernel(shape)).find("qkv gradient row"),
+            std::string::npos);
+  EXPECT_NE(message(flashAttentionBackwardKernel(shape)).find("qkv gradient"),
             std::string::npos);
   EXPECT_TRUE(bool(flashAttentionForwardKernel(shape)));
 }

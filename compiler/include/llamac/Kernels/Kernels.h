@@ -119,22 +119,25 @@ struct HeadsLayout {
   bool positions = false;
 };
 
-enum class HeadsDirection { ToHeads, ToTokens };
+/// ToHeads and ToTokens copy every head; InPlace rotates the query and key
+/// heads of the token rows where they are and leaves the rest alone.
+enum class HeadsDirection { ToHeads, ToTokens, InPlace };
 /// RoPE on the query and key heads as they move: none, the rotation of the
 /// forward, or its inverse (which is its transpose: the gradient's rule).
 enum class Rotation { None, Forward, Inverse };
 
 /// rope_heads: copies every head between the token-major and head-major
-/// layouts in `direction`, rotating query and key heads per `rotation`,
+/// layouts in `direction` (or InPlace: rotates the token rows' query and
+/// key heads where they are), rotating query and key heads per `rotation`,
 /// half-split: y[i] = bf16(bf16(x[i] c) - bf16(x[i + d/2] s)), y[i + d/2] =
 /// bf16(bf16(x[i + d/2] c) + bf16(x[i] s)) with c = bf16(cos a), s =
 /// bf16(±sin a), a = float(pos) * freqs[i] in f32, pos = row mod seqLen,
 /// or positions[row] with layout.positions (rotations only).
 /// Args: tokens (bf16 [rows, rowStride]), heads (bf16 [rows * heads *
-/// headDim]), freqs (f32 [headDim / 2], host-computed, llama3 scaling
-/// included; unread without rotation), with layout.positions also positions
-/// (i32 [rows]). Grid [rows], block [min(256, heads headDim / 16 rounded up
-/// to a warp)]. headDim / 2 and rowStride are multiples of 8.
+/// headDim]; not with InPlace), freqs (f32 [headDim / 2], host-computed, llama3
+/// scaling included; unread without rotation), with layout.positions also
+/// positions (i32 [rows]). Grid [rows], block [min(256, heads headDim / 16
+/// rounded up to a warp)]. headDim / 2 and rowStride are multiples of 8.
 llvm::Expected<KernelSpec> ropeHeadsKernel(const HeadsLayout &layout,
                                            HeadsDirection direction,
                                            Rotation rotation);
@@ -171,19 +174,20 @@ llvm::Expected<KernelSpec>
 attentionSoftmaxBackwardKernel(int64_t blocks, int64_t seqLen,
                                ScoreType scoreType, int64_t packedHeads = 0);
 
-/// The geometry of fused (flash) causal attention over the head-major
-/// buffer that rope_heads writes: per sequence b, the query heads' rows
-/// ([batch, heads, seq, dim]) from element 0, the key heads' from
-/// `keyRegion` and the value heads' from `valueRegion` ([batch, kvHeads,
-/// seq, dim] each). Query head h reads KV head h / (heads / kvHeads).
-/// `scale` multiplies Q Kᵀ; `packed`: windows from position ids, as in
-/// causalSoftmaxForwardKernel. The attention's output O and its gradient
-/// dO are token rows ([batch seq, stride], head h at columns h dim ..) of
-/// `outStride` and `gradStride` elements (multiples of 8, at least heads
-/// dim).
+/// The geometry of fused (flash) causal attention over the fused QKV
+/// projection's token rows ([batch seq, qkvStride] bf16): per token, the
+/// query heads from column 0, then the key heads, then the value heads,
+/// `dim` columns each; q and k already rotated (rope_heads in place). The
+/// gradient of those rows has the same columns, in rows of qkvGradStride.
+/// Query head h reads KV head h / (heads / kvHeads). `scale` multiplies Q
+/// Kᵀ; `packed`: windows from position ids, as in
+/// causalSoftmaxForwardKernel. The attention's output O and its gradient dO
+/// are token rows (head h at columns h dim ..) of `outStride` and
+/// `gradStride` elements. Every stride is a multiple of 8 and at least as
+/// wide as its heads.
 struct FlashShape {
   int64_t batch = 0, heads = 0, kvHeads = 0, seq = 0, dim = 0;
-  int64_t keyRegion = 0, valueRegion = 0;
+  int64_t qkvStride = 0, qkvGradStride = 0;
   int64_t outStride = 0, gradStride = 0;
   float scale = 1.0f;
   bool packed = false;
@@ -202,7 +206,7 @@ bool flashAttentionSupports(int64_t dim, int64_t seq, llvm::StringRef chip);
 /// query row i of head h, O[i] = sum_j softmax_j(scale q_i · k_j) v_j over
 /// the window s <= j <= i, and lse[i] = log2(sum_j 2^(x_j)) with x_j = scale
 /// log2(e) q_i · k_j (its max taken out before the sum): the backward's P is
-/// 2^(x - lse). Args: qkv (bf16, the head-major buffer), O (bf16, see
+/// 2^(x - lse). Args: qkv (bf16 token rows, see FlashShape), O (bf16, see
 /// outStride), lse (f32 [batch, heads, seq]), when packed positions
 /// (i32 [batch seq]). Grid [seq / 64, batch heads], block [128], dynamic
 /// shared memory `sharedBytes` (two 64-row key and value tiles, the query
@@ -219,23 +223,26 @@ llvm::Expected<KernelSpec> attentionRowDotKernel(const FlashShape &shape);
 /// flash_attention_bwd: per KV head and 64-key block, recomputes P = 2^(x -
 /// lse) tile by tile over the later query tiles of every query head of its
 /// group, and with dP = dO Vᵀ and dS = P (dP - delta): dV = sum Pᵀ dO and
-/// dK = scale sum dSᵀ Q into the gradient buffer's key and value regions
-/// (the query region is not touched), and dSᵀ in bf16 to dS ([batch,
-/// kvHeads, seq keys, heads / kvHeads, seq queries]; the tiles of a query
-/// block before the key block are not written, the others hold zeros
-/// outside the windows) for flash_attention_dq. Args: qkv, dO (bf16, see
-/// gradStride), lse, delta, the gradient (qkv's layout), dS, when packed
-/// positions. Grid [seq / 64, batch kvHeads], block [128], dynamic shared
-/// memory `sharedBytes`.
+/// dK = scale sum dSᵀ Q into the key and value columns of the gradient's
+/// token rows (the query columns are not touched), dK rotated back as
+/// rope_heads' Rotation::Inverse does after rounding to bf16, and dSᵀ in
+/// bf16 to dS ([batch, kvHeads, seq keys, heads / kvHeads, seq queries];
+/// the tiles of a query block before the key block are not written, the
+/// others hold zeros outside the windows) for flash_attention_dq. Args: qkv,
+/// dO (bf16, see gradStride), lse, delta, the gradient (bf16 token rows of
+/// qkvGradStride), dS, freqs (f32 [dim / 2], as rope_heads'), when packed
+/// positions (the RoPE positions as well as the windows'). Grid [seq / 64,
+/// batch kvHeads], block [128], dynamic shared memory `sharedBytes`.
 llvm::Expected<KernelSpec>
 flashAttentionBackwardKernel(const FlashShape &shape);
 
 /// flash_attention_dq: dQ[i] = scale sum_j dS[i, j] k_j for query row i of
 /// every head, over the key blocks up to its own (the dSᵀ tiles that
-/// flash_attention_bwd wrote), into the query region of the Q and K
-/// gradient (head-major, qkv's layout; the other regions are not touched).
-/// Args: qkv, dS, the gradient. Grid [seq / 64, batch heads], block [128],
-/// dynamic shared memory `sharedBytes` (two dSᵀ and K tiles).
+/// flash_attention_bwd wrote), rotated back as flash_attention_bwd's dK,
+/// into the query columns of the gradient's token rows (the other columns
+/// are not touched). Args: qkv, dS, the gradient, freqs, when packed
+/// positions. Grid [seq / 64, batch heads], block [128], dynamic shared
+/// memory `sharedBytes` (two dSᵀ and K tiles).
 llvm::Expected<KernelSpec> flashAttentionDqKernel(const FlashShape &shape);
 
 /// count_targets: the number of rows with a target under the shifted loss

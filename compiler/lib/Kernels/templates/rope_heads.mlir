@@ -7,7 +7,9 @@
 // [B, @NK@, @SEQ@, @D@], then values [B, @NV@, @SEQ@, @D@] (B = @T@ /
 // @SEQ@), so that the GEMMs of KV group g of sequence b read one contiguous
 // block of its query heads.
-// Direction: @SRC@ is read and @DST@ written (%tokens to %heads, or back).
+// Direction: @SRC@ is read and @DST@ written (%tokens to %heads, or back,
+// or %tokens in place: then there is no %heads, the items are only the
+// rotated heads, and the head-major index below goes unused).
 // The first @NROT@ heads (queries and keys, or none) are rotated, half-split
 // with h = @D@ / 2, position p of row t, angle a_i = float(p) * freqs[i]
 // (one f32 product, as transformers' f32 matmul of inv_freq by the
@@ -25,12 +27,12 @@
 // computes %pf = float(p) (Kernels.cpp writes both).
 // Reads freqs (f32 [h], host-computed, llama3 scaling included; unread when
 // @NROT@ = 0), positions when given, and the source; writes every head of
-// the destination.
+// the destination (in place: the rotated ones).
 // One block per token row: its threads put c and s in shared memory, then
 // each takes (head, 8-frequency chunk) items k, k + @BLOCK@, ... of the
-// @NH@ h / 8, with 16-byte accesses. @D@ / 2 and @LD@ are multiples of 8.
+// @ITEMS@, with 16-byte accesses. @D@ / 2 and @LD@ are multiples of 8.
 // Launch: grid [@T@], block [@BLOCK@].
-  gpu.func @@KERNEL@(%tokens: memref<@TLD@xbf16>, %heads: memref<@HM@xbf16>, %freqs: memref<@HALF@xf32>@POSITIONS_ARG@)
+  gpu.func @@KERNEL@(%tokens: memref<@TLD@xbf16>@HEADS_ARG@, %freqs: memref<@HALF@xf32>@POSITIONS_ARG@)
       workgroup(%table : memref<@HALF2@xf32, #gpu.address_space<workgroup>> {llvm.align = 16 : i64}) kernel
       attributes {known_block_size = array<i32: @BLOCK@, 1, 1>} {
     %c0 = arith.constant 0 : index
