@@ -11,17 +11,17 @@
 // their gradient, O and dO are token rows wider than their heads, as a
 // step's fused projections are: the extra columns must stay unwritten, and
 // where they are read from they are NaN. dK and dQ leave rotated back by
-// RoPE (Llama's frequencies; positions in the sequence, or packed the
-// position ids). The backward runs on the forward's lse and the row-dot
-// kernel's delta, as in a train step.
+// RoPE with a rope_table made here (Llama's frequencies; positions in the
+// sequence, or packed the position ids). The backward runs on the forward's
+// lse and the row-dot kernel's delta, as in a train step.
 //
 // Bounds, with u = 2^-8 (bf16) and the reference exact: the kernels round P
 // and dS to bf16 as GEMM operands (u each, relative) and every output to
 // bf16 (u); f32 sums, exp2 and log2 add relative errors near 2^-22, covered
 // by the 5% slack on the rounding terms and the absolute 1e-6 floors. The
-// inverse rotation y1 = x1 c - x2 s of outputs x within b1, b2 of the
-// reference adds |c| b1 + |s| b2, its bf16 cos and sin and products (2u +
-// 4 f32 ulps on |x1 c| + |x2 s|, as RopeHeadsKernelTest) and its rounding.
+// inverse rotation y1 = x1 c + x2 s of outputs x within b1, b2 of the
+// reference (c, s the table's) adds |c| b1 + |s| b2, the rounding of its
+// two products (u |x1 c| + u |x2 s|) and its own (u |y1|).
 //
 //===----------------------------------------------------------------------===//
 
@@ -44,7 +44,7 @@ struct Problem {
   double scale;
   std::vector<uint16_t> qkv;      // token rows of ld, NaN past the heads
   std::vector<uint16_t> dOut;     // head-major
-  std::vector<float> freqs;       // RoPE's, [dim / 2]
+  std::vector<uint16_t> rope;     // rope_table: [tokens, dim / 2, (c, s)]
   std::vector<int32_t> positions; // empty unless packed
 
   explicit Problem(const FlashCase &c, std::mt19937 &rng)
@@ -66,10 +66,6 @@ struct Problem {
                   width - queryWidth, qkv.begin() + t * ld + queryWidth);
     }
     dOut = randomBF16(tokens * c.heads * c.dim, rng);
-    // transformers' inv_freq for theta 10000, in f32.
-    for (int64_t i = 0; i < c.dim / 2; ++i)
-      freqs.push_back(
-          float(1.0 / std::pow(10000.0, double(2 * i) / double(c.dim))));
     if (c.packed)
       // Data rows of seq / 3 + 5, 1, 70 tokens, then the rest, per
       // sequence: boundaries inside 64-row tiles and a one-token row.
@@ -82,6 +78,16 @@ struct Problem {
         for (int64_t p = 0; used < c.seq; ++p, ++used)
           positions.push_back(int32_t(p));
       }
+    // transformers' inv_freq for theta 10000, and the angles, in f32.
+    for (int64_t b = 0; b < c.batch; ++b)
+      for (int64_t i = 0; i < c.seq; ++i)
+        for (int64_t d = 0; d < c.dim / 2; ++d) {
+          float freq =
+              float(1.0 / std::pow(10000.0, double(2 * d) / double(c.dim)));
+          double angle = double(float(ropePosition(b, i)) * freq);
+          rope.push_back(doubleToBF16(std::cos(angle)));
+          rope.push_back(doubleToBF16(std::sin(angle)));
+        }
   }
 
   /// Element `d` of head column block `head` (q heads, then k, then v) of
@@ -120,13 +126,12 @@ struct Problem {
                     const std::vector<double> &bound,
                     const std::function<double(int64_t)> &got,
                     int64_t where) const {
-    const double products = 1.05 * (2 * kBF16Unit + 4 * kF32Unit);
-    int64_t half = c.dim / 2;
+    const double products = 1.05 * kBF16Unit;
+    int64_t half = c.dim / 2, row = (b * c.seq + i) * half;
     for (int64_t d = 0; d < half; ++d) {
-      double angle = double(float(ropePosition(b, i)) * freqs[d]);
-      double cs = std::cos(angle), sn = -std::sin(angle);
+      double cs = bf16(rope[(row + d) * 2]), sn = bf16(rope[(row + d) * 2 + 1]);
       double x1 = want[d], x2 = want[d + half];
-      double y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+      double y1 = x1 * cs + x2 * sn, y2 = x2 * cs - x1 * sn;
       double mixed = std::abs(cs) + std::abs(sn);
       check.near(got(d), y1,
                  kBF16Unit * std::abs(y1) +
@@ -291,13 +296,13 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
   const int64_t gradCount = tokens * p.ldGrad;
   DeviceBuffer grad(device, gradCount * 2, "qkv gradient rows");
   DeviceBuffer ds(device, dsCount * 2, "dS");
-  DeviceBuffer freqs(device, p.freqs.size() * 4, "freqs");
+  DeviceBuffer rope(device, p.rope.size() * 2, "rope table");
   grad.fill(0xFF);
   ds.fill(0xFF);
-  freqs.upload(p.freqs);
+  rope.upload(p.rope);
   kernels.run(bwd, withPositions({qkv.address(), dOut.address(), lse.address(),
                                   delta.address(), grad.address(), ds.address(),
-                                  freqs.address()}));
+                                  rope.address()}));
   std::vector<uint16_t> gotGrad = grad.download<uint16_t>(gradCount);
   std::vector<uint16_t> gotDs = ds.download<uint16_t>(dsCount);
 
@@ -393,8 +398,8 @@ TEST_P(FlashAttentionKernelTest, MatchesReference) {
 
   // dQ[i] = scale sum_j dS[i, j] k[j] from the backward's dSᵀ tiles, rotated
   // back, into the query columns alone.
-  kernels.run(dq, withPositions({qkv.address(), ds.address(), grad.address(),
-                                 freqs.address()}));
+  kernels.run(dq,
+              {qkv.address(), ds.address(), grad.address(), rope.address()});
   std::vector<uint16_t> withDq = grad.download<uint16_t>(gradCount);
   Checker dqCheck("dQ");
   for (int64_t b = 0; b < c.batch; ++b)

@@ -344,7 +344,9 @@ int main(int argc, char **argv) {
                                 Rotation::Forward),
                 "in_place_pos",
                 ropeHeadsKernel(headsLayout(false, true),
-                                HeadsDirection::InPlace, Rotation::Forward))) &&
+                                HeadsDirection::InPlace, Rotation::Forward),
+                "table", ropeTableKernel(headsLayout(false)), "table_pos",
+                ropeTableKernel(headsLayout(false, true)))) &&
       writeGroup(dir, "softmax", softmaxGroup()) &&
       writeGroup(dir, "flash", flashGroup()) &&
       writeGroup(

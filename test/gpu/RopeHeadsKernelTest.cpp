@@ -8,7 +8,8 @@
 // gradient, here with padded token rows). The packed variants take each
 // row's RoPE position from position_ids (data rows of 77 tokens packed end
 // to end), while the row still goes to its place in its sequence. In place,
-// q and k are rotated where they are, as flash attention reads them. The
+// q and k are rotated where they are, as flash attention reads them, and
+// rope_table keeps the same cos and sin for its backward. The
 // reference follows transformers: the angle is one f32 product, cos and sin
 // are rounded to bf16, and so is each product before the sum. Outputs are
 // poisoned first.
@@ -183,6 +184,59 @@ TEST(RopeHeadsKernel, RotatesQueryAndKeyHeadsInPlace) {
 
 TEST(RopeHeadsKernel, PackedRowsRotateInPlace) {
   checkInPlace("in_place_pos", "to_heads_pos", true);
+}
+
+/// rope_table must hold the very cos and sin that rope_heads rotates with:
+/// to_heads turns a head whose first half is 1 and second half 0 into y[i]
+/// = bf16(c_i - bf16(0 s_i)) = c_i and y[i + h] = bf16(bf16(0 c_i) + s_i) =
+/// s_i, bit for bit.
+void checkTable(const std::string &key, const std::string &toHeads,
+                bool packed) {
+  LLAMAC_REQUIRE_GPU(device);
+  KernelGroup kernels(device, "rope_heads");
+  ASSERT_TRUE(kernels.ok());
+  std::vector<uint16_t> source(T * LD);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < Heads; ++h)
+      for (int64_t i = 0; i < D; ++i)
+        source[t * LD + h * D + i] = i < Half ? 0x3F80 : 0; // 1, 0
+  std::vector<int32_t> positions(T);
+  for (int64_t t = 0; t < T; ++t)
+    positions[t] = int32_t(positionOf(t, packed));
+  DeviceBuffer tokens(device, T * LD * 2, "tokens"),
+      heads(device, T * LD * 2, "heads"), table(device, T * D * 2, "table"),
+      freqBuffer(device, Half * 4, "freqs"),
+      positionBuffer(device, T * 4, "positions");
+  tokens.upload(source);
+  heads.fill(0xFF);
+  table.fill(0xFF);
+  freqBuffer.upload(inverseFrequencies());
+  positionBuffer.upload(positions);
+  auto run = [&](const std::string &name, std::vector<CUdeviceptr> args) {
+    if (packed)
+      args.push_back(positionBuffer.address());
+    kernels.run(name, args);
+  };
+  run(toHeads, {tokens.address(), heads.address(), freqBuffer.address()});
+  run(key, {freqBuffer.address(), table.address()});
+  std::vector<uint16_t> rotated = heads.download<uint16_t>(T * LD);
+  std::vector<uint16_t> got = table.download<uint16_t>(T * D);
+  int64_t wrong = 0;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < Half; ++i) {
+      wrong += got[(t * Half + i) * 2] != rotated[headMajor(t, 0, i)];
+      wrong +=
+          got[(t * Half + i) * 2 + 1] != rotated[headMajor(t, 0, i + Half)];
+    }
+  EXPECT_EQ(wrong, 0) << "table entries unlike " << toHeads << "'s cos, sin";
+}
+
+TEST(RopeHeadsKernel, TableHoldsTheRotationsCosAndSin) {
+  checkTable("table", "to_heads", false);
+}
+
+TEST(RopeHeadsKernel, PackedTableFollowsThePositions) {
+  checkTable("table_pos", "to_heads_pos", true);
 }
 
 TEST(RopeHeadsKernel, CopiesQueryHeadsBothWaysWithPaddedRows) {

@@ -442,47 +442,41 @@ std::string valueColumn(Body &b, const FlashShape &s,
                b.mul(kvHead, b.index(s.dim)));
 }
 
-/// The RoPE position (f32) of position `p` (index) of sequence `sequence`:
-/// p, or with packed sequences the token's position id (rope_heads' rule).
-std::string ropePosition(Body &b, const FlashShape &s,
-                         const std::string &posType,
-                         const std::string &sequence, const std::string &p) {
-  if (!s.packed)
-    return b.let("f", "arith.uitofp " + b.toI32(p) + " : i32 to f32");
-  std::string token = b.add(b.mul(sequence, b.index(s.seq)), p);
-  std::string id =
-      b.let("pos", "memref.load %positions[" + token + "] : " + posType);
-  return b.let("f", "arith.sitofp " + id + " : i32 to f32");
-}
-
 /// One thread's part of a gradient row rotated back by RoPE, as rope_heads'
 /// Rotation::Inverse does: values[2 nt + e] (f32, bf16 values) is column 8
-/// nt + 2 pair + e of the row, so columns i and i + dim / 2 (C fragments nt
-/// and nt + dim / 16) are in the same thread. At angle a = position
-/// freqs[i], with c = bf16(cos a) and s = bf16(-sin a):
-///   y[i]           = bf16(bf16(x[i] c) - bf16(x[i + dim/2] s))
-///   y[i + dim / 2] = bf16(bf16(x[i + dim/2] c) + bf16(x[i] s)).
+/// nt + 2 pair + e of the row of token `token` (index), so columns i and i +
+/// dim / 2 (C fragments nt and nt + dim / 16) are in the same thread. With
+/// (c, s) = rope[token, i] (rope_table's bf16 cos and sin):
+///   y[i]           = bf16(bf16(x[i] c) + bf16(x[i + dim/2] s))
+///   y[i + dim / 2] = bf16(bf16(x[i + dim/2] c) - bf16(x[i] s)).
 void rotateBack(Body &b, const FlashShape &s, const Lanes &l,
-                const std::string &position, std::vector<std::string> &values) {
-  std::string freqsType = memrefType(s.dim / 2, "f32");
+                const std::string &ropeType, const std::string &token,
+                std::vector<std::string> &values) {
   int64_t half = s.dim / 16;
-  for (int64_t nt = 0; nt < half; ++nt)
+  std::string row = b.mul(token, b.index(s.dim / 2));
+  for (int64_t nt = 0; nt < half; ++nt) {
+    // (c, s) of columns i and i + 1: 8 bytes.
+    std::string i = b.add(b.mul(l.pair, b.index(2)), b.index(8 * nt));
+    std::string pairs =
+        b.let("v", "vector.load %rope[" + b.mul(b.add(row, i), b.index(2)) +
+                       "] {alignment = 8} : " + ropeType + ", vector<4xbf16>");
+    std::string wide = b.let("v", "arith.extf " + pairs +
+                                      " : vector<4xbf16> to vector<4xf32>");
     for (int e = 0; e < 2; ++e) {
-      std::string i = b.add(b.mul(l.pair, b.index(2)), b.index(8 * nt + e));
-      std::string freq =
-          b.let("f", "memref.load %freqs[" + i + "] : " + freqsType);
-      std::string angle = b.fmul(position, freq);
-      std::string c = b.roundBF16(b.let("f", "math.cos " + angle + " : f32"));
-      std::string sine = b.let("f", "math.sin " + angle + " : f32");
-      std::string sn = b.roundBF16(b.let("f", "arith.negf " + sine + " : f32"));
+      auto at = [&](int k) {
+        return b.let("f", "vector.extract " + wide + "[" + str(2 * e + k) +
+                              "] : f32 from vector<4xf32>");
+      };
+      std::string c = at(0), sn = at(1);
       std::string &x1 = values[size_t(2 * nt + e)];
       std::string &x2 = values[size_t(2 * (nt + half) + e)];
       std::string y1 =
-          b.fsub(b.roundBF16(b.fmul(x1, c)), b.roundBF16(b.fmul(x2, sn)));
+          b.fadd(b.roundBF16(b.fmul(x1, c)), b.roundBF16(b.fmul(x2, sn)));
       std::string y2 =
-          b.fadd(b.roundBF16(b.fmul(x2, c)), b.roundBF16(b.fmul(x1, sn)));
+          b.fsub(b.roundBF16(b.fmul(x2, c)), b.roundBF16(b.fmul(x1, sn)));
       x1 = y1, x2 = y2;
     }
+  }
 }
 
 /// acc[first + i] += W X on tensor cores, for W 16 rows by 64 columns whose
@@ -605,16 +599,16 @@ std::string windowStart(Body &b, const FlashShape &s, const std::string &q,
 
 /// What the flash kernels derive from their shape: counts and the memref
 /// types of the q, k, v rows and their gradient's, of per-row statistics,
-/// of RoPE frequencies and of the positions.
+/// of the rope_table and of the positions.
 struct Sizes {
   int64_t tokens, group, queryBlocks;
-  std::string qkvType, qkvGradType, rowType, freqsType, posType;
+  std::string qkvType, qkvGradType, rowType, ropeType, posType;
   explicit Sizes(const FlashShape &s)
       : tokens(s.batch * s.seq), group(s.heads / s.kvHeads),
         queryBlocks(s.seq / kTile), qkvType(qkvRowsType(s, s.qkvStride)),
         qkvGradType(qkvRowsType(s, s.qkvGradStride)),
         rowType(memrefType(s.batch * s.heads * s.seq, "f32")),
-        freqsType(memrefType(s.dim / 2, "f32")),
+        ropeType(memrefType(tokens * s.dim, "bf16")),
         posType(memrefType(tokens, "i32")) {}
 };
 
@@ -872,7 +866,7 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   std::string signature =
       "%qkv: " + qkvType + ", %dout: " + headsType + ", %lse: " + rowType +
       ", %delta: " + rowType + ", %grad: " + gradType + ", %ds: " + dsType +
-      ", %freqs: " + z.freqsType + (s.packed ? ", %positions: " + posType : "");
+      ", %rope: " + z.ropeType + (s.packed ? ", %positions: " + posType : "");
 
   Body b;
   Lanes l = lanes(b, geo);
@@ -1108,7 +1102,8 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
       dk.push_back(b.roundBF16(b.fmul(r[k], scale)));
       dk.push_back(b.roundBF16(b.fmul(r[k + 1], scale)));
     }
-    rotateBack(b, s, l, ropePosition(b, s, posType, seqIndex, key[half]), dk);
+    rotateBack(b, s, l, z.ropeType,
+               b.add(b.mul(seqIndex, b.index(s.seq)), key[half]), dk);
     for (int64_t nt = 0; nt < outTiles; ++nt)
       b.storePair(b.pair(dk[size_t(2 * nt)], dk[size_t(2 * nt + 1)]), "%grad",
                   b.add(dkAt, b.index(8 * nt)), gradType);
@@ -1199,8 +1194,7 @@ llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
   const std::string &qkvType = z.qkvType, &gradType = z.qkvGradType;
   std::string dsType = memrefType(s.batch * s.heads * s.seq * s.seq, "bf16");
   std::string signature = "%qkv: " + qkvType + ", %ds: " + dsType +
-                          ", %grad: " + gradType + ", %freqs: " + z.freqsType +
-                          (s.packed ? ", %positions: " + z.posType : "");
+                          ", %grad: " + gradType + ", %rope: " + z.ropeType;
 
   Body b;
   // Lanes of the K tiles (head_dim wide) and of the dSᵀ tiles (64 wide).
@@ -1290,7 +1284,8 @@ llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
       dq.push_back(b.roundBF16(b.fmul(r[k], scale)));
       dq.push_back(b.roundBF16(b.fmul(r[k + 1], scale)));
     }
-    rotateBack(b, s, l, ropePosition(b, s, z.posType, seqIndex, q), dq);
+    rotateBack(b, s, l, z.ropeType, b.add(b.mul(seqIndex, b.index(s.seq)), q),
+               dq);
     for (int64_t nt = 0; nt < outTiles; ++nt)
       b.storePair(b.pair(dq[size_t(2 * nt)], dq[size_t(2 * nt + 1)]), "%grad",
                   b.add(at, b.index(8 * nt)), gradType);

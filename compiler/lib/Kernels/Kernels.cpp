@@ -1158,22 +1158,59 @@ static std::string positionsArgument(bool packed, int64_t tokens) {
                 : "";
 }
 
+/// The MLIR lines of rope_heads' and rope_table's POSITION placeholder:
+/// %pf = float(the RoPE position of row %t): positions[t] (signed), or %p =
+/// t mod SEQ.
+static std::string ropePosition(bool packed, int64_t tokens) {
+  return packed ? "%pi = memref.load %positions[%t] : memref<" + str(tokens) +
+                      "xi32>\n    %pf = arith.sitofp %pi : i32 to f32"
+                : "%pi = arith.index_cast %p : index to i32\n"
+                  "    %pf = arith.uitofp %pi : i32 to f32";
+}
+
+/// The row, sequence and head-dim checks rope_heads and rope_table share.
+static llvm::Error checkRopeRows(llvm::StringRef kernel, const HeadsLayout &l) {
+  if (llvm::Error error = checkSize(kernel, "row count", l.rows))
+    return error;
+  if (llvm::Error error = checkSize(kernel, "sequence length", l.seqLen))
+    return error;
+  if (llvm::Error error = checkSize(kernel, "head dim", l.headDim, 16))
+    return error;
+  if (l.rows % l.seqLen)
+    return shapeError(kernel, "row count " + str(l.rows) +
+                                  " is not a multiple of the sequence length");
+  return llvm::Error::success();
+}
+
+llvm::Expected<KernelSpec> llamac::ropeTableKernel(const HeadsLayout &layout) {
+  const char *kernel = "rope_table";
+  const HeadsLayout &l = layout;
+  if (llvm::Error error = checkRopeRows(kernel, l))
+    return std::move(error);
+  int64_t half = l.headDim / 2;
+  unsigned block = threadsFor(half, 1024);
+  return specialize(kernel,
+                    "rope_table_t" + str(l.rows) + "_s" + str(l.seqLen) + "_d" +
+                        str(l.headDim) + (l.positions ? "_pos" : ""),
+                    {{"POSITIONS_ARG", positionsArgument(l.positions, l.rows)},
+                     {"POSITION", ropePosition(l.positions, l.rows)},
+                     {"T", str(l.rows)},
+                     {"SEQ", str(l.seqLen)},
+                     {"HALF", str(half)},
+                     {"TABLE", str(l.rows * l.headDim)},
+                     {"BLOCK", str(block)}},
+                    dims(unsigned(l.rows)), dims(block));
+}
+
 llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
                                                    HeadsDirection direction,
                                                    Rotation rotation) {
   const char *kernel = "rope_heads";
   const HeadsLayout &l = layout;
-  if (llvm::Error error = checkSize(kernel, "row count", l.rows))
-    return std::move(error);
-  if (llvm::Error error = checkSize(kernel, "sequence length", l.seqLen))
-    return std::move(error);
-  if (llvm::Error error = checkSize(kernel, "head dim", l.headDim, 16))
+  if (llvm::Error error = checkRopeRows(kernel, l))
     return std::move(error);
   if (llvm::Error error = checkSize(kernel, "row stride", l.rowStride, 8))
     return std::move(error);
-  if (l.rows % l.seqLen)
-    return shapeError(kernel, "row count " + str(l.rows) +
-                                  " is not a multiple of the sequence length");
   int64_t heads = l.numQueryHeads + l.numKeyHeads + l.numValueHeads;
   if (l.numQueryHeads <= 0 || l.numKeyHeads < 0 || l.numValueHeads < 0)
     return shapeError(kernel, "needs query heads and no negative head count");
@@ -1202,12 +1239,7 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
   bool headsFirst = direction == HeadsDirection::ToTokens;
   std::string tokensSize = str(l.rows * l.rowStride),
               headsSize = str(l.rows * heads * l.headDim);
-  // %pf = float(the RoPE position): positions[t] (signed), or p = t mod SEQ.
-  std::string position =
-      l.positions ? "%pi = memref.load %positions[%t] : memref<" + str(l.rows) +
-                        "xi32>\n    %pf = arith.sitofp %pi : i32 to f32"
-                  : "%pi = arith.index_cast %p : index to i32\n"
-                    "    %pf = arith.uitofp %pi : i32 to f32";
+  std::string position = ropePosition(l.positions, l.rows);
   return specialize(
       kernel,
       directionName + std::string("_t") + str(l.rows) + "_s" + str(l.seqLen) +

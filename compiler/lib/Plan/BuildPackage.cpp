@@ -408,6 +408,8 @@ private:
   llvm::Expected<std::optional<Location>> usePositions(Value positions);
   llvm::Error lowerOptimizer(func::FuncOp func);
   int freqTable(ArrayRef<double> frequencies);
+  llvm::Expected<int> ropeTable(const AttentionShape &a, int freqs,
+                                const std::optional<Location> &positions);
 
   //--- FP8 (llama-insert-fp8) -------------------------------------------===//
 
@@ -691,6 +693,8 @@ private:
   /// Residual adds computed by the GEMM or norm backward before them.
   llvm::DenseSet<Operation *> folded;
   std::map<std::vector<double>, int> freqTables;
+  /// The rope_table of each (frequency table, positions buffer or -1).
+  std::map<std::pair<int, int>, int> ropeTables;
   int64_t tokens = 0;
 
   /// FP8: the state per format (e4m3, e5m2), the slot of each scale
@@ -884,6 +888,30 @@ int PackageBuilder::freqTable(ArrayRef<double> frequencies) {
     buffers[buffer].info.initF32.push_back(float(f));
   freqTables[key] = buffer;
   return buffer;
+}
+
+/// RoPE's cos and sin per token and frequency for `freqs` at `positions`,
+/// made by the first attention gradient that needs them and read by all.
+llvm::Expected<int>
+PackageBuilder::ropeTable(const AttentionShape &a, int freqs,
+                          const std::optional<Location> &positions) {
+  std::pair<int, int> key{freqs, positions ? positions->buffer : -1};
+  auto found = ropeTables.find(key);
+  if (found != ropeTables.end()) {
+    touch(found->second);
+    return found->second;
+  }
+  int table =
+      newBuffer("rope_table#" + std::to_string(buffers.size()), "activation",
+                ElementType::BF16, {tokens, a.dim}, false);
+  HeadsLayout layout = headsLayout(a, 0, 0, 0, positions.has_value());
+  if (auto error =
+          launch(ropeTableKernel(layout),
+                 withPositions({whole(freqs), whole(table)}, positions),
+                 "llama.rope_table"))
+    return std::move(error);
+  ropeTables[key] = table;
+  return table;
 }
 
 //===----------------------------------------------------------------------===//
@@ -1359,18 +1387,19 @@ llvm::Error PackageBuilder::lower(Operation &op) {
         return error;
       int scoresGrad =
           scratch("scores_grad", ElementType::BF16, {blocks, a.seq, a.seq});
+      llvm::Expected<int> rope = ropeTable(a, freqs, *positions);
+      if (!rope)
+        return rope.takeError();
       if (auto error = launch(
               flashAttentionBackwardKernel(shape),
               withPositions({saved.qkv, *dOut, whole(saved.lse), whole(delta),
-                             dq, whole(scoresGrad), whole(freqs)},
+                             dq, whole(scoresGrad), whole(*rope)},
                             *positions),
               label + " (flash attention backward)"))
         return error;
-      return launch(
-          flashAttentionDqKernel(shape),
-          withPositions({saved.qkv, whole(scoresGrad), dq, whole(freqs)},
-                        *positions),
-          label + " (dQ)");
+      return launch(flashAttentionDqKernel(shape),
+                    {saved.qkv, whole(scoresGrad), dq, whole(*rope)},
+                    label + " (dQ)");
     }
     int headMajor = saved.qkv.buffer;
     // The gradients of the rotated q, k and v, head-major like them.

@@ -200,6 +200,10 @@ std::vector<StepKernel> stepKernels() {
                                 Rotation::Forward);
        },
        true, true},
+      // A 4-byte (cos, sin) pair a thread.
+      {"rope_table", [] { return ropeTableKernel(stepHeads()); }, false, false},
+      {"rope_table_packed", [] { return ropeTableKernel(stepHeads(true)); },
+       false, false},
       {"causal_softmax_fwd_f32",
        [] {
          return causalSoftmaxForwardKernel(4 * kHeads, kSeq, ScoreType::F32);
@@ -451,6 +455,12 @@ TEST(KernelPTX, LaunchShapesFollowTheSizes) {
   EXPECT_EQ(inPlace->block.x, 256u);
   EXPECT_NE(inPlace->name, rope->name);
   EXPECT_EQ(inPlace->source.find("%heads: memref"), std::string::npos);
+  // The table: a block per row, a thread per frequency.
+  auto table = ropeTableKernel(stepHeads());
+  ASSERT_TRUE(bool(table));
+  EXPECT_EQ(table->grid.x, unsigned(kRows));
+  EXPECT_EQ(table->block.x, unsigned(kHeadDim / 2));
+  EXPECT_NE(table->name, ropeTableKernel(stepHeads(true))->name);
 
   // A row gets min(256, seq / 8 rounded up to a warp) threads, a block as
   // many rows as fit in 256 threads.
@@ -848,8 +858,7 @@ TEST(KernelPTX, FlashAttentionRunsOnTensorCores) {
               std::string::npos)
         << report;
   // The backward holds dK and dV (128 f32 a thread) beside a tile's S, P,
-  // dP and dS in 255 registers; ptxas spills at most a few words. (The
-  // stack frame also holds sinf's and cosf's reduction of huge angles.)
+  // dP and dS in 255 registers; ptxas spills at most a few words.
   std::string properties = propertiesOf(report, backward->name);
   size_t spills = properties.find(" bytes spill stores");
   ASSERT_NE(spills, std::string::npos) << report;

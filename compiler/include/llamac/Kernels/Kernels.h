@@ -142,6 +142,15 @@ llvm::Expected<KernelSpec> ropeHeadsKernel(const HeadsLayout &layout,
                                            HeadsDirection direction,
                                            Rotation rotation);
 
+/// rope_table: RoPE's cos and sin for each of layout.rows token rows, as
+/// rope_heads computes them: table[t, i] = (bf16(cos a), bf16(sin a)), a =
+/// float(pos) * freqs[i] in f32, pos = t mod seqLen or positions[t] with
+/// layout.positions; flash attention's backward rotates dK and dQ back with
+/// it. Args: freqs (f32 [headDim / 2]), table (bf16 [rows, headDim / 2,
+/// 2]), with layout.positions positions (i32 [rows]). Grid [rows], block
+/// [headDim / 2 rounded up to a warp]. Reads no strides or head counts.
+llvm::Expected<KernelSpec> ropeTableKernel(const HeadsLayout &layout);
+
 /// Element type of the attention score buffers S and dP (their GEMMs'
 /// output type).
 enum class ScoreType { F32, BF16 };
@@ -230,9 +239,9 @@ llvm::Expected<KernelSpec> attentionRowDotKernel(const FlashShape &shape);
 /// the tiles of a query block before the key block are not written, the
 /// others hold zeros outside the windows) for flash_attention_dq. Args: qkv,
 /// dO (bf16, see gradStride), lse, delta, the gradient (bf16 token rows of
-/// qkvGradStride), dS, freqs (f32 [dim / 2], as rope_heads'), when packed
-/// positions (the RoPE positions as well as the windows'). Grid [seq / 64,
-/// batch kvHeads], block [128], dynamic shared memory `sharedBytes`.
+/// qkvGradStride), dS, the rope_table of the tokens, when packed positions.
+/// Grid [seq / 64, batch kvHeads], block [128], dynamic shared memory
+/// `sharedBytes`.
 llvm::Expected<KernelSpec>
 flashAttentionBackwardKernel(const FlashShape &shape);
 
@@ -240,9 +249,9 @@ flashAttentionBackwardKernel(const FlashShape &shape);
 /// every head, over the key blocks up to its own (the dSᵀ tiles that
 /// flash_attention_bwd wrote), rotated back as flash_attention_bwd's dK,
 /// into the query columns of the gradient's token rows (the other columns
-/// are not touched). Args: qkv, dS, the gradient, freqs, when packed
-/// positions. Grid [seq / 64, batch heads], block [128], dynamic shared
-/// memory `sharedBytes` (two dSᵀ and K tiles).
+/// are not touched). Args: qkv, dS, the gradient, the rope_table. Grid [seq
+/// / 64, batch heads], block [128], dynamic shared memory `sharedBytes` (two
+/// dSᵀ and K tiles).
 llvm::Expected<KernelSpec> flashAttentionDqKernel(const FlashShape &shape);
 
 /// count_targets: the number of rows with a target under the shifted loss
