@@ -9,9 +9,10 @@
 #            precisions into OUT_DIR/<model>-<precision>, with llamac-bench
 #            and llamac-run copied beside them)
 #   GPU box: OUT_DIR/gpu_step.sh run HF_BASELINE_PY [--breakdown or --tune]
-#            (llamac-bench on each package, then
-#            `python3 HF_BASELINE_PY hf <model>` in the same call, and a
-#            table of the step times and their ratio)
+#            (per model: llamac-bench on each package, then
+#            `python3 HF_BASELINE_PY hf <model>` in the same call, then
+#            llamac-bench again; a table of the step times, llamac's the
+#            mean of its two runs, and their ratio)
 # HF_BASELINE_PY is shared/bench/hf_baseline.py. Record the numbers, card and
 # date in bench/RESULTS.md.
 set -euo pipefail
@@ -38,28 +39,41 @@ run)
   baseline=${2:?usage: gpu_step.sh run HF_BASELINE_PY [--breakdown or --tune]}
   cd "$(dirname "$0")"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  # Each llamac package runs once before HF's step and once after it, and
+  # the table takes the mean: a run right after another program's minute of
+  # load measures about 1% slower (session 9: 150.7 ms before, 152.3 ms
+  # after HF on one H200), so a single order would favour one side.
+  bench() {
+    # Printed whole, then parsed (tee /dev/stderr would reopen, and so
+    # truncate, a log file that stdout and stderr are redirected to).
+    report=$(./llamac-bench --package "$1" --steps 12 ${2:-})
+    echo "$report" >&2
+    sed -n 's/^RESULT .*"step_ms":\([0-9.]*\).*/\1/p' <<<"$report"
+  }
   rows=()
   for entry in "${models[@]}"; do
     name=${entry%%:*}
+    declare -A before=()
+    for precision in "${precisions[@]}"; do
+      before[$precision]=$(bench "$name-$precision" "${3:-}")
+    done
     # Printed as it comes, so that a call cut short keeps HF's number.
     hf=$(python3 "$baseline" hf "$name")
     grep '^RESULT' <<<"$hf"
     theirs=$(sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p' <<<"$hf")
     for precision in "${precisions[@]}"; do
-      # Printed whole, then parsed (tee /dev/stderr would reopen, and so
-      # truncate, a log file that stdout and stderr are redirected to).
-      report=$(./llamac-bench --package "$name-$precision" --steps 15 ${3:-})
-      echo "$report"
-      ours=$(sed -n 's/^RESULT .*"step_ms":\([0-9.]*\).*/\1/p' <<<"$report")
-      rows+=("$name $precision $theirs $ours")
+      after=$(bench "$name-$precision" "${3:-}")
+      rows+=("$name $precision $theirs ${before[$precision]} $after")
     done
   done
-  printf '\n%-10s %-9s %12s %12s %7s\n' model precision "HF eager ms" \
-    "llamac ms" ratio
+  printf '\n%-10s %-9s %12s %10s %10s %10s %7s\n' model precision \
+    "HF eager ms" "before" "after" "llamac ms" ratio
   for row in "${rows[@]}"; do
-    read -r name precision theirs ours <<<"$row"
-    printf '%-10s %-9s %12.1f %12.1f %7.3f\n' "$name" "$precision" "$theirs" \
-      "$ours" "$(python3 -c "print($ours / $theirs)")"
+    read -r name precision theirs first second <<<"$row"
+    python3 -c "
+ours = ($first + $second) / 2
+print('%-10s %-9s %12.1f %10.1f %10.1f %10.1f %7.3f' % ('$name', '$precision',
+      $theirs, $first, $second, ours, ours / $theirs))"
   done
   ;;
 *)
