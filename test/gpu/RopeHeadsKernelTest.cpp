@@ -52,6 +52,35 @@ int64_t positionOf(int64_t t, bool packed) {
   return packed ? t % S % kRopePackedRow : t % S;
 }
 
+/// A step's rope buffers: token rows and head-major regions (NaN until
+/// written), the frequencies, the positions of `packed` rows (or each row's
+/// place in its sequence) and room for a rope_table.
+struct RopeBuffers {
+  DeviceBuffer tokens, heads, table, freqs, positions;
+  bool packed;
+  RopeBuffers(const std::shared_ptr<cuda::Device> &device, bool packed)
+      : tokens(device, T * LD * 2, "tokens"),
+        heads(device, T * LD * 2, "heads"), table(device, T * D * 2, "table"),
+        freqs(device, Half * 4, "freqs"), positions(device, T * 4, "positions"),
+        packed(packed) {
+    tokens.fill(0xFF);
+    heads.fill(0xFF);
+    table.fill(0xFF);
+    freqs.upload(inverseFrequencies());
+    std::vector<int32_t> rows(T);
+    for (int64_t t = 0; t < T; ++t)
+      rows[t] = int32_t(positionOf(t, packed));
+    positions.upload(rows);
+  }
+  /// Runs `name` on `args`, then the positions when packed.
+  void run(KernelGroup &kernels, const std::string &name,
+           std::vector<CUdeviceptr> args) {
+    if (packed)
+      args.push_back(positions.address());
+    kernels.run(name, args);
+  }
+};
+
 /// Runs `key` from `source` and checks each destination head: rotated
 /// (sign ±1) for query and key heads, copied bit for bit for values.
 /// `packed` kernels read the positions as a fourth argument.
@@ -63,23 +92,14 @@ void checkMove(const std::string &key, bool toHeads, double sign,
   std::mt19937 rng(std::random_device{}());
   std::vector<uint16_t> source = randomBF16(T * LD, rng);
   std::vector<float> freqs = inverseFrequencies();
-  std::vector<int32_t> positions(T);
-  for (int64_t t = 0; t < T; ++t)
-    positions[t] = int32_t(positionOf(t, packed));
-  DeviceBuffer tokens(device, T * LD * 2, "tokens"),
-      heads(device, T * LD * 2, "heads"), freqBuffer(device, Half * 4, "freqs"),
-      positionBuffer(device, T * 4, "positions");
-  (toHeads ? tokens : heads).upload(source);
-  (toHeads ? heads : tokens).fill(0xFF);
-  freqBuffer.upload(freqs);
-  positionBuffer.upload(positions);
-  std::vector<CUdeviceptr> args = {tokens.address(), heads.address(),
-                                   freqBuffer.address()};
-  if (packed)
-    args.push_back(positionBuffer.address());
-  kernels.run(key, args);
-  std::vector<uint16_t> got =
-      (toHeads ? heads : tokens).download<uint16_t>(T * LD);
+  RopeBuffers buffers(device, packed);
+  DeviceBuffer &from = toHeads ? buffers.tokens : buffers.heads;
+  DeviceBuffer &to = toHeads ? buffers.heads : buffers.tokens;
+  from.upload(source);
+  buffers.run(kernels, key,
+              {buffers.tokens.address(), buffers.heads.address(),
+               buffers.freqs.address()});
+  std::vector<uint16_t> got = to.download<uint16_t>(T * LD);
 
   // With c = cos a, s = (±)sin a exact at the f32 angle a: the kernel's
   // bf16(cosf(a)) is within (u16 + 4 u32)(1.01) |c| of c (cosf: <= 2 ulp),
@@ -145,24 +165,14 @@ void checkInPlace(const std::string &key, const std::string &toHeads,
   ASSERT_TRUE(kernels.ok());
   std::mt19937 rng(std::random_device{}());
   std::vector<uint16_t> source = randomBF16(T * LD, rng);
-  std::vector<int32_t> positions(T);
-  for (int64_t t = 0; t < T; ++t)
-    positions[t] = int32_t(positionOf(t, packed));
-  DeviceBuffer tokens(device, T * LD * 2, "tokens"),
-      heads(device, T * LD * 2, "heads"), freqBuffer(device, Half * 4, "freqs"),
-      positionBuffer(device, T * 4, "positions");
+  RopeBuffers buffers(device, packed);
+  DeviceBuffer &tokens = buffers.tokens;
   tokens.upload(source);
-  heads.fill(0xFF);
-  freqBuffer.upload(inverseFrequencies());
-  positionBuffer.upload(positions);
-  auto run = [&](const std::string &name, std::vector<CUdeviceptr> args) {
-    if (packed)
-      args.push_back(positionBuffer.address());
-    kernels.run(name, args);
-  };
-  run(toHeads, {tokens.address(), heads.address(), freqBuffer.address()});
-  std::vector<uint16_t> want = heads.download<uint16_t>(T * LD);
-  run(key, {tokens.address(), freqBuffer.address()});
+  buffers.run(
+      kernels, toHeads,
+      {tokens.address(), buffers.heads.address(), buffers.freqs.address()});
+  std::vector<uint16_t> want = buffers.heads.download<uint16_t>(T * LD);
+  buffers.run(kernels, key, {tokens.address(), buffers.freqs.address()});
   std::vector<uint16_t> got = tokens.download<uint16_t>(T * LD);
   int64_t wrong = 0, touched = 0;
   for (int64_t t = 0; t < T; ++t)
@@ -200,27 +210,14 @@ void checkTable(const std::string &key, const std::string &toHeads,
     for (int64_t h = 0; h < Heads; ++h)
       for (int64_t i = 0; i < D; ++i)
         source[t * LD + h * D + i] = i < Half ? 0x3F80 : 0; // 1, 0
-  std::vector<int32_t> positions(T);
-  for (int64_t t = 0; t < T; ++t)
-    positions[t] = int32_t(positionOf(t, packed));
-  DeviceBuffer tokens(device, T * LD * 2, "tokens"),
-      heads(device, T * LD * 2, "heads"), table(device, T * D * 2, "table"),
-      freqBuffer(device, Half * 4, "freqs"),
-      positionBuffer(device, T * 4, "positions");
-  tokens.upload(source);
-  heads.fill(0xFF);
-  table.fill(0xFF);
-  freqBuffer.upload(inverseFrequencies());
-  positionBuffer.upload(positions);
-  auto run = [&](const std::string &name, std::vector<CUdeviceptr> args) {
-    if (packed)
-      args.push_back(positionBuffer.address());
-    kernels.run(name, args);
-  };
-  run(toHeads, {tokens.address(), heads.address(), freqBuffer.address()});
-  run(key, {freqBuffer.address(), table.address()});
-  std::vector<uint16_t> rotated = heads.download<uint16_t>(T * LD);
-  std::vector<uint16_t> got = table.download<uint16_t>(T * D);
+  RopeBuffers buffers(device, packed);
+  buffers.tokens.upload(source);
+  buffers.run(kernels, toHeads,
+              {buffers.tokens.address(), buffers.heads.address(),
+               buffers.freqs.address()});
+  buffers.run(kernels, key, {buffers.freqs.address(), buffers.table.address()});
+  std::vector<uint16_t> rotated = buffers.heads.download<uint16_t>(T * LD);
+  std::vector<uint16_t> got = buffers.table.download<uint16_t>(T * D);
   int64_t wrong = 0;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < Half; ++i) {

@@ -479,6 +479,27 @@ void rotateBack(Body &b, const FlashShape &s, const Lanes &l,
   }
 }
 
+/// Stores this thread's half `half` (row g or g + 8) of the dim / 8 C
+/// fragments r[4 first ..] (a loop's flattened results) times `scale`,
+/// rounded to bf16 and rotated back for token `token` (index), at element
+/// `at` of %grad (`gradType`).
+void storeRotatedRow(Body &b, const FlashShape &s, const Lanes &l,
+                     const std::string &ropeType, const std::string &gradType,
+                     const std::vector<std::string> &r, int64_t first, int half,
+                     const std::string &scale, const std::string &token,
+                     const std::string &at) {
+  std::vector<std::string> row;
+  for (int64_t nt = 0; nt < s.dim / 8; ++nt) {
+    int64_t k = (first + nt) * 4 + 2 * half;
+    row.push_back(b.roundBF16(b.fmul(r[k], scale)));
+    row.push_back(b.roundBF16(b.fmul(r[k + 1], scale)));
+  }
+  rotateBack(b, s, l, ropeType, token, row);
+  for (int64_t nt = 0; nt < s.dim / 8; ++nt)
+    b.storePair(b.pair(row[size_t(2 * nt)], row[size_t(2 * nt + 1)]), "%grad",
+                b.add(at, b.index(8 * nt)), gradType);
+}
+
 /// acc[first + i] += W X on tensor cores, for W 16 rows by 64 columns whose
 /// A fragment for columns 16 kk .. 16 kk + 15 is `wAt(kk)`, and X the 64 x
 /// dim tile at shared `tileAt` (transposed ldmatrix: X's rows are the k
@@ -612,6 +633,25 @@ struct Sizes {
         posType(memrefType(tokens, "i32")) {}
 };
 
+/// The block of a kernel with a block per query tile: query block nq - 1 -
+/// x (the longest rows start first) of (sequence, head) y.
+struct QueryBlock {
+  std::string bh, qb, seqIndex, head, kvHead, firstQuery;
+};
+
+QueryBlock queryBlock(Body &b, const FlashShape &s, const Sizes &z) {
+  QueryBlock q;
+  std::string bx = b.let("bid", "gpu.block_id x");
+  q.bh = b.let("bid", "gpu.block_id y");
+  q.qb = b.let("qb", "arith.subi " + b.index(z.queryBlocks - 1) + ", " + bx +
+                         " : index");
+  q.seqIndex = b.div(q.bh, b.index(s.heads));
+  q.head = b.rem(q.bh, b.index(s.heads));
+  q.kvHead = b.div(q.head, b.index(z.group));
+  q.firstQuery = b.mul(q.qb, b.index(kTile));
+  return q;
+}
+
 KernelSpec finish(std::string name, const std::string &signature, const Body &b,
                   LaunchDims grid, unsigned sharedBytes) {
   KernelSpec spec;
@@ -662,7 +702,7 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
     return std::move(error);
   Geometry geo(s.dim);
   Sizes z(s);
-  int64_t group = z.group, queryBlocks = z.queryBlocks;
+  int64_t queryBlocks = z.queryBlocks;
   const std::string &qkvType = z.qkvType, &lseType = z.rowType,
                     &posType = z.posType;
   std::string outType = rowsType(s, s.outStride);
@@ -674,16 +714,10 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
   Lanes l = lanes(b, geo);
   std::string smem = b.sharedBase();
   std::string qkv = b.globalPointer("%qkv", qkvType);
-  // Block (x, y): query block nq - 1 - x (the longest rows start first) of
-  // (sequence, head) y.
-  std::string bx = b.let("bid", "gpu.block_id x");
-  std::string bh = b.let("bid", "gpu.block_id y");
-  std::string qb = b.let("qb", "arith.subi " + b.index(queryBlocks - 1) + ", " +
-                                   bx + " : index");
-  std::string seqIndex = b.div(bh, b.index(s.heads));
-  std::string head = b.rem(bh, b.index(s.heads));
-  std::string kvHead = b.div(head, b.index(group));
-  std::string firstQuery = b.mul(qb, b.index(kTile));
+  QueryBlock block = queryBlock(b, s, z);
+  const std::string &bh = block.bh, &qb = block.qb, &seqIndex = block.seqIndex,
+                    &head = block.head, &kvHead = block.kvHead,
+                    &firstQuery = block.firstQuery;
   // Byte offsets of the query tile and of key/value block 0.
   int64_t ld = s.qkvStride;
   std::string querySrc =
@@ -1094,19 +1128,12 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
                                   b.add(valueColumn(b, s, kvHead), pairColumn));
     std::string dkAt = rowElement(b, s, s.qkvGradStride, seqIndex, key[half],
                                   b.add(keyColumn(b, s, kvHead), pairColumn));
-    std::vector<std::string> dk;
     for (int64_t nt = 0; nt < outTiles; ++nt) {
       std::string dv = b.pair(r[nt * 4 + 2 * half], r[nt * 4 + 2 * half + 1]);
       b.storePair(dv, "%grad", b.add(dvAt, b.index(8 * nt)), gradType);
-      int64_t k = (outTiles + nt) * 4 + 2 * half;
-      dk.push_back(b.roundBF16(b.fmul(r[k], scale)));
-      dk.push_back(b.roundBF16(b.fmul(r[k + 1], scale)));
     }
-    rotateBack(b, s, l, z.ropeType,
-               b.add(b.mul(seqIndex, b.index(s.seq)), key[half]), dk);
-    for (int64_t nt = 0; nt < outTiles; ++nt)
-      b.storePair(b.pair(dk[size_t(2 * nt)], dk[size_t(2 * nt + 1)]), "%grad",
-                  b.add(dkAt, b.index(8 * nt)), gradType);
+    storeRotatedRow(b, s, l, z.ropeType, gradType, r, outTiles, half, scale,
+                    b.add(b.mul(seqIndex, b.index(s.seq)), key[half]), dkAt);
   }
   LaunchDims grid;
   grid.x = unsigned(queryBlocks);
@@ -1202,17 +1229,12 @@ llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
   std::string smem = b.sharedBase();
   std::string qkv = b.globalPointer("%qkv", qkvType);
   std::string ds = b.globalPointer("%ds", dsType);
-  // Block (x, y): query block nq - 1 - x of (sequence, head) y.
-  std::string bx = b.let("bid", "gpu.block_id x");
-  std::string bh = b.let("bid", "gpu.block_id y");
-  std::string qb = b.let("qb", "arith.subi " + b.index(queryBlocks - 1) + ", " +
-                                   bx + " : index");
-  std::string seqIndex = b.div(bh, b.index(s.heads));
-  std::string head = b.rem(bh, b.index(s.heads));
+  QueryBlock block = queryBlock(b, s, z);
+  const std::string &qb = block.qb, &seqIndex = block.seqIndex,
+                    &head = block.head, &kvHead = block.kvHead,
+                    &firstQuery = block.firstQuery;
   std::string member = b.rem(head, b.index(group));
-  std::string kvHead = b.div(head, b.index(group));
   std::string bg = b.add(b.mul(seqIndex, b.index(s.kvHeads)), kvHead);
-  std::string firstQuery = b.mul(qb, b.index(kTile));
   // Key block j: K rows 64 j .. of the sequence's KV head, and the dSᵀ
   // tile of its keys and this block's queries (rows group seq apart).
   int64_t ld = s.qkvStride;
@@ -1278,17 +1300,8 @@ llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
     std::string at =
         rowElement(b, s, s.qkvGradStride, seqIndex, q,
                    b.add(queryColumn(b, s, head), b.mul(l.pair, b.index(2))));
-    std::vector<std::string> dq;
-    for (int64_t nt = 0; nt < outTiles; ++nt) {
-      int64_t k = nt * 4 + 2 * half;
-      dq.push_back(b.roundBF16(b.fmul(r[k], scale)));
-      dq.push_back(b.roundBF16(b.fmul(r[k + 1], scale)));
-    }
-    rotateBack(b, s, l, z.ropeType, b.add(b.mul(seqIndex, b.index(s.seq)), q),
-               dq);
-    for (int64_t nt = 0; nt < outTiles; ++nt)
-      b.storePair(b.pair(dq[size_t(2 * nt)], dq[size_t(2 * nt + 1)]), "%grad",
-                  b.add(at, b.index(8 * nt)), gradType);
+    storeRotatedRow(b, s, l, z.ropeType, gradType, r, 0, half, scale,
+                    b.add(b.mul(seqIndex, b.index(s.seq)), q), at);
   }
   LaunchDims grid;
   grid.x = unsigned(queryBlocks);
