@@ -479,25 +479,41 @@ void rotateBack(Body &b, const FlashShape &s, const Lanes &l,
   }
 }
 
-/// Stores this thread's half `half` (row g or g + 8) of the dim / 8 C
-/// fragments r[4 first ..] (a loop's flattened results) times `scale`,
-/// rounded to bf16 and rotated back for token `token` (index), at element
-/// `at` of %grad (`gradType`).
-void storeRotatedRow(Body &b, const FlashShape &s, const Lanes &l,
-                     const std::string &ropeType, const std::string &gradType,
-                     const std::vector<std::string> &r, int64_t first, int half,
-                     const std::string &scale, const std::string &token,
-                     const std::string &at) {
+/// This thread's half `half` (row g or g + 8) of the dim / 8 C fragments
+/// r[4 first ..] (a loop's flattened results): column 8 nt + 2 pair + e is
+/// element 2 nt + e.
+std::vector<std::string> rowOf(const FlashShape &s,
+                               const std::vector<std::string> &r, int64_t first,
+                               int half) {
   std::vector<std::string> row;
   for (int64_t nt = 0; nt < s.dim / 8; ++nt) {
     int64_t k = (first + nt) * 4 + 2 * half;
-    row.push_back(b.roundBF16(b.fmul(r[k], scale)));
-    row.push_back(b.roundBF16(b.fmul(r[k + 1], scale)));
+    row.push_back(r[k]);
+    row.push_back(r[k + 1]);
   }
+  return row;
+}
+
+/// `row` times `scale`, rounded to bf16 and rotated back for token `token`
+/// (index).
+std::vector<std::string> rotatedRow(Body &b, const FlashShape &s,
+                                    const Lanes &l, const std::string &ropeType,
+                                    std::vector<std::string> row,
+                                    const std::string &scale,
+                                    const std::string &token) {
+  for (std::string &value : row)
+    value = b.roundBF16(b.fmul(value, scale));
   rotateBack(b, s, l, ropeType, token, row);
-  for (int64_t nt = 0; nt < s.dim / 8; ++nt)
-    b.storePair(b.pair(row[size_t(2 * nt)], row[size_t(2 * nt + 1)]), "%grad",
-                b.add(at, b.index(8 * nt)), gradType);
+  return row;
+}
+
+/// Stores `row` (rowOf's order) in bf16 pairs at element `at` of %grad
+/// (`gradType`).
+void storeRow(Body &b, const std::vector<std::string> &row,
+              const std::string &at, const std::string &gradType) {
+  for (size_t nt = 0; nt < row.size() / 2; ++nt)
+    b.storePair(b.pair(row[2 * nt], row[2 * nt + 1]), "%grad",
+                b.add(at, b.index(int64_t(8 * nt))), gradType);
 }
 
 /// acc[first + i] += W X on tensor cores, for W 16 rows by 64 columns whose
@@ -1123,17 +1139,23 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   std::string scale = b.f32(s.scale);
   const std::vector<std::string> &r = loop.results;
   std::string pairColumn = b.mul(l.pair, b.index(2));
+  // Both rows' rope table loads come before any store: as far as the
+  // compiler knows %grad may alias %rope, so a load after a store would wait
+  // for it.
+  std::array<std::vector<std::string>, 2> dk;
+  for (int half = 0; half < 2; ++half)
+    dk[half] =
+        rotatedRow(b, s, l, z.ropeType, rowOf(s, r, outTiles, half), scale,
+                   b.add(b.mul(seqIndex, b.index(s.seq)), key[half]));
   for (int half = 0; half < 2; ++half) {
-    std::string dvAt = rowElement(b, s, s.qkvGradStride, seqIndex, key[half],
-                                  b.add(valueColumn(b, s, kvHead), pairColumn));
-    std::string dkAt = rowElement(b, s, s.qkvGradStride, seqIndex, key[half],
-                                  b.add(keyColumn(b, s, kvHead), pairColumn));
-    for (int64_t nt = 0; nt < outTiles; ++nt) {
-      std::string dv = b.pair(r[nt * 4 + 2 * half], r[nt * 4 + 2 * half + 1]);
-      b.storePair(dv, "%grad", b.add(dvAt, b.index(8 * nt)), gradType);
-    }
-    storeRotatedRow(b, s, l, z.ropeType, gradType, r, outTiles, half, scale,
-                    b.add(b.mul(seqIndex, b.index(s.seq)), key[half]), dkAt);
+    storeRow(b, rowOf(s, r, 0, half),
+             rowElement(b, s, s.qkvGradStride, seqIndex, key[half],
+                        b.add(valueColumn(b, s, kvHead), pairColumn)),
+             gradType);
+    storeRow(b, dk[half],
+             rowElement(b, s, s.qkvGradStride, seqIndex, key[half],
+                        b.add(keyColumn(b, s, kvHead), pairColumn)),
+             gradType);
   }
   LaunchDims grid;
   grid.x = unsigned(queryBlocks);
@@ -1294,15 +1316,21 @@ llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
   // columns.
   std::string scale = b.f32(s.scale);
   const std::vector<std::string> &r = loop.results;
+  // Both rows' rope table loads before any store, as the backward's.
+  std::array<std::string, 2> q;
+  std::array<std::vector<std::string>, 2> dq;
   for (int half = 0; half < 2; ++half) {
-    std::string q = b.add(b.add(firstQuery, b.mul(l.warp, b.index(16))),
-                          b.add(l.group, b.index(8 * half)));
-    std::string at =
-        rowElement(b, s, s.qkvGradStride, seqIndex, q,
-                   b.add(queryColumn(b, s, head), b.mul(l.pair, b.index(2))));
-    storeRotatedRow(b, s, l, z.ropeType, gradType, r, 0, half, scale,
-                    b.add(b.mul(seqIndex, b.index(s.seq)), q), at);
+    q[half] = b.add(b.add(firstQuery, b.mul(l.warp, b.index(16))),
+                    b.add(l.group, b.index(8 * half)));
+    dq[half] = rotatedRow(b, s, l, z.ropeType, rowOf(s, r, 0, half), scale,
+                          b.add(b.mul(seqIndex, b.index(s.seq)), q[half]));
   }
+  for (int half = 0; half < 2; ++half)
+    storeRow(
+        b, dq[half],
+        rowElement(b, s, s.qkvGradStride, seqIndex, q[half],
+                   b.add(queryColumn(b, s, head), b.mul(l.pair, b.index(2)))),
+        gradType);
   LaunchDims grid;
   grid.x = unsigned(queryBlocks);
   grid.y = unsigned(s.batch * s.heads);
