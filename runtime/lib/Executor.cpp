@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <set>
 
 namespace llamac {
 
@@ -71,8 +73,7 @@ Executor::create(std::shared_ptr<cuda::Device> device,
 }
 
 Executor::~Executor() {
-  for (auto &[name, graph] : graphs)
-    device->destroyGraph(graph);
+  releaseGraphs();
   if (arena)
     (void)device->free(arena);
 }
@@ -228,58 +229,109 @@ Executor::timeSteps(const std::string &name,
   return milliseconds;
 }
 
-Result<std::vector<GemmChoice>>
-Executor::tuneGemms(const std::vector<std::string> &functions, int sweeps) {
+void Executor::releaseGraphs() {
+  for (auto &[name, graph] : graphs)
+    device->destroyGraph(graph);
+  graphs.clear();
+}
+
+Result<GemmTuningResult>
+Executor::tuneGemms(const std::vector<std::string> &functions, int replays) {
   if (!graphs.empty())
     return Error{"GEMM tuning: " + graphs.begin()->first +
                  " already runs as a CUDA graph with its GEMM algorithms "
                  "fixed in it (tune before any function's first graph run)"};
-  if (sweeps < 1)
-    return Error{"GEMM tuning: sweeps must be at least 1, got " +
-                 std::to_string(sweeps)};
+  if (replays < 1)
+    return Error{"GEMM tuning: replays must be at least 1, got " +
+                 std::to_string(replays)};
   for (const std::string &name : functions)
     if (!plan.function(name))
       return Error{"the package has no function '" + name + "'"};
-  std::vector<GemmTiming> timings;
-  auto runRounds = [&]() -> Status {
-    // Untimed: the heuristic queries and each candidate's first launch
-    // (module loading) would count against the rounds that make them.
-    for (int round : gemmTuningRounds(1)) {
-      blas->setTuningRound(round);
-      for (const std::string &name : functions)
-        if (Status status = run(name, /*useGraph=*/false); !status)
-          return status;
-    }
-    std::vector<int> rounds = gemmTuningRounds(sweeps);
-    for (int pass = 0; pass < int(rounds.size()); ++pass) {
-      blas->setTuningRound(rounds[pass]);
-      for (const std::string &name : functions) {
-        std::vector<cuda::BlasLt::LastRun> gemms;
-        Result<std::vector<float>> ms = timeSteps(name, &gemms);
-        if (!ms)
-          return ms.error();
-        const package::Function &function = *plan.function(name);
-        for (size_t i = 0; i < ms->size(); ++i)
-          if (function.steps[i].kind == package::Step::Kind::Gemm)
-            timings.push_back({gemms[i].key, function.steps[i].label, pass,
-                               gemms[i].candidate, (*ms)[i]});
+
+  // The candidates: one eager run of the functions per round, every GEMM
+  // with that round's candidate; one the GPU refuses runs candidate 0
+  // instead (lastRun) and is not tried.
+  std::vector<GemmChoice> keys;
+  std::map<std::string, std::set<int>> ran;
+  for (int round = 0; round < kGemmTuningCandidates; ++round) {
+    blas->setTuningRound(round);
+    for (const std::string &name : functions) {
+      std::vector<cuda::BlasLt::LastRun> gemms;
+      Result<std::vector<float>> ms = timeSteps(name, &gemms);
+      if (!ms) {
+        blas->setTuningRound(std::nullopt);
+        return Error{"GEMM tuning: " + ms.error().message};
+      }
+      const package::Function &function = *plan.function(name);
+      for (size_t i = 0; i < gemms.size(); ++i) {
+        if (function.steps[i].kind != package::Step::Kind::Gemm)
+          continue;
+        auto [at, fresh] = ran.try_emplace(gemms[i].key);
+        if (fresh) {
+          keys.emplace_back();
+          keys.back().key = gemms[i].key;
+          keys.back().label = function.steps[i].label;
+        }
+        at->second.insert(gemms[i].candidate);
       }
     }
-    return {};
-  };
-  Status ran = runRounds();
+  }
   blas->setTuningRound(std::nullopt);
-  if (!ran)
-    return Error{"GEMM tuning: " + ran.error().message};
-  Result<std::vector<GemmChoice>> choices = chooseGemmAlgorithms(timings);
-  if (!choices)
-    return choices.error();
-  for (const GemmChoice &choice : *choices)
+  for (GemmChoice &key : keys)
+    key.candidates.assign(ran[key.key].begin(), ran[key.key].end());
+
+  // The step with given candidates: captured afresh, replayed `replays`
+  // times after one untimed replay, the median.
+  StepTimer time =
+      [&](const std::map<std::string, int> &choices) -> Result<double> {
+    for (const GemmChoice &key : keys) {
+      auto chosen = choices.find(key.key);
+      if (Status s = blas->choose(key.key,
+                                  chosen == choices.end() ? 0 : chosen->second);
+          !s)
+        return s.error();
+    }
+    releaseGraphs();
+    for (const std::string &name : functions)
+      if (Status s = run(name); !s)
+        return s.error();
+    std::vector<float> ms;
+    for (int replay = 0; replay <= replays; ++replay) {
+      Result<CUevent> start = device->createEvent();
+      Result<CUevent> end = device->createEvent();
+      Status s = start && end ? device->record(*start)
+                              : Status(Error{"cannot create timing events"});
+      for (const std::string &name : functions)
+        if (s)
+          s = device->launchGraph(graphs[name]);
+      if (s)
+        s = device->record(*end);
+      if (s)
+        s = device->synchronize("GEMM tuning");
+      Result<float> elapsed =
+          s ? device->elapsedMs(*start, *end) : Result<float>(s.error());
+      for (Result<CUevent> *event : {&start, &end})
+        if (*event)
+          device->destroyEvent(**event);
+      if (!elapsed)
+        return elapsed.error();
+      if (replay > 0)
+        ms.push_back(*elapsed);
+    }
+    std::sort(ms.begin(), ms.end());
+    return double(ms[ms.size() / 2]);
+  };
+  Result<GemmTuningResult> tuned =
+      tuneGemmsByReplay(std::move(keys), time, kGemmTuningMargin);
+  releaseGraphs();
+  if (!tuned)
+    return Error{"GEMM tuning: " + tuned.error().message};
+  for (const GemmChoice &choice : tuned->choices)
     if (Status status = blas->choose(choice.key, choice.chosen); !status)
       return status.error();
   if (Status saved = blas->saveTuning(); !saved)
     return saved.error();
-  return choices;
+  return tuned;
 }
 
 Status Executor::castFP8Weights() {

@@ -1,67 +1,79 @@
-//===- GemmTuning.cpp - Choosing GEMM algorithms from in-step timings -----===//
+//===- GemmTuning.cpp - GEMM algorithms chosen by replaying the step ------===//
 
 #include "llamac/Runtime/GemmTuning.h"
-
-#include <map>
-#include <set>
 
 namespace llamac {
 
 int gemmTuningCandidate(int round, int count) { return round % count; }
 
-std::vector<int> gemmTuningRounds(int sweeps) {
-  std::vector<int> rounds;
-  for (int sweep = 0; sweep < sweeps; ++sweep)
-    for (int i = 0; i < kGemmTuningCandidates; ++i)
-      rounds.push_back(sweep % 2 ? kGemmTuningCandidates - 1 - i : i);
-  return rounds;
+namespace {
+
+using Choices = std::map<std::string, int>;
+
+/// The step's mean milliseconds under `a` and under `b`, timed in the order
+/// a, b, b, a.
+Result<std::pair<double, double>> compare(const StepTimer &time,
+                                          const Choices &a, const Choices &b) {
+  double sums[2] = {0, 0};
+  for (int which : {0, 1, 1, 0}) {
+    Result<double> ms = time(which ? b : a);
+    if (!ms)
+      return ms.error();
+    sums[which] += *ms;
+  }
+  return std::pair{sums[0] / 2, sums[1] / 2};
 }
 
-Result<std::vector<GemmChoice>>
-chooseGemmAlgorithms(const std::vector<GemmTiming> &timings) {
-  struct Candidate {
-    double ms = 0;
-    std::set<int> passes;
-  };
-  struct Key {
-    std::string label;
-    size_t records = 0;
-    std::set<int> passes;
-    std::map<int, Candidate> candidates;
-  };
-  std::map<std::string, Key> keys;
-  for (const GemmTiming &timing : timings) {
-    Key &key = keys[timing.key];
-    if (key.records++ == 0)
-      key.label = timing.label;
-    key.passes.insert(timing.pass);
-    Candidate &candidate = key.candidates[timing.candidate];
-    candidate.ms += timing.ms;
-    candidate.passes.insert(timing.pass);
+} // namespace
+
+Result<GemmTuningResult> tuneGemmsByReplay(std::vector<GemmChoice> keys,
+                                           const StepTimer &time,
+                                           double margin) {
+  Choices current;
+  for (GemmChoice &key : keys) {
+    // The fastest of the key's candidates, once each.
+    int fastest = 0;
+    double fastestMs = 0;
+    for (int candidate : key.candidates) {
+      current[key.key] = candidate;
+      Result<double> ms = time(current);
+      if (!ms)
+        return ms.error();
+      if (candidate == key.candidates.front() || *ms < fastestMs)
+        fastest = candidate, fastestMs = *ms;
+    }
+    current[key.key] = 0;
+    key.chosen = 0;
+    if (fastest == 0) {
+      key.heuristicMs = key.chosenMs = fastestMs;
+      continue;
+    }
+    Choices trial = current;
+    trial[key.key] = fastest;
+    Result<std::pair<double, double>> means = compare(time, current, trial);
+    if (!means)
+      return means.error();
+    key.heuristicMs = means->first;
+    key.chosenMs = means->first;
+    if (means->second < means->first * (1 - margin)) {
+      key.chosen = fastest, key.chosenMs = means->second;
+      current = trial;
+    }
   }
-  std::vector<GemmChoice> choices;
-  for (const auto &[name, key] : keys) {
-    auto heuristic = key.candidates.find(0);
-    if (heuristic == key.candidates.end())
-      return Error{"GEMM " + name + " (" + key.label +
-                   "): its heuristic's candidate 0 was never timed"};
-    auto mean = [](const Candidate &c) {
-      return c.ms / double(c.passes.size());
-    };
-    GemmChoice choice;
-    choice.key = name;
-    choice.label = key.label;
-    choice.calls = int(key.records / key.passes.size());
-    choice.candidates = int(key.candidates.size());
-    choice.heuristicMs = choice.chosenMs = mean(heuristic->second);
-    // In index order, so only a strictly faster candidate displaces the
-    // heuristic's preference.
-    for (const auto &[index, candidate] : key.candidates)
-      if (mean(candidate) < choice.chosenMs)
-        choice.chosen = index, choice.chosenMs = mean(candidate);
-    choices.push_back(choice);
+
+  GemmTuningResult result;
+  Result<std::pair<double, double>> means = compare(time, {}, current);
+  if (!means)
+    return means.error();
+  result.heuristicMs = means->first;
+  result.tunedMs = means->second;
+  if (means->second >= means->first * (1 - margin)) {
+    for (GemmChoice &key : keys)
+      key.chosen = 0, key.chosenMs = key.heuristicMs;
+    result.tunedMs = result.heuristicMs;
   }
-  return choices;
+  result.choices = std::move(keys);
+  return result;
 }
 
 } // namespace llamac

@@ -249,6 +249,12 @@ int trainOnGpu(const GpuTrainOptions &options) {
   if (!created)
     return report(created.error().message);
   Executor &executor = **created;
+  // GEMM algorithms that `llamac-bench --tune --package DIR` chose on this
+  // GPU (DIR/gemm-tuning.json), if any; cuBLASLt's heuristic's otherwise.
+  Result<bool> tuned =
+      executor.useTuningFile(options.packageDir + "/" + kGemmTuningFile);
+  if (!tuned)
+    return report(tuned.error().message);
   BufferReader download = [&](const package::Buffer &buffer, void *data) {
     return executor.download(buffer.name, data, buffer.bytes);
   };
@@ -276,10 +282,11 @@ int trainOnGpu(const GpuTrainOptions &options) {
   if (!finisher)
     return report(finisher.error().message);
 
-  print(io::format("llamac-run: %s: batch %lld x seq %lld%s, %s, device %s\n",
-                   options.packageDir.c_str(), (long long)batchSize,
-                   (long long)seq, packed ? " (packed rows)" : "",
-                   package.precision.c_str(), (*device)->name().c_str()));
+  print(io::format(
+      "llamac-run: %s: batch %lld x seq %lld%s, %s, device %s, GEMMs %s\n",
+      options.packageDir.c_str(), (long long)batchSize, (long long)seq,
+      packed ? " (packed rows)" : "", package.precision.c_str(),
+      (*device)->name().c_str(), *tuned ? "tuned" : "by heuristic"));
   print(io::format(
       "optimizer: AdamW, lr %g (%s schedule, %lld warmup steps), grad-accum "
       "%lld, max grad norm %g; data: %zu rows%s%s\n",

@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -195,10 +196,12 @@ std::string keyPrefix(int64_t m, int64_t n, int64_t k, bool transposeB) {
          ":0" + std::to_string(transposeB) + ":";
 }
 
-// tuneGemms times each GEMM's candidates inside the step and keeps, per
-// GEMM key, the fastest, writing them with this GPU's identity to the
-// tuning file: its keys are the plan's two GEMMs (the one adding into its
-// own output included). The tuned GEMMs compute what the heuristic's
+// tuneGemms tries each GEMM's candidates in the replayed step and keeps, per
+// GEMM key, one that runs (the heuristic's unless another made the step
+// faster), writing them with this GPU's identity to the tuning file: its
+// keys are the plan's two GEMMs (the one adding into its own output
+// included). It leaves no graph behind: the next run captures the tuned
+// algorithms. The tuned GEMMs compute what the heuristic's
 // compute (another algorithm only changes the f32 summation order: bf16
 // noise, a few 2^-9 relative roundings). A second executor reads the file
 // and tunes nothing: the file is not rewritten and the results are the
@@ -251,22 +254,27 @@ TEST(Executor, TunesGemmsInTheStepAndRemembersThem) {
   Result<bool> loaded = tuner->useTuningFile(file);
   ASSERT_TRUE(loaded.ok()) << loaded.error().message;
   EXPECT_FALSE(*loaded) << "no file yet";
-  Result<std::vector<GemmChoice>> choices = tuner->tuneGemms({"step"});
-  ASSERT_TRUE(choices.ok()) << choices.error().message;
-  ASSERT_EQ(choices->size(), 2u);
+  Result<GemmTuningResult> tuning = tuner->tuneGemms({"step"});
+  ASSERT_TRUE(tuning.ok()) << tuning.error().message;
+  ASSERT_EQ(tuning->choices.size(), 2u);
   std::map<std::string, std::string> labels; // by key prefix
   std::set<std::string> keys;
-  for (const GemmChoice &choice : *choices) {
+  for (const GemmChoice &choice : tuning->choices) {
     keys.insert(choice.key);
     labels[choice.key.substr(0, choice.key.find(':') + 4)] = choice.label;
-    EXPECT_EQ(choice.calls, 1) << choice.key;
-    EXPECT_GE(choice.candidates, 1) << choice.key;
-    EXPECT_LE(choice.candidates, kGemmTuningCandidates) << choice.key;
-    EXPECT_GE(choice.chosen, 0) << choice.key;
-    EXPECT_LT(choice.chosen, choice.candidates) << choice.key;
+    ASSERT_FALSE(choice.candidates.empty()) << choice.key;
+    EXPECT_EQ(choice.candidates.front(), 0) << choice.key;
+    EXPECT_LE(choice.candidates.size(), size_t(kGemmTuningCandidates))
+        << choice.key;
+    EXPECT_NE(std::find(choice.candidates.begin(), choice.candidates.end(),
+                        choice.chosen),
+              choice.candidates.end())
+        << choice.key;
     EXPECT_GT(choice.chosenMs, 0) << choice.key;
     EXPECT_LE(choice.chosenMs, choice.heuristicMs) << choice.key;
   }
+  EXPECT_GT(tuning->tunedMs, 0);
+  EXPECT_LE(tuning->tunedMs, tuning->heuristicMs);
   EXPECT_EQ(labels, (std::map<std::string, std::string>{
                         {keyPrefix(kM, kN, kK, true), "G = A B^T"},
                         {keyPrefix(kM, kK, kN, false), "H += G B"}}));
@@ -297,7 +305,7 @@ TEST(Executor, TunesGemmsInTheStepAndRemembersThem) {
             std::filesystem::file_time_type{})
       << "the tuning file was rewritten though nothing was tuned";
 
-  Result<std::vector<GemmChoice>> late = again->tuneGemms({"step"});
+  Result<GemmTuningResult> late = again->tuneGemms({"step"});
   ASSERT_FALSE(late.ok());
   EXPECT_EQ(late.error().message,
             "GEMM tuning: step already runs as a CUDA graph with its GEMM "
@@ -310,22 +318,22 @@ TEST(Executor, TunesGemmsInTheStepAndRemembersThem) {
   loaded = elsewhere->useTuningFile(file);
   ASSERT_TRUE(loaded.ok()) << loaded.error().message;
   EXPECT_FALSE(*loaded) << "a file from another GPU was used";
-  Result<std::vector<GemmChoice>> retuned =
-      elsewhere->tuneGemms({"step"}, /*sweeps=*/1);
+  Result<GemmTuningResult> retuned =
+      elsewhere->tuneGemms({"step"}, /*replays=*/1);
   ASSERT_TRUE(retuned.ok()) << retuned.error().message;
   EXPECT_EQ(readJson().value("identity", ""), identity);
   EXPECT_EQ(readJson()["algorithms"].size(), 2u);
 
   std::unique_ptr<Executor> fresh = create();
   ASSERT_TRUE(fresh);
-  Result<std::vector<GemmChoice>> refusedTuning = fresh->tuneGemms({"absent"});
+  Result<GemmTuningResult> refusedTuning = fresh->tuneGemms({"absent"});
   ASSERT_FALSE(refusedTuning.ok());
   EXPECT_EQ(refusedTuning.error().message,
             "the package has no function 'absent'");
-  refusedTuning = fresh->tuneGemms({"step"}, /*sweeps=*/0);
+  refusedTuning = fresh->tuneGemms({"step"}, /*replays=*/0);
   ASSERT_FALSE(refusedTuning.ok());
   EXPECT_EQ(refusedTuning.error().message,
-            "GEMM tuning: sweeps must be at least 1, got 0");
+            "GEMM tuning: replays must be at least 1, got 0");
   std::ofstream(file) << "[1, 2]";
   Result<bool> refused = fresh->useTuningFile(file);
   ASSERT_FALSE(refused.ok());

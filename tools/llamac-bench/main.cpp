@@ -8,14 +8,15 @@
 // random weights (normal, std 0.02) and random tokens, so that no checkpoint
 // or data file is needed. GEMMs use cuBLASLt's heuristic choice. With
 // --tune they use the algorithms in DIR/gemm-tuning.json when it was made
-// on this GPU with this cuBLASLt; otherwise they are tuned inside the step
-// first (Executor::tuneGemms: each of the heuristic's first 8 candidates
-// timed where it runs, in eager runs of both functions with an event
-// between steps; the optimizer steps this takes only move the random
-// weights), the choices are written to that file, and a table shows per
-// GEMM shape its calls per step, the heuristic's and the chosen
-// candidate's milliseconds per step, and the predicted saving
-// (`tuned_saving_ms` in the RESULT line; null when the file was read).
+// on this GPU with this cuBLASLt; otherwise they are tuned by replaying the
+// step first (Executor::tuneGemms: one GEMM shape at a time, each of the
+// heuristic's first 8 candidates tried in the step captured and replayed
+// as a CUDA graph, kept only when the step gets 0.2% faster; the optimizer
+// steps this takes only move the random weights), the choices are written
+// to that file, and a table shows per GEMM shape its candidates, the
+// chosen one and the step's milliseconds with each, and the step with all
+// heuristic and all tuned choices (their difference is `tuned_saving_ms`
+// in the RESULT line; null when the file was read).
 // Delete the file to tune again. `--breakdown` then runs each function once
 // more eagerly with an event between steps and prints where the time goes:
 // GEMMs of the linear layers, attention, the other kernels, the optimizer,
@@ -96,31 +97,25 @@ Status uploadHyperparameters(Executor &executor, int64_t step,
 }
 
 /// Tunes the GEMMs in the step, writing `file`, and prints what it chose per
-/// GEMM shape (slowest first); returns the predicted saving per step.
+/// GEMM shape; returns the measured saving per step.
 Result<double> tuneInStep(Executor &executor, const std::string &file) {
-  Result<std::vector<GemmChoice>> tuned =
+  Result<GemmTuningResult> tuned =
       executor.tuneGemms({"forward_backward", "optimizer_step"});
   if (!tuned)
     return tuned.error();
-  std::vector<GemmChoice> choices = std::move(*tuned);
-  std::sort(choices.begin(), choices.end(),
-            [](auto &x, auto &y) { return x.heuristicMs > y.heuristicMs; });
-  std::printf("GEMMs tuned in the step, written to %s (ms per step):\n"
-              "  %-18s %5s %10s %10s %9s  %s\n",
-              file.c_str(), "shape", "calls", "heuristic", "chosen",
-              "candidate", "first step");
-  double saving = 0;
-  for (const GemmChoice &choice : choices) {
-    std::string of = std::to_string(choice.chosen) + " of " +
-                     std::to_string(choice.candidates);
-    std::printf("  %-18s %5d %10.3f %10.3f %9s  %s\n",
+  std::printf("GEMMs tuned by replaying the step, written to %s (step ms with "
+              "the shape at the heuristic's choice and at the chosen "
+              "candidate):\n  %-18s %10s %9s %10s %10s  %s\n",
+              file.c_str(), "shape", "candidates", "chosen", "heuristic",
+              "chosen", "first step");
+  for (const GemmChoice &choice : tuned->choices)
+    std::printf("  %-18s %10zu %9d %10.2f %10.2f  %s\n",
                 choice.key.substr(0, choice.key.find(':')).c_str(),
-                choice.calls, choice.heuristicMs, choice.chosenMs, of.c_str(),
-                choice.label.c_str());
-    saving += choice.heuristicMs - choice.chosenMs;
-  }
-  std::printf("predicted saving: %.2f ms per step\n\n", saving);
-  return saving;
+                choice.candidates.size(), choice.chosen, choice.heuristicMs,
+                choice.chosenMs, choice.label.c_str());
+  std::printf("step: %.2f ms with the heuristic's choices, %.2f ms tuned\n\n",
+              tuned->heuristicMs, tuned->tunedMs);
+  return tuned->heuristicMs - tuned->tunedMs;
 }
 
 /// Where a step's time is counted in the breakdown.

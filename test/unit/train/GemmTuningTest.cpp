@@ -1,8 +1,8 @@
-//===- GemmTuningTest.cpp - Choosing GEMM algorithms from timings ---------===//
+//===- GemmTuningTest.cpp - GEMM algorithms chosen by replaying the step --===//
 //
-// The GPU-free half of in-step GEMM tuning: which candidate each round
-// runs, the rounds' order, and the choice from (key, pass, candidate, ms)
-// records, fed with timings made up from known costs.
+// The GPU-free half of GEMM tuning: the coordinate descent over GEMM keys,
+// fed with step times made up from known costs per (key, candidate), with
+// noise, drift and a failing timer.
 //
 //===----------------------------------------------------------------------===//
 
@@ -10,129 +10,149 @@
 
 #include <gtest/gtest.h>
 
-#include <functional>
+#include <random>
 
 using namespace llamac;
 
 namespace {
 
-/// The records tuning makes over `rounds` for one GEMM `key` with `count`
-/// candidates and `calls` steps per pass, each step costing
-/// cost(candidate, pass) milliseconds.
-std::vector<GemmTiming> simulate(const std::string &key, int count, int calls,
-                                 const std::vector<int> &rounds,
-                                 const std::function<double(int, int)> &cost) {
-  std::vector<GemmTiming> timings;
-  for (int pass = 0; pass < int(rounds.size()); ++pass) {
-    int candidate = gemmTuningCandidate(rounds[pass], count);
-    for (int call = 0; call < calls; ++call)
-      timings.push_back({key, key + " step " + std::to_string(call), pass,
-                         candidate, cost(candidate, pass)});
+/// Keys "a", "b", "c" with 3, 1 and 8 candidates.
+std::vector<GemmChoice> threeKeys() {
+  std::vector<GemmChoice> keys(3);
+  keys[0].key = "a", keys[0].candidates = {0, 1, 2};
+  keys[1].key = "b";
+  keys[2].key = "c", keys[2].candidates = {0, 1, 2, 3, 4, 5, 6, 7};
+  for (GemmChoice &key : keys)
+    key.label = "label of " + key.key;
+  return keys;
+}
+
+/// A step of 100 ms plus `cost` of each key's candidate (0 for candidate 0
+/// and for keys not in `costs`), counting its calls.
+struct AdditiveStep {
+  std::map<std::string, std::vector<double>> costs;
+  int calls = 0;
+  Result<double> operator()(const std::map<std::string, int> &choices) {
+    ++calls;
+    double ms = 100;
+    for (const auto &[key, candidate] : choices)
+      if (costs.count(key))
+        ms += costs[key][candidate];
+    return ms;
   }
-  return timings;
+};
+
+TEST(GemmTuningTest, KeepsEachKeysFastestCandidate) {
+  AdditiveStep step;
+  step.costs["a"] = {0, 0.5, -0.8};
+  step.costs["c"] = {0, -0.3, 0.2, -1.2, 0, 0, -1.1, 0.4};
+  Result<GemmTuningResult> tuned =
+      tuneGemmsByReplay(threeKeys(), std::ref(step), 0.002);
+  ASSERT_TRUE(tuned.ok()) << tuned.error().message;
+  ASSERT_EQ(tuned->choices.size(), 3u);
+  const GemmChoice &a = tuned->choices[0], &b = tuned->choices[1],
+                   &c = tuned->choices[2];
+  EXPECT_EQ(a.chosen, 2);
+  EXPECT_EQ(b.chosen, 0);
+  EXPECT_EQ(c.chosen, 3);
+  EXPECT_EQ(a.label, "label of a");
+  // Each key's times are the step's with the keys before it tuned.
+  EXPECT_DOUBLE_EQ(a.heuristicMs, 100);
+  EXPECT_DOUBLE_EQ(a.chosenMs, 99.2);
+  EXPECT_DOUBLE_EQ(b.heuristicMs, 99.2);
+  EXPECT_DOUBLE_EQ(b.chosenMs, 99.2);
+  EXPECT_DOUBLE_EQ(c.heuristicMs, 99.2);
+  EXPECT_DOUBLE_EQ(c.chosenMs, 98.0);
+  EXPECT_DOUBLE_EQ(tuned->heuristicMs, 100);
+  EXPECT_DOUBLE_EQ(tuned->tunedMs, 98.0);
+  // Once per candidate, 0 c c 0 for the two keys that moved, and the final
+  // comparison.
+  EXPECT_EQ(step.calls, 3 + 4 + 1 + 8 + 4 + 4);
+}
+
+TEST(GemmTuningTest, GainsWithinTheMarginKeepTheHeuristic) {
+  AdditiveStep step;
+  step.costs["a"] = {0, -0.1, -0.15}; // 0.15% of the step
+  step.costs["c"] = {0, 0.1, 0.2, -0.05, 0, 0, 0, 0};
+  Result<GemmTuningResult> tuned =
+      tuneGemmsByReplay(threeKeys(), std::ref(step), 0.002);
+  ASSERT_TRUE(tuned.ok()) << tuned.error().message;
+  for (const GemmChoice &choice : tuned->choices)
+    EXPECT_EQ(choice.chosen, 0) << choice.key;
+  EXPECT_DOUBLE_EQ(tuned->tunedMs, tuned->heuristicMs);
+}
+
+TEST(GemmTuningTest, DriftAloneChoosesNothing) {
+  // Every run 0.05 ms faster than the one before (a GPU warming up): the
+  // later candidates look faster when timed once each, but not in the
+  // 0 c c 0 comparisons.
+  int calls = 0;
+  StepTimer warming = [&](const std::map<std::string, int> &) {
+    return Result<double>(100 - 0.05 * calls++);
+  };
+  Result<GemmTuningResult> tuned =
+      tuneGemmsByReplay(threeKeys(), warming, 0.002);
+  ASSERT_TRUE(tuned.ok()) << tuned.error().message;
+  for (const GemmChoice &choice : tuned->choices)
+    EXPECT_EQ(choice.chosen, 0) << choice.key;
+}
+
+TEST(GemmTuningTest, FindsRealGainsThroughNoise) {
+  // ±0.1 ms of noise a run (0.1% of the step), a 1 ms gain on a's
+  // candidate 1 and c's candidate 5.
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> noise(-0.1, 0.1);
+  AdditiveStep step;
+  step.costs["a"] = {0, -1, 0};
+  step.costs["c"] = {0, 0, 0, 0, 0, -1, 0, 0};
+  StepTimer noisy = [&](const std::map<std::string, int> &choices) {
+    return Result<double>(*step(choices) + noise(rng));
+  };
+  Result<GemmTuningResult> tuned = tuneGemmsByReplay(threeKeys(), noisy, 0.002);
+  ASSERT_TRUE(tuned.ok()) << tuned.error().message;
+  EXPECT_EQ(tuned->choices[0].chosen, 1);
+  EXPECT_EQ(tuned->choices[2].chosen, 5);
+  EXPECT_NEAR(tuned->heuristicMs - tuned->tunedMs, 2, 0.2);
+}
+
+TEST(GemmTuningTest, ChoicesThatDoNotAddUpGoBack) {
+  // a's candidate 1 and c's candidate 1 each gain 1 ms alone, but together
+  // cost 3 ms more than neither: with a kept, c's candidate 1 is timed on
+  // top of it (103 ms) and not kept.
+  StepTimer clash = [](const std::map<std::string, int> &choices) {
+    auto at = [&](const char *key) {
+      auto found = choices.find(key);
+      return found == choices.end() ? 0 : found->second;
+    };
+    bool a = at("a") == 1, c = at("c") == 1;
+    return Result<double>(a && c ? 103.0 : a || c ? 99.0 : 100.0);
+  };
+  Result<GemmTuningResult> tuned = tuneGemmsByReplay(threeKeys(), clash, 0.002);
+  ASSERT_TRUE(tuned.ok()) << tuned.error().message;
+  EXPECT_EQ(tuned->choices[0].chosen, 1);
+  EXPECT_EQ(tuned->choices[2].chosen, 0);
+  EXPECT_DOUBLE_EQ(tuned->tunedMs, 99.0);
+}
+
+TEST(GemmTuningTest, TimerErrorsComeBack) {
+  int calls = 0;
+  StepTimer failing = [&](const std::map<std::string, int> &) {
+    if (++calls == 5)
+      return Result<double>(Error{"capture failed"});
+    return Result<double>(100.0);
+  };
+  Result<GemmTuningResult> tuned =
+      tuneGemmsByReplay(threeKeys(), failing, 0.002);
+  ASSERT_FALSE(tuned.ok());
+  EXPECT_EQ(tuned.error().message, "capture failed");
 }
 
 TEST(GemmTuningTest, ShortCandidateListsRepeatTheirCandidates) {
   for (int round = 0; round < kGemmTuningCandidates; ++round) {
     EXPECT_EQ(gemmTuningCandidate(round, kGemmTuningCandidates), round);
     EXPECT_EQ(gemmTuningCandidate(round, 1), 0);
+    EXPECT_EQ(gemmTuningCandidate(round, 3), round % 3);
   }
-  std::vector<int> three;
-  for (int round = 0; round < kGemmTuningCandidates; ++round)
-    three.push_back(gemmTuningCandidate(round, 3));
-  EXPECT_EQ(three, (std::vector<int>{0, 1, 2, 0, 1, 2, 0, 1}));
-}
-
-TEST(GemmTuningTest, EverySecondSweepRunsTheRoundsBackwards) {
-  EXPECT_EQ(gemmTuningRounds(1), (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7}));
-  EXPECT_EQ(gemmTuningRounds(2),
-            (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 7, 6, 5, 4, 3, 2, 1, 0}));
-  std::vector<int> three = gemmTuningRounds(3);
-  ASSERT_EQ(three.size(), 24u);
-  EXPECT_EQ(std::vector<int>(three.begin() + 16, three.end()),
-            gemmTuningRounds(1));
-  EXPECT_TRUE(gemmTuningRounds(0).empty());
-}
-
-// Two keys: one whose candidate 5 is fastest (two steps per pass), one
-// whose heuristic choice is. Times are per pass, summed over its steps.
-TEST(GemmTuningTest, KeepsEachKeysFastestCandidate) {
-  std::vector<int> rounds = gemmTuningRounds(2);
-  std::vector<GemmTiming> timings =
-      simulate("4096x4096x4096", 8, 2, rounds,
-               [](int candidate, int) { return candidate == 5 ? 1.5 : 2.0; });
-  std::vector<GemmTiming> other =
-      simulate("512x24x64", 4, 1, rounds, [](int candidate, int) {
-        return candidate == 0 ? 0.25 : 0.5 + candidate;
-      });
-  timings.insert(timings.end(), other.begin(), other.end());
-  Result<std::vector<GemmChoice>> choices = chooseGemmAlgorithms(timings);
-  ASSERT_TRUE(choices.ok()) << choices.error().message;
-  ASSERT_EQ(choices->size(), 2u);
-  const GemmChoice &big = (*choices)[0], &small = (*choices)[1];
-  EXPECT_EQ(big.key, "4096x4096x4096");
-  EXPECT_EQ(big.label, "4096x4096x4096 step 0");
-  EXPECT_EQ(big.calls, 2);
-  EXPECT_EQ(big.candidates, 8);
-  EXPECT_EQ(big.chosen, 5);
-  EXPECT_DOUBLE_EQ(big.heuristicMs, 4.0);
-  EXPECT_DOUBLE_EQ(big.chosenMs, 3.0);
-  EXPECT_EQ(small.key, "512x24x64");
-  EXPECT_EQ(small.calls, 1);
-  EXPECT_EQ(small.candidates, 4);
-  EXPECT_EQ(small.chosen, 0);
-  EXPECT_DOUBLE_EQ(small.heuristicMs, 0.25);
-  EXPECT_DOUBLE_EQ(small.chosenMs, 0.25);
-}
-
-// With 3 candidates over one sweep, candidate 2 runs in 2 passes and the
-// others in 3: its total is the least though its mean is not.
-TEST(GemmTuningTest, ComparesMeansPerPassNotTotals) {
-  std::vector<GemmTiming> timings =
-      simulate("k", 3, 1, gemmTuningRounds(1), [](int candidate, int) {
-        return candidate == 0 ? 1.0 : candidate == 1 ? 1.2 : 1.4;
-      });
-  double total[3] = {};
-  for (const GemmTiming &timing : timings)
-    total[timing.candidate] += timing.ms;
-  ASSERT_LT(total[2], total[0]); // 2 x 1.4 < 3 x 1.0
-  Result<std::vector<GemmChoice>> choices = chooseGemmAlgorithms(timings);
-  ASSERT_TRUE(choices.ok());
-  EXPECT_EQ((*choices)[0].chosen, 0);
-  EXPECT_DOUBLE_EQ((*choices)[0].chosenMs, 1.0);
-}
-
-TEST(GemmTuningTest, TiesKeepTheHeuristicsChoice) {
-  Result<std::vector<GemmChoice>> choices = chooseGemmAlgorithms(
-      simulate("k", 8, 3, gemmTuningRounds(2), [](int, int) { return 0.5; }));
-  ASSERT_TRUE(choices.ok());
-  EXPECT_EQ((*choices)[0].chosen, 0);
-  EXPECT_EQ((*choices)[0].calls, 3);
-}
-
-// The GPU gets faster pass after pass (0.01 ms each): over one forward
-// sweep the last candidate looks fastest; a second, reversed sweep gives
-// every candidate the same mean drift, and the truly fastest (2) wins.
-TEST(GemmTuningTest, AReversedSweepCancelsDrift) {
-  auto cost = [](int candidate, int pass) {
-    return (candidate == 2 ? 0.995 : 1.0) - 0.01 * pass;
-  };
-  Result<std::vector<GemmChoice>> one =
-      chooseGemmAlgorithms(simulate("k", 8, 1, gemmTuningRounds(1), cost));
-  Result<std::vector<GemmChoice>> two =
-      chooseGemmAlgorithms(simulate("k", 8, 1, gemmTuningRounds(2), cost));
-  ASSERT_TRUE(one.ok() && two.ok());
-  EXPECT_EQ((*one)[0].chosen, 7);
-  EXPECT_EQ((*two)[0].chosen, 2);
-}
-
-TEST(GemmTuningTest, RefusesAKeyWithoutItsHeuristicsTiming) {
-  Result<std::vector<GemmChoice>> choices =
-      chooseGemmAlgorithms({{"64x64x64:01", "layer 0 q_proj", 0, 1, 0.1}});
-  ASSERT_FALSE(choices.ok());
-  EXPECT_EQ(choices.error().message,
-            "GEMM 64x64x64:01 (layer 0 q_proj): its heuristic's candidate 0 "
-            "was never timed");
 }
 
 } // namespace

@@ -53,21 +53,22 @@ public:
   /// BlasLt::useTuningFile.
   Result<bool> useTuningFile(const std::string &path);
 
-  /// Chooses each GEMM's algorithm inside the step: runs `functions` in
-  /// order, eagerly with an event between steps, once per tuning round
-  /// (gemmTuningRounds(sweeps), after one untimed sweep that makes every
-  /// heuristic query and first launch), each GEMM with that round's
-  /// candidate, and keeps per GEMM key the candidate with the least time
-  /// per run (chooseGemmAlgorithms). Writes the tuning file when one is set
-  /// (useTuningFile). Returns the choices.
+  /// Chooses each GEMM's algorithm in the step as training runs it: finds
+  /// every GEMM key's candidates (the heuristic's first
+  /// kGemmTuningCandidates that the GPU runs: one eager run of `functions`
+  /// per candidate round), then tunes by replay (tuneGemmsByReplay, margin
+  /// kGemmTuningMargin): each timing captures `functions` afresh as CUDA
+  /// graphs with the candidates being tried and takes the median of
+  /// `replays` replays of them in order. Keeps the choices and writes the
+  /// tuning file when one is set (useTuningFile).
   ///
-  /// The functions run (sweeps + 1) * kGemmTuningCandidates times, with all
-  /// their effects: @forward_backward can be re-run, @optimizer_step
-  /// updates the weights each time (harmless on llamac-bench's random
-  /// weights; not for a fine-tune's). Refused once any function was
-  /// captured in a CUDA graph: its GEMMs' algorithms are fixed in it.
-  Result<std::vector<GemmChoice>>
-  tuneGemms(const std::vector<std::string> &functions, int sweeps = 2);
+  /// The functions run many times with all their effects: @forward_backward
+  /// can be re-run, @optimizer_step updates the weights each time (harmless
+  /// on llamac-bench's random weights; not for a fine-tune's). Refused once
+  /// any function was captured in a CUDA graph: its GEMMs' algorithms are
+  /// fixed in it. Leaves no graph behind.
+  Result<GemmTuningResult> tuneGemms(const std::vector<std::string> &functions,
+                                     int replays = 5);
 
   /// Runs `function` eagerly with an event between steps and returns each
   /// step's milliseconds, in order (for breakdowns; slower than a replay).
@@ -76,6 +77,9 @@ public:
 private:
   Executor() = default;
   Status enqueue(const package::Function &function);
+  /// Destroys every captured graph: the next run of each function captures
+  /// it again, with the GEMM algorithms chosen by then.
+  void releaseGraphs();
   /// profile(), also recording for each GEMM step which key and candidate
   /// ran (at its index in `gemms`) when `gemms` is given.
   Result<std::vector<float>>
