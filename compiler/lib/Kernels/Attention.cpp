@@ -2,10 +2,10 @@
 //
 // Flash attention on tensor cores (mma.sync m16n8k16, bf16 in, f32
 // accumulate): S, P, dP and dS live in registers a 64 x 64 tile at a time
-// and never reach memory, except dS once in bf16 for the dQ GEMM. The kernels
-// are written out by C++ rather than kept as templates: every fragment is its
-// own SSA value, so the unrolled tile loops are thousands of lines that only
-// differ in their offsets.
+// and never reach memory, except dSᵀ once in bf16 for the dQ kernel. The
+// kernels are written out by C++ rather than kept as templates: every fragment
+// is its own SSA value, so the unrolled tile loops are thousands of lines that
+// only differ in their offsets.
 //
 // Fragment layouts (PTX ISA, "mma.m16n8k16"): lane l of a warp is in row
 // group g = l / 4 and column pair t = l % 4. An A fragment (16 x 16, four

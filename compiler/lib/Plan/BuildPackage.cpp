@@ -20,7 +20,16 @@
 // gradient of the step's mean loss. The gradients are zeroed after AdamW
 // (and by zero_grads before the first step).
 //
-// Attention runs as batched cuBLASLt GEMMs around softmax kernels. One
+// Attention runs as flash attention (compiler/lib/Kernels/Attention.cpp)
+// where flashAttentionSupports the shape on the target: rope_heads rotates
+// q and k in place in the QKV GEMM's token rows, the forward reads q, k, v
+// there and writes O into the attention's rows and one lse per query row;
+// the backward makes delta = rowsum(O dO), then dK, dV and bf16 dSᵀ, then
+// dQ, writing the gradients into the rows the QKV GEMM's backward reads and
+// rotating dK and dQ back with a rope_table made once per step. Nothing of
+// size seq² is kept between forward and backward.
+//
+// Other shapes run as batched cuBLASLt GEMMs around softmax kernels. One
 // kernel moves q, k, v from the QKV GEMM's token rows to a head-major
 // layout, applying RoPE; there the query heads of one KV group are one
 // block of rows, so each product is one GEMM batched over (sequence, KV
@@ -93,7 +102,8 @@ ElementType elementTypeOf(Type type) {
 /// The attention geometry of a rope_attention op or its gradient.
 struct AttentionShape {
   int64_t heads, kvHeads, dim, seq, batch, group;
-  /// Bytes from the head-major buffer's start to its key and value regions.
+  /// Bytes from the head-major buffer's start to its key and value regions
+  /// (the GEMM path).
   uint64_t keyRegion, valueRegion;
 };
 
