@@ -311,10 +311,12 @@ llvm::Error checkShape(llvm::StringRef kernel, const FlashShape &s, Rows rows) {
                                         " must be a multiple of 8 of at "
                                         "least " +
                                         str(wide));
-  // The grid's y dimension counts (sequence, head) pairs.
-  if (s.batch * s.heads > 65535)
+  // The grid's x dimension counts (sequence, head) pairs, its y dimension
+  // 64-row blocks.
+  if (s.batch * s.heads > INT32_MAX || s.seq / kTile > 65535)
     return attentionError(kernel, "batch * heads " + str(s.batch * s.heads) +
-                                      " exceeds the grid's 65535");
+                                      " or seq_len / 64 " + str(s.seq / kTile) +
+                                      " exceeds the grid's 2^31 - 1 or 65535");
   return llvm::Error::success();
 }
 
@@ -650,16 +652,18 @@ struct Sizes {
 };
 
 /// The block of a kernel with a block per query tile: query block nq - 1 -
-/// x (the longest rows start first) of (sequence, head) y.
+/// y of (sequence, head) x. Blocks start in order, x fastest, so every
+/// (sequence, head)'s longest causal rows start before any shorter ones and
+/// the grid ends on the shortest: a shorter tail.
 struct QueryBlock {
   std::string bh, qb, seqIndex, head, kvHead, firstQuery;
 };
 
 QueryBlock queryBlock(Body &b, const FlashShape &s, const Sizes &z) {
   QueryBlock q;
-  std::string bx = b.let("bid", "gpu.block_id x");
-  q.bh = b.let("bid", "gpu.block_id y");
-  q.qb = b.let("qb", "arith.subi " + b.index(z.queryBlocks - 1) + ", " + bx +
+  q.bh = b.let("bid", "gpu.block_id x");
+  std::string by = b.let("bid", "gpu.block_id y");
+  q.qb = b.let("qb", "arith.subi " + b.index(z.queryBlocks - 1) + ", " + by +
                          " : index");
   q.seqIndex = b.div(q.bh, b.index(s.heads));
   q.head = b.rem(q.bh, b.index(s.heads));
@@ -894,8 +898,8 @@ llamac::flashAttentionForwardKernel(const FlashShape &s) {
     }
   }
   LaunchDims grid;
-  grid.x = unsigned(queryBlocks);
-  grid.y = unsigned(s.batch * s.heads);
+  grid.x = unsigned(s.batch * s.heads);
+  grid.y = unsigned(queryBlocks);
   return finish(kernel + shapeName(s, {true, false, true, false}), signature, b,
                 grid, unsigned(2 * pairBytes));
 }
@@ -927,9 +931,10 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
   std::string deltaPtr = b.globalPointer("%delta", rowType);
   std::string posPtr =
       s.packed ? b.globalPointer("%positions", posType) : std::string();
-  // Block (x, y): key block x of (sequence, KV head) y.
-  std::string kb = b.let("bid", "gpu.block_id x");
-  std::string bg = b.let("bid", "gpu.block_id y");
+  // Block (x, y): key block y of (sequence, KV head) x, so that the blocks
+  // with the most query tiles (key block 0) start first.
+  std::string bg = b.let("bid", "gpu.block_id x");
+  std::string kb = b.let("bid", "gpu.block_id y");
   std::string seqIndex = b.div(bg, b.index(s.kvHeads));
   std::string kvHead = b.rem(bg, b.index(s.kvHeads));
   std::string firstKey = b.mul(kb, b.index(kTile));
@@ -1158,8 +1163,8 @@ llamac::flashAttentionBackwardKernel(const FlashShape &s) {
              gradType);
   }
   LaunchDims grid;
-  grid.x = unsigned(queryBlocks);
-  grid.y = unsigned(s.batch * s.kvHeads);
+  grid.x = unsigned(s.batch * s.kvHeads);
+  grid.y = unsigned(queryBlocks);
   return finish(kernel + shapeName(s, rows), signature, b, grid,
                 unsigned(backwardSharedBytes(s.dim)));
 }
@@ -1332,8 +1337,8 @@ llvm::Expected<KernelSpec> llamac::flashAttentionDqKernel(const FlashShape &s) {
                    b.add(queryColumn(b, s, head), b.mul(l.pair, b.index(2)))),
         gradType);
   LaunchDims grid;
-  grid.x = unsigned(queryBlocks);
-  grid.y = unsigned(s.batch * s.heads);
+  grid.x = unsigned(s.batch * s.heads);
+  grid.y = unsigned(queryBlocks);
   return finish(kernel + shapeName(s, rows), signature, b, grid,
                 unsigned(2 * slotBytes));
 }

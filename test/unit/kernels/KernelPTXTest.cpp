@@ -817,11 +817,12 @@ TEST(KernelPTX, FlashAttentionRunsOnTensorCores) {
   auto dq = flashAttentionDqKernel(shape);
   ASSERT_TRUE(forward && backward && delta && dq);
   // One block of 4 warps per 64-row tile: query tiles of every (sequence,
-  // head) forward, key tiles of every (sequence, KV head) backward.
-  EXPECT_EQ(forward->grid.x, 4u);
-  EXPECT_EQ(forward->grid.y, 64u);
-  EXPECT_EQ(backward->grid.x, 4u);
-  EXPECT_EQ(backward->grid.y, 64u);
+  // head) forward, key tiles of every (sequence, KV head) backward; the
+  // tiles in y, so that the blocks with the most work start first.
+  EXPECT_EQ(forward->grid.x, 64u);
+  EXPECT_EQ(forward->grid.y, 4u);
+  EXPECT_EQ(backward->grid.x, 64u);
+  EXPECT_EQ(backward->grid.y, 4u);
   EXPECT_EQ(forward->block.x, 128u);
   EXPECT_EQ(backward->block.x, 128u);
   // Rows of 128 bf16 padded by 16 bytes: two K, V pairs forward; K, V and
@@ -830,8 +831,8 @@ TEST(KernelPTX, FlashAttentionRunsOnTensorCores) {
   EXPECT_EQ(backward->sharedBytes, 6u * 64 * 272 + 2 * 3 * 64 * 4);
   // dQ per query tile, from two slots of a dSᵀ tile (64 + 8 bf16 a row) and
   // a K tile.
-  EXPECT_EQ(dq->grid.x, 4u);
-  EXPECT_EQ(dq->grid.y, 64u);
+  EXPECT_EQ(dq->grid.x, 64u);
+  EXPECT_EQ(dq->grid.y, 4u);
   EXPECT_EQ(dq->sharedBytes, 2u * (64 * 144 + 64 * 272));
   // Two rows of 128 (16 lanes each) a warp, 8 a block.
   EXPECT_EQ(delta->grid.x, 2u * 256 * 32 / 8);
@@ -891,9 +892,13 @@ TEST(KernelPTX, FlashAttentionNeedsTilesThatFit) {
   shape.kvHeads = 5;
   EXPECT_NE(message(flashAttentionBackwardKernel(shape)).find("kv heads 5"),
             std::string::npos);
+  // (sequence, head) pairs go in x (up to 2^31 - 1), 64-row tiles in y.
   shape = llama2Attention(256);
   shape.batch = 4096;
-  EXPECT_NE(message(flashAttentionForwardKernel(shape)).find("65535"),
+  EXPECT_TRUE(bool(flashAttentionForwardKernel(shape)));
+  shape = llama2Attention(64 * 65536);
+  EXPECT_NE(message(flashAttentionForwardKernel(shape))
+                .find("seq_len / 64 65536 exceeds the grid's"),
             std::string::npos);
   shape = llama2Attention(256);
   shape.outStride = 4000;

@@ -217,7 +217,7 @@ bool flashAttentionSupports(int64_t dim, int64_t seq, llvm::StringRef chip);
 /// log2(e) q_i · k_j (its max taken out before the sum): the backward's P is
 /// 2^(x - lse). Args: qkv (bf16 token rows, see FlashShape), O (bf16, see
 /// outStride), lse (f32 [batch, heads, seq]), when packed positions
-/// (i32 [batch seq]). Grid [seq / 64, batch heads], block [128], dynamic
+/// (i32 [batch seq]). Grid [batch heads, seq / 64], block [128], dynamic
 /// shared memory `sharedBytes` (two 64-row key and value tiles, the query
 /// tile passing through the second).
 llvm::Expected<KernelSpec> flashAttentionForwardKernel(const FlashShape &shape);
@@ -240,7 +240,7 @@ llvm::Expected<KernelSpec> attentionRowDotKernel(const FlashShape &shape);
 /// others hold zeros outside the windows) for flash_attention_dq. Args: qkv,
 /// dO (bf16, see gradStride), lse, delta, the gradient (bf16 token rows of
 /// qkvGradStride), dS, the rope_table of the tokens, when packed positions.
-/// Grid [seq / 64, batch kvHeads], block [128], dynamic shared memory
+/// Grid [batch kvHeads, seq / 64], block [128], dynamic shared memory
 /// `sharedBytes`.
 llvm::Expected<KernelSpec>
 flashAttentionBackwardKernel(const FlashShape &shape);
@@ -249,9 +249,9 @@ flashAttentionBackwardKernel(const FlashShape &shape);
 /// every head, over the key blocks up to its own (the dSᵀ tiles that
 /// flash_attention_bwd wrote), rotated back as flash_attention_bwd's dK,
 /// into the query columns of the gradient's token rows (the other columns
-/// are not touched). Args: qkv, dS, the gradient, the rope_table. Grid [seq
-/// / 64, batch heads], block [128], dynamic shared memory `sharedBytes` (two
-/// dSᵀ and K tiles).
+/// are not touched). Args: qkv, dS, the gradient, the rope_table. Grid
+/// [batch heads, seq / 64], block [128], dynamic shared memory `sharedBytes`
+/// (two dSᵀ and K tiles).
 llvm::Expected<KernelSpec> flashAttentionDqKernel(const FlashShape &shape);
 
 /// count_targets: the number of rows with a target under the shifted loss
