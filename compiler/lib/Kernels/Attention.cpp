@@ -145,21 +145,17 @@ public:
     return let("f", "arith.extf " + r + " : bf16 to f32");
   }
 
-  /// Two f32 rounded to bf16 and packed into an i32, `low` in the low half.
-  std::string pack(const std::string &low, const std::string &high) {
-    std::string v = let("v", "vector.from_elements " + low + ", " + high +
-                                 " : vector<2xf32>");
-    std::string b =
-        let("v", "arith.truncf " + v + " : vector<2xf32> to vector<2xbf16>");
-    std::string i =
-        let("v", "vector.bitcast " + b + " : vector<2xbf16> to vector<1xi32>");
-    return let("v", "vector.extract " + i + "[0] : i32 from vector<1xi32>");
-  }
-  /// The same two f32 as a vector<2xbf16> to store.
+  /// Two f32 rounded to bf16 as a vector<2xbf16>, `low` first.
   std::string pair(const std::string &low, const std::string &high) {
     std::string v = let("v", "vector.from_elements " + low + ", " + high +
                                  " : vector<2xf32>");
     return let("v", "arith.truncf " + v + " : vector<2xf32> to vector<2xbf16>");
+  }
+  /// The same pair packed into an i32, `low` in the low half.
+  std::string pack(const std::string &low, const std::string &high) {
+    std::string i = let("v", "vector.bitcast " + pair(low, high) +
+                                 " : vector<2xbf16> to vector<1xi32>");
+    return let("v", "vector.extract " + i + "[0] : i32 from vector<1xi32>");
   }
 
   /// Stores bf16 pair `value` at element `at` (even) of `memref` of type
@@ -187,11 +183,7 @@ public:
                       ">, shape = #nvvm.ld_st_matrix_shape<m = 8, n = 8>, "
                       "eltType = #nvvm.ld_st_matrix_elt_type<b16>} : "
                       "(!llvm.ptr<3>) -> !llvm.struct<(i32, i32, i32, i32)>");
-    Frag f;
-    for (int i = 0; i < 4; ++i)
-      f[i] = let("b", "llvm.extractvalue " + r + "[" + std::to_string(i) +
-                          "] : !llvm.struct<(i32, i32, i32, i32)>");
-    return f;
+    return unpack("b", r, "i32");
   }
   /// D = A B + C for one m16n8k16 tile.
   Frag mma(const Frag &a, const std::string &b0, const std::string &b1,
@@ -205,11 +197,7 @@ public:
                    "k = 16>, multiplicandAPtxType = #nvvm.mma_type<bf16>, "
                    "multiplicandBPtxType = #nvvm.mma_type<bf16>} : (i32, i32, "
                    "f32) -> !llvm.struct<(f32, f32, f32, f32)>");
-    Frag d;
-    for (int i = 0; i < 4; ++i)
-      d[i] = let("c", "llvm.extractvalue " + r + "[" + std::to_string(i) +
-                          "] : !llvm.struct<(f32, f32, f32, f32)>");
-    return d;
+    return unpack("c", r, "f32");
   }
   /// cp.async of 16 bytes from global `src` + `srcOffset` (i64 bytes) to
   /// shared `dst` + `dstOffset` (i32 bytes).
@@ -252,6 +240,16 @@ public:
   std::string text() const { return constants_ + text_; }
 
 private:
+  /// The four members of `r`, an !llvm.struct of four `type`.
+  Frag unpack(const char *stem, const std::string &r, const char *type) {
+    std::string structType = std::string("!llvm.struct<(") + type + ", " +
+                             type + ", " + type + ", " + type + ")>";
+    Frag f;
+    for (int i = 0; i < 4; ++i)
+      f[i] = let(stem, "llvm.extractvalue " + r + "[" + std::to_string(i) +
+                           "] : " + structType);
+    return f;
+  }
   static std::string key(int64_t value) {
     return value < 0 ? "m" + std::to_string(-value) : std::to_string(value);
   }

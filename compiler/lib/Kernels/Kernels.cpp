@@ -1235,11 +1235,11 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
   const char *directionName = inPlace   ? "in_place"
                               : toHeads ? "to_heads"
                                         : "to_tokens";
-  // Head-major elements are %hi1 and %hi2; token-major %ti1 and %ti2.
-  bool headsFirst = direction == HeadsDirection::ToTokens;
+  // The source is head-major only going to tokens (its elements %hi1 and
+  // %hi2; token rows' %ti1 and %ti2).
+  bool fromHeads = direction == HeadsDirection::ToTokens;
   std::string tokensSize = str(l.rows * l.rowStride),
               headsSize = str(l.rows * heads * l.headDim);
-  std::string position = ropePosition(l.positions, l.rows);
   return specialize(
       kernel,
       directionName + std::string("_t") + str(l.rows) + "_s" + str(l.seqLen) +
@@ -1248,7 +1248,7 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
           str(l.numValueHeads) + rotationName + (l.positions ? "_pos" : ""),
       {{"HEADS_ARG", inPlace ? "" : ", %heads: memref<" + headsSize + "xbf16>"},
        {"POSITIONS_ARG", positionsArgument(l.positions, l.rows)},
-       {"POSITION", position},
+       {"POSITION", ropePosition(l.positions, l.rows)},
        {"T", str(l.rows)},
        {"LD", str(l.rowStride)},
        {"TLD", tokensSize},
@@ -1266,9 +1266,9 @@ llvm::Expected<KernelSpec> llamac::ropeHeadsKernel(const HeadsLayout &layout,
        {"NQK", str(l.numQueryHeads + l.numKeyHeads)},
        {"NROT", str(rotated)},
        {"SIGN", rotation == Rotation::Inverse ? "-1.0" : "1.0"},
-       {"SRC", headsFirst ? "%heads" : "%tokens"},
-       {"SRCI", headsFirst ? "%hi" : "%ti"},
-       {"SRCN", headsFirst ? headsSize : tokensSize},
+       {"SRC", fromHeads ? "%heads" : "%tokens"},
+       {"SRCI", fromHeads ? "%hi" : "%ti"},
+       {"SRCN", fromHeads ? headsSize : tokensSize},
        {"DST", toHeads ? "%heads" : "%tokens"},
        {"DSTI", toHeads ? "%hi" : "%ti"},
        {"DSTN", toHeads ? headsSize : tokensSize},
