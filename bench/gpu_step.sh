@@ -13,11 +13,14 @@
 #            `python3 HF_BASELINE_PY hf <model>` in the same call, then
 #            llamac-bench again; a table of the step times, llamac's the
 #            mean of its two runs, and their ratio)
+# llamac's step is the mean over back-to-back steps after warm-up, measured
+# as HF_BASELINE_PY measures HF's (llamac-bench's defaults: 5 warm-up steps,
+# 10 timed). PRECISIONS="bf16" limits both halves to the listed precisions.
 # HF_BASELINE_PY is shared/bench/hf_baseline.py. Record the numbers, card and
 # date in bench/RESULTS.md.
 set -euo pipefail
 models=(llama2-7b:llama-2-7b llama3-8b:llama-3-8b)
-precisions=(bf16 fp8)
+read -ra precisions <<<"${PRECISIONS:-bf16 fp8}"
 
 case "${1:-}" in
 compile)
@@ -46,7 +49,7 @@ run)
   bench() {
     # Printed whole, then parsed (tee /dev/stderr would reopen, and so
     # truncate, a log file that stdout and stderr are redirected to).
-    report=$(./llamac-bench --package "$1" --steps 12 ${2:-})
+    report=$(./llamac-bench --package "$1" ${2:-})
     echo "$report" >&2
     sed -n 's/^RESULT .*"step_ms":\([0-9.]*\).*/\1/p' <<<"$report"
   }

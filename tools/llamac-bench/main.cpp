@@ -6,17 +6,19 @@
 // Times the compiled train step of a package on the GPU the way a fine-tune
 // runs it (CUDA Graph replay of @forward_backward then @optimizer_step), on
 // random weights (normal, std 0.02) and random tokens, so that no checkpoint
-// or data file is needed. GEMMs use cuBLASLt's heuristic choice. With
-// --tune they use the algorithms in DIR/gemm-tuning.json when it was made
-// on this GPU with this cuBLASLt; otherwise they are tuned by replaying the
-// step first (Executor::tuneGemms: one GEMM shape at a time, each of the
-// heuristic's first 8 candidates tried in the step captured and replayed
-// as a CUDA graph, kept only when the step gets 0.2% faster; the optimizer
-// steps this takes only move the random weights), the choices are written
-// to that file, and a table shows per GEMM shape its candidates, the
-// chosen one and the step's milliseconds with each, and the step with all
-// heuristic and all tuned choices (their difference is `tuned_saving_ms`
-// in the RESULT line; null when the file was read).
+// or data file is needed: after --warmup steps (5), the mean over the next
+// ones back to back (--steps is the total, 15), as hf_baseline.py measures
+// HF's step, with each step's spread. GEMMs use cuBLASLt's heuristic
+// choice. With --tune they use the algorithms in DIR/gemm-tuning.json when
+// it was made on this GPU with this cuBLASLt; otherwise they are tuned by
+// replaying the step first (Executor::tuneGemms: one GEMM shape at a time,
+// each of the heuristic's first 8 candidates tried in the step captured and
+// replayed as a CUDA graph, kept only when the step gets 0.2% faster; the
+// optimizer steps this takes only move the random weights), the choices
+// are written to that file, and a table shows per GEMM shape its
+// candidates, the chosen one and the step's milliseconds with each, and the
+// step with all heuristic and all tuned choices (their difference is
+// `tuned_saving_ms` in the RESULT line; null when the file was read).
 // Delete the file to tune again. `--breakdown` then runs each function once
 // more eagerly with an event between steps and prints where the time goes:
 // GEMMs of the linear layers, attention, the other kernels, the optimizer,
@@ -118,6 +120,71 @@ Result<double> tuneInStep(Executor &executor, const std::string &file) {
   return tuned->heuristicMs - tuned->tunedMs;
 }
 
+/// Step times of the timed loop, in milliseconds.
+struct StepTimes {
+  /// From the first timed step's start to the last one's end, over their
+  /// count: the mean of back-to-back steps, gaps between them included.
+  double mean = 0;
+  /// Each timed step alone, sorted.
+  std::vector<float> steps;
+};
+
+/// Runs `steps` train steps (graph replays of @forward_backward then
+/// @optimizer_step, each waited for, as llamac train waits for each step's
+/// loss) and times those after the first `warmup` with events on the device.
+/// The mean counts the host's gaps between steps, as HF's baseline times its
+/// own steps (hf_baseline.py: warm-up steps, then the mean over back-to-back
+/// steps); the events around each step give the spread.
+Result<StepTimes> timeSteps(cuda::Device &device, Executor &executor,
+                            int64_t steps, int64_t warmup, double maxGradNorm) {
+  struct Events {
+    cuda::Device &device;
+    std::vector<CUevent> made;
+    ~Events() {
+      for (CUevent event : made)
+        device.destroyEvent(event);
+    }
+  } events{device, {}};
+  StepTimes times;
+  CUevent firstStart = nullptr, lastEnd = nullptr;
+  for (int64_t step = 1; step <= steps; ++step) {
+    Result<CUevent> start = device.createEvent();
+    if (start)
+      events.made.push_back(*start);
+    Result<CUevent> end = device.createEvent();
+    if (end)
+      events.made.push_back(*end);
+    if (!start || !end)
+      return Error{"cannot create timing events"};
+    Status s = uploadHyperparameters(executor, step, maxGradNorm);
+    if (s)
+      s = device.record(*start);
+    if (s)
+      s = executor.run("forward_backward");
+    if (s)
+      s = executor.run("optimizer_step");
+    if (s)
+      s = device.record(*end);
+    if (!s)
+      return s.error();
+    Result<float> ms = device.elapsedMs(*start, *end);
+    if (!ms)
+      return ms.error();
+    if (step <= warmup)
+      continue;
+    if (!firstStart)
+      firstStart = *start;
+    lastEnd = *end;
+    times.steps.push_back(*ms);
+  }
+  Result<float> span = device.elapsedMs(firstStart, lastEnd);
+  if (!span)
+    return span.error();
+  times.mean = *span / double(times.steps.size());
+  std::sort(times.steps.begin(), times.steps.end());
+  return times;
+}
+
 /// Where a step's time is counted in the breakdown.
 std::string category(const std::string &function, const package::Step &step) {
   if (function != "forward_backward")
@@ -135,7 +202,7 @@ std::string category(const std::string &function, const package::Step &step) {
 
 int main(int argc, char **argv) {
   std::string packageDir;
-  int64_t steps = 20, warmup = 3;
+  int64_t steps = 15, warmup = 5;
   double maxGradNorm = 0;
   bool breakdown = false, tune = false;
   for (int i = 1; i < argc; ++i) {
@@ -208,42 +275,25 @@ int main(int argc, char **argv) {
     }
   }
 
-  // The loop: graph replays, timed by events on the device.
-  Result<CUevent> start = (*device)->createEvent();
-  Result<CUevent> end = (*device)->createEvent();
-  if (!start || !end)
-    return fail("cannot create timing events");
-  std::vector<float> stepMs;
-  for (int64_t step = 1; step <= steps; ++step) {
-    Status s = uploadHyperparameters(executor, step, maxGradNorm);
-    if (s)
-      s = (*device)->record(*start);
-    if (s)
-      s = executor.run("forward_backward");
-    if (s)
-      s = executor.run("optimizer_step");
-    if (s)
-      s = (*device)->record(*end);
-    if (!s)
-      return fail(s.error().message);
-    Result<float> ms = (*device)->elapsedMs(*start, *end);
-    if (!ms)
-      return fail(ms.error().message);
-    if (step > warmup)
-      stepMs.push_back(*ms);
-  }
-  std::sort(stepMs.begin(), stepMs.end());
-  double median = stepMs[stepMs.size() / 2];
-  double mean = 0;
-  for (float ms : stepMs)
-    mean += ms / double(stepMs.size());
-  std::printf("%s on %s: step %.2f ms (median of %zu), mean %.2f ms, arena "
-              "%.1f GiB, max_grad_norm %g, GEMMs %s\n",
-              packageDir.c_str(), (*device)->name().c_str(), median,
-              stepMs.size(), mean, arenaGiB, maxGradNorm, gemms.c_str());
-  json result = {{"package", packageDir}, {"device", (*device)->name()},
-                 {"step_ms", median},     {"mean_step_ms", mean},
-                 {"arena_gib", arenaGiB}, {"max_grad_norm", maxGradNorm}};
+  Result<StepTimes> times =
+      timeSteps(**device, executor, steps, warmup, maxGradNorm);
+  if (!times)
+    return fail(times.error().message);
+  const std::vector<float> &each = times->steps;
+  double median = each[each.size() / 2];
+  std::printf("%s on %s: step %.2f ms (mean of %zu back to back; each step "
+              "%.2f to %.2f ms, median %.2f), arena %.1f GiB, max_grad_norm "
+              "%g, GEMMs %s\n",
+              packageDir.c_str(), (*device)->name().c_str(), times->mean,
+              each.size(), each.front(), each.back(), median, arenaGiB,
+              maxGradNorm, gemms.c_str());
+  json result = {{"package", packageDir},
+                 {"device", (*device)->name()},
+                 {"step_ms", times->mean},
+                 {"median_step_ms", median},
+                 {"steps_ms", each},
+                 {"arena_gib", arenaGiB},
+                 {"max_grad_norm", maxGradNorm}};
   if (tune)
     result["tuned_saving_ms"] = tunedSaving;
 
@@ -282,8 +332,6 @@ int main(int argc, char **argv) {
     result["breakdown_ms"] = categories;
     result["eager_ms"] = total;
   }
-  (*device)->destroyEvent(*start);
-  (*device)->destroyEvent(*end);
   std::printf("RESULT %s\n", result.dump().c_str());
   return 0;
 }
