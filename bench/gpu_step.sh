@@ -46,12 +46,35 @@ run)
   # the table takes the mean: a run right after another program's minute of
   # load measures about 1% slower (session 9: 150.7 ms before, 152.3 ms
   # after HF on one H200), so a single order would favour one side.
+  # While each program runs, the GPU's SM clock and power are sampled every
+  # 250 ms; the table gives their means over the samples in which kernels
+  # ran at least 90% of the time. Under load an H200 sits at its 700 W cap
+  # and lowers its clock, by how much depends on the work (session 10:
+  # llamac's step at 1590-1730 MHz, HF's eager step at 1846 MHz).
+  samples=$(mktemp)
+  trap 'rm -f "$samples"' EXIT
+  sampled() {
+    nvidia-smi --query-gpu=utilization.gpu,clocks.sm,power.draw \
+      --format=csv,noheader,nounits -lms 250 >"$samples" &
+    local sampler=$! status=0
+    "$@" || status=$?
+    kill "$sampler"
+    wait "$sampler" 2>/dev/null || true
+    return $status
+  }
+  busy() {
+    awk -F', *' '$1 >= 90 { n++; clock += $2; watts += $3 }
+      END { if (n) printf "%.0f %.0f\n", clock / n, watts / n;
+            else print "nan nan" }' "$samples"
+  }
+  # Prints "step_ms clock_MHz power_W" of one llamac-bench run.
   bench() {
     # Printed whole, then parsed (tee /dev/stderr would reopen, and so
     # truncate, a log file that stdout and stderr are redirected to).
-    report=$(./llamac-bench --package "$1" ${2:-})
+    report=$(sampled ./llamac-bench --package "$1" ${2:-})
     echo "$report" >&2
-    sed -n 's/^RESULT .*"step_ms":\([0-9.]*\).*/\1/p' <<<"$report"
+    echo "$(sed -n 's/^RESULT .*"step_ms":\([0-9.]*\).*/\1/p' <<<"$report")" \
+      "$(busy)"
   }
   rows=()
   for entry in "${models[@]}"; do
@@ -61,22 +84,26 @@ run)
       before[$precision]=$(bench "$name-$precision" "${3:-}")
     done
     # Printed as it comes, so that a call cut short keeps HF's number.
-    hf=$(python3 "$baseline" hf "$name")
+    hf=$(sampled python3 "$baseline" hf "$name")
     grep '^RESULT' <<<"$hf"
-    theirs=$(sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p' <<<"$hf")
+    theirs="$(sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p' <<<"$hf") $(busy)"
+    echo "HF $name: clock and power while busy: $(busy)" >&2
     for precision in "${precisions[@]}"; do
       after=$(bench "$name-$precision" "${3:-}")
       rows+=("$name $precision $theirs ${before[$precision]} $after")
     done
   done
-  printf '\n%-10s %-9s %12s %10s %10s %10s %7s\n' model precision \
-    "HF eager ms" "before" "after" "llamac ms" ratio
+  printf '\n%-10s %-9s %12s %10s %10s %10s %7s  %s\n' model precision \
+    "HF eager ms" "before" "after" "llamac ms" ratio \
+    "MHz, W while busy: HF / before / after"
   for row in "${rows[@]}"; do
-    read -r name precision theirs first second <<<"$row"
+    read -r name precision theirs hfMHz hfW first firstMHz firstW second \
+      secondMHz secondW <<<"$row"
     python3 -c "
 ours = ($first + $second) / 2
-print('%-10s %-9s %12.1f %10.1f %10.1f %10.1f %7.3f' % ('$name', '$precision',
-      $theirs, $first, $second, ours, ours / $theirs))"
+print('%-10s %-9s %12.1f %10.2f %10.2f %10.2f %7.3f  %s / %s / %s' % (
+      '$name', '$precision', $theirs, $first, $second, ours, ours / $theirs,
+      '$hfMHz, $hfW', '$firstMHz, $firstW', '$secondMHz, $secondW'))"
   done
   ;;
 *)
