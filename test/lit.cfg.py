@@ -11,6 +11,7 @@ config.excludes = ["CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py", "unit", "g
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.llamac_obj_root, "test")
 config.substitutions.append(("%configs", os.path.join(config.llamac_src_root, "test", "configs")))
+config.substitutions.append(("%bench", os.path.join(config.llamac_src_root, "bench")))
 
 llvm_config.use_default_substitutions()
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
