@@ -86,8 +86,9 @@ run)
     # Printed as it comes, so that a call cut short keeps HF's number.
     hf=$(sampled python3 "$baseline" hf "$name")
     grep '^RESULT' <<<"$hf"
-    theirs="$(sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p' <<<"$hf") $(busy)"
-    echo "HF $name: clock and power while busy: $(busy)" >&2
+    load=$(busy)
+    echo "HF $name: clock and power while busy: $load" >&2
+    theirs="$(sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p' <<<"$hf") $load"
     for precision in "${precisions[@]}"; do
       after=$(bench "$name-$precision" "${3:-}")
       rows+=("$name $precision $theirs ${before[$precision]} $after")

@@ -34,6 +34,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -137,47 +138,45 @@ struct StepTimes {
 /// steps); the events around each step give the spread.
 Result<StepTimes> timeSteps(cuda::Device &device, Executor &executor,
                             int64_t steps, int64_t warmup, double maxGradNorm) {
+  // start and end around each step; timed from the first timed step's start.
   struct Events {
     cuda::Device &device;
-    std::vector<CUevent> made;
+    std::array<CUevent, 3> made{};
     ~Events() {
       for (CUevent event : made)
-        device.destroyEvent(event);
+        if (event)
+          device.destroyEvent(event);
     }
-  } events{device, {}};
+  } events{device};
+  for (CUevent &event : events.made) {
+    Result<CUevent> created = device.createEvent();
+    if (!created)
+      return created.error();
+    event = *created;
+  }
+  auto [start, end, timedFrom] = events.made;
   StepTimes times;
-  CUevent firstStart = nullptr, lastEnd = nullptr;
   for (int64_t step = 1; step <= steps; ++step) {
-    Result<CUevent> start = device.createEvent();
-    if (start)
-      events.made.push_back(*start);
-    Result<CUevent> end = device.createEvent();
-    if (end)
-      events.made.push_back(*end);
-    if (!start || !end)
-      return Error{"cannot create timing events"};
     Status s = uploadHyperparameters(executor, step, maxGradNorm);
+    if (s && step == warmup + 1)
+      s = device.record(timedFrom);
     if (s)
-      s = device.record(*start);
+      s = device.record(start);
     if (s)
       s = executor.run("forward_backward");
     if (s)
       s = executor.run("optimizer_step");
     if (s)
-      s = device.record(*end);
+      s = device.record(end);
     if (!s)
       return s.error();
-    Result<float> ms = device.elapsedMs(*start, *end);
+    Result<float> ms = device.elapsedMs(start, end);
     if (!ms)
       return ms.error();
-    if (step <= warmup)
-      continue;
-    if (!firstStart)
-      firstStart = *start;
-    lastEnd = *end;
-    times.steps.push_back(*ms);
+    if (step > warmup)
+      times.steps.push_back(*ms);
   }
-  Result<float> span = device.elapsedMs(firstStart, lastEnd);
+  Result<float> span = device.elapsedMs(timedFrom, end);
   if (!span)
     return span.error();
   times.mean = *span / double(times.steps.size());
