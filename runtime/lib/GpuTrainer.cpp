@@ -109,6 +109,30 @@ Status uploadRole(Executor &executor, const std::string &role,
   return {};
 }
 
+Status zeroMoments(Executor &executor) {
+  for (const package::Buffer &buffer : executor.package().buffers)
+    if (buffer.role == "exp_avg" || buffer.role == "exp_avg_sq") {
+      std::vector<uint8_t> zeros(buffer.bytes, 0);
+      if (Status s = executor.upload(buffer.name, zeros.data(), zeros.size());
+          !s)
+        return s;
+    }
+  return {};
+}
+
+} // namespace
+
+Status uploadRandomInit(Executor &executor, double initializerRange,
+                        uint64_t seed) {
+  if (Status s =
+          uploadRole(executor, "param", initialization(initializerRange, seed));
+      !s)
+    return s;
+  return zeroMoments(executor);
+}
+
+namespace {
+
 /// Parameters and AdamW moments: from the checkpoint being resumed, else
 /// from --weights (or drawn) with zero moments.
 Status uploadState(Executor &executor, const GpuTrainOptions &options,
@@ -122,22 +146,12 @@ Status uploadState(Executor &executor, const GpuTrainOptions &options,
       return opened.error();
     store.emplace(std::move(*opened));
   }
-  if (Status s =
-          uploadRole(executor, "param",
-                     store ? tensorsIn(*store)
-                           : initialization(initializerRange, options.seed));
-      !s)
+  if (!store)
+    return uploadRandomInit(executor, initializerRange, options.seed);
+  if (Status s = uploadRole(executor, "param", tensorsIn(*store)); !s)
     return s;
-  if (resumedFrom.empty()) {
-    for (const package::Buffer &buffer : executor.package().buffers)
-      if (buffer.role == "exp_avg" || buffer.role == "exp_avg_sq") {
-        std::vector<uint8_t> zeros(buffer.bytes, 0);
-        if (Status s = executor.upload(buffer.name, zeros.data(), zeros.size());
-            !s)
-          return s;
-      }
-    return {};
-  }
+  if (resumedFrom.empty())
+    return zeroMoments(executor);
   Result<SafetensorsFile> optimizer =
       SafetensorsFile::open(resumedFrom + "/optimizer.safetensors");
   if (!optimizer)

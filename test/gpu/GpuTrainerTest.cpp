@@ -15,7 +15,8 @@
 //     2 steps then a resume to 4 equal 4 steps bit for bit where nothing is
 //     summed by atomics; a resume continues the run; the checkpoints hold
 //     the FP8 state in the CPU loop's format, as the device holds it; the
-//     CPU's fp8 checkpoint resumes on the GPU.
+//     CPU's fp8 checkpoint resumes on the GPU;
+//   - the random init is Hugging Face's.
 // Tolerances: bf16 stores every tensor with a relative rounding of 2^-9;
 // sums in a different order (two micro-batches added in bf16 against one
 // f32-accumulated GEMM; CPU against GPU) differ by a few of those per
@@ -143,6 +144,66 @@ void expectRelative(double got, double want, double tolerance,
                     const std::string &what) {
   EXPECT_LE(std::abs(got - want), tolerance * std::abs(want))
       << what << ": " << got << " vs " << want;
+}
+
+// uploadRandomInit (the start of `llamac train` without --weights, and of
+// llamac-bench) is Hugging Face's _init_weights: norm weights exactly one,
+// every other parameter normal(0, 0.02) (each tensor's mean and standard
+// deviation within 5 standard errors, 0.02 / sqrt(n) and 0.02 / sqrt(2 n),
+// of 0 and 0.02; bf16's rounding by 2^-9 is far below), moments zero; the
+// same seed gives the same bytes, another seed others.
+TEST_F(GpuTrainerTest, RandomInitIsHuggingFaces) {
+  LLAMAC_REQUIRE_GPU(device);
+  Result<package::Package> package = package::readPackage(kTrainDir + "/b8");
+  ASSERT_TRUE(package.ok()) << package.error().message;
+  auto created = Executor::create(device, *package);
+  ASSERT_TRUE(created.ok()) << created.error().message;
+  Executor &executor = **created;
+  auto download = [&](const package::Buffer &buffer) {
+    std::vector<uint16_t> bits(buffer.bytes / 2);
+    EXPECT_TRUE(executor.download(buffer.name, bits.data(), buffer.bytes).ok());
+    return bits;
+  };
+  ASSERT_TRUE(uploadRandomInit(executor, 0.02, 7).ok());
+  std::map<std::string, std::vector<uint16_t>> first;
+  int linear = 0;
+  for (const package::Buffer &buffer : package->buffers) {
+    SCOPED_TRACE(buffer.name);
+    if (buffer.role == "exp_avg" || buffer.role == "exp_avg_sq")
+      for (uint16_t bits : download(buffer))
+        ASSERT_EQ(bits, 0);
+    if (buffer.role != "param")
+      continue;
+    std::vector<uint16_t> bits = download(buffer);
+    first[buffer.name] = bits;
+    if (buffer.shape.size() == 1) {
+      for (uint16_t b : bits)
+        ASSERT_EQ(bf16ToFloat(b), 1.0f);
+      continue;
+    }
+    double sum = 0, squares = 0;
+    for (uint16_t b : bits) {
+      double v = bf16ToFloat(b);
+      sum += v;
+      squares += v * v;
+    }
+    double n = double(bits.size()), mean = sum / n;
+    EXPECT_LE(std::abs(mean), 5 * 0.02 / std::sqrt(n));
+    EXPECT_NEAR(std::sqrt(squares / n - mean * mean), 0.02,
+                5 * 0.02 / std::sqrt(2 * n));
+    ++linear;
+  }
+  EXPECT_GT(linear, 0);
+  ASSERT_TRUE(uploadRandomInit(executor, 0.02, 7).ok());
+  for (const auto &[name, bits] : first) {
+    std::vector<uint16_t> again(bits.size());
+    ASSERT_TRUE(executor.download(name, again.data(), again.size() * 2).ok());
+    EXPECT_EQ(again, bits) << name;
+  }
+  ASSERT_TRUE(uploadRandomInit(executor, 0.02, 8).ok());
+  const package::Buffer &embedding =
+      package->buffers[package->bufferIndex("param:model.embed_tokens.weight")];
+  EXPECT_NE(download(embedding), first[embedding.name]);
 }
 
 TEST_F(GpuTrainerTest, TwoMicroBatchesOfFourEqualOneBatchOfEight) {

@@ -5,7 +5,10 @@
 //
 // Times the compiled train step of a package on the GPU the way a fine-tune
 // runs it (CUDA Graph replay of @forward_backward then @optimizer_step), on
-// random weights (normal, std 0.02) and random tokens, so that no checkpoint
+// Hugging Face's random init (as `llamac train` without --weights and
+// hf_baseline.py: normal(0, initializer_range), norm weights one; the power a
+// GEMM draws, and so its clock under the GPU's power cap, depends on the
+// values) and random tokens, so that no checkpoint
 // or data file is needed: after --warmup steps (5), the mean over the next
 // ones back to back (--steps is the total, 15), as hf_baseline.py measures
 // HF's step, with each step's spread. GEMMs use cuBLASLt's heuristic
@@ -28,15 +31,14 @@
 //===----------------------------------------------------------------------===//
 
 #include "llamac/Runtime/Executor.h"
+#include "llamac/Runtime/GpuTrainer.h"
 #include "llamac/Runtime/Random.h"
-#include "llamac/Runtime/Safetensors.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <array>
 #include <cstdio>
-#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
@@ -49,31 +51,6 @@ namespace {
 int fail(const std::string &message) {
   std::fprintf(stderr, "llamac-bench: error: %s\n", message.c_str());
   return 2;
-}
-
-/// Fills every parameter with normal(0, 0.02) bf16 values (one block of
-/// random values repeated: timing does not depend on which values) and
-/// zeroes the AdamW moments.
-Status initialize(Executor &executor) {
-  constexpr size_t kBlock = 1 << 24;
-  std::vector<uint16_t> block(kBlock);
-  Random random(1, "llamac-bench");
-  for (uint16_t &v : block)
-    v = floatToBF16(float(0.02 * random.normal()));
-  for (const package::Buffer &buffer : executor.package().buffers) {
-    bool param = buffer.role == "param";
-    bool moment = buffer.role == "exp_avg" || buffer.role == "exp_avg_sq";
-    if (!param && !moment)
-      continue;
-    std::vector<uint8_t> bytes(buffer.bytes, 0);
-    if (param)
-      for (size_t at = 0; at < bytes.size(); at += kBlock * 2)
-        std::memcpy(bytes.data() + at, block.data(),
-                    std::min(kBlock * 2, bytes.size() - at));
-    if (Status s = executor.upload(buffer.name, bytes.data(), bytes.size()); !s)
-      return s;
-  }
-  return {};
 }
 
 Status uploadTokens(Executor &executor, int64_t vocab) {
@@ -248,7 +225,9 @@ int main(int argc, char **argv) {
   if (!created)
     return fail(created.error().message);
   Executor &executor = **created;
-  if (Status s = initialize(executor); !s)
+  if (Status s = uploadRandomInit(
+          executor, config.value("initializer_range", 0.02), /*seed=*/0);
+      !s)
     return fail(s.error().message);
   if (Status s = uploadTokens(executor, vocab); !s)
     return fail(s.error().message);

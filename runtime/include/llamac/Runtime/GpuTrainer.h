@@ -62,6 +62,15 @@ struct GpuTrainOptions {
   int64_t untimedSteps = 2;
 };
 
+class Executor;
+
+/// Fills every parameter of the executor's package with Hugging Face's random
+/// init (_init_weights: normal(0, initializerRange) per tensor, drawn from a
+/// stream of `seed` and the tensor's name; ones for norm weights) and zeroes
+/// the AdamW moments: the model `llamac train` starts from without --weights.
+Status uploadRandomInit(Executor &executor, double initializerRange,
+                        uint64_t seed);
+
 /// Trains; prints one line per step (a progress bar on a terminal) and a
 /// summary; returns the process exit code: 0, 2 after printing a one-line
 /// error, or 128 + the signal after a SIGINT or SIGTERM.
