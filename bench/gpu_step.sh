@@ -46,15 +46,19 @@ run)
   # the table takes the mean: a run right after another program's minute of
   # load measures about 1% slower (session 9: 150.7 ms before, 152.3 ms
   # after HF on one H200), so a single order would favour one side.
-  # While each program runs, the GPU's SM clock and power are sampled every
-  # 250 ms; the table gives their means over the samples in which kernels
-  # ran at least 90% of the time. Under load an H200 sits at its 700 W cap
-  # and lowers its clock, by how much depends on the work (session 10:
-  # llamac's step at 1590-1730 MHz, HF's eager step at 1846 MHz).
+  # While each program runs, the GPU's SM clock, power and clock event
+  # reasons are sampled every 250 ms; the table gives the means of clock and
+  # power over the samples in which kernels ran at least 90% of the time, and
+  # the share of those in which the software power cap held the clock down
+  # (reason bit 0x4). Under load an H200 sits at its 700 W cap and lowers its
+  # clock, by how much depends on the work and on the data (session 11:
+  # llamac's forward and backward alone at 1530 MHz, capped in every sample;
+  # its AdamW alone at 1980 MHz, 480 W; HF's eager step at 1768 MHz).
   samples=$(mktemp)
   trap 'rm -f "$samples"' EXIT
   sampled() {
-    nvidia-smi --query-gpu=utilization.gpu,clocks.sm,power.draw \
+    nvidia-smi \
+      --query-gpu=utilization.gpu,clocks.sm,power.draw,clocks_event_reasons.active \
       --format=csv,noheader,nounits -lms 250 >"$samples" &
     local sampler=$! status=0
     "$@" || status=$?
@@ -62,12 +66,16 @@ run)
     wait "$sampler" 2>/dev/null || true
     return $status
   }
+  # Prints "clock_MHz power_W capped_%" of the busy samples; the reasons
+  # are a hex mask (0x...), bit 0x4 in its last digit.
   busy() {
-    awk -F', *' '$1 >= 90 { n++; clock += $2; watts += $3 }
-      END { if (n) printf "%.0f %.0f\n", clock / n, watts / n;
-            else print "nan nan" }' "$samples"
+    awk -F', *' '$1 >= 90 { n++; clock += $2; watts += $3
+        if (index("4567cdefCDEF", substr($4, length($4)))) capped++ }
+      END { if (n) printf "%.0f %.0f %.0f\n", clock / n, watts / n,
+                          100 * capped / n;
+            else print "nan nan nan" }' "$samples"
   }
-  # Prints "step_ms clock_MHz power_W" of one llamac-bench run.
+  # Prints "step_ms clock_MHz power_W capped_%" of one llamac-bench run.
   bench() {
     # Printed whole, then parsed (tee /dev/stderr would reopen, and so
     # truncate, a log file that stdout and stderr are redirected to).
@@ -87,7 +95,7 @@ run)
     hf=$(sampled python3 "$baseline" hf "$name")
     grep '^RESULT' <<<"$hf"
     load=$(busy)
-    echo "HF $name: clock and power while busy: $load" >&2
+    echo "HF $name: clock, power and % power-capped while busy: $load" >&2
     theirs="$(sed -n 's/^RESULT .*"step_ms": \([0-9.]*\).*/\1/p' <<<"$hf") $load"
     for precision in "${precisions[@]}"; do
       after=$(bench "$name-$precision" "${3:-}")
@@ -96,15 +104,16 @@ run)
   done
   printf '\n%-10s %-9s %12s %10s %10s %10s %7s  %s\n' model precision \
     "HF eager ms" "before" "after" "llamac ms" ratio \
-    "MHz, W while busy: HF / before / after"
+    "MHz, W, % power-capped while busy: HF / before / after"
   for row in "${rows[@]}"; do
-    read -r name precision theirs hfMHz hfW first firstMHz firstW second \
-      secondMHz secondW <<<"$row"
+    read -r name precision theirs hfMHz hfW hfCapped first firstMHz firstW \
+      firstCapped second secondMHz secondW secondCapped <<<"$row"
     python3 -c "
 ours = ($first + $second) / 2
 print('%-10s %-9s %12.1f %10.2f %10.2f %10.2f %7.3f  %s / %s / %s' % (
       '$name', '$precision', $theirs, $first, $second, ours, ours / $theirs,
-      '$hfMHz, $hfW', '$firstMHz, $firstW', '$secondMHz, $secondW'))"
+      '$hfMHz, $hfW, $hfCapped%', '$firstMHz, $firstW, $firstCapped%',
+      '$secondMHz, $secondW, $secondCapped%'))"
   done
   ;;
 *)

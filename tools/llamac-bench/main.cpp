@@ -8,22 +8,21 @@
 // Hugging Face's random init (as `llamac train` without --weights and
 // hf_baseline.py: normal(0, initializer_range), norm weights one; the power a
 // GEMM draws, and so its clock under the GPU's power cap, depends on the
-// values) and random tokens, so that no checkpoint
-// or data file is needed: after --warmup steps (5), the mean over the next
-// ones back to back (--steps is the total, 15), as hf_baseline.py measures
-// HF's step, with each step's spread. GEMMs use cuBLASLt's heuristic
-// choice. With --tune they use the algorithms in DIR/gemm-tuning.json when
-// it was made on this GPU with this cuBLASLt; otherwise they are tuned by
-// replaying the step first (Executor::tuneGemms: one GEMM shape at a time,
-// each of the heuristic's first 8 candidates tried in the step captured and
-// replayed as a CUDA graph, kept only when the step gets 0.2% faster; the
-// optimizer steps this takes only move the random weights), the choices
-// are written to that file, and a table shows per GEMM shape its
-// candidates, the chosen one and the step's milliseconds with each, and the
-// step with all heuristic and all tuned choices (their difference is
-// `tuned_saving_ms` in the RESULT line; null when the file was read).
-// Delete the file to tune again. `--breakdown` then runs each function once
-// more eagerly with an event between steps and prints where the time goes:
+// values) and random tokens, so that no checkpoint or data file is needed:
+// after --warmup steps (5), the mean over the next ones back to back (--steps
+// is the total, 15), as hf_baseline.py measures HF's step, with each step's
+// spread. GEMMs use cuBLASLt's heuristic choice. With --tune they use the
+// algorithms in DIR/gemm-tuning.json when it was made on this GPU with this
+// cuBLASLt; otherwise they are tuned by replaying the step first
+// (Executor::tuneGemms: one GEMM shape at a time, each of the heuristic's first
+// 8 candidates tried in the step captured and replayed as a CUDA graph, kept
+// only when the step gets 0.2% faster; the optimizer steps this takes only move
+// the random weights), the choices are written to that file, and a table shows
+// per GEMM shape its candidates, the chosen one and the step's milliseconds
+// with each, and the step with all heuristic and all tuned choices (their
+// difference is `tuned_saving_ms` in the RESULT line; null when the file was
+// read). Delete the file to tune again. `--breakdown` then runs each function
+// once more eagerly with an event between steps and prints where the time goes:
 // GEMMs of the linear layers, attention, the other kernels, the optimizer,
 // by op. The last line is `RESULT {json}` for scripts. LLVM-free, like
 // llamac-run.
